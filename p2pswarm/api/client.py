@@ -1,0 +1,91 @@
+"""The CLI's way to the local node: http.client over the data dir's unix socket.
+
+Every failure becomes :class:`ApiError` with one line a person can act on.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from p2pswarm.datadir import DataDir
+
+
+class ApiError(Exception):
+    """The node answered with an error, or could not be reached (one line)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NodeNotRunning(ApiError):
+    pass
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class ApiClient:
+    def __init__(self, data_dir: str | Path | DataDir | None = None, timeout: float = 5.0) -> None:
+        self.datadir = data_dir if isinstance(data_dir, DataDir) else DataDir(data_dir)
+        self.timeout = timeout
+
+    def not_running(self) -> NodeNotRunning:
+        return NodeNotRunning(f"no p2pswarm node is running with data dir {self.datadir.path} "
+                              f"(start one with `p2pswarm up`)")
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """Send one request; returns the decoded JSON (or text for non-JSON replies)."""
+        conn = _UnixConnection(str(self.datadir.api_sock), self.timeout)
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise self.not_running() from None
+        except socket.timeout:
+            raise ApiError(f"the p2pswarm node with data dir {self.datadir.path} did not answer "
+                           f"within {self.timeout:g} s") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise ApiError(f"cannot talk to the p2pswarm node with data dir {self.datadir.path}: "
+                           f"{exc or type(exc).__name__}") from None
+        finally:
+            conn.close()
+        is_json = resp.getheader("Content-Type", "").startswith("application/json")
+        data = _decode(raw) if is_json else raw.decode("utf-8", "replace")
+        if resp.status >= 400:
+            message = data.get("error") if isinstance(data, dict) else None
+            raise ApiError(str(message or f"HTTP {resp.status} from {method} {path}").splitlines()[0], resp.status)
+        return data
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, {} if body is None else body)
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ApiError("the node sent a reply that is not JSON") from None

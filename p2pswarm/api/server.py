@@ -1,0 +1,148 @@
+"""A small HTTP/1.1 server on a unix socket, written on asyncio streams.
+
+Why hand-written: the API is local (a unix socket, mode 0600, so file
+permissions are the access control), tiny and JSON-only, and a web framework
+would be the node's largest dependency. One request per connection
+(``Connection: close``) keeps it simple; the CLI opens one connection per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+log = logging.getLogger("p2pswarm.api")
+
+MAX_HEADER_BYTES = 16 * 1024
+MAX_BODY_BYTES = 1024 * 1024
+READ_TIMEOUT = 10.0
+REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           408: "Request Timeout", 411: "Length Required", 413: "Payload Too Large",
+           500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes = b""
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+    after: list = field(default_factory=list)
+    """Callables run once the response is written (e.g. begin shutting down)."""
+
+    @classmethod
+    def json(cls, obj: Any, status: int = 200) -> "Response":
+        return cls(status, (json.dumps(obj, sort_keys=True) + "\n").encode())
+
+    @classmethod
+    def error(cls, status: int, message: str) -> "Response":
+        return cls.json({"error": message}, status)
+
+    @classmethod
+    def text(cls, body: str, content_type: str = "text/plain; version=0.0.4; charset=utf-8") -> "Response":
+        return cls(200, body.encode(), content_type)
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ApiServer:
+    def __init__(self, path: str, handler: Callable[[Request], Response]) -> None:
+        self.path = path
+        self.handler = handler
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        # We hold the data dir lock, so any socket file left here is from a dead node.
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        self._server = await asyncio.start_unix_server(self._serve, path=self.path,
+                                                       limit=MAX_HEADER_BYTES)
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        response: Response
+        try:
+            request = await asyncio.wait_for(read_request(reader), READ_TIMEOUT)
+            response = await self._dispatch(request)
+        except HttpError as exc:
+            response = Response.error(exc.status, str(exc))
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        try:
+            writer.write(render(response))
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+        for action in response.after:
+            action()
+
+    async def _dispatch(self, request: Request) -> Response:
+        try:
+            return self.handler(request)
+        except HttpError:
+            raise
+        except Exception as exc:
+            log.error("API %s %s failed", request.method, request.path, exc_info=True)
+            return Response.error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+async def read_request(reader: asyncio.StreamReader) -> Request:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError:
+        raise HttpError(413, "request headers too large") from None
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise HttpError(400, "malformed request line")
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise HttpError(400, "malformed header line")
+            headers[name.strip().lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        raise HttpError(411, "chunked bodies are not supported; send Content-Length")
+    try:
+        length = int(headers.get("content-length", "0"))
+    except ValueError:
+        raise HttpError(400, "bad Content-Length") from None
+    if not 0 <= length <= MAX_BODY_BYTES:
+        raise HttpError(413, f"body over {MAX_BODY_BYTES} bytes")
+    body = await reader.readexactly(length) if length else b""
+    path = parts[1].split("?", 1)[0]
+    return Request(parts[0].upper(), path, headers, body)
+
+
+def render(response: Response) -> bytes:
+    reason = REASONS.get(response.status, "Unknown")
+    head = (f"HTTP/1.1 {response.status} {reason}\r\n"
+            f"Content-Type: {response.content_type}\r\n"
+            f"Content-Length: {len(response.body)}\r\n"
+            "Connection: close\r\n\r\n")
+    return head.encode("latin-1") + response.body

@@ -1,0 +1,70 @@
+"""The `p2pswarm` command line: a click group whose every error is one line on stderr.
+
+Commands only talk to the local node's API (except `up`, which starts the node).
+`--debug` (or P2PSWARM_DEBUG=1) shows tracebacks instead of one-line errors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from p2pswarm.cli.output import error
+
+
+class OneLineErrors(click.Group):
+    """Turn every failure into `error: <one line>` and an exit code: 2 for usage, 1 otherwise."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        args = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in args or os.environ.get("P2PSWARM_DEBUG") == "1"
+        try:
+            rv = super().main(args, prog_name or "p2pswarm", complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else "", err=False)
+            sys.exit(0)
+        except click.ClickException as exc:
+            if debug:
+                traceback.print_exc()
+            error(exc.format_message())
+            sys.exit(exc.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            error("interrupted")
+            sys.exit(130)
+        except SystemExit:
+            raise
+        except Exception as exc:
+            if debug:
+                traceback.print_exc()
+            error(exc)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=OneLineErrors, no_args_is_help=True)
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def main(debug: bool) -> None:
+    """p2pswarm: a peer-to-peer cluster orchestrator (every node is equal)."""
+
+
+# ---- command groups: add new ones here with main.add_command(...)
+from p2pswarm.cli.node_cmds import down, node, up  # noqa: E402
+
+main.add_command(up)
+main.add_command(down)
+main.add_command(node)
+
+from p2pswarm.cli.sim_cmds import sim  # noqa: E402
+
+main.add_command(sim)
+
+from p2pswarm.cli.lab_cmds import lab  # noqa: E402
+
+main.add_command(lab)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""`p2pswarm up`, `p2pswarm down` and `p2pswarm node ...`: start, stop and inspect the local node."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+import p2pswarm
+from p2pswarm.api.client import ApiClient, ApiError
+from p2pswarm.cli.output import end_progress, fmt_labels, fmt_rtt, progress, table, to_json
+from p2pswarm.datadir import ENV_VAR, DataDir, DataDirError, default_data_dir
+from p2pswarm.membership.config import PRESETS
+from p2pswarm.node import DEFAULT_BIND, Node, NodeOptions, configure_logging
+
+START_TIMEOUT = 15.0
+"""Seconds `up --detach` waits for the new node's API to answer."""
+JOIN_WAIT = 10.0
+"""Seconds `up --detach` shows join progress before leaving the node to retry on its own."""
+STOP_TIMEOUT = 15.0
+"""Seconds `down` waits for the node to leave and exit."""
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+# ------------------------------------------------------------ parameter parsing
+
+def parse_addr(value: str, what: str, allow_port_zero: bool = False) -> str:
+    """Check a ``host:port`` address; returns it normalised, or raises BadParameter with one line."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not (0 if allow_port_zero else 1) <= int(port) <= 65535:
+        raise click.BadParameter(f"expected host:port (e.g. 10.0.0.5:7946), got {value!r}", param_hint=what)
+    if host.startswith("[") != host.endswith("]") or any(c.isspace() for c in host):
+        raise click.BadParameter(f"bad host in {value!r}", param_hint=what)
+    return f"{host}:{int(port)}"
+
+
+def _addr_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return None if value is None else parse_addr(value, f"--{param.name}", allow_port_zero=param.name == "bind")
+
+
+def _peers_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    peers: list[str] = []
+    for value in values:
+        for part in value.split(","):
+            if part.strip():
+                addr = parse_addr(part, "--peers")
+                if addr not in peers:
+                    peers.append(addr)
+    return tuple(peers)
+
+
+def _labels_option(ctx: click.Context, param: click.Parameter,
+                   values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    labels: dict[str, str] = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        key = key.strip()
+        if not sep or not key or any(c.isspace() for c in key):
+            raise click.BadParameter(f"expected key=value (e.g. zone=a), got {value!r}", param_hint="--label")
+        labels[key] = val
+    return tuple(sorted(labels.items()))
+
+
+def data_dir_option(fn):
+    return click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        help=f"Node data dir [default: ${ENV_VAR} or ~/.local/share/p2pswarm].")(fn)
+
+
+def _datadir(path: Path | None) -> DataDir:
+    return DataDir(path or default_data_dir())
+
+
+# ------------------------------------------------------------ up
+
+@click.command()
+@click.option("--peers", multiple=True, callback=_peers_option, metavar="HOST:PORT,...",
+              help="Join the cluster through these members; without it, start a new cluster.")
+@click.option("--bind", default=DEFAULT_BIND, show_default=True, callback=_addr_option,
+              help="Address to listen on for cluster traffic (port 0: any free port).")
+@click.option("--advertise", default=None, callback=_addr_option,
+              help="Address peers should use to reach this node [default: the bind address].")
+@click.option("--name", default=None, help="Node name [default: kept from the data dir, else node-<id>].")
+@data_dir_option
+@click.option("--label", "labels", multiple=True, callback=_labels_option, metavar="KEY=VALUE",
+              help="Node label (repeatable), e.g. --label zone=a.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="lan", show_default=True,
+              help="Gossip timing preset.")
+@click.option("--detach", is_flag=True, help="Run in the background; logs go to <data-dir>/node.log.")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
+def up(peers, bind, advertise, name, data_dir, labels, preset, detach, log_level):
+    """Start a node: create a new cluster, or join one with --peers."""
+    datadir = _datadir(data_dir)
+    datadir.prepare()
+    if name is not None and not 1 <= len(name) <= 128:
+        raise click.BadParameter("must be 1 to 128 characters", param_hint="--name")
+    if bind.startswith("0.0.0.0:") and advertise is None:
+        raise click.BadParameter("binding to all interfaces needs --advertise HOST:PORT "
+                                 "(the address peers should use)", param_hint="--bind")
+    options = NodeOptions(data_dir=str(datadir.path), bind=bind, advertise=advertise, peers=peers,
+                          name=name, labels=labels, preset=preset)
+    if detach:
+        return _up_detached(options, log_level)
+    configure_logging(log_level)
+    return asyncio.run(Node(options).run())
+
+
+def _child_argv(options: NodeOptions, log_level: str) -> list[str]:
+    argv = [sys.executable, "-m", "p2pswarm.cli.main", "up", "--data-dir", options.data_dir,
+            "--bind", options.bind, "--preset", options.preset, "--log-level", log_level]
+    if options.advertise:
+        argv += ["--advertise", options.advertise]
+    if options.peers:
+        argv += ["--peers", ",".join(options.peers)]
+    if options.name:
+        argv += ["--name", options.name]
+    for key, value in options.labels:
+        argv += ["--label", f"{key}={value}"]
+    return argv
+
+
+def _up_detached(options: NodeOptions, log_level: str, quiet: bool = False) -> int:
+    datadir = DataDir(options.data_dir)
+    if datadir.is_locked():
+        pid = datadir.read_pid()
+        raise DataDirError(f"a p2pswarm node{f' (pid {pid})' if pid else ''} is already running with data dir "
+                           f"{datadir.path}; stop it with `p2pswarm down --data-dir {datadir.path}`")
+    env = dict(os.environ)
+    src_root = str(Path(p2pswarm.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src_root, env.get("PYTHONPATH")) if p)
+    with open(datadir.log_path, "ab") as log_file:
+        offset = log_file.tell()
+        proc = subprocess.Popen(_child_argv(options, log_level), stdin=subprocess.DEVNULL, stdout=log_file,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                                cwd=str(datadir.path), env=env)
+    client = ApiClient(datadir, timeout=2.0)
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            raise click.ClickException(_last_error(datadir.log_path, offset)
+                                       or f"the node exited with code {proc.returncode}; see {datadir.log_path}")
+        try:
+            info = client.get("/v1/info")
+            break
+        except ApiError:
+            pass
+        if time.monotonic() > deadline:
+            proc.terminate()
+            raise click.ClickException(f"the node did not start within {START_TIMEOUT:g} s "
+                                       f"and was stopped; see {datadir.log_path}")
+        time.sleep(0.1)
+    if options.peers:
+        info = _wait_for_join(client, info, proc)
+    where = f"data dir {datadir.path}, logs {datadir.log_path}, pid {info['pid']}"
+    if quiet:
+        return 0
+    if info["joined"] or not options.peers:
+        click.echo(f"node {info['name']} ({info['id']}) is up at {info['addr']}: "
+                   f"cluster of {info['cluster_size']} ({where})")
+    else:
+        click.echo(f"node {info['name']} ({info['id']}) is running at {info['addr']} but no peer answered yet "
+                   f"({info['join_attempts']} attempts); it keeps retrying with backoff in the background "
+                   f"(check with `p2pswarm node ls`; {where})")
+    return 0
+
+
+def _wait_for_join(client: ApiClient, info: dict, proc: subprocess.Popen) -> dict:
+    deadline = time.monotonic() + JOIN_WAIT
+    shown = 0
+    while not info["joined"] and time.monotonic() < deadline and proc.poll() is None:
+        if info["join_attempts"] > shown:
+            shown = info["join_attempts"]
+            progress(f"joining via {', '.join(info['peers'])}: attempt {shown}, retrying with backoff...")
+        time.sleep(0.1)
+        try:
+            info = client.get("/v1/info")
+        except ApiError:
+            break
+    if shown:
+        end_progress()
+    return info
+
+
+def _last_error(log_path: Path, offset: int) -> str | None:
+    """The last error line the child wrote in this run (after ``offset``)."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(offset)
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for marker in ("error: ", " ERROR ", " CRITICAL "):
+        for line in reversed(lines):
+            if marker in line or line.startswith(marker.strip()):
+                text = line.split("error: ", 1)[1] if line.startswith("error: ") else line
+                return f"the node failed to start: {text.strip()}"
+    return None
+
+
+# ------------------------------------------------------------ down
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs; an exited process left unreaped (a zombie) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+@click.command()
+@data_dir_option
+def down(data_dir):
+    """Leave the cluster gracefully and stop the local node."""
+    datadir = _datadir(data_dir)
+    client = ApiClient(datadir)
+    info = client.get("/v1/info")
+    client.post("/v1/shutdown")
+    deadline = time.monotonic() + STOP_TIMEOUT
+    pid = int(info["pid"])
+    while datadir.is_locked() and pid_alive(pid):
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"node pid {pid} did not stop within {STOP_TIMEOUT:g} s; `kill {pid}` "
+                                       f"stops it (the cluster then sees it dead, not left)")
+        time.sleep(0.05)
+    click.echo(f"node {info['name']} ({info['id']}) left the cluster and stopped")
+    return 0
+
+
+# ------------------------------------------------------------ node ...
+
+@click.group()
+def node():
+    """Inspect the cluster's nodes (as the local node sees them)."""
+
+
+@node.command("ls")
+@data_dir_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def node_ls(data_dir, fmt):
+    """List every member: id, name, address, status, RTT and labels."""
+    members = ApiClient(_datadir(data_dir)).get("/v1/members")["members"]
+    if fmt == "json":
+        click.echo(to_json(members))
+        return 0
+    rows = [(m["id"] + (" *" if m.get("self") else ""), m["name"], m["addr"], m["status"],
+             fmt_rtt(m.get("rtt_ms")), fmt_labels(m.get("labels", {}))) for m in members]
+    click.echo(table(("ID", "NAME", "ADDRESS", "STATUS", "RTT", "LABELS"), rows))
+    return 0
+

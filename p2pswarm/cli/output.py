@@ -1,0 +1,53 @@
+"""Output helpers for the CLI: aligned tables, JSON, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Iterable, Sequence
+
+import click
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces, like `docker node ls`."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True)
+
+
+def fmt_labels(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
+
+
+def fmt_rtt(rtt_ms: float | None) -> str:
+    if rtt_ms is None:
+        return "-"
+    return f"{rtt_ms:.1f}ms" if rtt_ms < 100 else f"{rtt_ms:.0f}ms"
+
+
+def one_line(message: Any) -> str:
+    text = " ".join(str(message).split("\n")).strip()
+    return text or "unknown error"
+
+
+def error(message: Any) -> None:
+    click.echo(f"error: {one_line(message)}", err=True)
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr that the next one overwrites when stderr is a terminal."""
+    if sys.stderr.isatty():
+        click.echo(f"\r\x1b[K{message}", err=True, nl=False)
+    else:
+        click.echo(message, err=True)
+
+
+def end_progress() -> None:
+    if sys.stderr.isatty():
+        click.echo("\r\x1b[K", err=True, nl=False)

@@ -1,0 +1,115 @@
+"""SWIM + Lifeguard timing and size settings, with presets.
+
+Every field is in seconds or counts. ``n`` below is the number of members this
+node currently knows as alive or suspect (itself included).
+
+Formulas (as implemented in :mod:`p2pswarm.membership.swim`):
+
+* probe period       = probe_interval × (1 + health)        (Lifeguard LHM; health 0..health_max)
+* direct ack wait    = probe_timeout  × (1 + health)
+* suspicion min      = suspicion_mult × max(1, log10 n) × probe_interval
+* suspicion max      = suspicion_max_mult × suspicion min   (Lifeguard only; plain SWIM uses min)
+* suspicion timeout  = max(min, max − (max − min) × log(C + 1) / log(K + 1))
+                       C = independent confirmations so far, K = expected confirmations
+                         = suspicion_confirmations, or 0 when n − 2 < that
+* retransmit limit   = retransmit_mult × ceil(log10(n + 1))  sends of each piece of news,
+                       the first gossip_sends of them on dedicated gossip messages
+* push/pull period   = push_pull_interval × max(1, ceil(log2 n − log2 32) + 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SwimConfig:
+    probe_interval: float = 0.5
+    """Seconds between the starts of two probes (one SWIM protocol period)."""
+    probe_timeout: float = 0.2
+    """Seconds to wait for a direct ack before asking others to probe (indirect probe)."""
+    indirect_checks: int = 3
+    """k: members asked to probe a target that did not answer us directly."""
+    suspicion_mult: float = 2.0
+    """Scales the minimum suspicion timeout (see module formulas)."""
+    suspicion_max_mult: float = 6.0
+    """Lifeguard: maximum suspicion timeout as a multiple of the minimum."""
+    suspicion_confirmations: int = 3
+    """Lifeguard: K, confirmations from distinct members that shrink a suspicion to its minimum."""
+    health_max: int = 8
+    """Lifeguard: ceiling of the local health score that stretches our own timeouts."""
+    gossip_interval: float = 0.2
+    """Seconds between gossip rounds (only while there is news to spread)."""
+    gossip_fanout: int = 3
+    """Members each gossip round is sent to."""
+    gossip_sends: int = 6
+    """News rides on dedicated gossip messages only for its first gossip_sends sends, then
+    only on probes and acks: the message count per member stays independent of n."""
+    retransmit_mult: int = 4
+    """Each piece of news is sent retransmit_mult × ceil(log10(n + 1)) times."""
+    piggyback_bytes: int = 1200
+    """Budget for news piggybacked on one probe message (keeps probes small)."""
+    gossip_bytes: int = 32 * 1024
+    """Budget for news in one gossip message."""
+    push_pull_interval: float = 30.0
+    """Base seconds between full-state exchanges with one random member."""
+    gossip_to_dead: float = 30.0
+    """Keep gossiping to a dead member this long, so that it learns it was declared dead."""
+    reconnect_interval: float = 10.0
+    """Seconds between attempts to push/pull with a dead (not left) member or a seed: heals partitions."""
+    dead_reap_after: float = 3600.0
+    """Forget a dead member after this long (left members: left_reap_after)."""
+    left_reap_after: float = 300.0
+    join_retry_initial: float = 0.5
+    """First join retry delay; doubles up to join_retry_max."""
+    join_retry_max: float = 8.0
+    lifeguard: bool = True
+    """Lifeguard's local health, dynamic suspicion, nacks and buddy system; False gives plain SWIM."""
+
+    def with_changes(self, **changes) -> "SwimConfig":
+        return dataclasses.replace(self, **changes)
+
+    def suspicion_bounds(self, n: int) -> tuple[float, float]:
+        """(minimum, maximum) suspicion timeout for a cluster of ``n`` members."""
+        low = self.suspicion_mult * max(1.0, math.log10(max(n, 1))) * self.probe_interval
+        high = low * self.suspicion_max_mult if self.lifeguard else low
+        return low, high
+
+    def expected_confirmations(self, n: int) -> int:
+        """K: independent suspicions we may expect; 0 in clusters too small to give them."""
+        if not self.lifeguard or n - 2 < self.suspicion_confirmations:
+            return 0
+        return self.suspicion_confirmations
+
+    def retransmit_limit(self, n: int) -> int:
+        return self.retransmit_mult * max(1, math.ceil(math.log10(n + 1)))
+
+    def push_pull_period(self, n: int) -> float:
+        scale = 1 if n <= 32 else math.ceil(math.log2(n) - math.log2(32)) + 1
+        return self.push_pull_interval * scale
+
+
+PRESETS: dict[str, SwimConfig] = {
+    # A LAN or one machine: detect a crash in about two seconds.
+    "lan": SwimConfig(),
+    # Links with tens to hundreds of milliseconds of latency.
+    "wan": SwimConfig(probe_interval=3.0, probe_timeout=1.5, suspicion_mult=6.0, gossip_interval=0.5,
+                      gossip_fanout=4, push_pull_interval=60.0, reconnect_interval=30.0),
+    # Many nodes on one host (lab clusters): a little more patience for a busy CPU.
+    "local": SwimConfig(probe_interval=0.5, probe_timeout=0.3, suspicion_mult=3.0,
+                        push_pull_interval=15.0, reconnect_interval=5.0),
+    # Tests: fast and short-lived.
+    "test": SwimConfig(probe_interval=0.2, probe_timeout=0.1, suspicion_mult=3.0, gossip_interval=0.05,
+                       push_pull_interval=5.0, reconnect_interval=1.0, dead_reap_after=60.0,
+                       left_reap_after=30.0, gossip_to_dead=5.0, join_retry_initial=0.1,
+                       join_retry_max=1.0),
+}
+
+
+def preset(name: str) -> SwimConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

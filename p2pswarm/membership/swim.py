@@ -1,0 +1,667 @@
+"""Pure SWIM failure detection and membership, with Lifeguard.
+
+A plain object in the sans-IO style: the driver (node.py or the simulator)
+hands it decoded messages and the current monotonic time, calls ``tick`` at
+``next_deadline()``, and sends what ``drain_outbox()`` returns.  No clock, no
+sockets, no global randomness: the same inputs give the same outputs.
+
+One protocol period (probe_interval × (1 + health)):
+
+1. Probe the next member of a randomized round-robin order with a Ping.
+2. No Ack within probe_timeout × (1 + health): ask k others to probe it (PingReq);
+   with Lifeguard they answer with a Nack when the target is silent to them too.
+3. Still no Ack at the end of the period: suspect the target and gossip it.
+4. A suspicion becomes a death when its (Lifeguard-shrinking) timeout runs out,
+   unless the member refutes it with a higher incarnation.
+
+Lifeguard's local health score rises when our own probes fail without the
+expected nacks (evidence that *we* are slow) and when we must refute a
+suspicion of ourselves; it stretches our timeouts so a slow node stops
+accusing healthy ones.  News rides on every message (see news.py); a periodic
+full-state push/pull repairs what gossip missed, and dead members and seeds
+are periodically re-contacted so that the two halves of a healed partition merge.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
+
+from p2pswarm.membership.config import SwimConfig
+from p2pswarm.membership.messages import (Ack, Alive, Dead, Gossip, MemberState, Meta, Nack, Ping,
+                                          PingReq, PushPull, Record, Suspect)
+from p2pswarm.membership.news import NewsQueue
+from p2pswarm.membership.suspicion import Suspicion
+
+ALIVE, SUSPECT, DEAD, LEFT = "alive", "suspect", "dead", "left"
+LIVE = (ALIVE, SUSPECT)
+SEQ_MOD = 1 << 32
+NACK_FRACTION = 0.8
+"""A helper nacks when the target has not answered it within this fraction of the probe timeout."""
+RTT_WEIGHT = 0.2
+"""Exponential moving average weight of a new round-trip sample."""
+INF = float("inf")
+
+
+class Outgoing(NamedTuple):
+    """A message for the driver to send: ``bulk`` ones go on the bulk channel."""
+
+    addr: str
+    msg: Any
+    bulk: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MemberEvent:
+    """A member changed status as seen here (``old`` is None for a new member).
+
+    ``by`` is who caused a suspicion or death (our own id when we originated it).
+    """
+
+    at: float
+    node: str
+    old: str | None
+    new: str
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A read-only view of one member, as this node sees it."""
+
+    node: str
+    addr: str
+    incarnation: int
+    status: str
+    meta: Meta
+    status_since: float
+    rtt: float | None
+    record_version: int
+    record: bytes
+
+
+class _Probe:
+    __slots__ = ("seq", "target", "addr", "sent", "ack_deadline", "end", "indirect",
+                 "nacks", "expected_nacks", "done")
+
+    def __init__(self, seq: int, target: str, addr: str, sent: float, ack_deadline: float,
+                 end: float) -> None:
+        self.seq = seq
+        self.target = target
+        self.addr = addr
+        self.sent = sent
+        self.ack_deadline = ack_deadline
+        self.end = end
+        self.indirect = False
+        self.nacks = 0
+        self.expected_nacks = 0
+        self.done = False
+
+
+class Swim:
+    def __init__(self, node_id: str, addr: str, meta: Meta, config: SwimConfig,
+                 rng: random.Random, now: float, incarnation: int = 0) -> None:
+        self.id = node_id
+        self.addr = addr
+        self.config = config
+        self.rng = rng
+        self.incarnation = incarnation
+        self.health = 0
+        self.leaving = False
+        self.leave_done = False
+        self.joined = True
+        self.join_attempts = 0
+        self.counters: dict[str, int] = {}
+        self._meta = meta
+        self._members: dict[str, MemberState] = {node_id: MemberState(node_id, addr, incarnation, ALIVE, meta)}
+        self._since: dict[str, float] = {node_id: now}
+        self._records: dict[str, Record] = {}
+        self._record_version = 0
+        self._record_payload = b""
+        self._rtt: dict[str, float] = {}
+        self.track_records = False
+        self._record_updates: list[tuple[str, int]] = []
+        self._live = 1
+        self._suspicions: dict[str, Suspicion] = {}
+        self._news = NewsQueue(config.gossip_sends)
+        self._outbox: list[Outgoing] = []
+        self._events: list[MemberEvent] = []
+        self._order: list[str] = []
+        self._order_pos = 0
+        self._seq = rng.randrange(SEQ_MOD)
+        self._probe: _Probe | None = None
+        self._relays: dict[int, list] = {}
+        self._confirm_queue: list[str] = []
+        self._seeds: tuple[str, ...] = ()
+        self._join_at = INF
+        self._join_delay = config.join_retry_initial
+        # Stagger periodic work so that nodes started together do not act in lockstep.
+        self._next_probe = now + rng.random() * config.probe_interval
+        self._next_gossip = now
+        self._next_push_pull = now + rng.uniform(0.5, 1.0) * config.push_pull_period(1)
+        self._next_reconnect = now + rng.uniform(0.5, 1.0) * config.reconnect_interval
+        self._next_reap = now + config.left_reap_after / 4
+
+    # ------------------------------------------------------------ driver API
+
+    def join(self, now: float, seeds: Sequence[str]) -> None:
+        """Start joining through ``seeds``; push/pull is retried with backoff until one answers."""
+        self._seeds = tuple(s for s in seeds if s != self.addr)
+        if not self._seeds:
+            return
+        self.joined = False
+        self._join_at = now
+        self._join_delay = self.config.join_retry_initial
+
+    def leave(self, now: float) -> None:
+        """Announce a graceful leave; the driver should flush the outbox before exiting."""
+        if self.leaving:
+            return
+        self.leaving = True
+        self.incarnation += 1
+        news = Dead(self.id, self.incarnation, self.id, True)
+        self._set(now, MemberState(self.id, self.addr, self.incarnation, LEFT, self._meta), self.id)
+        self._news.put((self.id, "m"), news)
+        targets = self._sample(2 * self.config.gossip_fanout, now, include_dead=False)
+        for node in targets:
+            self._send(self._members[node].addr, Gossip(self.id, self.addr, (news,)))
+        self.leave_done = True
+
+    def update_meta(self, now: float, meta: Meta) -> None:
+        """Change our metadata; a higher incarnation makes everyone take it."""
+        self._meta = meta
+        self._announce_alive(now)
+
+    def set_record(self, now: float, payload: bytes) -> None:
+        """Publish a new version of our state record (e.g. our task digest)."""
+        self._record_version += 1
+        self._record_payload = payload
+        self._publish_record()
+
+    def bootstrap(self, now: float, members: dict[str, MemberState]) -> None:
+        """Start from a known membership (a simulator's converged cluster, a saved view).
+
+        The mapping is copied; entries are immutable and may be shared between nodes.
+        """
+        self._members = dict(members)
+        self._members[self.id] = MemberState(self.id, self.addr, self.incarnation, ALIVE, self._meta)
+        self._live = sum(1 for s in self._members.values() if s.status in LIVE)
+        self._order = list(self._members)
+        self._order_pos = 0
+        self._next_push_pull = now + self.rng.uniform(0.5, 1.0) * self.config.push_pull_period(self._live)
+
+    def drain_record_updates(self) -> list[tuple[str, int]]:
+        """(node, version) of records newly learned, if ``track_records`` is set (simulator)."""
+        out, self._record_updates = self._record_updates, []
+        return out
+
+    def members(self) -> list[Member]:
+        return [self._view(node) for node in self._members]
+
+    def member(self, node: str) -> Member | None:
+        return self._view(node) if node in self._members else None
+
+    def live_count(self) -> int:
+        """Members alive or suspect, ourselves included (n in the config formulas)."""
+        return self._live
+
+    def drain_outbox(self) -> list[Outgoing]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def drain_events(self) -> list[MemberEvent]:
+        out, self._events = self._events, []
+        return out
+
+    def next_deadline(self) -> float:
+        t = self._next_probe
+        probe = self._probe
+        if probe is not None and not probe.done:
+            t = min(t, probe.end if probe.indirect else probe.ack_deadline)
+        if self._next_gossip < t and self._news.has_fresh:
+            t = self._next_gossip
+        t = min(t, self._next_push_pull, self._next_reconnect, self._next_reap, self._join_at)
+        for s in self._suspicions.values():
+            if s.deadline < t:
+                t = s.deadline
+        for relay in self._relays.values():
+            if relay[2] < t:
+                t = relay[2]
+        return t
+
+    # ------------------------------------------------------------ timers
+
+    def tick(self, now: float) -> None:
+        probe = self._probe
+        if probe is not None and not probe.done:
+            if not probe.indirect and now >= probe.ack_deadline:
+                self._start_indirect(now, probe)
+            if probe.indirect and now >= probe.end:
+                self._probe_failed(now, probe)
+        if now >= self._next_probe:
+            self._start_probe(now)
+        if self._suspicions:
+            for node in [n for n, s in self._suspicions.items() if now >= s.deadline]:
+                self._suspicion_expired(now, node)
+        if self._relays:
+            self._tick_relays(now)
+        if now >= self._next_gossip and self._news.has_fresh:
+            self._gossip(now)
+        if now >= self._join_at:
+            self._join_retry(now)
+        if now >= self._next_push_pull:
+            self._next_push_pull = now + self.config.push_pull_period(self._live)
+            self._push_pull_random(now)
+        if now >= self._next_reconnect:
+            self._next_reconnect = now + self.config.reconnect_interval
+            self._reconnect(now)
+        if now >= self._next_reap:
+            self._next_reap = now + self.config.left_reap_after / 4
+            self._reap(now)
+
+    def _start_probe(self, now: float) -> None:
+        scale = 1 + self.health
+        self._next_probe = now + self.config.probe_interval * scale
+        if self.leaving:
+            return
+        target = self._next_confirmation_target() or self._next_target()
+        if target is None:
+            return
+        state = self._members[target]
+        self._seq = (self._seq + 1) % SEQ_MOD
+        ack_wait = self.config.probe_timeout * scale
+        # Direct wait, then as long again for the helpers (whose nacks come at 0.8 of it),
+        # but never past the end of the period.
+        self._probe = _Probe(self._seq, target, state.addr, now, now + ack_wait,
+                             now + min(2 * ack_wait, self.config.probe_interval * scale))
+        buddy = None
+        if state.status == SUSPECT and self.config.lifeguard:
+            buddy = Suspect(target, state.incarnation, self.id)
+        self._count("probes")
+        self._send(state.addr, Ping(self._seq, self.id, self.addr, target,
+                                    self._piggyback(first=buddy)))
+
+    def _start_indirect(self, now: float, probe: _Probe) -> None:
+        probe.indirect = True
+        # One more direct try alongside the helpers (memberlist's TCP fallback plays this
+        # role): a single lost ping or ack should not make a healthy member suspect.
+        self._send(probe.addr, Ping(probe.seq, self.id, self.addr, probe.target, ()))
+        helpers = self._sample(self.config.indirect_checks, now, exclude=probe.target)
+        probe.expected_nacks = len(helpers) if self.config.lifeguard else 0
+        for node in helpers:
+            self._count("indirect_probes")
+            self._send(self._members[node].addr,
+                       PingReq(probe.seq, self.id, self.addr, probe.target, probe.addr, self._piggyback()))
+
+    def _probe_failed(self, now: float, probe: _Probe) -> None:
+        probe.done = True
+        self._count("probe_failures")
+        if self.config.lifeguard:
+            if probe.expected_nacks > 0:
+                self._adjust_health(probe.expected_nacks - probe.nacks)
+            else:
+                self._adjust_health(1)
+        state = self._members.get(probe.target)
+        if state is None or state.status not in LIVE:
+            return
+        self._count("suspicions_started")
+        self._on_suspect(now, Suspect(probe.target, state.incarnation, self.id))
+
+    def _suspicion_expired(self, now: float, node: str) -> None:
+        suspicion = self._suspicions.pop(node)
+        state = self._members.get(node)
+        if state is None or state.status != SUSPECT or state.incarnation != suspicion.incarnation:
+            return
+        self._count("deaths_declared")
+        self._on_dead(now, Dead(node, state.incarnation, self.id, False))
+
+    def _tick_relays(self, now: float) -> None:
+        for seq in [s for s, r in self._relays.items() if now >= r[2]]:
+            origin_addr, origin_seq, deadline, nack_pending, expires = self._relays[seq]
+            if nack_pending:
+                self._count("nacks_sent")
+                self._send(origin_addr, Nack(origin_seq, self.id))
+                self._relays[seq] = [origin_addr, origin_seq, expires, False, expires]
+            else:
+                del self._relays[seq]
+
+    def _gossip(self, now: float) -> None:
+        self._next_gossip = now + self.config.gossip_interval
+        targets = self._sample(self.config.gossip_fanout, now, include_dead=True)
+        for node in targets:
+            news = self._news.take(self.config.gossip_bytes, self._limit(), fresh_only=True)
+            if not news:
+                break
+            self._count("gossip_sent")
+            self._send(self._members[node].addr, Gossip(self.id, self.addr, tuple(news)))
+
+    def _join_retry(self, now: float) -> None:
+        if self.joined or not self._seeds:
+            self._join_at = INF
+            return
+        self.join_attempts += 1
+        self._count("join_attempts")
+        for seed in self._seeds:
+            self._send(seed, self._push_pull_msg(join=True, reply=False), bulk=True)
+        self._join_at = now + self._join_delay
+        self._join_delay = min(self._join_delay * 2, self.config.join_retry_max)
+
+    def _push_pull_random(self, now: float) -> None:
+        targets = self._sample(1, now)
+        if targets:
+            self._count("push_pulls")
+            self._send(self._members[targets[0]].addr, self._push_pull_msg(False, False), bulk=True)
+
+    def _reconnect(self, now: float) -> None:
+        """Re-contact one dead (not left) member, or the seeds when alone: heals partitions."""
+        if self.leaving:
+            return
+        dead = [s for s in self._members.values() if s.status == DEAD] if self._live < len(self._members) else []
+        if dead:
+            target = self.rng.choice(dead).addr
+        elif self._live <= 1 and self._seeds:
+            target = self.rng.choice(self._seeds)
+        else:
+            return
+        self._count("reconnects")
+        self._send(target, self._push_pull_msg(False, False), bulk=True)
+
+    def _reap(self, now: float) -> None:
+        for node, state in list(self._members.items()):
+            if state.status == DEAD:
+                limit = self.config.dead_reap_after
+            elif state.status == LEFT:
+                limit = self.config.left_reap_after
+            else:
+                continue
+            if node != self.id and now - self._since.get(node, now) >= limit:
+                del self._members[node]
+                self._since.pop(node, None)
+                self._records.pop(node, None)
+                self._rtt.pop(node, None)
+                self._count("reaped")
+
+    # ------------------------------------------------------------ receiving
+
+    def receive(self, now: float, msg: Any) -> None:
+        kind = type(msg)
+        if kind is Ping:
+            self._absorb(now, msg.news)
+            if msg.target != self.id:
+                self._count("misdirected")
+                return
+            if self.leaving:
+                return
+            self._send(msg.source_addr, Ack(msg.seq, self.id, self._piggyback()))
+        elif kind is Ack:
+            self._absorb(now, msg.news)
+            self._on_ack(now, msg)
+        elif kind is PingReq:
+            self._absorb(now, msg.news)
+            self._on_ping_req(now, msg)
+        elif kind is Nack:
+            probe = self._probe
+            if probe is not None and probe.seq == msg.seq and not probe.done:
+                probe.nacks += 1
+                self._count("nacks_received")
+        elif kind is Gossip:
+            self._absorb(now, msg.news)
+        elif kind is PushPull:
+            self._on_push_pull(now, msg)
+        else:
+            self._count("unexpected_messages")
+
+    def _on_ack(self, now: float, msg: Ack) -> None:
+        probe = self._probe
+        if probe is not None and probe.seq == msg.seq:
+            if not probe.done:
+                probe.done = True
+                if self.config.lifeguard:
+                    self._adjust_health(-1)
+                if msg.source == probe.target:  # a direct answer, not one relayed by a helper
+                    sample = now - probe.sent
+                    old = self._rtt.get(probe.target)
+                    self._rtt[probe.target] = sample if old is None else old + RTT_WEIGHT * (sample - old)
+            return
+        relay = self._relays.pop(msg.seq, None)
+        if relay is not None:
+            self._send(relay[0], Ack(relay[1], self.id, self._piggyback()))
+
+    def _on_ping_req(self, now: float, msg: PingReq) -> None:
+        if self.leaving:
+            return
+        self._seq = (self._seq + 1) % SEQ_MOD
+        scale = 1 + self.health
+        expires = now + self.config.probe_interval * scale
+        nack_at = now + NACK_FRACTION * self.config.probe_timeout * scale
+        want_nack = self.config.lifeguard
+        self._relays[self._seq] = [msg.source_addr, msg.seq, nack_at if want_nack else expires,
+                                   want_nack, expires]
+        self._send(msg.target_addr, Ping(self._seq, self.id, self.addr, msg.target, self._piggyback()))
+
+    def _on_push_pull(self, now: float, msg: PushPull) -> None:
+        self._count("push_pulls_received")
+        for state in msg.members:
+            self._merge_state(now, state, msg.source)
+        for record in msg.records:
+            self._on_record(now, record)
+        if msg.reply:
+            if not self.joined:
+                self.joined = True
+                self._join_at = INF
+        else:
+            self._send(msg.source_addr, self._push_pull_msg(False, True), bulk=True)
+
+    def _merge_state(self, now: float, state: MemberState, source: str) -> None:
+        if state.status == ALIVE:
+            self._on_alive(now, Alive(state.node, state.incarnation, state.addr, state.meta))
+        elif state.status == LEFT:
+            self._on_dead(now, Dead(state.node, state.incarnation, source, True))
+        else:
+            # A remote "dead" only makes us suspect: the member gets its chance to refute.
+            if state.node not in self._members:
+                self._on_alive(now, Alive(state.node, state.incarnation, state.addr, state.meta))
+            self._on_suspect(now, Suspect(state.node, state.incarnation, source))
+
+    def _absorb(self, now: float, news: tuple) -> None:
+        for item in news:
+            kind = type(item)
+            if kind is Alive:
+                self._on_alive(now, item)
+            elif kind is Suspect:
+                self._on_suspect(now, item)
+            elif kind is Dead:
+                self._on_dead(now, item)
+            else:
+                self._on_record(now, item)
+
+    def _on_alive(self, now: float, news: Alive) -> None:
+        node = news.node
+        if node == self.id:
+            if news.incarnation > self.incarnation or (
+                    news.incarnation == self.incarnation and (news.addr != self.addr or news.meta != self._meta)):
+                self._refute(now, news.incarnation)
+            return
+        cur = self._members.get(node)
+        if cur is not None and news.incarnation <= cur.incarnation:
+            return
+        self._suspicions.pop(node, None)
+        self._set(now, MemberState(node, news.addr, news.incarnation, ALIVE, news.meta), "")
+        if cur is None:
+            self._order.append(node)  # joins the unvisited part of the current round
+        self._news.put((node, "m"), news)
+
+    def _on_suspect(self, now: float, news: Suspect) -> None:
+        node = news.node
+        if node == self.id:
+            if news.incarnation >= self.incarnation and not self.leaving:
+                self._refute(now, news.incarnation)
+            return
+        cur = self._members.get(node)
+        if cur is None or news.incarnation < cur.incarnation or cur.status in (DEAD, LEFT):
+            return
+        if cur.status == SUSPECT:
+            suspicion = self._suspicions.get(node)
+            if suspicion is not None and news.incarnation == suspicion.incarnation and suspicion.confirm(news.by):
+                self._news.put((node, "m"), news)
+            return
+        low, high = self.config.suspicion_bounds(self._live)
+        if news.by != self.id and self.config.lifeguard:
+            self._maybe_confirm(node)
+        self._suspicions[node] = Suspicion(news.incarnation, now, low, high,
+                                           self.config.expected_confirmations(self._live), news.by)
+        self._set(now, MemberState(node, cur.addr, news.incarnation, SUSPECT, cur.meta), news.by)
+        self._news.put((node, "m"), news)
+
+    def _on_dead(self, now: float, news: Dead) -> None:
+        node = news.node
+        if node == self.id:
+            if not self.leaving and news.incarnation >= self.incarnation:
+                self._refute(now, news.incarnation)
+            return
+        cur = self._members.get(node)
+        if cur is None or news.incarnation < cur.incarnation or cur.status in (DEAD, LEFT):
+            return
+        self._suspicions.pop(node, None)
+        status = LEFT if news.left else DEAD
+        self._set(now, MemberState(node, cur.addr, news.incarnation, status, cur.meta), news.by)
+        self._news.put((node, "m"), news)
+
+    def _on_record(self, now: float, record: Record) -> None:
+        if record.node == self.id:
+            if record.version >= self._record_version and (
+                    record.version > self._record_version or record.payload != self._record_payload):
+                # Someone holds a record from our previous life: outbid it.
+                self._record_version = record.version + 1
+                self._publish_record()
+            return
+        cur = self._records.get(record.node)
+        if record.node not in self._members or (cur is not None and record.version <= cur.version):
+            return
+        self._records[record.node] = record
+        self._news.put((record.node, "r"), record)
+        if self.track_records:
+            self._record_updates.append((record.node, record.version))
+
+    # ------------------------------------------------------------ helpers
+
+    def _refute(self, now: float, incarnation: int) -> None:
+        self._count("refutes")
+        if self.config.lifeguard:
+            self._adjust_health(1)
+        self.incarnation = incarnation + 1
+        self._announce_alive(now, bump=False)
+
+    def _announce_alive(self, now: float, bump: bool = True) -> None:
+        if bump:
+            self.incarnation += 1
+        self._members[self.id] = MemberState(self.id, self.addr, self.incarnation, ALIVE, self._meta)
+        self._news.put((self.id, "m"), Alive(self.id, self.incarnation, self.addr, self._meta))
+
+    def _publish_record(self) -> None:
+        record = Record(self.id, self._record_version, self._record_payload)
+        self._records[self.id] = record
+        self._news.put((self.id, "r"), record)
+
+    def _adjust_health(self, delta: int) -> None:
+        self.health = min(self.config.health_max, max(0, self.health + delta))
+
+    def _set(self, now: float, state: MemberState, by: str) -> None:
+        old = self._members.get(state.node)
+        old_status = old.status if old is not None else None
+        self._members[state.node] = state
+        if old_status != state.status:
+            was_live = old_status in LIVE
+            is_live = state.status in LIVE
+            self._live += is_live - was_live
+            self._since[state.node] = now
+            self._events.append(MemberEvent(now, state.node, old_status, state.status, by))
+
+    def _next_target(self) -> str | None:
+        """Next member of a randomized round robin: a lazy Fisher-Yates shuffle per round."""
+        order = self._order
+        members = self._members
+        rng = self.rng
+        for _ in range(2):
+            while self._order_pos < len(order):
+                pos = self._order_pos
+                j = rng.randrange(pos, len(order))
+                order[pos], order[j] = order[j], order[pos]
+                node = order[pos]
+                self._order_pos = pos + 1
+                state = members.get(node)
+                if state is not None and state.status in LIVE and node != self.id:
+                    return node
+            self._order = order = list(members)
+            self._order_pos = 0
+        return None
+
+    def _maybe_confirm(self, node: str) -> None:
+        """Probe a member someone else suspects at our next period, with probability K/(n − 2).
+
+        About K members then check it independently: their confirmations shrink the
+        suspicion timeout of a member that is really gone, while a healthy member simply
+        answers them.  The expected extra load per suspicion is K probes whatever n is.
+        """
+        others = self._live - 2
+        expected = self.config.expected_confirmations(self._live)
+        if others <= 0 or expected <= 0:
+            return
+        if expected >= others or self.rng.random() < expected / others:
+            self._confirm_queue.append(node)
+
+    def _next_confirmation_target(self) -> str | None:
+        while self._confirm_queue:
+            node = self._confirm_queue.pop(0)
+            state = self._members.get(node)
+            if state is not None and state.status == SUSPECT:
+                return node
+        return None
+
+    def _sample(self, k: int, now: float, exclude: str = "", include_dead: bool = False) -> list[str]:
+        """Up to ``k`` distinct random live members (and recently dead ones, if asked)."""
+        members = self._members
+        pool = self._order if len(self._order) >= len(members) // 2 else list(members)
+        if not pool or k <= 0:
+            return []
+        chosen: list[str] = []
+        window = self.config.gossip_to_dead
+        for _ in range(4 * k + 8):
+            node = pool[self.rng.randrange(len(pool))]
+            if node == self.id or node == exclude or node in chosen:
+                continue
+            state = members.get(node)
+            if state is None:
+                continue
+            if state.status in LIVE or (include_dead and state.status == DEAD
+                                        and now - self._since.get(node, now) < window):
+                chosen.append(node)
+                if len(chosen) == k:
+                    break
+        return chosen
+
+    def _piggyback(self, first=None) -> tuple:
+        if not self._news and first is None:
+            return ()
+        return tuple(self._news.take(self.config.piggyback_bytes, self._limit(), first))
+
+    def _limit(self) -> int:
+        return self.config.retransmit_limit(self._live)
+
+    def _push_pull_msg(self, join: bool, reply: bool) -> PushPull:
+        return PushPull(self.id, self.addr, join, reply, tuple(self._members.values()),
+                        tuple(self._records.values()))
+
+    def _send(self, addr: str, msg: Any, bulk: bool = False) -> None:
+        self._outbox.append(Outgoing(addr, msg, bulk))
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _view(self, node: str) -> Member:
+        state = self._members[node]
+        record = self._records.get(node)
+        return Member(node, state.addr, state.incarnation, state.status, state.meta,
+                      self._since.get(node, 0.0), self._rtt.get(node),
+                      record.version if record else 0, record.payload if record else b"")

@@ -1,0 +1,283 @@
+"""Membership simulation: thousands of SWIM cores on a virtual clock and a simulated network.
+
+The cores are the same ``Swim`` objects the real node runs.  The cluster starts
+converged (every member knows every other), runs ``warmup`` seconds, then
+suffers the scenario: crashes at random times, slow members whose message
+handling and timers run late, message loss, and state-record updates whose
+spread is timed.  Everything random comes from one seeded ``random.Random``,
+so the same arguments give the same event trace (``trace_digest``).
+
+Metric definitions (all measured, none assumed):
+
+* first detection: crash → the first time any live member suspects or declares the
+  crashed member dead, in protocol periods (probe_interval).
+* detection_all: crash → the moment the last member alive at the end marks it dead.
+* false_suspicions: suspicions *originated* (a failed probe) about members that had
+  not crashed; false_positive_deaths: distinct such members declared dead anywhere.
+* dissemination: a record update at one member → the time 99% / 99.99% of the
+  members alive at that moment hold it; the reported value is the median over updates
+  (``_max`` keys give the worst update).
+* bytes: every 64th message is encoded with the real wire codec and the total is
+  scaled from that sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import statistics
+import struct
+import time
+from dataclasses import dataclass
+
+from p2pswarm import wire
+from p2pswarm.membership.config import preset as load_preset
+from p2pswarm.membership.messages import MemberState, Meta
+from p2pswarm.membership.swim import DEAD, LEFT, SUSPECT, Swim
+from p2pswarm.sim.engine import EventHeap
+from p2pswarm.sim.network import NetworkModel, SimNetwork
+
+DELIVER, WAKE, CRASH, UPDATE = 0, 1, 2, 3
+BYTE_SAMPLE_EVERY = 64
+
+
+@dataclass
+class SwimScenario:
+    nodes: int = 100
+    duration: float = 60.0
+    loss: float = 0.0
+    duplicate: float = 0.0
+    crash: int = 0
+    slow: int = 0
+    slow_factor: float = 3.0
+    """A slow member handles each message and timer late by U(0.5, 1.5) × slow_factor × probe_timeout."""
+    lifeguard: bool = True
+    preset: str = "lan"
+    seed: int = 1
+    warmup: float = 5.0
+    updates: int = 20
+    push_pull: bool = True
+    latency: float = 0.0005
+    """One-way base latency, seconds; plus exponential jitter of the same mean."""
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[rank - 1]
+
+
+class SwimSimulation:
+    def __init__(self, sc: SwimScenario) -> None:
+        self.sc = sc
+        self.rng = random.Random(sc.seed)
+        config = load_preset(sc.preset).with_changes(lifeguard=sc.lifeguard)
+        if not sc.push_pull:
+            config = config.with_changes(push_pull_interval=float("inf"))
+        self.config = config
+        self.heap = EventHeap()
+        model = NetworkModel(base_latency=sc.latency, jitter=sc.latency, loss=sc.loss, duplicate=sc.duplicate)
+        self.net = SimNetwork(model, random.Random(self.rng.random()))
+        self.addr_index: dict[str, int] = {}
+        self.cores: list[Swim] = []
+        self.wake_at: list[float] = []
+        self.crashed_at: dict[int, float] = {}
+        self.slow: set[int] = set()
+        self.digest = hashlib.blake2b(digest_size=16)
+        self.msgs = 0
+        self.sampled_bytes = 0
+        self.sampled_msgs = 0
+        # metrics
+        self.first_detect: dict[int, float] = {}
+        self.dead_seen: dict[int, dict[int, float]] = {}
+        self.false_suspicions = 0
+        self.false_dead_members: set[int] = set()
+        self.false_dead_declarations = 0
+        self.updates: dict[tuple[str, int], dict] = {}
+        self._build()
+
+    # ------------------------------------------------------------ setup
+
+    def _build(self) -> None:
+        sc = self.sc
+        states = {}
+        for i in range(sc.nodes):
+            node_id = f"n{i:05d}"
+            addr = f"sim{i}:7946"
+            self.addr_index[addr] = i
+            states[node_id] = MemberState(node_id, addr, 0, "alive", Meta(name=node_id))
+        for i, (node_id, state) in enumerate(states.items()):
+            core = Swim(node_id, state.addr, state.meta, self.config, random.Random(self.rng.random()), 0.0)
+            core.bootstrap(0.0, states)
+            core.track_records = True
+            self.cores.append(core)
+            self.wake_at.append(math.inf)
+            self._reschedule(i, 0.0)
+        healthy = list(range(sc.nodes))
+        self.rng.shuffle(healthy)
+        crash_end = sc.warmup + 0.5 * (sc.duration - sc.warmup)
+        for i in healthy[:sc.crash]:
+            self.heap.push(self.rng.uniform(sc.warmup, crash_end), CRASH, i)
+        self.slow = set(healthy[sc.crash:sc.crash + sc.slow])
+        origins = healthy[sc.crash + sc.slow:]
+        update_end = max(sc.warmup, sc.duration - 10.0)
+        for i in origins[:sc.updates]:
+            self.heap.push(self.rng.uniform(sc.warmup, update_end), UPDATE, i)
+
+    def _late(self) -> float:
+        return self.rng.uniform(0.5, 1.5) * self.sc.slow_factor * self.config.probe_timeout
+
+    def _reschedule(self, i: int, now: float) -> None:
+        due = self.cores[i].next_deadline()
+        if due < self.wake_at[i]:
+            self.wake_at[i] = due
+            at = max(due, now)
+            if i in self.slow:
+                at += self._late()
+            self.heap.push(at, WAKE, i, due)
+
+    # ------------------------------------------------------------ run
+
+    def run(self) -> dict:
+        started = time.perf_counter()
+        cores = self.cores
+        crashed = self.crashed_at
+        digest = self.digest
+        pack = struct.Struct("<dBI").pack
+        for at, _serial, kind, i, payload in self.heap.pop_until(self.sc.duration):
+            if i in crashed:
+                continue
+            digest.update(pack(at, kind, i))
+            core = cores[i]
+            if kind == DELIVER:
+                core.receive(at, payload)
+            elif kind == WAKE:
+                if payload != self.wake_at[i]:
+                    continue  # superseded by an earlier wake-up
+                self.wake_at[i] = math.inf
+                core.tick(at)
+            elif kind == CRASH:
+                crashed[i] = at
+                self.dead_seen[i] = {}
+                continue
+            else:
+                core.set_record(at, b"update")
+                version = core.member(core.id).record_version
+                self.updates[(core.id, version)] = {"at": at, "times": [],
+                                                    "live": self.sc.nodes - len(crashed) - 1}
+            self._after(i, core, at)
+        wall = time.perf_counter() - started
+        return self._report(wall)
+
+    def _after(self, i: int, core: Swim, now: float) -> None:
+        if core._outbox:
+            self._transmit(i, core.drain_outbox(), now)
+        if core._events:
+            self._observe(i, core.drain_events())
+        if core._record_updates:
+            for key in core.drain_record_updates():
+                update = self.updates.get(key)
+                if update is not None:
+                    update["times"].append(now - update["at"])
+        self._reschedule(i, now)
+
+    def _transmit(self, src: int, out: list, now: float) -> None:
+        push = self.heap.push
+        delays = self.net.delays
+        index = self.addr_index
+        slow = self.slow
+        for outgoing in out:
+            self.msgs += 1
+            if self.msgs % BYTE_SAMPLE_EVERY == 0:
+                self.sampled_bytes += len(wire.encode(outgoing.msg))
+                self.sampled_msgs += 1
+            dst = index.get(outgoing.addr)
+            if dst is None:
+                continue
+            for delay in delays(src, dst):
+                at = now + delay
+                if dst in slow:
+                    at += self._late()
+                push(at, DELIVER, dst, outgoing.msg)
+
+    def _observe(self, observer: int, events: list) -> None:
+        crashed = self.crashed_at
+        for ev in events:
+            subject = int(ev.node[1:])
+            crash_time = crashed.get(subject)
+            if crash_time is not None:
+                if ev.new in (SUSPECT, DEAD) and subject not in self.first_detect:
+                    self.first_detect[subject] = ev.at
+                if ev.new == DEAD:
+                    self.dead_seen[subject].setdefault(observer, ev.at)
+            elif ev.new == SUSPECT and ev.by == self.cores[observer].id:
+                self.false_suspicions += 1
+            elif ev.new in (DEAD, LEFT):
+                self.false_dead_members.add(subject)
+                if ev.by == self.cores[observer].id:
+                    self.false_dead_declarations += 1
+
+    # ------------------------------------------------------------ report
+
+    def detection_times(self) -> list[float]:
+        """Crash → every member still alive at the end marks it dead, per crash (inf if never)."""
+        survivors = [i for i in range(self.sc.nodes) if i not in self.crashed_at]
+        out = []
+        for subject, crash_time in self.crashed_at.items():
+            seen = self.dead_seen[subject]
+            if all(i in seen for i in survivors):
+                out.append(max(seen[i] for i in survivors) - crash_time)
+            else:
+                out.append(math.inf)
+        return out
+
+    def _report(self, wall: float) -> dict:
+        sc = self.sc
+        period = self.config.probe_interval
+        first = [(self.first_detect[s] - t) / period for s, t in self.crashed_at.items() if s in self.first_detect]
+        detect = self.detection_times()
+        finite = [d for d in detect if math.isfinite(d)]
+        d99, d9999 = [], []
+        for update in self.updates.values():
+            times = sorted(update["times"])
+            for target, frac in ((d99, 0.99), (d9999, 0.9999)):
+                need = math.ceil(frac * update["live"])
+                target.append(times[need - 1] if need <= len(times) else math.inf)
+        member_seconds = sc.nodes * sc.duration
+        est_bytes = self.sampled_bytes / self.sampled_msgs * self.msgs if self.sampled_msgs else 0
+        rounded = lambda v: None if v is None else (round(v, 4) if math.isfinite(v) else "inf")  # noqa: E731
+        return {
+            "nodes": sc.nodes, "sim_seconds": sc.duration, "wall_seconds": round(wall, 3),
+            "speedup": round(sc.duration / wall, 2) if wall else None,
+            "preset": sc.preset, "lifeguard": sc.lifeguard, "seed": sc.seed, "loss": sc.loss,
+            "crashed": len(self.crashed_at), "slow": len(self.slow),
+            "first_detection_periods_p50": rounded(_percentile(first, 50)),
+            "first_detection_periods_p99": rounded(_percentile(first, 99)),
+            "first_detection_periods_mean": rounded(statistics.fmean(first)) if first else None,
+            "detection_all_seconds_p50": rounded(_percentile(detect, 50)),
+            "detection_all_seconds_p99": rounded(_percentile(detect, 99)),
+            "undetected": len(detect) - len(finite),
+            "false_positive_deaths": len(self.false_dead_members),
+            "false_death_declarations": self.false_dead_declarations,
+            "false_suspicions": self.false_suspicions,
+            "msgs_per_member_per_period": round(self.msgs / (member_seconds / period), 4),
+            "bytes_per_member_per_second": round(est_bytes / member_seconds, 1),
+            "dissemination_seconds_p99": rounded(_percentile(d99, 50)),
+            "dissemination_seconds_p9999": rounded(_percentile(d9999, 50)),
+            "dissemination_seconds_p99_max": rounded(max(d99) if d99 else None),
+            "dissemination_seconds_p9999_max": rounded(max(d9999) if d9999 else None),
+            "updates": len(self.updates),
+            "events": self.heap.processed,
+            "messages": self.msgs,
+            "messages_lost": self.net.lost,
+            "trace_digest": self.digest.hexdigest(),
+        }
+
+
+def run_swim_sim(**kwargs) -> dict:
+    """Run one scenario (keyword arguments of :class:`SwimScenario`); returns the report dict."""
+    return SwimSimulation(SwimScenario(**kwargs)).run()

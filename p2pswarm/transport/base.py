@@ -1,0 +1,37 @@
+"""The Transport protocol: how a node moves opaque messages to peer addresses.
+
+Addresses are ``"host:port"`` strings. A transport never blocks its caller on a
+slow or dead peer: ``send`` queues (bounded) or drops, and says which. Small
+protocol messages (probes) and bulk transfers (full-state push/pull, Raft
+snapshots) travel on separate connections so that a probe never waits behind a
+large transfer; that is what the ``bulk`` flag selects.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class TransportError(Exception):
+    """The transport cannot start or run (e.g. the address is in use)."""
+
+
+class Transport(Protocol):
+    @property
+    def local_addr(self) -> str:
+        """The address peers use to reach this node."""
+
+    async def start(self) -> None:
+        """Bind and begin receiving; raises TransportError with a one-line reason."""
+
+    def send(self, addr: str, data: bytes, bulk: bool = False) -> bool:
+        """Queue ``data`` for ``addr`` without blocking; False when it was dropped."""
+
+    async def recv(self) -> bytes:
+        """Wait for the next incoming message."""
+
+    def stats(self) -> dict[str, int]:
+        """Counters: sent, send_dropped, received, and implementation specifics."""
+
+    async def close(self) -> None:
+        """Stop receiving and drop anything still queued (linger 0)."""

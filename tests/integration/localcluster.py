@@ -1,0 +1,144 @@
+"""Helpers for integration tests: real `p2pswarm up` processes on distinct 127.0.0.x addresses.
+
+Conditions are polled with generous deadlines (never fixed sleeps), and every
+process a test started is killed by its pid at teardown, never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from p2pswarm.api.client import ApiClient, ApiError
+
+REPO = Path(__file__).resolve().parents[2]
+_used_hosts: set[str] = set()
+
+
+def free_host() -> str:
+    """A loopback address no other test of this run uses (all of 127/8 reaches lo on Linux)."""
+    while True:
+        host = f"127.0.{random.randint(1, 254)}.{random.randint(2, 254)}"
+        if host not in _used_hosts:
+            _used_hosts.add(host)
+            return host
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env.pop("P2PSWARM_DATA_DIR", None)
+    return env
+
+
+def wait_until(cond, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``cond`` until it returns a truthy value; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+class LocalNode:
+    def __init__(self, cluster: "LocalCluster", index: int) -> None:
+        self.index = index
+        self.name = f"n{index}"
+        self.host = free_host()
+        self.port = free_port(self.host)
+        self.addr = f"{self.host}:{self.port}"
+        self.data_dir = cluster.tmp / self.name
+        self.log_path = cluster.tmp / f"{self.name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.api = ApiClient(self.data_dir, timeout=2.0)
+
+    def info(self) -> dict | None:
+        try:
+            return self.api.get("/v1/info")
+        except ApiError:
+            return None
+
+    def statuses(self) -> dict[str, str] | None:
+        """{member name: status} as this node sees it, or None if its API does not answer."""
+        try:
+            return {m["name"]: m["status"] for m in self.api.get("/v1/members")["members"]}
+        except ApiError:
+            return None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class LocalCluster:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.nodes: dict[int, LocalNode] = {}
+        self.pids: set[int] = set()
+        self._procs: list[subprocess.Popen] = []
+
+    def node(self, index: int) -> LocalNode:
+        if index not in self.nodes:
+            self.nodes[index] = LocalNode(self, index)
+        return self.nodes[index]
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "p2pswarm.cli.main", *args]
+
+    def start(self, index: int, peers: tuple[str, ...] = (), *extra: str) -> LocalNode:
+        """Start `p2pswarm up` in the foreground (as a child we own) with the test preset."""
+        node = self.node(index)
+        args = ["up", "--data-dir", str(node.data_dir), "--bind", node.addr, "--name", node.name,
+                "--preset", "test", *extra]
+        if peers:
+            args += ["--peers", ",".join(peers)]
+        with open(node.log_path, "ab") as log:
+            node.proc = subprocess.Popen(self.command(*args), stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, cwd=REPO, env=cli_env())
+        self._procs.append(node.proc)
+        self.pids.add(node.proc.pid)
+        return node
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(*args), capture_output=True, text=True, cwd=REPO, env=cli_env(),
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
+        node = self.nodes[index]
+        node.proc.send_signal(sig)
+        node.proc.wait(timeout=30)
+
+    def track_pid_file(self, data_dir: Path) -> None:
+        """Remember the pid of a detached node so that teardown can kill it."""
+        try:
+            self.pids.add(int((data_dir / "node.pid").read_text().strip()))
+        except (OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            self.track_pid_file(node.data_dir)
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+        own = {p.pid for p in self._procs}
+        for pid in self.pids - own:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -1,0 +1,107 @@
+"""CLI behaviour without real processes: one-line errors, exit codes, and `node ls` output."""
+
+import asyncio
+import json
+import threading
+
+import pytest
+from click.testing import CliRunner
+
+from p2pswarm.cli.main import main
+from p2pswarm.cli.output import fmt_labels, fmt_rtt, table
+from p2pswarm.node import Node, NodeOptions
+from p2pswarm.transport.memory import MemoryNetwork, MemoryTransport
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def assert_one_line_error(result, code, *needles):
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["up", "--label", "foo"], "--label"),
+    (["up", "--label", "=v"], "--label"),
+    (["up", "--peers", "nonsense"], "--peers"),
+    (["up", "--peers", "a:1,b:99999"], "--peers"),
+    (["up", "--bind", "localhost"], "--bind"),
+    (["up", "--advertise", "x:0"], "--advertise"),
+    (["up", "--preset", "fast"], "--preset"),
+    (["up", "--bogus"], "--bogus"),
+    (["node", "ls", "--format", "yaml"], "--format"),
+    (["frobnicate"], "frobnicate"),
+])
+def test_bad_flags_are_one_line_and_exit_2(args, needle):
+    assert_one_line_error(run(*args), 2, needle)
+
+
+def test_bind_all_needs_advertise(tmp_path):
+    assert_one_line_error(run("up", "--data-dir", str(tmp_path), "--bind", "0.0.0.0:7946"), 2, "--advertise")
+
+
+def test_unwritable_data_dir(tmp_path):
+    (tmp_path / "f").write_text("")
+    assert_one_line_error(run("up", "--data-dir", str(tmp_path / "f" / "d")), 1, "cannot create data dir")
+
+
+def test_commands_without_a_node_say_how_to_start_one(tmp_path):
+    for args in (["node", "ls"], ["down"]):
+        assert_one_line_error(run(*args, "--data-dir", str(tmp_path)), 1, "p2pswarm up", str(tmp_path))
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run("--debug", "node", "ls", "--data-dir", str(tmp_path))
+    assert result.exit_code == 1 and "Traceback" in result.stderr
+
+
+def test_no_arguments_prints_help():
+    result = run()
+    assert result.exit_code == 0 and "up" in result.output and "down" in result.output
+
+
+def test_output_helpers():
+    assert table(["A", "BB"], [["xxx", None], ["y", "z"]]) == "A    BB\nxxx\ny    z"
+    assert fmt_labels({"b": "2", "a": "1"}) == "a=1,b=2" and fmt_labels({}) == "-"
+    assert fmt_rtt(None) == "-" and fmt_rtt(1.234) == "1.2ms" and fmt_rtt(250.4) == "250ms"
+
+
+def test_node_ls_table_and_json_against_a_running_node(tmp_path):
+    ready, stop = threading.Event(), threading.Event()
+    holder = {}
+
+    async def serve():
+        node = Node(NodeOptions(data_dir=str(tmp_path), bind="10.1.0.1:7946", name="solo", preset="test",
+                                labels=(("zone", "a"),)),
+                    transport_factory=lambda o: MemoryTransport(MemoryNetwork(), o.bind))
+        holder["node"] = node
+        task = asyncio.ensure_future(node.run())
+        await node.started.wait()
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.02)
+        node.request_shutdown()
+        await task
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),))
+    thread.start()
+    try:
+        assert ready.wait(10)
+        members = json.loads(run("node", "ls", "--format", "json", "--data-dir", str(tmp_path)).stdout)
+        assert [(m["name"], m["status"], m["labels"]) for m in members] == [("solo", "alive", {"zone": "a"})]
+        result = run("node", "ls", "--data-dir", str(tmp_path))
+        assert result.exit_code == 0
+        header, row = result.stdout.strip().splitlines()
+        assert header.split() == ["ID", "NAME", "ADDRESS", "STATUS", "RTT", "LABELS"]
+        assert row.split()[1:] == ["*", "solo", "10.1.0.1:7946", "alive", "-", "zone=a"]
+    finally:
+        stop.set()
+        thread.join(10)
