@@ -14,7 +14,8 @@ Formulas (as implemented in :mod:`p2pswarm.membership.swim`):
                          = suspicion_confirmations, or 0 when n − 2 < that
 * retransmit limit   = retransmit_mult × ceil(log10(n + 1))  sends of each piece of news,
                        the first gossip_sends of them on dedicated gossip messages
-* push/pull period   = push_pull_interval × max(1, ceil(log2 n − log2 32) + 1)
+* push/pull period   = push_pull_interval × scale,  reconnect period = reconnect_interval × scale,
+                       scale = 1 for n ≤ 32, else ceil(log2 n − log2 32) + 1
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class SwimConfig:
     """Scales the minimum suspicion timeout (see module formulas)."""
     suspicion_max_mult: float = 6.0
     """Lifeguard: maximum suspicion timeout as a multiple of the minimum."""
-    suspicion_confirmations: int = 3
+    suspicion_confirmations: int = 2
     """Lifeguard: K, confirmations from distinct members that shrink a suspicion to its minimum."""
     health_max: int = 8
     """Lifeguard: ceiling of the local health score that stretches our own timeouts."""
@@ -44,7 +45,7 @@ class SwimConfig:
     """Seconds between gossip rounds (only while there is news to spread)."""
     gossip_fanout: int = 3
     """Members each gossip round is sent to."""
-    gossip_sends: int = 6
+    gossip_sends: int = 3
     """News rides on dedicated gossip messages only for its first gossip_sends sends, then
     only on probes and acks: the message count per member stays independent of n."""
     retransmit_mult: int = 4
@@ -86,9 +87,17 @@ class SwimConfig:
     def retransmit_limit(self, n: int) -> int:
         return self.retransmit_mult * max(1, math.ceil(math.log10(n + 1)))
 
+    @staticmethod
+    def full_state_scale(n: int) -> int:
+        """Full-state exchanges slow down as the state grows: 1 up to 32 members, then
+        ceil(log2 n − log2 32) + 1, so the bandwidth they take per member stays bounded."""
+        return 1 if n <= 32 else math.ceil(math.log2(n) - math.log2(32)) + 1
+
     def push_pull_period(self, n: int) -> float:
-        scale = 1 if n <= 32 else math.ceil(math.log2(n) - math.log2(32)) + 1
-        return self.push_pull_interval * scale
+        return self.push_pull_interval * self.full_state_scale(n)
+
+    def reconnect_period(self, n: int) -> float:
+        return self.reconnect_interval * self.full_state_scale(n)
 
 
 PRESETS: dict[str, SwimConfig] = {

@@ -47,8 +47,10 @@ class NewsQueue:
         entry = self._items.get(key)
         return entry[0] if entry else None
 
-    def take(self, budget: int, limit: int, first=None, fresh_only: bool = False) -> list:
-        """Pick news for one message within ``budget`` bytes; counts each as sent once.
+    def take(self, budget: int, limit: int, first=None, fresh_only: bool = False, copies: int = 1) -> list:
+        """Pick news for a message within ``budget`` bytes, going to ``copies`` members.
+
+        Each item picked counts as sent ``copies`` times.
 
         ``first`` (if queued or not) is always included first: Lifeguard's buddy system
         puts a suspicion in the very probe that goes to the suspect.
@@ -79,8 +81,8 @@ class NewsQueue:
                 break
             out.append(item)
             used += size
-            entry[1] = sends + 1
-            if entry[1] == fresh_sends:
+            entry[1] = sends + copies
+            if sends < fresh_sends <= entry[1]:
                 self._fresh -= 1
             if entry[1] >= limit:
                 spent.append(key)

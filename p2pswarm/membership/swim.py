@@ -133,6 +133,10 @@ class Swim:
         self._probe: _Probe | None = None
         self._relays: dict[int, list] = {}
         self._confirm_queue: list[str] = []
+        self._suspicion_due: float | None = None
+        """Earliest suspicion deadline (None: recompute); next_deadline runs after every event."""
+        self._limit_for = -1
+        self._limit_value = 0
         self._seeds: tuple[str, ...] = ()
         self._join_at = INF
         self._join_delay = config.join_retry_initial
@@ -179,14 +183,17 @@ class Swim:
         self._record_payload = payload
         self._publish_record()
 
-    def bootstrap(self, now: float, members: dict[str, MemberState]) -> None:
+    def bootstrap(self, now: float, members: dict[str, MemberState], live: int | None = None) -> None:
         """Start from a known membership (a simulator's converged cluster, a saved view).
 
         The mapping is copied; entries are immutable and may be shared between nodes.
+        ``live`` may give the number of live entries (ourselves included) to skip counting.
         """
         self._members = dict(members)
         self._members[self.id] = MemberState(self.id, self.addr, self.incarnation, ALIVE, self._meta)
-        self._live = sum(1 for s in self._members.values() if s.status in LIVE)
+        if live is None:
+            live = sum(1 for s in self._members.values() if s.status in LIVE)
+        self._live = live
         self._order = list(self._members)
         self._order_pos = 0
         self._next_push_pull = now + self.rng.uniform(0.5, 1.0) * self.config.push_pull_period(self._live)
@@ -222,9 +229,11 @@ class Swim:
         if self._next_gossip < t and self._news.has_fresh:
             t = self._next_gossip
         t = min(t, self._next_push_pull, self._next_reconnect, self._next_reap, self._join_at)
-        for s in self._suspicions.values():
-            if s.deadline < t:
-                t = s.deadline
+        if self._suspicions:
+            if self._suspicion_due is None:
+                self._suspicion_due = min(s.deadline for s in self._suspicions.values())
+            if self._suspicion_due < t:
+                t = self._suspicion_due
         for relay in self._relays.values():
             if relay[2] < t:
                 t = relay[2]
@@ -254,7 +263,7 @@ class Swim:
             self._next_push_pull = now + self.config.push_pull_period(self._live)
             self._push_pull_random(now)
         if now >= self._next_reconnect:
-            self._next_reconnect = now + self.config.reconnect_interval
+            self._next_reconnect = now + self.config.reconnect_period(self._live)
             self._reconnect(now)
         if now >= self._next_reap:
             self._next_reap = now + self.config.left_reap_after / 4
@@ -310,6 +319,7 @@ class Swim:
 
     def _suspicion_expired(self, now: float, node: str) -> None:
         suspicion = self._suspicions.pop(node)
+        self._suspicion_due = None
         state = self._members.get(node)
         if state is None or state.status != SUSPECT or state.incarnation != suspicion.incarnation:
             return
@@ -329,12 +339,15 @@ class Swim:
     def _gossip(self, now: float) -> None:
         self._next_gossip = now + self.config.gossip_interval
         targets = self._sample(self.config.gossip_fanout, now, include_dead=True)
+        if not targets:
+            return
+        news = self._news.take(self.config.gossip_bytes, self._limit(), fresh_only=True, copies=len(targets))
+        if not news:
+            return
+        msg = Gossip(self.id, self.addr, tuple(news))
         for node in targets:
-            news = self._news.take(self.config.gossip_bytes, self._limit(), fresh_only=True)
-            if not news:
-                break
             self._count("gossip_sent")
-            self._send(self._members[node].addr, Gossip(self.id, self.addr, tuple(news)))
+            self._send(self._members[node].addr, msg)
 
     def _join_retry(self, now: float) -> None:
         if self.joined or not self._seeds:
@@ -486,7 +499,7 @@ class Swim:
         cur = self._members.get(node)
         if cur is not None and news.incarnation <= cur.incarnation:
             return
-        self._suspicions.pop(node, None)
+        self._drop_suspicion(node)
         self._set(now, MemberState(node, news.addr, news.incarnation, ALIVE, news.meta), "")
         if cur is None:
             self._order.append(node)  # joins the unvisited part of the current round
@@ -504,11 +517,13 @@ class Swim:
         if cur.status == SUSPECT:
             suspicion = self._suspicions.get(node)
             if suspicion is not None and news.incarnation == suspicion.incarnation and suspicion.confirm(news.by):
+                self._suspicion_due = None
                 self._news.put((node, "m"), news)
             return
         low, high = self.config.suspicion_bounds(self._live)
         if news.by != self.id and self.config.lifeguard:
             self._maybe_confirm(node)
+        self._suspicion_due = None
         self._suspicions[node] = Suspicion(news.incarnation, now, low, high,
                                            self.config.expected_confirmations(self._live), news.by)
         self._set(now, MemberState(node, cur.addr, news.incarnation, SUSPECT, cur.meta), news.by)
@@ -523,7 +538,7 @@ class Swim:
         cur = self._members.get(node)
         if cur is None or news.incarnation < cur.incarnation or cur.status in (DEAD, LEFT):
             return
-        self._suspicions.pop(node, None)
+        self._drop_suspicion(node)
         status = LEFT if news.left else DEAD
         self._set(now, MemberState(node, cur.addr, news.incarnation, status, cur.meta), news.by)
         self._news.put((node, "m"), news)
@@ -597,6 +612,10 @@ class Swim:
             self._order_pos = 0
         return None
 
+    def _drop_suspicion(self, node: str) -> None:
+        if self._suspicions.pop(node, None) is not None:
+            self._suspicion_due = None
+
     def _maybe_confirm(self, node: str) -> None:
         """Probe a member someone else suspects at our next period, with probability K/(n − 2).
 
@@ -647,7 +666,10 @@ class Swim:
         return tuple(self._news.take(self.config.piggyback_bytes, self._limit(), first))
 
     def _limit(self) -> int:
-        return self.config.retransmit_limit(self._live)
+        if self._limit_for != self._live:
+            self._limit_for = self._live
+            self._limit_value = self.config.retransmit_limit(self._live)
+        return self._limit_value
 
     def _push_pull_msg(self, join: bool, reply: bool) -> PushPull:
         return PushPull(self.id, self.addr, join, reply, tuple(self._members.values()),

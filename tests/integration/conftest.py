@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from localcluster import LocalCluster
+from p2pswarm.testing.localcluster import LocalCluster
 
 
 def pytest_collection_modifyitems(items):

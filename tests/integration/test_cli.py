@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from localcluster import free_host, free_port, wait_until
+from p2pswarm.testing.localcluster import free_host, free_port, wait_until
 
 from p2pswarm.cli.node_cmds import pid_alive
 

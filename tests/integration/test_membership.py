@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 
-from localcluster import wait_until
+from p2pswarm.testing.localcluster import wait_until
 
 ALL = ("n0", "n1", "n2", "n3", "n4")
 

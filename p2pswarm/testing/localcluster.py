@@ -1,4 +1,4 @@
-"""Helpers for integration tests: real `p2pswarm up` processes on distinct 127.0.0.x addresses.
+"""Real `p2pswarm up` processes on distinct 127.0.0.x addresses, for tests and benchmarks.
 
 Conditions are polled with generous deadlines (never fixed sleeps), and every
 process a test started is killed by its pid at teardown, never by name.
@@ -18,6 +18,7 @@ from pathlib import Path
 from p2pswarm.api.client import ApiClient, ApiError
 
 REPO = Path(__file__).resolve().parents[2]
+"""The source tree, put on PYTHONPATH of the children so they run this checkout."""
 _used_hosts: set[str] = set()
 
 
@@ -85,8 +86,9 @@ class LocalNode:
 
 
 class LocalCluster:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, preset: str = "test") -> None:
         self.tmp = tmp
+        self.preset = preset
         self.nodes: dict[int, LocalNode] = {}
         self.pids: set[int] = set()
         self._procs: list[subprocess.Popen] = []
@@ -100,10 +102,10 @@ class LocalCluster:
         return [sys.executable, "-m", "p2pswarm.cli.main", *args]
 
     def start(self, index: int, peers: tuple[str, ...] = (), *extra: str) -> LocalNode:
-        """Start `p2pswarm up` in the foreground (as a child we own) with the test preset."""
+        """Start `p2pswarm up` in the foreground (as a child we own) with the cluster's preset."""
         node = self.node(index)
         args = ["up", "--data-dir", str(node.data_dir), "--bind", node.addr, "--name", node.name,
-                "--preset", "test", *extra]
+                "--preset", self.preset, *extra]
         if peers:
             args += ["--peers", ",".join(peers)]
         with open(node.log_path, "ab") as log:

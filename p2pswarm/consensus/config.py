@@ -1,0 +1,72 @@
+"""Raft timing and flow-control settings, with presets.
+
+Times are seconds, sizes bytes.  Formulas (as implemented in :mod:`p2pswarm.consensus.raft`):
+
+* election timeout (randomized) = uniform[election_timeout, 2 × election_timeout), redrawn on
+  every reset, so that split votes resolve quickly (Raft §5.2)
+* leader lease / CheckQuorum window = election_timeout: a leader that has not heard from a
+  quorum of voters within it steps down; a voter that heard from a leader within it refuses
+  (pre-)votes, so a rejoining node cannot depose a healthy leader
+* heartbeat period = heartbeat_interval (must be well below election_timeout; 1/10 is usual)
+* appends in flight per follower ≤ max_inflight (pipelining), each ≤ max_batch_entries entries
+  and ≤ max_batch_bytes payload bytes (one oversized entry still travels alone)
+* leadership transfer aborts after election_timeout if the target never caught up
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from p2pswarm.consensus.messages import MAX_BATCH_BYTES, MAX_ENTRIES
+
+
+@dataclass(frozen=True)
+class RaftConfig:
+    election_timeout: float = 1.0
+    """Base election timeout; actual timeouts are uniform in [T, 2T)."""
+    heartbeat_interval: float = 0.1
+    """Seconds between leader heartbeats (carry commit index and ReadIndex rounds)."""
+    max_inflight: int = 64
+    """Unacknowledged AppendEntries per follower in replicate state (flow control window)."""
+    max_batch_entries: int = 256
+    """Entries in one AppendEntries."""
+    max_batch_bytes: int = 1024 * 1024
+    """Entry payload bytes in one AppendEntries."""
+    pre_vote: bool = True
+    """Campaign only after a pre-vote round shows a quorum would elect us (Raft thesis §9.6)."""
+    check_quorum: bool = True
+    """Leader steps down without quorum contact within an election timeout; voters honour leases."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heartbeat_interval < self.election_timeout:
+            raise ValueError("heartbeat_interval must be positive and below election_timeout")
+        if not 1 <= self.max_batch_entries <= MAX_ENTRIES:
+            raise ValueError(f"max_batch_entries must be within 1..{MAX_ENTRIES}")
+        if not 1 <= self.max_batch_bytes <= MAX_BATCH_BYTES:
+            raise ValueError(f"max_batch_bytes must be within 1..{MAX_BATCH_BYTES}")
+        if self.max_inflight < 1:
+            raise ValueError("max_inflight must be at least 1")
+
+    def with_changes(self, **changes) -> "RaftConfig":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, RaftConfig] = {
+    # A LAN: a failed leader is replaced in about 1-2 s.
+    "lan": RaftConfig(),
+    # Round trips of 100+ ms: keep heartbeats sparse and elections patient.
+    "wan": RaftConfig(election_timeout=5.0, heartbeat_interval=0.5, max_inflight=256),
+    # Many nodes on one busy host.
+    "local": RaftConfig(election_timeout=1.5, heartbeat_interval=0.15),
+    # Tests and simulation: fast.
+    "test": RaftConfig(election_timeout=0.3, heartbeat_interval=0.05, max_inflight=8,
+                       max_batch_entries=16, max_batch_bytes=64 * 1024),
+}
+
+
+def preset(name: str) -> RaftConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

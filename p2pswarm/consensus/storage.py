@@ -1,0 +1,388 @@
+"""Durable Raft storage: hard state, log entries and the latest snapshot.
+
+Why an append-only file with checksums rather than sqlite: Raft needs exactly
+three guarantees — a save is durable when it returns, a save is all-or-nothing,
+and damage is either a torn tail (repairable) or corruption (fatal, reported).
+With our own framing each of these is a few visible lines, one ``save`` is one
+``write`` plus one ``fsync`` (group commit), and a full disk is caught at the
+exact write that failed, so nothing half-written is ever followed by good data.
+
+Data directory::
+
+    CLUSTER   "p2pswarm-raft 1" and the cluster id; written once, atomically
+    LOCK      flock'ed while open, so two processes never share a log
+    wal       records; each save appends one batch: entry records then a hard-state record
+    snapshot  the latest snapshot in one record, replaced atomically
+
+A record is a 12-byte header ``len, crc32(payload), crc32(first 8 header bytes)``
+followed by a msgpack payload.  At open the wal is scanned: a header that fails
+its checksum, a payload cut short, or a bad payload checksum on the *final*
+record is a torn tail (the crash hit an un-fsynced write); the file is truncated
+back to the end of the last complete batch.  A bad record followed by more data
+is corruption of something that was durable, possibly committed: opening fails
+with :class:`CorruptLogError`.  (A flipped bit in the very last record cannot be
+told from a torn write; that batch is dropped, as a crash before its fsync would.)
+
+Saving a snapshot rewrites the wal without the entries it covers (write a new
+file, fsync, rename), so the log stays as short as the snapshot policy keeps it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+import msgpack
+
+from p2pswarm.consensus.messages import Entry, Snapshot
+from p2pswarm.consensus.raft import HardState
+from p2pswarm.wire import WireError, nested
+
+_HEADER = struct.Struct("<III")
+_MAX_RECORD = 64 * 1024 * 1024
+_MAGIC = "p2pswarm-raft 1"
+
+
+class StorageError(Exception):
+    """The log cannot be read or written; the node must stop (the message says why and what to do)."""
+
+
+class CorruptLogError(StorageError):
+    pass
+
+
+class ClusterMismatchError(StorageError):
+    pass
+
+
+@dataclass
+class Stored:
+    """Everything a Raft core restarts from."""
+
+    hard_state: HardState = field(default_factory=HardState)
+    snapshot: Snapshot | None = None
+    entries: list = field(default_factory=list)
+
+    def copy(self) -> "Stored":
+        return Stored(self.hard_state, self.snapshot, list(self.entries))
+
+    def apply(self, hard_state: HardState | None, entries: tuple, snapshot: Snapshot | None) -> None:
+        """The effect of one save: the rules both storages share."""
+        if snapshot is not None:
+            self.snapshot = snapshot
+            self.entries = self._after(snapshot)
+        if entries:
+            self.check(entries)
+            base = self.snapshot.index if self.snapshot else 0
+            del self.entries[entries[0].index - base - 1:]
+            self.entries.extend(entries)
+        if hard_state is not None:
+            self.hard_state = hard_state
+
+    def check(self, entries: tuple) -> None:
+        """Refuse (as our own bug) entries that would leave a gap or rewrite the snapshot."""
+        if not entries:
+            return
+        first = entries[0].index
+        base = self.snapshot.index if self.snapshot else 0
+        last = self.entries[-1].index if self.entries else base
+        if first > last + 1 or first <= base:
+            raise ValueError(f"entries from {first} do not continue the log ending at {last}")
+
+    def _after(self, snap: Snapshot) -> list:
+        """Entries kept after a snapshot: the later ones, if our log agrees with it at its index."""
+        for e in self.entries:
+            if e.index == snap.index and e.term == snap.term:
+                return [x for x in self.entries if x.index > snap.index]
+        return []
+
+
+class MemoryStorage:
+    """Storage for simulation; ``fsync=False`` models a driver that forgets to fsync.
+
+    Writes go to a volatile image; with fsync they become durable at once, without
+    it only when ``flush`` (the OS writeback) runs.  ``crash`` drops what is not durable.
+    """
+
+    def __init__(self, cluster_id: str = "sim", fsync: bool = True) -> None:
+        self.cluster_id = cluster_id
+        self.fsync = fsync
+        self._volatile = Stored()
+        self._durable = self._volatile if fsync else Stored()
+        self.saves = 0
+
+    def load(self) -> Stored:
+        return self._volatile.copy()
+
+    def save(self, hard_state: HardState | None, entries: tuple = (), snapshot: Snapshot | None = None) -> None:
+        self._volatile.apply(hard_state, entries, snapshot)
+        self.saves += 1
+
+    def flush(self) -> None:
+        if not self.fsync:
+            self._durable = self._volatile.copy()
+
+    def crash(self) -> None:
+        if not self.fsync:
+            self._volatile = self._durable.copy()
+
+    def close(self) -> None:
+        pass
+
+
+class FileStorage:
+    def __init__(self, path: str, cluster_id: str) -> None:
+        """Open (creating if empty) the data dir ``path`` for cluster ``cluster_id`` and recover it."""
+        self.path = path
+        self.cluster_id = cluster_id
+        self._failed: str | None = None
+        self._fd = -1
+        os.makedirs(path, exist_ok=True)
+        self._lock = os.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock)
+            raise StorageError(f"data dir {path} is in use by another process; stop it or pick another dir") from None
+        try:
+            self._check_cluster()
+            self._image = Stored()
+            self._load_snapshot()
+            self._recover_wal()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------ public
+
+    def load(self) -> Stored:
+        return self._image.copy()
+
+    def save(self, hard_state: HardState | None, entries: tuple = (), snapshot: Snapshot | None = None) -> None:
+        """Make the hard state, entries and snapshot durable (one fsync unless a snapshot is saved)."""
+        if self._failed:
+            raise StorageError(f"raft storage in {self.path} failed earlier ({self._failed}); restart the node")
+        if hard_state is None and not entries and snapshot is None:
+            return
+        if snapshot is not None:
+            image = self._image.copy()
+            image.apply(hard_state, entries, snapshot)
+            self._guard(self._write_snapshot, snapshot)
+            self._guard(self._rewrite_wal, image)
+            self._image = image
+            return
+        self._image.check(entries)
+        buf = b"".join(_frame(_entry_payload(e)) for e in entries)
+        hs = hard_state or self._image.hard_state
+        buf += _frame(_hs_payload(hs))
+        self._guard(self._append, buf)
+        self._image.apply(hard_state, entries, None)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
+
+    # ------------------------------------------------------------ writing
+
+    def _guard(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except OSError as exc:
+            what = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            self._failed = what
+            raise StorageError(f"cannot write raft log in {self.path}: {what}; "
+                               f"free space or fix the disk, then restart the node") from exc
+
+    def _append(self, buf: bytes) -> None:
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            _write_all(self._fd, buf)
+            os.fsync(self._fd)
+        except OSError:
+            try:  # leave no partial batch behind a later good one
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass
+            raise
+
+    def _write_snapshot(self, snap: Snapshot) -> None:
+        payload = [snap.index, snap.term, list(snap.conf.voters), list(snap.conf.learners), snap.data]
+        self._atomic_write("snapshot", _frame(payload))
+
+    def _rewrite_wal(self, image: Stored) -> None:
+        snap = image.snapshot
+        buf = _frame(["S", snap.index, snap.term]) if snap else b""
+        buf += b"".join(_frame(_entry_payload(e)) for e in image.entries)
+        buf += _frame(_hs_payload(image.hard_state))
+        self._atomic_write("wal", buf)
+        os.close(self._fd)
+        self._fd = os.open(os.path.join(self.path, "wal"), os.O_RDWR | os.O_APPEND)
+
+    def _atomic_write(self, name: str, data: bytes) -> None:
+        tmp = os.path.join(self.path, name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, os.path.join(self.path, name))
+        self._fsync_dir()
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------ reading
+
+    def _check_cluster(self) -> None:
+        name = os.path.join(self.path, "CLUSTER")
+        if os.path.exists(name):
+            with open(name, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+            if len(lines) != 2 or lines[0] != _MAGIC:
+                raise CorruptLogError(f"{name} is not a p2pswarm raft data dir marker")
+            if lines[1] != self.cluster_id:
+                raise ClusterMismatchError(
+                    f"data dir {self.path} belongs to cluster {lines[1]}, not {self.cluster_id}; "
+                    f"use another data dir or remove this one to leave that cluster")
+            return
+        if os.path.exists(os.path.join(self.path, "wal")):
+            raise CorruptLogError(f"{self.path} has a raft log but no CLUSTER file; refusing to guess")
+        self._atomic_write("CLUSTER", f"{_MAGIC}\n{self.cluster_id}\n".encode())
+
+    def _load_snapshot(self) -> None:
+        name = os.path.join(self.path, "snapshot")
+        for leftover in ("snapshot.tmp", "wal.tmp"):
+            if os.path.exists(os.path.join(self.path, leftover)):
+                os.unlink(os.path.join(self.path, leftover))
+        if not os.path.exists(name):
+            return
+        with open(name, "rb") as f:
+            data = f.read()
+        records, end, bad = _scan(data)
+        if bad is not None or len(records) != 1 or end != len(data):
+            raise CorruptLogError(f"snapshot file {name} is damaged; restore the data dir from a peer")
+        try:
+            index, term, voters, learners, blob = records[0][1]
+            self._image.snapshot = nested(Snapshot)((index, term, (tuple(voters), tuple(learners)), blob))
+        except (WireError, ValueError, TypeError):
+            raise CorruptLogError(f"snapshot file {name} does not decode") from None
+
+    def _recover_wal(self) -> None:
+        name = os.path.join(self.path, "wal")
+        self._fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(name, "rb") as f:
+            data = f.read()
+        records, _, bad = _scan(data)
+        if bad is not None and _more_records_after(data, bad):
+            raise CorruptLogError(f"raft log {name} is corrupt at byte {bad}; data that was durable "
+                                  f"is damaged: restore this node from a peer")
+        keep, log, batch, marker = 0, [], [], None
+        for offset, payload in records:
+            try:
+                kind = payload[0]
+                if kind == "E":
+                    batch.append(nested(Entry)(tuple(payload[1:])))
+                elif kind == "S" and offset == records[0][0]:
+                    marker = (payload[1], payload[2])
+                elif kind == "H":
+                    term, vote, commit = payload[1:]
+                    if type(term) is not int or type(commit) is not int or type(vote) is not str:
+                        raise ValueError("hard state")
+                    for e in batch:
+                        _splice(log, e)
+                    self._image.hard_state = HardState(term, vote or None, commit)
+                    batch, keep = [], offset
+                else:
+                    raise ValueError(kind)
+            except (WireError, ValueError, TypeError, IndexError):
+                raise CorruptLogError(f"raft log {name} has a bad record ending at byte {offset}; "
+                                      f"restore this node from a peer") from None
+        snap = self._image.snapshot
+        if snap is not None:
+            agrees = marker == (snap.index, snap.term) or any(
+                e.index == snap.index and e.term == snap.term for e in log)
+            log = [e for e in log if e.index > snap.index] if agrees else []
+        elif marker is not None:
+            raise CorruptLogError(f"raft log {name} starts after a snapshot that is missing")
+        base = snap.index if snap else 0
+        if log and log[0].index != base + 1:
+            raise CorruptLogError(f"raft log {name} does not continue its snapshot at {base}")
+        self._image.entries = log
+        if keep != len(data):
+            os.ftruncate(self._fd, keep)  # torn tail: drop the incomplete batch
+            os.fsync(self._fd)
+
+
+def _splice(log: list, e: Entry) -> None:
+    """Replay one entry record: a lower index replaces the suffix it conflicts with."""
+    if log and e.index <= log[-1].index:
+        del log[max(0, e.index - log[0].index):]
+    elif log and e.index != log[-1].index + 1:
+        raise ValueError("gap in log")
+    log.append(e)
+
+
+# ---------------------------------------------------------------- framing
+
+def _frame(payload: list) -> bytes:
+    body = msgpack.packb(payload, use_bin_type=True)
+    head = struct.pack("<II", len(body), zlib.crc32(body))
+    return head + struct.pack("<I", zlib.crc32(head)) + body
+
+
+def _entry_payload(e: Entry) -> list:
+    return ["E", e.term, e.index, e.kind, e.data]
+
+
+def _hs_payload(hs: HardState) -> list:
+    return ["H", hs.term, hs.vote or "", hs.commit]
+
+
+def _scan(data: bytes) -> tuple[list, int, int | None]:
+    """Records as (end offset, payload); the end of the good prefix; the offset of a bad record or None."""
+    records, pos = [], 0
+    while pos < len(data):
+        if len(data) - pos < _HEADER.size:
+            return records, pos, pos
+        length, crc, hcrc = _HEADER.unpack_from(data, pos)
+        if zlib.crc32(data[pos:pos + 8]) != hcrc or length > _MAX_RECORD:
+            return records, pos, pos
+        body = data[pos + _HEADER.size:pos + _HEADER.size + length]
+        if len(body) < length or zlib.crc32(body) != crc:
+            return records, pos, pos
+        try:
+            payload = msgpack.unpackb(body, raw=False, use_list=True)
+        except Exception:
+            return records, pos, pos
+        pos += _HEADER.size + length
+        records.append((pos, payload))
+    return records, pos, None
+
+
+def _more_records_after(data: bytes, bad: int) -> bool:
+    """Does any intact record start after the damaged one at ``bad``? Then it is not a torn tail."""
+    for pos in range(bad + 1, len(data) - _HEADER.size + 1):
+        length, _, hcrc = _HEADER.unpack_from(data, pos)
+        if zlib.crc32(data[pos:pos + 8]) == hcrc and length <= len(data) - pos - _HEADER.size:
+            return True
+    return False
+
+
+def _write_all(fd: int, buf: bytes) -> None:
+    view = memoryview(buf)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]

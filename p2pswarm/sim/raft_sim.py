@@ -1,0 +1,594 @@
+"""Deterministic fault-injection simulation of a Raft cluster running the kv store.
+
+Each run drives the real :class:`~p2pswarm.consensus.raft.Raft` core (through the
+real wire encoding) with :class:`~p2pswarm.consensus.storage.MemoryStorage` on a
+virtual clock: an event heap, a seeded ``random.Random`` per run, nothing else,
+so the same seed gives the same runs.  A random fault schedule per run mixes
+crashes (losing whatever was not fsynced) and restarts, symmetric and asymmetric
+partitions, message loss, duplication, delay and reordering, leadership
+transfers and membership changes (remove a voter, add a fresh node as a learner,
+promote it).  Clients issue put/get/cas/delete, retry through other nodes, and
+record ops that time out as unknown-outcome.  Each run's history goes through
+the linearizability checker; the simulator also checks election safety and
+state-machine safety directly.
+
+``bug`` deliberately breaks the core or the driver so tests can show that the
+checks catch real mistakes:
+
+* ``skip_fsync``: storage is only flushed by a periodic "OS writeback"; a crash
+  loses votes and acknowledged entries.
+* ``commit_old_term_by_counting``: the leader commits entries of earlier terms by
+  counting replicas (the Figure 8 mistake, §5.4.2).
+* ``vote_without_log_check``: voters ignore whether the candidate's log is up to date.
+* ``stale_reads``: nodes answer reads from local state without ReadIndex.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import Counter
+from typing import Any, Callable
+
+from p2pswarm.consensus.config import RaftConfig
+from p2pswarm.consensus.kv import KVStore, encode_command
+from p2pswarm.consensus.log import LogError
+from p2pswarm.consensus.raft import LEADER, NotLeader, Raft, RaftError
+from p2pswarm.consensus.storage import MemoryStorage
+from p2pswarm.sim.engine import EventHeap
+from p2pswarm.sim.linearizability import Op, check_history
+from p2pswarm.wire import decode, encode
+
+BUGS = ("skip_fsync", "commit_old_term_by_counting", "vote_without_log_check", "stale_reads")
+
+SIM_CONFIG = RaftConfig(election_timeout=0.5, heartbeat_interval=0.05, max_inflight=8,
+                        max_batch_entries=32, max_batch_bytes=64 * 1024)
+"""Faster than the LAN preset, so each virtual second holds more faults."""
+
+SNAPSHOT_EVERY = 64       # applied entries between snapshots (exercises InstallSnapshot)
+WRITEBACK_EVERY = 2.0     # skip_fsync: seconds between "OS writeback" flushes
+ATTEMPT_TIMEOUT = 0.4     # a client tries another node after this long without an answer
+OP_TIMEOUT = 2.0          # ... and records the op as unknown-outcome after this long
+SETTLE = 1.0              # fault-free seconds at the end of a run
+
+
+class _CountingRaft(Raft):
+    def _commit_term_ok(self, index: int) -> bool:
+        return True
+
+
+class _CarelessVoter(Raft):
+    def _log_ok_for_vote(self, m: Any) -> bool:
+        return True
+
+
+_CORE = {"commit_old_term_by_counting": _CountingRaft, "vote_without_log_check": _CarelessVoter}
+
+
+def run_raft_sim(nodes: int = 5, runs: int = 200, seed: int = 7, *, bug: str | None = None,
+                 duration: float = 10.0, clients: int = 5, keys: int = 3,
+                 config: RaftConfig | None = None, wire: bool = True) -> dict:
+    """Run ``runs`` independent simulated runs and summarise them.
+
+    Result: ``ops`` client operations (``ops_ok`` with a known outcome, ``ops_unknown``
+    timed out); ``violations``: runs whose history is not linearizable;
+    ``safety_violations``: runs where two leaders shared a term, replicas applied
+    different entries at one index, or a core halted on a broken invariant;
+    ``bad_runs``/``first_problem`` point at them; ``checker_incomplete``: runs the checker
+    could not decide within its budget.  ``elections_*_ms``: leader crash (measured only
+    when no partition is active) to a new leader; ``unavailable_ms_*``: leader crash to
+    the first client write committed by a new leader.  ``wall_seconds`` is real time.
+    """
+    if bug is not None and bug not in BUGS:
+        raise ValueError(f"unknown bug {bug!r}; choose one of {', '.join(BUGS)}")
+    started = time.perf_counter()
+    totals: Counter = Counter()
+    faults: Counter = Counter()
+    elections: list[float] = []
+    unavailable: list[float] = []
+    bad_runs: list[int] = []
+    first_problem: str | None = None
+    for run in range(runs):
+        world = _World(random.Random(seed * 1_000_003 + run), nodes, bug, config or SIM_CONFIG,
+                       duration, clients, keys, wire)
+        world.run()
+        verdict = check_history(world.history)
+        known = sum(1 for op in world.history if op.complete is not None)
+        totals.update(ops=len(world.history), ops_ok=known, ops_unknown=len(world.history) - known,
+                      messages=world.messages, safety_violations=1 if world.safety else 0,
+                      checker_incomplete=0 if verdict.complete else 1)
+        if not verdict.ok:
+            totals["violations"] += 1
+        if not verdict.ok or world.safety:
+            bad_runs.append(run)
+            if first_problem is None:
+                first_problem = (f"run {run}: " + (world.safety[0] if world.safety else
+                                 f"history of key {verdict.key} is not linearizable"))
+        faults.update(world.faults)
+        elections.extend(world.election_ms)
+        unavailable.extend(world.unavailable_ms)
+    return {
+        "runs": runs, "nodes": nodes, "seed": seed, "bug": bug,
+        "ops": totals["ops"], "ops_ok": totals["ops_ok"], "ops_unknown": totals["ops_unknown"],
+        "violations": totals["violations"], "safety_violations": totals["safety_violations"],
+        "bad_runs": bad_runs[:20], "first_problem": first_problem,
+        "checker_incomplete": totals["checker_incomplete"],
+        "leader_crashes_measured": len(elections),
+        "elections_p50_ms": _pct(elections, 50), "elections_p99_ms": _pct(elections, 99),
+        "unavailable_ms_p50": _pct(unavailable, 50), "unavailable_ms_p99": _pct(unavailable, 99),
+        "messages": totals["messages"], "faults": dict(sorted(faults.items())),
+        "virtual_seconds": runs * duration, "wall_seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1)], 1)
+
+
+class _Node:
+    def __init__(self, nid: str, storage: MemoryStorage, bootstrap: tuple) -> None:
+        self.id, self.storage, self.bootstrap = nid, storage, bootstrap
+        self.raft: Raft | None = None
+        self.kv = KVStore()
+        self.up = False
+        self.removed = False
+        self.incarnation = 0
+        self.tick_at = math.inf
+        self.writes: dict[int, tuple] = {}   # index -> (term, client, seq, attempt)
+        self.reads: dict[int, tuple] = {}    # read request id -> (client, seq, attempt, key)
+        self.ready_reads: list[tuple] = []   # (read index, client, seq, attempt, key)
+        self.next_read = 1
+
+
+class _Client:
+    def __init__(self, cid: int) -> None:
+        self.id, self.seq, self.attempt = cid, 0, 0
+        self.op: tuple = ()
+        self.invoke = 0.0
+        self.done = True
+        self.target: str | None = None
+
+
+class _World:
+    def __init__(self, rng: random.Random, n: int, bug: str | None, cfg: RaftConfig, duration: float,
+                 n_clients: int, n_keys: int, wire: bool) -> None:
+        self.rng, self.bug, self.cfg, self.duration, self.wire = rng, bug, cfg, duration, wire
+        self.events = EventHeap()
+        self.keys = [f"k{i}" for i in range(n_keys)]
+        self.recent: dict[str, list] = {k: [None] for k in self.keys}
+        self.blocked: set[tuple[str, str]] = set()
+        self.loss = rng.choice([0.0, 0.0, 0.01, 0.05])
+        self.dup = rng.choice([0.0, 0.01, 0.03])
+        self.base_delay = rng.uniform(0.0005, 0.003)
+        self.jitter = rng.uniform(0.001, 0.015)
+        self.history: list[Op] = []
+        self.safety: list[str] = []
+        self.faults: Counter = Counter()
+        self.messages = 0
+        self.term_leader: dict[int, str] = {}
+        self.applied_at: dict[int, tuple] = {}
+        self.election_ms: list[float] = []
+        self.unavailable_ms: list[float] = []
+        self.watch: dict | None = None
+        self.member_plan: dict | None = None
+        self.next_node = n + 1
+        self.nodes: dict[str, _Node] = {}
+        ids = tuple(f"n{i + 1}" for i in range(n))
+        for nid in ids:
+            self._add_node(nid, ids)
+        self.clients = [_Client(i + 1) for i in range(n_clients)]
+
+    # ================================================================ event loop
+
+    @property
+    def now(self) -> float:
+        return self.events.now
+
+    def at(self, when: float, fn: Callable, *args: Any) -> None:
+        self.events.push(when, 0, 0, (fn, args))
+
+    def run(self) -> None:
+        self._plan_faults()
+        for c in self.clients:
+            self.at(self.rng.uniform(0.0, 0.05), self._client_next, c)
+        if self.bug == "skip_fsync":
+            self.at(WRITEBACK_EVERY, self._writeback)
+        for _, _, _, _, (fn, args) in self.events.pop_until(self.duration):
+            fn(*args)
+        for c in self.clients:
+            if not c.done:
+                self._record(c, None, None)
+
+    # ================================================================ nodes
+
+    def _add_node(self, nid: str, bootstrap: tuple) -> _Node:
+        node = _Node(nid, MemoryStorage(fsync=self.bug != "skip_fsync"), bootstrap)
+        self.nodes[nid] = node
+        self._boot(node)
+        return node
+
+    def _boot(self, node: _Node) -> None:
+        stored = node.storage.load()
+        core = _CORE.get(self.bug, Raft)
+        node.raft = core(node.id, self.cfg, random.Random(self.rng.getrandbits(64)), self.now,
+                         hard_state=stored.hard_state, snapshot=stored.snapshot,
+                         entries=tuple(stored.entries), bootstrap=node.bootstrap)
+        node.kv = KVStore()
+        if stored.snapshot is not None:
+            node.kv.restore(stored.snapshot.data)
+        node.up, node.tick_at = True, math.inf
+        node.incarnation += 1
+        node.writes.clear()
+        node.reads.clear()
+        node.ready_reads.clear()
+        self._pump(node)
+
+    def _crash(self, node: _Node) -> None:
+        node.up = False
+        node.storage.crash()
+        node.raft = None
+
+    def _pump(self, node: _Node) -> None:
+        """The driver loop: persist, then send, then apply, then advance."""
+        raft = node.raft
+        try:
+            while raft.has_ready():
+                rd = raft.ready()
+                node.storage.save(rd.hard_state, rd.entries, rd.snapshot)
+                for env in rd.messages:
+                    self._send(node.id, env.to, env.msg)
+                if rd.snapshot is not None and rd.snapshot.index > node.kv.applied:
+                    node.kv.restore(rd.snapshot.data)
+                for entry in rd.committed_entries:
+                    self._apply(node, entry)
+                for rs in rd.read_states:
+                    req = node.reads.pop(rs.request, None)
+                    if req is not None:
+                        node.ready_reads.append((rs.index, *req))
+                self._serve_reads(node)
+                raft.advance(rd)
+                self._observe(node)
+                if node.kv.applied - raft.log.snap_index >= SNAPSHOT_EVERY:
+                    raft.compact(self.now, node.kv.applied, node.kv.snapshot())
+        except LogError as exc:  # the core refuses to diverge: the node halts, as a real one would
+            self.safety.append(f"{node.id} halted: {exc}")
+            node.removed = True
+            self._crash(node)
+            return
+        self._schedule_tick(node)
+
+    def _apply(self, node: _Node, entry: Any) -> None:
+        sig = (entry.term, entry.kind, entry.data)
+        seen = self.applied_at.setdefault(entry.index, sig)
+        if seen != sig:
+            self.safety.append(f"{node.id} applied a different entry at index {entry.index}")
+        result = None
+        if entry.kind == "normal":
+            result = node.kv.apply(entry.index, entry.data)
+        else:
+            node.kv.applied = entry.index
+        waiting = node.writes.pop(entry.index, None)
+        if waiting is not None:
+            term, client, seq, attempt = waiting
+            self._reply(client, seq, attempt, ("ok", result) if term == entry.term else ("retry", None))
+        raft = node.raft
+        if (self.watch and raft.role == LEADER and entry.kind == "normal" and entry.term == raft.term
+                and raft.term > self.watch["term"]):
+            self.unavailable_ms.append((self.now - self.watch["at"]) * 1000)
+            self.watch = None
+
+    def _observe(self, node: _Node) -> None:
+        raft = node.raft
+        if raft.role != LEADER:
+            return
+        first = self.term_leader.setdefault(raft.term, node.id)
+        if first != node.id:
+            self.safety.append(f"two leaders in term {raft.term}: {first} and {node.id}")
+        if self.watch and raft.term > self.watch["term"] and not self.watch["elected"]:
+            self.watch["elected"] = True
+            self.election_ms.append((self.now - self.watch["at"]) * 1000)
+
+    def _schedule_tick(self, node: _Node) -> None:
+        if not node.up:
+            return
+        when = max(node.raft.next_deadline(), self.now)
+        if when < node.tick_at:
+            node.tick_at = when
+            self.at(when, self._tick, node, node.incarnation)
+
+    def _tick(self, node: _Node, incarnation: int) -> None:
+        if not node.up or node.incarnation != incarnation or self.now != node.tick_at:
+            return
+        node.tick_at = math.inf
+        node.raft.tick(self.now)
+        self._pump(node)
+
+    def _writeback(self) -> None:
+        for node in self.nodes.values():
+            node.storage.flush()
+        self.at(self.now + WRITEBACK_EVERY, self._writeback)
+
+    def _leader(self) -> _Node | None:
+        best = None
+        for node in self.nodes.values():
+            if node.up and node.raft.role == LEADER and (best is None or node.raft.term > best.raft.term):
+                best = node
+        return best
+
+    # ================================================================ network
+
+    def _send(self, src: str, dst: str, msg: Any) -> None:
+        self.messages += 1
+        if (src, dst) in self.blocked or self.rng.random() < self.loss:
+            return
+        payload = encode(msg) if self.wire else msg
+        for _ in range(2 if self.rng.random() < self.dup else 1):
+            delay = self.base_delay + self.rng.random() * self.jitter
+            if self.rng.random() < 0.01:
+                delay += self.rng.uniform(0.02, 0.2)  # a straggler, overtaken by later messages
+            self.at(self.now + delay, self._deliver, src, dst, payload)
+
+    def _deliver(self, src: str, dst: str, payload: Any) -> None:
+        node = self.nodes.get(dst)
+        if node is None or not node.up or (src, dst) in self.blocked:
+            return
+        node.raft.step(self.now, decode(payload) if self.wire else payload)
+        self._pump(node)
+
+    # ================================================================ clients
+
+    def _client_next(self, c: _Client) -> None:
+        if self.now >= self.duration - SETTLE / 2:
+            return
+        rng = self.rng
+        c.seq += 1
+        c.attempt, c.done, c.invoke = 0, False, self.now
+        kind = rng.choices(("get", "put", "cas", "delete"), (4, 3, 2, 1))[0]
+        key = rng.choice(self.keys)
+        value = c.id * 1_000_000 + c.seq
+        if kind == "put":
+            args: tuple = (key, value)
+        elif kind == "cas":
+            args = (key, rng.choice(self.recent[key][-4:]), value)
+        else:
+            args = (key,)
+        if kind in ("put", "cas"):
+            self.recent[key].append(value)
+        c.op = (kind, args)
+        self.at(self.now + OP_TIMEOUT, self._client_give_up, c, c.seq)
+        alive = self._alive_ids()
+        self._client_try(c, c.target if c.target in alive else rng.choice(alive))
+
+    def _alive_ids(self) -> list[str]:
+        return [nid for nid, n in self.nodes.items() if not n.removed]
+
+    def _client_try(self, c: _Client, nid: str) -> None:
+        c.attempt += 1
+        c.target = nid
+        self.at(self.now + self._client_delay(), self._node_request, nid, c, c.seq, c.attempt)
+        self.at(self.now + ATTEMPT_TIMEOUT, self._client_attempt_timeout, c, c.seq, c.attempt)
+
+    def _client_delay(self) -> float:
+        return self.base_delay + self.rng.random() * self.jitter
+
+    def _node_request(self, nid: str, c: _Client, seq: int, attempt: int) -> None:
+        node = self.nodes[nid]
+        if not node.up:
+            return
+        kind, args = c.op
+        try:
+            if kind == "get" and self.bug == "stale_reads":
+                self._reply(c, seq, attempt, ("ok", node.kv.get(args[0])))
+            elif kind == "get":
+                rid = node.next_read
+                node.next_read += 1
+                node.raft.read_index(self.now, rid)
+                node.reads[rid] = (c, seq, attempt, args[0])
+            else:
+                index, term = node.raft.propose(self.now, encode_command(c.id, seq, kind, *args))
+                node.writes[index] = (term, c, seq, attempt)
+        except NotLeader as exc:
+            self._reply(c, seq, attempt, ("redirect", exc.leader_hint))
+        self._pump(node)
+
+    def _serve_reads(self, node: _Node) -> None:
+        waiting = []
+        for index, c, seq, attempt, key in node.ready_reads:
+            if index <= node.kv.applied:
+                self._reply(c, seq, attempt, ("ok", node.kv.get(key)))
+            else:
+                waiting.append((index, c, seq, attempt, key))
+        node.ready_reads = waiting
+
+    def _reply(self, c: _Client, seq: int, attempt: int, outcome: tuple) -> None:
+        self.at(self.now + self._client_delay(), self._client_response, c, seq, attempt, outcome)
+
+    def _client_response(self, c: _Client, seq: int, attempt: int, outcome: tuple) -> None:
+        if c.seq != seq or c.done:
+            return
+        status, value = outcome
+        if status == "ok":
+            self._record(c, self.now, value)
+            self.at(self.now + self.rng.uniform(0.0, 0.02), self._client_next, c)
+        elif attempt == c.attempt:
+            hint = value if status == "redirect" and value in self.nodes else None
+            target = hint or self.rng.choice(self._alive_ids())
+            self.at(self.now + 0.01, self._client_retry, c, seq, target)
+
+    def _client_retry(self, c: _Client, seq: int, target: str) -> None:
+        if c.seq == seq and not c.done:
+            self._client_try(c, target)
+
+    def _client_attempt_timeout(self, c: _Client, seq: int, attempt: int) -> None:
+        if c.seq == seq and not c.done and attempt == c.attempt:
+            others = [n for n in self._alive_ids() if n != c.target] or self._alive_ids()
+            self._client_try(c, self.rng.choice(others))
+
+    def _client_give_up(self, c: _Client, seq: int) -> None:
+        if c.seq == seq and not c.done:
+            self._record(c, None, None)
+            self.at(self.now + self.rng.uniform(0.0, 0.02), self._client_next, c)
+
+    def _record(self, c: _Client, complete: float | None, result: Any) -> None:
+        kind, args = c.op
+        c.done = True
+        self.history.append(Op(c.id, c.invoke, complete, kind, args, result))
+
+    # ================================================================ faults
+
+    def _plan_faults(self) -> None:
+        t, end = 0.5, self.duration - SETTLE
+        while True:
+            t += self.rng.expovariate(1 / 0.45)
+            if t >= end:
+                break
+            self.at(t, self._fault)
+        self.at(end, self._heal_all)
+
+    def _fault(self) -> None:
+        rng = self.rng
+        kind = rng.choices(("crash_leader", "crash", "partition", "asymmetric", "weather", "transfer",
+                            "membership", "power_loss"), (3, 2, 2, 2, 1, 1, 1, 1))[0]
+        getattr(self, "_fault_" + kind)()
+
+    def _members(self) -> list[_Node]:
+        return [n for n in self.nodes.values() if not n.removed]
+
+    def _can_crash(self) -> bool:
+        members = self._members()
+        down = sum(1 for n in members if not n.up)
+        return down + 1 <= (len(members) - 1) // 2
+
+    def _crash_for(self, node: _Node) -> None:
+        self.faults["crash"] += 1
+        self._crash(node)
+        self.at(self.now + self.rng.uniform(0.2, 1.5), self._restart, node)
+
+    def _restart(self, node: _Node) -> None:
+        if not node.up and not node.removed:
+            self._boot(node)
+
+    def _fault_crash_leader(self) -> None:
+        leader = self._leader()
+        if leader is None or not self._can_crash():
+            return
+        if self.watch is None and not self.blocked:
+            self.watch = {"at": self.now, "term": leader.raft.term, "elected": False}
+        self.faults["crash_leader"] += 1
+        self._crash_for(leader)
+
+    def _fault_crash(self) -> None:
+        up = [n for n in self._members() if n.up]
+        if up and self._can_crash():
+            self._crash_for(self.rng.choice(up))
+
+    def _fault_power_loss(self) -> None:
+        """A correlated failure: a majority loses power at once (only fsynced data survives)."""
+        members = [n for n in self._members() if n.up]
+        victims = self.rng.sample(members, min(len(members), len(self._members()) // 2 + 1))
+        self.faults["power_loss"] += 1
+        for node in victims:
+            self._crash_for(node)
+
+    def _fault_partition(self) -> None:
+        ids = [n.id for n in self._members()]
+        side = set(self.rng.sample(ids, self.rng.randint(1, len(ids) // 2)))
+        cut = {(a, b) for a in ids for b in ids if (a in side) != (b in side)}
+        self._block(cut, "partition")
+
+    def _fault_asymmetric(self) -> None:
+        ids = [n.id for n in self._members()]
+        victim = self.rng.choice(ids)
+        others = [i for i in ids if i != victim]
+        chosen = self.rng.sample(others, self.rng.randint(1, len(others)))
+        inbound = self.rng.random() < 0.5
+        self._block({(o, victim) if inbound else (victim, o) for o in chosen}, "asymmetric")
+
+    def _block(self, pairs: set, kind: str) -> None:
+        self.faults[kind] += 1
+        added = pairs - self.blocked
+        self.blocked |= added
+        self.at(self.now + self.rng.uniform(0.2, 1.5), self._unblock, added)
+
+    def _unblock(self, pairs: set) -> None:
+        self.blocked -= pairs
+
+    def _fault_weather(self) -> None:
+        self.faults["weather"] += 1
+        saved = (self.loss, self.dup, self.jitter)
+        self.loss, self.dup = self.rng.uniform(0.05, 0.3), self.rng.uniform(0.0, 0.1)
+        self.jitter = self.rng.uniform(0.01, 0.05)
+        self.at(self.now + self.rng.uniform(0.3, 1.2), self._set_weather, saved)
+
+    def _set_weather(self, saved: tuple) -> None:
+        self.loss, self.dup, self.jitter = saved
+
+    def _fault_transfer(self) -> None:
+        leader = self._leader()
+        if leader is None:
+            return
+        targets = [v for v in leader.raft.conf.voters if v != leader.id]
+        if targets:
+            self.faults["transfer"] += 1
+            leader.raft.transfer_leadership(self.now, self.rng.choice(targets))
+            self._pump(leader)
+
+    def _fault_membership(self) -> None:
+        if self.member_plan is None:
+            victim = self.rng.choice(self._members())
+            self.member_plan = {"stage": "remove", "node": victim.id, "new": None}
+            self.faults["membership"] += 1
+            self._membership_step()
+
+    def _membership_step(self) -> None:
+        """Remove a voter, then add a fresh node as learner, then promote it once caught up."""
+        plan, leader = self.member_plan, self._leader()
+        if plan is None:
+            return
+        self.at(self.now + 0.1, self._membership_step)
+        if leader is None:
+            return
+        raft = leader.raft
+        committed = raft.conf_index <= raft.log.committed
+        try:
+            if plan["stage"] == "remove":
+                if plan["node"] not in raft.conf.members:
+                    if committed:
+                        gone = self.nodes[plan["node"]]
+                        gone.removed = True
+                        if gone.up:
+                            self._crash(gone)
+                        plan["stage"] = "add"
+                else:
+                    raft.propose_conf_change(self.now, "remove", plan["node"])
+            elif plan["stage"] == "add":
+                new_id = plan["new"] or f"n{self.next_node}"
+                if plan["new"] is None:
+                    self.next_node += 1
+                    plan["new"] = new_id
+                    self._add_node(new_id, ())
+                if new_id in raft.conf.learners and committed:
+                    plan["stage"] = "promote"
+                elif new_id not in raft.conf.members:
+                    raft.propose_conf_change(self.now, "add_learner", new_id)
+            elif plan["stage"] == "promote":
+                new_id = plan["new"]
+                if new_id in raft.conf.voters and committed:
+                    self.member_plan = None
+                    self.faults["membership_done"] += 1
+                elif new_id in raft.conf.learners and raft.progress[new_id].match >= raft.log.committed:
+                    raft.propose_conf_change(self.now, "promote", new_id)
+        except RaftError:
+            pass  # not leader any more, or another change pending: try again next step
+        self._pump(leader)
+
+    def _heal_all(self) -> None:
+        self.blocked.clear()
+        self.loss, self.dup = 0.0, 0.0
+        for node in self._members():
+            if not node.up:
+                self._boot(node)

@@ -1,0 +1,214 @@
+"""Durable storage: durability, group commit, torn tails, corruption, full disks, cluster ids."""
+
+import errno
+import os
+
+import pytest
+
+from p2pswarm.consensus import storage as storage_mod
+from p2pswarm.consensus.messages import ConfState, Entry, Snapshot
+from p2pswarm.consensus.raft import HardState
+from p2pswarm.consensus.storage import (ClusterMismatchError, CorruptLogError, FileStorage,
+                                        MemoryStorage, StorageError)
+
+
+def entries(lo, hi, term=1):
+    return tuple(Entry(term, i, "normal", b"data-%d" % i) for i in range(lo, hi + 1))
+
+
+def reopen(path, cluster="c1"):
+    st = FileStorage(str(path), cluster)
+    got = st.load()
+    st.close()
+    return got
+
+
+def test_save_and_reload(tmp_path):
+    st = FileStorage(str(tmp_path), "c1")
+    st.save(HardState(3, "n2", 4), entries(1, 5, term=3))
+    st.save(None, entries(6, 6, term=3))
+    st.close()
+    got = reopen(tmp_path)
+    assert got.hard_state == HardState(3, "n2", 4)
+    assert [e.index for e in got.entries] == [1, 2, 3, 4, 5, 6]
+
+
+def test_overwritten_suffix_replays_to_the_newest_log(tmp_path):
+    st = FileStorage(str(tmp_path), "c1")
+    st.save(HardState(1, None, 0), entries(1, 5, term=1))
+    st.save(HardState(2, None, 2), entries(3, 4, term=2))
+    st.close()
+    got = reopen(tmp_path)
+    assert [(e.index, e.term) for e in got.entries] == [(1, 1), (2, 1), (3, 2), (4, 2)]
+
+
+def test_group_commit_is_one_fsync_per_save(tmp_path, monkeypatch):
+    st = FileStorage(str(tmp_path), "c1")
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(storage_mod.os, "fsync", lambda fd: (calls.append(fd), real(fd)))
+    st.save(HardState(1, "a", 0), entries(1, 500))
+    assert len(calls) == 1
+    st.close()
+
+
+def test_torn_tail_is_truncated(tmp_path):
+    st = FileStorage(str(tmp_path), "c1")
+    st.save(HardState(1, "a", 2), entries(1, 3))
+    st.close()
+    wal = tmp_path / "wal"
+    good = wal.stat().st_size
+    st = FileStorage(str(tmp_path), "c1")
+    st.save(HardState(1, "a", 3), entries(4, 6))
+    st.close()
+    with open(wal, "r+b") as f:  # the crash hit the second batch half way
+        f.truncate(good + (wal.stat().st_size - good) // 2)
+    got = reopen(tmp_path)
+    assert [e.index for e in got.entries] == [1, 2, 3] and got.hard_state.commit == 2
+    assert wal.stat().st_size == good  # repaired on disk, so appends continue cleanly
+    st = FileStorage(str(tmp_path), "c1")
+    st.save(None, entries(4, 4))
+    st.close()
+    assert [e.index for e in reopen(tmp_path).entries] == [1, 2, 3, 4]
+
+
+def test_garbage_tail_is_truncated(tmp_path):
+    st = FileStorage(str(tmp_path), "c1")
+    st.save(HardState(1, "a", 1), entries(1, 2))
+    st.close()
+    with open(tmp_path / "wal", "ab") as f:
+        f.write(b"\0" * 100)
+    assert [e.index for e in reopen(tmp_path).entries] == [1, 2]
+
+
+def test_corrupt_committed_entry_is_an_error(tmp_path):
+    st = FileStorage(str(tmp_path), "c1")
+    st.save(HardState(1, "a", 3), entries(1, 3))
+    st.save(HardState(1, "a", 6), entries(4, 6))
+    st.close()
+    wal = tmp_path / "wal"
+    data = bytearray(wal.read_bytes())
+    at = data.index(b"data-2")
+    data[at] ^= 0xFF
+    wal.write_bytes(bytes(data))
+    with pytest.raises(CorruptLogError, match="corrupt"):
+        FileStorage(str(tmp_path), "c1")
+
+
+def test_corrupt_length_field_is_an_error_not_a_torn_tail(tmp_path):
+    st = FileStorage(str(tmp_path), "c1")
+    for k in range(1, 6):
+        st.save(HardState(1, "a", k), entries(k, k))
+    st.close()
+    wal = tmp_path / "wal"
+    data = bytearray(wal.read_bytes())
+    data[1] ^= 0x40  # first record's length
+    wal.write_bytes(bytes(data))
+    with pytest.raises(CorruptLogError):
+        FileStorage(str(tmp_path), "c1")
+
+
+def test_disk_full_raises_storage_error_and_keeps_the_log_intact(tmp_path, monkeypatch):
+    st = FileStorage(str(tmp_path), "c1")
+    st.save(HardState(1, "a", 1), entries(1, 2))
+    real = os.write
+
+    def full(fd, data):
+        real(fd, bytes(data[:7]))  # a partial write, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(storage_mod.os, "write", full)
+    with pytest.raises(StorageError, match="disk full"):
+        st.save(HardState(2, "b", 2), entries(3, 4))
+    monkeypatch.setattr(storage_mod.os, "write", real)
+    with pytest.raises(StorageError, match="restart"):
+        st.save(None, entries(3, 3))  # a failed log is not written to again
+    st.close()
+    got = reopen(tmp_path)
+    assert [e.index for e in got.entries] == [1, 2] and got.hard_state == HardState(1, "a", 1)
+
+
+def test_other_cluster_is_refused(tmp_path):
+    FileStorage(str(tmp_path), "c1").close()
+    with pytest.raises(ClusterMismatchError, match="belongs to cluster c1"):
+        FileStorage(str(tmp_path), "c2")
+
+
+def test_second_opener_is_refused(tmp_path):
+    st = FileStorage(str(tmp_path), "c1")
+    with pytest.raises(StorageError, match="in use"):
+        FileStorage(str(tmp_path), "c1")
+    st.close()
+
+
+def test_snapshot_compacts_the_log(tmp_path):
+    st = FileStorage(str(tmp_path), "c1")
+    st.save(HardState(2, "a", 8), entries(1, 10, term=2))
+    snap = Snapshot(8, 2, ConfState(("a", "b", "c"), ("d",)), b"image")
+    st.save(None, (), snap)
+    st.save(None, entries(11, 11, term=2))
+    st.close()
+    got = reopen(tmp_path)
+    assert got.snapshot == snap
+    assert [e.index for e in got.entries] == [9, 10, 11]
+    assert os.path.getsize(tmp_path / "wal") < 400
+
+
+def test_snapshot_from_leader_replaces_a_conflicting_log(tmp_path):
+    st = FileStorage(str(tmp_path), "c1")
+    st.save(HardState(2, "a", 1), entries(1, 4, term=1))
+    snap = Snapshot(6, 3, ConfState(("a",), ()), b"leader-image")
+    st.save(HardState(3, None, 6), (), snap)
+    st.close()
+    got = reopen(tmp_path)
+    assert got.snapshot == snap and got.entries == [] and got.hard_state.commit == 6
+
+
+def test_memory_storage_crash_loses_only_unsynced_writes():
+    durable = MemoryStorage(fsync=True)
+    careless = MemoryStorage(fsync=False)
+    for st in (durable, careless):
+        st.save(HardState(1, "a", 0), entries(1, 2))
+    careless.flush()
+    for st in (durable, careless):
+        st.save(HardState(2, "b", 3), entries(3, 3))
+        st.crash()
+    assert durable.load().hard_state == HardState(2, "b", 3) and len(durable.load().entries) == 3
+    assert careless.load().hard_state == HardState(1, "a", 0) and len(careless.load().entries) == 2
+
+
+def test_a_raft_core_restarts_from_file_storage(tmp_path):
+    import random
+
+    from p2pswarm.consensus.config import preset
+    from p2pswarm.consensus.raft import LEADER, Raft
+
+    def drive(node, st):
+        while node.has_ready():
+            rd = node.ready()
+            st.save(rd.hard_state, rd.entries, rd.snapshot)
+            node.advance(rd)
+
+    st = FileStorage(str(tmp_path), "c1")
+    node = Raft("solo", preset("test"), random.Random(1), 0.0, bootstrap=("solo",))
+    drive(node, st)
+    node.tick(10.0)
+    drive(node, st)
+    assert node.role == LEADER
+    for k in range(5):
+        node.propose(10.0, b"e%d" % k)
+    drive(node, st)
+    node.compact(10.0, node.log.applied, b"image")
+    drive(node, st)
+    node.propose(10.0, b"after-snapshot")
+    drive(node, st)
+    before = (node.term, node.vote, node.log.committed, node.log.last_index(), node.log.snap_index)
+    st.close()
+    st = FileStorage(str(tmp_path), "c1")
+    got = st.load()
+    again = Raft("solo", preset("test"), random.Random(2), 20.0, hard_state=got.hard_state,
+                 snapshot=got.snapshot, entries=tuple(got.entries), bootstrap=("solo",))
+    assert (again.term, again.vote, again.log.committed, again.log.last_index(),
+            again.log.snap_index) == before
+    assert again.log.entry(again.log.last_index()).data == b"after-snapshot"
+    assert again.conf.voters == ("solo",)
+    st.close()
