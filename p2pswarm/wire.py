@@ -109,7 +109,7 @@ def one_of(*choices: str) -> Checker:
     allowed = frozenset(choices)
 
     def check(value: Any) -> str:
-        if value not in allowed or type(value) is not str:
+        if type(value) is not str or value not in allowed:
             raise WireError(f"expected one of {sorted(allowed)}, got {value!r:.40}")
         return value
     return check
@@ -126,7 +126,7 @@ def any_message(*classes: type) -> Checker:
     by_kind = {c.KIND: c for c in classes}
 
     def check(value: Any) -> Any:
-        if type(value) is not tuple or not value or value[0] not in by_kind or type(value[0]) is not int:
+        if type(value) is not tuple or not value or type(value[0]) is not int or value[0] not in by_kind:
             raise WireError("unknown or missing item kind")
         return _from_fields(by_kind[value[0]], value[1:])
     return check
@@ -204,7 +204,7 @@ class WireStruct:
 
 def encode(msg: WireStruct) -> bytes:
     """Encode a registered message; raises ValueError for our own misuse (a bug)."""
-    if _REGISTRY.get(msg.KIND) is not type(msg):
+    if not isinstance(msg, WireStruct) or _REGISTRY.get(msg.KIND) is not type(msg):
         raise ValueError(f"{type(msg).__name__} is not a registered wire message")
     data = msgpack.packb([PROTOCOL_VERSION, msg.KIND, *(_to_plain(getattr(msg, n)) for n, _ in msg.SCHEMA)],
                          use_bin_type=True)

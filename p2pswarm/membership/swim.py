@@ -42,6 +42,9 @@ NACK_FRACTION = 0.8
 RTT_WEIGHT = 0.2
 """Exponential moving average weight of a new round-trip sample."""
 INF = float("inf")
+MAX_INCARNATION = (1 << 32) - 1
+MAX_RECORD_VERSION = (1 << 64) - 1
+"""Wire limits: news claiming these about us cannot be outbid, so it is dropped as absurd."""
 
 
 class Outgoing(NamedTuple):
@@ -82,7 +85,7 @@ class Member:
 
 
 class _Probe:
-    __slots__ = ("seq", "target", "addr", "sent", "ack_deadline", "end", "indirect",
+    __slots__ = ("seq", "target", "addr", "sent", "ack_deadline", "retry_at", "end", "indirect",
                  "nacks", "expected_nacks", "done")
 
     def __init__(self, seq: int, target: str, addr: str, sent: float, ack_deadline: float,
@@ -92,6 +95,7 @@ class _Probe:
         self.addr = addr
         self.sent = sent
         self.ack_deadline = ack_deadline
+        self.retry_at = (ack_deadline + end) / 2
         self.end = end
         self.indirect = False
         self.nacks = 0
@@ -225,7 +229,7 @@ class Swim:
         t = self._next_probe
         probe = self._probe
         if probe is not None and not probe.done:
-            t = min(t, probe.end if probe.indirect else probe.ack_deadline)
+            t = min(t, min(probe.retry_at, probe.end) if probe.indirect else probe.ack_deadline)
         if self._next_gossip < t and self._news.has_fresh:
             t = self._next_gossip
         t = min(t, self._next_push_pull, self._next_reconnect, self._next_reap, self._join_at)
@@ -246,6 +250,9 @@ class Swim:
         if probe is not None and not probe.done:
             if not probe.indirect and now >= probe.ack_deadline:
                 self._start_indirect(now, probe)
+            if probe.indirect and now >= probe.retry_at:
+                probe.retry_at = INF
+                self._send(probe.addr, Ping(probe.seq, self.id, self.addr, probe.target, ()))
             if probe.indirect and now >= probe.end:
                 self._probe_failed(now, probe)
         if now >= self._next_probe:
@@ -293,8 +300,8 @@ class Swim:
 
     def _start_indirect(self, now: float, probe: _Probe) -> None:
         probe.indirect = True
-        # One more direct try alongside the helpers (memberlist's TCP fallback plays this
-        # role): a single lost ping or ack should not make a healthy member suspect.
+        # Two more direct tries, now and halfway through the helpers' time (memberlist's TCP
+        # fallback plays this role): a lost ping or ack should not make a healthy member suspect.
         self._send(probe.addr, Ping(probe.seq, self.id, self.addr, probe.target, ()))
         helpers = self._sample(self.config.indirect_checks, now, exclude=probe.target)
         probe.expected_nacks = len(helpers) if self.config.lifeguard else 0
@@ -341,13 +348,11 @@ class Swim:
         targets = self._sample(self.config.gossip_fanout, now, include_dead=True)
         if not targets:
             return
-        news = self._news.take(self.config.gossip_bytes, self._limit(), fresh_only=True, copies=len(targets))
-        if not news:
-            return
-        msg = Gossip(self.id, self.addr, tuple(news))
-        for node in targets:
-            self._count("gossip_sent")
-            self._send(self._members[node].addr, msg)
+        batches = self._news.take_for(len(targets), self.config.gossip_bytes, self._limit())
+        for node, news in zip(targets, batches):
+            if news:
+                self._count("gossip_sent")
+                self._send(self._members[node].addr, Gossip(self.id, self.addr, news))
 
     def _join_retry(self, now: float) -> None:
         if self.joined or not self._seeds:
@@ -490,6 +495,9 @@ class Swim:
                 self._on_record(now, item)
 
     def _on_alive(self, now: float, news: Alive) -> None:
+        if news.incarnation >= MAX_INCARNATION:
+            self._count("absurd_news")  # nobody could ever outbid it
+            return
         node = news.node
         if node == self.id:
             if news.incarnation > self.incarnation or (
@@ -506,10 +514,12 @@ class Swim:
         self._news.put((node, "m"), news)
 
     def _on_suspect(self, now: float, news: Suspect) -> None:
+        if news.incarnation >= MAX_INCARNATION:
+            self._count("absurd_news")
+            return
         node = news.node
         if node == self.id:
-            if news.incarnation >= self.incarnation and not self.leaving:
-                self._refute(now, news.incarnation)
+            self._rumour_about_me(now, news.incarnation)
             return
         cur = self._members.get(node)
         if cur is None or news.incarnation < cur.incarnation or cur.status in (DEAD, LEFT):
@@ -530,10 +540,12 @@ class Swim:
         self._news.put((node, "m"), news)
 
     def _on_dead(self, now: float, news: Dead) -> None:
+        if news.incarnation >= MAX_INCARNATION:
+            self._count("absurd_news")
+            return
         node = news.node
         if node == self.id:
-            if not self.leaving and news.incarnation >= self.incarnation:
-                self._refute(now, news.incarnation)
+            self._rumour_about_me(now, news.incarnation)
             return
         cur = self._members.get(node)
         if cur is None or news.incarnation < cur.incarnation or cur.status in (DEAD, LEFT):
@@ -545,6 +557,9 @@ class Swim:
 
     def _on_record(self, now: float, record: Record) -> None:
         if record.node == self.id:
+            if record.version >= MAX_RECORD_VERSION:
+                self._count("absurd_news")
+                return
             if record.version >= self._record_version and (
                     record.version > self._record_version or record.payload != self._record_payload):
                 # Someone holds a record from our previous life: outbid it.
@@ -561,7 +576,20 @@ class Swim:
 
     # ------------------------------------------------------------ helpers
 
+    def _rumour_about_me(self, now: float, incarnation: int) -> None:
+        """Someone thinks we are suspect or dead: refute, or repeat our newer incarnation."""
+        if self.leaving:
+            return
+        if incarnation >= self.incarnation:
+            self._refute(now, incarnation)
+        elif self._news.get((self.id, "m")) is None:
+            # A stale rumour: whoever spreads it missed our refutation; spread it again.
+            self._news.put((self.id, "m"), Alive(self.id, self.incarnation, self.addr, self._meta))
+
     def _refute(self, now: float, incarnation: int) -> None:
+        if incarnation >= MAX_INCARNATION:
+            self._count("absurd_news")  # cannot be outbid on the wire: ignore it
+            return
         self._count("refutes")
         if self.config.lifeguard:
             self._adjust_health(1)
