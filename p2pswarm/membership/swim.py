@@ -86,7 +86,7 @@ class Member:
 
 class _Probe:
     __slots__ = ("seq", "target", "addr", "sent", "ack_deadline", "retry_at", "end", "indirect",
-                 "nacks", "expected_nacks", "done")
+                 "nacks", "expected_nacks", "done", "failed")
 
     def __init__(self, seq: int, target: str, addr: str, sent: float, ack_deadline: float,
                  end: float) -> None:
@@ -101,6 +101,7 @@ class _Probe:
         self.nacks = 0
         self.expected_nacks = 0
         self.done = False
+        self.failed = False
 
 
 class Swim:
@@ -312,6 +313,7 @@ class Swim:
 
     def _probe_failed(self, now: float, probe: _Probe) -> None:
         probe.done = True
+        probe.failed = True
         self._count("probe_failures")
         if self.config.lifeguard:
             if probe.expected_nacks > 0:
@@ -433,6 +435,11 @@ class Swim:
     def _on_ack(self, now: float, msg: Ack) -> None:
         probe = self._probe
         if probe is not None and probe.seq == msg.seq:
+            if probe.failed and self.config.lifeguard:
+                # The member we just suspected did answer, too late for us: evidence that
+                # we are the slow one (Lifeguard's local health, extended to late acks).
+                probe.failed = False
+                self._adjust_health(1)
             if not probe.done:
                 probe.done = True
                 if self.config.lifeguard:
