@@ -75,30 +75,34 @@ def lab_up(nodes, lab_dir, port, preset):
             end_progress()
             raise
     end_progress()
-    _wait_converged(DataDir(dirs[0]), nodes)
+    _wait_converged([DataDir(d) for d in dirs], nodes)
     _print_status(lab)
     click.echo(f"\nlab of {nodes} nodes is up. Try: p2pswarm node ls --data-dir {dirs[-1]}")
     click.echo("stop it with: p2pswarm lab down" + ("" if lab_dir is None else f" --dir {lab}"))
 
 
-def _wait_converged(datadir: DataDir, expected: int) -> None:
-    client = ApiClient(datadir, timeout=2.0)
+def _alive_seen(datadir: DataDir) -> int:
+    try:
+        members = ApiClient(datadir, timeout=2.0).get("/v1/members")["members"]
+    except ApiError:
+        return 0
+    return sum(1 for m in members if m["status"] == "alive")
+
+
+def _wait_converged(datadirs: list[DataDir], expected: int) -> None:
+    """Wait until every node sees every node alive, showing the least converged view."""
     deadline = time.monotonic() + CONVERGE_TIMEOUT
-    alive = 0
+    worst = 0
     while time.monotonic() < deadline:
-        try:
-            members = client.get("/v1/members")["members"]
-            alive = sum(1 for m in members if m["status"] == "alive")
-        except ApiError:
-            pass
-        progress(f"waiting for the cluster to converge: {alive}/{expected} alive")
-        if alive >= expected:
+        worst = min(_alive_seen(d) for d in datadirs)
+        progress(f"waiting for the cluster to converge: every node sees at least {worst}/{expected} alive")
+        if worst >= expected:
             end_progress()
             return
         time.sleep(0.1)
     end_progress()
-    raise click.ClickException(f"only {alive} of {expected} nodes were alive after {CONVERGE_TIMEOUT:g} s; "
-                               f"see the node.log files under {datadir.path.parent}")
+    raise click.ClickException(f"some node saw only {worst} of {expected} nodes alive after {CONVERGE_TIMEOUT:g} s; "
+                               f"see the node.log files under {datadirs[0].path.parent}")
 
 
 def _print_status(lab: Path) -> int:

@@ -151,8 +151,13 @@ class SwimSimulation:
         return self.rng.uniform(0.5, 1.5) * self.sc.slow_factor * self.config.probe_timeout
 
     def _reschedule(self, i: int, now: float) -> None:
+        """Keep exactly one live wake-up per core, at its next deadline.
+
+        A wake-up already in the heap cannot be removed: when the deadline moves (earlier
+        or later) a new one is pushed and the old one is skipped when it pops.
+        """
         due = self.cores[i].next_deadline()
-        if due < self.wake_at[i]:
+        if due != self.wake_at[i] and due != math.inf:
             self.wake_at[i] = due
             at = max(due, now)
             if i in self.slow:
