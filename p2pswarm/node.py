@@ -6,6 +6,11 @@ core is ticked at its own deadline, and whatever it wants sent is encoded and
 sent. Nothing a peer sends and no exception inside one step may stop the loop:
 each step is guarded, counted and logged. The local control API
 (:mod:`p2pswarm.api`) runs on the same loop and reads the core directly.
+
+Raft runs beside SWIM on the same loop and transport: :mod:`p2pswarm.raftnode`
+decides which cluster and when, :mod:`p2pswarm.raftdriver` drives the core
+(its fsyncs run in a worker thread, so they never delay a SWIM ack). This module
+only routes Raft messages to it and shows its views.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from p2pswarm.datadir import DataDir
 from p2pswarm.membership.config import preset
 from p2pswarm.membership.messages import STATUSES, Meta
 from p2pswarm.membership.swim import Swim
+from p2pswarm.consensus.messages import RAFT_MESSAGES
+from p2pswarm.raftnode import RaftHost
 from p2pswarm.transport.base import Transport
 
 log = logging.getLogger("p2pswarm.node")
@@ -111,6 +118,8 @@ class Node:
         self._join_attempts_seen = 0
         self._joined_logged = False
         self._saved_incarnation = -1
+        self.raft: RaftHost | None = None
+        self._fatal: Exception | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -139,19 +148,35 @@ class Node:
                 await api.start()
                 self._install_signals()
                 self._start_cluster(now)
+                self.raft = RaftHost(self.node_id, self.datadir.path, self.options.preset, bool(self._peers()),
+                                     swim=self.swim, transport=self.transport, clock=self.clock, seed=self.seed,
+                                     fatal=self.fail)
+                self.raft.start(now)
                 self.started.set()
                 await self._loop()
             finally:
                 self._remove_signals()
                 await api.close()
+                if self.raft is not None:
+                    await self.raft.close()
                 await asyncio.sleep(FLUSH_GRACE)
                 await self.transport.close()
                 self.datadir.remove_pid()
                 self.datadir.api_sock.unlink(missing_ok=True)
         finally:
             self.datadir.unlock()
+        if self._fatal is not None:
+            raise self._fatal
         log.info("node %s (%s) stopped", self.name, self.node_id)
         return 0
+
+    def fail(self, exc: Exception) -> None:
+        """Stop at once because of ``exc``; ``run`` raises it (one line) after cleaning up."""
+        if self._fatal is None:
+            log.error("%s", exc)
+            self._fatal = exc
+        self._force_stop = True
+        self._wake.set()
 
     def request_shutdown(self) -> None:
         """Leave gracefully, then stop; a second request stops at once."""
@@ -161,9 +186,12 @@ class Node:
         self._stop_requested = True
         self._wake.set()
 
+    def _peers(self) -> list[str]:
+        return [p for p in self.options.peers if p != self.swim_addr]
+
     def _start_cluster(self, now: float) -> None:
         assert self.swim is not None
-        peers = [p for p in self.options.peers if p != self.swim_addr]
+        peers = self._peers()
         if peers:
             log.info("node %s (%s) at %s joining via %s (preset %s)", self.name, self.node_id, self.swim_addr,
                      ", ".join(peers), self.options.preset)
@@ -241,6 +269,10 @@ class Node:
             self.counters["wire_errors"] += 1
             log.debug("dropped a bad message: %s", err)
             return
+        if isinstance(msg, RAFT_MESSAGES):
+            if not self._guard("raft receive", self.raft.receive, msg):
+                self.counters["raft_not_started"] += 1
+            return
         self._guard("receive", self.swim.receive, self.clock(), msg)
 
     def _after_step(self, now: float) -> None:
@@ -251,6 +283,8 @@ class Node:
         self._guard("events", self._handle_events)
         self._guard("join progress", self._report_join)
         self._guard("persist", self._persist_incarnation)
+        if self.raft is not None:
+            self._guard("raft membership", self.raft.step, now)
 
     def _finished(self, now: float) -> bool:
         if self._force_stop:
@@ -345,6 +379,7 @@ class Node:
                 "incarnation": m.incarnation, "labels": dict(m.meta.labels), "capacity": dict(m.meta.capacity),
                 "version": m.meta.version, "rtt_ms": None if m.rtt is None else round(m.rtt * 1000, 3),
                 "status_for_s": round(max(0.0, now - m.status_since), 3), "self": m.node == self.node_id,
+                "role": self.raft_role(m.node),
             })
         return sorted(views, key=lambda v: (v["name"], v["id"]))
 
@@ -363,6 +398,18 @@ class Node:
 
     def metrics_snapshot(self) -> dict[str, Any]:
         info = self.info()
+        driver = self.raft_driver()
         return {"members_by_status": info["members_by_status"], "joined": info["joined"],
                 "swim": dict(self.swim.counters),
-                "transport": dict(self.transport.stats()), "node": dict(self.counters)}
+                "transport": dict(self.transport.stats()), "node": dict(self.counters),
+                "raft": driver.metrics() if driver is not None else {}}
+
+    # ------------------------------------------------------------ raft views for the API
+
+    def raft_driver(self):
+        """The running Raft driver, or None while this node has not learned its cluster yet."""
+        return self.raft.driver if self.raft is not None else None
+
+    def raft_role(self, node: str) -> str:
+        driver = self.raft_driver()
+        return driver.role_of(node) if driver is not None else "-"

@@ -100,8 +100,10 @@ def test_node_ls_table_and_json_against_a_running_node(tmp_path):
         result = run("node", "ls", "--data-dir", str(tmp_path))
         assert result.exit_code == 0
         header, row = result.stdout.strip().splitlines()
-        assert header.split() == ["ID", "NAME", "ADDRESS", "STATUS", "RTT", "LABELS"]
-        assert row.split()[1:] == ["*", "solo", "10.1.0.1:7946", "alive", "-", "zone=a"]
+        assert header.split() == ["ID", "NAME", "ADDRESS", "STATUS", "ROLE", "RTT", "LABELS"]
+        cells = row.split()[1:]
+        assert cells[:4] == ["*", "solo", "10.1.0.1:7946", "alive"] and cells[-2:] == ["-", "zone=a"]
+        assert cells[4] in ("leader", "voter")  # a one-node cluster: its only voter, soon its leader
     finally:
         stop.set()
         thread.join(10)

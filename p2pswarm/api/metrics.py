@@ -48,4 +48,11 @@ def render_metrics(snapshot: dict[str, Any]) -> str:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 suffix = "_total" if kind == "counter" and not key.endswith("_total") else ""
                 family(metric_name(PREFIX, group, key) + suffix, kind, f"{what} {key}.", [("", value)])
+    raft = snapshot.get("raft") or {}
+    for key, value in sorted(raft.get("gauges", {}).items()):
+        family(metric_name(PREFIX, "raft", key), "gauge", f"Raft {key.replace('_', ' ')} on this node.",
+               [("", value)])
+    for key, value in sorted(raft.get("counters", {}).items()):
+        family(metric_name(PREFIX, "raft", key) + "_total", "counter", f"Raft driver counter {key}.",
+               [("", value)])
     return "\n".join(out) + "\n"

@@ -1,17 +1,28 @@
 """The API's endpoints: a thin mapping from HTTP requests to the node's views and controls.
 
 The node is duck-typed (``info``, ``member_views``, ``request_shutdown``,
-``fault_settings``, ``configure_faults``, ``heal_faults``, ``metrics_snapshot``)
-so that the routes can be tested without sockets.
+``fault_settings``, ``configure_faults``, ``heal_faults``, ``metrics_snapshot``,
+``raft_driver``) so that the routes can be tested without sockets.  Raft
+endpoints (``/v1/cluster``, ``/v1/kv/KEY``) are coroutines: a write answers only
+once it is committed and applied.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+import urllib.parse
 from typing import Any, Callable
 
 from p2pswarm.api.metrics import render_metrics
 from p2pswarm.api.server import HttpError, Request, Response
+
+MAX_KEY_LEN = 256
+MAX_VALUE_LEN = 64 * 1024
+KV_PREFIX = "/v1/kv/"
+MAX_BENCH_WRITES = 1_000_000
+MAX_BENCH_CONCURRENCY = 1024
 
 
 class Router:
@@ -23,9 +34,18 @@ class Router:
             "/v1/shutdown": {"POST": self.shutdown},
             "/v1/faults": {"GET": self.faults, "POST": self.set_faults, "DELETE": self.heal_faults},
             "/metrics": {"GET": self.metrics},
+            "/v1/cluster": {"GET": self.cluster},
+            "/v1/bench/writes": {"POST": self.bench_writes},
         }
+        self.kv_routes = {"GET": self.kv_get, "PUT": self.kv_put, "DELETE": self.kv_delete}
 
     def __call__(self, request: Request) -> Response:
+        if request.path.startswith(KV_PREFIX):
+            handler = self.kv_routes.get(request.method)
+            if handler is None:
+                raise HttpError(405, f"{request.path} accepts {', '.join(sorted(self.kv_routes))}, "
+                                     f"not {request.method}")
+            return handler(request)
         methods = self.routes.get(request.path.rstrip("/") or "/")
         if methods is None:
             raise HttpError(404, f"no such endpoint: {request.path}")
@@ -62,6 +82,93 @@ class Router:
 
     def metrics(self, request: Request) -> Response:
         return Response.text(render_metrics(self.node.metrics_snapshot()))
+
+
+    # ------------------------------------------------------------ raft
+
+    def _driver(self) -> Any:
+        driver = self.node.raft_driver()
+        if driver is None:
+            raise HttpError(503, "this node has not joined a raft cluster yet (it learns the cluster from its "
+                                 "peers); retry in a moment or check `p2pswarm node ls`")
+        return driver
+
+    def cluster(self, request: Request) -> Response:
+        return Response.json(self._driver().status())
+
+    async def kv_put(self, request: Request) -> Response:
+        key = kv_key(request)
+        body = json_body(request)
+        value = body.get("value") if isinstance(body, dict) else None
+        if not isinstance(value, str) or len(value) > MAX_VALUE_LEN:
+            raise HttpError(400, f'body must be {{"value": "<text of at most {MAX_VALUE_LEN} characters>"}}')
+        await self._raft_call(self._driver().write("put", key, value))
+        return Response.json({"key": key, "value": value})
+
+    async def kv_delete(self, request: Request) -> Response:
+        key = kv_key(request)
+        existed = await self._raft_call(self._driver().write("delete", key))
+        return Response.json({"key": key, "deleted": bool(existed)})
+
+    async def kv_get(self, request: Request) -> Response:
+        key = kv_key(request)
+        driver = self._driver()
+        stale = query_flag(request, "stale")
+        value = driver.kv.get(key) if stale else await self._raft_call(driver.read(key))
+        if value is None:
+            raise HttpError(404, f"no such key: {key}")
+        return Response.json({"key": key, "value": value, "stale": stale})
+
+    async def bench_writes(self, request: Request) -> Response:
+        """Benchmark hook: ``count`` puts from ``concurrency`` writers inside this node, each acknowledged
+        only once committed (fsynced on a quorum) and applied; reports commits per second."""
+        body = json_body(request)
+        body = body if isinstance(body, dict) else {}
+        count, concurrency = body.get("count", 1000), body.get("concurrency", 64)
+        size = body.get("value_bytes", 16)
+        for name, value, limit in (("count", count, MAX_BENCH_WRITES), ("concurrency", concurrency,
+                                                                      MAX_BENCH_CONCURRENCY),
+                                   ("value_bytes", size, MAX_VALUE_LEN)):
+            if type(value) is not int or not 1 <= value <= limit:
+                raise HttpError(400, f"{name} must be an integer from 1 to {limit}")
+        driver = self._driver()
+        value, todo, errors = "x" * size, iter(range(count)), []
+
+        async def writer(w: int) -> None:
+            for i in todo:
+                try:
+                    await driver.write("put", f"bench/{w}/{i % 64}", value)
+                except Exception as exc:
+                    errors.append(one_line(exc))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(writer(w) for w in range(concurrency)))
+        seconds = time.perf_counter() - start
+        done = count - len(errors)
+        return Response.json({"writes": done, "errors": len(errors), "first_error": errors[0] if errors else None,
+                              "seconds": round(seconds, 4), "commits_per_s": round(done / seconds, 1)})
+
+    @staticmethod
+    async def _raft_call(awaitable: Any) -> Any:
+        from p2pswarm.raftdriver import RaftUnavailable
+        try:
+            return await awaitable
+        except RaftUnavailable as exc:
+            raise HttpError(503, one_line(exc)) from None
+        except ValueError as exc:
+            raise HttpError(400, one_line(exc)) from None
+
+
+def kv_key(request: Request) -> str:
+    key = urllib.parse.unquote(request.path[len(KV_PREFIX):])
+    if not 1 <= len(key) <= MAX_KEY_LEN or any(ord(c) < 32 for c in key):
+        raise HttpError(400, f"a key is 1 to {MAX_KEY_LEN} printable characters, got {key[:40]!r}")
+    return key
+
+
+def query_flag(request: Request, name: str) -> bool:
+    values = urllib.parse.parse_qs(request.query).get(name, [])
+    return bool(values) and values[-1].lower() not in ("0", "false", "no", "")
 
 
 def json_body(request: Request) -> Any:

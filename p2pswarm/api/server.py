@@ -9,6 +9,7 @@ would be the node's largest dependency. One request per connection
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
@@ -31,6 +32,8 @@ class Request:
     path: str
     headers: dict[str, str]
     body: bytes = b""
+    query: str = ""
+    """The raw query string (after ``?``), for handlers that take options."""
 
 
 @dataclass
@@ -102,7 +105,10 @@ class ApiServer:
 
     async def _dispatch(self, request: Request) -> Response:
         try:
-            return self.handler(request)
+            response = self.handler(request)
+            if inspect.isawaitable(response):  # handlers that wait (e.g. for a Raft commit)
+                response = await response
+            return response
         except HttpError:
             raise
         except Exception as exc:
@@ -135,8 +141,8 @@ async def read_request(reader: asyncio.StreamReader) -> Request:
     if not 0 <= length <= MAX_BODY_BYTES:
         raise HttpError(413, f"body over {MAX_BODY_BYTES} bytes")
     body = await reader.readexactly(length) if length else b""
-    path = parts[1].split("?", 1)[0]
-    return Request(parts[0].upper(), path, headers, body)
+    path, _, query = parts[1].partition("?")
+    return Request(parts[0].upper(), path, headers, body, query)
 
 
 def render(response: Response) -> bytes:

@@ -65,6 +65,12 @@ from p2pswarm.cli.lab_cmds import lab  # noqa: E402
 
 main.add_command(lab)
 
+from p2pswarm.cli.cluster_cmds import cluster  # noqa: E402
+from p2pswarm.cli.kv_cmds import kv  # noqa: E402
+
+main.add_command(cluster)
+main.add_command(kv)
+
 
 if __name__ == "__main__":
     main()

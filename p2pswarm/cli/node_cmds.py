@@ -248,13 +248,13 @@ def node():
 @data_dir_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def node_ls(data_dir, fmt):
-    """List every member: id, name, address, status, RTT and labels."""
+    """List every member: id, name, address, status, Raft role, RTT and labels."""
     members = ApiClient(_datadir(data_dir)).get("/v1/members")["members"]
     if fmt == "json":
         click.echo(to_json(members))
         return 0
-    rows = [(m["id"] + (" *" if m.get("self") else ""), m["name"], m["addr"], m["status"],
+    rows = [(m["id"] + (" *" if m.get("self") else ""), m["name"], m["addr"], m["status"], m.get("role", "-"),
              fmt_rtt(m.get("rtt_ms")), fmt_labels(m.get("labels", {}))) for m in members]
-    click.echo(table(("ID", "NAME", "ADDRESS", "STATUS", "RTT", "LABELS"), rows))
+    click.echo(table(("ID", "NAME", "ADDRESS", "STATUS", "ROLE", "RTT", "LABELS"), rows))
     return 0
 

@@ -1,0 +1,67 @@
+"""`p2pswarm cluster status` and `p2pswarm cluster recover --force-new-cluster`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from p2pswarm.api.client import ApiClient
+from p2pswarm.cli.node_cmds import _datadir, data_dir_option
+from p2pswarm.cli.output import table, to_json
+
+RECOVER_HELP = """Rescue a cluster that lost its Raft quorum for good.
+
+Run on the data dir of a STOPPED surviving voter. It rewrites that node's Raft
+configuration, from its own state, to a single voter (itself). Start the node
+again afterwards (`p2pswarm up --data-dir DIR`, without --peers): it becomes the
+leader of a one-voter group and autopilot adds the other live nodes back.
+
+Risks: writes committed only on the lost voters are gone for good; keep the
+survivor with the most recent log (highest commit index in `cluster status`).
+Never restart a lost voter with its old data dir afterwards: it could form a
+rival majority with other old voters. Wipe their data dirs and let them join as
+new nodes. See docs/operations.md, "Recovery after quorum loss".
+"""
+
+
+@click.group()
+def cluster():
+    """The cluster's Raft group: status and recovery."""
+
+
+@cluster.command("status")
+@data_dir_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def status(data_dir, fmt):
+    """Leader, term, commit and applied index, voters and learners with their health."""
+    st = ApiClient(_datadir(data_dir)).get("/v1/cluster")
+    if fmt == "json":
+        click.echo(to_json(st))
+        return 0
+    leader = f"{st['leader_name']} ({st['leader']})" if st["leader"] else "none (no quorum?)"
+    click.echo(f"cluster {st['cluster_id']}  leader {leader}  term {st['term']}")
+    click.echo(f"commit index {st['commit_index']}  applied index {st['applied_index']}  "
+               f"snapshot index {st['snapshot_index']}")
+    if st.get("error"):
+        click.echo(f"raft stopped on this node: {st['error']}")
+    rows = [(m["id"], m["name"], m["addr"] or "-", "leader" if m["leader"] else m["role"], m["health"],
+             "-" if m["match"] is None else m["match"]) for m in st["members"]]
+    click.echo(table(("ID", "NAME", "ADDRESS", "ROLE", "HEALTH", "MATCH"), rows))
+    return 0
+
+
+@cluster.command("recover", help=RECOVER_HELP)
+@click.option("--force-new-cluster", is_flag=True, help="Required: confirms the single-voter rewrite.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Data dir of the stopped surviving voter.")
+def recover(force_new_cluster, data_dir):
+    from p2pswarm.raftrecovery import force_new_cluster as rewrite
+    if not force_new_cluster:
+        raise click.UsageError("recover only knows --force-new-cluster; read `p2pswarm cluster recover --help` "
+                               "for what it does and its risks")
+    done = rewrite(data_dir)
+    click.echo(f"node {done['node']} is now the only voter of cluster {done['cluster_id']} (config entry "
+               f"{done['index']}, term {done['term']}; old voters {', '.join(done['old_voters'])}); "
+               f"start it with `p2pswarm up --data-dir {data_dir}` and autopilot adds the others back")
+    return 0

@@ -1,0 +1,175 @@
+"""Autopilot: which single membership change the Raft leader should make next (pure).
+
+No operator picks voters.  The leader calls :func:`next_change` every
+``interval`` with what SWIM says about the members and what Raft says about the
+configuration and replication progress; it proposes the one change returned (if
+any) and asks again once that change has committed.
+
+Rules, in the order they are tried:
+
+1. Target voters: 1 while fewer than 3 members, 3 while fewer than 7, else 5.  The
+   members counted are those not known to have *left*: a crashed member counts
+   until SWIM forgets it (``dead_reap_after``), so one crash in a 7-node cluster
+   gets its voter replaced instead of shrinking the group to 3.
+2. A learner that died or left is dropped (learners never affect quorum).
+3. While fewer than target voters are live (alive or suspect), the best learner
+   that is caught up (match within ``max_lag`` of the leader's last index) and has
+   been alive for ``stabilization_time`` is promoted.
+4. A voter that left is removed at once; one dead (or unknown to SWIM) for longer
+   than ``stabilization_time`` is removed; never if the remaining voters' live
+   ones would no longer form a quorum of them.
+5. Every other live member becomes a learner (up to ``max_learners``): it catches
+   up before it can vote, so a dead voter's replacement is ready at once, and every
+   node holds a replica it can serve reads from.  The best-ranked goes first.
+6. Above target (members left), the worst-ranked live voter (never the leader)
+   is removed, quorum permitting.
+
+Ranking: a member whose ``zone`` label no chosen voter has yet comes first, then
+the longest uptime (smallest ``started_ms``), then the id, so every leader makes
+the same choice from the same view.  Node ids are random per data dir and never
+assigned again, so a removed id never comes back as somebody else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+ALIVE, SUSPECT, DEAD, LEFT, UNKNOWN = "alive", "suspect", "dead", "left", "unknown"
+LIVE = (ALIVE, SUSPECT)
+
+
+@dataclass(frozen=True)
+class AutopilotConfig:
+    stabilization_time: float = 5.0
+    """Seconds a member must be alive before promotion, and dead before its voter is replaced."""
+    max_lag: int = 256
+    """A learner is caught up when its match index is within this many entries of the leader's last."""
+    interval: float = 0.5
+    """Seconds between the leader's autopilot rounds (one change per round at most)."""
+    max_learners: int = 64
+    """Live non-voters kept as learners (standby replicas); at most the wire's MAX_LEARNERS."""
+
+
+PRESETS: dict[str, AutopilotConfig] = {
+    "lan": AutopilotConfig(),
+    "wan": AutopilotConfig(stabilization_time=15.0, max_lag=1024, interval=2.0),
+    "local": AutopilotConfig(stabilization_time=5.0, interval=1.0),
+    "test": AutopilotConfig(stabilization_time=1.0, max_lag=16, interval=0.2),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """What SWIM says about one member (``status_since`` on the leader's monotonic clock)."""
+
+    id: str
+    status: str
+    zone: str = ""
+    started_ms: int = 0
+    status_since: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    op: str
+    """add_learner, promote or remove (the Raft core's single-server changes)."""
+    node: str
+    reason: str
+
+
+def target_voters(members: int) -> int:
+    return 1 if members < 3 else 3 if members < 7 else 5
+
+
+def next_change(now: float, peers: Iterable[Peer], voters: Iterable[str], learners: Iterable[str], *,
+                leader: str, leader_since: float, match: Mapping[str, int], last_index: int,
+                config: AutopilotConfig, pending: bool = False) -> Change | None:
+    """The next single configuration change, or None when the configuration is right (or busy)."""
+    voters, learners = sorted(voters), sorted(learners)
+    if pending or leader not in voters:
+        return None
+    view = _View(now, {p.id: p for p in peers}, leader, leader_since, config)
+    members = sum(1 for p in view.peers.values() if p.status != LEFT) + (leader not in view.peers)
+    target = target_voters(members)
+    live_voters = [v for v in voters if view.live(v)]
+    live_learners = [x for x in learners if view.live(x)]
+
+    for x in learners:
+        if view.gone(x):
+            return Change("remove", x, f"learner {view.status(x)}")
+    if len(live_voters) < target:
+        ready = [x for x in learners if view.stable(x) and match.get(x, 0) + config.max_lag >= last_index]
+        if ready and _quorum_safe(view, voters + ready[:1]):
+            best = view.rank(ready, live_voters)[0]
+            return Change("promote", best, f"{len(live_voters)} live voters, target {target}")
+    for v in voters:
+        if v != leader and view.gone(v) and _quorum_safe(view, [u for u in voters if u != v]):
+            return Change("remove", v, f"voter {view.status(v)}")
+    if len(learners) < config.max_learners:
+        members_now = set(voters) | set(learners)
+        candidates = [p.id for p in view.peers.values() if p.status == ALIVE and p.id not in members_now]
+        if candidates:
+            best = view.rank(candidates, live_voters + live_learners)[0]
+            return Change("add_learner", best, f"{len(live_voters)} live voters, target {target}")
+    if len(live_voters) > target:
+        victim = view.rank([v for v in live_voters if v != leader], [leader])[-1]
+        if _quorum_safe(view, [u for u in voters if u != victim]):
+            return Change("remove", victim, f"{len(live_voters)} live voters, target {target}")
+    return None
+
+
+def _quorum_safe(view: "_View", voters: list) -> bool:
+    """Would the live members of ``voters`` still be a majority of them?"""
+    return bool(voters) and sum(1 for v in voters if view.live(v)) >= len(voters) // 2 + 1
+
+
+class _View:
+    def __init__(self, now: float, peers: dict, leader: str, leader_since: float,
+                 config: AutopilotConfig) -> None:
+        self.now, self.peers, self.leader = now, peers, leader
+        self.leader_since, self.config = leader_since, config
+
+    def status(self, node: str) -> str:
+        if node == self.leader:
+            return ALIVE
+        peer = self.peers.get(node)
+        return peer.status if peer else UNKNOWN
+
+    def live(self, node: str) -> bool:
+        return self.status(node) in LIVE
+
+    def stable(self, node: str) -> bool:
+        peer = self.peers.get(node)
+        return (peer is not None and peer.status == ALIVE
+                and self.now - peer.status_since >= self.config.stabilization_time)
+
+    def gone(self, node: str) -> bool:
+        """Left, or dead / unheard of for longer than the stabilization time."""
+        status = self.status(node)
+        if status == LEFT:
+            return True
+        if status in LIVE:
+            return False
+        since = self.peers[node].status_since if status == DEAD else self.leader_since
+        return self.now - since > self.config.stabilization_time
+
+    def rank(self, nodes: list, chosen: list) -> list:
+        """Greedy order: new zones first, then longest uptime, then id."""
+        zones = {self._zone(n) for n in chosen} - {""}
+        left, out = list(nodes), []
+        while left:
+            best = min(left, key=lambda n: (self._zone(n) in zones or self._zone(n) == "",
+                                            self._started(n), n))
+            out.append(best)
+            left.remove(best)
+            zones.add(self._zone(best))
+        return out
+
+    def _zone(self, node: str) -> str:
+        peer = self.peers.get(node)
+        return peer.zone if peer else ""
+
+    def _started(self, node: str) -> int:
+        peer = self.peers.get(node)
+        return peer.started_ms if peer else 0

@@ -1,0 +1,594 @@
+"""Drives the node's Raft core: persist (off the loop) → send → apply → advance.
+
+The pure core (:mod:`p2pswarm.consensus.raft`) hands out Ready batches; this
+module is the only code that makes them real for a running node:
+
+* **Durable before visible.** Each Ready's hard state, entries and snapshot are
+  saved (one write + one fsync) in a single-thread executor, and only then are
+  its messages sent, its committed entries applied and ``advance`` called.  The
+  save runs off the event loop so a slow fsync never delays a SWIM ack; exactly
+  one Ready is in flight, which keeps the order Raft needs.  As in etcd
+  (``MustSync``), a Ready whose only durable change is the commit index does not
+  fsync: the commit index is volatile in Raft (a restarted node learns it again),
+  so it is written with the next save that must sync; this spares the leader one
+  fsync per commit.
+* **Group commit.** Messages and proposals that arrive during a save queue up and
+  are fed to the core before the next Ready, so they share its one fsync; the
+  core emits one append per proposal, so consecutive appends to a peer (and the
+  acks that answer them) are merged into one message before sending.
+* **Writes** carry ``(client, seq)`` (see :mod:`p2pswarm.consensus.kv`): a write is
+  proposed locally on the leader or forwarded in a ``Propose`` message, re-sent
+  every ``retry_interval`` until applied, and applied at most once.  Each client id
+  ("lane") has one write outstanding, as the KV store's session table expects.
+* **Reads** go through ReadIndex and wait until the local state machine has
+  applied the read index; stale reads use local state.
+* **Snapshots** every ``snapshot_every`` applied entries keep the log bounded.
+* **Bad peers.** A Raft message from outside the group or with impossible fields
+  is dropped and counted; a full disk (StorageError) stops Raft on this node,
+  fails writes with the storage's one-line reason, and leaves gossip running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import secrets
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import msgpack
+
+from p2pswarm import wire
+from p2pswarm.consensus import autopilot
+from p2pswarm.consensus.config import preset as raft_preset
+from p2pswarm.consensus.kv import KVStore, encode_command
+from p2pswarm.consensus.messages import (MAX_BATCH_BYTES, MAX_ENTRIES, MAX_ENTRY_BYTES, AppendEntries, AppendResp,
+                                         InstallSnapshot, Propose, RequestVote)
+from p2pswarm.consensus.raft import LEADER, ConfChangeRejected, Envelope, NotLeader, Raft, RaftError
+from p2pswarm.consensus.storage import FileStorage, StorageError
+from p2pswarm.raftfacts import Facts, decode_facts
+
+log = logging.getLogger("p2pswarm.raft")
+
+RECOVER_HINT = ("if those voters are lost for good, stop a surviving voter and run "
+                "`p2pswarm cluster recover --force-new-cluster --data-dir DIR` on it (see docs/operations.md)")
+MAX_INBOX = 10_000
+"""Raft messages queued while a Ready is being saved; more are dropped (the core recovers them)."""
+PROPOSE_BATCH = 64
+"""Payloads per forwarded Propose message (the wire limit)."""
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    snapshot_every: int = 10_000
+    """Applied entries between snapshots; the log on disk stays around this long."""
+    write_timeout: float = 10.0
+    """Seconds a write (or linearizable read) may wait for commit before failing with one line."""
+    retry_interval: float = 1.0
+    """Seconds between re-submissions of a write or read that has not completed (a lost forward)."""
+
+
+PRESETS: dict[str, DriverConfig] = {
+    "lan": DriverConfig(),
+    "wan": DriverConfig(write_timeout=30.0, retry_interval=5.0),
+    "local": DriverConfig(retry_interval=1.5),
+    "test": DriverConfig(snapshot_every=64, write_timeout=4.0, retry_interval=0.3),
+}
+
+
+class RaftUnavailable(Exception):
+    """A write or read could not complete; the message is one line saying why and what to do."""
+
+
+class _Pending:
+    """A write or read waiting to complete: re-submitted every retry_interval, failed at its deadline."""
+
+    __slots__ = ("fut", "submit", "what", "timeout", "deadline", "retry_at")
+
+    def __init__(self, fut: asyncio.Future, submit: Callable[[], None], what: str, timeout: float,
+                 now: float, retry: float) -> None:
+        self.fut, self.submit, self.what, self.timeout = fut, submit, what, timeout
+        self.deadline, self.retry_at = now + timeout, now + retry
+
+
+class _Lane:
+    __slots__ = ("client", "seq")
+
+    def __init__(self) -> None:
+        self.client = secrets.randbits(62)  # fresh per process: a restart must not look like a duplicate
+        self.seq = 0
+
+
+class RaftDriver:
+    def __init__(self, node_id: str, cluster_id: str, raft_dir: str, preset: str, *, swim: Any, transport: Any,
+                 clock: Callable[[], float], rng: Any, bootstrap: bool,
+                 on_facts: Callable[[bytes], None] = lambda payload: None) -> None:
+        """Open (or create) the raft dir and rebuild the core and state machine from it."""
+        self.id = node_id
+        self.cluster_id = cluster_id
+        self.cfg = PRESETS[preset]
+        self.autopilot_cfg = autopilot.PRESETS[preset]
+        self.swim, self.transport, self.clock = swim, transport, clock
+        self.on_facts = on_facts
+        self.counters: Counter[str] = Counter()
+        self.storage = FileStorage(raft_dir, cluster_id)
+        stored = self.storage.load()
+        self.kv = KVStore()
+        self.applied = 0
+        if stored.snapshot is not None:
+            self.kv.restore(stored.snapshot.data)
+            self.applied = stored.snapshot.index
+        now = clock()
+        self.raft = Raft(node_id, raft_preset(preset), rng, now, hard_state=stored.hard_state,
+                         snapshot=stored.snapshot, entries=tuple(stored.entries),
+                         bootstrap=(node_id,) if bootstrap else ())
+        self.failed: str | None = None
+        self.save_seconds = 0.0
+        """Time spent waiting for saves (write + fsync, thread hand-off included)."""
+        self._durable_hs = stored.hard_state
+        self._pending_hs = stored.hard_state
+        self.leader_since = now
+        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="raft-io")
+        self._kick = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task | None = None
+        self._inbox: list = []
+        self._proposals: list[bytes] = []
+        self._read_requests: list[int] = []
+        self._writes: dict[tuple[int, int], _Pending] = {}
+        self._reads: dict[int, _Pending] = {}
+        self._apply_waiters: list[tuple[int, asyncio.Future]] = []
+        self._sweep_due = float("inf")
+        self._lanes: list[_Lane] = []
+        self._read_seq = 0
+        self._seen = (None, 0)
+        self._facts: tuple = ()
+        self._autopilot_due = now
+        self._observe(now)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        self._closing = True
+        self._kick.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 5.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+            except Exception:
+                log.error("raft loop failed", exc_info=True)
+        await asyncio.get_running_loop().run_in_executor(None, self._io.shutdown)
+        self.storage.close()
+        self._fail_waiters("the node is shutting down")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closing and self.failed is None:
+            if not (self._inbox or self._proposals or self._read_requests or self.raft.has_ready()):
+                delay = self._next_wake() - self.clock()
+                if delay > 0:
+                    try:
+                        await asyncio.wait_for(self._kick.wait(), delay)
+                    except asyncio.TimeoutError:
+                        pass
+            self._kick.clear()
+            self._guard("feed", self._feed, self.clock())
+            if self.raft.has_ready():
+                await self._handle_ready(loop)
+
+    def _next_wake(self) -> float:
+        wake = min(self.raft.next_deadline(), self._sweep_due)
+        if self.raft.role == LEADER:
+            wake = min(wake, self._autopilot_due)
+        return wake
+
+    # ------------------------------------------------------------ the Ready cycle
+
+    def _feed(self, now: float) -> None:
+        """Hand the core everything queued; one Ready then covers it all (group commit)."""
+        inbox, self._inbox = self._inbox, []
+        for msg in inbox:
+            self._guard("step", self.raft.step, now, msg)
+        self._flush_proposals(now)
+        reads, self._read_requests = self._read_requests, []
+        for request in reads:
+            try:
+                self.raft.read_index(now, request)
+            except NotLeader:
+                pass  # the reader retries after retry_interval
+        if now >= self.raft.next_deadline():
+            self.raft.tick(now)
+        if now >= self._sweep_due:
+            self._sweep(now)
+        self._observe(now)
+        if self.raft.role == LEADER and now >= self._autopilot_due:
+            self._autopilot_due = now + self.autopilot_cfg.interval
+            self._guard("autopilot", self._autopilot, now)
+
+    async def _handle_ready(self, loop: asyncio.AbstractEventLoop) -> None:
+        rd = self.raft.ready()
+        hs = self._pending_hs = rd.hard_state or self._pending_hs
+        durable = self._durable_hs
+        if rd.entries or rd.snapshot is not None or (hs.term, hs.vote) != (durable.term, durable.vote):
+            started = self.clock()
+            try:
+                await loop.run_in_executor(self._io, self.storage.save, hs if hs != durable else None,
+                                           rd.entries, rd.snapshot)
+            except Exception as exc:
+                reason = str(exc) if isinstance(exc, StorageError) else f"raft storage failed: {exc!r}"
+                self._fail(reason)
+                return  # the core stays in this Ready: nothing it wanted durable leaves the node
+            self._durable_hs = hs
+            self.counters["saves"] += 1
+            self.save_seconds += self.clock() - started
+        for env in coalesce(rd.messages):
+            self._send(env.to, env.msg)
+        if rd.snapshot is not None and rd.snapshot.index > self.applied:
+            self.kv.restore(rd.snapshot.data)
+            self.applied = rd.snapshot.index
+            self.counters["snapshots_restored"] += 1
+        for entry in rd.committed_entries:
+            if entry.index > self.applied:
+                self._apply(entry)
+        self.raft.advance(rd)
+        for rs in rd.read_states:
+            pending = self._reads.get(rs.request)
+            if pending is not None and not pending.fut.done():
+                pending.fut.set_result(rs.index)
+        self._release_applied()
+        now = self.clock()
+        if self.applied - self.raft.log.snap_index >= self.cfg.snapshot_every:
+            if self.raft.compact(now, self.applied, self.kv.snapshot()) is not None:
+                self.counters["snapshots_taken"] += 1
+        self._observe(now)
+
+    def _apply(self, entry: Any) -> None:
+        self.applied = entry.index
+        if entry.kind != "normal":
+            return
+        result = self.kv.apply(entry.index, entry.data)
+        if self._writes:
+            try:
+                client, seq = msgpack.unpackb(entry.data, raw=False)[:2]
+                pending = self._writes.get((client, seq))
+            except Exception:
+                pending = None
+            if pending is not None and not pending.fut.done():
+                pending.fut.set_result(result)
+
+    def _release_applied(self) -> None:
+        if not self._apply_waiters:
+            return
+        keep = []
+        for index, fut in self._apply_waiters:
+            if index <= self.applied:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((index, fut))
+        self._apply_waiters = keep
+
+    def _fail(self, reason: str) -> None:
+        self.failed = reason
+        self.counters["storage_failures"] += 1
+        log.error("raft stopped on this node, gossip keeps running: %s", reason)
+        self._fail_waiters(reason)
+
+    def _fail_waiters(self, reason: str) -> None:
+        for fut in [*(p.fut for p in self._writes.values()), *(p.fut for p in self._reads.values()),
+                    *(f for _, f in self._apply_waiters)]:
+            if not fut.done():
+                fut.set_exception(RaftUnavailable(reason))
+
+    # ------------------------------------------------------------ network
+
+    def receive(self, msg: Any) -> None:
+        """A decoded Raft message from the transport; checked, then queued for the core."""
+        reason = self._reject_reason(msg)
+        if reason is not None:
+            self.counters[f"rejected_{reason}"] += 1
+            log.debug("dropped %s from %s: %s", type(msg).__name__, msg.source, reason)
+            return
+        if len(self._inbox) >= MAX_INBOX or self.failed is not None:
+            self.counters["inbox_dropped"] += 1
+            return
+        self._inbox.append(msg)
+        self._kick.set()
+
+    def _reject_reason(self, msg: Any) -> str | None:
+        if msg.source == self.id or msg.term == 0 or _impossible(msg):
+            return "impossible"
+        if msg.source in self.raft.conf.members:
+            return None
+        facts = self.facts_of(msg.source)
+        return None if facts is not None and facts.cluster_id == self.cluster_id else "outsider"
+
+    def _send(self, to: str, msg: Any) -> None:
+        member = self.swim.member(to)
+        if member is None:
+            self.counters["unroutable"] += 1
+            return
+        try:
+            data = wire.encode(msg)
+        except ValueError:
+            self.counters["encode_errors"] += 1
+            log.error("cannot encode %s for %s", type(msg).__name__, to, exc_info=True)
+            return
+        if not self.transport.send(member.addr, data, isinstance(msg, (AppendEntries, InstallSnapshot, Propose))):
+            self.counters["send_dropped"] += 1
+
+    def _flush_proposals(self, now: float) -> None:
+        if not self._proposals:
+            return
+        props, self._proposals = self._proposals, []
+        if self.raft.role == LEADER:
+            for data in props:
+                try:
+                    self.raft.propose(now, data)
+                except NotLeader:
+                    return  # a transfer is under way: the writers retry
+            return
+        leader = self.leader_hint()
+        if leader is None or leader == self.id:
+            return
+        # The leader drops a Propose from an older term and would step down for a newer one,
+        # so a non-member (whose core has no term) uses the term the leader gossips.
+        term = self.raft.term if self.raft.lead is not None else getattr(self.facts_of(leader), "term", 0)
+        if term < 1:
+            return
+        for i in range(0, len(props), PROPOSE_BATCH):
+            self._send(leader, Propose(term, self.id, tuple(props[i:i + PROPOSE_BATCH])))
+
+    # ------------------------------------------------------------ writes and reads
+
+    async def write(self, op: str, key: str, *args: Any, timeout: float | None = None) -> Any:
+        """Commit and apply one KV command; returns its result or raises RaftUnavailable / ValueError."""
+        if self.failed is not None:
+            raise RaftUnavailable(self.failed)
+        lane = self._lanes.pop() if self._lanes else _Lane()
+        lane.seq += 1
+        data = encode_command(lane.client, lane.seq, op, key, *args)
+        if len(data) > MAX_ENTRY_BYTES:
+            raise ValueError(f"the command is {len(data)} bytes; the limit is {MAX_ENTRY_BYTES}")
+        key_ = (lane.client, lane.seq)
+        self._writes[key_] = self._pending(lambda: self._proposals.append(data), "write", timeout)
+        self.counters["proposals"] += 1
+        try:
+            result = await self._writes[key_].fut
+        finally:
+            self._writes.pop(key_, None)
+        self._lanes.append(lane)  # a lane whose write timed out is dropped: its fate is unknown
+        return result
+
+    async def read(self, key: str, timeout: float | None = None) -> Any:
+        """A linearizable read: ReadIndex, then wait until this replica applied that index."""
+        if self.failed is not None:
+            raise RaftUnavailable(self.failed)
+        if self.id not in self.raft.conf.members:
+            raise RaftUnavailable("this node holds no replica yet (it is not in the Raft group); "
+                                  "read through another node or use a stale read")
+        self._read_seq += 1
+        request = self._read_seq
+        pending = self._reads[request] = self._pending(lambda: self._read_requests.append(request), "read", timeout)
+        try:
+            index = await pending.fut
+        finally:
+            self._reads.pop(request, None)
+        if self.applied < index:
+            loop = asyncio.get_running_loop()
+            applied = loop.create_future()
+            self._apply_waiters.append((index, applied))
+            try:
+                await asyncio.wait_for(applied, max(0.0, pending.deadline - self.clock()))
+            except asyncio.TimeoutError:
+                raise RaftUnavailable(f"this node has not applied index {index} within {pending.timeout:g} s; "
+                                      f"it is catching up, retry or read with --stale") from None
+        return self.kv.get(key)
+
+    def _pending(self, submit: Callable[[], None], what: str, timeout: float | None) -> _Pending:
+        now = self.clock()
+        pending = _Pending(asyncio.get_running_loop().create_future(), submit, what,
+                           self.cfg.write_timeout if timeout is None else timeout, now, self.cfg.retry_interval)
+        self._sweep_due = min(self._sweep_due, pending.retry_at)
+        submit()
+        self._kick.set()
+        return pending
+
+    def _sweep(self, now: float) -> None:
+        """Re-submit what has waited a retry_interval (a lost forward); fail what is past its deadline."""
+        due = float("inf")
+        for pending in [*self._writes.values(), *self._reads.values()]:
+            if pending.fut.done():
+                continue
+            if now >= pending.deadline:
+                pending.fut.set_exception(RaftUnavailable(self.why_unavailable(pending.what, pending.timeout)))
+                continue
+            if now >= pending.retry_at:
+                pending.retry_at = now + self.cfg.retry_interval
+                pending.submit()
+            due = min(due, pending.retry_at, pending.deadline)
+        self._sweep_due = due
+
+    def why_unavailable(self, what: str, timeout: float) -> str:
+        if self.failed is not None:
+            return self.failed
+        voters = self.raft.conf.voters
+        live = sum(1 for v in voters if v == self.id or self._status(v) in ("alive", "suspect"))
+        quorum = len(voters) // 2 + 1
+        leader = self.leader_hint()
+        if leader is None and voters:
+            return (f"no Raft quorum: the {what} was not committed within {timeout:g} s, no leader is elected "
+                    f"and {live} of {len(voters)} voters are reachable (a quorum is {quorum}); {RECOVER_HINT}")
+        if leader is None:
+            return (f"this node is not in a Raft group and knows no leader; the {what} did not complete "
+                    f"within {timeout:g} s (is it joined to a cluster?)")
+        return (f"timed out after {timeout:g} s waiting for the {what} to commit through leader "
+                f"{self._name(leader)}; its outcome is unknown, retry it")
+
+    # ------------------------------------------------------------ autopilot and views
+
+    def _autopilot(self, now: float) -> None:
+        raft = self.raft
+        peers = [autopilot.Peer(m.node, m.status, dict(m.meta.labels).get("zone", ""), m.meta.started_ms,
+                                m.status_since) for m in self.swim.members()]
+        change = autopilot.next_change(
+            now, peers, raft.conf.voters, raft.conf.learners, leader=self.id, leader_since=self.leader_since,
+            match={p: pr.match for p, pr in raft.progress.items()}, last_index=raft.log.last_index(),
+            config=self.autopilot_cfg, pending=raft.conf_index > raft.log.committed)
+        if change is None:
+            return
+        try:
+            raft.propose_conf_change(now, change.op, change.node)
+        except (ConfChangeRejected, NotLeader) as exc:
+            log.debug("autopilot change %s %s deferred: %s", change.op, change.node, exc)
+            return
+        self.counters["conf_changes"] += 1
+        log.info("autopilot: %s %s (%s) (%s)", change.op, self._name(change.node), change.node, change.reason)
+
+    def _observe(self, now: float) -> None:
+        """Count leader changes and republish our gossip facts when our role changes."""
+        seen = (self.raft.lead, self.raft.term)
+        if seen[0] is not None and seen != self._seen:
+            self._seen = seen
+            self.counters["leader_changes"] += 1
+            log.info("raft leader is %s (%s), term %d", self._name(seen[0]), seen[0], seen[1])
+            if seen[0] == self.id:
+                self.leader_since = now
+                self._autopilot_due = now
+            # what the old leader may have lost goes to the new one now, not at the next retry
+            for pending in [*self._writes.values(), *self._reads.values()]:
+                pending.submit()
+        role = (self.role_of(self.id), self.raft.term)
+        if role != self._facts:
+            self._facts = role
+            self.on_facts(Facts(self.cluster_id, *role).encode())
+
+    def facts_of(self, node: str) -> Facts | None:
+        member = self.swim.member(node)
+        return decode_facts(member.record) if member is not None else None
+
+    def leader_hint(self) -> str | None:
+        """The leader Raft knows; else (a non-member) the live member gossiping leadership in the highest term."""
+        if self.raft.lead is not None:
+            return self.raft.lead
+        best: tuple[int, str] | None = None
+        for m in self.swim.members():
+            facts = decode_facts(m.record)
+            if (m.status == "alive" and facts is not None and facts.role == "leader"
+                    and facts.cluster_id == self.cluster_id and (best is None or facts.term > best[0])):
+                best = (facts.term, m.node)
+        return best[1] if best else None
+
+    def role_of(self, node: str) -> str:
+        conf = self.raft.conf
+        if not conf.voters:  # no configuration replicated here yet: trust gossip
+            facts = self.facts_of(node) if node != self.id else None
+            return facts.role if facts is not None and facts.cluster_id == self.cluster_id else "-"
+        if node == self.raft.lead:
+            return "leader"
+        return "voter" if node in conf.voters else "learner" if node in conf.learners else "-"
+
+    def status(self) -> dict[str, Any]:
+        st = self.raft.status(self.clock())
+        members = []
+        for role, ids in (("voter", st["voters"]), ("learner", st["learners"])):
+            for node in ids:
+                pr = st["progress"].get(node, {})
+                members.append({"id": node, "name": self._name(node), "role": role,
+                                "leader": node == st["leader"], "health": self._status(node),
+                                "addr": getattr(self.swim.member(node), "addr", None),
+                                "match": self.raft.log.last_index() if node == self.id and st["role"] == LEADER
+                                else pr.get("match")})
+        return {"cluster_id": self.cluster_id, "id": self.id, "role": self.role_of(self.id),
+                "leader": st["leader"], "leader_name": self._name(st["leader"]) if st["leader"] else None,
+                "term": st["term"], "commit_index": st["commit"], "applied_index": self.applied,
+                "last_index": st["last_index"], "snapshot_index": st["snapshot_index"],
+                "members": members, "error": self.failed}
+
+    def metrics(self) -> dict[str, Any]:
+        raft = self.raft
+        gauges = {"term": raft.term, "commit_index": raft.log.committed, "applied_index": self.applied,
+                  "last_index": raft.log.last_index(), "snapshot_index": raft.log.snap_index,
+                  "is_leader": int(raft.role == LEADER), "voters": len(raft.conf.voters),
+                  "learners": len(raft.conf.learners), "storage_failed": int(self.failed is not None)}
+        counters = dict(self.counters)
+        counters["core_dropped"] = raft.dropped
+        counters["save_seconds"] = round(self.save_seconds, 6)
+        return {"gauges": gauges, "counters": counters}
+
+    def _status(self, node: str) -> str:
+        if node == self.id:
+            return "alive"
+        member = self.swim.member(node)
+        return member.status if member is not None else "unknown"
+
+    def _name(self, node: str | None) -> str:
+        member = self.swim.member(node) if node else None
+        return member.meta.name if member is not None else (node or "?")
+
+    def _guard(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except (RaftError, ValueError) as exc:
+            self.counters["core_errors"] += 1
+            log.debug("raft %s refused: %s", what, exc)
+        except Exception:
+            self.counters["core_errors"] += 1
+            log.error("error in raft %s (counted, node keeps running)", what, exc_info=True)
+
+
+def coalesce(envelopes: tuple) -> list:
+    """Merge each run of appends to one peer into one append, and a peer's acks into the highest one.
+
+    Safe because the leader tracks a follower by the highest index it acknowledged
+    (Progress.maybe_update clears every in-flight append up to it), and a merged
+    append is exactly what the core would have sent with a bigger batch limit.
+    """
+    out: list = []
+    runs: dict[str, list] = {}  # peer -> [position in out, first append, entries, payload bytes, commit]
+    last_ack: dict[str, int] = {}
+    for env in envelopes:
+        m = env.msg
+        if type(m) is AppendEntries and m.entries:
+            run = runs.get(env.to)
+            size = sum(len(e.data) for e in m.entries)
+            if (run is not None and run[1].term == m.term and m.prev_index == run[2][-1].index
+                    and len(run[2]) + len(m.entries) <= MAX_ENTRIES and run[3] + size <= MAX_BATCH_BYTES):
+                run[2].extend(m.entries)
+                run[3] += size
+                run[4] = max(run[4], m.commit)
+                continue
+            runs[env.to] = [len(out), m, list(m.entries), size, m.commit]
+        elif type(m) is AppendResp and not m.reject:
+            pos = last_ack.get(env.to)
+            if pos is not None and out[pos].msg.term == m.term:
+                if m.index > out[pos].msg.index:
+                    out[pos] = env
+                continue
+            last_ack[env.to] = len(out)
+        out.append(env)
+    for to, (pos, first, entries, _, commit) in runs.items():
+        if len(entries) > len(first.entries):
+            out[pos] = Envelope(to, AppendEntries(first.term, first.source, first.prev_index, first.prev_term,
+                                                  commit, tuple(entries)))
+    return out
+
+
+def _impossible(msg: Any) -> bool:
+    """Fields no correct peer can send: terms from the future of the message's own term."""
+    term = msg.term
+    if isinstance(msg, AppendEntries):
+        return msg.prev_term > term or any(e.term > term for e in msg.entries)
+    if isinstance(msg, InstallSnapshot):
+        return msg.snapshot.term > term
+    if isinstance(msg, RequestVote):
+        return msg.last_term > term
+    if isinstance(msg, AppendResp):
+        return msg.hint_term > term
+    return False

@@ -1,0 +1,61 @@
+"""Small Raft facts every node gossips in its SWIM record, and the cluster id on disk.
+
+A node's record payload is msgpack ``[cluster_id, role, term]`` (role: ``L`` leader,
+``V`` voter, ``l`` learner, ``""`` none): a joiner learns which cluster to join from
+it, a non-member finds the leader to forward writes to, and ``node ls`` shows roles
+of members whose configuration this node has not replicated.  Records are a few
+dozen bytes, so they ride on gossip for free.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+
+import msgpack
+
+from p2pswarm.wire import MAX_ID_LEN
+
+ROLE_CODES = {"leader": "L", "voter": "V", "learner": "l", "-": ""}
+ROLE_NAMES = {code: name for name, code in ROLE_CODES.items()}
+CLUSTER_FILE = "CLUSTER"
+"""Written by consensus.storage.FileStorage in the raft dir: a magic line, then the cluster id."""
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    cluster_id: str
+    role: str = "-"
+    term: int = 0
+
+    def encode(self) -> bytes:
+        return msgpack.packb([self.cluster_id, ROLE_CODES[self.role], self.term], use_bin_type=True)
+
+
+def decode_facts(payload: bytes) -> Facts | None:
+    """A peer's facts, or None for an empty or malformed record (peers are not trusted)."""
+    if not payload:
+        return None
+    try:
+        cluster_id, role, term = msgpack.unpackb(payload, raw=False)
+    except Exception:
+        return None
+    if (type(cluster_id) is not str or not 0 < len(cluster_id) <= MAX_ID_LEN or role not in ROLE_NAMES
+            or type(term) is not int or term < 0):
+        return None
+    return Facts(cluster_id, ROLE_NAMES[role], term)
+
+
+def new_cluster_id() -> str:
+    return secrets.token_hex(8)
+
+
+def stored_cluster_id(raft_dir: str) -> str | None:
+    """The cluster id a raft dir belongs to, or None when it was never used."""
+    try:
+        with open(os.path.join(raft_dir, CLUSTER_FILE), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return None
+    return lines[1] if len(lines) == 2 and lines[1] else None
