@@ -47,3 +47,12 @@ def test_sim_bad_flags_are_one_line_errors():
         assert done.returncode == 2, done
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr
+
+
+def test_sim_partition_heals_and_the_halves_merge():
+    result = CliRunner().invoke(main, ["sim", "swim", "--nodes", "60", "--duration", "90", "--partition", "15",
+                                       "--seed", "3", "--json"])
+    report = last_json(result.output)
+    assert report["partition_seconds"] == 15.0
+    assert report["partition_merge_seconds"] not in (None, "inf")
+    assert report["false_positive_deaths"] == 0

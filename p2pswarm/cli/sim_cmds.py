@@ -35,14 +35,16 @@ def sim() -> None:
               help="How late slow members are, in probe timeouts (uniform 0.5x..1.5x).")
 @click.option("--lifeguard/--no-lifeguard", default=True, show_default=True)
 @click.option("--preset", default="lan", show_default=True, type=click.Choice(sorted(PRESETS)))
+@click.option("--partition", default=0.0, show_default=True, type=click.FloatRange(0.0),
+              help="Split the cluster in two halves for this many seconds after the warm-up, then heal.")
 @click.option("--updates", default=20, show_default=True, type=click.IntRange(0),
               help="State-record updates whose dissemination is timed.")
 @click.option("--seed", default=1, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON line.")
 @click.option("--plot", type=click.Path(dir_okay=False, writable=True),
               help="Write a PNG: detection-time CDF and convergence over time.")
-def swim_cmd(nodes, duration, loss, duplicate, crash, slow, slow_factor, lifeguard, preset, updates,
-             seed, as_json, plot) -> None:
+def swim_cmd(nodes, duration, loss, duplicate, crash, slow, slow_factor, lifeguard, preset, partition,
+             updates, seed, as_json, plot) -> None:
     """Failure detection and dissemination with SWIM + Lifeguard."""
     from p2pswarm.sim.swim_sim import SwimScenario, SwimSimulation
 
@@ -50,7 +52,7 @@ def swim_cmd(nodes, duration, loss, duplicate, crash, slow, slow_factor, lifegua
         raise click.BadParameter(f"--crash {crash} plus --slow {slow} leaves no healthy member", param_hint="--crash")
     scenario = SwimScenario(nodes=nodes, duration=duration, loss=loss, duplicate=duplicate, crash=crash,
                             slow=slow, slow_factor=slow_factor, lifeguard=lifeguard, preset=preset,
-                            updates=updates, seed=seed)
+                            partition=partition, updates=updates, seed=seed)
     click.echo(f"simulating {nodes} members for {duration:g} s (seed {seed})...", err=True)
     simulation = SwimSimulation(scenario)
     report = simulation.run()

@@ -14,11 +14,14 @@ Metric definitions (all measured, none assumed):
 * detection_all: crash → the moment the last member alive at the end marks it dead.
 * false_suspicions: suspicions *originated* (a failed probe) about healthy members
   (neither crashed nor slow); false_positive_deaths: distinct healthy members declared
-  dead anywhere.  Slow members are not healthy (as in the Lifeguard paper); what
+  dead anywhere (deaths from a partition, until the halves have merged again, are
+  counted apart as partition_deaths).  Slow members are not healthy (as in the Lifeguard paper); what
   happens to them is reported apart (slow_member_suspicions, slow_members_declared_dead).
 * dissemination: a record update at one member → the time 99% / 99.99% of the
   members alive at that moment hold it; the reported value is the median over updates
   (``_max`` keys give the worst update).
+* partition_merge_seconds (with ``partition``): heal → the first moment every live member
+  sees every other live member alive again ("inf": not within the run).
 * bytes: every 64th message is encoded with the real wire codec and the total is
   scaled from that sample (a large PushPull from its first 32 entries).
 """
@@ -41,7 +44,7 @@ from p2pswarm.membership.swim import DEAD, LEFT, SUSPECT, Swim
 from p2pswarm.sim.engine import EventHeap
 from p2pswarm.sim.network import NetworkModel, SimNetwork
 
-DELIVER, WAKE, CRASH, UPDATE = 0, 1, 2, 3
+DELIVER, WAKE, CRASH, UPDATE, NETWORK = 0, 1, 2, 3, 4
 BYTE_SAMPLE_EVERY = 64
 FULL_STATE_SAMPLE = 32
 
@@ -62,6 +65,8 @@ class SwimScenario:
     warmup: float = 5.0
     updates: int = 20
     push_pull: bool = True
+    partition: float = 0.0
+    """Seconds the cluster is split in two halves, starting right after the warm-up."""
     latency: float = 0.0005
     """One-way base latency, seconds; plus exponential jitter of the same mean."""
 
@@ -117,6 +122,11 @@ class SwimSimulation:
         self.slow_suspicions = 0
         self.slow_dead_members: set[int] = set()
         self.updates: dict[tuple[str, int], dict] = {}
+        self.split_at: float | None = None
+        self.healed_at: float | None = None
+        self.merged_at: float | None = None
+        self.wrong_views: set[tuple[int, int]] = set()
+        self.partition_deaths = 0
         self._build()
 
     # ------------------------------------------------------------ setup
@@ -142,6 +152,10 @@ class SwimSimulation:
         for i in healthy[:sc.crash]:
             self.heap.push(self.rng.uniform(sc.warmup, crash_end), CRASH, i)
         self.slow = set(healthy[sc.crash:sc.crash + sc.slow])
+        if sc.partition > 0:
+            # Node index -1 never crashes: network events are addressed to nobody.
+            self.heap.push(sc.warmup, NETWORK, -1, "split")
+            self.heap.push(sc.warmup + sc.partition, NETWORK, -1, "heal")
         origins = healthy[sc.crash + sc.slow:]
         update_end = max(sc.warmup, sc.duration - 10.0)
         for i in origins[:sc.updates]:
@@ -184,7 +198,7 @@ class SwimSimulation:
         cores = self.cores
         crashed = self.crashed_at
         digest = self.digest
-        pack = struct.Struct("<dBI").pack
+        pack = struct.Struct("<dBi").pack
         for at, _serial, kind, i, payload in self.heap.pop_until(self.sc.duration):
             if i in crashed:
                 continue
@@ -194,12 +208,15 @@ class SwimSimulation:
                 core.receive(at, payload)
             elif kind == WAKE:
                 if payload != self.wake_at[i]:
-                    continue  # superseded by an earlier wake-up
+                    continue  # superseded: the deadline moved
                 self.wake_at[i] = math.inf
                 core.tick(at)
             elif kind == CRASH:
                 crashed[i] = at
                 self.dead_seen[i] = {}
+                continue
+            elif kind == NETWORK:
+                self._network_change(at, payload)
                 continue
             else:
                 core.set_record(at, b"update")
@@ -213,6 +230,8 @@ class SwimSimulation:
             self._transmit(i, core.drain_outbox(), now)
         if core._events:
             self._observe(i, core.drain_events())
+            if self.healed_at is not None:
+                self._check_merged(now)
         if core._record_updates:
             for key in core.drain_record_updates():
                 update = self.updates.get(key)
@@ -239,10 +258,40 @@ class SwimSimulation:
                     at += self._late()
                 push(at, DELIVER, dst, outgoing.msg)
 
+    def _network_change(self, at: float, change: str) -> None:
+        if change == "split":
+            half = self.sc.nodes // 2
+            self.net.partition([list(range(half)), list(range(half, self.sc.nodes))])
+            self.split_at = at
+        else:
+            self.net.heal()
+            self.healed_at = at
+            self._check_merged(at)
+
+    def _check_merged(self, now: float) -> None:
+        """After a heal: the first moment every live member sees every live member alive."""
+        if self.healed_at is not None and self.merged_at is None and not self.wrong_views:
+            self.merged_at = now
+
+    def _track_view(self, observer: int, subject: int, old: str | None, new: str) -> None:
+        if subject in self.crashed_at or observer in self.crashed_at:
+            return
+        was_wrong = old is not None and old != "alive"
+        is_wrong = new != "alive"
+        if was_wrong != is_wrong:
+            pair = (observer, subject)
+            if is_wrong:
+                self.wrong_views.add(pair)
+            else:
+                self.wrong_views.discard(pair)
+
     def _observe(self, observer: int, events: list) -> None:
         crashed = self.crashed_at
+        track = self.sc.partition > 0
         for ev in events:
             subject = int(ev.node[1:])
+            if track:
+                self._track_view(observer, subject, ev.old, ev.new)
             crash_time = crashed.get(subject)
             if crash_time is not None:
                 if ev.new in (SUSPECT, DEAD) and subject not in self.first_detect:
@@ -258,6 +307,11 @@ class SwimSimulation:
             elif ev.new == SUSPECT and ev.by == self.cores[observer].id:
                 self.false_suspicions += 1
             elif ev.new in (DEAD, LEFT):
+                if self.split_at is not None and self.merged_at is None:
+                    # Each side rightly gives up on the other; at the heal, deaths still in
+                    # flight land briefly until the members concerned refute them.
+                    self.partition_deaths += 1
+                    continue
                 self.false_dead_members.add(subject)
                 if ev.by == self.cores[observer].id:
                     self.false_dead_declarations += 1
@@ -317,6 +371,10 @@ class SwimSimulation:
             "events": self.heap.processed,
             "messages": self.msgs,
             "messages_lost": self.net.lost,
+            "partition_seconds": sc.partition,
+            "partition_deaths": self.partition_deaths,
+            "partition_merge_seconds": (None if self.healed_at is None else
+                                        rounded(self.merged_at - self.healed_at if self.merged_at else math.inf)),
             "trace_digest": self.digest.hexdigest(),
         }
 
