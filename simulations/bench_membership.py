@@ -54,6 +54,18 @@ def wait(cond, timeout: float) -> float | None:
     return None
 
 
+def start_and_converge(cluster: LocalCluster, nodes: int, timeout: float) -> tuple[list, float | None]:
+    """Start ``nodes`` nodes joining through the first; seconds until all see all alive."""
+    started = time.monotonic()
+    first = cluster.start(0)
+    for i in range(1, nodes):
+        cluster.start(i, (first.addr,))
+    members = [cluster.node(i) for i in range(nodes)]
+    everyone = {m.name: "alive" for m in members}
+    ok = wait(lambda: all_see(members, everyone), timeout)
+    return members, (time.monotonic() - started if ok is not None else None)
+
+
 def proc_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -70,14 +82,7 @@ def one_run(run: int, nodes: int, preset: str, idle_seconds: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="p2ps-bench-") as tmp:
         cluster = LocalCluster(Path(tmp), preset=preset)
         try:
-            started = time.monotonic()
-            first = cluster.start(0)
-            for i in range(1, nodes):
-                cluster.start(i, (first.addr,))
-            members = [cluster.node(i) for i in range(nodes)]
-            everyone = {m.name: "alive" for m in members}
-            ok = wait(lambda: all_see(members, everyone), 60)
-            converge = time.monotonic() - started if ok is not None else None
+            members, converge = start_and_converge(cluster, nodes, 60)
             result = {"converge_s": converge}
             if run == 0 and idle_seconds > 0:
                 pids = [m.proc.pid for m in members]
@@ -103,15 +108,8 @@ def soak(nodes: int, seconds: float, preset: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="p2ps-soak-") as tmp:
         cluster = LocalCluster(Path(tmp), preset=preset)
         try:
-            started = time.monotonic()
-            first = cluster.start(0)
-            for i in range(1, nodes):
-                cluster.start(i, (first.addr,))
-            members = [cluster.node(i) for i in range(nodes)]
-            everyone = {m.name: "alive" for m in members}
-            say(f"soak: {nodes} nodes started, waiting for convergence...")
-            ok = wait(lambda: all_see(members, everyone), 120)
-            converge = time.monotonic() - started if ok is not None else None
+            say(f"soak: starting {nodes} nodes and waiting for convergence...")
+            members, converge = start_and_converge(cluster, nodes, 120)
             say(f"soak: converged in {converge} s; watching for {seconds:g} s")
             false_dead: set[str] = set()
             suspect_views = 0

@@ -7,12 +7,23 @@ import json
 import click
 
 from p2pswarm.membership.config import PRESETS
+from p2pswarm.sim.raft_sim import BUGS as RAFT_BUGS
 
 
 def _check_fraction(ctx, param, value: float) -> float:
     if not 0.0 <= value < 1.0:
         raise click.BadParameter("must be at least 0 and below 1")
     return value
+
+
+def _print_report(report: dict, as_json: bool) -> None:
+    """One JSON line (for scripts), or aligned key/value lines (for people)."""
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    width = max(len(k) for k in report)
+    for key, value in report.items():
+        click.echo(f"{key.ljust(width)}  {value}")
 
 
 @click.group()
@@ -60,12 +71,7 @@ def swim_cmd(nodes, duration, loss, duplicate, crash, slow, slow_factor, lifegua
         from p2pswarm.sim.plot import plot_swim
         plot_swim(simulation, plot)
         click.echo(f"plot written to {plot}", err=True)
-    if as_json:
-        click.echo(json.dumps(report))
-        return
-    width = max(len(k) for k in report)
-    for key, value in report.items():
-        click.echo(f"{key.ljust(width)}  {value}")
+    _print_report(report, as_json)
 
 
 @sim.command("raft")
@@ -76,8 +82,7 @@ def swim_cmd(nodes, duration, loss, duplicate, crash, slow, slow_factor, lifegua
               help="Simulated seconds per run.")
 @click.option("--clients", default=5, show_default=True, type=click.IntRange(1, 100))
 @click.option("--seed", default=7, show_default=True, type=int)
-@click.option("--bug", type=click.Choice(["skip_fsync", "commit_old_term_by_counting", "vote_without_log_check",
-                                          "stale_reads"]),
+@click.option("--bug", type=click.Choice(RAFT_BUGS),
               help="Deliberately break the core or driver, to see the checker catch it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON line.")
 def raft_cmd(nodes, runs, duration, clients, seed, bug, as_json) -> None:
@@ -86,9 +91,4 @@ def raft_cmd(nodes, runs, duration, clients, seed, bug, as_json) -> None:
 
     click.echo(f"simulating {runs} runs of {nodes} Raft nodes (seed {seed})...", err=True)
     report = run_raft_sim(nodes=nodes, runs=runs, seed=seed, bug=bug, duration=duration, clients=clients)
-    if as_json:
-        click.echo(json.dumps(report))
-        return
-    width = max(len(k) for k in report)
-    for key, value in report.items():
-        click.echo(f"{key.ljust(width)}  {value}")
+    _print_report(report, as_json)

@@ -520,17 +520,24 @@ class Swim:
             self._order.append(node)  # joins the unvisited part of the current round
         self._news.put((node, "m"), news)
 
-    def _on_suspect(self, now: float, news: Suspect) -> None:
+    def _accusation_target(self, now: float, news: Suspect | Dead) -> MemberState | None:
+        """The member a suspicion or death is about, if the news can still change our view."""
         if news.incarnation >= MAX_INCARNATION:
             self._count("absurd_news")
+            return None
+        if news.node == self.id:
+            self._rumour_about_me(now, news.incarnation)
+            return None
+        cur = self._members.get(news.node)
+        if cur is None or news.incarnation < cur.incarnation or cur.status in (DEAD, LEFT):
+            return None
+        return cur
+
+    def _on_suspect(self, now: float, news: Suspect) -> None:
+        cur = self._accusation_target(now, news)
+        if cur is None:
             return
         node = news.node
-        if node == self.id:
-            self._rumour_about_me(now, news.incarnation)
-            return
-        cur = self._members.get(node)
-        if cur is None or news.incarnation < cur.incarnation or cur.status in (DEAD, LEFT):
-            return
         if cur.status == SUSPECT:
             suspicion = self._suspicions.get(node)
             if suspicion is not None and news.incarnation == suspicion.incarnation and suspicion.confirm(news.by):
@@ -547,16 +554,10 @@ class Swim:
         self._news.put((node, "m"), news)
 
     def _on_dead(self, now: float, news: Dead) -> None:
-        if news.incarnation >= MAX_INCARNATION:
-            self._count("absurd_news")
+        cur = self._accusation_target(now, news)
+        if cur is None:
             return
         node = news.node
-        if node == self.id:
-            self._rumour_about_me(now, news.incarnation)
-            return
-        cur = self._members.get(node)
-        if cur is None or news.incarnation < cur.incarnation or cur.status in (DEAD, LEFT):
-            return
         self._drop_suspicion(node)
         status = LEFT if news.left else DEAD
         self._set(now, MemberState(node, cur.addr, news.incarnation, status, cur.meta), news.by)
