@@ -138,6 +138,8 @@ class Raft:
         self._refresh_conf()
         self.role, self.lead = FOLLOWER, None
         self.msgs: list[Envelope] = []
+        self._append_pending_at: float | None = None
+        """Set by proposals: their appends go out together at the next ready()."""
         self.read_states: list[ReadState] = []
         self.progress: dict[str, Progress] = {}
         self.votes: dict[str, bool] = {}
@@ -279,13 +281,19 @@ class Raft:
 
     # ---------------------------------------------------------- ready / advance
 
+    def _flush_proposals(self) -> None:
+        if self._append_pending_at is not None:
+            now, self._append_pending_at = self._append_pending_at, None
+            self._bcast_append(now)
+
     def has_ready(self) -> bool:
-        return bool(self.msgs or self.read_states or self._unsaved_snapshot
+        return bool(self.msgs or self.read_states or self._unsaved_snapshot or self._append_pending_at is not None
                     or self.log.stabled < self.log.last_index() or self.log.applied < self.log.committed
                     or self._hard_state() != self._saved_hs)
 
     def ready(self) -> Ready:
         self._check_idle()
+        self._flush_proposals()
         hs = self._hard_state()
         rd = Ready(hard_state=hs if hs != self._saved_hs else None, entries=self.log.unstable(),
                    snapshot=self._unsaved_snapshot, messages=tuple(self.msgs),
@@ -609,7 +617,11 @@ class Raft:
             self._sync_progress(now)
         self.progress[self.id].maybe_update(entry.index)
         self._maybe_commit(now)
-        self._bcast_append(now)
+        if kind == "normal":
+            # Group proposals: one append per follower at the next ready() carries them all.
+            self._append_pending_at = now
+        else:
+            self._bcast_append(now)
         return entry.index, entry.term
 
     def _maybe_commit(self, now: float) -> bool:
