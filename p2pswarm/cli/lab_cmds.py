@@ -19,6 +19,8 @@ from p2pswarm.node import NodeOptions
 CONVERGE_TIMEOUT = 30.0
 """Seconds `lab up` waits for every node to see every other alive."""
 STOP_TIMEOUT = 10.0
+RAFT_TIMEOUT = 60.0
+"""Seconds `lab up` waits for autopilot to elect the Raft group (learners are promoted once stable)."""
 
 
 def default_lab_dir() -> Path:
@@ -76,17 +78,21 @@ def lab_up(nodes, lab_dir, port, preset):
             raise
     end_progress()
     _wait_converged([DataDir(d) for d in dirs], nodes)
+    _wait_raft_group(DataDir(dirs[0]), target_voters(nodes))
     _print_status(lab)
     click.echo(f"\nlab of {nodes} nodes is up. Try: p2pswarm node ls --data-dir {dirs[-1]}")
     click.echo("stop it with: p2pswarm lab down" + ("" if lab_dir is None else f" --dir {lab}"))
 
 
-def _alive_seen(datadir: DataDir) -> int:
+def _members(datadir: DataDir) -> list[dict]:
     try:
-        members = ApiClient(datadir, timeout=2.0).get("/v1/members")["members"]
+        return ApiClient(datadir, timeout=2.0).get("/v1/members")["members"]
     except ApiError:
-        return 0
-    return sum(1 for m in members if m["status"] == "alive")
+        return []
+
+
+def _alive_seen(datadir: DataDir) -> int:
+    return sum(1 for m in _members(datadir) if m["status"] == "alive")
 
 
 def _wait_converged(datadirs: list[DataDir], expected: int) -> None:
@@ -105,25 +111,54 @@ def _wait_converged(datadirs: list[DataDir], expected: int) -> None:
                                f"see the node.log files under {datadirs[0].path.parent}")
 
 
+def target_voters(nodes: int) -> int:
+    """The Raft group autopilot aims for: 1 voter under 3 nodes, 3 under 7, else 5."""
+    return 1 if nodes < 3 else 3 if nodes < 7 else 5
+
+
+def _wait_raft_group(datadir: DataDir, voters: int) -> None:
+    """Wait until the elected Raft group has its target number of voters and a leader."""
+    client = ApiClient(datadir, timeout=2.0)
+    deadline = time.monotonic() + RAFT_TIMEOUT
+    have, leader = 0, None
+    while time.monotonic() < deadline:
+        try:
+            status = client.get("/v1/cluster")
+            have = sum(1 for m in status["members"] if m["role"] == "voter")
+            leader = status["leader"]
+        except (ApiError, KeyError, TypeError):
+            pass
+        progress(f"electing the Raft group: {have}/{voters} voters, "
+                 f"{'a leader' if leader else 'no leader yet'}")
+        if have >= voters and leader:
+            end_progress()
+            return
+        time.sleep(0.2)
+    end_progress()
+    raise click.ClickException(f"the Raft group has {have} of {voters} voters after {RAFT_TIMEOUT:g} s; "
+                               f"see `p2pswarm cluster status --data-dir {datadir.path}`")
+
+
 def _print_status(lab: Path) -> int:
     rows = []
     running = 0
     for path in _node_dirs(lab):
         datadir = DataDir(path)
         if not _running(datadir):
-            rows.append((path.name, "-", "-", "stopped", "-"))
+            rows.append((path.name, "-", "-", "stopped", "-", "-"))
             continue
         try:
             info = ApiClient(datadir, timeout=2.0).get("/v1/info")
         except ApiError as exc:
-            rows.append((path.name, "-", "-", f"not answering ({exc})", "-"))
+            rows.append((path.name, "-", "-", f"not answering ({exc})", "-", "-"))
             continue
         running += 1
-        rows.append((path.name, info["id"], info["addr"], "running", str(info["cluster_size"])))
+        role = next((m["role"] for m in _members(datadir) if m.get("self")), "-")
+        rows.append((path.name, info["id"], info["addr"], "running", role, str(info["cluster_size"])))
     if not rows:
         click.echo(f"no lab in {lab}")
     else:
-        click.echo(table(("NODE", "ID", "ADDRESS", "STATE", "SEES ALIVE"), rows))
+        click.echo(table(("NODE", "ID", "ADDRESS", "STATE", "RAFT ROLE", "SEES ALIVE"), rows))
     return running
 
 

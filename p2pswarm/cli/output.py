@@ -40,12 +40,19 @@ def error(message: Any) -> None:
     click.echo(f"error: {one_line(message)}", err=True)
 
 
+_last_progress = [""]
+
+
 def progress(message: str) -> None:
-    """A progress line on stderr that the next one overwrites when stderr is a terminal."""
+    """A progress line on stderr that the next one overwrites when stderr is a terminal.
+
+    Elsewhere (logs, CI) only changes are printed, one per line.
+    """
     if sys.stderr.isatty():
         click.echo(f"\r\x1b[K{message}", err=True, nl=False)
-    else:
+    elif message != _last_progress[0]:
         click.echo(message, err=True)
+    _last_progress[0] = message
 
 
 def end_progress() -> None:
