@@ -30,6 +30,15 @@ CORES = [
     "p2pswarm/consensus/config.py",
     "p2pswarm/consensus/messages.py",
     "p2pswarm/consensus/kv.py",
+    "p2pswarm/cluster/checks.py",
+    "p2pswarm/cluster/spec.py",
+    "p2pswarm/cluster/model.py",
+    "p2pswarm/cluster/commands.py",
+    "p2pswarm/cluster/state.py",
+    "p2pswarm/scheduler/flow.py",
+    "p2pswarm/scheduler/placement.py",
+    "p2pswarm/scheduler/reconcile.py",
+    "p2pswarm/scheduler/updates.py",
 ]
 FORBIDDEN = frozenset({"asyncio", "zmq", "socket", "time", "random", "os", "threading", "select",
                        "subprocess"})

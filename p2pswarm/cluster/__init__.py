@@ -1,0 +1,1 @@
+"""The replicated cluster state: service specs, commands, and the deterministic state machine."""

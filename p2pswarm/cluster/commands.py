@@ -1,0 +1,251 @@
+"""Cluster commands: the msgpack-able dicts that go through the Raft log.
+
+Every command is ``{"op", "id", "at", ...}``: ``id`` makes a retried command apply
+once, ``at`` is the proposer's clock reading (the only time the state machine ever
+sees, so every replica records the same timestamps).  Scheduler decisions also
+carry ``basis = [term, index]``: the leader's term and the applied index of the
+state it planned against; the state machine rejects them if the objects they are
+about changed after that index, or if they were decided under another term.
+
+The builders here are what the leader, the API and the tests call; :func:`check`
+is what the state machine calls on every entry it applies, since a log entry is
+only as trustworthy as the node that proposed it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterable
+
+from p2pswarm.cluster.checks import (LABEL_KEY, LABEL_KEY_WHAT, SpecError, choice, fail, integer, number, pairs,
+                                     strings, text)
+from p2pswarm.cluster.model import AVAILABILITY, DESIRED, TASK_STATES, UPDATE_STATES
+from p2pswarm.cluster.spec import MAX_MEMORY, MAX_REPLICAS, NAME, NAME_WHAT, ServiceSpec
+
+MAX_BATCH = 10_000
+"""Placements (or task ids) in one command."""
+MAX_ID = 128
+MAX_MESSAGE = 1024
+MAX_TIME = 1e12
+ID = re.compile(r"[\x21-\x7e]{1,128}")
+ID_WHAT = "must be 1-128 printable ASCII characters without spaces"
+
+
+def _command(op: str, cid: str, at: float, basis: Iterable[int] | None = None, **fields: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"op": op, "id": cid, "at": at, **fields}
+    if basis is not None:
+        out["basis"] = list(basis)
+    return out
+
+
+# ------------------------------------------------------------------ builders
+
+def create_service(cid: str, at: float, spec: ServiceSpec) -> dict:
+    return _command("create_service", cid, at, spec=spec.to_dict())
+
+
+def update_service(cid: str, at: float, spec: ServiceSpec, version: int | None = None) -> dict:
+    """``version``: the version the caller read; the update fails if the service moved on."""
+    return _command("update_service", cid, at, spec=spec.to_dict(), version=version)
+
+
+def rollback_service(cid: str, at: float, name: str, basis: Iterable[int] | None = None,
+                     message: str = "") -> dict:
+    return _command("rollback_service", cid, at, basis, name=name, message=message)
+
+
+def scale_service(cid: str, at: float, name: str, replicas: int) -> dict:
+    return _command("scale_service", cid, at, name=name, replicas=replicas)
+
+
+def remove_service(cid: str, at: float, name: str) -> dict:
+    return _command("remove_service", cid, at, name=name)
+
+
+def placement(service: str, version: int, slot: int, node: str | None, *, task: str | None = None,
+              restarts: Iterable[float] = (), message: str = "") -> dict:
+    """One decision of an ``assign_tasks`` batch: a new task for ``slot`` on ``node`` (or, with
+    ``task``, the pending task to place); ``node`` None records a task that cannot be placed,
+    ``message`` saying why."""
+    return {"service": service, "version": version, "slot": slot, "node": node, "task": task,
+            "restarts": list(restarts), "message": message}
+
+
+def assign_tasks(cid: str, at: float, basis: Iterable[int], place: Iterable[dict],
+                 stop: Iterable[tuple[str, str]] = ()) -> dict:
+    """Stops ``stop`` (``(task id, reason)``: desired shutdown) then applies ``place``, so that a
+    move (or a restart, or an update of a slot) is one decision."""
+    return _command("assign_tasks", cid, at, basis, place=list(place), stop=[list(s) for s in stop])
+
+
+def set_task_desired(cid: str, at: float, tasks: Iterable[str], desired: str, reason: str = "",
+                     basis: Iterable[int] | None = None) -> dict:
+    return _command("set_task_desired", cid, at, basis, tasks=list(tasks), desired=desired, reason=reason)
+
+
+def report_task_status(cid: str, at: float, task: str, state: str, *, node: str | None, port: int | None = None,
+                       exit_code: int | None = None, error: str = "", health: str | None = None) -> dict:
+    """``node`` is the reporting agent's node (it must run the task); None is the scheduler itself,
+    which may only declare a task ``orphaned`` (its node died or left)."""
+    return _command("report_task_status", cid, at, task=task, state=state, node=node, port=port,
+                    exit_code=exit_code, error=error, health=health)
+
+
+def update_node(cid: str, at: float, node: str, *, name: str | None = None, availability: str | None = None,
+                labels: dict[str, str] | None = None, label_add: dict[str, str] | None = None,
+                label_rm: Iterable[str] = (), cpu: float | None = None, memory: int | None = None) -> dict:
+    """Creates the node on first use; fields left None are kept."""
+    return _command("update_node", cid, at, node=node, name=name, availability=availability, labels=labels,
+                    label_add=label_add, label_rm=list(label_rm), cpu=cpu, memory=memory)
+
+
+def remove_node(cid: str, at: float, node: str) -> dict:
+    return _command("remove_node", cid, at, node=node)
+
+
+def set_update_state(cid: str, at: float, name: str, version: int, state: str, message: str = "",
+                     basis: Iterable[int] | None = None) -> dict:
+    return _command("set_update_state", cid, at, basis, name=name, version=version, state=state, message=message)
+
+
+# ------------------------------------------------------------------ checking
+
+Check = Callable[[str, Any], Any]
+
+
+def _opt(check: Check) -> Check:
+    """The field may be absent or None."""
+    def optional(f: str, v: Any) -> Any:
+        return None if v is None else check(f, v)
+    optional.optional = True  # type: ignore[attr-defined]
+    return optional
+
+
+def _name(f: str, v: Any) -> str:
+    return text(f, v, 63, NAME, NAME_WHAT)
+
+
+def _ident(f: str, v: Any) -> str:
+    return text(f, v, MAX_ID, ID, ID_WHAT)
+
+
+def _message(f: str, v: Any) -> str:
+    if type(v) is not str or len(v) > MAX_MESSAGE:
+        raise fail(f, f"must be a string of at most {MAX_MESSAGE} characters", v)
+    return v
+
+
+def _idents(f: str, v: Any) -> tuple[str, ...]:
+    items = strings(f, v, MAX_BATCH, MAX_ID, allow_empty=False)
+    for item in items:
+        _ident(f, item)
+    return items
+
+
+def _stops(f: str, v: Any) -> list[tuple[str, str]]:
+    out = []
+    for item in _list(f, v, MAX_BATCH):
+        if not isinstance(item, list) or len(item) != 2:
+            raise fail(f, "entries must be [task id, reason]", item)
+        out.append((_ident(f, item[0]), _message(f, item[1])))
+    return out
+
+
+def _labels(f: str, v: Any) -> tuple[tuple[str, str], ...]:
+    return pairs(f, v, 64, LABEL_KEY, LABEL_KEY_WHAT, 256)
+
+
+def _version(f: str, v: Any) -> int:
+    return integer(f, v, 1, 2**53)
+
+
+def _time(f: str, v: Any) -> float:
+    return number(f, v, 0, MAX_TIME)
+
+
+def _placement(f: str, v: Any) -> dict:
+    return _fields(f, v, PLACEMENT)
+
+
+def _placements(f: str, v: Any) -> list[dict]:
+    if not isinstance(v, list) or len(v) > MAX_BATCH:
+        raise fail(f, f"must be a list of at most {MAX_BATCH} placements", v)
+    return [_placement(f"{f}[{i}]", item) for i, item in enumerate(v)]
+
+
+PLACEMENT: dict[str, Check] = {
+    "service": _name, "version": _version, "slot": lambda f, v: integer(f, v, 0, MAX_REPLICAS),
+    "node": _opt(_ident), "task": _opt(_ident),
+    "restarts": lambda f, v: tuple(_time(f, t) for t in _list(f, v, 64)), "message": _message,
+}
+
+
+def _list(f: str, v: Any, limit: int) -> list:
+    if not isinstance(v, list) or len(v) > limit:
+        raise fail(f, f"must be a list of at most {limit} entries", v)
+    return v
+
+
+SCHEMAS: dict[str, dict[str, Check]] = {
+    "create_service": {"spec": lambda f, v: ServiceSpec.from_dict(v)},
+    "update_service": {"spec": lambda f, v: ServiceSpec.from_dict(v), "version": _opt(_version)},
+    "rollback_service": {"name": _name, "message": _message},
+    "scale_service": {"name": _name, "replicas": lambda f, v: integer(f, v, 0, MAX_REPLICAS)},
+    "remove_service": {"name": _name},
+    "assign_tasks": {"place": _placements, "stop": _stops},
+    "set_task_desired": {"tasks": _idents, "desired": lambda f, v: choice(f, v, DESIRED), "reason": _message},
+    "report_task_status": {
+        "task": _ident, "state": lambda f, v: choice(f, v, TASK_STATES), "node": _opt(_ident),
+        "port": _opt(lambda f, v: integer(f, v, 1, 65535)), "exit_code": _opt(lambda f, v: integer(f, v, -255, 255)),
+        "error": _message, "health": _opt(lambda f, v: choice(f, v, ("starting", "healthy", "unhealthy")))},
+    "update_node": {
+        "node": _ident, "name": _opt(lambda f, v: text(f, v, 128)),
+        "availability": _opt(lambda f, v: choice(f, v, AVAILABILITY)), "labels": _opt(_labels),
+        "label_add": _opt(_labels), "label_rm": lambda f, v: strings(f, v, 64, 128),
+        "cpu": _opt(lambda f, v: number(f, v, 0, 1e6)), "memory": _opt(lambda f, v: integer(f, v, 0, MAX_MEMORY))},
+    "remove_node": {"node": _ident},
+    "set_update_state": {"name": _name, "version": _version,
+                         "state": lambda f, v: choice(f, v, UPDATE_STATES), "message": _message},
+}
+DECISIONS = frozenset({"assign_tasks"})
+"""Commands that must carry a basis: they are only right for the state they were planned on."""
+
+
+def _basis(f: str, v: Any) -> tuple[int, int]:
+    if not isinstance(v, list) or len(v) != 2:
+        raise fail(f, "must be [term, index]", v)
+    return integer(f, v[0], 0, 2**63 - 1), integer(f, v[1], 0, 2**63 - 1)
+
+
+COMMON: dict[str, Check] = {"id": _ident, "at": _time, "basis": _opt(_basis)}
+
+
+def _fields(where: str, data: Any, schema: dict[str, Check]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise fail(where, "must be a mapping", data)
+    unknown = sorted(str(k) for k in data if k not in schema)
+    if unknown:
+        raise SpecError(f"{where}: unknown field {unknown[0]!r}")
+    out = {}
+    for name, check in schema.items():
+        if name not in data and not getattr(check, "optional", False):
+            raise SpecError(f"{where}: missing field {name!r}")
+        out[name] = check(name, data.get(name))
+    return out
+
+
+def check(command: Any) -> tuple[str, dict[str, Any]]:
+    """``(op, fields)`` of a well-formed command, every field checked and normalised; else SpecError."""
+    if not isinstance(command, dict):
+        raise fail("command", "must be a mapping", command)
+    op = choice("op", command.get("op"), SCHEMAS)
+    schema = {**COMMON, **SCHEMAS[op]}
+    fields = _fields(op, {k: v for k, v in command.items() if k != "op"}, schema)
+    if op in DECISIONS and fields["basis"] is None:
+        raise SpecError(f"{op}: a scheduler decision must carry its basis [term, index]")
+    return op, fields
+
+
+__all__ = ["create_service", "update_service", "rollback_service", "scale_service", "remove_service", "placement",
+           "assign_tasks", "set_task_desired", "report_task_status", "update_node", "remove_node",
+           "set_update_state", "check", "SCHEMAS"]

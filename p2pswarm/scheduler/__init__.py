@@ -1,0 +1,1 @@
+"""The leader's scheduler: min-cost-flow placement, the reconciler and rolling updates (all pure)."""

@@ -1,0 +1,237 @@
+"""Placement: which node runs each task, for every service at once.
+
+Per service (in name order, resources consumed as we go):
+
+1. *Eligibility.*  A task may stay on a node that is up, not drained and satisfies the
+   constraints; a new task also needs the node ``active`` and room for its
+   reservation: ``room = min(⌊free cpu / reserved cpu⌋, ⌊free memory / reserved memory⌋)``.
+   Tasks on other nodes are stopped (they move).
+2. *Allocation.*  The min-cost flow of :mod:`flow` (stable mode): tasks already running
+   cost nothing to keep, new ones spread evenly over zones then nodes.  Replicated
+   services only; a global service gets one task on every eligible node.
+3. *Rebalancing* (optional per service, bounded by ``max_moves`` per plan overall):
+   the flow in spread mode gives the even target; tasks move one at a time from the
+   node most above its target to the node most below it.  Docker Swarm never does this.
+
+Tasks that cannot be placed are counted with one line saying why, for ``service ps``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+from p2pswarm.cluster.model import Node
+from p2pswarm.cluster.spec import ServiceSpec
+from p2pswarm.scheduler.flow import Room, allocate
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A node that is up (alive or suspect), as placement needs it."""
+    id: str
+    name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    availability: str = "active"
+    cpu: float | None = None
+    memory: int | None = None
+
+    @classmethod
+    def of(cls, node: Node, availability: str | None = None) -> "NodeInfo":
+        return cls(node.id, node.name, node.label_map, availability or node.availability, node.cpu, node.memory)
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    spec: ServiceSpec
+    tasks: tuple[tuple[str, str], ...] = ()
+    """``(task id, node)`` of the live tasks placement decides about, most worth keeping first."""
+    replicas: int | None = None
+    """Tasks wanted; None = ``spec.replicas`` (fewer when some slots wait for a restart delay)."""
+    rebalance: bool = False
+    """May move tasks toward an even spread this round (the service opted in and has converged)."""
+    hold: frozenset[str] = frozenset()
+    """Global services: nodes that get no new task now (one waits for its restart delay, or ended)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    place: tuple[tuple[str, str], ...]
+    """``(service, node)``: one new task each."""
+    stop: tuple[tuple[str, str], ...]
+    """``(task id, reason)``."""
+    unplaced: Mapping[str, tuple[int, str]]
+    """service -> (tasks that could not be placed, why)."""
+    moves: int = 0
+    """Rebalancing moves in this plan (each is one stop plus one placement)."""
+
+
+def plan(nodes: Sequence[NodeInfo], demands: Iterable[Demand], *, max_moves: int = 0,
+         reserved: Mapping[str, tuple[float, int]] | None = None) -> Plan:
+    """Plan every service; ``reserved`` is cpu and memory held on a node by tasks not in ``demands``."""
+    return _Planner(nodes, list(demands), max_moves, reserved or {}).run()
+
+
+class _Planner:
+    def __init__(self, nodes: Sequence[NodeInfo], demands: list[Demand], max_moves: int,
+                 reserved: Mapping[str, tuple[float, int]]) -> None:
+        self.nodes = {n.id: n for n in sorted(nodes, key=lambda n: n.id)}
+        self.demands = sorted(demands, key=lambda d: d.spec.name)
+        self.budget = max_moves
+        self.free: dict[str, list[float]] = {}
+        for n in self.nodes.values():
+            cpu, mem = reserved.get(n.id, (0.0, 0))
+            self.free[n.id] = [math.inf if n.cpu is None else n.cpu - cpu,
+                               math.inf if n.memory is None else n.memory - mem]
+        self.load = {n: 0 for n in self.nodes}
+        for d in self.demands:
+            for _, node in d.tasks:
+                self._take(node, d.spec, +1)
+        self.place: list[tuple[str, str]] = []
+        self.stop: list[tuple[str, str]] = []
+        self.unplaced: dict[str, tuple[int, str]] = {}
+        self.moves = 0
+
+    def _take(self, node: str, spec: ServiceSpec, count: int) -> None:
+        if node in self.free:
+            self.free[node][0] -= spec.reserve_cpu * count
+            self.free[node][1] -= spec.reserve_memory * count
+            self.load[node] += count
+
+    def room(self, node: str, spec: ServiceSpec) -> int | float:
+        cpu, mem = self.free[node]
+        fits = [math.inf]
+        if spec.reserve_cpu > 0:
+            fits.append(max(0, math.floor(cpu / spec.reserve_cpu + 1e-9)))
+        if spec.reserve_memory > 0:
+            fits.append(max(0, int(mem // spec.reserve_memory)))
+        return min(fits)
+
+    def why_not_here(self, node: str, spec: ServiceSpec) -> str | None:
+        """Why a task of ``spec`` may not stay on ``node`` (None: it may)."""
+        info = self.nodes.get(node)
+        if info is None:
+            return f"node {node} is down"
+        if info.availability == "drain":
+            return f"node {node} is drained"
+        for c in spec.constraints:
+            if not c.matches(info.id, info.name, info.labels):
+                return f"node {node} does not satisfy {c}"
+        return None
+
+    def run(self) -> Plan:
+        kept: dict[str, dict[str, list[str]]] = {}
+        for d in self.demands:  # first free what must move anyway, so every service can use it
+            kept[d.spec.name] = {}
+            for task, node in d.tasks:
+                reason = self.why_not_here(node, d.spec)
+                if reason is None:
+                    kept[d.spec.name].setdefault(node, []).append(task)
+                else:
+                    self.stop.append((task, reason))
+                    self._take(node, d.spec, -1)
+        for d in self.demands:
+            if d.spec.mode == "global":
+                self._global(d, kept[d.spec.name])
+            else:
+                self._replicated(d, kept[d.spec.name])
+        return Plan(tuple(self.place), tuple(self.stop), self.unplaced, self.moves)
+
+    def _new_ok(self, node: NodeInfo, spec: ServiceSpec) -> bool:
+        return node.availability == "active" and self.why_not_here(node.id, spec) is None
+
+    # -------------------------------------------------------------- replicated
+
+    def _replicated(self, d: Demand, kept: dict[str, list[str]]) -> None:
+        spec, want = d.spec, spec_replicas(d)
+        label = spec.spread_label
+        rooms = []
+        for n in sorted(self.nodes.values(), key=lambda n: (self.load[n.id], n.id)):
+            keep = len(kept.get(n.id, ()))
+            room = min(self.room(n.id, spec), want) if self._new_ok(n, spec) else 0
+            if keep or room:
+                rooms.append(Room(n.id, keep, int(room), n.labels.get(label) if label else None))
+        counts, missing = allocate(rooms, want, spread=label is not None)
+        if d.rebalance and self.budget > 0 and not missing:
+            self._rebalance(d, rooms, counts, kept)
+        surplus_reason = "scaled down" if sum(map(len, kept.values())) > want else "rebalanced"
+        for node in sorted(counts):
+            tasks = kept.get(node, [])
+            for task in tasks[counts[node]:]:
+                self.stop.append((task, surplus_reason))
+                self._take(node, spec, -1)
+            for _ in range(counts[node] - len(tasks)):
+                self.place.append((spec.name, node))
+                self._take(node, spec, +1)
+        if missing:
+            self.unplaced[spec.name] = (missing, self.explain(spec))
+
+    def _rebalance(self, d: Demand, rooms: list[Room], counts: dict[str, int],
+                   kept: dict[str, list[str]]) -> None:
+        """Move kept tasks toward the spread-mode target, at most ``self.budget`` of them."""
+        stay = [Room(r.node, min(r.keep, counts[r.node]), r.room, r.zone) for r in rooms]
+        target, _ = allocate(stay, spec_replicas(d), spread=d.spec.spread_label is not None, stable=False)
+        while self.budget > 0:
+            over = [(counts[n] - target[n], n) for n in counts if counts[n] > target[n]]
+            under = [(target[n] - counts[n], n) for n in counts if counts[n] < target[n]]
+            if not over or not under:
+                return
+            source, dest = max(over)[1], max(under)[1]
+            if counts[source] <= len(kept.get(source, ())):  # a running task moves (else a new one goes elsewhere)
+                self.budget -= 1
+                self.moves += 1
+            counts[source] -= 1
+            counts[dest] += 1
+
+    # -------------------------------------------------------------- global
+
+    def _global(self, d: Demand, kept: dict[str, list[str]]) -> None:
+        spec, missing, short = d.spec, 0, []
+        for node in self.nodes.values():
+            tasks = kept.get(node.id, [])
+            for task in tasks[1:]:
+                self.stop.append((task, "one task per node"))
+                self._take(node.id, spec, -1)
+            if tasks or node.id in d.hold or not self._new_ok(node, spec):
+                continue
+            if self.room(node.id, spec) >= 1:
+                self.place.append((spec.name, node.id))
+                self._take(node.id, spec, +1)
+            else:
+                missing += 1
+                short.append(node.id)
+        if missing:
+            self.unplaced[spec.name] = (missing, self.explain(spec, short))
+
+    # -------------------------------------------------------------- explanations
+
+    def explain(self, spec: ServiceSpec, candidates: Sequence[str] | None = None) -> str:
+        """One line: why no (further) task of ``spec`` fits anywhere."""
+        if not self.nodes:
+            return "no node is up"
+        active = [n for n in self.nodes.values() if n.availability == "active"]
+        if not active:
+            states = sorted({PAST[n.availability] for n in self.nodes.values()})
+            return f"no active node (all {len(self.nodes)} up nodes are {' or '.join(states)})"
+        for c in spec.constraints:
+            if not any(c.matches(n.id, n.name, n.labels) for n in active):
+                return f"no node satisfies {c}"
+        eligible = [n.id for n in active if self._new_ok(n, spec)] if candidates is None else list(candidates)
+        if not eligible:
+            return "no node satisfies all of " + ", ".join(map(str, spec.constraints))
+        cpu_short = [n for n in eligible if spec.reserve_cpu > self.free[n][0] + 1e-9]
+        mem_short = [n for n in eligible if spec.reserve_memory > self.free[n][1]]
+        what = ("cpu and memory" if len(cpu_short) == len(mem_short) == len(eligible) else
+                "memory" if len(mem_short) == len(eligible) else
+                "cpu" if len(cpu_short) == len(eligible) else "cpu or memory")
+        scope = f"all {len(eligible)} eligible nodes" if candidates is None else \
+            f"{len(eligible)} eligible node{'s' if len(eligible) > 1 else ''} ({', '.join(eligible[:5])})"
+        return f"insufficient {what} on {scope}"
+
+
+PAST = {"pause": "paused", "drain": "drained", "active": "active"}
+
+
+def spec_replicas(d: Demand) -> int:
+    return d.spec.replicas if d.replicas is None else d.replicas
