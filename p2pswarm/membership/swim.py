@@ -128,6 +128,8 @@ class Swim:
         self.track_records = False
         self._record_updates: list[tuple[str, int]] = []
         self._live = 1
+        self._gone: dict[str, None] = {}
+        """Dead and left members, in the order they went (an ordered set: deterministic)."""
         self._suspicions: dict[str, Suspicion] = {}
         self._news = NewsQueue(config.gossip_sends)
         self._outbox: list[Outgoing] = []
@@ -196,8 +198,9 @@ class Swim:
         """
         self._members = dict(members)
         self._members[self.id] = MemberState(self.id, self.addr, self.incarnation, ALIVE, self._meta)
-        if live is None:
-            live = sum(1 for s in self._members.values() if s.status in LIVE)
+        if live is None or live != len(self._members):
+            self._gone = {n: None for n, s in self._members.items() if s.status not in LIVE}
+            live = len(self._members) - len(self._gone)
         self._live = live
         self._order = list(self._members)
         self._order_pos = 0
@@ -377,9 +380,9 @@ class Swim:
         """Re-contact one dead (not left) member, or the seeds when alone: heals partitions."""
         if self.leaving:
             return
-        dead = [s for s in self._members.values() if s.status == DEAD] if self._live < len(self._members) else []
+        dead = [node for node in self._gone if self._members[node].status == DEAD]
         if dead:
-            target = self.rng.choice(dead).addr
+            target = self._members[self.rng.choice(dead)].addr
         elif self._live <= 1 and self._seeds:
             target = self.rng.choice(self._seeds)
         else:
@@ -388,15 +391,11 @@ class Swim:
         self._send(target, self._push_pull_msg(False, False), bulk=True)
 
     def _reap(self, now: float) -> None:
-        for node, state in list(self._members.items()):
-            if state.status == DEAD:
-                limit = self.config.dead_reap_after
-            elif state.status == LEFT:
-                limit = self.config.left_reap_after
-            else:
-                continue
+        for node in list(self._gone):
+            limit = self.config.dead_reap_after if self._members[node].status == DEAD else self.config.left_reap_after
             if node != self.id and now - self._since.get(node, now) >= limit:
                 del self._members[node]
+                del self._gone[node]
                 self._since.pop(node, None)
                 self._records.pop(node, None)
                 self._rtt.pop(node, None)
@@ -626,6 +625,10 @@ class Swim:
             was_live = old_status in LIVE
             is_live = state.status in LIVE
             self._live += is_live - was_live
+            if is_live:
+                self._gone.pop(state.node, None)
+            else:
+                self._gone[state.node] = None
             self._since[state.node] = now
             self._events.append(MemberEvent(now, state.node, old_status, state.status, by))
 
