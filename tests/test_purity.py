@@ -39,6 +39,8 @@ CORES = [
     "p2pswarm/scheduler/placement.py",
     "p2pswarm/scheduler/reconcile.py",
     "p2pswarm/scheduler/updates.py",
+    "p2pswarm/agent/core.py",
+    "p2pswarm/runtime/base.py",
 ]
 FORBIDDEN = frozenset({"asyncio", "zmq", "socket", "time", "random", "os", "threading", "select",
                        "subprocess"})

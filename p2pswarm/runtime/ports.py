@@ -1,0 +1,59 @@
+"""Dynamic task ports: pick a free port from a range, never one a task of ours still holds.
+
+"Free" is checked by binding it (all interfaces, SO_REUSEADDR, so a port in TIME_WAIT
+counts as free, as it will for the task's own listener). The scan goes round-robin from
+a random start: several nodes on one machine then rarely race for the same port, and a
+port just released is not handed out again at once.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+
+
+class PortsExhausted(Exception):
+    """No free port left in the range."""
+
+
+class PortAllocator:
+    def __init__(self, low: int = 20000, high: int = 32000, rng: random.Random | None = None,
+                 bind_host: str = "0.0.0.0") -> None:
+        if not 0 < low <= high < 65536:
+            raise ValueError(f"bad port range {low}-{high}")
+        self.low, self.high, self.bind_host = low, high, bind_host
+        self.held: set[int] = set()
+        self._next = (rng or random.Random()).randint(low, high)
+
+    def is_free(self, port: int) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((self.bind_host, port))
+            except OSError:
+                return False
+        return True
+
+    def take(self, count: int = 1) -> tuple[int, ...]:
+        """``count`` distinct free ports, now held until :meth:`release`."""
+        got: list[int] = []
+        try:
+            for _ in range(count):
+                got.append(self._take_one())
+        except PortsExhausted:
+            self.release(got)
+            raise
+        return tuple(got)
+
+    def release(self, ports) -> None:
+        self.held.difference_update(ports)
+
+    def _take_one(self) -> int:
+        size = self.high - self.low + 1
+        for _ in range(size):
+            port = self._next
+            self._next = self.low + (port - self.low + 1) % size
+            if port not in self.held and self.is_free(port):
+                self.held.add(port)
+                return port
+        raise PortsExhausted(f"no free port in {self.low}-{self.high}")

@@ -1,0 +1,242 @@
+"""The default runtime: each task is a plain child process (like Nomad's raw_exec).
+
+A task runs in its own session and process group, so that stopping it reaches everything
+it forked: SIGTERM to the group, ``grace`` seconds, SIGKILL to the group. When the leader
+exits on its own, the rest of its group is killed too: a task is over when its leader is.
+The leader gets SIGKILL if the node dies (:mod:`.procfs`); its group id is recorded in
+``<data-dir>/tasks/<task-id>/pid`` so a restarted node can stop what was left behind.
+
+Output arrives through pipes on the node's loop via an :class:`asyncio.SubprocessProtocol`
+(the public layer under ``create_subprocess_exec``). We use the protocol because it tells
+us when the *leader* exits even while something of the group still holds the pipes; the
+stream API's ``wait()`` would not return until every holder had exited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from p2pswarm.runtime import procfs
+from p2pswarm.runtime.base import STDERR, STDOUT, TaskExit, TaskHandle, TaskSpec, port_env, substitute
+from p2pswarm.runtime.logs import RotatingLog, log_files
+from p2pswarm.runtime.ports import PortAllocator, PortsExhausted
+
+log = logging.getLogger("p2pswarm.runtime")
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    port_low: int = 20000
+    port_high: int = 32000
+    """Dynamic ports are taken from port_low..port_high (inclusive)."""
+    log_max_bytes: int = 10 * 1024 * 1024
+    """A log file is rotated before it would exceed this size."""
+    log_keep: int = 3
+    """Files kept per stream, the current one included."""
+    pipe_drain: float = 1.0
+    """Seconds to wait for output still in the pipes after the task's group was killed
+    (a process that left the group may hold them open forever)."""
+    leftover_grace: float = 2.0
+    """Seconds between SIGTERM and SIGKILL for leftovers of a previous node life."""
+
+
+def task_env(spec: TaskSpec, ports: tuple[int, ...]) -> dict[str, str]:
+    """The node's environment without its own ``P2PSWARM_*`` variables, then the spec's,
+    then the task identity and ports (which a spec cannot override)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PSWARM_")}
+    env.update(spec.env)
+    env.update(P2PSWARM_TASK_ID=spec.task_id, P2PSWARM_SERVICE=spec.service,
+               P2PSWARM_SLOT=str(spec.slot), P2PSWARM_NODE=spec.node_id)
+    env.update(port_env(ports))
+    return env
+
+
+def launch_error(exc: OSError, argv0: str) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"executable not found: {argv0}"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {argv0}"
+    return f"cannot start {argv0}: {exc.strerror or exc}"
+
+
+class _Pipes(asyncio.SubprocessProtocol):
+    """Writes the task's output into its logs; resolves ``exited`` with the leader's
+    return code and ``drained`` once both pipes have closed."""
+
+    def __init__(self, logs: dict[int, RotatingLog]) -> None:
+        loop = asyncio.get_running_loop()
+        self.logs = logs
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self.drained: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.SubprocessTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        stream = self.logs[fd]
+        stream.write(data)
+        stream.flush()
+
+    def pipe_connection_lost(self, fd: int, exc) -> None:
+        stream = self.logs.pop(fd, None)  # None once close_logs() has run
+        if stream is not None:
+            stream.close()
+        if not self.logs and not self.drained.done():
+            self.drained.set_result(None)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(self.transport.get_returncode())
+
+    def close_logs(self) -> None:
+        for stream in self.logs.values():
+            stream.close()
+        self.logs.clear()
+
+
+class ProcessHandle(TaskHandle):
+    done: asyncio.Future[TaskExit]
+    """Resolves when the run has ended and its group is gone."""
+
+
+class ProcessRuntime:
+    """Runs tasks as child processes; see the module docstring. One per node."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], config: ProcessConfig = ProcessConfig(),
+                 rng: random.Random | None = None) -> None:
+        self.config = config
+        self.tasks_dir = Path(data_dir) / "tasks"
+        self.ports = PortAllocator(config.port_low, config.port_high, rng)
+        self.live: dict[str, ProcessHandle] = {}
+
+    def task_dir(self, task_id: str) -> Path:
+        return self.tasks_dir / task_id
+
+    async def start(self, spec: TaskSpec) -> ProcessHandle:
+        if spec.task_id in self.live:
+            raise RuntimeError(f"task {spec.task_id} is already running")  # the agent's bug
+        folder = self.task_dir(spec.task_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not spec.command:
+            return self._failed(spec, folder, "empty command")
+        if spec.workdir and not Path(spec.workdir).is_dir():
+            return self._failed(spec, folder, f"working directory not found: {spec.workdir}")
+        try:
+            ports = self.ports.take(spec.ports)
+        except PortsExhausted as exc:
+            return self._failed(spec, folder, str(exc))
+        argv = substitute(spec.command, ports)
+        logs = {fd: RotatingLog(folder / f"{name}.log", self.config.log_max_bytes, self.config.log_keep)
+                for fd, name in ((1, STDOUT), (2, STDERR))}
+        pipes = _Pipes(dict(logs))
+        try:
+            transport, _ = await asyncio.get_running_loop().subprocess_exec(
+                lambda: pipes, *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env=task_env(spec, ports), cwd=spec.workdir,
+                start_new_session=True, preexec_fn=procfs.die_with_parent_hook())
+        except OSError as exc:
+            for stream in logs.values():
+                stream.close()
+            self.ports.release(ports)
+            return self._failed(spec, folder, launch_error(exc, argv[0]))
+        handle = ProcessHandle(spec, transport.get_pid(), ports, folder)
+        (folder / "pid").write_text(f"{handle.pid}\n")
+        self.live[spec.task_id] = handle
+        handle.done = asyncio.ensure_future(self._watch(handle, transport, pipes))
+        log.info("task %s started: pid %s ports %s", spec.task_id, handle.pid, ports)
+        return handle
+
+    def _failed(self, spec: TaskSpec, folder: Path, error: str) -> ProcessHandle:
+        handle = ProcessHandle(spec, None, (), folder, error)
+        handle.done = asyncio.get_running_loop().create_future()
+        handle.done.set_result(TaskExit(error=error))
+        with open(folder / f"{STDERR}.log", "a") as stderr:  # so that `service logs` shows it too
+            stderr.write(f"p2pswarm: {error}\n")
+        log.info("task %s did not start: %s", spec.task_id, error)
+        return handle
+
+    async def _watch(self, handle: ProcessHandle, transport, pipes: _Pipes) -> TaskExit:
+        try:
+            rc = await pipes.exited
+            procfs.kill_group(handle.pid, signal.SIGKILL)  # whatever the leader left behind
+            try:
+                await asyncio.wait_for(asyncio.shield(pipes.drained), self.config.pipe_drain)
+            except asyncio.TimeoutError:
+                log.warning("task %s: a process outside its group holds its output open", handle.spec.task_id)
+        finally:
+            transport.close()
+            pipes.close_logs()
+            self.ports.release(handle.ports)
+            (handle.log_dir / "pid").unlink(missing_ok=True)
+            self.live.pop(handle.spec.task_id, None)
+        exit = TaskExit(code=rc) if rc >= 0 else TaskExit(signal=-rc)
+        log.info("task %s exited: %s", handle.spec.task_id, exit)
+        return exit
+
+    async def wait(self, handle: TaskHandle) -> TaskExit:
+        return await asyncio.shield(handle.done)
+
+    def poll(self, handle: TaskHandle) -> TaskExit | None:
+        return handle.done.result() if handle.done.done() else None
+
+    async def stop(self, handle: TaskHandle, grace: float) -> TaskExit:
+        if handle.done.done():
+            return handle.done.result()
+        procfs.kill_group(handle.pid, signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(asyncio.shield(handle.done), grace)
+        except asyncio.TimeoutError:
+            log.info("task %s ignored SIGTERM for %ss: SIGKILL", handle.spec.task_id, grace)
+            procfs.kill_group(handle.pid, signal.SIGKILL)
+            return await self.wait(handle)
+
+    def log_paths(self, task_id: str) -> dict[str, list[Path]]:
+        return {name: log_files(self.task_dir(task_id) / f"{name}.log", self.config.log_keep)
+                for name in (STDOUT, STDERR)}
+
+    def forget(self, task_id: str) -> None:
+        """Delete a finished task's directory (its logs)."""
+        if task_id in self.live:
+            raise RuntimeError(f"task {task_id} is still running")
+        folder = self.task_dir(task_id)
+        if folder.is_dir():
+            for f in folder.iterdir():
+                f.unlink()
+            folder.rmdir()
+
+    async def adopt_or_stop_leftovers(self) -> list[str]:
+        """Stop the task groups a previous life of this node left running; returns their
+        task ids. We stop rather than adopt: a process that is not our child can be
+        neither waited for nor have its output piped, and the agent restarts what is
+        still assigned. A group is only touched if one of its processes carries the
+        task's ``P2PSWARM_TASK_ID``, so a recycled pid is never killed."""
+        groups: dict[str, int] = {}
+        for pidfile in sorted(self.tasks_dir.glob("*/pid")):
+            task_id = pidfile.parent.name
+            if task_id in self.live:
+                continue
+            try:
+                pgid = int(pidfile.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pgid = 0
+            pidfile.unlink(missing_ok=True)
+            if pgid > 0 and any(procfs.environ_has(p, "P2PSWARM_TASK_ID", task_id)
+                                for p in procfs.group_members(pgid)):
+                groups[task_id] = pgid
+                procfs.kill_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + self.config.leftover_grace
+        while any(procfs.group_members(g) for g in groups.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task_id, pgid in groups.items():
+            if procfs.kill_group(pgid, signal.SIGKILL):
+                log.warning("leftover task %s (group %s) ignored SIGTERM: killed", task_id, pgid)
+        return sorted(groups)
