@@ -37,6 +37,9 @@ from p2pswarm.membership.suspicion import Suspicion
 ALIVE, SUSPECT, DEAD, LEFT = "alive", "suspect", "dead", "left"
 LIVE = (ALIVE, SUSPECT)
 SEQ_MOD = 1 << 32
+DIRECT_RETRIES = 3
+"""Direct pings repeated, evenly spread, while helpers probe indirectly (at 5 % loss each
+one divides by ~10 the chance that lost packets alone make a healthy member suspect)."""
 NACK_FRACTION = 0.8
 """A helper nacks when the target has not answered it within this fraction of the probe timeout."""
 RTT_WEIGHT = 0.2
@@ -85,7 +88,7 @@ class Member:
 
 
 class _Probe:
-    __slots__ = ("seq", "target", "addr", "sent", "ack_deadline", "retry_at", "end", "indirect",
+    __slots__ = ("seq", "target", "addr", "sent", "ack_deadline", "retry_at", "retries", "end", "indirect",
                  "nacks", "expected_nacks", "done", "failed")
 
     def __init__(self, seq: int, target: str, addr: str, sent: float, ack_deadline: float,
@@ -95,7 +98,8 @@ class _Probe:
         self.addr = addr
         self.sent = sent
         self.ack_deadline = ack_deadline
-        self.retry_at = (ack_deadline + end) / 2
+        self.retries = DIRECT_RETRIES - 1
+        self.retry_at = ack_deadline + (end - ack_deadline) / DIRECT_RETRIES
         self.end = end
         self.indirect = False
         self.nacks = 0
@@ -255,7 +259,9 @@ class Swim:
             if not probe.indirect and now >= probe.ack_deadline:
                 self._start_indirect(now, probe)
             if probe.indirect and now >= probe.retry_at:
-                probe.retry_at = INF
+                probe.retries -= 1
+                probe.retry_at = probe.retry_at + (probe.end - probe.ack_deadline) / DIRECT_RETRIES \
+                    if probe.retries > 0 else INF
                 self._send(probe.addr, Ping(probe.seq, self.id, self.addr, probe.target, ()))
             if probe.indirect and now >= probe.end:
                 self._probe_failed(now, probe)
@@ -304,8 +310,17 @@ class Swim:
 
     def _start_indirect(self, now: float, probe: _Probe) -> None:
         probe.indirect = True
-        # Two more direct tries, now and halfway through the helpers' time (memberlist's TCP
-        # fallback plays this role): a lost ping or ack should not make a healthy member suspect.
+        # Lifeguard (local health awareness): measure the helpers' time from when we actually
+        # ask them. After a stall of our own (a starved CPU, a long GC) the scheduled end may
+        # be past already, and judging the target before anyone could answer would make us
+        # accuse a healthy member for our own slowness.
+        wait = probe.ack_deadline - probe.sent
+        if self.config.lifeguard and now + wait > probe.end:
+            probe.end = now + wait
+            probe.ack_deadline = now
+            probe.retry_at = now + wait / DIRECT_RETRIES
+        # More direct tries, now and spread over the helpers' time (memberlist's TCP fallback
+        # plays this role): a lost ping or ack should not make a healthy member suspect.
         self._send(probe.addr, Ping(probe.seq, self.id, self.addr, probe.target, ()))
         helpers = self._sample(self.config.indirect_checks, now, exclude=probe.target)
         probe.expected_nacks = len(helpers) if self.config.lifeguard else 0

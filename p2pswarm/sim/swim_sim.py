@@ -45,6 +45,8 @@ from p2pswarm.sim.engine import EventHeap
 from p2pswarm.sim.network import NetworkModel, SimNetwork
 
 DELIVER, WAKE, CRASH, UPDATE, NETWORK = 0, 1, 2, 3, 4
+SLOW_RUN = 0.02
+"""Seconds a slow member gets to run between two stalls."""
 BYTE_SAMPLE_EVERY = 64
 FULL_STATE_SAMPLE = 32
 
@@ -58,7 +60,10 @@ class SwimScenario:
     crash: int = 0
     slow: int = 0
     slow_factor: float = 3.0
-    """A slow member handles each message and timer late by U(0.5, 1.5) × slow_factor × probe_timeout."""
+    """A slow member is starved of CPU: it runs SLOW_RUN seconds, then stalls for
+    U(0.5, 1.5) × slow_factor × probe_timeout, and so on; whatever arrives or falls due
+    during a stall waits for the next run, where input is handled before timers (as an
+    event loop that drains its sockets first would)."""
     lifeguard: bool = True
     preset: str = "lan"
     seed: int = 1
@@ -152,6 +157,7 @@ class SwimSimulation:
         for i in healthy[:sc.crash]:
             self.heap.push(self.rng.uniform(sc.warmup, crash_end), CRASH, i)
         self.slow = set(healthy[sc.crash:sc.crash + sc.slow])
+        self.windows = {i: (0.0, SLOW_RUN) for i in sorted(self.slow)}
         if sc.partition > 0:
             # Node index -1 never crashes: network events are addressed to nobody.
             self.heap.push(sc.warmup, NETWORK, -1, "split")
@@ -161,8 +167,18 @@ class SwimSimulation:
         for i in origins[:sc.updates]:
             self.heap.push(self.rng.uniform(sc.warmup, update_end), UPDATE, i)
 
-    def _late(self) -> float:
-        return self.rng.uniform(0.5, 1.5) * self.sc.slow_factor * self.config.probe_timeout
+    def _slow_gate(self, i: int, at: float, kind: int, payload) -> bool:
+        """For a slow member: True if it is running at ``at``; else the event waits for its next run."""
+        start, end = self.windows[i]
+        while at >= end:
+            start = end + self.rng.uniform(0.5, 1.5) * self.sc.slow_factor * self.config.probe_timeout
+            end = start + SLOW_RUN
+        self.windows[i] = (start, end)
+        if at >= start:
+            return True
+        # Input first, then timers, when the member gets the CPU back.
+        self.heap.push(start if kind == DELIVER else start + 1e-9, kind, i, payload)
+        return False
 
     def _reschedule(self, i: int, now: float) -> None:
         """Keep exactly one live wake-up per core, at its next deadline.
@@ -173,10 +189,7 @@ class SwimSimulation:
         due = self.cores[i].next_deadline()
         if due != self.wake_at[i] and due != math.inf:
             self.wake_at[i] = due
-            at = max(due, now)
-            if i in self.slow:
-                at += self._late()
-            self.heap.push(at, WAKE, i, due)
+            self.heap.push(max(due, now), WAKE, i, due)
 
     # ------------------------------------------------------------ run
 
@@ -199,8 +212,11 @@ class SwimSimulation:
         crashed = self.crashed_at
         digest = self.digest
         pack = struct.Struct("<dBi").pack
+        windows = self.windows
         for at, _serial, kind, i, payload in self.heap.pop_until(self.sc.duration):
             if i in crashed:
+                continue
+            if i in windows and kind != CRASH and not self._slow_gate(i, at, kind, payload):
                 continue
             digest.update(pack(at, kind, i))
             core = cores[i]
@@ -243,7 +259,6 @@ class SwimSimulation:
         push = self.heap.push
         delays = self.net.delays
         index = self.addr_index
-        slow = self.slow
         for outgoing in out:
             self.msgs += 1
             if self.msgs % BYTE_SAMPLE_EVERY == 0:
@@ -253,10 +268,7 @@ class SwimSimulation:
             if dst is None:
                 continue
             for delay in delays(src, dst):
-                at = now + delay
-                if dst in slow:
-                    at += self._late()
-                push(at, DELIVER, dst, outgoing.msg)
+                push(now + delay, DELIVER, dst, outgoing.msg)
 
     def _network_change(self, at: float, change: str) -> None:
         if change == "split":
