@@ -119,6 +119,9 @@ class Node:
         self._joined_logged = False
         self._saved_incarnation = -1
         self.raft: RaftHost | None = None
+        self.agent: Any = None
+        self.scheduler: Any = None
+        self._scheduler_task: asyncio.Task | None = None
         self._fatal: Exception | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -152,11 +155,13 @@ class Node:
                                      swim=self.swim, transport=self.transport, clock=self.clock, seed=self.seed,
                                      fatal=self.fail)
                 self.raft.start(now)
+                await self._start_services(incarnation)
                 self.started.set()
                 await self._loop()
             finally:
                 self._remove_signals()
                 await api.close()
+                await self._stop_services()
                 if self.raft is not None:
                     await self.raft.close()
                 await asyncio.sleep(FLUSH_GRACE)
@@ -169,6 +174,26 @@ class Node:
             raise self._fatal
         log.info("node %s (%s) stopped", self.name, self.node_id)
         return 0
+
+    async def _start_services(self, incarnation: int) -> None:
+        """The agent (every node) and the scheduler (acts only while this node leads Raft)."""
+        from p2pswarm.agent.host import AgentHost
+        from p2pswarm.scheduler_driver import PRESETS, SchedulerDriver
+
+        self.agent = AgentHost(self.node_id, self.datadir.path, self.raft, incarnation)
+        await self.agent.start()
+        self.scheduler = SchedulerDriver(self.raft, self.swim, PRESETS[self.options.preset])
+        self._scheduler_task = asyncio.ensure_future(self.scheduler.run())
+
+    async def _stop_services(self) -> None:
+        if self._scheduler_task is not None:
+            self._scheduler_task.cancel()
+            await asyncio.gather(self._scheduler_task, return_exceptions=True)
+        if self.agent is not None:
+            try:
+                await self.agent.close()
+            except Exception:
+                log.error("stopping tasks failed", exc_info=True)
 
     def fail(self, exc: Exception) -> None:
         """Stop at once because of ``exc``; ``run`` raises it (one line) after cleaning up."""

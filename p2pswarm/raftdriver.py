@@ -38,17 +38,17 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import msgpack
 
 from p2pswarm import wire
 from p2pswarm.consensus import autopilot
 from p2pswarm.consensus.config import preset as raft_preset
-from p2pswarm.consensus.kv import KVStore, encode_command
+from p2pswarm.consensus.kv import encode_command
 from p2pswarm.consensus.messages import (MAX_BATCH_BYTES, MAX_ENTRIES, MAX_ENTRY_BYTES, AppendEntries, AppendResp,
                                          InstallSnapshot, Propose, RequestVote)
 from p2pswarm.consensus.raft import LEADER, ConfChangeRejected, Envelope, NotLeader, Raft, RaftError
 from p2pswarm.consensus.storage import FileStorage, StorageError
 from p2pswarm.raftfacts import Facts, decode_facts
+from p2pswarm.statemachine import StateMachines, encode_cluster
 
 log = logging.getLogger("p2pswarm.raft")
 
@@ -115,10 +115,12 @@ class RaftDriver:
         self.counters: Counter[str] = Counter()
         self.storage = FileStorage(raft_dir, cluster_id)
         stored = self.storage.load()
-        self.kv = KVStore()
+        self.sm = StateMachines()
+        self.kv, self.cluster = self.sm.kv, self.sm.cluster
         self.applied = 0
+        self.digest: tuple[int, dict] | None = None
         if stored.snapshot is not None:
-            self.kv.restore(stored.snapshot.data)
+            self.sm.restore(stored.snapshot.data)
             self.applied = stored.snapshot.index
         now = clock()
         self.raft = Raft(node_id, raft_preset(preset), rng, now, hard_state=stored.hard_state,
@@ -137,7 +139,8 @@ class RaftDriver:
         self._inbox: list = []
         self._proposals: list[bytes] = []
         self._read_requests: list[int] = []
-        self._writes: dict[tuple[int, int], _Pending] = {}
+        self._writes: dict[Any, _Pending] = {}
+        """By (client, seq) for KV writes, by command id for cluster writes."""
         self._reads: dict[int, _Pending] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future]] = []
         self._sweep_due = float("inf")
@@ -230,7 +233,7 @@ class RaftDriver:
         for env in coalesce(rd.messages):
             self._send(env.to, env.msg)
         if rd.snapshot is not None and rd.snapshot.index > self.applied:
-            self.kv.restore(rd.snapshot.data)
+            self.sm.restore(rd.snapshot.data)
             self.applied = rd.snapshot.index
             self.counters["snapshots_restored"] += 1
         for entry in rd.committed_entries:
@@ -244,7 +247,7 @@ class RaftDriver:
         self._release_applied()
         now = self.clock()
         if self.applied - self.raft.log.snap_index >= self.cfg.snapshot_every:
-            if self.raft.compact(now, self.applied, self.kv.snapshot()) is not None:
+            if self.raft.compact(now, self.applied, self.sm.snapshot()) is not None:
                 self.counters["snapshots_taken"] += 1
         self._observe(now)
 
@@ -252,15 +255,10 @@ class RaftDriver:
         self.applied = entry.index
         if entry.kind != "normal":
             return
-        result = self.kv.apply(entry.index, entry.data)
-        if self._writes:
-            try:
-                client, seq = msgpack.unpackb(entry.data, raw=False)[:2]
-                pending = self._writes.get((client, seq))
-            except Exception:
-                pending = None
-            if pending is not None and not pending.fut.done():
-                pending.fut.set_result(result)
+        key, result = self.sm.apply(entry.index, entry.term, entry.data)
+        pending = self._writes.get(key) if key is not None else None
+        if pending is not None and not pending.fut.done():
+            pending.fut.set_result(result)
 
     def _release_applied(self) -> None:
         if not self._apply_waiters:
@@ -353,18 +351,29 @@ class RaftDriver:
             raise RaftUnavailable(self.failed)
         lane = self._lanes.pop() if self._lanes else _Lane()
         lane.seq += 1
-        data = encode_command(lane.client, lane.seq, op, key, *args)
-        if len(data) > MAX_ENTRY_BYTES:
-            raise ValueError(f"the command is {len(data)} bytes; the limit is {MAX_ENTRY_BYTES}")
-        key_ = (lane.client, lane.seq)
-        self._writes[key_] = self._pending(lambda: self._proposals.append(data), "write", timeout)
-        self.counters["proposals"] += 1
-        try:
-            result = await self._writes[key_].fut
-        finally:
-            self._writes.pop(key_, None)
+        result = await self._propose((lane.client, lane.seq), encode_command(lane.client, lane.seq, op, key, *args),
+                                     timeout)
         self._lanes.append(lane)  # a lane whose write timed out is dropped: its fate is unknown
         return result
+
+    async def write_cluster(self, command: dict, timeout: float | None = None) -> Any:
+        """Commit and apply one cluster command (:mod:`p2pswarm.cluster.commands`); returns its
+        ``Result``.  Retries are safe: the cluster state applies a command id once."""
+        if self.failed is not None:
+            raise RaftUnavailable(self.failed)
+        return await self._propose(command["id"], encode_cluster(command), timeout)
+
+    async def _propose(self, key: Any, data: bytes, timeout: float | None) -> Any:
+        if len(data) > MAX_ENTRY_BYTES:
+            raise ValueError(f"the command is {len(data)} bytes; the limit is {MAX_ENTRY_BYTES}")
+        if key in self._writes:
+            raise ValueError(f"command {key!r} is already being written")
+        self._writes[key] = self._pending(lambda: self._proposals.append(data), "write", timeout)
+        self.counters["proposals"] += 1
+        try:
+            return await self._writes[key].fut
+        finally:
+            self._writes.pop(key, None)
 
     async def read(self, key: str, timeout: float | None = None) -> Any:
         """A linearizable read: ReadIndex, then wait until this replica applied that index."""
@@ -467,7 +476,16 @@ class RaftDriver:
         role = (self.role_of(self.id), self.raft.term)
         if role != self._facts:
             self._facts = role
-            self.on_facts(Facts(self.cluster_id, *role).encode())
+            self._publish()
+
+    def publish_digest(self, digest: tuple[int, dict]) -> None:
+        """Gossip this node's task digest in its record, beside its Raft facts."""
+        self.digest = digest
+        self._publish()
+
+    def _publish(self) -> None:
+        if self._facts:
+            self.on_facts(Facts(self.cluster_id, *self._facts, self.digest).encode())
 
     def facts_of(self, node: str) -> Facts | None:
         member = self.swim.member(node)

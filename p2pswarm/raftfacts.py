@@ -5,6 +5,11 @@ A node's record payload is msgpack ``[cluster_id, role, term]`` (role: ``L`` lea
 it, a non-member finds the leader to forward writes to, and ``node ls`` shows roles
 of members whose configuration this node has not replicated.  Records are a few
 dozen bytes, so they ride on gossip for free.
+
+A node running tasks appends its agent's task digest as a fourth element
+``[version, {task_id: record}]`` (see :meth:`p2pswarm.agent.core.AgentCore.digest`);
+three-element records still decode (no digest).  The digest is only checked for
+shape here; whoever reads its records checks them (:mod:`p2pswarm.scheduler_driver`).
 """
 
 from __future__ import annotations
@@ -28,9 +33,14 @@ class Facts:
     cluster_id: str
     role: str = "-"
     term: int = 0
+    digest: tuple[int, dict] | None = None
+    """This node's task digest: (version, {task id: record}), or None when it runs no agent yet."""
 
     def encode(self) -> bytes:
-        return msgpack.packb([self.cluster_id, ROLE_CODES[self.role], self.term], use_bin_type=True)
+        fields: list = [self.cluster_id, ROLE_CODES[self.role], self.term]
+        if self.digest is not None:
+            fields.append(list(self.digest))
+        return msgpack.packb(fields, use_bin_type=True)
 
 
 def decode_facts(payload: bytes) -> Facts | None:
@@ -38,13 +48,23 @@ def decode_facts(payload: bytes) -> Facts | None:
     if not payload:
         return None
     try:
-        cluster_id, role, term = msgpack.unpackb(payload, raw=False)
+        fields = msgpack.unpackb(payload, raw=False)
+        cluster_id, role, term = fields[:3]
+        digest = _digest(fields[3]) if len(fields) == 4 else None
     except Exception:
         return None
-    if (type(cluster_id) is not str or not 0 < len(cluster_id) <= MAX_ID_LEN or role not in ROLE_NAMES
-            or type(term) is not int or term < 0):
+    if (len(fields) > 4 or type(cluster_id) is not str or not 0 < len(cluster_id) <= MAX_ID_LEN
+            or role not in ROLE_NAMES or type(term) is not int or term < 0):
         return None
-    return Facts(cluster_id, ROLE_NAMES[role], term)
+    return Facts(cluster_id, ROLE_NAMES[role], term, digest)
+
+
+def _digest(value: object) -> tuple[int, dict]:
+    version, tasks = value  # type: ignore[misc]
+    if type(version) is not int or not isinstance(tasks, dict) or not all(
+            type(k) is str and isinstance(v, dict) for k, v in tasks.items()):
+        raise ValueError("malformed task digest")
+    return version, tasks
 
 
 def new_cluster_id() -> str:

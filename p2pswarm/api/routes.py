@@ -38,8 +38,12 @@ class Router:
             "/v1/bench/writes": {"POST": self.bench_writes},
         }
         self.kv_routes = {"GET": self.kv_get, "PUT": self.kv_put, "DELETE": self.kv_delete}
+        from p2pswarm.api.service_routes import ServiceRoutes
+        self.services = ServiceRoutes(self)
 
     def __call__(self, request: Request) -> Response:
+        if self.services.handles(request.path):
+            return self.services(request)
         if request.path.startswith(KV_PREFIX):
             handler = self.kv_routes.get(request.method)
             if handler is None:

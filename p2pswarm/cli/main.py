@@ -71,6 +71,11 @@ from p2pswarm.cli.kv_cmds import kv  # noqa: E402
 main.add_command(cluster)
 main.add_command(kv)
 
+from p2pswarm.cli.service_cmds import node_update, service  # noqa: E402
+
+main.add_command(service)
+node.add_command(node_update)
+
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,103 @@
+"""The node's agent: runs the tasks the cluster state assigns to this node.
+
+Assignments are read from the cluster state this node applies itself: every live
+node is a Raft voter or learner (autopilot keeps up to 64 learners), so each has
+the state locally and no assignment protocol is needed; when Raft loses quorum the
+last applied assignments stay, and the tasks keep running.  The agent's digest goes
+into this node's gossip record (:meth:`RaftDriver.publish_digest`), which is how the
+leader's scheduler and every node's mesh learn where tasks run.
+
+Restarts are the scheduler's decision (it makes a new task per restart, as Docker
+does, so ``service ps`` shows the history), hence each assignment carries the
+restart condition ``none``: the agent runs a task once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from p2pswarm.agent.core import AgentCore, Assignment, RestartPolicy
+from p2pswarm.agent.driver import AgentDriver
+from p2pswarm.cluster.model import TERMINAL
+from p2pswarm.runtime import base
+from p2pswarm.runtime.process import ProcessRuntime
+
+log = logging.getLogger("p2pswarm.agent")
+
+FOLLOW_INTERVAL = 0.05
+"""Seconds between checks of the applied cluster state for new assignments (a check is one comparison)."""
+RUN_ONCE = RestartPolicy(condition="none")
+DIGEST_LIFE = 1 << 24
+"""Digest versions per incarnation: a restarted node's digest versions start above its previous life's."""
+
+
+def assignments(state: Any, node_id: str) -> list[Assignment]:
+    """This node's tasks that have not ended, as agent assignments (pure)."""
+    out = []
+    for task in state.tasks_on(node_id):
+        spec = state.spec_of(task)
+        if task.state in TERMINAL or spec is None:
+            continue
+        health = None
+        if spec.health is not None:
+            h = spec.health
+            health = base.HealthCheck(h.kind, h.path, h.command, h.interval, h.timeout, h.retries, h.start_period)
+        task_spec = base.TaskSpec(task.id, task.service, task.slot, node_id, spec.argv, dict(spec.env),
+                                  spec.workdir, 1, health)
+        out.append(Assignment(task_spec, task.version, "running" if task.desired == "running" else "shutdown",
+                              RUN_ONCE))
+    return out
+
+
+class AgentHost:
+    def __init__(self, node_id: str, data_dir: Path, raft_host: Any, incarnation: int) -> None:
+        self.node_id, self.raft_host = node_id, raft_host
+        self.runtime = ProcessRuntime(data_dir)
+        self.driver = AgentDriver(self.runtime, AgentCore(digest_version=incarnation * DIGEST_LIFE),
+                                  on_digest=self._on_digest)
+        self._digest: tuple[int, dict] | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        left = await self.runtime.adopt_or_stop_leftovers()
+        if left:
+            log.info("stopped %d task(s) left over from a previous run of this node", len(left))
+        self._tasks = [asyncio.ensure_future(self.driver.run()), asyncio.ensure_future(self._follow())]
+
+    async def close(self) -> None:
+        """Stop every task gracefully (SIGTERM, grace, SIGKILL) and wait for them: no orphans."""
+        for task in self._tasks[1:]:
+            task.cancel()
+        await self.driver.shutdown()
+        for task in self._tasks[:1]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _follow(self) -> None:
+        applied, published = None, None
+        while True:
+            await asyncio.sleep(FOLLOW_INTERVAL)
+            raft = self.raft_host.driver
+            if raft is None:
+                continue
+            if raft.cluster.applied != applied:
+                applied = raft.cluster.applied
+                try:
+                    self.driver.assign(assignments(raft.cluster, self.node_id))
+                except Exception:  # a bug must not stop the agent from following later changes
+                    log.error("cannot apply this node's assignments", exc_info=True)
+            if self._digest is not None and self._digest != published:
+                published = self._digest
+                raft.publish_digest(published)
+
+    def _on_digest(self, digest: dict[str, Any]) -> None:
+        self._digest = (digest["v"], digest["tasks"])
+        raft = self.raft_host.driver
+        if raft is not None:  # publish at once; _follow catches up otherwise
+            raft.publish_digest(self._digest)
+
+    def log_paths(self, task_id: str) -> dict[str, list[Path]]:
+        return self.runtime.log_paths(task_id)

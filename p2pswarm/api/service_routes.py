@@ -1,0 +1,187 @@
+"""``/v1/services`` and ``/v1/nodes/ID``: the services API (the routes behind ``p2pswarm service``).
+
+Writes become cluster commands (:mod:`p2pswarm.cluster.commands`) stamped with this
+node's wall clock, committed through Raft (forwarded to the leader when this node
+is not it); a refusal by the state machine is a 400 with its one line.  Reads
+answer from this node's applied state: every node is a voter or learner, so any
+node answers, possibly a moment behind the leader.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import urllib.parse
+from typing import Any
+
+from p2pswarm.api.server import HttpError, Request, Response
+from p2pswarm.cluster import commands as cmd
+from p2pswarm.cluster.checks import SpecError
+from p2pswarm.cluster.spec import ServiceSpec
+
+SERVICES = "/v1/services"
+NODES = "/v1/nodes/"
+LOG_TAIL = 200
+"""Lines per task and stream that ``service logs`` returns."""
+
+
+class ServiceRoutes:
+    def __init__(self, router: Any) -> None:
+        self.router, self.node = router, router.node
+
+    def handles(self, path: str) -> bool:
+        return path == SERVICES or path.startswith(SERVICES + "/") or path.startswith(NODES)
+
+    def __call__(self, request: Request) -> Any:
+        parts = [urllib.parse.unquote(p) for p in request.path.strip("/").split("/")[2:]]
+        routes: dict[tuple[str, int, str], Any] = {
+            ("services", 0, "GET"): self.ls, ("services", 0, "POST"): self.create,
+            ("services", 1, "GET"): self.inspect, ("services", 1, "DELETE"): self.rm,
+            ("services", 2, "GET"): self.sub_get, ("services", 2, "POST"): self.sub_post,
+            ("nodes", 2, "POST"): self.node_update,
+        }
+        kind = request.path.strip("/").split("/")[1]
+        handler = routes.get((kind, len(parts), request.method))
+        if handler is None:
+            raise HttpError(404 if (kind, len(parts)) not in {(k, n) for k, n, _ in routes} else 405,
+                            f"no such endpoint: {request.method} {request.path}")
+        return handler(request, *parts)
+
+    # ------------------------------------------------------------ helpers
+
+    def _state(self) -> Any:
+        return self.router._driver().cluster
+
+    def _service(self, name: str) -> Any:
+        svc = self._state().services.get(name)
+        if svc is None:
+            raise HttpError(404, f"service {name} does not exist (see `p2pswarm service ls`)")
+        return svc
+
+    async def _write(self, command: dict) -> Any:
+        result = await self.router._raft_call(self.router._driver().write_cluster(command))
+        if not result.ok:
+            raise HttpError(400, result.error)
+        return result.value
+
+    @staticmethod
+    def _spec(body: Any) -> ServiceSpec:
+        try:
+            return ServiceSpec.from_dict(body.get("spec") if isinstance(body, dict) else None)
+        except SpecError as exc:
+            raise HttpError(400, str(exc)) from None
+
+    # ------------------------------------------------------------ services
+
+    def ls(self, request: Request) -> Response:
+        return Response.json({"services": self._state().service_summaries()})
+
+    async def create(self, request: Request) -> Response:
+        from p2pswarm.api.routes import json_body
+        spec = self._spec(json_body(request))
+        value = await self._write(cmd.create_service(_cid(), time.time(), spec))
+        return Response.json({"name": spec.name, "version": value["version"]})
+
+    def inspect(self, request: Request, name: str) -> Response:
+        svc = self._service(name)
+        rows = self._state().service_ps(name)
+        current = [r for r in rows if r["current"] and r["desired"] == "running"]
+        desired = svc.spec.replicas if svc.spec.mode == "replicated" else sum(1 for r in current if r["node"])
+        return Response.json({
+            "name": name, "version": svc.version, "spec": svc.spec.to_dict(),
+            "previous": None if svc.previous is None else svc.previous.to_dict(),
+            "created_at": svc.created_at, "updated_at": svc.updated_at, "update_state": svc.update_state,
+            "update_message": svc.update_message, "desired": desired,
+            "running": sum(1 for r in current if r["state"] == "running"),
+            "running_current": sum(1 for r in current if r["state"] == "running" and self._runs_current(svc, r)),
+        })
+
+    def _runs_current(self, svc: Any, row: dict) -> bool:
+        """The task runs what the current spec runs (a scale makes a new version without replacing tasks)."""
+        spec = svc.spec_at(row["version"])
+        return spec is not None and svc.spec.runs_like(spec)
+
+    async def rm(self, request: Request, name: str) -> Response:
+        await self._write(cmd.remove_service(_cid(), time.time(), name))
+        return Response.json({"removed": name})
+
+    def sub_get(self, request: Request, name: str, what: str) -> Response:
+        if what == "tasks":
+            self._service(name)
+            nodes = self._state().nodes
+            rows = self._state().service_ps(name)
+            for row in rows:
+                row["node_name"] = nodes[row["node"]].name if row["node"] in nodes else row["node"]
+            return Response.json({"tasks": rows})
+        if what == "logs":
+            return Response.json({"logs": self._logs(name)})
+        raise HttpError(404, f"no such endpoint: {request.path}")
+
+    async def sub_post(self, request: Request, name: str, what: str) -> Response:
+        from p2pswarm.api.routes import json_body
+        body = json_body(request)
+        body = body if isinstance(body, dict) else {}
+        now = time.time()
+        if what == "update":
+            spec = self._spec(body)
+            if spec.name != name:
+                raise HttpError(400, f"name: an update keeps the service name ({name}), got {spec.name}")
+            version = body.get("version")
+            value = await self._write(cmd.update_service(_cid(), now, spec, version if type(version) is int
+                                                         else None))
+        elif what == "scale":
+            replicas = body.get("replicas")
+            if type(replicas) is not int or replicas < 0:
+                raise HttpError(400, f"replicas: must be a whole number from 0, got {replicas!r}")
+            value = await self._write(cmd.scale_service(_cid(), now, name, replicas))
+        elif what == "rollback":
+            value = await self._write(cmd.rollback_service(_cid(), now, name, message="manual rollback"))
+        else:
+            raise HttpError(404, f"no such endpoint: {request.path}")
+        return Response.json({"name": name, **(value or {})})
+
+    def _logs(self, name: str) -> list[dict[str, Any]]:
+        """This node's task logs of ``name`` (tasks that ran here and whose files are still kept)."""
+        agent = getattr(self.node, "agent", None)
+        if agent is None:
+            return []
+        out = []
+        for task in self._state().tasks_of(name):
+            if task.node != self.node.node_id:
+                continue
+            for stream, paths in sorted(agent.log_paths(task.id).items()):
+                lines: list[str] = []
+                for path in paths:  # oldest first
+                    try:
+                        lines += path.read_text(errors="replace").splitlines()
+                    except OSError:
+                        pass
+                out.append({"task": task.id, "slot": task.slot, "node": task.node, "stream": stream,
+                            "lines": lines[-LOG_TAIL:]})
+        return out
+
+    # ------------------------------------------------------------ nodes
+
+    async def node_update(self, request: Request, node: str, what: str) -> Response:
+        from p2pswarm.api.routes import json_body
+        if what != "update":
+            raise HttpError(404, f"no such endpoint: {request.path}")
+        state = self._state()
+        matches = [n.id for n in state.nodes.values() if node in (n.id, n.name)]
+        if len(matches) != 1:
+            raise HttpError(404 if not matches else 400, f"node {node} is {'unknown' if not matches else 'ambiguous'}"
+                            " (see `p2pswarm node ls`)")
+        body = json_body(request)
+        body = body if isinstance(body, dict) else {}
+        try:
+            command = cmd.update_node(_cid(), time.time(), matches[0], availability=body.get("availability"),
+                                      label_add=body.get("label_add") or None, label_rm=body.get("label_rm") or ())
+            cmd.check(command)
+        except (SpecError, TypeError) as exc:
+            raise HttpError(400, str(exc)) from None
+        await self._write(command)
+        return Response.json({"node": matches[0]})
+
+
+def _cid() -> str:
+    return f"api.{secrets.token_hex(8)}"

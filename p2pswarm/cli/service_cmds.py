@@ -1,0 +1,339 @@
+"""`p2pswarm service ...` and `p2pswarm node update`: services in the spirit of `docker service`.
+
+The CLI builds and checks the spec itself (a bad flag is one line from SpecError
+before anything is sent), the node checks it again, and the cluster state machine
+has the last word (e.g. a port another service publishes).  While a create,
+update or scale converges the CLI shows `docker service create`'s progress: the
+overall count of running tasks, then a short verify phase; `--detach` skips it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shlex
+import time
+import urllib.parse
+
+import click
+
+from p2pswarm.api.client import ApiClient
+from p2pswarm.cli.node_cmds import _datadir, data_dir_option
+from p2pswarm.cli.output import end_progress, progress, table, to_json
+from p2pswarm.cluster.spec import (Constraint, HealthCheck, RestartPolicy, ServiceSpec, UpdateConfig, parse_duration,
+                                   parse_memory, parse_port)
+
+API_TIMEOUT = 60.0
+"""Seconds the CLI waits for one answer (the node's own write timeout is shorter)."""
+CONVERGE_TIMEOUT = 300.0
+"""Seconds the progress display waits for a service to converge before giving up (the service keeps going)."""
+VERIFY_SECONDS = 3.0
+"""Seconds the service must stay converged before the progress display reports it verified."""
+POLL = 0.2
+
+
+def _client(data_dir) -> ApiClient:
+    return ApiClient(_datadir(data_dir), timeout=API_TIMEOUT)
+
+
+def _path(name: str, *rest: str) -> str:
+    return "/".join(["/v1/services", urllib.parse.quote(name, safe=""), *rest])
+
+
+# ------------------------------------------------------------ spec flags (shared by create and update)
+
+def spec_options(fn):
+    opts = [
+        click.option("--replicas", type=int, help="Number of tasks (replicated mode)."),
+        click.option("--mode", type=click.Choice(["replicated", "global"]), help="global: one task per node."),
+        click.option("--publish", "-p", multiple=True, help="Published port, e.g. 8080 or 8080:80 (repeatable)."),
+        click.option("--env", "-e", multiple=True, help="K=V environment variable (repeatable; update merges)."),
+        click.option("--workdir", help="Working directory of the task (absolute)."),
+        click.option("--constraint", multiple=True, help="e.g. node.labels.zone==a, node.name!=n1 (repeatable)."),
+        click.option("--placement-pref", help="spread=node.labels.KEY"),
+        click.option("--reserve-cpu", type=float, help="Cores reserved per task."),
+        click.option("--reserve-memory", help="Memory reserved per task, e.g. 256M."),
+        click.option("--restart-condition", type=click.Choice(["any", "on-failure", "none"])),
+        click.option("--restart-delay", help="Delay before a restart, e.g. 5s."),
+        click.option("--restart-max-attempts", type=int, help="Restarts within the window (0: no limit)."),
+        click.option("--restart-window", help="Window for --restart-max-attempts, e.g. 1m."),
+        click.option("--update-parallelism", type=int, help="Tasks updated at once (0: all)."),
+        click.option("--update-delay", help="Delay between update batches."),
+        click.option("--update-failure-action", type=click.Choice(["pause", "continue", "rollback"])),
+        click.option("--update-order", type=click.Choice(["stop-first", "start-first"])),
+        click.option("--update-monitor", help="How long a new task is watched for failure."),
+        click.option("--health-cmd", help="Exec health check command (shell words)."),
+        click.option("--health-http", help="HTTP health check path, e.g. /health."),
+        click.option("--health-tcp", is_flag=True, default=False, help="TCP connect health check."),
+        click.option("--health-interval"), click.option("--health-timeout"),
+        click.option("--health-retries", type=int), click.option("--health-start-period"),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _pairs(values: tuple[str, ...], flag: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected K=V, got {value!r}", param_hint=flag)
+        out[key] = val
+    return out
+
+
+def _sub(obj, prefix: str, names: dict, durations: tuple[str, ...] = ()):
+    """``obj`` with the given (not None) fields replaced; durations parsed as such."""
+    changes = {}
+    for field, value in names.items():
+        if value is not None:
+            changes[field] = parse_duration(value, f"{prefix}.{field}") if field in durations else value
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
+def apply_flags(spec: ServiceSpec, o: dict) -> ServiceSpec:
+    """``spec`` with the flags the user gave applied (raises SpecError / BadParameter with one line)."""
+    changes: dict = {}
+    for field in ("replicas", "mode", "workdir", "reserve_cpu"):
+        if o[field] is not None:
+            changes[field] = o[field]
+    if o["publish"]:
+        changes["ports"] = tuple(parse_port(p) for p in o["publish"])
+    if o["env"]:
+        changes["env"] = tuple(sorted({**dict(spec.env), **_pairs(o["env"], "--env")}.items()))
+    if o["constraint"]:
+        changes["constraints"] = tuple(Constraint.parse(c) for c in o["constraint"])
+    if o["placement_pref"] is not None:
+        key, sep, value = o["placement_pref"].partition("=")
+        if key != "spread" or not sep:
+            raise click.BadParameter("expected spread=node.labels.KEY", param_hint="--placement-pref")
+        changes["spread"] = value
+    if o["reserve_memory"] is not None:
+        changes["reserve_memory"] = parse_memory(o["reserve_memory"])
+    changes["restart"] = _sub(spec.restart, "restart", {
+        "condition": o["restart_condition"], "delay": o["restart_delay"], "max_attempts": o["restart_max_attempts"],
+        "window": o["restart_window"]}, ("delay", "window"))
+    changes["update"] = _sub(spec.update, "update", {
+        "parallelism": o["update_parallelism"], "delay": o["update_delay"],
+        "failure_action": o["update_failure_action"], "order": o["update_order"], "monitor": o["update_monitor"]},
+        ("delay", "monitor"))
+    kinds = [k for k, v in (("exec", o["health_cmd"]), ("http", o["health_http"]), ("tcp", o["health_tcp"] or None))
+             if v is not None]
+    if len(kinds) > 1:
+        raise click.UsageError("give at most one of --health-cmd, --health-http, --health-tcp")
+    health = spec.health
+    if kinds:
+        health = HealthCheck(kinds[0], path=o["health_http"] or "/",
+                             command=tuple(shlex.split(o["health_cmd"])) if o["health_cmd"] else ())
+    if health is not None:
+        health = _sub(health, "health", {"interval": o["health_interval"], "timeout": o["health_timeout"],
+                                         "retries": o["health_retries"], "start_period": o["health_start_period"]},
+                      ("interval", "timeout", "start_period"))
+    changes["health"] = health
+    return spec.replace(**changes)
+
+
+# ------------------------------------------------------------ progress
+
+def converge(client: ApiClient, name: str, version: int | None = None) -> None:
+    """Show overall progress until every current task runs, then verify it stays so.
+
+    ``version``: the version an update made; a later rollback of it is reported as a failure."""
+    deadline, verified_since = time.monotonic() + CONVERGE_TIMEOUT, None
+    while True:
+        info = client.get(_path(name))
+        if version is not None and info["version"] > version and info["update_state"] == "rollback_completed":
+            end_progress()
+            raise click.ClickException(f"update of {name} was rolled back: {info['update_message'] or 'tasks failed'}"
+                                       f" (see `p2pswarm service ps {name}`)")
+        running, desired = info["running_current"], info["desired"]
+        if info["update_state"] in ("paused", "rollback_paused"):
+            end_progress()
+            raise click.ClickException(f"update of {name} {info['update_state'].replace('_', ' ')}: "
+                                       f"{info['update_message'] or 'tasks failed'} (see `p2pswarm service ps {name}`)")
+        done = running >= desired and info["running"] == running
+        now = time.monotonic()
+        verified_since = (verified_since or now) if done else None
+        if verified_since is None:
+            progress(f"{name}: overall progress: {running} out of {desired} tasks running")
+        elif now - verified_since >= VERIFY_SECONDS:
+            end_progress()
+            click.echo(f"{name}: verify: service converged ({running} out of {desired} tasks running)", err=True)
+            return
+        else:
+            progress(f"{name}: verify: waiting {math.ceil(VERIFY_SECONDS - (now - verified_since))} seconds "
+                     f"to verify that tasks are stable...")
+        if now > deadline:
+            end_progress()
+            raise click.ClickException(f"{name} did not converge within {CONVERGE_TIMEOUT:g} s "
+                                       f"(it keeps trying; see `p2pswarm service ps {name}`)")
+        time.sleep(POLL)
+
+
+def _finish(client: ApiClient, name: str, detach: bool) -> None:
+    click.echo(name)
+    if not detach:
+        converge(client, name)
+
+
+# ------------------------------------------------------------ commands
+
+@click.group()
+def service():
+    """Create and manage services (replicated or global tasks kept running by the cluster)."""
+
+
+@service.command("create", context_settings={"ignore_unknown_options": False})
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@spec_options
+@click.option("--detach", "-d", is_flag=True, help="Return at once instead of showing progress.")
+@data_dir_option
+def create(name, command, detach, data_dir, **flags):
+    """Create service NAME running COMMAND (put `--` before it): p2pswarm service create web -- python app.py"""
+    spec = apply_flags(ServiceSpec(name, command[0], tuple(command[1:])), flags)
+    client = _client(data_dir)
+    client.request("POST", "/v1/services", {"spec": spec.to_dict()})
+    _finish(client, name, detach)
+    return 0
+
+
+@service.command("update")
+@click.argument("name")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@spec_options
+@click.option("--detach", "-d", is_flag=True, help="Return at once instead of showing progress.")
+@data_dir_option
+def update(name, command, detach, data_dir, **flags):
+    """Change service NAME: given flags (and COMMAND after `--`) replace those of its spec; a change to what
+    a task runs is rolled out by the service's update config."""
+    client = _client(data_dir)
+    info = client.get(_path(name))
+    spec = ServiceSpec.from_dict(info["spec"])
+    if command:
+        spec = spec.replace(command=command[0], args=tuple(command[1:]))
+    spec = apply_flags(spec, flags)
+    done = client.request("POST", _path(name, "update"), {"spec": spec.to_dict(), "version": info["version"]})
+    click.echo(name)
+    if not detach:
+        converge(client, name, done["version"])
+    return 0
+
+
+@service.command("rollback")
+@click.argument("name")
+@click.option("--detach", "-d", is_flag=True)
+@data_dir_option
+def rollback(name, detach, data_dir):
+    """Return service NAME to its previous spec."""
+    client = _client(data_dir)
+    client.request("POST", _path(name, "rollback"), {})
+    _finish(client, name, detach)
+    return 0
+
+
+@service.command("scale")
+@click.argument("pairs", nargs=-1, required=True)
+@click.option("--detach", "-d", is_flag=True)
+@data_dir_option
+def scale(pairs, detach, data_dir):
+    """Set replica counts: p2pswarm service scale web=6 api=2"""
+    client = _client(data_dir)
+    wanted = []
+    for pair in pairs:
+        name, sep, count = pair.partition("=")
+        if not sep or not count.isdigit():
+            raise click.BadParameter(f"expected NAME=REPLICAS, got {pair!r}", param_hint="NAME=REPLICAS")
+        wanted.append((name, int(count)))
+    for name, count in wanted:
+        client.request("POST", _path(name, "scale"), {"replicas": count})
+        click.echo(f"{name} scaled to {count}")
+    if not detach:
+        for name, _ in wanted:
+            converge(client, name)
+    return 0
+
+
+@service.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@data_dir_option
+def rm(names, data_dir):
+    """Remove services (their tasks are stopped)."""
+    client = _client(data_dir)
+    for name in names:
+        client.request("DELETE", _path(name))
+        click.echo(name)
+    return 0
+
+
+def _format_option(fn):
+    return click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+                        show_default=True)(fn)
+
+
+@service.command("ls")
+@_format_option
+@data_dir_option
+def ls(fmt, data_dir):
+    """List services."""
+    rows = _client(data_dir).get("/v1/services")["services"]
+    if fmt == "json":
+        click.echo(to_json(rows))
+        return 0
+    click.echo(table(["NAME", "MODE", "REPLICAS", "PORTS", "VERSION", "UPDATE"],
+                     [[r["name"], r["mode"], f"{r['running']}/{r['desired']}", ",".join(r["ports"]) or "-",
+                       r["version"], r["update_state"] or "-"] for r in rows]))
+    return 0
+
+
+@service.command("ps")
+@click.argument("name")
+@_format_option
+@data_dir_option
+def ps(name, fmt, data_dir):
+    """List the tasks of service NAME (each slot's current task, then its history)."""
+    rows = _client(data_dir).get(_path(name, "tasks"))["tasks"]
+    if fmt == "json":
+        click.echo(to_json(rows))
+        return 0
+    click.echo(table(["ID", "NAME", "NODE", "VERSION", "DESIRED", "CURRENT", "PORT", "ERROR"],
+                     [[r["id"], r["name"] if r["current"] else " \\_ " + r["name"], r.get("node_name") or "-",
+                       r["version"], r["desired"], r["state"] + (f" ({r['health']})" if r["health"] else ""),
+                       r["port"] or "-", r["error"] or ""] for r in rows]))
+    return 0
+
+
+@service.command("inspect")
+@click.argument("name")
+@data_dir_option
+def inspect(name, data_dir):
+    """Print service NAME's spec and status as JSON."""
+    click.echo(to_json(_client(data_dir).get(_path(name))))
+    return 0
+
+
+@service.command("logs")
+@click.argument("name")
+@data_dir_option
+def logs(name, data_dir):
+    """Print the output of NAME's tasks that ran on this node (other nodes: run it there)."""
+    for part in _client(data_dir).get(_path(name, "logs"))["logs"]:
+        for line in part["lines"]:
+            click.echo(f"{name}.{part['slot'] or part['node']}.{part['task']} | {line}",
+                       err=part["stream"] == "stderr")
+    return 0
+
+
+@click.command("update")
+@click.argument("node")
+@click.option("--availability", type=click.Choice(["active", "pause", "drain"]))
+@click.option("--label-add", multiple=True, help="k=v (repeatable)")
+@click.option("--label-rm", multiple=True, help="label key (repeatable)")
+@data_dir_option
+def node_update(node, availability, label_add, label_rm, data_dir):
+    """Change a node's availability or labels (NODE: name or id)."""
+    body = {"availability": availability, "label_add": _pairs(label_add, "--label-add"), "label_rm": list(label_rm)}
+    _client(data_dir).request("POST", f"/v1/nodes/{urllib.parse.quote(node, safe='')}/update", body)
+    click.echo(node)
+    return 0

@@ -1,0 +1,194 @@
+"""Services on real processes: create, serve, self-heal after a node is killed, scale, remove."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import urllib.request
+
+import pytest
+
+from p2pswarm.testing.localcluster import REPO, wait_until
+
+APP = str(REPO / "tests" / "apps" / "http_server.py")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is gone for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def task_pids():
+    pids: set[int] = set()
+    yield pids
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def start(cluster, n: int):
+    first = cluster.start(0)
+    wait_until(first.info, 30, "the first node's API")
+    nodes = [first] + [cluster.start(i, (first.addr,)) for i in range(1, n)]
+
+    def in_group():
+        try:
+            return all(len(node.api.get("/v1/cluster")["members"]) == n for node in nodes)
+        except Exception:
+            return False
+    wait_until(in_group, 60, f"all {n} nodes in the Raft group (voters and learners)")
+    return nodes
+
+
+def ok(result):
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def tasks(cluster, node, name="web"):
+    out = ok(cluster.cli("service", "ps", name, "--format", "json", "--data-dir", str(node.data_dir)))
+    return json.loads(out.stdout)
+
+
+def running(cluster, node, count, avoid=None):
+    """The current running tasks if exactly ``count`` run (none on ``avoid``) and all answer HTTP, else None."""
+    rows = [r for r in tasks(cluster, node) if r["current"] and r["desired"] == "running"]
+    if len(rows) != count or any(r["state"] != "running" or not r["port"] or r["node_name"] == avoid
+                                 for r in rows):
+        return None
+    for r in rows:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{r['port']}/", timeout=2) as resp:
+                if json.load(resp)["task"] != r["id"]:
+                    return None
+        except OSError:
+            return None
+    return rows
+
+
+def record_pids(cluster, rows, pids):
+    for r in rows:
+        node = next(n for n in cluster.nodes.values() if n.name == r["node_name"])
+        pids.add(int((node.data_dir / "tasks" / r["id"] / "pid").read_text()))
+
+
+def one_line_error(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_service_lifecycle_heals_scales_and_leaves_no_processes(cluster, task_pids):
+    nodes = start(cluster, 4)
+    cli_node = nodes[0]
+    dd = ("--data-dir", str(cli_node.data_dir))
+    created = ok(cluster.cli("service", "create", "web", "--replicas", "4", *dd, "--", sys.executable, APP,
+                             timeout=180))
+    assert "verify: service converged" in created.stderr and "4 out of 4 tasks running" in created.stderr
+    rows = wait_until(lambda: running(cluster, cli_node, 4), 60, "4 tasks running and answering HTTP")
+    record_pids(cluster, rows, task_pids)
+    listing = json.loads(ok(cluster.cli("service", "ls", "--format", "json", *dd)).stdout)
+    assert [(s["name"], s["running"], s["desired"]) for s in listing] == [("web", 4, 4)]
+
+    # SIGKILL a node holding tasks (not the one the CLI talks to): replacements run elsewhere
+    victim_name = next(r["node_name"] for r in rows if r["node_name"] != cli_node.name)
+    victim = next(n for n in nodes if n.name == victim_name)
+    victim_pids = {int((victim.data_dir / "tasks" / r["id"] / "pid").read_text())
+                   for r in rows if r["node_name"] == victim_name}
+    cluster.kill(victim.index)
+    wait_until(lambda: not any(map(pid_alive, victim_pids)), 30, "the killed node's tasks to die with it")
+    rows = wait_until(lambda: running(cluster, cli_node, 4, avoid=victim_name), 90,
+                      "4 tasks running again, none on the killed node")
+    record_pids(cluster, rows, task_pids)
+    history = tasks(cluster, cli_node)
+    assert any(r["node_name"] == victim_name and not r["current"] for r in history), history
+
+    ok(cluster.cli("service", "scale", "web=6", *dd, timeout=180))
+    record_pids(cluster, wait_until(lambda: running(cluster, cli_node, 6), 60, "6 tasks running"), task_pids)
+    ok(cluster.cli("service", "scale", "web=2", "--detach", *dd))
+    rows = wait_until(lambda: running(cluster, cli_node, 2), 60, "2 tasks running")
+    keep = set()
+    record_pids(cluster, rows, keep)
+    wait_until(lambda: not any(pid_alive(p) for p in task_pids - keep), 60, "scaled-down tasks to stop")
+
+    ok(cluster.cli("service", "rm", "web", *dd))
+    wait_until(lambda: not any(map(pid_alive, task_pids)), 60, "every task process to stop after service rm")
+    wait_until(lambda: json.loads(ok(cluster.cli("service", "ls", "--format", "json", *dd)).stdout) == [], 30,
+               "the service to disappear")
+
+    bad = one_line_error(cluster.cli("service", "create", "bad", "--replicas", "-1", *dd, "--", "true"))
+    assert "replicas" in bad
+    bad = one_line_error(cluster.cli("service", "create", "bad", "--constraint", "zone=a", *dd, "--", "true"))
+    assert "constraints" in bad
+
+
+def test_rolling_update_failed_update_rolls_back_and_drain_moves_tasks(cluster, task_pids):
+    nodes = start(cluster, 3)
+    dd = ("--data-dir", str(nodes[1].data_dir))
+    ok(cluster.cli("service", "create", "web", "--replicas", "4", "--detach", *dd, "--", sys.executable, APP))
+    record_pids(cluster, wait_until(lambda: running(cluster, nodes[1], 4), 60, "4 tasks running"), task_pids)
+
+    ok(cluster.cli("service", "update", "web", "--update-parallelism", "2", "--env", "COLOUR=blue", *dd,
+                   timeout=180))
+    rows = wait_until(lambda: running(cluster, nodes[1], 4), 60, "4 updated tasks running")
+    record_pids(cluster, rows, task_pids)
+    assert {r["version"] for r in rows} == {2}
+    spec = json.loads(ok(cluster.cli("service", "inspect", "web", *dd)).stdout)["spec"]
+    assert ["COLOUR", "blue"] in spec["env"]
+
+    failed = cluster.cli("service", "update", "web", "--update-failure-action", "rollback", *dd, "--",
+                         "/nonexistent/server", timeout=180)
+    assert failed.returncode == 1 and "error: update of web was rolled back" in failed.stderr.splitlines()[-1]
+    rows = wait_until(lambda: running(cluster, nodes[1], 4), 60, "4 tasks running the rolled-back spec")
+    record_pids(cluster, rows, task_pids)
+    info = json.loads(ok(cluster.cli("service", "inspect", "web", *dd)).stdout)
+    assert info["update_state"] == "rollback_completed" and info["spec"]["command"] == sys.executable
+    assert any(r["state"] in ("failed", "rejected") and r["error"] for r in tasks(cluster, nodes[1]))
+
+    busy = next(r["node_name"] for r in rows)
+    ok(cluster.cli("node", "update", busy, "--availability", "drain", *dd))
+    record_pids(cluster, wait_until(lambda: running(cluster, nodes[1], 4, avoid=busy), 60,
+                                    f"4 tasks running off the drained node {busy}"), task_pids)
+
+    # SIGTERM a node that runs tasks: it stops them before it exits (nothing orphaned)
+    rows = running(cluster, nodes[1], 4) or []
+    leaving = next(n for n in nodes if n is not nodes[1] and any(r["node_name"] == n.name for r in rows))
+    its_pids = {int((leaving.data_dir / "tasks" / r["id"] / "pid").read_text())
+                for r in rows if r["node_name"] == leaving.name}
+    leaving.proc.send_signal(signal.SIGTERM)
+    assert leaving.proc.wait(timeout=60) == 0
+    assert not any(map(pid_alive, its_pids))
+    ok(cluster.cli("service", "rm", "web", *dd))
+    wait_until(lambda: not any(map(pid_alive, task_pids)), 60, "every task process to stop after service rm")
+
+
+def test_tasks_keep_running_without_raft_quorum(cluster, task_pids):
+    nodes = start(cluster, 3)
+    survivor = nodes[2]
+    dd = ("--data-dir", str(survivor.data_dir))
+    ok(cluster.cli("service", "create", "web", "--replicas", "3", "--detach", *dd, "--", sys.executable, APP))
+    rows = wait_until(lambda: (r := running(cluster, survivor, 3)) and any(x["node_name"] == survivor.name
+                                                                             for x in r) and r, 60,
+                      "3 tasks running, one on the survivor")
+    record_pids(cluster, rows, task_pids)
+    mine = [r for r in rows if r["node_name"] == survivor.name]
+    for node in nodes[:2]:
+        cluster.kill(node.index)
+    wait_until(lambda: (survivor.statuses() or {}).get("n0") == "dead" and survivor.statuses().get("n1") == "dead",
+               60, "the survivor to see both other nodes dead")
+    for r in mine:
+        with urllib.request.urlopen(f"http://127.0.0.1:{r['port']}/", timeout=5) as resp:
+            assert json.load(resp)["task"] == r["id"]
+    assert all(r["state"] == "running" for r in tasks(cluster, survivor) if r["id"] in {m["id"] for m in mine})

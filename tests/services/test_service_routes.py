@@ -1,0 +1,77 @@
+"""The services API against an in-memory cluster state (no sockets, no Raft)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from p2pswarm.api.routes import Router
+from p2pswarm.api.server import HttpError, Request
+from p2pswarm.cluster import commands as cmd
+from p2pswarm.cluster.spec import ServiceSpec
+from p2pswarm.cluster.state import ClusterState
+
+
+class FakeDriver:
+    """Applies cluster writes at once, as a committed Raft entry would be applied."""
+
+    def __init__(self) -> None:
+        self.cluster = ClusterState()
+        self.index = 0
+
+    async def write_cluster(self, command: dict):
+        self.index += 1
+        return self.cluster.apply(command, 1, self.index)
+
+
+def call(router: Router, method: str, path: str, body=None):
+    request = Request(method, path, {}, b"" if body is None else json.dumps(body).encode())
+
+    async def run():
+        response = router(request)
+        return await response if inspect.isawaitable(response) else response
+    response = asyncio.run(run())
+    return json.loads(response.body)
+
+
+@pytest.fixture
+def router():
+    driver = FakeDriver()
+    asyncio.run(driver.write_cluster(cmd.update_node("n", 1.0, "node-a", name="a")))
+    node = SimpleNamespace(raft_driver=lambda: driver, agent=None, node_id="node-a")
+    return Router(node)
+
+
+def test_create_inspect_scale_update_rm(router):
+    spec = ServiceSpec("web", "python", ("app.py",), replicas=2).to_dict()
+    assert call(router, "POST", "/v1/services", {"spec": spec}) == {"name": "web", "version": 1}
+    info = call(router, "GET", "/v1/services/web")
+    assert (info["desired"], info["running"], info["spec"]["args"]) == (2, 0, ["app.py"])
+    assert call(router, "POST", "/v1/services/web/scale", {"replicas": 3})["version"] == 2
+    assert call(router, "POST", "/v1/services/web/update", {"spec": {**spec, "args": ["b.py"]}, "version": 2})
+    assert call(router, "GET", "/v1/services")["services"][0]["desired"] == 2
+    assert call(router, "POST", "/v1/services/web/rollback")["version"] == 4
+    assert call(router, "GET", "/v1/services/web/tasks") == {"tasks": []}
+    assert call(router, "POST", "/v1/nodes/a/update", {"availability": "drain"}) == {"node": "node-a"}
+    assert call(router, "DELETE", "/v1/services/web") == {"removed": "web"}
+    assert call(router, "GET", "/v1/services") == {"services": []}
+
+
+@pytest.mark.parametrize("method,path,body,status,words", [
+    ("POST", "/v1/services", {"spec": {"name": "Bad!", "command": "x"}}, 400, "name"),
+    ("POST", "/v1/services", {"nope": 1}, 400, "spec"),
+    ("GET", "/v1/services/ghost", None, 404, "does not exist"),
+    ("POST", "/v1/services/ghost/scale", {"replicas": 1}, 400, "does not exist"),
+    ("POST", "/v1/services/ghost/scale", {"replicas": -1}, 400, "replicas"),
+    ("POST", "/v1/nodes/zz/update", {"availability": "drain"}, 404, "unknown"),
+    ("POST", "/v1/nodes/a/update", {"availability": "sleepy"}, 400, "availability"),
+    ("PUT", "/v1/services", None, 405, "no such endpoint"),
+])
+def test_bad_requests_get_one_line(router, method, path, body, status, words):
+    with pytest.raises(HttpError) as err:
+        call(router, method, path, body)
+    assert err.value.status == status and words in str(err.value) and "\n" not in str(err.value)
