@@ -97,18 +97,26 @@ def _alive_seen(datadir: DataDir) -> int:
 
 def _wait_converged(datadirs: list[DataDir], expected: int) -> None:
     """Wait until every node sees every node alive, showing the least converged view."""
-    deadline = time.monotonic() + CONVERGE_TIMEOUT
-    worst = 0
-    while time.monotonic() < deadline:
+    def converged() -> tuple[bool, str]:
         worst = min(_alive_seen(d) for d in datadirs)
-        progress(f"waiting for the cluster to converge: every node sees at least {worst}/{expected} alive")
-        if worst >= expected:
-            end_progress()
-            return
-        time.sleep(0.1)
+        return worst >= expected, f"every node sees at least {worst}/{expected} alive"
+
+    if not _poll(converged, CONVERGE_TIMEOUT, "waiting for the cluster to converge"):
+        raise click.ClickException(f"not every node saw {expected} nodes alive after {CONVERGE_TIMEOUT:g} s; "
+                                   f"see the node.log files under {datadirs[0].path.parent}")
+
+
+def _poll(check, timeout: float, what: str, interval: float = 0.1) -> bool:
+    """Call ``check() -> (done, state)`` until done or ``timeout``, showing ``what: state``."""
+    deadline = time.monotonic() + timeout
+    done = False
+    while not done and time.monotonic() < deadline:
+        done, state = check()
+        progress(f"{what}: {state}")
+        if not done:
+            time.sleep(interval)
     end_progress()
-    raise click.ClickException(f"some node saw only {worst} of {expected} nodes alive after {CONVERGE_TIMEOUT:g} s; "
-                               f"see the node.log files under {datadirs[0].path.parent}")
+    return done
 
 
 def target_voters(nodes: int) -> int:
@@ -119,24 +127,19 @@ def target_voters(nodes: int) -> int:
 def _wait_raft_group(datadir: DataDir, voters: int) -> None:
     """Wait until the elected Raft group has its target number of voters and a leader."""
     client = ApiClient(datadir, timeout=2.0)
-    deadline = time.monotonic() + RAFT_TIMEOUT
-    have, leader = 0, None
-    while time.monotonic() < deadline:
+
+    def elected() -> tuple[bool, str]:
         try:
             status = client.get("/v1/cluster")
             have = sum(1 for m in status["members"] if m["role"] == "voter")
             leader = status["leader"]
         except (ApiError, KeyError, TypeError):
-            pass
-        progress(f"electing the Raft group: {have}/{voters} voters, "
-                 f"{'a leader' if leader else 'no leader yet'}")
-        if have >= voters and leader:
-            end_progress()
-            return
-        time.sleep(0.2)
-    end_progress()
-    raise click.ClickException(f"the Raft group has {have} of {voters} voters after {RAFT_TIMEOUT:g} s; "
-                               f"see `p2pswarm cluster status --data-dir {datadir.path}`")
+            have, leader = 0, None
+        return have >= voters and bool(leader), f"{have}/{voters} voters, {'a leader' if leader else 'no leader yet'}"
+
+    if not _poll(elected, RAFT_TIMEOUT, "electing the Raft group", interval=0.2):
+        raise click.ClickException(f"the Raft group did not reach {voters} voters and a leader within "
+                                   f"{RAFT_TIMEOUT:g} s; see `p2pswarm cluster status --data-dir {datadir.path}`")
 
 
 def _print_status(lab: Path) -> int:
