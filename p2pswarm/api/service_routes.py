@@ -18,6 +18,7 @@ from p2pswarm.api.server import HttpError, Request, Response
 from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.checks import SpecError
 from p2pswarm.cluster.spec import ServiceSpec
+from p2pswarm.stack import stack_of
 
 SERVICES = "/v1/services"
 NODES = "/v1/nodes/"
@@ -38,7 +39,8 @@ class ServiceRoutes:
             ("services", 0, "GET"): self.ls, ("services", 0, "POST"): self.create,
             ("services", 1, "GET"): self.inspect, ("services", 1, "DELETE"): self.rm,
             ("services", 2, "GET"): self.sub_get, ("services", 2, "POST"): self.sub_post,
-            ("nodes", 2, "POST"): self.node_update,
+            ("nodes", 2, "POST"): self.node_update, ("nodes", 1, "GET"): self.node_inspect,
+            ("nodes", 1, "DELETE"): self.node_rm,
         }
         kind = request.path.strip("/").split("/")[1]
         handler = routes.get((kind, len(parts), request.method))
@@ -74,7 +76,11 @@ class ServiceRoutes:
     # ------------------------------------------------------------ services
 
     def ls(self, request: Request) -> Response:
-        return Response.json({"services": self._state().service_summaries()})
+        state = self._state()
+        rows = state.service_summaries()
+        for row in rows:
+            row["stack"] = stack_of(state.services[row["name"]].spec)
+        return Response.json({"services": rows})
 
     async def create(self, request: Request) -> Response:
         from p2pswarm.api.routes import json_body
@@ -181,6 +187,51 @@ class ServiceRoutes:
             raise HttpError(400, str(exc)) from None
         await self._write(command)
         return Response.json({"node": matches[0]})
+
+
+    def _resolve(self, node: str) -> tuple[str, dict | None]:
+        """``(node id, SWIM view or None)`` for an id, a unique id prefix or a name; else a one-line 404/400."""
+        views = {v["id"]: v for v in self.node.member_views()}
+        state = self._state()
+        names = {**{i: v["name"] for i, v in views.items()}, **{n.id: n.name for n in state.nodes.values()}}
+        exact = sorted(i for i, name in names.items() if node in (i, name))
+        matches = exact or sorted(i for i in names if i.startswith(node))
+        if not matches:
+            removed = " (it was removed)" if node in state.removed_nodes else ""
+            raise HttpError(404, f"node {node} is unknown{removed} (see `p2pswarm node ls`)")
+        if len(matches) > 1:
+            raise HttpError(400, f"node {node} is ambiguous: it matches {', '.join(matches[:5])}"
+                            f"{' ...' if len(matches) > 5 else ''}; give more of the id")
+        return matches[0], views.get(matches[0])
+
+    def node_inspect(self, request: Request, node: str) -> Response:
+        nid, view = self._resolve(node)
+        state = self._state()
+        record = state.nodes.get(nid)
+        tasks = [{"id": t.id, "service": t.service, "slot": t.slot, "version": t.version, "desired": t.desired,
+                  "state": t.state, "port": t.port, "health": t.health}
+                 for t in state.tasks_on(nid) if t.desired == "running"]
+        swim = None if view is None else {k: view[k] for k in ("addr", "status", "labels", "capacity", "version",
+                                                                "rtt_ms", "incarnation", "role", "self")}
+        cluster = None if record is None else {"availability": record.availability, "labels": record.label_map,
+                                               "cpu": record.cpu, "memory": record.memory, "tasks": tasks}
+        name = record.name if record is not None else view["name"]
+        return Response.json({"id": nid, "name": name, "swim": swim, "cluster": cluster})
+
+    async def node_rm(self, request: Request, node: str) -> Response:
+        from p2pswarm.api.routes import query_flag
+        nid, view = self._resolve(node)
+        state = self._state()
+        if nid not in state.nodes:
+            raise HttpError(404, f"node {node} has no record in the cluster state (nothing to remove)")
+        status = view["status"] if view is not None else "unknown"
+        if status in ("alive", "suspect") and not query_flag(request, "force"):
+            raise HttpError(409, f"node {state.nodes[nid].name} is {status}: stop it first (`p2pswarm down` on it) "
+                                 "or use --force")
+        name = state.nodes[nid].name
+        running = sum(1 for t in state.tasks_on(nid) if t.desired == "running")
+        await self._write(cmd.remove_node(_cid(), time.time(), nid))
+        return Response.json({"node": nid, "name": name, "tasks": running})
 
 
 def _cid() -> str:

@@ -76,6 +76,13 @@ from p2pswarm.cli.service_cmds import node_update, service  # noqa: E402
 main.add_command(service)
 node.add_command(node_update)
 
+from p2pswarm.cli.node_admin_cmds import node_inspect, node_rm  # noqa: E402
+from p2pswarm.cli.stack_cmds import stack  # noqa: E402
+
+node.add_command(node_inspect)
+node.add_command(node_rm)
+main.add_command(stack)
+
 
 if __name__ == "__main__":
     main()

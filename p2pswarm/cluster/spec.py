@@ -23,8 +23,9 @@ from p2pswarm.cluster.checks import (LABEL_KEY, SpecError, choice, fail, flag, i
 __all__ = ["SpecError", "PortSpec", "Constraint", "RestartPolicy", "UpdateConfig", "HealthCheck",
            "ServiceSpec", "parse_port", "parse_memory", "parse_duration"]
 
-NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-NAME_WHAT = "must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+NAME = re.compile(r"[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?")
+NAME_WHAT = "must be 1-63 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit"
+"""'_' is allowed for stack services (``STACK_SERVICE``, see :mod:`p2pswarm.stack`)."""
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 MAX_REPLICAS = 100_000
 MAX_ARGS, MAX_ARG_LEN = 256, 4096

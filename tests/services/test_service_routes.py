@@ -28,8 +28,8 @@ class FakeDriver:
         return self.cluster.apply(command, 1, self.index)
 
 
-def call(router: Router, method: str, path: str, body=None):
-    request = Request(method, path, {}, b"" if body is None else json.dumps(body).encode())
+def call(router: Router, method: str, path: str, body=None, query: str = ""):
+    request = Request(method, path, {}, b"" if body is None else json.dumps(body).encode(), query)
 
     async def run():
         response = router(request)

@@ -1,0 +1,293 @@
+"""Stacks: a compose file's subset translated to service specs (pure: no I/O but :func:`load`).
+
+Service ``web`` of stack ``shop`` becomes service ``shop_web`` whose env carries
+``P2PSWARM_STACK=shop`` (our ``com.docker.stack.namespace``): ``stack ls`` and
+``stack rm`` find a stack's services by that marker.  A stack name has no '_',
+so the part before the first '_' of a service name is always its stack.
+
+Supported per service: command, environment, ports, healthcheck, working_dir and
+deploy.{replicas, mode, placement, update_config, rollback_config, restart_policy,
+resources.reservations}.  Other keys are warnings (one line each); a bad value is a
+:class:`StackError` of one line naming the service and the field.  A short port
+``"8080"`` publishes 8080 to the task's dynamic port (as ``service create -p 8080``).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from p2pswarm.cluster.checks import SpecError
+from p2pswarm.cluster.spec import (Constraint, HealthCheck, PortSpec, RestartPolicy, ServiceSpec, UpdateConfig,
+                                   parse_duration, parse_memory, parse_port)
+
+STACK_ENV = "P2PSWARM_STACK"
+"""The env variable that marks a service as part of a stack (its value: the stack name)."""
+STACK_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")
+STACK_NAME_WHAT = "must be 1-32 lowercase letters, digits or '-' (no '_'), starting and ending with a letter or digit"
+IMAGE_ONLY = "image-only services need a container runtime; give a command (the process runtime runs commands)"
+TOP_KEYS = ("version", "name", "services")
+SERVICE_KEYS = ("command", "environment", "ports", "healthcheck", "deploy", "working_dir", "image")
+DEPLOY_KEYS = ("replicas", "mode", "placement", "update_config", "rollback_config", "restart_policy", "resources")
+UPDATE_KEYS = {"parallelism": None, "delay": "d", "failure_action": None, "order": None, "monitor": "d",
+               "max_failure_ratio": None}
+RESTART_KEYS = {"condition": None, "delay": "d", "max_attempts": None, "window": "d"}
+
+
+class StackError(Exception):
+    """A compose file that cannot be deployed (one line)."""
+
+
+@dataclass
+class Stack:
+    name: str
+    specs: list[ServiceSpec] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def service_name(stack: str, service: str) -> str:
+    return f"{stack}_{service}"
+
+
+def stack_of(spec: ServiceSpec) -> str | None:
+    """The stack a service belongs to (its marker), or None."""
+    return dict(spec.env).get(STACK_ENV)
+
+
+def check_stack_name(name: str) -> str:
+    if not isinstance(name, str) or not STACK_NAME.fullmatch(name):
+        raise StackError(f"stack name {name!r} {STACK_NAME_WHAT}")
+    return name
+
+
+def load(path: str | Path) -> Any:
+    """The parsed YAML of ``path``; unreadable or malformed → StackError naming the file (and line)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise StackError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, source: str = "stack.yml") -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise StackError(f"{where}: malformed YAML: {problem}") from None
+
+
+def translate(doc: Any, stack: str, source: str = "stack.yml") -> Stack:
+    """The specs (sorted by name) and warnings of compose document ``doc`` deployed as ``stack``."""
+    check_stack_name(stack)
+    if not isinstance(doc, dict) or not isinstance(doc.get("services"), dict) or not doc["services"]:
+        raise StackError(f"{source}: must be a mapping with a non-empty 'services' mapping")
+    out = Stack(stack)
+    for key in doc:
+        if key not in TOP_KEYS and not str(key).startswith("x-"):
+            out.warnings.append(f"{source}: top-level key {key!r} is not supported; ignored")
+    for name in sorted(doc["services"], key=str):
+        out.specs.append(_service(stack, str(name), doc["services"][name], out.warnings))
+    return out
+
+
+def _service(stack: str, name: str, svc: Any, warnings: list[str]) -> ServiceSpec:
+    where = f"service {name}"
+    if svc is None:
+        svc = {}
+    if not isinstance(svc, dict):
+        raise StackError(f"{where}: must be a mapping")
+    for key in svc:
+        if key not in SERVICE_KEYS and not str(key).startswith("x-"):
+            warnings.append(f"{where}: key {key!r} is not supported; ignored")
+    try:
+        argv = _command(svc.get("command"))
+        if not argv:
+            raise StackError(f"{where}: {IMAGE_ONLY}" if svc.get("image") else f"{where}: needs a command")
+        if svc.get("image"):
+            warnings.append(f"{where}: image {svc['image']!r} is ignored (the process runtime runs the command)")
+        env = {**_environment(svc.get("environment"), where, warnings), STACK_ENV: stack}
+        spec: dict[str, Any] = {
+            "name": service_name(stack, name), "command": argv[0], "args": tuple(argv[1:]),
+            "env": tuple(sorted(env.items())), "ports": tuple(_port(p) for p in _list(svc.get("ports"), "ports")),
+            "workdir": svc.get("working_dir"), "health": _health(svc.get("healthcheck"))}
+        spec.update(_deploy(svc.get("deploy"), where, warnings))
+        return ServiceSpec(**spec)
+    except SpecError as exc:
+        raise StackError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise StackError(f"{where}: {exc}") from None
+
+
+def _list(value: Any, what: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SpecError(f"{what}: must be a list")
+    return value
+
+
+def _mapping(value: Any, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(f"{what}: must be a mapping")
+    return value
+
+
+def _command(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            raise SpecError(f"command: {exc}") from None
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        return [str(v) for v in value]
+    raise SpecError("command: must be a string or a list of strings")
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _environment(value: Any, where: str, warnings: list[str]) -> dict[str, str]:
+    if value is None:
+        return {}
+    if isinstance(value, list):
+        items = [(str(v).partition("=")[0], str(v).partition("=")[2] if "=" in str(v) else None) for v in value]
+    elif isinstance(value, dict):
+        items = [(str(k), None if v is None else _scalar(v)) for k, v in value.items()]
+    else:
+        raise SpecError("environment: must be a list of K=V or a mapping")
+    out = {}
+    for key, val in items:
+        if key == STACK_ENV:
+            raise SpecError(f"environment: {STACK_ENV} is set by the stack itself")
+        if val is None:
+            warnings.append(f"{where}: environment {key} has no value (values are not taken from the shell); "
+                            "ignored")
+            continue
+        out[key] = val
+    return out
+
+
+def _port(value: Any) -> PortSpec:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return parse_port(str(value))
+    if isinstance(value, str):
+        text, _, proto = value.partition("/")
+        if proto not in ("", "tcp"):
+            raise SpecError(f"ports: only tcp is supported, got {value!r}")
+        if text.count(":") > 1:
+            raise SpecError(f"ports: a host address is not supported, got {value!r}")
+        return parse_port(text)
+    port = _mapping(value, "ports")
+    unknown = sorted(set(port) - {"target", "published", "protocol", "mode"})
+    if unknown:
+        raise SpecError(f"ports: unsupported field {unknown[0]!r} (allowed: target, published, protocol, mode)")
+    if port.get("protocol", "tcp") != "tcp":
+        raise SpecError(f"ports: only tcp is supported, got {port['protocol']!r}")
+    if port.get("published") is None:
+        raise SpecError("ports: the long syntax needs 'published'")
+    published = port["published"]
+    return PortSpec(int(published) if isinstance(published, str) and published.isdigit() else published,
+                    port.get("target"))
+
+
+def _health(value: Any) -> HealthCheck | None:
+    hc = _mapping(value, "healthcheck")
+    if not hc or hc.get("disable") is True:
+        return None
+    test = hc.get("test")
+    if isinstance(test, str):
+        test = ["CMD-SHELL", test]
+    if not isinstance(test, list) or not test or not all(isinstance(t, str) for t in test):
+        raise SpecError('healthcheck.test: must be ["CMD", ...], ["CMD-SHELL", "..."], ["NONE"] or a string')
+    if test[0] == "NONE":
+        return None
+    if test[0] == "CMD" and len(test) > 1:
+        command = tuple(test[1:])
+    elif test[0] == "CMD-SHELL" and len(test) == 2:
+        command = ("/bin/sh", "-c", test[1])
+    else:
+        raise SpecError('healthcheck.test: must be ["CMD", ...], ["CMD-SHELL", "..."] or ["NONE"]')
+    fields: dict[str, Any] = {}
+    for key in ("interval", "timeout", "start_period"):
+        if hc.get(key) is not None:
+            fields[key] = parse_duration(hc[key], f"healthcheck.{key}")
+    if hc.get("retries") is not None:
+        fields["retries"] = hc["retries"]
+    try:
+        return HealthCheck("exec", command=command, **fields)
+    except SpecError as exc:
+        raise exc.under("healthcheck") from None
+
+
+def _policy(kind: type, value: Any, keys: dict, what: str, where: str, warnings: list[str]) -> Any:
+    given = _mapping(value, what)
+    fields = {}
+    for key, val in given.items():
+        if key not in keys:
+            warnings.append(f"{where}: {what}.{key} is not supported; ignored")
+        elif val is not None:
+            fields[key] = parse_duration(val, f"{what}.{key}") if keys[key] == "d" else val
+    try:
+        return kind(**fields)
+    except SpecError as exc:
+        raise exc.under(what) from None
+
+
+def _deploy(value: Any, where: str, warnings: list[str]) -> dict[str, Any]:
+    deploy = _mapping(value, "deploy")
+    out: dict[str, Any] = {}
+    for key in deploy:
+        if key not in DEPLOY_KEYS:
+            warnings.append(f"{where}: deploy.{key} is not supported; ignored")
+    if deploy.get("mode") is not None:
+        out["mode"] = deploy["mode"]
+    if deploy.get("replicas") is not None:
+        out["replicas"] = deploy["replicas"]
+    placement = _mapping(deploy.get("placement"), "deploy.placement")
+    for key in placement:
+        if key not in ("constraints", "preferences"):
+            warnings.append(f"{where}: deploy.placement.{key} is not supported; ignored")
+    out["constraints"] = tuple(Constraint.parse(c) for c in _list(placement.get("constraints"),
+                                                                  "deploy.placement.constraints"))
+    prefs = _list(placement.get("preferences"), "deploy.placement.preferences")
+    spreads = [p.get("spread") for p in prefs if isinstance(p, dict)]
+    if len(spreads) != len(prefs) or len(spreads) > 1 or not all(isinstance(s, str) for s in spreads):
+        raise SpecError("deploy.placement.preferences: at most one entry, spread: node.labels.KEY")
+    if spreads:
+        out["spread"] = spreads[0]
+    out["update"] = _policy(UpdateConfig, deploy.get("update_config"), UPDATE_KEYS, "update_config", where, warnings)
+    out["rollback"] = _policy(UpdateConfig, deploy.get("rollback_config"), UPDATE_KEYS, "rollback_config", where,
+                              warnings)
+    out["restart"] = _policy(RestartPolicy, deploy.get("restart_policy"), RESTART_KEYS, "restart_policy", where,
+                             warnings)
+    resources = _mapping(deploy.get("resources"), "deploy.resources")
+    for key in resources:
+        if key != "reservations":
+            warnings.append(f"{where}: deploy.resources.{key} is not supported; ignored")
+    reservations = _mapping(resources.get("reservations"), "deploy.resources.reservations")
+    for key in reservations:
+        if key not in ("cpus", "memory"):
+            warnings.append(f"{where}: deploy.resources.reservations.{key} is not supported; ignored")
+    if reservations.get("cpus") is not None:
+        try:
+            out["reserve_cpu"] = float(reservations["cpus"])
+        except (TypeError, ValueError):
+            raise SpecError(f"reserve_cpu: must be a number of cores, got {reservations['cpus']!r}") from None
+    if reservations.get("memory") is not None:
+        out["reserve_memory"] = parse_memory(reservations["memory"])
+    return out
