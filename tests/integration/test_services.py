@@ -91,34 +91,41 @@ def one_line_error(result) -> str:
 
 
 def test_service_lifecycle_heals_scales_and_leaves_no_processes(cluster, task_pids):
-    nodes = start(cluster, 4)
-    cli_node = nodes[0]
-    dd = ("--data-dir", str(cli_node.data_dir))
-    created = ok(cluster.cli("service", "create", "web", "--replicas", "4", *dd, "--", sys.executable, APP,
+    nodes = start(cluster, 5)
+    dd0 = ("--data-dir", str(nodes[0].data_dir))
+    created = ok(cluster.cli("service", "create", "web", "--replicas", "6", *dd0, "--", sys.executable, APP,
                              timeout=180))
-    assert "verify: service converged" in created.stderr and "4 out of 4 tasks running" in created.stderr
-    rows = wait_until(lambda: running(cluster, cli_node, 4), 60, "4 tasks running and answering HTTP")
+    assert "verify: service converged" in created.stderr and "6 out of 6 tasks running" in created.stderr
+    rows = wait_until(lambda: running(cluster, nodes[0], 6), 60, "6 tasks running and answering HTTP")
     record_pids(cluster, rows, task_pids)
-    listing = json.loads(ok(cluster.cli("service", "ls", "--format", "json", *dd)).stdout)
-    assert [(s["name"], s["running"], s["desired"]) for s in listing] == [("web", 4, 4)]
 
-    # SIGKILL a node holding tasks (not the one the CLI talks to): replacements run elsewhere
-    victim_name = next(r["node_name"] for r in rows if r["node_name"] != cli_node.name)
-    victim = next(n for n in nodes if n.name == victim_name)
+    # SIGKILL the node holding 2 of the 6 (6 tasks spread over 5 nodes: one node has 2);
+    # the CLI then talks to another node
+    held = {n.name: sum(r["node_name"] == n.name for r in rows) for n in nodes}
+    victim = next(n for n in nodes if held[n.name] == 2)
+    victim_name = victim.name
+    cli_node = next(n for n in nodes if n is not victim)
+    dd = ("--data-dir", str(cli_node.data_dir))
+    listing = json.loads(ok(cluster.cli("service", "ls", "--format", "json", *dd)).stdout)
+    assert [(s["name"], s["running"], s["desired"]) for s in listing] == [("web", 6, 6)]
     victim_pids = {int((victim.data_dir / "tasks" / r["id"] / "pid").read_text())
                    for r in rows if r["node_name"] == victim_name}
+    assert len(victim_pids) == 2
     cluster.kill(victim.index)
     wait_until(lambda: not any(map(pid_alive, victim_pids)), 30, "the killed node's tasks to die with it")
-    rows = wait_until(lambda: running(cluster, cli_node, 4, avoid=victim_name), 90,
-                      "4 tasks running again, none on the killed node")
+    rows = wait_until(lambda: running(cluster, cli_node, 6, avoid=victim_name), 90,
+                      "6 tasks running again, none on the killed node")
     record_pids(cluster, rows, task_pids)
     history = tasks(cluster, cli_node)
-    assert any(r["node_name"] == victim_name and not r["current"] for r in history), history
+    gone = [r for r in history if r["node_name"] == victim_name and not r["current"]]
+    assert len(gone) == 2, history
 
-    ok(cluster.cli("service", "scale", "web=6", *dd, timeout=180))
-    record_pids(cluster, wait_until(lambda: running(cluster, cli_node, 6), 60, "6 tasks running"), task_pids)
-    ok(cluster.cli("service", "scale", "web=2", "--detach", *dd))
-    rows = wait_until(lambda: running(cluster, cli_node, 2), 60, "2 tasks running")
+    ok(cluster.cli("service", "scale", "web=10", *dd, timeout=180))
+    rows = wait_until(lambda: running(cluster, cli_node, 10, avoid=victim_name), 60, "10 tasks running")
+    record_pids(cluster, rows, task_pids)
+    assert len({r["node_name"] for r in rows}) == 4  # spread over the 4 live nodes
+    ok(cluster.cli("service", "scale", "web=3", "--detach", *dd))
+    rows = wait_until(lambda: running(cluster, cli_node, 3), 60, "3 tasks running")
     keep = set()
     record_pids(cluster, rows, keep)
     wait_until(lambda: not any(pid_alive(p) for p in task_pids - keep), 60, "scaled-down tasks to stop")

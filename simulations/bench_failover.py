@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Failover on real processes: SIGKILL a node running replicas, time until 6 healthy again.
+
+Starts ``--nodes`` real `p2pswarm up` processes (LocalCluster, ``test`` preset by
+default), creates a ``--replicas`` service of tests/apps/http_server.py with the CLI
+(``--detach``), and waits until every replica runs and answers HTTP.  Then, per run:
+
+1. pick a node that runs replicas (never node n0, through which we observe; the Raft
+   leader may be picked, so some runs include an election) and SIGKILL it;
+2. recover_s = SIGKILL → the current running tasks are exactly ``--replicas``, none on
+   the killed node, and each answers ``GET /`` on its port with its own task id
+   (polled with ``service ps --format json`` on n0 plus one HTTP GET per task);
+3. restart the killed node with its data dir and wait until it is alive again and the
+   service is back to ``--replicas`` healthy tasks (rebalancing may move some tasks to
+   it; we wait until the set of running tasks stays the same for ``--settle`` seconds).
+
+Prints progress on stderr and one JSON object as the last line of stdout:
+``recover_p50_s``, ``recover_p99_s`` (nearest rank; with few runs that is the max),
+``recover_s`` (every run), ``runs``, ``failed_runs`` (no recovery within the timeout).
+Everything it starts (nodes, and any task process it saw) is killed by pid at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from p2pswarm.testing.localcluster import REPO, LocalCluster  # noqa: E402
+
+APP = str(REPO / "tests" / "apps" / "http_server.py")
+POLL = 0.05
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def wait(cond, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(POLL)
+    return None
+
+
+def task_rows(cluster: LocalCluster, node) -> list[dict]:
+    try:
+        out = cluster.cli("service", "ps", "web", "--format", "json", "--data-dir", str(node.data_dir), timeout=10)
+    except Exception:
+        return []
+    if out.returncode != 0:
+        return []
+    try:
+        return json.loads(out.stdout)
+    except ValueError:
+        return []
+
+
+def healthy(cluster: LocalCluster, node, count: int, avoid: str | None = None) -> list[dict] | None:
+    """The current running tasks if exactly ``count`` run (none on ``avoid``) and all answer HTTP, else None."""
+    rows = [r for r in task_rows(cluster, node) if r.get("current") and r.get("desired") == "running"]
+    if len(rows) != count or any(r["state"] != "running" or not r["port"] or r["node_name"] == avoid
+                                 for r in rows):
+        return None
+    for r in rows:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{r['port']}/", timeout=1) as resp:
+                if json.load(resp).get("task") != r["id"]:
+                    return None
+        except (OSError, ValueError):
+            return None
+    return rows
+
+
+def task_pids(cluster: LocalCluster, rows: list[dict], into: set[int]) -> None:
+    for r in rows:
+        node = next((n for n in cluster.nodes.values() if n.name == r["node_name"]), None)
+        try:
+            into.add(int((node.data_dir / "tasks" / r["id"] / "pid").read_text()))
+        except (AttributeError, OSError, ValueError):
+            pass
+
+
+def settled(cluster: LocalCluster, observer, count: int, settle: float, timeout: float) -> list[dict] | None:
+    """Wait until ``count`` healthy tasks with the same ids for ``settle`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = wait(lambda: healthy(cluster, observer, count), max(0.1, deadline - time.monotonic()))
+        if rows is None:
+            return None
+        ids = {r["id"] for r in rows}
+        time.sleep(settle)
+        again = healthy(cluster, observer, count)
+        if again is not None and {r["id"] for r in again} == ids:
+            return again
+    return None
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=5)
+    parser.add_argument("--replicas", type=int, default=6)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--preset", default="test")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for recovery per run")
+    parser.add_argument("--settle", type=float, default=2.0)
+    args = parser.parse_args()
+
+    seen_pids: set[int] = set()
+    recover: list[float] = []
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="p2ps-fo-") as tmp:
+        cluster = LocalCluster(Path(tmp), preset=args.preset)
+        try:
+            first = cluster.start(0)
+            if wait(first.info, 30) is None:
+                raise SystemExit("the first node's API did not answer")
+            nodes = [first] + [cluster.start(i, (first.addr,)) for i in range(1, args.nodes)]
+
+            def in_group():
+                try:
+                    return all(len(n.api.get("/v1/cluster")["members"]) == args.nodes for n in nodes)
+                except Exception:
+                    return False
+            if wait(in_group, 60) is None:
+                raise SystemExit("the nodes did not all join the Raft group")
+            say(f"{args.nodes} nodes up ({args.preset} preset)")
+            created = cluster.cli("service", "create", "web", "--replicas", str(args.replicas), "--detach",
+                                  "--data-dir", str(first.data_dir), "--", sys.executable, APP)
+            if created.returncode != 0:
+                raise SystemExit(f"service create failed: {created.stderr.strip()}")
+            rows = settled(cluster, first, args.replicas, args.settle, 90)
+            if rows is None:
+                raise SystemExit(f"{args.replicas} tasks never ran")
+            task_pids(cluster, rows, seen_pids)
+            say(f"{args.replicas} replicas running and answering HTTP")
+
+            for run in range(args.runs):
+                counts: dict[str, int] = {}
+                for r in rows:
+                    counts[r["node_name"]] = counts.get(r["node_name"], 0) + 1
+                candidates = [n for n in nodes[1:] if counts.get(n.name)]
+                # rotate over nodes holding replicas, the most loaded first
+                candidates.sort(key=lambda n: (-counts[n.name], (n.index - run) % args.nodes))
+                victim = candidates[0]
+                killed_at = time.monotonic()
+                victim.proc.send_signal(signal.SIGKILL)
+                victim.proc.wait(timeout=30)
+                back = wait(lambda: healthy(cluster, first, args.replicas, avoid=victim.name), args.timeout)
+                took = time.monotonic() - killed_at
+                if back is None:
+                    failed += 1
+                    say(f"run {run + 1}/{args.runs}: killed {victim.name} ({counts[victim.name]} replicas): "
+                        f"NOT recovered within {args.timeout:g} s")
+                else:
+                    recover.append(took)
+                    task_pids(cluster, back, seen_pids)
+                    say(f"run {run + 1}/{args.runs}: killed {victim.name} ({counts[victim.name]} replicas): "
+                        f"{args.replicas} healthy again after {took:.3f} s")
+                if run == args.runs - 1:
+                    break
+                cluster.start(victim.index, (first.addr,))
+                alive = wait(lambda: (first.statuses() or {}).get(victim.name) == "alive"
+                             and victim.info() is not None, 60)
+                if alive is None:
+                    raise SystemExit(f"{victim.name} did not come back")
+                rows = settled(cluster, first, args.replicas, args.settle, 90)
+                if rows is None:
+                    raise SystemExit(f"{args.replicas} tasks did not settle after {victim.name} came back")
+                task_pids(cluster, rows, seen_pids)
+        finally:
+            cluster.close()
+            for pid in seen_pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    report = {
+        "nodes": args.nodes, "replicas": args.replicas, "preset": args.preset, "runs": args.runs,
+        "recover_p50_s": round(statistics.median(recover), 3) if recover else None,
+        "recover_p99_s": round(percentile(recover, 99), 3) if recover else None,
+        "recover_s": [round(t, 3) for t in recover],
+        "failed_runs": failed,
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
