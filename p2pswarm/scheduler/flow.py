@@ -27,6 +27,7 @@ Costs, for ``d`` replicas (all integers, so the optimum is exact):
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Hashable, Sequence
 
@@ -86,12 +87,13 @@ def solve(rooms: Sequence[Room], demand: int, *, spread: bool, stable: bool = Tr
         if caps[r.node] > 0:
             zones.setdefault(r.zone if spread else None, []).append(r)
     zone_cap = {z: sum(caps[r.node] for r in members) for z, members in zones.items()}
-    zone_level = water_level([(c, 1) for c in zone_cap.values()], d)
+    zone_level = water_level(list(Counter(zone_cap.values()).items()), d)
     share, level = {}, {}
     for z, members in zones.items():
         kept = sum(min(r.keep, caps[r.node]) for r in members)
         share[z] = min(zone_cap[z], d, max(kept, min(zone_cap[z], zone_level)) + 1) if tight else min(zone_cap[z], d)
-        w = water_level([(caps[r.node], 1) for r in members], share[z])
+        # Nodes with equal capacity are one (capacity, count) pair: the search stays cheap.
+        w = water_level(list(Counter(caps[r.node] for r in members).items()), share[z])
         for r in members:
             level[r.node] = min(caps[r.node], max(r.keep, w) + 1) if tight else caps[r.node]
 

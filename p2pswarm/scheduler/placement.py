@@ -147,9 +147,14 @@ class _Planner:
         spec, want = d.spec, spec_replicas(d)
         label = spec.spread_label
         rooms = []
-        for n in sorted(self.nodes.values(), key=lambda n: (self.load[n.id], n.id)):
+        load = self.load
+        constraints = spec.constraints
+        reserves = spec.reserve_cpu > 0 or spec.reserve_memory > 0
+        # self.nodes is ordered by id and sorting is stable: this is (load, id) order.
+        for n in sorted(self.nodes.values(), key=lambda n: load[n.id]):
             keep = len(kept.get(n.id, ()))
-            room = min(self.room(n.id, spec), want) if self._new_ok(n, spec) else 0
+            eligible = n.availability == "active" and all(c.matches(n.id, n.name, n.labels) for c in constraints)
+            room = (min(self.room(n.id, spec), want) if reserves else want) if eligible else 0
             if keep or room:
                 rooms.append(Room(n.id, keep, int(room), n.labels.get(label) if label else None))
         counts, missing = allocate(rooms, want, spread=label is not None)
