@@ -228,7 +228,9 @@ def down(data_dir):
     client.post("/v1/shutdown")
     deadline = time.monotonic() + STOP_TIMEOUT
     pid = int(info["pid"])
-    while datadir.is_locked() and pid_alive(pid):
+    # Wait for the process itself, not just the data-dir lock: the lock is released a moment
+    # before the interpreter has finished exiting.
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             raise click.ClickException(f"node pid {pid} did not stop within {STOP_TIMEOUT:g} s; `kill {pid}` "
                                        f"stops it (the cluster then sees it dead, not left)")
