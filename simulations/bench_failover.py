@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import statistics
@@ -36,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from p2pswarm.sim.stats import percentile  # noqa: E402
 from p2pswarm.testing.localcluster import REPO, LocalCluster  # noqa: E402
 
 APP = str(REPO / "tests" / "apps" / "http_server.py")
@@ -107,11 +107,6 @@ def settled(cluster: LocalCluster, observer, count: int, settle: float, timeout:
         if again is not None and {r["id"] for r in again} == ids:
             return again
     return None
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def main() -> None:

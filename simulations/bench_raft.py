@@ -37,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from p2pswarm.sim.stats import percentile  # noqa: E402
 from p2pswarm.testing.localcluster import LocalCluster, free_port, wait_until  # noqa: E402
 from p2pswarm.testing.raftcluster import (client, crash_and_restart, leader, lost_writes, try_put,  # noqa: E402
                                           voters)
@@ -44,11 +45,6 @@ from p2pswarm.testing.raftcluster import (client, crash_and_restart, leader, los
 
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def start_voters(cluster: LocalCluster, count: int = 3):
@@ -245,8 +241,8 @@ def main() -> int:
         try:
             nodes = start_voters(main_cluster)
             times = failover(main_cluster, nodes, args.kills)
-            out.update(failover_kills=len(times), failover_p50_ms=round(pct(times, 0.5), 1),
-                       failover_p99_ms=round(pct(times, 0.99), 1), failover_max_ms=round(max(times), 1))
+            out.update(failover_kills=len(times), failover_p50_ms=round(percentile(times, 50), 1),
+                       failover_p99_ms=round(percentile(times, 99), 1), failover_max_ms=round(max(times), 1))
             acked: dict[str, str] = {}
             started = time.monotonic()
             for rnd in range(args.restarts):

@@ -41,12 +41,8 @@ def assignments(state: Any, node_id: str) -> list[Assignment]:
         spec = state.spec_of(task)
         if task.state in TERMINAL or spec is None:
             continue
-        health = None
-        if spec.health is not None:
-            h = spec.health
-            health = base.HealthCheck(h.kind, h.path, h.command, h.interval, h.timeout, h.retries, h.start_period)
         task_spec = base.TaskSpec(task.id, task.service, task.slot, node_id, spec.argv, dict(spec.env),
-                                  spec.workdir, 1, health)
+                                  spec.workdir, 1, spec.health)
         out.append(Assignment(task_spec, task.version, "running" if task.desired == "running" else "shutdown",
                               RUN_ONCE))
     return out

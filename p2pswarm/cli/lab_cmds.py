@@ -12,6 +12,7 @@ import click
 from p2pswarm.api.client import ApiClient, ApiError
 from p2pswarm.cli.node_cmds import _up_detached, pid_alive
 from p2pswarm.cli.output import end_progress, progress, table
+from p2pswarm.consensus.autopilot import target_voters
 from p2pswarm.datadir import DataDir
 from p2pswarm.membership.config import PRESETS
 from p2pswarm.node import NodeOptions
@@ -117,11 +118,6 @@ def _poll(check, timeout: float, what: str, interval: float = 0.1) -> bool:
             time.sleep(interval)
     end_progress()
     return done
-
-
-def target_voters(nodes: int) -> int:
-    """The Raft group autopilot aims for: 1 voter under 3 nodes, 3 under 7, else 5."""
-    return 1 if nodes < 3 else 3 if nodes < 7 else 5
 
 
 def _wait_raft_group(datadir: DataDir, voters: int) -> None:

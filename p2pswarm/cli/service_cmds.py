@@ -20,8 +20,8 @@ import click
 from p2pswarm.api.client import ApiClient
 from p2pswarm.cli.node_cmds import _datadir, data_dir_option
 from p2pswarm.cli.output import end_progress, progress, table, to_json
-from p2pswarm.cluster.spec import (Constraint, HealthCheck, RestartPolicy, ServiceSpec, UpdateConfig, parse_duration,
-                                   parse_memory, parse_port)
+from p2pswarm.cluster.spec import (Constraint, HealthCheck, ServiceSpec, parse_duration, parse_memory,
+                                   parse_port)
 
 API_TIMEOUT = 60.0
 """Seconds the CLI waits for one answer (the node's own write timeout is shorter)."""

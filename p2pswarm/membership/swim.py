@@ -24,9 +24,8 @@ are periodically re-contacted so that the two halves of a healed partition merge
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Protocol, Sequence
 
 from p2pswarm.membership.config import SwimConfig
 from p2pswarm.membership.messages import (Ack, Alive, Dead, Gossip, MemberState, Meta, Nack, Ping,
@@ -48,6 +47,15 @@ INF = float("inf")
 MAX_INCARNATION = (1 << 32) - 1
 MAX_RECORD_VERSION = (1 << 64) - 1
 """Wire limits: news claiming these about us cannot be outbid, so it is dropped as absurd."""
+
+
+class RandomSource(Protocol):
+    """What the core uses of the injected ``random.Random`` (never the global one)."""
+
+    def random(self) -> float: ...
+    def randrange(self, start: int, stop: int | None = None) -> int: ...
+    def uniform(self, a: float, b: float) -> float: ...
+    def choice(self, seq: Sequence[Any]) -> Any: ...
 
 
 class Outgoing(NamedTuple):
@@ -110,7 +118,7 @@ class _Probe:
 
 class Swim:
     def __init__(self, node_id: str, addr: str, meta: Meta, config: SwimConfig,
-                 rng: random.Random, now: float, incarnation: int = 0) -> None:
+                 rng: RandomSource, now: float, incarnation: int = 0) -> None:
         self.id = node_id
         self.addr = addr
         self.config = config

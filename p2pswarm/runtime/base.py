@@ -12,42 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Protocol
 
+# The service spec's health check is exactly what the runtime runs: one type, one validation.
+from p2pswarm.cluster.spec import HealthCheck  # noqa: F401  (re-exported)
+
 TASK_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 """Task ids name a directory under ``<data-dir>/tasks/``: no slashes, no leading dot."""
-HEALTH_KINDS = ("tcp", "http", "exec")
 STDOUT, STDERR = "stdout", "stderr"
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    """A Docker-style health check. A task is ``starting`` until its first passing probe,
-    ``healthy`` after any passing probe, and ``unhealthy`` after ``retries`` failures in a
-    row; failures during the first ``start_period`` seconds do not count (a success ends
-    the start period early). See :mod:`p2pswarm.runtime.health`."""
-
-    kind: str
-    """``tcp`` (connect to the task's port), ``http`` (GET ``path``; 2xx/3xx passes) or
-    ``exec`` (run ``command``; exit 0 passes)."""
-    path: str = "/"
-    command: tuple[str, ...] = ()
-    interval: float = 5.0
-    """Seconds from the start (then from the end of each probe) to the next probe."""
-    timeout: float = 2.0
-    """Seconds one probe may take before it counts as failed."""
-    retries: int = 3
-    """Consecutive failures that make a task unhealthy."""
-    start_period: float = 0.0
-    """Seconds after the start during which failures are not counted."""
-
-    def __post_init__(self) -> None:
-        if self.kind not in HEALTH_KINDS:
-            raise ValueError(f"health check kind must be one of {', '.join(HEALTH_KINDS)}, not {self.kind!r}")
-        if self.kind == "exec" and not self.command:
-            raise ValueError("an exec health check needs a command")
-        if not self.path.startswith("/") or any(c.isspace() or not c.isprintable() for c in self.path):
-            raise ValueError(f"health check path must start with / and hold no spaces: {self.path!r}")
-        if self.interval <= 0 or self.timeout <= 0 or self.retries < 1 or self.start_period < 0:
-            raise ValueError("health check needs interval > 0, timeout > 0, retries >= 1, start_period >= 0")
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from p2pswarm.consensus.raft import LEADER, NotLeader, Raft, RaftError
 from p2pswarm.consensus.storage import MemoryStorage
 from p2pswarm.sim.engine import EventHeap
 from p2pswarm.sim.linearizability import Op, check_history
+from p2pswarm.sim.stats import percentile
 from p2pswarm.wire import decode, encode
 
 BUGS = ("skip_fsync", "commit_old_term_by_counting", "vote_without_log_check", "stale_reads")
@@ -123,10 +124,8 @@ def run_raft_sim(nodes: int = 5, runs: int = 200, seed: int = 7, *, bug: str | N
 
 
 def _pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1)], 1)
+    value = percentile(values, p)
+    return None if value is None else round(value, 1)
 
 
 class _Node:

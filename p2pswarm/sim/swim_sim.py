@@ -43,6 +43,7 @@ from p2pswarm.membership.messages import MemberState, Meta, PushPull
 from p2pswarm.membership.swim import DEAD, LEFT, SUSPECT, Swim
 from p2pswarm.sim.engine import EventHeap
 from p2pswarm.sim.network import NetworkModel, SimNetwork
+from p2pswarm.sim.stats import percentile as _percentile
 
 DELIVER, WAKE, CRASH, UPDATE, NETWORK = 0, 1, 2, 3, 4
 SLOW_RUN = 0.02
@@ -74,15 +75,6 @@ class SwimScenario:
     """Seconds the cluster is split in two halves, starting right after the warm-up."""
     latency: float = 0.0005
     """One-way base latency, seconds; plus exponential jitter of the same mean."""
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def _message_bytes(msg) -> int:
