@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from typing import Any, Callable
 
@@ -58,6 +58,8 @@ class NodeOptions:
     preset: str = "lan"
     seed: int | None = None
     """Seeds the core's rng; random by default. Fixed seeds are for reproducing a run."""
+    relay_port: int = 0
+    """TCP port of this node's mesh relay listener; 0 picks the SWIM port + 2 when free."""
 
 
 def zmq_transport(options: NodeOptions) -> Transport:
@@ -121,6 +123,7 @@ class Node:
         self.raft: RaftHost | None = None
         self.agent: Any = None
         self.scheduler: Any = None
+        self.mesh: Any = None
         self._scheduler_task: asyncio.Task | None = None
         self._fatal: Exception | None = None
 
@@ -178,14 +181,23 @@ class Node:
     async def _start_services(self, incarnation: int) -> None:
         """The agent (every node) and the scheduler (acts only while this node leads Raft)."""
         from p2pswarm.agent.host import AgentHost
+        from p2pswarm.meshhost import MeshHost, pick_relay_port
         from p2pswarm.scheduler_driver import PRESETS, SchedulerDriver
 
-        self.agent = AgentHost(self.node_id, self.datadir.path, self.raft, incarnation)
+        host = self.swim_addr.rsplit(":", 1)[0].strip("[]")
+        self.agent = AgentHost(self.node_id, self.datadir.path, self.raft, incarnation, task_host=host)
         await self.agent.start()
+        relay_port = self.options.relay_port or pick_relay_port(host, int(self.swim_addr.rsplit(":", 1)[1]))
+        self.mesh = MeshHost(self.node_id, self.swim, self.transport, self.raft, relay_port=relay_port,
+                             unreachable=self.swim.unreachable)
         self.scheduler = SchedulerDriver(self.raft, self.swim, PRESETS[self.options.preset])
         self._scheduler_task = asyncio.ensure_future(self.scheduler.run())
+        from p2pswarm.api.logs import LogsService
+        self.logs = LogsService(self)  # answers other nodes' `service logs` requests (wire kinds 48-55)
 
     async def _stop_services(self) -> None:
+        if self.mesh is not None:
+            await self.mesh.close()
         if self._scheduler_task is not None:
             self._scheduler_task.cancel()
             await asyncio.gather(self._scheduler_task, return_exceptions=True)
@@ -298,6 +310,10 @@ class Node:
             if not self._guard("raft receive", self.raft.receive, msg):
                 self.counters["raft_not_started"] += 1
             return
+        logs = getattr(self, "logs", None)
+        if logs is not None and isinstance(msg, logs.MESSAGES):
+            self._guard("logs", logs.receive, msg)
+            return
         self._guard("receive", self.swim.receive, self.clock(), msg)
 
     def _after_step(self, now: float) -> None:
@@ -310,6 +326,8 @@ class Node:
         self._guard("persist", self._persist_incarnation)
         if self.raft is not None:
             self._guard("raft membership", self.raft.step, now)
+        if self.mesh is not None:
+            self._guard("mesh", self.mesh.step, now)
 
     def _finished(self, now: float) -> bool:
         if self._force_stop:
@@ -428,6 +446,19 @@ class Node:
                 "swim": dict(self.swim.counters),
                 "transport": dict(self.transport.stats()), "node": dict(self.counters),
                 "raft": driver.metrics() if driver is not None else {}}
+
+    def mesh_view(self) -> dict[str, Any]:
+        if self.mesh is None:
+            return {"running": False, "routes": [], "ports": []}
+        status = self.mesh.status()
+        plane = status["data_plane"]
+        status["routes"] = [asdict(r) for r in self.mesh.routes]
+        status["ports"] = sorted({r.port for r in self.mesh.routes})
+        status["bind_errors"] = plane.get("bind_errors", {})
+        return status
+
+    def mesh_metrics(self) -> dict[str, int]:
+        return self.mesh.metrics() if self.mesh is not None else {}
 
     # ------------------------------------------------------------ raft views for the API
 

@@ -58,6 +58,9 @@ MAX_INBOX = 10_000
 """Raft messages queued while a Ready is being saved; more are dropped (the core recovers them)."""
 PROPOSE_BATCH = 64
 """Payloads per forwarded Propose message (the wire limit)."""
+REMOVAL_WAIT = 10.0
+"""Seconds the leader waits for a live node removed by `node rm` to replicate its removal before
+taking it out of the Raft configuration anyway."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class RaftDriver:
         self.kv, self.cluster = self.sm.kv, self.sm.cluster
         self.applied = 0
         self.digest: tuple[int, dict] | None = None
+        self.mesh: tuple[int, tuple[str, ...]] | None = None
         if stored.snapshot is not None:
             self.sm.restore(stored.snapshot.data)
             self.applied = stored.snapshot.index
@@ -149,6 +153,8 @@ class RaftDriver:
         self._seen = (None, 0)
         self._facts: tuple = ()
         self._autopilot_due = now
+        self._removals: dict[str, tuple[int, float]] = {}
+        """Nodes `node rm` removed that are still Raft members -> (our applied index, time) when first seen."""
         self._observe(now)
 
     # ------------------------------------------------------------ lifecycle
@@ -444,8 +450,15 @@ class RaftDriver:
 
     def _autopilot(self, now: float) -> None:
         raft = self.raft
+        me = self.swim.member(self.id)
+        if me is not None and me.status == "left":
+            return  # a leader that is leaving must not reshape the group it leaves (it would shrink it)
+        removed = self.cluster.removed_nodes
+        if removed and self._drop_removed(now, removed):
+            return
+        # A node removed with `node rm` is invisible to autopilot: never added back, even if alive.
         peers = [autopilot.Peer(m.node, m.status, dict(m.meta.labels).get("zone", ""), m.meta.started_ms,
-                                m.status_since) for m in self.swim.members()]
+                                m.status_since) for m in self.swim.members() if m.node not in removed]
         change = autopilot.next_change(
             now, peers, raft.conf.voters, raft.conf.learners, leader=self.id, leader_since=self.leader_since,
             match={p: pr.match for p, pr in raft.progress.items()}, last_index=raft.log.last_index(),
@@ -459,6 +472,52 @@ class RaftDriver:
             return
         self.counters["conf_changes"] += 1
         log.info("autopilot: %s %s (%s) (%s)", change.op, self._name(change.node), change.node, change.reason)
+
+    def _drop_removed(self, now: float, removed: set) -> bool:
+        """Take the Raft members that `node rm` removed from the cluster state out of the
+        configuration, one change per round, a voter only while the others keep a quorum
+        (until then autopilot, which no longer sees it, promotes replacements).  True when
+        autopilot must wait: a change was proposed, one is in progress, or a live removed node
+        has not received its removal yet."""
+        for node in sorted(removed.intersection(self.raft.conf.members)):
+            why = self.removal_blocker(node)
+            if why is not None:  # autopilot, which does not see it, promotes a replacement meanwhile
+                log.debug("removal of %s from the raft group deferred: %s", node, why)
+                continue
+            # A live node first receives its own removal from the cluster state (so that its agent
+            # stops its tasks), then leaves the group: its replica would not hear of it afterwards.
+            seen, since = self._removals.setdefault(node, (self.applied, now))
+            progress = self.raft.progress.get(node)
+            if node != self.id and self._status(node) in ("alive", "suspect") and now < since + REMOVAL_WAIT and (
+                    progress is None or progress.match < seen):
+                log.debug("removal of %s from the raft group waits until it has index %d", node, seen)
+                return True
+            try:
+                self.raft.propose_conf_change(now, "remove", node)
+            except (ConfChangeRejected, NotLeader) as exc:
+                log.debug("removal of %s from the raft group deferred: %s", node, exc)
+                return True
+            self._removals.pop(node, None)
+            self.counters["conf_changes"] += 1
+            log.info("removing %s (%s) from the raft group (node rm)", self._name(node), node)
+            return True
+        return False
+
+    def removal_blocker(self, node: str) -> str | None:
+        """Why taking ``node`` out of the Raft configuration now would lose the quorum (one line),
+        None when it is safe (or ``node`` is no voter): the other voters' live ones (SWIM alive or
+        suspect, not removed) must be a majority of them."""
+        voters = self.raft.conf.voters
+        if node not in voters:
+            return None
+        rest = [v for v in voters if v != node]
+        if not rest:
+            return "it is the only voter"
+        live = sum(1 for v in rest if self._status(v) in ("alive", "suspect") and v not in self.cluster.removed_nodes)
+        quorum = len(rest) // 2 + 1
+        if live < quorum:
+            return f"{live} of the other {len(rest)} voters are reachable, a quorum of them is {quorum}"
+        return None
 
     def _observe(self, now: float) -> None:
         """Count leader changes and republish our gossip facts when our role changes."""
@@ -483,9 +542,15 @@ class RaftDriver:
         self.digest = digest
         self._publish()
 
+    def publish_mesh(self, relay_port: int, unreachable: tuple[str, ...]) -> None:
+        """Gossip where this node's mesh relay listens and which members it cannot reach directly."""
+        if (relay_port, unreachable) != self.mesh:
+            self.mesh = (relay_port, unreachable)
+            self._publish()
+
     def _publish(self) -> None:
         if self._facts:
-            self.on_facts(Facts(self.cluster_id, *self._facts, self.digest).encode())
+            self.on_facts(Facts(self.cluster_id, *self._facts, self.digest, self.mesh).encode())
 
     def facts_of(self, node: str) -> Facts | None:
         member = self.swim.member(node)

@@ -10,6 +10,10 @@ A node running tasks appends its agent's task digest as a fourth element
 ``[version, {task_id: record}]`` (see :meth:`p2pswarm.agent.core.AgentCore.digest`);
 three-element records still decode (no digest).  The digest is only checked for
 shape here; whoever reads its records checks them (:mod:`p2pswarm.scheduler_driver`).
+
+The routing mesh appends a fifth element ``[relay_port, [unreachable member ids]]``
+(the digest is then nil if the node has none): where this node's relay listener is,
+and which members its direct probes cannot reach, so that others pick relays that can.
 """
 
 from __future__ import annotations
@@ -35,11 +39,15 @@ class Facts:
     term: int = 0
     digest: tuple[int, dict] | None = None
     """This node's task digest: (version, {task id: record}), or None when it runs no agent yet."""
+    mesh: tuple[int, tuple[str, ...]] | None = None
+    """(relay port, members this node cannot reach directly), or None without a mesh."""
 
     def encode(self) -> bytes:
         fields: list = [self.cluster_id, ROLE_CODES[self.role], self.term]
-        if self.digest is not None:
-            fields.append(list(self.digest))
+        if self.digest is not None or self.mesh is not None:
+            fields.append(list(self.digest) if self.digest is not None else None)
+        if self.mesh is not None:
+            fields.append([self.mesh[0], list(self.mesh[1])])
         return msgpack.packb(fields, use_bin_type=True)
 
 
@@ -50,13 +58,14 @@ def decode_facts(payload: bytes) -> Facts | None:
     try:
         fields = msgpack.unpackb(payload, raw=False)
         cluster_id, role, term = fields[:3]
-        digest = _digest(fields[3]) if len(fields) == 4 else None
+        digest = _digest(fields[3]) if len(fields) >= 4 and fields[3] is not None else None
+        mesh = _mesh(fields[4]) if len(fields) == 5 else None
     except Exception:
         return None
-    if (len(fields) > 4 or type(cluster_id) is not str or not 0 < len(cluster_id) <= MAX_ID_LEN
+    if (len(fields) > 5 or type(cluster_id) is not str or not 0 < len(cluster_id) <= MAX_ID_LEN
             or role not in ROLE_NAMES or type(term) is not int or term < 0):
         return None
-    return Facts(cluster_id, ROLE_NAMES[role], term, digest)
+    return Facts(cluster_id, ROLE_NAMES[role], term, digest, mesh)
 
 
 def _digest(value: object) -> tuple[int, dict]:
@@ -65,6 +74,14 @@ def _digest(value: object) -> tuple[int, dict]:
             type(k) is str and isinstance(v, dict) for k, v in tasks.items()):
         raise ValueError("malformed task digest")
     return version, tasks
+
+
+def _mesh(value: object) -> tuple[int, tuple[str, ...]]:
+    relay_port, unreachable = value  # type: ignore[misc]
+    if (type(relay_port) is not int or not 0 <= relay_port < 65536 or not isinstance(unreachable, list)
+            or not all(type(n) is str and len(n) <= MAX_ID_LEN for n in unreachable)):
+        raise ValueError("malformed mesh facts")
+    return relay_port, tuple(unreachable)
 
 
 def new_cluster_id() -> str:

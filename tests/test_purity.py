@@ -36,11 +36,15 @@ CORES = [
     "p2pswarm/cluster/commands.py",
     "p2pswarm/cluster/state.py",
     "p2pswarm/scheduler/flow.py",
+    "p2pswarm/mesh/routes.py",
+    "p2pswarm/api/logs_messages.py",
+    "p2pswarm/mesh/table.py",
     "p2pswarm/scheduler/placement.py",
     "p2pswarm/scheduler/reconcile.py",
     "p2pswarm/scheduler/updates.py",
     "p2pswarm/agent/core.py",
     "p2pswarm/runtime/base.py",
+    "p2pswarm/security/join.py",
 ]
 FORBIDDEN = frozenset({"asyncio", "zmq", "socket", "time", "random", "os", "threading", "select",
                        "subprocess"})

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from p2pswarm.runtime.base import TaskSpec
+from p2pswarm.runtime.base import TaskSpec, published_ports
 
 PENDING, STARTING, RUNNING, STOPPING, RESTARTING = "pending", "starting", "running", "stopping", "restarting"
 COMPLETE, FAILED, SHUTDOWN = "complete", "failed", "shutdown"
@@ -93,6 +93,8 @@ class _Task:
     version: int | None = None
     """Spec version of the current or last run."""
     port: int | None = None
+    mesh: tuple[tuple[int, int, bool], ...] = ()
+    """(published port, task port, proxy protocol) while the run serves the routing mesh."""
     health: str | None = None
     exit_code: int | None = None
     signal: int | None = None
@@ -134,6 +136,7 @@ class AgentCore:
         if t is None or t.state not in (STARTING, STOPPING):
             return
         t.port = ports[0] if ports else None
+        t.mesh = tuple(published_ports(t.assignment.spec.publish, ports))
         t.health = "starting" if t.assignment.spec.health else None
         if t.state == STARTING:
             t.state = RUNNING
@@ -144,7 +147,7 @@ class AgentCore:
         t = self._current(task_id, run)
         if t is None or t.state not in (STARTING, RUNNING, STOPPING):
             return
-        t.exit_code, t.signal, t.port, t.health = code, signal, None, None
+        t.exit_code, t.signal, t.port, t.health, t.mesh = code, signal, None, None, ()
         reason, t.stop_reason = t.stop_reason, None
         if reason == "unhealthy":
             t.error = t.error or "unhealthy"
@@ -195,7 +198,9 @@ class AgentCore:
         """``{"v": version, "tasks": {task_id: record}}``, msgpack-able; the version grows
         whenever a record changes. A record holds ``s`` state and ``v`` spec version, and
         only when set: ``p`` port, ``h`` health, ``x`` exit code, ``g`` signal, ``e``
-        error, ``r`` restarts so far. Read-only: it is shared until the next change."""
+        error, ``r`` restarts so far, and for a run serving published ports ``n`` the
+        service and ``m`` ``[[published, task port, proxy protocol], ...]`` (the mesh's
+        backends come from these alone, so the mesh works without Raft). Read-only: it is shared until the next change."""
         return {"v": self._version, "tasks": self._digest_tasks}
 
     # ------------------------------------------------------------------ decisions
@@ -279,6 +284,9 @@ def _record(t: _Task) -> dict[str, Any]:
                        ("e", t.error), ("r", t.restart_total or None)):
         if value is not None:
             rec[key] = value
+    if t.mesh:
+        rec["n"] = t.assignment.spec.service
+        rec["m"] = [list(entry) for entry in t.mesh]
     return rec
 
 

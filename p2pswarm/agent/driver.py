@@ -39,8 +39,11 @@ class _Run:
 class AgentDriver:
     def __init__(self, runtime: Runtime, core: AgentCore | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
-                 on_digest: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_digest: Callable[[dict[str, Any]], None] | None = None,
+                 health_host: str = "127.0.0.1") -> None:
+        """``health_host``: where tcp/http health checks connect (the address tasks are told to use)."""
         self.runtime, self.core, self.clock, self.on_digest = runtime, core or AgentCore(), clock, on_digest
+        self.health_host = health_host
         self.runs: dict[str, _Run] = {}
         self._bg: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
@@ -126,7 +129,8 @@ class AgentDriver:
             self._event(self.core.health, task_id, run, status, detail)
 
         port = handle.ports[0] if handle.ports else None
-        await monitor(spec.health, port, report, env=task_env(spec, handle.ports), clock=self.clock)
+        await monitor(spec.health, port, report, host=self.health_host,
+                      env=task_env(spec, handle.ports, self.health_host), clock=self.clock)
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)

@@ -23,7 +23,7 @@ from p2pswarm.agent.core import AgentCore, Assignment, RestartPolicy
 from p2pswarm.agent.driver import AgentDriver
 from p2pswarm.cluster.model import TERMINAL
 from p2pswarm.runtime import base
-from p2pswarm.runtime.process import ProcessRuntime
+from p2pswarm.runtime.process import ProcessConfig, ProcessRuntime
 
 log = logging.getLogger("p2pswarm.agent")
 
@@ -35,25 +35,29 @@ DIGEST_LIFE = 1 << 24
 
 
 def assignments(state: Any, node_id: str) -> list[Assignment]:
-    """This node's tasks that have not ended, as agent assignments (pure)."""
+    """This node's tasks in the cluster state, as agent assignments (pure). Ended tasks stay
+    assigned (desired shutdown) while the state keeps them in the service's history, so the
+    agent keeps their log files for `service logs` until the history drops them."""
     out = []
     for task in state.tasks_on(node_id):
         spec = state.spec_of(task)
-        if task.state in TERMINAL or spec is None:
+        if spec is None:
             continue
         task_spec = base.TaskSpec(task.id, task.service, task.slot, node_id, spec.argv, dict(spec.env),
-                                  spec.workdir, 1, spec.health)
-        out.append(Assignment(task_spec, task.version, "running" if task.desired == "running" else "shutdown",
-                              RUN_ONCE))
+                                  spec.workdir, base.dynamic_ports_needed(spec.ports), spec.health,
+                                  publish=tuple(spec.ports))
+        running = task.desired == "running" and task.state not in TERMINAL
+        out.append(Assignment(task_spec, task.version, "running" if running else "shutdown", RUN_ONCE))
     return out
 
 
 class AgentHost:
-    def __init__(self, node_id: str, data_dir: Path, raft_host: Any, incarnation: int) -> None:
+    def __init__(self, node_id: str, data_dir: Path, raft_host: Any, incarnation: int,
+                 task_host: str | None = None) -> None:
         self.node_id, self.raft_host = node_id, raft_host
-        self.runtime = ProcessRuntime(data_dir)
+        self.runtime = ProcessRuntime(data_dir, ProcessConfig(task_host=task_host))
         self.driver = AgentDriver(self.runtime, AgentCore(digest_version=incarnation * DIGEST_LIFE),
-                                  on_digest=self._on_digest)
+                                  on_digest=self._on_digest, health_host=task_host or "127.0.0.1")
         self._digest: tuple[int, dict] | None = None
         self._tasks: list[asyncio.Task] = []
 

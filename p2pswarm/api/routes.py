@@ -36,10 +36,13 @@ class Router:
             "/metrics": {"GET": self.metrics},
             "/v1/cluster": {"GET": self.cluster},
             "/v1/bench/writes": {"POST": self.bench_writes},
+            "/v1/mesh": {"GET": self.mesh},
         }
         self.kv_routes = {"GET": self.kv_get, "PUT": self.kv_put, "DELETE": self.kv_delete}
         from p2pswarm.api.service_routes import ServiceRoutes
         self.services = ServiceRoutes(self)
+        from p2pswarm.api.top_routes import TopRoutes
+        self.routes["/v1/top"] = {"GET": TopRoutes(self).top}
 
     def __call__(self, request: Request) -> Response:
         if self.services.handles(request.path):
@@ -60,6 +63,10 @@ class Router:
 
     def info(self, request: Request) -> Response:
         return Response.json(self.node.info())
+
+    def mesh(self, request: Request) -> Response:
+        """This node's mesh routes (every published port's backends and why) and data-plane status."""
+        return Response.json(self.node.mesh_view())
 
     def members(self, request: Request) -> Response:
         return Response.json({"members": self.node.member_views()})
@@ -85,7 +92,7 @@ class Router:
         return Response.json(self.node.heal_faults())
 
     def metrics(self, request: Request) -> Response:
-        return Response.text(render_metrics(self.node.metrics_snapshot()))
+        return Response.text(render_metrics(self.node.metrics_snapshot(), self.node))
 
 
     # ------------------------------------------------------------ raft

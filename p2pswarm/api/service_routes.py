@@ -22,8 +22,6 @@ from p2pswarm.stack import stack_of
 
 SERVICES = "/v1/services"
 NODES = "/v1/nodes/"
-LOG_TAIL = 200
-"""Lines per task and stream that ``service logs`` returns."""
 
 
 class ServiceRoutes:
@@ -113,14 +111,19 @@ class ServiceRoutes:
 
     def sub_get(self, request: Request, name: str, what: str) -> Response:
         if what == "tasks":
-            self._service(name)
-            nodes = self._state().nodes
-            rows = self._state().service_ps(name)
+            svc = self._service(name)
+            state = self._state()
+            nodes = state.nodes
+            rows = state.service_ps(name)
             for row in rows:
                 row["node_name"] = nodes[row["node"]].name if row["node"] in nodes else row["node"]
+                task = state.tasks.get(row["id"])
+                row["slot"] = task.slot if task is not None else 0
+                row["current_spec"] = self._runs_current(svc, row)
             return Response.json({"tasks": rows})
         if what == "logs":
-            return Response.json({"logs": self._logs(name)})
+            query = urllib.parse.parse_qs(request.query)
+            return self._logs({k: v[-1] for k, v in query.items()}, name)
         raise HttpError(404, f"no such endpoint: {request.path}")
 
     async def sub_post(self, request: Request, name: str, what: str) -> Response:
@@ -142,29 +145,34 @@ class ServiceRoutes:
             value = await self._write(cmd.scale_service(_cid(), now, name, replicas))
         elif what == "rollback":
             value = await self._write(cmd.rollback_service(_cid(), now, name, message="manual rollback"))
+        elif what == "logs":  # the same as GET, for a cursor too long for a URL
+            return await self._logs(body, name)
         else:
             raise HttpError(404, f"no such endpoint: {request.path}")
         return Response.json({"name": name, **(value or {})})
 
-    def _logs(self, name: str) -> list[dict[str, Any]]:
-        """This node's task logs of ``name`` (tasks that ran here and whose files are still kept)."""
-        agent = getattr(self.node, "agent", None)
-        if agent is None:
-            return []
-        out = []
-        for task in self._state().tasks_of(name):
-            if task.node != self.node.node_id:
-                continue
-            for stream, paths in sorted(agent.log_paths(task.id).items()):
-                lines: list[str] = []
-                for path in paths:  # oldest first
-                    try:
-                        lines += path.read_text(errors="replace").splitlines()
-                    except OSError:
-                        pass
-                out.append({"task": task.id, "slot": task.slot, "node": task.node, "stream": stream,
-                            "lines": lines[-LOG_TAIL:]})
-        return out
+    async def _logs(self, options: dict, name: str) -> Response:
+        """Lines of ``name``'s tasks from every node (see :mod:`p2pswarm.api.logs`); ``tail`` (a count or
+        ``all``) and ``cursor`` (what the previous call returned) are optional."""
+        from p2pswarm.api.logs import ALL
+        self._service(name)
+        logs = getattr(self.node, "logs", None)
+        if logs is None:
+            raise HttpError(503, "this node's log service is not running yet; retry in a moment")
+        tail = options.get("tail", "all")
+        if tail in ("all", None, ""):
+            tail = ALL
+        elif isinstance(tail, int) or (isinstance(tail, str) and tail.isdigit()):
+            tail = int(tail)
+        else:
+            raise HttpError(400, f"tail must be a number of lines or 'all', got {str(tail)[:40]!r}")
+        cursor = options.get("cursor") or ""
+        if not isinstance(cursor, str):
+            raise HttpError(400, "cursor must be the string the previous call returned")
+        try:
+            return Response.json(await logs.gather(name, cursor, tail))
+        except ValueError as exc:
+            raise HttpError(400, str(exc).splitlines()[0]) from None
 
     # ------------------------------------------------------------ nodes
 
@@ -219,19 +227,30 @@ class ServiceRoutes:
         return Response.json({"id": nid, "name": name, "swim": swim, "cluster": cluster})
 
     async def node_rm(self, request: Request, node: str) -> Response:
+        """Remove a node from the cluster state (its tasks are replaced elsewhere) and, through the
+        leader's autopilot, from the Raft configuration.  Refused for a live node that is not drained
+        (unless ``force``), and for a voter whose removal would leave the others without a quorum."""
         from p2pswarm.api.routes import query_flag
         nid, view = self._resolve(node)
         state = self._state()
         if nid not in state.nodes:
             raise HttpError(404, f"node {node} has no record in the cluster state (nothing to remove)")
+        record = state.nodes[nid]
         status = view["status"] if view is not None else "unknown"
-        if status in ("alive", "suspect") and not query_flag(request, "force"):
-            raise HttpError(409, f"node {state.nodes[nid].name} is {status}: stop it first (`p2pswarm down` on it) "
+        if status in ("alive", "suspect") and record.availability != "drain" and not query_flag(request, "force"):
+            raise HttpError(409, f"node {record.name} is {status} and not drained: drain it first (`p2pswarm node "
+                                 f"update --availability drain {record.name}`), stop it (`p2pswarm down` on it) "
                                  "or use --force")
-        name = state.nodes[nid].name
+        driver = self.router._driver()
+        blocker = getattr(driver, "removal_blocker", lambda n: None)(nid)
+        if blocker is not None:
+            raise HttpError(409, f"node {record.name} is a Raft voter and removing it now would lose the quorum: "
+                                 f"{blocker}; bring the dead voters back or wait until autopilot has replaced them "
+                                 "(see `p2pswarm cluster status`), then retry")
+        role = getattr(driver, "role_of", lambda n: "-")(nid)
         running = sum(1 for t in state.tasks_on(nid) if t.desired == "running")
         await self._write(cmd.remove_node(_cid(), time.time(), nid))
-        return Response.json({"node": nid, "name": name, "tasks": running})
+        return Response.json({"node": nid, "name": record.name, "tasks": running, "raft": role})
 
 
 def _cid() -> str:

@@ -1,27 +1,22 @@
-"""`p2pswarm lab ...`: a whole cluster on this machine, one node process per 127.0.0.x address."""
+"""`p2pswarm lab ...`: a whole cluster on this machine, its demo service, and chaos runs.
+
+The work is done in :mod:`p2pswarm.lab`; these commands parse flags, show progress and
+turn every failure into one line.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import click
 
-from p2pswarm.api.client import ApiClient, ApiError
-from p2pswarm.cli.node_cmds import _up_detached, pid_alive
+from p2pswarm.api.client import ApiError
 from p2pswarm.cli.output import end_progress, progress, table
-from p2pswarm.consensus.autopilot import target_voters
-from p2pswarm.datadir import DataDir
+from p2pswarm.lab.cluster import DEMO_PORT, DEMO_SERVICE, Lab, LabError, members
+from p2pswarm.lab.netns import NetnsError
 from p2pswarm.membership.config import PRESETS
-from p2pswarm.node import NodeOptions
-
-CONVERGE_TIMEOUT = 30.0
-"""Seconds `lab up` waits for every node to see every other alive."""
-STOP_TIMEOUT = 10.0
-RAFT_TIMEOUT = 60.0
-"""Seconds `lab up` waits for autopilot to elect the Raft group (learners are promoted once stable)."""
 
 
 def default_lab_dir() -> Path:
@@ -35,161 +30,213 @@ def lab_dir_option(fn):
                              "[default: $P2PSWARM_LAB_DIR or ~/.local/share/p2pswarm/lab].")(fn)
 
 
-def _node_dirs(lab: Path) -> list[Path]:
-    if not lab.is_dir():
-        return []
-    return sorted((p for p in lab.iterdir() if p.name.startswith("node-") and p.is_dir()),
-                  key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else 0)
+def _errors(fn):
+    """LabError / NetnsError / ApiError become one-line click errors."""
+    import functools
 
-
-def _running(datadir: DataDir) -> bool:
-    return datadir.is_locked()
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (LabError, NetnsError, ApiError) as exc:
+            end_progress()
+            raise click.ClickException(str(exc)) from None
+    return wrapper
 
 
 @click.group()
 def lab() -> None:
-    """Run a local cluster for experiments: `lab up`, `lab status`, `lab down`."""
+    """Run a local cluster for experiments: `lab up`, `lab status`, `lab down`, `lab chaos`."""
 
 
 @lab.command("up")
 @click.option("--nodes", default=5, show_default=True, type=click.IntRange(1, 200))
 @lab_dir_option
 @click.option("--port", default=7946, show_default=True, type=click.IntRange(1, 65535),
-              help="Cluster port; node i listens on 127.0.0.(10+i):PORT.")
+              help="Cluster port; node i listens on 127.0.0.(10+i):PORT (with --netns: 10.77.L.i:PORT).")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="local", show_default=True)
-def lab_up(nodes, lab_dir, port, preset):
-    """Start NODES node processes on loopback and wait until they form one cluster."""
-    lab = lab_dir or default_lab_dir()
-    dirs = [lab / f"node-{i}" for i in range(1, nodes + 1)]
-    if any(_running(DataDir(d)) for d in _node_dirs(lab)):
-        raise click.ClickException(f"a lab is already running in {lab}; stop it with `p2pswarm lab down`")
-    lab.mkdir(parents=True, exist_ok=True)
-    seed = f"127.0.0.11:{port}"
-    for i, path in enumerate(dirs, start=1):
-        addr = f"127.0.0.{10 + i}:{port}"
-        progress(f"starting node {i}/{nodes} at {addr}...")
-        options = NodeOptions(data_dir=str(path), bind=addr, peers=() if i == 1 else (seed,),
-                              name=f"node-{i}", labels=(("lab", "1"), ("zone", "abc"[(i - 1) % 3])),
-                              preset=preset)
-        DataDir(path).prepare()
-        try:
-            _up_detached(options, "info", quiet=True)
-        except click.ClickException:
-            end_progress()
-            raise
-    end_progress()
-    _wait_converged([DataDir(d) for d in dirs], nodes)
-    _wait_raft_group(DataDir(dirs[0]), target_voters(nodes))
-    _print_status(lab)
-    click.echo(f"\nlab of {nodes} nodes is up. Try: p2pswarm node ls --data-dir {dirs[-1]}")
-    click.echo("stop it with: p2pswarm lab down" + ("" if lab_dir is None else f" --dir {lab}"))
+@click.option("--netns", "use_netns", is_flag=True,
+              help="Root only: one network namespace per node, joined by veths to a bridge (separate hosts).")
+@click.option("--demo/--no-demo", default=True, show_default=True,
+              help="Deploy the demo web service (3 replicas, published port).")
+@click.option("--demo-port", default=DEMO_PORT, show_default=True, type=click.IntRange(1, 65535),
+              help="Published port of the demo service.")
+@_errors
+def lab_up(nodes, lab_dir, port, preset, use_netns, demo, demo_port):
+    """Start NODES node processes on this machine, form one cluster and deploy the demo service.
 
-
-def _members(datadir: DataDir) -> list[dict]:
+    A lab starts fresh: node dirs left by a stopped lab in the same directory are removed."""
+    path = (lab_dir or default_lab_dir()).absolute()
+    existing = Lab.load(path)
+    if existing is not None and existing.any_running():
+        raise LabError(f"a lab is already running in {path}; stop it with `p2pswarm lab down`"
+                       + ("" if lab_dir is None else f" --dir {path}"))
+    if existing is not None and existing.mode == "netns":
+        existing.stop_all()  # namespaces of a lab that was not stopped cleanly
+    lab = Lab.plan(path, nodes, port, preset, use_netns)
+    lab.prepare_dir()
     try:
-        return ApiClient(datadir, timeout=2.0).get("/v1/members")["members"]
-    except ApiError:
-        return []
-
-
-def _alive_seen(datadir: DataDir) -> int:
-    return sum(1 for m in _members(datadir) if m["status"] == "alive")
-
-
-def _wait_converged(datadirs: list[DataDir], expected: int) -> None:
-    """Wait until every node sees every node alive, showing the least converged view."""
-    def converged() -> tuple[bool, str]:
-        worst = min(_alive_seen(d) for d in datadirs)
-        return worst >= expected, f"every node sees at least {worst}/{expected} alive"
-
-    if not _poll(converged, CONVERGE_TIMEOUT, "waiting for the cluster to converge"):
-        raise click.ClickException(f"not every node saw {expected} nodes alive after {CONVERGE_TIMEOUT:g} s; "
-                                   f"see the node.log files under {datadirs[0].path.parent}")
-
-
-def _poll(check, timeout: float, what: str, interval: float = 0.1) -> bool:
-    """Call ``check() -> (done, state)`` until done or ``timeout``, showing ``what: state``."""
-    deadline = time.monotonic() + timeout
-    done = False
-    while not done and time.monotonic() < deadline:
-        done, state = check()
-        progress(f"{what}: {state}")
-        if not done:
-            time.sleep(interval)
-    end_progress()
-    return done
-
-
-def _wait_raft_group(datadir: DataDir, voters: int) -> None:
-    """Wait until the elected Raft group has its target number of voters and a leader."""
-    client = ApiClient(datadir, timeout=2.0)
-
-    def elected() -> tuple[bool, str]:
+        lab.create_network()
+        lab.save()
+        lab.start_all(progress)
+        end_progress()
+        lab.wait_converged(progress)
+        end_progress()
+        lab.wait_raft(progress)
+        end_progress()
+    except BaseException:
+        end_progress()
+        lab.stop_all()
+        raise
+    down_hint = "p2pswarm lab down" + ("" if lab_dir is None else f" --dir {path}")
+    if demo:
         try:
-            status = client.get("/v1/cluster")
-            have = sum(1 for m in status["members"] if m["role"] == "voter")
-            leader = status["leader"]
-        except (ApiError, KeyError, TypeError):
-            have, leader = 0, None
-        return have >= voters and bool(leader), f"{have}/{voters} voters, {'a leader' if leader else 'no leader yet'}"
+            lab.deploy_demo(demo_port)
+            lab.wait_demo(progress)
+            lab.wait_mesh(progress)
+            end_progress()
+        except LabError as exc:
+            end_progress()
+            raise LabError(f"{exc} (the lab keeps running; stop it with `{down_hint}`)") from None
+    _print_status(lab)
+    click.echo(f"\nlab of {nodes} nodes is up. Try: p2pswarm node ls --data-dir {lab.nodes[-1].dir}")
+    if demo:
+        mesh = lab.mesh_supported()
+        click.echo(f"try: {lab.try_command()}"
+                   + ("" if mesh is not False else "   (this build has no routing mesh yet: it will be refused)"))
+    click.echo(f"stop it with: {down_hint}")
 
-    if not _poll(elected, RAFT_TIMEOUT, "electing the Raft group", interval=0.2):
-        raise click.ClickException(f"the Raft group did not reach {voters} voters and a leader within "
-                                   f"{RAFT_TIMEOUT:g} s; see `p2pswarm cluster status --data-dir {datadir.path}`")
 
-
-def _print_status(lab: Path) -> int:
+def _print_status(lab: Lab) -> int:
     rows = []
     running = 0
-    for path in _node_dirs(lab):
-        datadir = DataDir(path)
-        if not _running(datadir):
-            rows.append((path.name, "-", "-", "stopped", "-", "-"))
+    for node in lab.nodes:
+        ns = [node.netns or "-"] if lab.mode == "netns" else []
+        if not lab.running(node):
+            rows.append((node.name, "-", node.addr, *ns, "stopped", "-", "-"))
             continue
         try:
-            info = ApiClient(datadir, timeout=2.0).get("/v1/info")
+            info = node.api().get("/v1/info")
         except ApiError as exc:
-            rows.append((path.name, "-", "-", f"not answering ({exc})", "-", "-"))
+            rows.append((node.name, "-", node.addr, *ns, f"not answering ({exc})", "-", "-"))
             continue
         running += 1
-        role = next((m["role"] for m in _members(datadir) if m.get("self")), "-")
-        rows.append((path.name, info["id"], info["addr"], "running", role, str(info["cluster_size"])))
-    if not rows:
-        click.echo(f"no lab in {lab}")
-    else:
-        click.echo(table(("NODE", "ID", "ADDRESS", "STATE", "RAFT ROLE", "SEES ALIVE"), rows))
+        role = next((m.get("role", "-") for m in members(node) if m.get("self")), "-")
+        rows.append((node.name, info["id"], info["addr"], *ns, "running", role, str(info["cluster_size"])))
+    headers = ("NODE", "ID", "ADDRESS") + (("NETNS",) if lab.mode == "netns" else ()) + \
+        ("STATE", "RAFT ROLE", "SEES ALIVE")
+    click.echo(table(headers, rows))
+    if lab.demo and running:
+        node = next(n for n in lab.nodes if lab.running(n))
+        try:
+            info = node.api().get(f"/v1/services/{DEMO_SERVICE}")
+            click.echo(f"\n{DEMO_SERVICE}: {info['running_current']}/{info['desired']} tasks running, "
+                       f"published on port {lab.demo['port']} of every node")
+        except ApiError as exc:
+            click.echo(f"\n{DEMO_SERVICE}: {exc}")
     return running
 
 
 @lab.command("status")
 @lab_dir_option
+@_errors
 def lab_status(lab_dir):
-    """Show every lab node: running or not, and how many members it sees alive."""
-    _print_status(lab_dir or default_lab_dir())
+    """Show every lab node: running or not, its Raft role, how many members it sees alive; and the demo."""
+    path = (lab_dir or default_lab_dir()).absolute()
+    lab = Lab.load(path)
+    if lab is None:
+        click.echo(f"no lab in {path}")
+        return
+    if _print_status(lab) and lab.demo:
+        click.echo(f"try: {lab.try_command()}")
 
 
 @lab.command("down")
 @lab_dir_option
+@_errors
 def lab_down(lab_dir):
-    """Stop every lab node (gracefully; SIGKILL after a timeout). Leaves no process behind."""
-    lab = lab_dir or default_lab_dir()
-    stopped = 0
-    pids = []
-    for path in _node_dirs(lab):
-        datadir = DataDir(path)
-        pid = datadir.read_pid()
-        if not _running(datadir) or pid is None:
-            continue
-        try:
-            ApiClient(datadir, timeout=2.0).post("/v1/shutdown")
-        except ApiError:
-            os.kill(pid, signal.SIGTERM)
-        pids.append(pid)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    for pid in pids:
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        stopped += 1
-    click.echo(f"stopped {stopped} lab node(s) in {lab}")
+    """Stop every lab node (gracefully; SIGKILL after a timeout), their tasks and namespaces."""
+    path = (lab_dir or default_lab_dir()).absolute()
+    lab = Lab.load(path)
+    if lab is None:
+        click.echo(f"no lab in {path}")
+        return
+    result = lab.stop_all()
+    extra = []
+    if result["killed"]:
+        extra.append(f"{result['killed']} needed SIGKILL")
+    if result["leftovers"]:
+        extra.append(f"{result['leftovers']} leftover task processes killed")
+    if lab.mode == "netns":
+        extra.append("namespaces deleted" if not result["failed_ns"]
+                     else f"could not delete {', '.join(result['failed_ns'])}")
+    click.echo(f"stopped {result['stopped']} lab node(s) in {path}" + (f" ({'; '.join(extra)})" if extra else ""))
+    if result["failed_ns"]:
+        raise LabError(f"namespaces {', '.join(result['failed_ns'])} are left; delete them with `ip netns del`")
+
+
+@lab.command("chaos")
+@click.option("--scenario", "scenario_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Scenario TOML (see simulations/chaos/).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Where chaos-<name>.json and .png are written.")
+@click.option("--dir", "lab_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory of the run's own lab [default: <lab dir>-chaos].")
+@click.option("--netns", "use_netns", is_flag=True,
+              help="Root only: namespaces per node; loss and partitions by nftables (else by fault injection).")
+@click.option("--port", default=7946, show_default=True, type=click.IntRange(1, 65535), help="Cluster port.")
+@click.option("--keep", is_flag=True, help="Leave the lab running after the run (stop it with `lab down`).")
+@_errors
+def lab_chaos(scenario_file, out_dir, lab_dir, use_netns, port, keep):
+    """Run a chaos scenario on a fresh lab: timed kills, partitions, loss and pauses under client load
+    and acknowledged writes; writes a JSON report and a PNG timeline."""
+    from p2pswarm.lab.chaos import ChaosRun
+    from p2pswarm.lab.scenario import ScenarioError, load
+
+    try:
+        sc = load(scenario_file)
+    except ScenarioError as exc:
+        raise click.ClickException(str(exc)) from None
+    path = lab_dir or default_lab_dir().with_name(default_lab_dir().name + "-chaos")
+
+    def say(text: str) -> None:
+        if text.startswith(("t=", "running", "load and", "verifying", "stopping")):
+            end_progress()
+            click.echo(text, err=True)
+        else:
+            progress(text)
+
+    def on_term(signum, frame):  # stop like Ctrl-C: the run's cleanup stops the lab and deletes namespaces
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    rep = ChaosRun(sc, path, out_dir, use_netns=use_netns, say=say, keep=keep, port=port).run()
+    end_progress()
+    s = rep["summary"]
+    rate = s["request_error_rate"]
+    click.echo(f"scenario {rep['scenario']} ({rep['mode']} faults, {rep['nodes']} nodes, {rep['duration_s']:g} s)")
+    up_rate = s["request_error_rate_up_targets"]
+    click.echo(f"requests: {s['requests_ok']} ok, {s['requests_failed']} failed of {s['requests_sent']}"
+               f" (error rate {'-' if rate is None else f'{rate:.2%}'}; "
+               f"{'-' if up_rate is None else f'{up_rate:.2%}'} of those sent to nodes that were up)")
+    for k in rep["kills"]:
+        det, rec = k["detected_after_s"], k["recovered_after_s"]
+        click.echo(f"kill {k['node']} at {k['t']:.1f}s: detected by all after "
+                   f"{'-' if det is None else f'{det:.2f}s'}, {k['tasks_on_victim']} task(s) lost, replicas back after "
+                   f"{'-' if rec is None else f'{rec:.2f}s'}")
+    for h in rep["heals"]:
+        merged = h["merged_after_s"]
+        click.echo(f"heal at {h['t']:.1f}s: every node saw every node alive after "
+                   f"{'-' if merged is None else f'{merged:.2f}s'}")
+    w = rep["writes"]
+    click.echo(f"writes: {w['acked']} acknowledged, {w['failed']} failed, acknowledged writes lost: {w['lost']}"
+               + (f", {w['unverified']} could not be read back" if w["unverified"] else ""))
+    for note in rep["notes"]:
+        click.echo(f"note: {note}")
+    files = rep["files"]
+    click.echo(f"report: {files['json']}" + (f", timeline: {files['png']}" if "png" in files
+                                              else f" (no PNG: {files.get('png_error')})"))
+    if keep:
+        click.echo(f"the lab keeps running: p2pswarm lab down --dir {path}")
+    if w["lost"]:
+        raise click.ClickException(f"{w['lost']} acknowledged writes were lost (see {files['json']})")

@@ -83,6 +83,14 @@ node.add_command(node_inspect)
 node.add_command(node_rm)
 main.add_command(stack)
 
+from p2pswarm.cli.top_cmds import top  # noqa: E402
+
+main.add_command(top)
+
+from p2pswarm.cli.mesh_cmds import mesh  # noqa: E402
+
+main.add_command(mesh)
+
 
 if __name__ == "__main__":
     main()

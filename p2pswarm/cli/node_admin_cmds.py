@@ -49,15 +49,19 @@ def node_inspect(node, fmt, data_dir):
 
 @click.command("rm")
 @click.argument("node")
-@click.option("--force", is_flag=True, help="Remove the node even though it is alive.")
+@click.option("--force", is_flag=True, help="Remove the node even though it is alive and not drained.")
 @data_dir_option
 def node_rm(node, force, data_dir):
-    """Remove NODE (id, id prefix or name) from the cluster state; its tasks are replaced elsewhere.
+    """Remove NODE (id, id prefix or name): its tasks are replaced elsewhere and it leaves the Raft group.
 
-    Refused while the node is alive unless --force.  Its id is never reused: a node restarted
-    with the same data dir gets no tasks (start it with a fresh data dir).  Only the cluster state
-    changes here: the Raft configuration is left to autopilot, which removes a dead voter after
-    its stabilization time (and a node that left at once)."""
+    Refused while the node is alive and not drained, unless --force (drain it first:
+    `p2pswarm node update --availability drain NODE`), and for a voter whose removal would leave
+    the other voters without a quorum (autopilot replaces dead voters first).  Its id is never
+    reused: a node restarted with the same data dir gets no tasks and no Raft membership
+    (start it with a fresh data dir)."""
     done = _client(data_dir).request("DELETE", _path(node) + ("?force=1" if force else ""))
-    click.echo(f"{done['name']} ({done['node']}) removed; {done['tasks']} of its tasks will be replaced")
+    role = done.get("raft", "-")
+    raft = f"; it leaves the Raft group (it was {'the leader' if role == 'leader' else 'a ' + role})" \
+        if role in ("leader", "voter", "learner") else ""
+    click.echo(f"{done['name']} ({done['node']}) removed; {done['tasks']} of its tasks will be replaced{raft}")
     return 0

@@ -90,9 +90,11 @@ def _datadir(path: Path | None) -> DataDir:
               help="Node label (repeatable), e.g. --label zone=a.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="lan", show_default=True,
               help="Gossip timing preset.")
+@click.option("--relay-port", type=click.IntRange(0, 65535), default=0,
+              help="TCP port for routing-mesh relays from other nodes [default: the --bind port + 2 if free].")
 @click.option("--detach", is_flag=True, help="Run in the background; logs go to <data-dir>/node.log.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
-def up(peers, bind, advertise, name, data_dir, labels, preset, detach, log_level):
+def up(peers, bind, advertise, name, data_dir, labels, preset, relay_port, detach, log_level):
     """Start a node: create a new cluster, or join one with --peers."""
     datadir = _datadir(data_dir)
     datadir.prepare()
@@ -102,7 +104,7 @@ def up(peers, bind, advertise, name, data_dir, labels, preset, detach, log_level
         raise click.BadParameter("binding to all interfaces needs --advertise HOST:PORT "
                                  "(the address peers should use)", param_hint="--bind")
     options = NodeOptions(data_dir=str(datadir.path), bind=bind, advertise=advertise, peers=peers,
-                          name=name, labels=labels, preset=preset)
+                          name=name, labels=labels, preset=preset, relay_port=relay_port)
     if detach:
         return _up_detached(options, log_level)
     configure_logging(log_level)
@@ -120,6 +122,8 @@ def _child_argv(options: NodeOptions, log_level: str) -> list[str]:
         argv += ["--name", options.name]
     for key, value in options.labels:
         argv += ["--label", f"{key}={value}"]
+    if options.relay_port:
+        argv += ["--relay-port", str(options.relay_port)]
     return argv
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import shlex
+import sys
 import time
 import urllib.parse
 
@@ -19,7 +20,7 @@ import click
 
 from p2pswarm.api.client import ApiClient
 from p2pswarm.cli.node_cmds import _datadir, data_dir_option
-from p2pswarm.cli.output import end_progress, progress, table, to_json
+from p2pswarm.cli.output import table, to_json
 from p2pswarm.cluster.spec import (Constraint, HealthCheck, ServiceSpec, parse_duration, parse_memory,
                                    parse_port)
 
@@ -27,8 +28,6 @@ API_TIMEOUT = 60.0
 """Seconds the CLI waits for one answer (the node's own write timeout is shorter)."""
 CONVERGE_TIMEOUT = 300.0
 """Seconds the progress display waits for a service to converge before giving up (the service keeps going)."""
-VERIFY_SECONDS = 3.0
-"""Seconds the service must stay converged before the progress display reports it verified."""
 POLL = 0.2
 
 
@@ -136,36 +135,137 @@ def apply_flags(spec: ServiceSpec, o: dict) -> ServiceSpec:
 
 # ------------------------------------------------------------ progress
 
-def converge(client: ApiClient, name: str, version: int | None = None) -> None:
-    """Show overall progress until every current task runs, then verify it stays so.
+STAGES = ("new", "assigned", "starting", "running")
+"""A task's way to running; the bar fills by stage."""
+BAR_WIDTH = 50
+FAIL_LIMIT = 3
+"""Failures of the current spec in one slot after which the progress display gives up (fewer when
+the restart policy allows fewer attempts)."""
+VERIFY_MAX = 30.0
+"""The verify phase lasts the update config's ``monitor`` seconds, at most this long."""
 
-    ``version``: the version an update made; a later rollback of it is reported as a failure."""
-    deadline, verified_since = time.monotonic() + CONVERGE_TIMEOUT, None
+
+class _Board:
+    """The progress block on stderr: redrawn in place on a terminal (ANSI cursor-up), and only
+    the lines that changed, one per line, anywhere else (CI and test logs)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.drawn = 0
+        self.printed: dict = {}
+
+    def show(self, lines: list[tuple[object, str, str]]) -> None:
+        """``lines``: (key, text on a terminal, text elsewhere)."""
+        if self.tty:
+            out = (f"\x1b[{self.drawn}A" if self.drawn else "") + "".join(f"\r\x1b[K{t}\n" for _, t, _ in lines)
+            click.echo(out + "\x1b[J", err=True, nl=False, color=True)  # keep the escapes
+            self.drawn = len(lines)
+            return
+        for key, _, plain in lines:
+            if self.printed.get(key) != plain:
+                self.printed[key] = plain
+                click.echo(plain, err=True)
+
+    def say(self, text: str) -> None:
+        """A final line below the block."""
+        click.echo(text, err=True)
+        self.drawn = 0
+
+
+def _bar(state: str) -> str:
+    if state not in STAGES:
+        return " " * BAR_WIDTH
+    filled = BAR_WIDTH * (STAGES.index(state) + 1) // len(STAGES)
+    return ("=" * (filled - 1) + ">").ljust(BAR_WIDTH)
+
+
+def _slots(info: dict, rows: list[dict]) -> list[tuple[str, str, str]]:
+    """(label, state, detail) per wanted task: each slot 1..replicas (replicated) or each node (global)."""
+    newest: dict = {}
+    for row in rows:
+        newest.setdefault(row["slot"] or row["node"], row)
+    if info["spec"]["mode"] == "global":
+        keys = sorted((k for k, r in newest.items() if r["desired"] == "running" and r["node"]),
+                      key=lambda k: newest[k].get("node_name") or k)
+        labels = {k: newest[k].get("node_name") or k for k in keys}
+    else:
+        total = info["spec"]["replicas"]
+        keys = list(range(1, total + 1))
+        labels = {k: f"{k}/{total}" for k in keys}
+    out = []
+    for key in keys:
+        row = newest.get(key)
+        if row is None or row["desired"] != "running":
+            out.append((labels[key], "new", ""))
+        elif not row.get("current_spec", True):
+            out.append((labels[key], "pending", "waiting for its update"))
+        else:
+            detail = (row["error"] or "") if row["state"] != "running" else ""
+            out.append((labels[key], row["state"], " ".join(detail.split())[:80]))
+    return out
+
+
+def _failure(name: str, info: dict, rows: list[dict]) -> str | None:
+    """One line when a slot keeps failing (or will not be restarted), else None."""
+    spec = info["spec"]
+    if info["update_state"] in ("updating", "rollback_started"):
+        config = spec["update"] if info["update_state"] == "updating" else spec["rollback"]
+        if config["failure_action"] != "continue":
+            return None  # the update itself pauses or rolls back, which is reported as such
+    restart = spec["restart"]
+    limit = 1 if restart["condition"] == "none" else \
+        min(FAIL_LIMIT, restart["max_attempts"] + 1) if restart["max_attempts"] else FAIL_LIMIT
+    failed: dict = {}
+    for row in rows:
+        if row["version"] == info["version"] and row["state"] in ("failed", "rejected"):
+            failed.setdefault(row["slot"] or row["node"], []).append(row)
+    for key, tasks in sorted(failed.items(), key=lambda kv: str(kv[0])):
+        if len(tasks) >= limit:
+            why = " ".join((tasks[0]["error"] or tasks[0]["state"]).split())[:120]
+            times = "once" if len(tasks) == 1 else f"{len(tasks)} times"
+            return (f"task {tasks[0]['name']} of {name} failed {times}: {why} "
+                    f"(see `p2pswarm service ps {name}`)")
+    return None
+
+
+def converge(client: ApiClient, name: str, version: int | None = None) -> None:
+    """Show ``docker service create``'s progress until every wanted task runs the current spec,
+    then verify for the update monitor period that they stay so.  Raises ClickException (one
+    line) when a slot keeps failing, the update pauses, or (``version`` given: the version an
+    update made) it was rolled back."""
+    deadline, verified_since, board = time.monotonic() + CONVERGE_TIMEOUT, None, _Board()
     while True:
         info = client.get(_path(name))
         if version is not None and info["version"] > version and info["update_state"] == "rollback_completed":
-            end_progress()
             raise click.ClickException(f"update of {name} was rolled back: {info['update_message'] or 'tasks failed'}"
                                        f" (see `p2pswarm service ps {name}`)")
-        running, desired = info["running_current"], info["desired"]
         if info["update_state"] in ("paused", "rollback_paused"):
-            end_progress()
             raise click.ClickException(f"update of {name} {info['update_state'].replace('_', ' ')}: "
                                        f"{info['update_message'] or 'tasks failed'} (see `p2pswarm service ps {name}`)")
-        done = running >= desired and info["running"] == running
+        rows = client.get(_path(name, "tasks"))["tasks"]
+        failure = _failure(name, info, rows)
+        if failure:
+            raise click.ClickException(failure)
+        running, desired = info["running_current"], info["desired"]
+        done = running >= desired and info["running"] == running and info["update_state"] not in (
+            "updating", "rollback_started")
         now = time.monotonic()
         verified_since = (verified_since or now) if done else None
-        if verified_since is None:
-            progress(f"{name}: overall progress: {running} out of {desired} tasks running")
-        elif now - verified_since >= VERIFY_SECONDS:
-            end_progress()
-            click.echo(f"{name}: verify: service converged ({running} out of {desired} tasks running)", err=True)
+        verify = min(VERIFY_MAX, float(info["spec"]["update"]["monitor"]))
+        lines = [("overall", f"overall progress: {running} out of {desired} tasks",
+                  f"overall progress: {running} out of {desired} tasks")]
+        for label, state, detail in _slots(info, rows):
+            lines.append((label, f"{label}: {state:<9} [{_bar(state)}] {detail}".rstrip(),
+                          f"{label}: {state}" + (f" ({detail})" if detail else "")))
+        if verified_since is not None:
+            left = math.ceil(verify - (now - verified_since))
+            lines.append(("verify", f"verify: Waiting {max(0, left)} seconds to verify that tasks are stable...",
+                          f"verify: Waiting {math.ceil(verify)} seconds to verify that tasks are stable..."))
+        board.show(lines)
+        if verified_since is not None and now - verified_since >= verify:
+            board.say("verify: Service converged")
             return
-        else:
-            progress(f"{name}: verify: waiting {math.ceil(VERIFY_SECONDS - (now - verified_since))} seconds "
-                     f"to verify that tasks are stable...")
         if now > deadline:
-            end_progress()
             raise click.ClickException(f"{name} did not converge within {CONVERGE_TIMEOUT:g} s "
                                        f"(it keeps trying; see `p2pswarm service ps {name}`)")
         time.sleep(POLL)
@@ -313,16 +413,60 @@ def inspect(name, data_dir):
     return 0
 
 
+FOLLOW_POLL = 0.5
+"""Seconds between two polls of ``service logs --follow``."""
+MAX_GET_CURSOR = 6000
+"""A longer cursor goes in a POST body instead of the URL."""
+
+
+def _tail(value: str) -> str:
+    if value == "all" or value.isdigit():
+        return value
+    raise click.BadParameter(f"expected a number of lines or 'all', got {value!r}", param_hint="--tail")
+
+
+def _stamp(at: float | None) -> str:
+    if at is None:
+        return "-"
+    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at))
+    return f"{whole}.{int(round((at % 1) * 1e6)) % 1000000:06d}Z"
+
+
 @service.command("logs")
 @click.argument("name")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new output until Ctrl-C.")
+@click.option("--tail", "tail", default="all", show_default=True, help="Lines to show per task (or 'all').")
+@click.option("--timestamps", "-t", is_flag=True, help="Show when each line arrived (UTC).")
 @data_dir_option
-def logs(name, data_dir):
-    """Print the output of NAME's tasks that ran on this node (other nodes: run it there)."""
-    for part in _client(data_dir).get(_path(name, "logs"))["logs"]:
-        for line in part["lines"]:
-            click.echo(f"{name}.{part['slot'] or part['node']}.{part['task']} | {line}",
-                       err=part["stream"] == "stderr")
-    return 0
+def logs(name, follow, tail, timestamps, data_dir):
+    """Print the output of NAME's tasks from every node, ordered by time:
+    `web.2.<task>@<node> | line` (stderr lines go to stderr). A node that is down or does not
+    answer is one warning line; its tasks' output is missing."""
+    tail = _tail(tail)
+    client, cursor, warned = _client(data_dir), "", set()
+    try:
+        while True:
+            options = {"tail": tail, "cursor": cursor}
+            if len(cursor) > MAX_GET_CURSOR:
+                got = client.request("POST", _path(name, "logs"), options)
+            else:
+                got = client.get(_path(name, "logs") + "?" + urllib.parse.urlencode(options))
+            for warning in got["warnings"]:
+                if warning not in warned:
+                    warned.add(warning)
+                    click.echo(f"warning: {warning}", err=True)
+            for line in got["lines"]:
+                prefix = f"{name}.{line['slot'] or line['node']}.{line['task']}@{line['node_name']}"
+                if timestamps:
+                    prefix = f"{_stamp(line['t'])} {prefix}"
+                click.echo(f"{prefix} | {line['text']}", err=line["stream"] == "stderr")
+            cursor = got["cursor"]
+            if got["done"]:
+                if not follow:
+                    return 0
+                time.sleep(FOLLOW_POLL)
+    except KeyboardInterrupt:
+        return 0
 
 
 @click.command("update")

@@ -1,4 +1,4 @@
-"""Raft wire messages (wire kinds 32-63) and the structures they carry.
+"""Raft wire messages (wire kinds 32-47; 48-55 are the logs messages, 64-79 the security ones) and the structures they carry.
 
 Log entries, snapshots and configuration changes are wire structs too, so the
 core, the storage and the network all share one strictly checked definition:

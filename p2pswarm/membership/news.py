@@ -8,45 +8,98 @@ short the least-sent news goes first, newest first among equals.
 
 News sent fewer than ``fresh_sends`` times is *fresh*: only fresh news earns a
 dedicated gossip message; older news rides on probes and acks for free.
+
+Every probe and ack asks the queue for news, so the queue keeps its entries in
+that order (least sent, then newest) instead of sorting them for each message:
+new news goes in front, and a message that takes every entry adds one send to
+each, which keeps the order.  Only a message that takes some entries and not
+others (short budget, a gossip round) leaves it to be re-sorted, at the next take.
 """
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from p2pswarm.wire import encoded_size
 
-ITEM, SENDS, SERIAL, SIZE = range(4)
+_BY_SERIAL = attrgetter("serial")
+_BY_SENDS = attrgetter("sends")
+_SIZES: dict[int, tuple] = {}
+"""id(item) → (item, encoded size), bounded; the item is held so that its id is not reused."""
+_SIZES_MAX = 4096
+
+
+def _size_of(item) -> int:
+    """``encoded_size(item)``, remembered for the last few thousand items.
+
+    In the simulator one news object reaches every core and each of them queues it;
+    encoding it each time only to learn its size cost more than the rest of queueing
+    it.  (A real node decodes its own copy of each item: there this only misses.)
+    """
+    hit = _SIZES.get(id(item))
+    if hit is not None and hit[0] is item:
+        return hit[1]
+    size = encoded_size(item)
+    if len(_SIZES) >= _SIZES_MAX:
+        _SIZES.clear()
+    _SIZES[id(item)] = (item, size)
+    return size
+
+
+class _News:
+    """One queued item; identity is its equality, so the order list can drop it cheaply."""
+
+    __slots__ = ("key", "item", "size", "sends", "serial")
+
+    def __init__(self, key: tuple, item, size: int, serial: int) -> None:
+        self.key = key
+        self.item = item
+        self.size = size
+        self.sends = 0
+        self.serial = serial
 
 
 class NewsQueue:
-    __slots__ = ("_items", "_serial", "_fresh", "fresh_sends")
+    __slots__ = ("queued", "fresh", "fresh_sends", "_order", "_ordered", "_serial")
 
     def __init__(self, fresh_sends: int) -> None:
-        self._items: dict[tuple, list] = {}  # key -> [item, sends, serial, size]
-        self._serial = 0
-        self._fresh = 0
+        self.queued: dict[tuple, _News] = {}
+        """News waiting to be sent, by key (read-only outside the queue)."""
+        self.fresh = 0
+        """How many queued items are still fresh (sent fewer than fresh_sends times)."""
         self.fresh_sends = fresh_sends
+        self._order: list[_News] = []
+        """The queued entries, least sent first and newest first among equals (if _ordered)."""
+        self._ordered = True
+        self._serial = 0
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.queued)
 
     def __bool__(self) -> bool:
-        return bool(self._items)
+        return bool(self.queued)
 
     @property
     def has_fresh(self) -> bool:
-        return self._fresh > 0
+        return self.fresh > 0
 
     def put(self, key: tuple, item, size: int | None = None) -> None:
         """Queue ``item``, replacing any older news under the same key."""
-        old = self._items.get(key)
-        if old is None or old[SENDS] >= self.fresh_sends:
-            self._fresh += 1
+        old = self.queued.get(key)
+        if old is None:
+            self.fresh += 1
+        else:
+            if old.sends >= self.fresh_sends:
+                self.fresh += 1
+            self._order.remove(old)
         self._serial += 1
-        self._items[key] = [item, 0, self._serial, size if size is not None else encoded_size(item)]
+        entry = _News(key, item, size if size is not None else _size_of(item), self._serial)
+        self.queued[key] = entry
+        self._order.insert(0, entry)  # never sent and the newest: first in order
 
     def get(self, key: tuple):
-        entry = self._items.get(key)
-        return entry[ITEM] if entry else None
+        entry = self.queued.get(key)
+        return entry.item if entry else None
 
     def take(self, budget: int, limit: int, first=None) -> list:
         """News for one message within ``budget`` bytes; each item counts as sent once.
@@ -54,58 +107,87 @@ class NewsQueue:
         ``first`` (queued or not) always goes first: Lifeguard's buddy system puts a
         suspicion in the very probe that goes to the suspect.
         """
-        out = [first] if first is not None else []
-        used = encoded_size(first) if first is not None else 0
-        for key, entry in self._pick(budget - used, False, skip=first):
-            out.append(entry[ITEM])
-            self._count(key, entry, 1, limit)
+        if first is None:
+            out = []
+        else:
+            out = [first]
+            budget -= _size_of(first)
+        if not self.queued:
+            return out
+        order = self._sorted()
+        fresh_sends = self.fresh_sends
+        used = 0
+        whole = True  # every entry taken: each gains one send and the order holds
+        spent = []
+        for entry in order:
+            size = entry.size
+            if entry.item is first or used + size > budget:
+                whole = False
+                if entry.item is first or size > budget:  # can never fit: leave it to gossip or push/pull
+                    continue
+                break
+            used += size
+            out.append(entry.item)
+            entry.sends = sends = entry.sends + 1  # _sent(entry, 1, limit), written out: the hot path
+            if sends == fresh_sends or (sends >= limit and sends < fresh_sends):
+                self.fresh -= 1
+            if sends >= limit:
+                del self.queued[entry.key]
+                spent.append(entry)
+        for entry in spent:
+            order.remove(entry)
+        if not whole:
+            self._ordered = False
         return out
 
     def take_for(self, targets: int, budget: int, limit: int) -> list[tuple]:
         """Fresh news for one gossip round: a tuple of items for each of ``targets`` members.
 
-        One sort serves every target; an item with fewer sends left than targets goes
-        to only that many of them, so no item is ever sent more than ``limit`` times.
+        An item with fewer sends left than targets goes to only that many of them, so
+        no item is ever sent more than ``limit`` times.
         """
-        picked = self._pick(budget, True)
-        if not picked:
+        if not self.fresh:
             return []
+        order = self._sorted()
         copies = []
-        for key, entry in picked:
-            n = min(targets, limit - entry[SENDS])
-            copies.append((entry[ITEM], n))
-            self._count(key, entry, n, limit)
-        return [tuple(item for item, n in copies if n > j) for j in range(targets)]
-
-    def _pick(self, budget: int, fresh_only: bool, skip=None) -> list[tuple]:
-        items = self._items
-        if not items:
-            return []
-        ordered = (list(items.items()) if len(items) == 1
-                   else sorted(items.items(), key=lambda kv: (kv[1][SENDS], -kv[1][SERIAL])))
-        out = []
         used = 0
-        for key, entry in ordered:
-            if fresh_only and entry[SENDS] >= self.fresh_sends:
-                break  # ordered by sends: nothing fresh follows
-            if entry[ITEM] is skip:
-                continue
-            size = entry[SIZE]
+        fresh_sends = self.fresh_sends
+        spent = []
+        for entry in order:
+            if entry.sends >= fresh_sends:
+                break  # least sent first: nothing fresh follows
+            size = entry.size
             if used + size > budget:
-                if size > budget:  # can never fit: leave it to gossip or push/pull
+                if size > budget:
                     continue
                 break
-            out.append((key, entry))
             used += size
-        return out
+            n = min(targets, limit - entry.sends)
+            copies.append((entry.item, n))
+            if self._sent(entry, n, limit):
+                spent.append(entry)
+        if not copies:
+            return []
+        for entry in spent:
+            order.remove(entry)
+        self._ordered = False  # only fresh entries gained sends
+        return [tuple(item for item, n in copies if n > j) for j in range(targets)]
 
-    def _count(self, key: tuple, entry: list, sends: int, limit: int) -> None:
-        before = entry[SENDS]
-        entry[SENDS] = before + sends
-        was_fresh = before < self.fresh_sends
-        if entry[SENDS] >= limit:
-            del self._items[key]
-            if was_fresh:
-                self._fresh -= 1
-        elif was_fresh and entry[SENDS] >= self.fresh_sends:
-            self._fresh -= 1
+    def _sorted(self) -> list[_News]:
+        order = self._order
+        if not self._ordered:
+            order.sort(key=_BY_SERIAL, reverse=True)  # two stable passes: sends up, then newest first
+            order.sort(key=_BY_SENDS)
+            self._ordered = True
+        return order
+
+    def _sent(self, entry: _News, sends: int, limit: int) -> bool:
+        """Count ``sends`` more sends of ``entry``; True if it is spent (and gone from the index)."""
+        before = entry.sends
+        entry.sends = after = before + sends
+        if before < self.fresh_sends and (after >= self.fresh_sends or after >= limit):
+            self.fresh -= 1
+        if after >= limit:
+            del self.queued[entry.key]
+            return True
+        return False

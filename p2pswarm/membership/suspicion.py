@@ -15,7 +15,7 @@ import math
 
 
 class Suspicion:
-    __slots__ = ("incarnation", "started", "low", "high", "expected", "confirmers", "deadline")
+    __slots__ = ("incarnation", "started", "low", "high", "expected", "confirmers", "deadline", "full")
 
     def __init__(self, incarnation: int, started: float, low: float, high: float,
                  expected: int, origin: str) -> None:
@@ -27,6 +27,9 @@ class Suspicion:
         # The originator of the suspicion is not an independent confirmation.
         self.confirmers = {origin}
         self.deadline = started + self._timeout(0)
+        self.full = expected < 1
+        """No further confirmation can count (the common case once news has spread): callers
+        check it, and ``confirmers``, before calling ``confirm`` for a repeat."""
 
     def _timeout(self, confirmations: int) -> float:
         if self.expected < 1:
@@ -36,8 +39,9 @@ class Suspicion:
 
     def confirm(self, by: str) -> bool:
         """Count a confirmation from ``by``; True if it was new (worth re-gossiping)."""
-        if by in self.confirmers or len(self.confirmers) > self.expected:
+        if by in self.confirmers or self.full:
             return False
         self.confirmers.add(by)
         self.deadline = self.started + self._timeout(len(self.confirmers) - 1)
+        self.full = len(self.confirmers) > self.expected
         return True

@@ -35,6 +35,7 @@ from p2pswarm.membership.suspicion import Suspicion
 
 ALIVE, SUSPECT, DEAD, LEFT = "alive", "suspect", "dead", "left"
 LIVE = (ALIVE, SUSPECT)
+GONE = (DEAD, LEFT)
 SEQ_MOD = 1 << 32
 DIRECT_RETRIES = 3
 """Direct pings repeated, evenly spread, while helpers probe indirectly (at 5 % loss each
@@ -64,6 +65,10 @@ class Outgoing(NamedTuple):
     addr: str
     msg: Any
     bulk: bool = False
+
+
+_new_outgoing = tuple.__new__
+"""Builds an Outgoing from a tuple without the Python-level ``__new__`` (one per message sent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +101,10 @@ class Member:
 
 
 class _Probe:
+    """The probe of the current period; ``due`` is when it next needs a tick (INF once done)."""
+
     __slots__ = ("seq", "target", "addr", "sent", "ack_deadline", "retry_at", "retries", "end", "indirect",
-                 "nacks", "expected_nacks", "done", "failed")
+                 "nacks", "expected_nacks", "done", "failed", "due")
 
     def __init__(self, seq: int, target: str, addr: str, sent: float, ack_deadline: float,
                  end: float) -> None:
@@ -114,9 +121,26 @@ class _Probe:
         self.expected_nacks = 0
         self.done = False
         self.failed = False
+        self.due = ack_deadline
+
+    def finish(self) -> None:
+        self.done = True
+        self.due = INF
 
 
 class Swim:
+    # A simulator holds thousands of cores and touches a different one at every event:
+    # slots keep a core's state in one compact object (~10 % faster at 10,000 members).
+    # "__dict__" stays so that anything not listed (a test's monkeypatched method, a new
+    # attribute) still works, only without that benefit.
+    __slots__ = ("id", "addr", "config", "rng", "incarnation", "health", "leaving", "leave_done", "joined",
+                 "join_attempts", "counters", "_meta", "_members", "_since", "_records", "_record_version",
+                 "_record_payload", "_rtt", "_indirect_only", "track_records", "_record_updates", "_live", "_gone",
+                 "_suspicions", "_news", "_outbox", "_events", "_order", "_order_pos", "_seq", "_probe",
+                 "_relays", "_confirm_queue", "_suspicion_due", "_limit_for", "_limit_value", "_seeds",
+                 "_join_at", "_join_delay", "_next_probe", "_next_gossip", "_next_push_pull", "_next_reconnect",
+                 "_next_reap", "_timers_due", "_relay_due", "__dict__")
+
     def __init__(self, node_id: str, addr: str, meta: Meta, config: SwimConfig,
                  rng: RandomSource, now: float, incarnation: int = 0) -> None:
         self.id = node_id
@@ -137,6 +161,8 @@ class Swim:
         self._record_version = 0
         self._record_payload = b""
         self._rtt: dict[str, float] = {}
+        self._indirect_only: set[str] = set()
+        """Members whose last probe was answered only through a helper: our direct link to them is down."""
         self.track_records = False
         self._record_updates: list[tuple[str, int]] = []
         self._live = 1
@@ -165,6 +191,11 @@ class Swim:
         self._next_push_pull = now + rng.uniform(0.5, 1.0) * config.push_pull_period(1)
         self._next_reconnect = now + rng.uniform(0.5, 1.0) * config.reconnect_interval
         self._next_reap = now + config.left_reap_after / 4
+        self._timers_due = INF
+        """Earliest of the periodic timers above (probe, push/pull, reconnect, reap, join)."""
+        self._relay_due: float | None = INF
+        """Earliest relay deadline (None: recompute)."""
+        self._refresh_timers()
 
     # ------------------------------------------------------------ driver API
 
@@ -176,6 +207,7 @@ class Swim:
         self.joined = False
         self._join_at = now
         self._join_delay = self.config.join_retry_initial
+        self._refresh_timers()
 
     def leave(self, now: float) -> None:
         """Announce a graceful leave; the driver should flush the outbox before exiting."""
@@ -217,6 +249,7 @@ class Swim:
         self._order = list(self._members)
         self._order_pos = 0
         self._next_push_pull = now + self.rng.uniform(0.5, 1.0) * self.config.push_pull_period(self._live)
+        self._refresh_timers()
 
     def drain_record_updates(self) -> list[tuple[str, int]]:
         """(node, version) of records newly learned, if ``track_records`` is set (simulator)."""
@@ -228,6 +261,11 @@ class Swim:
 
     def member(self, node: str) -> Member | None:
         return self._view(node) if node in self._members else None
+
+    def unreachable(self) -> tuple[str, ...]:
+        """Alive members this node reaches only through helpers (the routing mesh relays to them)."""
+        return tuple(sorted(n for n in self._indirect_only
+                            if n in self._members and self._members[n].status in LIVE))
 
     def live_count(self) -> int:
         """Members alive or suspect, ourselves included (n in the config formulas)."""
@@ -242,45 +280,66 @@ class Swim:
         return out
 
     def next_deadline(self) -> float:
-        t = self._next_probe
+        """When ``tick`` next has work to do.
+
+        The driver asks after every message it hands us, so this only compares values
+        kept up to date where they change (the periodic timers' minimum, the probe's
+        next step, the earliest suspicion and relay deadlines).
+        """
+        t = self._timers_due
         probe = self._probe
-        if probe is not None and not probe.done:
-            t = min(t, min(probe.retry_at, probe.end) if probe.indirect else probe.ack_deadline)
-        if self._next_gossip < t and self._news.has_fresh:
+        if probe is not None and probe.due < t:
+            t = probe.due
+        if self._news.fresh and self._next_gossip < t:
             t = self._next_gossip
-        t = min(t, self._next_push_pull, self._next_reconnect, self._next_reap, self._join_at)
         if self._suspicions:
-            if self._suspicion_due is None:
-                self._suspicion_due = min(s.deadline for s in self._suspicions.values())
-            if self._suspicion_due < t:
-                t = self._suspicion_due
-        for relay in self._relays.values():
-            if relay[2] < t:
-                t = relay[2]
+            due = self._suspicion_due
+            if due is None:
+                due = self._earliest_suspicion()
+            if due < t:
+                t = due
+        if self._relays:
+            due = self._relay_due
+            if due is None:
+                self._relay_due = due = min(r[2] for r in self._relays.values())
+            if due < t:
+                t = due
         return t
+
+    def _earliest_suspicion(self) -> float:
+        due = self._suspicion_due
+        if due is None:
+            self._suspicion_due = due = min((s.deadline for s in self._suspicions.values()), default=INF)
+        return due
+
+    def _refresh_timers(self) -> None:
+        self._timers_due = min(self._next_probe, self._next_push_pull, self._next_reconnect, self._next_reap,
+                               self._join_at)
 
     # ------------------------------------------------------------ timers
 
     def tick(self, now: float) -> None:
         probe = self._probe
-        if probe is not None and not probe.done:
-            if not probe.indirect and now >= probe.ack_deadline:
+        if probe is not None and now >= probe.due:
+            if not probe.indirect:
                 self._start_indirect(now, probe)
-            if probe.indirect and now >= probe.retry_at:
+            if now >= probe.retry_at:
                 probe.retries -= 1
                 probe.retry_at = probe.retry_at + (probe.end - probe.ack_deadline) / DIRECT_RETRIES \
                     if probe.retries > 0 else INF
                 self._send(probe.addr, Ping(probe.seq, self.id, self.addr, probe.target, ()))
-            if probe.indirect and now >= probe.end:
+            if now >= probe.end:
                 self._probe_failed(now, probe)
+            else:
+                probe.due = min(probe.retry_at, probe.end)
         if now >= self._next_probe:
             self._start_probe(now)
-        if self._suspicions:
+        if self._suspicions and now >= self._earliest_suspicion():
             for node in [n for n, s in self._suspicions.items() if now >= s.deadline]:
                 self._suspicion_expired(now, node)
         if self._relays:
             self._tick_relays(now)
-        if now >= self._next_gossip and self._news.has_fresh:
+        if now >= self._next_gossip and self._news.fresh:
             self._gossip(now)
         if now >= self._join_at:
             self._join_retry(now)
@@ -293,6 +352,7 @@ class Swim:
         if now >= self._next_reap:
             self._next_reap = now + self.config.left_reap_after / 4
             self._reap(now)
+        self._refresh_timers()
 
     def _start_probe(self, now: float) -> None:
         scale = 1 + self.health
@@ -327,6 +387,9 @@ class Swim:
             probe.end = now + wait
             probe.ack_deadline = now
             probe.retry_at = now + wait / DIRECT_RETRIES
+            # The next probe waits for this one's verdict: starting it would drop this probe
+            # unjudged, and a dead member would never be suspected.
+            self._next_probe = max(self._next_probe, probe.end)
         # More direct tries, now and spread over the helpers' time (memberlist's TCP fallback
         # plays this role): a lost ping or ack should not make a healthy member suspect.
         self._send(probe.addr, Ping(probe.seq, self.id, self.addr, probe.target, ()))
@@ -338,7 +401,7 @@ class Swim:
                        PingReq(probe.seq, self.id, self.addr, probe.target, probe.addr, self._piggyback()))
 
     def _probe_failed(self, now: float, probe: _Probe) -> None:
-        probe.done = True
+        probe.finish()
         probe.failed = True
         self._count("probe_failures")
         if self.config.lifeguard:
@@ -362,6 +425,7 @@ class Swim:
         self._on_dead(now, Dead(node, state.incarnation, self.id, False))
 
     def _tick_relays(self, now: float) -> None:
+        self._relay_due = None
         for seq in [s for s, r in self._relays.items() if now >= r[2]]:
             origin_addr, origin_seq, deadline, nack_pending, expires = self._relays[seq]
             if nack_pending:
@@ -422,6 +486,7 @@ class Swim:
                 self._since.pop(node, None)
                 self._records.pop(node, None)
                 self._rtt.pop(node, None)
+                self._indirect_only.discard(node)
                 self._count("reaped")
 
     # ------------------------------------------------------------ receiving
@@ -429,7 +494,8 @@ class Swim:
     def receive(self, now: float, msg: Any) -> None:
         kind = type(msg)
         if kind is Ping:
-            self._absorb(now, msg.news)
+            if msg.news:
+                self._absorb(now, msg.news)
             if msg.target != self.id:
                 self._count("misdirected")
                 return
@@ -437,10 +503,12 @@ class Swim:
                 return
             self._send(msg.source_addr, Ack(msg.seq, self.id, self._piggyback()))
         elif kind is Ack:
-            self._absorb(now, msg.news)
+            if msg.news:
+                self._absorb(now, msg.news)
             self._on_ack(now, msg)
         elif kind is PingReq:
-            self._absorb(now, msg.news)
+            if msg.news:
+                self._absorb(now, msg.news)
             self._on_ping_req(now, msg)
         elif kind is Nack:
             probe = self._probe
@@ -463,16 +531,20 @@ class Swim:
                 probe.failed = False
                 self._adjust_health(1)
             if not probe.done:
-                probe.done = True
+                probe.finish()
                 if self.config.lifeguard:
                     self._adjust_health(-1)
-                if msg.source == probe.target:  # a direct answer, not one relayed by a helper
+                if msg.source != probe.target:  # relayed by a helper: only indirect probes got through
+                    self._indirect_only.add(probe.target)
+                else:
+                    self._indirect_only.discard(probe.target)
                     sample = now - probe.sent
                     old = self._rtt.get(probe.target)
                     self._rtt[probe.target] = sample if old is None else old + RTT_WEIGHT * (sample - old)
             return
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:
+            self._relay_due = None
             self._send(relay[0], Ack(relay[1], self.id, self._piggyback()))
 
     def _on_ping_req(self, now: float, msg: PingReq) -> None:
@@ -483,8 +555,10 @@ class Swim:
         expires = now + self.config.probe_interval * scale
         nack_at = now + NACK_FRACTION * self.config.probe_timeout * scale
         want_nack = self.config.lifeguard
-        self._relays[self._seq] = [msg.source_addr, msg.seq, nack_at if want_nack else expires,
-                                   want_nack, expires]
+        self._relays[self._seq] = relay = [msg.source_addr, msg.seq, nack_at if want_nack else expires,
+                                           want_nack, expires]
+        if self._relay_due is not None and relay[2] < self._relay_due:
+            self._relay_due = relay[2]
         self._send(msg.target_addr, Ping(self._seq, self.id, self.addr, msg.target, self._piggyback()))
 
     def _on_push_pull(self, now: float, msg: PushPull) -> None:
@@ -497,6 +571,7 @@ class Swim:
             if not self.joined:
                 self.joined = True
                 self._join_at = INF
+                self._refresh_timers()
         else:
             self._send(msg.source_addr, self._push_pull_msg(False, True), bulk=True)
 
@@ -512,16 +587,47 @@ class Swim:
             self._on_suspect(now, Suspect(state.node, state.incarnation, source))
 
     def _absorb(self, now: float, news: tuple) -> None:
+        """Apply piggybacked news.
+
+        Every item is sent retransmit_limit times (20 in a 10,000-member cluster), mostly
+        to members that have it already, so news that cannot change our view (older or
+        equal incarnation or record version) is recognised here, in one dictionary
+        lookup.  Whatever is left, including all news about ourselves, goes to the
+        handlers, which check everything.
+        """
+        members = self._members
+        gone = self._gone
+        suspicions = self._suspicions
+        me = self.id
         for item in news:
             kind = type(item)
+            node = item.node
+            if kind is Record:
+                cur = self._records.get(node)
+                if cur is None or item.version > cur.version or node == me:
+                    self._on_record(now, item)
+                continue
+            if kind is not Alive and item.incarnation < MAX_INCARNATION:
+                # Suspicions and deaths mostly repeat what we hold: members we hold gone
+                # ignore them, members we suspect count them as confirmations.  Both are
+                # small dictionaries; the member table need not be touched.
+                if node in gone:
+                    continue
+                suspicion = suspicions.get(node)
+                if suspicion is not None and kind is Suspect and item.incarnation == suspicion.incarnation:
+                    if not suspicion.full and item.by not in suspicion.confirmers:
+                        self._confirm(suspicion, item)
+                    continue
+            cur = members.get(node)
+            if cur is not None and node != me and item.incarnation <= cur.incarnation:
+                if item.incarnation < cur.incarnation or kind is Alive or cur.status in GONE:
+                    continue
             if kind is Alive:
                 self._on_alive(now, item)
             elif kind is Suspect:
                 self._on_suspect(now, item)
-            elif kind is Dead:
-                self._on_dead(now, item)
             else:
-                self._on_record(now, item)
+                self._on_dead(now, item)
 
     def _on_alive(self, now: float, news: Alive) -> None:
         if news.incarnation >= MAX_INCARNATION:
@@ -551,7 +657,7 @@ class Swim:
             self._rumour_about_me(now, news.incarnation)
             return None
         cur = self._members.get(news.node)
-        if cur is None or news.incarnation < cur.incarnation or cur.status in (DEAD, LEFT):
+        if cur is None or news.incarnation < cur.incarnation or cur.status in GONE:
             return None
         return cur
 
@@ -562,9 +668,8 @@ class Swim:
         node = news.node
         if cur.status == SUSPECT:
             suspicion = self._suspicions.get(node)
-            if suspicion is not None and news.incarnation == suspicion.incarnation and suspicion.confirm(news.by):
-                self._suspicion_due = None
-                self._news.put((node, "m"), news)
+            if suspicion is not None:
+                self._confirm(suspicion, news)
             return
         low, high = self.config.suspicion_bounds(self._live)
         if news.by != self.id and self.config.lifeguard:
@@ -574,6 +679,14 @@ class Swim:
                                            self.config.expected_confirmations(self._live), news.by)
         self._set(now, MemberState(node, cur.addr, news.incarnation, SUSPECT, cur.meta), news.by)
         self._news.put((node, "m"), news)
+
+    def _confirm(self, suspicion: Suspicion, news: Suspect) -> None:
+        """Someone else suspects a member we suspect: if independent, it shortens our timeout
+        (Lifeguard) and is passed on."""
+        if news.incarnation == suspicion.incarnation and suspicion.confirm(news.by):
+            if self._suspicion_due is not None and suspicion.deadline < self._suspicion_due:
+                self._suspicion_due = suspicion.deadline  # only ever earlier: still the minimum
+            self._news.put((news.node, "m"), news)
 
     def _on_dead(self, now: float, news: Dead) -> None:
         cur = self._accusation_target(now, news)
@@ -708,8 +821,10 @@ class Swim:
             return []
         chosen: list[str] = []
         window = self.config.gossip_to_dead
+        draw = self.rng.randrange
+        size = len(pool)
         for _ in range(4 * k + 8):
-            node = pool[self.rng.randrange(len(pool))]
+            node = pool[draw(size)]
             if node == self.id or node == exclude or node in chosen:
                 continue
             state = members.get(node)
@@ -723,7 +838,7 @@ class Swim:
         return chosen
 
     def _piggyback(self, first=None) -> tuple:
-        if not self._news and first is None:
+        if first is None and not self._news.queued:
             return ()
         return tuple(self._news.take(self.config.piggyback_bytes, self._limit(), first))
 
@@ -738,7 +853,7 @@ class Swim:
                         tuple(self._records.values()))
 
     def _send(self, addr: str, msg: Any, bulk: bool = False) -> None:
-        self._outbox.append(Outgoing(addr, msg, bulk))
+        self._outbox.append(_new_outgoing(Outgoing, (addr, msg, bulk)))  # = Outgoing(addr, msg, bulk)
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping, Protocol
 
 # The service spec's health check is exactly what the runtime runs: one type, one validation.
-from p2pswarm.cluster.spec import HealthCheck  # noqa: F401  (re-exported)
+from p2pswarm.cluster.spec import HealthCheck, PortSpec  # noqa: F401  (re-exported)
 
 TASK_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 """Task ids name a directory under ``<data-dir>/tasks/``: no slashes, no leading dot."""
@@ -37,6 +37,9 @@ class TaskSpec:
     health: HealthCheck | None = None
     stop_grace: float = 10.0
     """Seconds between SIGTERM and SIGKILL when the task is stopped."""
+    publish: tuple[PortSpec, ...] = ()
+    """The service's published ports; the i-th with a dynamic target is served on the
+    task's i-th dynamic port (see :func:`published_ports`)."""
 
     def __post_init__(self) -> None:
         if not TASK_ID.fullmatch(self.task_id):
@@ -45,6 +48,24 @@ class TaskSpec:
             raise ValueError("ports and stop_grace must not be negative")
         if self.health is not None and self.health.kind != "exec" and self.ports < 1:
             raise ValueError(f"a {self.health.kind} health check needs a port")
+        if sum(1 for p in self.publish if p.target is None) > self.ports:
+            raise ValueError("each published port with a dynamic target needs a dynamic port")
+
+
+def dynamic_ports_needed(publish: tuple[PortSpec, ...]) -> int:
+    """Dynamic ports a task needs: one per published port with a dynamic target, at least one."""
+    return max(1, sum(1 for p in publish if p.target is None))
+
+
+def published_ports(publish: tuple[PortSpec, ...], ports: tuple[int, ...]) -> list[tuple[int, int, bool]]:
+    """``(published, task port, proxy protocol)`` per published port, given the run's dynamic ports."""
+    dynamic = iter(ports)
+    out = []
+    for p in publish:
+        port = p.target if p.target is not None else next(dynamic, None)
+        if port is not None:
+            out.append((p.published, port, p.proxy_protocol))
+    return out
 
 
 def port_env(ports: tuple[int, ...]) -> dict[str, str]:

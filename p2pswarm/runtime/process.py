@@ -46,15 +46,20 @@ class ProcessConfig:
     (a process that left the group may hold them open forever)."""
     leftover_grace: float = 2.0
     """Seconds between SIGTERM and SIGKILL for leftovers of a previous node life."""
+    task_host: str | None = None
+    """The node's own address, given to tasks as ``P2PSWARM_HOST``: where they should listen
+    so that other nodes' meshes reach them (several nodes may share a machine)."""
 
 
-def task_env(spec: TaskSpec, ports: tuple[int, ...]) -> dict[str, str]:
+def task_env(spec: TaskSpec, ports: tuple[int, ...], host: str | None = None) -> dict[str, str]:
     """The node's environment without its own ``P2PSWARM_*`` variables, then the spec's,
-    then the task identity and ports (which a spec cannot override)."""
+    then the task identity, the node's address and ports (which a spec cannot override)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("P2PSWARM_")}
     env.update(spec.env)
     env.update(P2PSWARM_TASK_ID=spec.task_id, P2PSWARM_SERVICE=spec.service,
                P2PSWARM_SLOT=str(spec.slot), P2PSWARM_NODE=spec.node_id)
+    if host:
+        env["P2PSWARM_HOST"] = host
     env.update(port_env(ports))
     return env
 
@@ -141,7 +146,7 @@ class ProcessRuntime:
         try:
             transport, _ = await asyncio.get_running_loop().subprocess_exec(
                 lambda: pipes, *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, env=task_env(spec, ports), cwd=spec.workdir,
+                stderr=subprocess.PIPE, env=task_env(spec, ports, self.config.task_host), cwd=spec.workdir,
                 start_new_session=True, preexec_fn=procfs.die_with_parent_hook())
         except OSError as exc:
             for stream in logs.values():

@@ -115,6 +115,20 @@ class LocalCluster:
         self.pids.add(node.proc.pid)
         return node
 
+    def start_group(self, n: int, timeout: float = 60) -> list[LocalNode]:
+        """Nodes 0..n-1, joined through node 0, once all n are in its Raft group (voters and learners)."""
+        first = self.start(0)
+        wait_until(first.info, 30, "the first node's API")
+        nodes = [first] + [self.start(i, (first.addr,)) for i in range(1, n)]
+
+        def in_group() -> bool:
+            try:
+                return all(len(node.api.get("/v1/cluster")["members"]) == n for node in nodes)
+            except Exception:  # not up yet, or no Raft driver yet
+                return False
+        wait_until(in_group, timeout, f"all {n} nodes in the Raft group (voters and learners)")
+        return nodes
+
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(self.command(*args), capture_output=True, text=True, cwd=REPO, env=cli_env(),
                               timeout=timeout, stdin=subprocess.DEVNULL)

@@ -27,10 +27,15 @@ import logging
 import os
 import re
 import socket
+import sys
+import time
+
+from typing import Callable
 
 import zmq
 import zmq.asyncio
 
+from p2pswarm.security.keys import CurveKeys
 from p2pswarm.transport.base import TransportError
 from p2pswarm.wire import MAX_MESSAGE_BYTES
 
@@ -56,6 +61,13 @@ _IPV4ISH_RE = re.compile(r"[0-9.]+")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _MAX_ADDR_LEN = 300
+REFUSED_RETRY_S = 1.0
+"""After a peer refused our key at the handshake, a new connection is tried at most this often."""
+CURVE_OVERHEAD = 256
+"""Slack on ZMQ_MAXMSGSIZE under CURVE: libzmq checks the size of the encrypted frame (payload + box
+header, nonce and MAC); the exact limit is then applied to the decrypted message in recv."""
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+ZAP_DOMAIN = b"p2pswarm"
 
 
 def parse_addr(addr: object, *, allow_port_zero: bool = False) -> tuple[str, int] | None:
@@ -108,20 +120,130 @@ def _reason(err: zmq.ZMQError) -> str:
         return str(err).splitlines()[0]
 
 
-class _Peer:
-    """The PUSH sockets for one peer address, created on first use of each channel."""
+class ZapHandler:
+    """A ZAP (ZMTP authentication protocol, RFC 27) handler for one context, served on the event loop.
 
-    __slots__ = ("probe", "bulk")
+    Admits a CURVE client when ``authorize(key)`` is true and reports the key as
+    the connection's User-Id (hex), which every received frame carries.  Any
+    other mechanism, a malformed request or an exception in ``authorize`` is
+    refused.  ``on_result(admitted)`` is called for every decision.
+    """
+
+    def __init__(self, ctx: zmq.asyncio.Context, authorize: Callable[[bytes], bool],
+                 on_result: Callable[[bool], None] = lambda admitted: None) -> None:
+        self._authorize, self._on_result = authorize, on_result
+        self._sock = ctx.socket(zmq.REP)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind(ZAP_ENDPOINT)
+        self._task = asyncio.ensure_future(self._serve())
+
+    def _decide(self, frames: list) -> tuple[bytes, bytes]:
+        if len(frames) < 7 or frames[0] != b"1.0" or frames[5] != b"CURVE" or len(frames[6]) != 32:
+            return b"400", b""
+        key = bytes(frames[6])
+        try:
+            admitted = bool(self._authorize(key))
+        except Exception:
+            log.warning("the authorize callback failed; refusing the connection", exc_info=True)
+            admitted = False
+        return (b"200", key.hex().encode()) if admitted else (b"400", b"")
+
+    async def _serve(self) -> None:
+        while True:
+            try:
+                frames = await self._sock.recv_multipart()
+            except asyncio.CancelledError:
+                raise
+            except zmq.ZMQError:
+                return
+            status, user = self._decide(frames)
+            self._on_result(status == b"200")
+            request_id = frames[1] if len(frames) > 1 else b""
+            try:
+                await self._sock.send_multipart([b"1.0", request_id, status, b"OK" if user else b"denied", user, b""])
+            except zmq.ZMQError:
+                return
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._sock.close(linger=0)
+
+
+def secure_server(sock: zmq.Socket, keys: CurveKeys) -> None:
+    """Make ``sock`` a CURVE server that needs a ZAP handler's consent (before bind)."""
+    sock.setsockopt(zmq.CURVE_SERVER, 1)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+    sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+    sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+
+
+def secure_client(sock: zmq.Socket, keys: CurveKeys, server_key: bytes) -> None:
+    """Make ``sock`` a CURVE client of the server whose public key is ``server_key`` (before connect)."""
+    sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+
+
+def frame_key(frame: zmq.Frame) -> bytes | None:
+    """The CURVE key a received frame came from (our ZAP handler's User-Id), or None."""
+    try:
+        user = frame.get("User-Id")
+        return bytes.fromhex(user) if user else None
+    except (zmq.ZMQError, ValueError, TypeError):
+        return None
+
+
+_REFUSED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+class _Peer:
+    """The PUSH sockets for one peer address, created on first use of each channel.
+
+    Under CURVE each socket also has a monitor (an inproc PAIR) that reports a
+    failed handshake: libzmq never reconnects a socket whose handshake the server
+    refused (a protocol error ends the session), so the transport replaces it.
+    """
+
+    __slots__ = ("probe", "bulk", "key", "monitors", "retry_at")
 
     def __init__(self) -> None:
         self.probe: zmq.Socket | None = None
         self.bulk: zmq.Socket | None = None
+        self.key: bytes | None = None
+        self.monitors: dict[bool, zmq.Socket] = {}
+        self.retry_at = 0.0
+
+    def refused(self, bulk: bool) -> bool:
+        """True if the channel's handshake failed since we last looked (reads the pending monitor events)."""
+        mon = self.monitors.get(bulk)
+        failed = False
+        try:
+            while mon is not None and mon.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                event = mon.recv_multipart(zmq.NOBLOCK)[0]
+                if int.from_bytes(event[:2], sys.byteorder) & _REFUSED_EVENTS:
+                    failed = True
+        except zmq.ZMQError:
+            pass
+        return failed
+
+    def close_channel(self, bulk: bool) -> None:
+        sock = self.bulk if bulk else self.probe
+        if sock is not None:
+            sock.close(linger=0)
+        mon = self.monitors.pop(bulk, None)
+        if mon is not None:
+            mon.close(linger=0)
+        if bulk:
+            self.bulk = None
+        else:
+            self.probe = None
 
     def close(self) -> None:
-        for sock in (self.probe, self.bulk):
-            if sock is not None:
-                sock.close(linger=0)
-        self.probe = self.bulk = None
+        self.close_channel(False)
+        self.close_channel(True)
 
 
 class ZmqTransport:
@@ -136,11 +258,22 @@ class ZmqTransport:
         probe_hwm: int = 64,
         bulk_hwm: int = 16,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        curve: CurveKeys | None = None,
+        authorize: Callable[[bytes], bool] | None = None,
+        peer_key: Callable[[str], bytes | None] | None = None,
     ) -> None:
         for name, value in (("max_peers", max_peers), ("probe_hwm", probe_hwm),
                             ("bulk_hwm", bulk_hwm), ("max_message_bytes", max_message_bytes)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if curve is not None and (not isinstance(curve, CurveKeys) or authorize is None or peer_key is None):
+            raise ValueError("CURVE needs CurveKeys and both the authorize and peer_key callbacks")
+        self._curve = curve
+        self._authorize = authorize
+        self._peer_key = peer_key
+        self._zap: ZapHandler | None = None
+        self._user_keys: dict[str, bytes] = {}
+        self._monitors_made = 0
         self._bind = bind
         self._advertise = advertise
         self._local_addr = advertise or bind
@@ -155,6 +288,10 @@ class ZmqTransport:
         self._counts = dict.fromkeys(
             ("sent", "send_dropped", "received", "bad_address", "evicted", "oversized",
              "recv_dropped"), 0)
+        if curve is not None:
+            self._counts.update(dict.fromkeys(("admitted_connections", "refused_connections",
+                                               "unauthorized_dropped", "no_peer_key", "peer_key_changed",
+                                               "handshake_refused"), 0))
 
     @property
     def local_addr(self) -> str:
@@ -176,15 +313,22 @@ class ZmqTransport:
         host, port = parsed
         ip = await self._resolve_bind_host(host)
         ctx = zmq.asyncio.Context()
-        ctx.max_sockets = 2 * self._max_peers + 16
+        ctx.max_sockets = (6 if self._curve is not None else 2) * self._max_peers + 16  # + monitors
+        if self._curve is not None:
+            self._zap = ZapHandler(ctx, self._authorize, self._on_zap)  # type: ignore[arg-type]
         pull = ctx.socket(zmq.PULL)
         self._tune(pull)
-        pull.setsockopt(zmq.MAXMSGSIZE, self._max_bytes)
+        if self._curve is not None:
+            secure_server(pull, self._curve)
+        pull.setsockopt(zmq.MAXMSGSIZE, self._max_bytes + (CURVE_OVERHEAD if self._curve is not None else 0))
         pull.setsockopt(zmq.RCVHWM, self._probe_hwm)
         try:
             pull.bind(f"tcp://{f'[{ip}]' if ':' in ip else ip}:{port or '*'}")
         except zmq.ZMQError as err:
             pull.close(linger=0)
+            if self._zap is not None:
+                await self._zap.close()
+                self._zap = None
             ctx.term()
             raise TransportError(f"cannot bind {self._bind}: {_reason(err)}") from None
         self._ctx, self._pull = ctx, pull
@@ -193,6 +337,14 @@ class ZmqTransport:
             self._local_addr = format_addr(adv[0], adv[1] or real_port)
         else:
             self._local_addr = format_addr(host, real_port)
+
+    def _on_zap(self, admitted: bool) -> None:
+        self._counts["admitted_connections" if admitted else "refused_connections"] += 1
+
+    @property
+    def curve_public(self) -> bytes | None:
+        """This transport's CURVE public key (None without CURVE)."""
+        return self._curve.public if self._curve is not None else None
 
     async def _resolve_bind_host(self, host: str) -> str:
         """ZeroMQ binds only to IPs or interface names, so resolve a DNS name first."""
@@ -232,9 +384,26 @@ class ZmqTransport:
             self._counts["send_dropped"] += 1
             return False
         if not self._try_send(sock, data):
-            self._counts["send_dropped"] += 1
-            return False
+            # Under CURVE a full queue may mean that the peer refused our key: that socket has no
+            # connection and never gets one again, so replace it (the check costs nothing otherwise).
+            if self._curve is None or not self._replace_refused(addr, bulk):
+                self._counts["send_dropped"] += 1
+                return False
+            sock = self._socket_for(addr, bulk)
+            if sock is None or not self._try_send(sock, data):
+                self._counts["send_dropped"] += 1
+                return False
         self._counts["sent"] += 1
+        return True
+
+    def _replace_refused(self, addr: str, bulk: bool) -> bool:
+        """Close the channel to ``addr`` if its handshake was refused; True when it was."""
+        peer = self._peers.get(addr)
+        if peer is None or not peer.refused(bulk):
+            return False
+        peer.close_channel(bulk)
+        peer.retry_at = time.monotonic() + REFUSED_RETRY_S
+        self._counts["handshake_refused"] += 1
         return True
 
     @staticmethod
@@ -261,30 +430,45 @@ class ZmqTransport:
 
     def _socket_for(self, addr: str, bulk: bool) -> zmq.Socket | None:
         peer = self._peers.get(addr)
+        if peer is None and parse_addr(addr) is None:
+            self._counts["bad_address"] += 1
+            log.debug("dropping message to malformed address %r", addr)
+            return None
+        key = self._server_key(addr) if self._curve is not None else None
+        if self._curve is not None and key is None:
+            return None
         if peer is None:
-            parsed = parse_addr(addr)
-            if parsed is None:
-                self._counts["bad_address"] += 1
-                log.debug("dropping message to malformed address %r", addr)
-                return None
             if len(self._peers) >= self._max_peers:
                 _, old = self._peers.popitem(last=False)
                 old.close()
                 self._counts["evicted"] += 1
             peer = self._peers[addr] = _Peer()
+            peer.key = key
         else:
             self._peers.move_to_end(addr)
+            if peer.key != key:
+                peer.close()  # the node at this address has a new key: reconnect with it
+                self._counts["peer_key_changed"] += 1
+                peer.key = key
         sock = peer.bulk if bulk else peer.probe
         if sock is not None:
             return sock
+        if self._curve is not None and time.monotonic() < peer.retry_at:
+            return None  # refused recently (see _replace_refused): do not hammer the peer
         host, port = parse_addr(addr)  # type: ignore[misc]  # validated when the peer was added
         sock = zmq.Socket(self._ctx, zmq.PUSH)
         self._tune(sock)
         sock.setsockopt(zmq.SNDHWM, self._bulk_hwm if bulk else self._probe_hwm)
+        if self._curve is not None:
+            secure_client(sock, self._curve, key)  # type: ignore[arg-type]
+            peer.monitors[bulk] = self._monitor(sock)
         try:
             sock.connect(f"tcp://{format_addr(host, port)}")
         except zmq.ZMQError as err:
             sock.close(linger=0)
+            mon = peer.monitors.pop(bulk, None)
+            if mon is not None:
+                mon.close(linger=0)
             if peer.probe is None and peer.bulk is None:
                 del self._peers[addr]
             self._counts["bad_address"] += 1
@@ -296,7 +480,31 @@ class ZmqTransport:
             peer.probe = sock
         return sock
 
+    def _monitor(self, sock: zmq.Socket) -> zmq.Socket:
+        """A synchronous PAIR receiving ``sock``'s handshake-failure events (read without blocking)."""
+        self._monitors_made += 1
+        endpoint = f"inproc://p2pswarm-monitor-{id(self)}-{self._monitors_made}"
+        sock.monitor(endpoint, _REFUSED_EVENTS)
+        mon = zmq.Socket(self._ctx, zmq.PAIR)
+        mon.setsockopt(zmq.LINGER, 0)
+        mon.connect(endpoint)
+        return mon
+
+    def _server_key(self, addr: str) -> bytes | None:
+        """The CURVE server key for ``addr`` from the node's callback; None (counted) when it has none."""
+        try:
+            key = self._peer_key(addr)  # type: ignore[misc]
+        except Exception:
+            log.warning("the peer_key callback failed for %r", addr, exc_info=True)
+            key = None
+        if type(key) is not bytes or len(key) != 32:
+            self._counts["no_peer_key"] += 1
+            return None
+        return key
+
     async def recv(self) -> bytes:
+        if self._curve is not None:
+            return (await self.recv_with_key())[0]
         if self._pull is None or self._closed:
             raise TransportError("transport is not running")
         while True:
@@ -315,6 +523,60 @@ class ZmqTransport:
             self._counts["received"] += 1
             return parts[0]
 
+    async def recv_with_key(self) -> tuple[bytes, bytes | None]:
+        """The next message and the CURVE key it came from (None without CURVE).
+
+        With CURVE, a message whose key is no longer authorized (revoked or
+        expired since its connection was admitted) is dropped and counted as
+        ``unauthorized_dropped``; the node can then bind the message to the
+        sender's certificate (e.g. check that a message's claimed source is the
+        node that key belongs to).
+        """
+        if self._curve is None:
+            return await self.recv(), None
+        if self._pull is None or self._closed:
+            raise TransportError("transport is not running")
+        while True:
+            try:
+                frame = await self._pull.recv(copy=False)
+                bad = frame.more or len(frame) > self._max_bytes
+                while frame.more:  # we only ever send single frames: drop the whole message
+                    frame = await self._pull.recv(copy=False)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._closed and task is not None and not task.cancelling():
+                    raise TransportError("transport closed") from None
+                raise
+            except zmq.ZMQError as err:
+                raise TransportError(f"receive failed: {_reason(err)}") from None
+            if bad:
+                self._counts["recv_dropped"] += 1
+                continue
+            key = self._frame_key(frame)
+            try:
+                allowed = key is not None and bool(self._authorize(key))  # type: ignore[misc]
+            except Exception:
+                allowed = False
+            if not allowed:
+                self._counts["unauthorized_dropped"] += 1
+                continue
+            self._counts["received"] += 1
+            return frame.bytes, key
+
+    def _frame_key(self, frame: zmq.Frame) -> bytes | None:
+        try:
+            user = frame.get("User-Id")
+        except zmq.ZMQError:
+            return None
+        key = self._user_keys.get(user)
+        if key is None:
+            key = frame_key(frame)
+            if key is not None:
+                if len(self._user_keys) >= 4 * self._max_peers:
+                    self._user_keys.clear()
+                self._user_keys[user] = key
+        return key
+
     def stats(self) -> dict[str, int]:
         return {**self._counts, "peers_open": len(self._peers)}
 
@@ -327,5 +589,7 @@ class ZmqTransport:
         self._peers.clear()
         if self._pull is not None:
             self._pull.close(linger=0)
+        if self._zap is not None:
+            await self._zap.close()
         if self._ctx is not None:
             self._ctx.term()

@@ -36,7 +36,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
-    server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
+    # all interfaces: the node's own address (P2PSWARM_HOST, for other nodes' meshes) and 127.0.0.1
+    server = ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler)
     server.daemon_threads = True
 
     def on_term(signum, frame):

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import subprocess
 import sys
+import threading
 import urllib.request
 
 import pytest
 
-from p2pswarm.testing.localcluster import REPO, wait_until
+from p2pswarm.testing.localcluster import REPO, cli_env, wait_until
 
 APP = str(REPO / "tests" / "apps" / "http_server.py")
+LOG_LINE = re.compile(r"^(web\.\d+)\.(\S+)@(n\d) \| listening on (\d+)$", re.M)
 
 
 def pid_alive(pid: int) -> bool:
@@ -39,17 +43,7 @@ def task_pids():
 
 
 def start(cluster, n: int):
-    first = cluster.start(0)
-    wait_until(first.info, 30, "the first node's API")
-    nodes = [first] + [cluster.start(i, (first.addr,)) for i in range(1, n)]
-
-    def in_group():
-        try:
-            return all(len(node.api.get("/v1/cluster")["members"]) == n for node in nodes)
-        except Exception:
-            return False
-    wait_until(in_group, 60, f"all {n} nodes in the Raft group (voters and learners)")
-    return nodes
+    return cluster.start_group(n)
 
 
 def ok(result):
@@ -93,11 +87,23 @@ def one_line_error(result) -> str:
 def test_service_lifecycle_heals_scales_and_leaves_no_processes(cluster, task_pids):
     nodes = start(cluster, 5)
     dd0 = ("--data-dir", str(nodes[0].data_dir))
-    created = ok(cluster.cli("service", "create", "web", "--replicas", "6", *dd0, "--", sys.executable, APP,
-                             timeout=180))
-    assert "verify: service converged" in created.stderr and "6 out of 6 tasks running" in created.stderr
+    created = ok(cluster.cli("service", "create", "web", "--replicas", "6", "--update-monitor", "1s", *dd0, "--",
+                             sys.executable, APP, timeout=180))
+    progress = created.stderr.splitlines()  # not a terminal: one line per change
+    assert progress[0].startswith("overall progress: ") and "6/6: running" in progress, created.stderr
+    assert "overall progress: 6 out of 6 tasks" in progress and progress[-2:] == [
+        "verify: Waiting 1 seconds to verify that tasks are stable...", "verify: Service converged"], created.stderr
     rows = wait_until(lambda: running(cluster, nodes[0], 6), 60, "6 tasks running and answering HTTP")
     record_pids(cluster, rows, task_pids)
+
+    # logs of the tasks on every node, merged, through the one node the CLI talks to
+    def all_listening():
+        out = ok(cluster.cli("service", "logs", "web", *dd0))
+        return out if len(LOG_LINE.findall(out.stdout)) == 6 else None
+    logs = wait_until(all_listening, 30, "every task's 'listening' line in service logs")
+    found = LOG_LINE.findall(logs.stdout)
+    assert {(f"web.{r['slot']}", r["id"], r["node_name"], str(r["port"])) for r in rows} == set(found)
+    assert len({node for _, _, node, _ in found}) == 5 and "warning" not in logs.stderr
 
     # SIGKILL the node holding 2 of the 6 (6 tasks spread over 5 nodes: one node has 2);
     # the CLI then talks to another node
@@ -119,11 +125,31 @@ def test_service_lifecycle_heals_scales_and_leaves_no_processes(cluster, task_pi
     history = tasks(cluster, cli_node)
     gone = [r for r in history if r["node_name"] == victim_name and not r["current"]]
     assert len(gone) == 2, history
+    dead_node = ok(cluster.cli("service", "logs", "web", *dd))
+    assert f"warning: node {victim_name} is dead: the logs of its tasks are not available" in dead_node.stderr
+    assert len(LOG_LINE.findall(dead_node.stdout)) == 6  # the 4 old ones and the 2 replacements
 
-    ok(cluster.cli("service", "scale", "web=10", *dd, timeout=180))
-    rows = wait_until(lambda: running(cluster, cli_node, 10, avoid=victim_name), 60, "10 tasks running")
-    record_pids(cluster, rows, task_pids)
-    assert len({r["node_name"] for r in rows}) == 4  # spread over the 4 live nodes
+    # follow: once it has printed what is there, the lines of the tasks a scale-up starts appear;
+    # Ctrl-C ends it quietly
+    follower = subprocess.Popen(cluster.command("service", "logs", "web", "-f", *dd), stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, cwd=REPO, env=cli_env(),
+                                stdin=subprocess.DEVNULL)
+    cluster.pids.add(follower.pid)
+    followed: list[str] = []
+    threading.Thread(target=lambda: followed.extend(iter(follower.stdout.readline, "")), daemon=True).start()
+    try:
+        wait_until(lambda: len(LOG_LINE.findall("".join(followed))) >= 6, 30, "logs -f to print the 6 tasks' lines")
+        ok(cluster.cli("service", "scale", "web=10", *dd, timeout=180))
+        rows = wait_until(lambda: running(cluster, cli_node, 10, avoid=victim_name), 60, "10 tasks running")
+        record_pids(cluster, rows, task_pids)
+        wait_until(lambda: {t for _, t, _, _ in LOG_LINE.findall("".join(followed))} >= {r["id"] for r in rows},
+                   30, "every new task's line in logs -f")
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(timeout=30) == 0
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait(timeout=30)
     ok(cluster.cli("service", "scale", "web=3", "--detach", *dd))
     rows = wait_until(lambda: running(cluster, cli_node, 3), 60, "3 tasks running")
     keep = set()
@@ -147,8 +173,9 @@ def test_rolling_update_failed_update_rolls_back_and_drain_moves_tasks(cluster, 
     ok(cluster.cli("service", "create", "web", "--replicas", "4", "--detach", *dd, "--", sys.executable, APP))
     record_pids(cluster, wait_until(lambda: running(cluster, nodes[1], 4), 60, "4 tasks running"), task_pids)
 
-    ok(cluster.cli("service", "update", "web", "--update-parallelism", "2", "--env", "COLOUR=blue", *dd,
-                   timeout=180))
+    updated = ok(cluster.cli("service", "update", "web", "--update-parallelism", "2", "--update-monitor", "1s",
+                             "--env", "COLOUR=blue", *dd, timeout=180))
+    assert updated.stderr.splitlines()[-1] == "verify: Service converged", updated.stderr
     rows = wait_until(lambda: running(cluster, nodes[1], 4), 60, "4 updated tasks running")
     record_pids(cluster, rows, task_pids)
     assert {r["version"] for r in rows} == {2}

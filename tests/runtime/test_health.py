@@ -89,6 +89,11 @@ def test_exec_probe_passes_fails_and_times_out():
     assert not missing[0] and "p2pswarm-no-such-check" in missing[1]
 
 
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def test_http_monitor_against_the_test_server(tmp_path, pids):
     """The real thing: the test app under the process runtime, probed over HTTP."""
     rt = ProcessRuntime(tmp_path)
@@ -96,6 +101,7 @@ def test_http_monitor_against_the_test_server(tmp_path, pids):
     async def main():
         h = await rt.start(TaskSpec("t1", "web", 1, "n", (PY, app("http_server.py"))))
         pids.append(h.pid)
+        await aeventually(lambda: listening(h.ports[0]), what="the test server listening")
         seen: dict[str, list[tuple[str, str]]] = {"/health": [], "/missing": []}
         monitors = [asyncio.create_task(monitor(HealthCheck("http", path=path, interval=0.05, retries=2),
                                                 h.ports[0], lambda s, d, path=path: seen[path].append((s, d))))

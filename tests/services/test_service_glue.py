@@ -94,14 +94,17 @@ def test_registration_adds_gossiped_labels_and_capacity_once():
     assert sched._register(state, [m], 3.0) == []
 
 
-def test_assignments_map_the_spec_and_skip_ended_tasks():
+def test_assignments_map_the_spec_and_keep_ended_tasks_shut_down_for_their_logs():
     state = placed_state().cluster
     [a] = assignments(state, "node-a")
     assert a.spec.command == ("python", "app.py") and a.spec.env == {"A": "1"} and a.spec.health.kind == "http"
     assert a.restart.condition == "none" and a.desired == "running"
     tid = a.spec.task_id
     state.apply(cmd.report_task_status("r", 2.0, tid, "failed", node="node-a"), 1, 4)
-    assert assignments(state, "node-a") == [] and assignments(state, "node-b") == []
+    # the ended task stays assigned, never to run again, while the history keeps it
+    ended = [x for x in assignments(state, "node-a") if x.spec.task_id == tid]
+    assert [x.desired for x in ended] == ["shutdown"]
+    assert all(x.spec.task_id != tid for x in assignments(state, "node-b"))
 
 
 FLAGS = dict.fromkeys(

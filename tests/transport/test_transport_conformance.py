@@ -13,6 +13,7 @@ from typing import Awaitable, Callable
 
 import pytest
 
+from p2pswarm.security.keys import CurveKeys
 from p2pswarm.transport.base import TransportError
 from p2pswarm.transport.faults import FaultyTransport
 from p2pswarm.transport.memory import MemoryNetwork, MemoryTransport
@@ -21,8 +22,9 @@ from p2pswarm.wire import MAX_MESSAGE_BYTES
 
 pytestmark = pytest.mark.timeout(15)
 
-KINDS = ["zmq", "memory", "faulty-zmq"]
+KINDS = ["zmq", "memory", "faulty-zmq", "curve-zmq"]
 DEADLINE = 4.0
+STRANGER = CurveKeys.from_secret(bytes(range(32)))
 
 
 class Net:
@@ -38,10 +40,21 @@ class Net:
             t = MemoryTransport(self.memory, addr, **kw)
         elif self.kind == "zmq":
             t = ZmqTransport(addr, **kw)
+        elif self.kind == "curve-zmq":
+            # Every transport of the net is admitted and each address has its transport's key;
+            # an address of no transport gets a stranger's key (sends queue, as to a dead peer).
+            t = ZmqTransport(addr, curve=CurveKeys.from_secret(random.randbytes(32)), authorize=self.admitted,
+                             peer_key=self.key_of, **kw)
         else:
             t = FaultyTransport(ZmqTransport(addr, **kw), random.Random(1))
         self.made.append(t)
         return t
+
+    def admitted(self, key: bytes) -> bool:
+        return any(t.curve_public == key for t in self.made)
+
+    def key_of(self, addr: str) -> bytes:
+        return next((t.curve_public for t in self.made if t.local_addr == addr), STRANGER.public)
 
     async def new(self, addr: str = "127.0.0.1:0", **kw):
         t = self.make(addr, **kw)

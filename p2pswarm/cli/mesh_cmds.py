@@ -1,0 +1,38 @@
+"""`p2pswarm mesh ...`: what this node's routing mesh does with each published port, and why."""
+
+from __future__ import annotations
+
+import click
+
+from p2pswarm.api.client import ApiClient
+from p2pswarm.cli.node_cmds import _datadir, data_dir_option
+from p2pswarm.cli.output import table, to_json
+
+
+@click.group()
+def mesh():
+    """The routing mesh: every node serves every published port."""
+
+
+@mesh.command("routes")
+@click.argument("port", type=click.IntRange(1, 65535), required=False)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@data_dir_option
+def routes(port, fmt, data_dir):
+    """Show where this node sends connections to each published port (or PORT only)."""
+    view = ApiClient(_datadir(data_dir)).get("/v1/mesh")
+    rows = [r for r in view.get("routes", []) if port is None or r["port"] == port]
+    errors = {int(p): e for p, e in view.get("bind_errors", {}).items() if port is None or int(p) == port}
+    if fmt == "json":
+        click.echo(to_json({"routes": rows, "bind_errors": errors, "running": view.get("running", False),
+                            "relay_port": view.get("relay_port")}))
+        return 0
+    if not rows and not errors:
+        click.echo("no published ports" + (f" on {port}" if port else ""))
+        return 0
+    click.echo(table(["PORT", "SERVICE", "TASK", "NODE", "BACKEND", "ROUTE", "WHY"],
+                     [[r["port"], r["service"], r["task"], r["node_name"], r["addr"], r["route"], r["why"]]
+                      for r in sorted(rows, key=lambda r: (r["port"], r["route"] == "excluded", r["task"]))]))
+    for p, message in sorted(errors.items()):
+        click.echo(f"port {p}: not served on this node: {message}", err=True)
+    return 0

@@ -1,0 +1,2 @@
+"""The routing mesh: every node accepts connections on every published port and forwards
+them to a healthy replica (see docs/architecture.md, "Routing mesh")."""

@@ -1,0 +1,177 @@
+"""The routing mesh's route table, built from gossip alone (pure).
+
+Every node runs this whenever membership or a task digest changes, never per
+connection. Inputs are what SWIM already knows: which members are alive, the
+round-trip time to each, which members this node cannot reach directly (its direct
+probes fail while indirect ones get through), and each member's gossiped facts
+(:mod:`p2pswarm.raftfacts`): its task digest, its relay port and the members *it*
+cannot reach directly. Nothing here reads Raft, so the mesh keeps working while
+Raft has no quorum.
+
+Backends are running tasks whose digest record names published ports (``m``), on
+members that are alive (a suspect drops out at once), and healthy when the task has a
+health check. A task that is stopping is left out, which drains it: no new
+connections, while open ones continue in the data plane.
+
+**Relays.** The links are a networkx graph: one vertex per alive member, an edge for
+every pair that has not reported the other unreachable, weighted by round-trip time
+(this node's measurement for its own edges; for other edges, the median of this
+node's measurements, since others' RTTs are not gossiped). When this node cannot
+reach a backend's member directly, the shortest path decides the relay: its first
+hop. Relays forward straight to the backend, so only two-hop paths are used; a
+backend reachable only over longer paths is reported unreachable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from statistics import median
+from typing import Any, Iterable, Mapping
+
+import networkx as nx
+
+from p2pswarm.mesh.routes import DEFAULT_LIMITS, RTT_FLOOR
+
+
+
+@dataclass(frozen=True)
+class Peer:
+    """What the table needs of one member (built by the driver from SWIM and gossiped facts)."""
+    node: str
+    name: str
+    host: str
+    status: str
+    rtt: float | None = None
+    relay_port: int = 0
+    unreachable: frozenset[str] = frozenset()
+    """Members this peer reports it cannot reach directly."""
+    tasks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """The peer's task digest records, by task id (untrusted: checked here)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One backend of a published port as this node sees it, with the reason for its route."""
+    port: int
+    service: str
+    task: str
+    node: str
+    node_name: str
+    addr: str
+    route: str
+    """``local``, ``direct``, ``via <relay name>``, or ``excluded``."""
+    why: str
+
+
+def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
+          blocked_hosts: Iterable[str] = (), limits: Mapping[str, Any] | None = None,
+          version: int = 0) -> tuple[dict[str, Any], list[Route]]:
+    """The data plane's table (see :mod:`p2pswarm.mesh.dataplane`) and every route's explanation."""
+    peers = {p.node: p for p in peers}
+    own = peers.get(me)
+    host = own.host if own is not None else "127.0.0.1"
+    graph = link_graph(me, peers, frozenset(unreachable))
+    relay_for: dict[str, str | None] = {}
+    ports: dict[int, dict[str, Any]] = {}
+    routes: list[Route] = []
+    relay_allow: set[str] = set()
+    for peer in sorted(peers.values(), key=lambda p: p.node):
+        if peer.status not in ("alive", "suspect"):
+            continue  # a dead member's last digest is history, not a backend
+        for task, published, target, proxy, service, reason in _served(peer):
+            addr = f"{peer.host}:{target}"
+            entry = ports.setdefault(published, {"port": published, "service": service,
+                                                 "proxy_protocol": proxy, "backends": []})
+            if reason:
+                routes.append(Route(published, service, task, peer.node, peer.name, addr, "excluded", reason))
+                continue
+            backend: dict[str, Any] = {"task": task, "node": peer.node, "addr": addr, "local": peer.node == me,
+                                       "rtt": None if peer.node == me else peer.rtt, "via": None}
+            if peer.node == me:
+                route, why = "local", "replica on this node"
+            elif peer.node not in graph.adj.get(me, {}):
+                if peer.node not in relay_for:
+                    relays = {n for n, p in peers.items() if p.relay_port}
+                    relay_for[peer.node] = relay_of(graph, me, peer.node, relays)
+                relay = relay_for[peer.node]
+                if relay is None:
+                    routes.append(Route(published, service, task, peer.node, peer.name, addr, "excluded",
+                                        "no direct link and no relay reaches its node"))
+                    continue
+                backend["via"] = f"{peers[relay].host}:{peers[relay].relay_port}"
+                route, why = f"via {peers[relay].name}", "direct link down; relay has a direct link"
+            else:
+                rtt = "rtt unknown" if peer.rtt is None else f"rtt {peer.rtt * 1000:.2f} ms"
+                route, why = "direct", rtt
+            if peer.node in graph.adj.get(me, {}) or peer.node == me:
+                relay_allow.add(addr)
+            entry["backends"].append(backend)
+            routes.append(Route(published, service, task, peer.node, peer.name, addr, route, why))
+    table = {"version": version, "host": host, "relay_port": own.relay_port if own is not None else 0,
+             "relay_allow": sorted(relay_allow), "blocked_hosts": sorted(set(blocked_hosts)),
+             "ports": [ports[p] for p in sorted(ports)], "limits": dict(limits or DEFAULT_LIMITS)}
+    return table, routes
+
+
+def link_graph(me: str, peers: Mapping[str, Peer], unreachable: frozenset[str]) -> nx.Graph:
+    """Alive members and the direct links between them, weighted by round-trip time."""
+    alive = [p for p in peers.values() if p.status == "alive"]
+    measured = [p.rtt for p in alive if p.node != me and p.rtt is not None]
+    default = median(measured) if measured else RTT_FLOOR
+    graph = nx.Graph()
+    graph.add_nodes_from(p.node for p in alive)
+    down = {frozenset((me, other)) for other in unreachable}
+    for p in alive:
+        down.update(frozenset((p.node, other)) for other in p.unreachable)
+    for i, a in enumerate(alive):
+        for b in alive[i + 1:]:
+            if frozenset((a.node, b.node)) in down:
+                continue
+            if me in (a.node, b.node):
+                other = b if a.node == me else a
+                weight = other.rtt if other.rtt is not None else default
+            else:
+                weight = default
+            graph.add_edge(a.node, b.node, weight=weight + RTT_FLOOR)
+    return graph
+
+
+def relay_of(graph: nx.Graph, me: str, target: str, relays: set[str]) -> str | None:
+    """The first hop of the shortest path to ``target`` through members that run a relay
+    (``relays``), when that path has exactly one relay."""
+    if me not in graph or target not in graph:
+        return None
+    usable = graph.subgraph((relays & set(graph)) | {me, target})
+    try:
+        path = nx.shortest_path(usable, me, target, weight="weight")
+    except nx.NetworkXNoPath:
+        return None
+    return path[1] if len(path) == 3 else None
+
+
+ENDED = frozenset({"complete", "failed", "shutdown"})
+"""Task states that are history: not listed at all, not even as excluded."""
+
+
+def _served(peer: Peer):
+    """(task, published, task port, proxy protocol, service, exclusion reason or "") per published port."""
+    for task, rec in sorted(peer.tasks.items()):
+        mesh = rec.get("m")
+        if not isinstance(mesh, list) or rec.get("s") in ENDED:
+            continue
+        service = rec.get("n") if isinstance(rec.get("n"), str) else task
+        reason = _exclusion(peer, rec)
+        for item in mesh:
+            if (isinstance(item, list) and len(item) == 3 and all(type(v) is int for v in item[:2])
+                    and 0 < item[0] < 65536 and 0 < item[1] < 65536):
+                yield task, item[0], item[1], bool(item[2]), service, reason
+
+
+def _exclusion(peer: Peer, rec: Mapping[str, Any]) -> str:
+    if peer.status != "alive":
+        return f"node {peer.status}"
+    if rec.get("s") != "running":
+        return "stopping: draining" if rec.get("s") == "stopping" else f"task {rec.get('s')}"
+    if rec.get("h") not in (None, "healthy"):
+        return f"health {rec.get('h')}"
+    return ""

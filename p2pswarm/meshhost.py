@@ -1,0 +1,157 @@
+"""Drives the routing mesh from the node: builds route tables from gossip, feeds the data plane.
+
+The data plane (:mod:`p2pswarm.mesh.dataplane`) runs in its own process so that
+forwarding traffic never delays a SWIM ack on the node's loop. This host, on the
+node's loop, rebuilds the route table (:func:`p2pswarm.mesh.table.build`, pure) when
+what it depends on changes — members and their status, task digests, the links this
+node cannot use directly, injected faults — and at least every ``REFRESH`` seconds so
+that round-trip times stay current, then pushes the whole table to the data plane.
+The data plane starts with the first table that has a published port.
+
+It also gossips this node's relay port and the members it cannot reach directly
+(through the Raft driver's facts record), which other nodes need to choose relays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any, Callable, Protocol
+
+from p2pswarm.mesh.routes import DEFAULT_LIMITS
+from p2pswarm.mesh.table import Peer, Route, build
+from p2pswarm.raftfacts import decode_facts
+from p2pswarm.transport.zmq import parse_addr
+
+log = logging.getLogger("p2pswarm.mesh")
+
+REFRESH = 5.0
+"""Seconds between table rebuilds when nothing changed (RTTs drift)."""
+
+
+class DataPlaneLike(Protocol):
+    async def start(self) -> None: ...
+    def push(self, table: dict[str, Any]) -> None: ...
+    def latest_status(self) -> dict[str, Any] | None: ...
+    async def close(self) -> None: ...
+
+
+def default_data_plane() -> DataPlaneLike:
+    from p2pswarm.mesh.control import DataPlane
+    return DataPlane()
+
+
+def pick_relay_port(host: str, swim_port: int) -> int:
+    """The SWIM port + 2 when it is free on ``host`` (+1 is the join endpoint; easy to firewall), else any free port;
+    0 (no relay: other nodes will not route through this one) when ``host`` is not ours."""
+    for port in (swim_port + 2 if 0 < swim_port < 65534 else 0, 0):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    log.warning("no TCP port free on %s for the mesh relay: this node will not relay", host)
+    return 0
+
+
+class MeshHost:
+    def __init__(self, node_id: str, swim: Any, transport: Any, raft_host: Any, *,
+                 relay_port: int, unreachable: Callable[[], tuple[str, ...]],
+                 data_plane_factory: Callable[[], DataPlaneLike] = default_data_plane,
+                 limits: dict[str, Any] | None = None) -> None:
+        self.node_id, self.swim, self.transport, self.raft_host = node_id, swim, transport, raft_host
+        self.relay_port = relay_port
+        self.limits = dict(limits or DEFAULT_LIMITS)
+        self._unreachable = unreachable
+        self._factory = data_plane_factory
+        self.data_plane: DataPlaneLike | None = None
+        self._starting: asyncio.Task | None = None
+        self._key: Any = None
+        self._built_at = float("-inf")
+        self.version = 0
+        self.table: dict[str, Any] | None = None
+        self.routes: list[Route] = []
+
+    # ------------------------------------------------------------ the node loop calls these
+
+    def step(self, now: float) -> None:
+        """Rebuild and push the table if its inputs changed (cheap to call every loop turn)."""
+        unreachable = tuple(sorted(self._unreachable()))
+        driver = self.raft_host.driver if self.raft_host is not None else None
+        if driver is not None:
+            driver.publish_mesh(self.relay_port, unreachable)
+        faults = self.transport.describe() if hasattr(self.transport, "describe") else {}
+        key = (tuple((m.node, m.status, m.record_version) for m in self.swim.members()), unreachable,
+               repr(faults))
+        if key == self._key and now < self._built_at + REFRESH:
+            return
+        self._key, self._built_at = key, now
+        self.version += 1
+        self.table, self.routes = build(self.node_id, self.peers(), unreachable=unreachable,
+                                        blocked_hosts=self.blocked_hosts(faults), limits=self.limits,
+                                        version=self.version)
+        if self.data_plane is None and self._starting is None and self.table["ports"]:
+            self._starting = asyncio.ensure_future(self._start())
+        elif self.data_plane is not None:
+            self.data_plane.push(self.table)
+
+    async def _start(self) -> None:
+        plane = self._factory()
+        try:
+            await plane.start()
+        except Exception as exc:
+            log.error("cannot start the mesh data plane: %s", exc)
+            self._starting = None
+            return
+        self.data_plane = plane
+        log.info("mesh data plane started; relay on port %d", self.relay_port)
+        if self.table is not None:
+            plane.push(self.table)
+
+    async def close(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            await asyncio.gather(self._starting, return_exceptions=True)
+        if self.data_plane is not None:
+            await self.data_plane.close()
+            self.data_plane = None
+
+    # ------------------------------------------------------------ inputs
+
+    def peers(self) -> list[Peer]:
+        out = []
+        for m in self.swim.members():
+            parsed = parse_addr(m.addr)
+            if parsed is None:
+                continue
+            facts = decode_facts(m.record) if m.record else None
+            tasks = facts.digest[1] if facts is not None and facts.digest is not None else {}
+            relay_port, unreachable = facts.mesh if facts is not None and facts.mesh is not None else (0, ())
+            if m.node == self.node_id:
+                relay_port, unreachable = self.relay_port, ()
+            out.append(Peer(m.node, m.meta.name, parsed[0], m.status, m.rtt, relay_port,
+                            frozenset(unreachable), tasks))
+        return out
+
+    def blocked_hosts(self, faults: dict[str, Any]) -> list[str]:
+        """Hosts injected faults cut this node off from: the data plane must not reach them directly."""
+        if faults.get("isolated"):
+            me = parse_addr(self.transport.local_addr)
+            return sorted({p.host for p in self.peers()} - {me[0] if me else ""})
+        return sorted({parsed[0] for addr in faults.get("cut", ()) if (parsed := parse_addr(addr))})
+
+    # ------------------------------------------------------------ views
+
+    def status(self) -> dict[str, Any]:
+        plane = self.data_plane.latest_status() if self.data_plane is not None else None
+        return {"running": self.data_plane is not None, "relay_port": self.relay_port,
+                "table_version": self.version, "data_plane": plane or {}}
+
+    def metrics(self) -> dict[str, int]:
+        plane = self.data_plane.latest_status() if self.data_plane is not None else None
+        totals = (plane or {}).get("total", {})
+        out = {k: int(v) for k, v in totals.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        out["bind_errors"] = len((plane or {}).get("bind_errors", {}))
+        return out

@@ -1,0 +1,507 @@
+#!/usr/bin/env python3
+"""Routing-mesh data plane against a direct connection and HAProxy (real load generator).
+
+Needs Debian's wrk, nginx, haproxy and curl (``apt-get install -y wrk nginx haproxy curl``).
+Everything listens on 127.0.6.x; every process started here is stopped by pid at the end.
+
+Cases (small HTTP requests, nginx serving a 64-byte file, 1 nginx worker):
+
+* ``direct``      wrk → nginx
+* ``mesh_local``  wrk → data plane A (replica on A's node, ``local``) → nginx
+* ``mesh_remote`` wrk → data plane B → nginx as a *remote* replica (another loopback address,
+  ``local: false``): the hop every request to another node's replica takes. One proxy process.
+* ``mesh_relay``  wrk → data plane B → A's relay listener → nginx (B's link to the replica's
+  host is cut, so the route goes ``via`` A): two data-plane processes chained, the re-routing path.
+* ``haproxy``     wrk → HAProxy (mode tcp, ``nbthread 1`` like our one-process data plane,
+  ``option splice-auto``) → nginx; ``haproxy_mt`` is the same with HAProxy's default threads.
+
+Each case runs wrk three ways: keep-alive (``-c CONNS``), a new connection per request
+(``Connection: close``), and one connection (``-c 1``) for unloaded latency, from which
+``added_p50_ms`` = mesh_local − direct is taken (with 32 connections p50 is mostly queueing,
+reported as ``*_p50_ms_loaded``). Cases are interleaved and repeated ``--rounds`` times;
+figures are medians. Bulk: median MB/s of curl downloading a 100 MB file, ``--transfers``
+times each, interleaved, through the mesh and through HAProxy with splicing.
+
+``--compare`` instead measures the implementation choices (asyncio streams, the Protocol API
+on asyncio and on uvloop, splice for everything, and the shipped data plane).
+
+The last line printed is the JSON result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from p2pswarm.mesh.control import FrameDecoder, encode_frame  # noqa: E402
+
+NGINX = "127.0.6.2"
+HAPROXY = "127.0.6.3"
+DP_A = "127.0.6.11"
+DP_B = "127.0.6.12"
+BARE = "127.0.6.20"
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout} s")
+
+
+class Procs:
+    """Every process this benchmark starts, stopped by pid."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, cmd: list[str], **kw) -> subprocess.Popen:
+        p = subprocess.Popen(cmd, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self, p: subprocess.Popen) -> None:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(3)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self) -> None:
+        for p in list(self.procs):
+            self.stop(p)
+
+
+class DataPlaneProc:
+    """A data-plane child fed over its stdin, status frames read by a thread."""
+
+    def __init__(self, procs: Procs, args: list[str]) -> None:
+        self.p = procs.start([sys.executable, "-m", "p2pswarm.mesh.dataplane", *args],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+        self.status: dict | None = None
+        self.cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        dec = FrameDecoder()
+        while data := os.read(self.p.stdout.fileno(), 65536):
+            for f in dec.feed(data):
+                with self.cond:
+                    self.status = f.get("status")
+                    self.cond.notify_all()
+
+    def push(self, table: dict) -> dict:
+        self.p.stdin.write(encode_frame({"table": table}))
+        self.p.stdin.flush()
+        want = table["version"]
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.status and self.status.get("version") == want, 10):
+                raise RuntimeError("data plane did not apply its table")
+            st = self.status
+        if st.get("bind_errors") or st.get("table_error"):
+            raise RuntimeError(f"data plane: {st.get('bind_errors') or st.get('table_error')}")
+        return st
+
+
+def start_nginx(procs: Procs, tmp: Path, port: int, bulk_mb: int) -> None:
+    www = tmp / "www"
+    www.mkdir()
+    (www / "small.txt").write_bytes(b"x" * 63 + b"\n")
+    with open(www / "big.bin", "wb") as f:
+        chunk = os.urandom(1 << 20)
+        for _ in range(bulk_mb):
+            f.write(chunk)
+    for p in (tmp, www):
+        os.chmod(p, 0o755)
+    for p in www.iterdir():
+        os.chmod(p, 0o644)
+    conf = tmp / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx.err warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 10000000;
+  keepalive_timeout 120;
+  client_body_temp_path {tmp}/nginx-body;
+  proxy_temp_path {tmp}/nginx-proxy;
+  fastcgi_temp_path {tmp}/nginx-fastcgi;
+  uwsgi_temp_path {tmp}/nginx-uwsgi;
+  scgi_temp_path {tmp}/nginx-scgi;
+  server {{
+    listen {NGINX}:{port} reuseport backlog=4096;
+    root {www};
+  }}
+}}
+""")
+    procs.start(["nginx", "-c", str(conf), "-p", str(tmp)], stderr=subprocess.DEVNULL)
+    wait_listening(NGINX, port)
+
+
+def start_haproxy(procs: Procs, tmp: Path, name: str, listen: tuple[str, int], backend: tuple[str, int],
+                  nbthread: int | None, splice: str = "option splice-auto", tune: str = "") -> int:
+    """HAProxy as the same L4 balancer; returns its pid."""
+    conf = tmp / f"{name}.cfg"
+    threads = f"  nbthread {nbthread}\n" if nbthread else ""
+    conf.write_text(f"""global
+  maxconn 4096
+{threads}{tune}
+defaults
+  mode tcp
+  {splice}
+  timeout connect 1s
+  timeout client 300s
+  timeout server 300s
+
+frontend fe
+  bind {listen[0]}:{listen[1]}
+  default_backend be
+
+backend be
+  server s1 {backend[0]}:{backend[1]}
+""")
+    p = procs.start(["haproxy", "-f", str(conf), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(*listen)
+    return p.pid
+
+
+_WRK_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
+_WRK_PCT = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+_WRK_ERR = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+_WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+_UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, conns: int, seconds: float, close: bool) -> dict:
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{int(round(seconds))}s", "--latency", "--timeout", "5s"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=seconds + 30).stdout
+    m = _WRK_RPS.search(out)
+    if not m:
+        raise RuntimeError(f"wrk printed no Requests/sec for {url}:\n{out}")
+    pct = {p: float(v) * _UNIT[u] for p, v, u in _WRK_PCT.findall(out)}
+    err = _WRK_ERR.search(out)
+    non2xx = _WRK_NON2XX.search(out)
+    errors = (sum(map(int, err.groups())) if err else 0) + (int(non2xx.group(1)) if non2xx else 0)
+    return {"rps": float(m.group(1)), "p50_ms": pct.get("50"), "p99_ms": pct.get("99"), "errors": errors}
+
+
+def curl_mbps(url: str) -> float:
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{time_total}", url],
+                         capture_output=True, text=True, timeout=120).stdout.split()
+    size, secs = int(out[0]), float(out[1])
+    if size < 1 << 20:
+        raise RuntimeError(f"curl got {size} bytes from {url}")
+    return size / secs / 1e6
+
+
+def med(xs: list[float]) -> float:
+    return round(statistics.median(xs), 3) if xs else float("nan")
+
+
+def run_cases(cases: dict[str, str], rounds: int, seconds: float, conns: int,
+              modes: tuple[str, ...] = ("keepalive", "newconn", "latency")) -> dict[str, dict[str, dict]]:
+    """{case: {mode: {rps, p50_ms, p99_ms, errors}}} as medians over rounds (cases interleaved)."""
+    raw: dict[str, dict[str, list[dict]]] = {c: {m: [] for m in modes} for c in cases}
+    for r in range(rounds):
+        order = list(cases) if r % 2 == 0 else list(reversed(cases))
+        for mode in modes:
+            for case in order:
+                if mode == "keepalive":
+                    res = wrk(cases[case], conns, seconds, close=False)
+                elif mode == "newconn":
+                    res = wrk(cases[case], conns, seconds, close=True)
+                else:
+                    res = wrk(cases[case], 1, max(2.0, seconds / 2), close=False)
+                raw[case][mode].append(res)
+                print(f"  round {r + 1} {mode:9} {case:12} {res['rps']:>10.0f} rps  p50 {res['p50_ms']} ms"
+                      f"  p99 {res['p99_ms']} ms  errors {res['errors']}", file=sys.stderr, flush=True)
+    out: dict[str, dict[str, dict]] = {}
+    for case, per in raw.items():
+        out[case] = {}
+        for mode, runs in per.items():
+            out[case][mode] = {"rps": med([x["rps"] for x in runs]),
+                               "p50_ms": med([x["p50_ms"] for x in runs if x["p50_ms"] is not None]),
+                               "p99_ms": med([x["p99_ms"] for x in runs if x["p99_ms"] is not None]),
+                               "errors": sum(x["errors"] for x in runs)}
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_bulk(cases: dict[str, str], transfers: int, pids: dict[str, list[int]] | None = None,
+             mb: int = 100) -> dict[str, dict[str, float]]:
+    """{case: {"mbps": median MB/s, "cpu_s_per_gb": proxy CPU seconds per GB moved}}."""
+    speeds: dict[str, list[float]] = {c: [] for c in cases}
+    cpu: dict[str, float] = {c: 0.0 for c in cases}
+    pids = pids or {}
+    for i in range(transfers):
+        for case in (cases if i % 2 == 0 else list(reversed(cases))):
+            before = sum(cpu_seconds(p) for p in pids.get(case, []))
+            speeds[case].append(curl_mbps(cases[case]))
+            cpu[case] += sum(cpu_seconds(p) for p in pids.get(case, [])) - before
+    out = {}
+    for case, xs in speeds.items():
+        per_gb = round(cpu[case] / (transfers * mb / 1000), 3) if pids.get(case) else None
+        out[case] = {"mbps": med(xs), "cpu_s_per_gb": per_gb}
+        print(f"  bulk {case:18} median {med(xs)} MB/s  proxy cpu {per_gb} s/GB"
+              f"  ({', '.join(f'{x:.0f}' for x in xs)})", file=sys.stderr, flush=True)
+    return out
+
+
+def backend_entry(task: str, port: int, local: bool, via: str | None = None) -> dict:
+    return {"task": task, "node": "n-nginx", "addr": f"{NGINX}:{port}", "local": local,
+            "rtt": None if local else 0.0002, "via": via}
+
+
+def dp_table(version: int, host: str, ports: list[dict], relay_port: int = 0, relay_allow=(),
+             blocked=()) -> dict:
+    return {"version": version, "host": host, "relay_port": relay_port, "relay_allow": list(relay_allow),
+            "blocked_hosts": list(blocked), "ports": ports,
+            "limits": {"max_conns": 4096, "connect_timeout": 1.0, "retries": 2, "idle_timeout": 300.0,
+                       "drain_grace": 10.0}}
+
+
+# -- the headline benchmark -------------------------------------------------------------------
+
+
+def bench(args: argparse.Namespace) -> dict:
+    procs = Procs()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-mesh-"))
+    try:
+        ngx = free_port(NGINX)
+        start_nginx(procs, tmp, ngx, args.bulk_mb)
+        ha1, ha2, ha3, ha4 = (free_port(HAPROXY) for _ in range(4))
+        start_haproxy(procs, tmp, "haproxy1", (HAPROXY, ha1), (NGINX, ngx), nbthread=1)
+        start_haproxy(procs, tmp, "haproxymt", (HAPROXY, ha2), (NGINX, ngx), nbthread=None)
+        forced = "option splice-request\n  option splice-response"
+        ha_splice = start_haproxy(procs, tmp, "haproxysplice", (HAPROXY, ha3), (NGINX, ngx), nbthread=1,
+                                  splice=forced)
+        ha_splice1m = start_haproxy(procs, tmp, "haproxysplice1m", (HAPROXY, ha4), (NGINX, ngx), nbthread=1,
+                                    splice=forced, tune="  tune.pipesize 1048576\n")
+        a_port, a_relay, b_remote, b_relay = free_port(DP_A), free_port(DP_A), free_port(DP_B), free_port(DP_B)
+        dpa = DataPlaneProc(procs, [])
+        dpb = DataPlaneProc(procs, [])
+        sta = dpa.push(dp_table(1, DP_A, [{"port": a_port, "service": "web", "proxy_protocol": False,
+                                           "backends": [backend_entry("t1", ngx, True)]}],
+                                relay_port=a_relay, relay_allow=[f"{NGINX}:{ngx}"]))
+        dpb.push(dp_table(1, DP_B, [
+            {"port": b_remote, "service": "web", "proxy_protocol": False,
+             "backends": [backend_entry("t1", ngx, False)]},
+            {"port": b_relay, "service": "web-relayed", "proxy_protocol": False,
+             "backends": [backend_entry("t1", ngx, False, via=f"{DP_A}:{a_relay}")]}]))
+        cases = {"direct": f"http://{NGINX}:{ngx}/small.txt",
+                 "mesh_local": f"http://{DP_A}:{a_port}/small.txt",
+                 "mesh_remote": f"http://{DP_B}:{b_remote}/small.txt",
+                 "mesh_relay": f"http://{DP_B}:{b_relay}/small.txt",
+                 "haproxy": f"http://{HAPROXY}:{ha1}/small.txt",
+                 "haproxy_mt": f"http://{HAPROXY}:{ha2}/small.txt"}
+        for url in cases.values():  # every path answers before measuring
+            subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True, timeout=10)
+        print(f"data plane loop: {sta.get('loop')}", file=sys.stderr)
+        small = run_cases(cases, args.rounds, args.seconds, args.conns)
+        bulk = run_bulk({"direct": f"http://{NGINX}:{ngx}/big.bin",
+                         "mesh": f"http://{DP_A}:{a_port}/big.bin",
+                         "haproxy_splice": f"http://{HAPROXY}:{ha3}/big.bin",
+                         "haproxy_splice_pipe1m": f"http://{HAPROXY}:{ha4}/big.bin"}, args.transfers,
+                        pids={"mesh": [dpa.p.pid], "haproxy_splice": [ha_splice],
+                              "haproxy_splice_pipe1m": [ha_splice1m]}, mb=args.bulk_mb)
+        time.sleep(1.5)  # one more status tick after the last transfer
+        status = dpa.status or {}
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def g(case: str, mode: str, key: str = "rps") -> float:
+        return small[case][mode][key]
+
+    result = {
+        "bench": "mesh", "loop": sta.get("loop"), "haproxy_nbthread": 1, "haproxy_options": "mode tcp, splice-auto",
+        "wrk": f"-t1 -c{args.conns} -d{int(args.seconds)}s (latency: -t1 -c1 -d{int(max(2, args.seconds / 2))}s)", "rounds": args.rounds,
+        "direct_rps": g("direct", "keepalive"), "mesh_local_rps": g("mesh_local", "keepalive"),
+        "mesh_remote_rps": g("mesh_remote", "keepalive"), "mesh_relay_rps": g("mesh_relay", "keepalive"),
+        "haproxy_rps": g("haproxy", "keepalive"), "haproxy_mt_rps": g("haproxy_mt", "keepalive"),
+        "direct_newconn_rps": g("direct", "newconn"), "mesh_local_newconn_rps": g("mesh_local", "newconn"),
+        "mesh_remote_newconn_rps": g("mesh_remote", "newconn"),
+        "mesh_relay_newconn_rps": g("mesh_relay", "newconn"),
+        "haproxy_newconn_rps": g("haproxy", "newconn"), "haproxy_mt_newconn_rps": g("haproxy_mt", "newconn"),
+        "ratio_vs_haproxy": round(g("mesh_local", "keepalive") / g("haproxy", "keepalive"), 3),
+        "ratio_vs_haproxy_newconn": round(g("mesh_local", "newconn") / g("haproxy", "newconn"), 3),
+        "ratio_vs_haproxy_mt": round(g("mesh_local", "keepalive") / g("haproxy_mt", "keepalive"), 3),
+        "ratio_vs_haproxy_mt_newconn": round(g("mesh_local", "newconn") / g("haproxy_mt", "newconn"), 3),
+        "added_p50_ms": round(g("mesh_local", "latency", "p50_ms") - g("direct", "latency", "p50_ms"), 3),
+        "added_p50_ms_remote": round(g("mesh_remote", "latency", "p50_ms") - g("direct", "latency", "p50_ms"), 3),
+        "added_p50_ms_relay": round(g("mesh_relay", "latency", "p50_ms") - g("direct", "latency", "p50_ms"), 3),
+        "added_p50_ms_haproxy": round(g("haproxy", "latency", "p50_ms") - g("direct", "latency", "p50_ms"), 3),
+        "added_p50_ms_loaded": round(g("mesh_local", "keepalive", "p50_ms") - g("direct", "keepalive", "p50_ms"), 3),
+        "bulk_mb": args.bulk_mb, "bulk_transfers": args.transfers,
+        "bulk_haproxy": "nbthread 1, option splice-request + splice-response (forced), default tune.pipesize",
+        "bulk_direct_mbps": bulk["direct"]["mbps"], "bulk_mesh_mbps": bulk["mesh"]["mbps"],
+        "bulk_haproxy_splice_mbps": bulk["haproxy_splice"]["mbps"],
+        "bulk_haproxy_splice_pipe1m_mbps": bulk["haproxy_splice_pipe1m"]["mbps"],
+        "bulk_ratio_vs_haproxy_splice": round(bulk["mesh"]["mbps"] / bulk["haproxy_splice"]["mbps"], 3),
+        "bulk_ratio_vs_haproxy_splice_pipe1m": round(bulk["mesh"]["mbps"] / bulk["haproxy_splice_pipe1m"]["mbps"], 3),
+        "bulk_cpu_s_per_gb": {k: v["cpu_s_per_gb"] for k, v in bulk.items() if v["cpu_s_per_gb"] is not None},
+        "mesh_spliced_connections": (status.get("total") or {}).get("spliced"),
+        "errors": {c: {m: small[c][m]["errors"] for m in small[c]} for c in small},
+        "latency_ms": {c: {m: [small[c][m]["p50_ms"], small[c][m]["p99_ms"]] for m in small[c]} for c in small},
+    }
+    return result
+
+
+# -- the implementation comparison ------------------------------------------------------------
+
+
+def bare_streams(listen: str, backend: str, use_uvloop: bool) -> None:
+    """A minimal asyncio-streams TCP proxy (the baseline the data plane was chosen against)."""
+    lh, lp = listen.rsplit(":", 1)
+    bh, bp = backend.rsplit(":", 1)
+
+    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while data := await r.read(262144):
+                w.write(data)
+                await w.drain()
+            w.write_eof()
+        except OSError:
+            pass
+
+    async def handle(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        try:
+            br, bw = await asyncio.open_connection(bh, int(bp))
+        except OSError:
+            cw.close()
+            return
+        await asyncio.gather(pipe(cr, bw), pipe(br, cw))
+        cw.close()
+        bw.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, lh, int(lp), backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    if use_uvloop:
+        import uvloop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(main())
+
+
+def compare(args: argparse.Namespace) -> dict:
+    procs = Procs()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-mesh-cmp-"))
+    try:
+        ngx = free_port(NGINX)
+        start_nginx(procs, tmp, ngx, args.bulk_mb)
+        ha = free_port(HAPROXY)
+        pids = {"haproxy": [start_haproxy(procs, tmp, "haproxy1", (HAPROXY, ha), (NGINX, ngx), nbthread=1,
+                                          splice="option splice-request\n  option splice-response")]}
+        urls: dict[str, str] = {"haproxy": f"http://{HAPROXY}:{ha}"}
+        for name, uv in (("streams_asyncio", False), ("streams_uvloop", True)):
+            port = free_port(BARE)
+            cmd = [sys.executable, __file__, "--bare-streams", f"{BARE}:{port}", f"{NGINX}:{ngx}"]
+            pids[name] = [procs.start(cmd + (["--uvloop"] if uv else []), stderr=subprocess.DEVNULL).pid]
+            wait_listening(BARE, port)
+            urls[name] = f"http://{BARE}:{port}"
+        variants = {"protocol_asyncio": ["--loop", "asyncio", "--splice-after", "-1"],
+                    "protocol_uvloop": ["--loop", "uvloop", "--splice-after", "-1"],
+                    "splice_all_uvloop": ["--loop", "uvloop", "--splice-after", "0"],
+                    "dataplane": []}
+        for i, (name, dp_args) in enumerate(variants.items()):
+            host = f"127.0.6.{30 + i}"
+            port = free_port(host)
+            dp = DataPlaneProc(procs, dp_args)
+            pids[name] = [dp.p.pid]
+            dp.push(dp_table(1, host, [{"port": port, "service": "web", "proxy_protocol": False,
+                                        "backends": [backend_entry("t1", ngx, True)]}]))
+            urls[name] = f"http://{host}:{port}"
+        small = run_cases({k: v + "/small.txt" for k, v in urls.items()}, args.rounds, args.seconds, args.conns,
+                          modes=("keepalive", "newconn"))
+        bulk = run_bulk({k: v + "/big.bin" for k, v in urls.items()}, args.transfers, pids=pids, mb=args.bulk_mb)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    ha_k, ha_n = small["haproxy"]["keepalive"]["rps"], small["haproxy"]["newconn"]["rps"]
+    ha_b = bulk["haproxy"]["mbps"]
+    return {"bench": "mesh-compare", "wrk": f"-t1 -c{args.conns} -d{int(args.seconds)}s", "rounds": args.rounds,
+            "haproxy": "nbthread 1, mode tcp, splice-request + splice-response",
+            "variants": {k: {"keepalive_rps": small[k]["keepalive"]["rps"],
+                             "newconn_rps": small[k]["newconn"]["rps"],
+                             "bulk_mbps": bulk[k]["mbps"], "bulk_cpu_s_per_gb": bulk[k]["cpu_s_per_gb"],
+                             "ratio_keepalive": round(small[k]["keepalive"]["rps"] / ha_k, 3),
+                             "ratio_newconn": round(small[k]["newconn"]["rps"] / ha_n, 3),
+                             "ratio_bulk": round(bulk[k]["mbps"] / ha_b, 3),
+                             "errors": small[k]["keepalive"]["errors"] + small[k]["newconn"]["errors"]}
+                         for k in urls}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--conns", type=int, default=32)
+    ap.add_argument("--transfers", type=int, default=12)
+    ap.add_argument("--bulk-mb", type=int, default=100)
+    ap.add_argument("--compare", action="store_true", help="compare implementation choices instead")
+    ap.add_argument("--out", help="also write the JSON to this file")
+    ap.add_argument("--bare-streams", nargs=2, metavar=("LISTEN", "BACKEND"), help=argparse.SUPPRESS)
+    ap.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.bare_streams:
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        bare_streams(*args.bare_streams, args.uvloop)
+        return 0
+    for tool in ("wrk", "nginx", "haproxy", "curl"):
+        if shutil.which(tool) is None:
+            print(f"bench_mesh: {tool} is not installed; run: apt-get install -y wrk nginx haproxy curl",
+                  file=sys.stderr)
+            return 2
+    result = compare(args) if args.compare else bench(args)
+    line = json.dumps(result, sort_keys=False)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
