@@ -8,6 +8,10 @@ Layout of ``<data dir>`` (default ``$P2PSWARM_DATA_DIR``, else
     node.pid    the running node's pid (informational; the lock is the truth)
     api.sock    the local control API (unix socket, mode 0600)
     node.log    output of a node started with ``p2pswarm up --detach``
+    security/   (0700) a secure cluster's key material, every file mode 0600
+                (see :mod:`p2pswarm.security.host`): ``curve.key`` (this node's CURVE key
+                pair), ``cluster.key`` (the 32-byte cluster key), ``state`` (this node's
+                certificate, the trust bundle, known peers' certificates)
 
 Only :mod:`p2pswarm.node` and the CLI touch this; protocol cores never see disk.
 """
@@ -51,7 +55,10 @@ class DataDir:
         self.pid_path = self.path / "node.pid"
         self.api_sock = self.path / "api.sock"
         self.log_path = self.path / "node.log"
+        self.security_path = self.path / "security"
         self._lock_fd: int | None = None
+        self.loosened: list[str] = []
+        """Key files found readable by others (and tightened to 0600) by read_private."""
 
     def __str__(self) -> str:
         return str(self.path)
@@ -166,12 +173,61 @@ class DataDir:
     def save_state(self, state: dict[str, Any]) -> None:
         _atomic_write(self.node_json, json.dumps(state, sort_keys=True) + "\n")
 
+    # ------------------------------------------------------------ key material
 
-def _atomic_write(path: Path, content: str) -> None:
-    """Write via a temp file, fsync and rename: a crash leaves the old or the new file, never half."""
+    def write_private(self, name: str, data: bytes) -> None:
+        """Write ``security/<name>`` atomically with mode 0600 (the dir is 0700)."""
+        try:
+            self.security_path.mkdir(mode=0o700, exist_ok=True)
+            _atomic_write(self.security_path / name, data, mode=0o600)
+        except OSError as exc:
+            raise DataDirError(f"cannot write {self.security_path / name}: {exc.strerror or exc}; "
+                               f"check the data dir's permissions and free space") from None
+
+    def read_private(self, name: str) -> bytes | None:
+        """``security/<name>``, None when absent; an unreadable file is one line (DataDirError).
+
+        A file readable by others is tightened to 0600 (and said so in the log by the caller's
+        ``loose`` list): key material must not stay world-readable.
+        """
+        path = self.security_path / name
+        try:
+            data = path.read_bytes()
+            mode = path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise DataDirError(f"cannot read the key file {path}: {exc.strerror or exc}; the node refuses to "
+                               f"start without it (fix its permissions or restore it from a backup)") from None
+        if mode & 0o077:
+            try:
+                os.chmod(path, 0o600)
+            except OSError:
+                pass
+            self.loosened.append(str(path))
+        return data
+
+    def has_private(self, name: str) -> bool:
+        return (self.security_path / name).exists()
+
+
+def _atomic_write(path: Path, content: str | bytes, mode: int | None = None) -> None:
+    """Write via a temp file, fsync and rename: a crash leaves the old or the new file, never half.
+
+    With ``mode`` the temp file has exactly that mode before any byte is written (a 0600 file is
+    never readable by others, not even for a moment); without it the umask decides, as for open().
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(content)
-        fh.flush()
-        os.fsync(fh.fileno())
+    data = content.encode() if isinstance(content, str) else content
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666 if mode is None else mode)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask; 0600 must be 0600
+        with os.fdopen(fd, "wb", closefd=True) as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)

@@ -11,6 +11,13 @@ Raft runs beside SWIM on the same loop and transport: :mod:`p2pswarm.raftnode`
 decides which cluster and when, :mod:`p2pswarm.raftdriver` drives the core
 (its fsyncs run in a worker thread, so they never delay a SWIM ack). This module
 only routes Raft messages to it and shows its views.
+
+In a secure cluster (``NodeOptions.secure``, the CLI's default) the transport runs
+ZeroMQ CURVE and admits only keys with a valid certificate from the cluster CA
+(:mod:`p2pswarm.security.host` keeps the key material, the admission, the join
+endpoint and the security record); every received message must come from the node
+its sending key belongs to, and the join kinds (64-68) never enter through the
+gossip socket.
 """
 
 from __future__ import annotations
@@ -31,10 +38,12 @@ from typing import Any, Callable
 from p2pswarm import wire
 from p2pswarm.datadir import DataDir
 from p2pswarm.membership.config import preset
-from p2pswarm.membership.messages import STATUSES, Meta
+from p2pswarm.membership.messages import STATUSES, Meta, PushPull
 from p2pswarm.membership.swim import Swim
 from p2pswarm.consensus.messages import RAFT_MESSAGES
-from p2pswarm.raftnode import RaftHost
+from p2pswarm.raftnode import ClusterMismatch, RaftHost
+from p2pswarm.security import messages as _join_messages  # noqa: F401  (registers kinds 64-68, dropped here)
+from p2pswarm.security.errors import SecurityError
 from p2pswarm.transport.base import Transport
 
 log = logging.getLogger("p2pswarm.node")
@@ -60,11 +69,32 @@ class NodeOptions:
     """Seeds the core's rng; random by default. Fixed seeds are for reproducing a run."""
     relay_port: int = 0
     """TCP port of this node's mesh relay listener; 0 picks the SWIM port + 2 when free."""
+    secure: bool = False
+    """A secure cluster: CA, certificates, CURVE (``p2pswarm up`` sets it unless --insecure)."""
+    insecure: bool = False
+    """Plaintext chosen explicitly (``up --insecure``): refuse, with one line, to join a secure cluster."""
+    token: str | None = None
+    """The join token (``P2PS-1-...``) a secure node needs to join a cluster."""
 
 
-def zmq_transport(options: NodeOptions) -> Transport:
+SECURE_PROBE_INTERVAL = 2.0
+"""Seconds between an --insecure joiner's checks for a secure cluster at its peers' join endpoints."""
+SEED_KEYS_INTERVAL = 2.0
+"""Seconds between a restarted secure node's key requests and introductions to its seeds while it has not
+joined (a seed that restarted too may have lost our key)."""
+INTRODUCE_WINDOW = 30.0
+"""Seconds after a secure join (or restart) during which the node introduces itself to each member it sees."""
+INTRODUCE_PARALLEL = 16
+REFUSED_SCAN_INTERVAL = 0.5
+"""Seconds between scans for connections a peer refused (it did not know our key yet): they reconnect."""
+
+
+def zmq_transport(options: NodeOptions, security: Any = None) -> Transport:
     from p2pswarm.transport.zmq import ZmqTransport
-    return ZmqTransport(options.bind, options.advertise)
+    if security is None:
+        return ZmqTransport(options.bind, options.advertise)
+    return ZmqTransport(options.bind, options.advertise, curve=security.keys, authorize=security.authorize,
+                        peer_key=security.peer_key)
 
 
 def software_version() -> str:
@@ -126,6 +156,12 @@ class Node:
         self.mesh: Any = None
         self._scheduler_task: asyncio.Task | None = None
         self._fatal: Exception | None = None
+        self.security: Any = None
+        """The SecurityHost in a secure cluster, else None."""
+        self._meta: Meta | None = None
+        self._background: set[asyncio.Task] = set()
+        self._next_refused_scan = 0.0
+        self._introduced: set[str] = set()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -143,10 +179,13 @@ class Node:
             meta = Meta(name=self.name, labels=tuple(sorted(self.options.labels)), capacity=host_capacity(),
                         version=software_version(), started_ms=int(time.time() * 1000))
             check_meta(meta)
-            self.transport = FaultyTransport(self._transport_factory(self.options), random.Random(self.seed + 1))
+            self._prepare_security()
+            self.transport = FaultyTransport(self._make_transport(), random.Random(self.seed + 1))
             await self.transport.start()
             api = ApiServer(str(self.datadir.api_sock), Router(self))
             try:
+                meta = await self._start_security(meta)
+                self._meta = meta
                 now = self.clock()
                 self.swim = Swim(self.node_id, self.transport.local_addr, meta, self.config,
                                  random.Random(self.seed), now, incarnation=incarnation)
@@ -164,9 +203,14 @@ class Node:
             finally:
                 self._remove_signals()
                 await api.close()
+                for task in list(self._background):
+                    task.cancel()
+                await asyncio.gather(*self._background, return_exceptions=True)
                 await self._stop_services()
                 if self.raft is not None:
                     await self.raft.close()
+                if self.security is not None:
+                    await self.security.close()
                 await asyncio.sleep(FLUSH_GRACE)
                 await self.transport.close()
                 self.datadir.remove_pid()
@@ -229,13 +273,159 @@ class Node:
     def _start_cluster(self, now: float) -> None:
         assert self.swim is not None
         peers = self._peers()
+        sec = self.security
         if peers:
-            log.info("node %s (%s) at %s joining via %s (preset %s)", self.name, self.node_id, self.swim_addr,
-                     ", ".join(peers), self.options.preset)
-            self.swim.join(now, peers)
+            log.info("node %s (%s) at %s joining via %s (preset %s%s)", self.name, self.node_id, self.swim_addr,
+                     ", ".join(peers), self.options.preset, ", secure" if sec is not None else ", plaintext")
+            if sec is None:
+                self.swim.join(now, peers)
+                if self.options.insecure:
+                    self._spawn(self._refuse_secure_cluster(tuple(peers)))
+            else:
+                self.swim.joined = False  # until the handshake (or the seeds' keys) let the gossip join begin
+                self._spawn(self._secure_join(tuple(peers)) if sec.mode == "join"
+                            else self._secure_rejoin(tuple(peers)))
         else:
-            log.info("node %s (%s) at %s started a new cluster (preset %s)", self.name, self.node_id,
-                     self.swim_addr, self.options.preset)
+            log.info("node %s (%s) at %s started a new cluster (preset %s%s)", self.name, self.node_id,
+                     self.swim_addr, self.options.preset, ", secure" if sec is not None else ", plaintext")
+        if sec is not None and sec.token_created:
+            self._log_join_token()
+
+    # ------------------------------------------------------------ security
+
+    def _prepare_security(self) -> None:
+        """Decide secure create / join / restart (nothing is logged yet: a bind error must stay the only line)."""
+        from p2pswarm.security.host import SecurityHost, inspect
+        if self.options.insecure and inspect(self.datadir) == "member":
+            raise SecurityError(f"data dir {self.datadir.path} belongs to a secure cluster (it holds key material "
+                                f"in {self.datadir.security_path}); start it without --insecure", "secure_dir")
+        if not self.options.secure:
+            return
+        self.security = SecurityHost(self.datadir, self.node_id, self.name)
+        self.security.prepare(tuple(self._peers()), self.options.token)
+
+    def _make_transport(self) -> Transport:
+        if self.security is None:
+            return self._transport_factory(self.options)
+        if self._transport_factory is not zmq_transport:
+            raise ValueError("a secure node needs the ZeroMQ transport (CURVE)")
+        return zmq_transport(self.options, self.security)
+
+    async def _start_security(self, meta: Meta) -> Meta:
+        """Create the cluster's keys or load ours, then serve the join endpoint; the metadata with our certificate."""
+        sec = self.security
+        if sec is None:
+            return meta
+        for path in self.datadir.loosened:
+            log.warning("key file %s was readable by others: its mode is now 0600", path)
+        if sec.mode == "create":
+            sec.create(str(self.datadir.path / "raft"))
+            sec.token_created = True
+        if sec.mode == "restart":
+            sec.activate()
+            await sec.start_endpoint(self.options.bind, self.transport.local_addr)
+            meta = sec.meta(meta)
+        return meta
+
+    def _log_join_token(self) -> None:
+        try:
+            token = self.security.join_token()["token"]
+        except SecurityError:
+            return
+        log.info("created secure cluster %s; join token: %s", self.security.cluster_id, token)
+        log.info("add nodes with: p2pswarm up --peers %s --token %s", self.swim_addr, token)
+
+    def _spawn(self, coro: Any) -> None:
+        """A background task of the node; an exception in it is counted and logged, never lost."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.counters["handler_errors"] += 1
+            log.error("error in a background task (counted, node keeps running)", exc_info=task.exception())
+
+    async def _secure_join(self, peers: tuple[str, ...]) -> None:
+        """The join handshake (retried while nobody answers), then the gossip join with our certificate."""
+        sec = self.security
+
+        def on_attempt(attempt: int, why: str) -> None:
+            log.warning("%s; retrying join with backoff (attempt %d)", why, attempt)
+        try:
+            await sec.join(peers, on_attempt)
+            await sec.start_endpoint(self.options.bind, self.swim_addr)
+        except Exception as exc:  # one line: refused token, clock, join endpoint port in use...
+            self.fail(exc if isinstance(exc, SecurityError) else SecurityError(str(exc)))
+            return
+        self._meta = sec.meta(self._meta)
+        self.swim.update_meta(self.clock(), self._meta)
+        self._gossip_join(peers)
+        await self._introduce()
+
+    def _gossip_join(self, peers: tuple[str, ...]) -> None:
+        """Start SWIM's join; the loop sends the push/pull (and handles the reply) at its next step."""
+        self.swim.join(self.clock(), list(peers))
+        self._wake.set()
+
+    async def _secure_rejoin(self, peers: tuple[str, ...]) -> None:
+        """A restart with --peers: learn the seeds' keys we do not know, then join the gossip."""
+        sec = self.security
+        other = await sec.learn_keys(peers)
+        if other and not any(sec.peer_key(p) for p in peers):
+            self.fail(ClusterMismatch(
+                f"data dir {self.datadir.path} holds raft cluster {sec.cluster_id}, but the peer at {other[0]} is "
+                f"in another cluster (its CA is not this data dir's); use another --data-dir to join it (or move "
+                f"{self.datadir.path} away to leave the old cluster)"))
+            return
+        await asyncio.gather(*(sec.introduce(None, p) for p in peers))  # they may have forgotten our key
+        self.transport.drop_refused()
+        self._gossip_join(peers)
+        while not self.swim.joined and not self._stop_requested:
+            await asyncio.sleep(SEED_KEYS_INTERVAL)
+            if not self.swim.joined:  # a seed that was down, or restarted and forgot us: tell it again
+                await sec.learn_keys(peers)
+                if any(await asyncio.gather(*(sec.introduce(None, p) for p in peers))):
+                    self.transport.drop_refused()
+        await self._introduce()
+
+    async def _introduce(self) -> None:
+        """For INTRODUCE_WINDOW seconds, introduce ourselves to each member we see (so that it admits our key
+        before gossip tells it about us), then reconnect whatever those members had refused."""
+        deadline = self.clock() + INTRODUCE_WINDOW
+        while self.clock() < deadline and not self._stop_requested:
+            await self._introduce_to([(m.node, m.addr) for m in self.swim.members()
+                                      if m.status in ("alive", "suspect")])
+            await asyncio.sleep(0.1)
+
+    async def _introduce_to(self, members: list[tuple[str, str]]) -> None:
+        """Introduce ourselves to those of ``members`` (node, addr) we have not introduced ourselves to yet."""
+        todo = [(node, addr) for node, addr in members if node != self.node_id and node not in self._introduced]
+        if not todo:
+            return
+        self._introduced.update(node for node, _ in todo)
+        gate = asyncio.Semaphore(INTRODUCE_PARALLEL)
+
+        async def one(node: str, addr: str) -> bool:
+            async with gate:
+                return await self.security.introduce(node, addr)
+        if any(await asyncio.gather(*(one(node, addr) for node, addr in todo))):
+            self.transport.drop_refused()
+            self._wake.set()
+
+    async def _refuse_secure_cluster(self, peers: tuple[str, ...]) -> None:
+        """An --insecure joiner: a peer whose join endpoint answers is in a secure cluster; stop with one line."""
+        from p2pswarm.security.host import probe_secure
+        while not self.swim.joined:
+            peer = await probe_secure(peers)
+            if peer is not None:
+                self.fail(SecurityError(
+                    f"the cluster at {peer} is secure and does not accept plaintext (--insecure) members: join it "
+                    f"with --token P2PS-1-... (print it with `p2pswarm cluster join-token` on a member)",
+                    "secure_cluster"))
+                return
+            await asyncio.sleep(SECURE_PROBE_INTERVAL)
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -260,7 +450,7 @@ class Node:
     # ------------------------------------------------------------ the loop
 
     async def _loop(self) -> None:
-        recv = asyncio.ensure_future(self.transport.recv())
+        recv = asyncio.ensure_future(self.transport.recv_with_key())
         wake = asyncio.ensure_future(self._wake.wait())
         try:
             while True:
@@ -283,7 +473,7 @@ class Node:
                     self._on_recv(recv)
                     if recv.exception() is not None:
                         await asyncio.sleep(0.05)  # a failing transport must not spin the CPU either
-                    recv = asyncio.ensure_future(self.transport.recv())
+                    recv = asyncio.ensure_future(self.transport.recv_with_key())
                 if wake in done:
                     self._wake.clear()
                     wake = asyncio.ensure_future(self._wake.wait())
@@ -300,16 +490,36 @@ class Node:
             self.counters["recv_errors"] += 1
             log.warning("transport receive failed: %s", exc)
             return
+        data, key = fut.result()
+        sender = None
+        if self.security is not None:
+            sender = self.security.identity_of(key)
+            if sender is None:  # revoked or expired since the transport's own check
+                self.counters["unauthorized_dropped"] += 1
+                return
         try:
-            msg = wire.decode(fut.result())
+            msg = wire.decode(data)
         except wire.WireError as err:
             self.counters["wire_errors"] += 1
             log.debug("dropped a bad message: %s", err)
             return
+        if isinstance(msg, _join_messages.JOIN_MESSAGES):
+            self.counters["join_kind_dropped"] += 1  # the join endpoint's kinds never come in here
+            return
+        if sender is not None:
+            if getattr(msg, "source", None) != sender.node_id:
+                self.counters["source_mismatch"] += 1
+                log.debug("dropped %s claiming to be from %s, sent with the key of %s", type(msg).__name__,
+                          getattr(msg, "source", "?"), sender.node_id)
+                return
+            self._guard("security observe", self.security.observe, msg, sender)
         if isinstance(msg, RAFT_MESSAGES):
             if not self._guard("raft receive", self.raft.receive, msg):
                 self.counters["raft_not_started"] += 1
             return
+        if isinstance(msg, PushPull) and msg.reply and self.security is not None:
+            self._spawn(self._introduce_to([(m.node, m.addr) for m in msg.members
+                                            if m.status in ("alive", "suspect") and m.meta.cert]))
         logs = getattr(self, "logs", None)
         if logs is not None and isinstance(msg, logs.MESSAGES):
             self._guard("logs", logs.receive, msg)
@@ -328,6 +538,19 @@ class Node:
             self._guard("raft membership", self.raft.step, now)
         if self.mesh is not None:
             self._guard("mesh", self.mesh.step, now)
+        if self.security is not None:
+            self._guard("security", self._security_step, now)
+
+    def _security_step(self, now: float) -> None:
+        sec = self.security
+        sec.step(self.raft_driver(), self.swim)
+        if now >= self._next_refused_scan:
+            self._next_refused_scan = now + REFUSED_SCAN_INTERVAL
+            self.transport.drop_refused()
+        if sec.meta_changed and self._meta is not None:
+            sec.meta_changed = False
+            self._meta = sec.meta(self._meta)
+            self.swim.update_meta(now, self._meta)
 
     def _finished(self, now: float) -> bool:
         if self._force_stop:
@@ -409,8 +632,11 @@ class Node:
             "id": self.node_id, "name": self.name, "addr": self.swim_addr, "pid": os.getpid(),
             "data_dir": str(self.datadir.path), "preset": self.options.preset, "version": software_version(),
             "cluster_size": by_status["alive"] + by_status["suspect"], "members_by_status": by_status,
-            "peers": list(self.options.peers), "joined": self.swim.joined, "join_attempts": self.swim.join_attempts,
-            "leaving": self._stop_requested,
+            "peers": list(self.options.peers), "joined": self.swim.joined,
+            "join_attempts": max(self.swim.join_attempts, getattr(self.security, "join_attempts", 0)),
+            "leaving": self._stop_requested, "secure": self.security is not None,
+            "security": self.security.state if self.security is not None else "off",
+            "join_error": getattr(self.security, "last_error", None),
         }
 
     def member_views(self) -> list[dict[str, Any]]:
@@ -444,8 +670,17 @@ class Node:
         driver = self.raft_driver()
         return {"members_by_status": info["members_by_status"], "joined": info["joined"],
                 "swim": dict(self.swim.counters),
-                "transport": dict(self.transport.stats()), "node": dict(self.counters),
+                "transport": dict(self.transport.stats()),
+                "node": {**self.counters, **{f"security_{k}": v for k, v in self.security_stats().items()}},
                 "raft": driver.metrics() if driver is not None else {}}
+
+    def security_stats(self) -> dict[str, int]:
+        return self.security.stats() if self.security is not None else {}
+
+    def security_view(self) -> dict[str, Any]:
+        if self.security is None:
+            return {"secure": False, "state": "off"}
+        return self.security.view()
 
     def mesh_view(self) -> dict[str, Any]:
         if self.mesh is None:

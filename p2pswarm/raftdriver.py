@@ -48,7 +48,7 @@ from p2pswarm.consensus.messages import (MAX_BATCH_BYTES, MAX_ENTRIES, MAX_ENTRY
 from p2pswarm.consensus.raft import LEADER, ConfChangeRejected, Envelope, NotLeader, Raft, RaftError
 from p2pswarm.consensus.storage import FileStorage, StorageError
 from p2pswarm.raftfacts import Facts, decode_facts
-from p2pswarm.statemachine import StateMachines, encode_cluster
+from p2pswarm.statemachine import StateMachines, encode_cluster, encode_security
 
 log = logging.getLogger("p2pswarm.raft")
 
@@ -119,7 +119,7 @@ class RaftDriver:
         self.storage = FileStorage(raft_dir, cluster_id)
         stored = self.storage.load()
         self.sm = StateMachines()
-        self.kv, self.cluster = self.sm.kv, self.sm.cluster
+        self.kv, self.cluster, self.security = self.sm.kv, self.sm.cluster, self.sm.security
         self.applied = 0
         self.digest: tuple[int, dict] | None = None
         self.mesh: tuple[int, tuple[str, ...]] | None = None
@@ -368,6 +368,13 @@ class RaftDriver:
         if self.failed is not None:
             raise RaftUnavailable(self.failed)
         return await self._propose(command["id"], encode_cluster(command), timeout)
+
+    async def write_security(self, command: dict, timeout: float | None = None) -> Any:
+        """Commit and apply one security-record command (:mod:`p2pswarm.security.record`); returns its
+        ``Result``.  Re-submissions are harmless: a repeated command changes nothing the second time."""
+        if self.failed is not None:
+            raise RaftUnavailable(self.failed)
+        return await self._propose(command["id"], encode_security(command), timeout)
 
     async def _propose(self, key: Any, data: bytes, timeout: float | None) -> Any:
         if len(data) > MAX_ENTRY_BYTES:

@@ -3,9 +3,12 @@
 Each log entry names its machine.  KV commands keep their original form (a msgpack
 array ``[client, seq, op, key, ...]``), so logs written before the cluster state
 existed apply unchanged; a cluster command is the msgpack map
-``{"sm": "cluster", "cmd": {...}}`` (:mod:`p2pswarm.cluster.commands`).  Any other
-map is a no-op on every replica alike.  A snapshot holds both machines; a bare KV
-snapshot (older logs) restores with an empty cluster state.
+``{"sm": "cluster", "cmd": {...}}`` (:mod:`p2pswarm.cluster.commands`); a security
+command is ``{"sm": "security", "cmd": {...}}`` (:mod:`p2pswarm.security.record`: the
+trust bundle, the sealed CA key and join-token state, the signed revocation list, the
+issued certificates).  Any other map is a no-op on every replica alike.  A snapshot
+holds all three machines; a bare KV snapshot (older logs) restores with an empty
+cluster state, one without ``security`` with an empty security record.
 
 Applying is deterministic (both machines are), and each applied entry yields the
 key its writer waits on: ``(client, seq)`` for KV, the command id for the cluster.
@@ -19,18 +22,25 @@ import msgpack
 
 from p2pswarm.cluster.state import ClusterState, Result
 from p2pswarm.consensus.kv import KVStore
+from p2pswarm.security.record import SecurityRecord
 
 CLUSTER = "cluster"
+SECURITY = "security"
 
 
 def encode_cluster(command: dict) -> bytes:
     return msgpack.packb({"sm": CLUSTER, "cmd": command}, use_bin_type=True)
 
 
+def encode_security(command: dict) -> bytes:
+    return msgpack.packb({"sm": SECURITY, "cmd": command}, use_bin_type=True)
+
+
 class StateMachines:
     def __init__(self) -> None:
         self.kv = KVStore()
         self.cluster = ClusterState()
+        self.security = SecurityRecord()
 
     def apply(self, index: int, term: int, data: bytes) -> tuple[Hashable | None, Any]:
         """Apply one committed normal entry; returns (the waiter's key or None, the result)."""
@@ -40,9 +50,12 @@ class StateMachines:
             decoded = None
         if isinstance(decoded, dict):
             command = decoded.get("cmd")
-            if decoded.get("sm") != CLUSTER or not isinstance(command, dict):
+            if decoded.get("sm") not in (CLUSTER, SECURITY) or not isinstance(command, dict):
                 return None, None
             cid = command.get("id")
+            if decoded["sm"] == SECURITY:
+                ok, error = self.security.apply(command)
+                return (cid if isinstance(cid, str) else None), Result(ok, error)
             try:
                 result = self.cluster.apply(command, term, index)
             except (TypeError, KeyError, AttributeError) as exc:  # junk the checks missed: same on every replica
@@ -57,14 +70,20 @@ class StateMachines:
         return key, result
 
     def snapshot(self) -> bytes:
-        return msgpack.packb({"kv": self.kv.snapshot(), CLUSTER: self.cluster.snapshot()}, use_bin_type=True)
+        data = {"kv": self.kv.snapshot(), CLUSTER: self.cluster.snapshot()}
+        security = self.security.snapshot()
+        if security is not None:
+            data[SECURITY] = security
+        return msgpack.packb(data, use_bin_type=True)
 
     def restore(self, blob: bytes) -> None:
-        """Replace both machines' state in place (readers hold references to them)."""
+        """Replace every machine's state in place (readers hold references to them)."""
         data = msgpack.unpackb(blob, raw=False)
         if isinstance(data, dict):
             self.kv.restore(data["kv"])
             self.cluster.restore(data[CLUSTER])
+            self.security.restore(data.get(SECURITY))
         else:
             self.kv.restore(blob)
             self.cluster.__init__()  # type: ignore[misc]
+            self.security.restore(None)

@@ -58,6 +58,7 @@ from p2pswarm.security.keys import CurveKeys  # noqa: E402
 from p2pswarm.security.messages import (JoinGrant, JoinRefused, JoinRequest, KeyReply, KeyRequest)  # noqa: E402
 from p2pswarm.security.pki import CertAuthority, RevocationList, TrustBundle  # noqa: E402
 from p2pswarm.security.tokens import TokenState  # noqa: E402
+from p2pswarm.testing.msgtree import paths, replaced  # noqa: E402
 
 MIX = (("random", 0.25), ("mutated", 0.40), ("struct", 0.20), ("join_req", 0.08), ("grant", 0.07))
 HOSTILE = [b"\xc1", b"\xc0", b"\xdb\xff\xff\xff\xff", b"\xdd\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff",
@@ -170,21 +171,6 @@ def random_value(rng: random.Random, depth: int = 0):
     if kind == 10:
         return {str(rng.randint(0, 9)): random_value(rng, depth + 1)}
     return [random_value(rng, depth + 1) for _ in range(rng.randint(5, 12))]
-
-
-def paths(tree, prefix=()):
-    yield prefix
-    if isinstance(tree, list):
-        for i, child in enumerate(tree):
-            yield from paths(child, prefix + (i,))
-
-
-def replaced(tree, path, value):
-    if not path:
-        return value
-    tree = list(tree)
-    tree[path[0]] = replaced(tree[path[0]], path[1:], value)
-    return tree
 
 
 def mutate_struct(rng: random.Random, data: bytes) -> bytes:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from p2pswarm import wire
 from p2pswarm.membership.messages import (SWIM_MESSAGES, Ack, Alive, Dead, Gossip, MemberState, Meta,
                                           Nack, Ping, PingReq, PushPull, Record, Suspect)
+from p2pswarm.testing.msgtree import paths, replaced
 from p2pswarm.wire import WireError, decode, encode
 
 META = Meta(name="node-a", labels=(("rack", "r1"), ("zone", "eu-1")),
@@ -462,21 +463,6 @@ SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1),
 
 VALUES = st.recursive(SCALARS, lambda children: st.lists(children, max_size=6)
                       | st.dictionaries(st.text(max_size=8), children, max_size=3), max_leaves=12)
-
-
-def paths(tree, prefix=()):
-    yield prefix
-    if isinstance(tree, list):
-        for i, child in enumerate(tree):
-            yield from paths(child, prefix + (i,))
-
-
-def replaced(tree, path, value):
-    if not path:
-        return value
-    tree = list(tree)
-    tree[path[0]] = replaced(tree[path[0]], path[1:], value)
-    return tree
 
 
 @st.composite

@@ -5,6 +5,11 @@ The node is duck-typed (``info``, ``member_views``, ``request_shutdown``,
 ``raft_driver``) so that the routes can be tested without sockets.  Raft
 endpoints (``/v1/cluster``, ``/v1/kv/KEY``) are coroutines: a write answers only
 once it is committed and applied.
+
+Security: ``GET /v1/security`` (this node's certificate, admitted peers, revoked
+nodes, counters), ``GET /v1/security/join-token`` and ``POST /v1/security/join-token``
+with ``{"rotate": true, "ttl": SECONDS or null}``.  The token is a secret: the API
+is a unix socket of mode 0600, readable by the node's user only.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ MAX_VALUE_LEN = 64 * 1024
 KV_PREFIX = "/v1/kv/"
 MAX_BENCH_WRITES = 1_000_000
 MAX_BENCH_CONCURRENCY = 1024
+MAX_TOKEN_TTL = 10 * 365 * 86400
 
 
 class Router:
@@ -37,6 +43,8 @@ class Router:
             "/v1/cluster": {"GET": self.cluster},
             "/v1/bench/writes": {"POST": self.bench_writes},
             "/v1/mesh": {"GET": self.mesh},
+            "/v1/security": {"GET": self.security},
+            "/v1/security/join-token": {"GET": self.join_token, "POST": self.rotate_join_token},
         }
         self.kv_routes = {"GET": self.kv_get, "PUT": self.kv_put, "DELETE": self.kv_delete}
         from p2pswarm.api.service_routes import ServiceRoutes
@@ -94,6 +102,42 @@ class Router:
     def metrics(self, request: Request) -> Response:
         return Response.text(render_metrics(self.node.metrics_snapshot(), self.node))
 
+
+    # ------------------------------------------------------------ security
+
+    def security(self, request: Request) -> Response:
+        view = getattr(self.node, "security_view", None)
+        return Response.json(view() if view is not None else {"secure": False, "state": "off"})
+
+    def _security_host(self) -> Any:
+        host = getattr(self.node, "security", None)
+        if host is None:
+            raise HttpError(409, "this cluster is plaintext (its nodes run with --insecure): it has no join token; "
+                                 "nodes join it with `p2pswarm up --peers ADDR --insecure`")
+        return host
+
+    def join_token(self, request: Request) -> Response:
+        from p2pswarm.security.errors import SecurityError
+        try:
+            return Response.json(self._security_host().join_token())
+        except SecurityError as exc:
+            raise HttpError(503, one_line(exc)) from None
+
+    async def rotate_join_token(self, request: Request) -> Response:
+        from p2pswarm.security.errors import SecurityError
+        body = json_body(request)
+        body = body if isinstance(body, dict) else {}
+        ttl = body.get("ttl")
+        if body.get("rotate") is not True:
+            raise HttpError(400, 'body must be {"rotate": true} (with an optional "ttl" in seconds)')
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
+                                or not 1 <= ttl <= MAX_TOKEN_TTL):
+            raise HttpError(400, "ttl must be a number of seconds from 1 to 10 years, or null for no expiry")
+        host = self._security_host()
+        try:
+            return Response.json(await self._raft_call(host.rotate_token(self.node.raft_driver(), ttl)))
+        except SecurityError as exc:
+            raise HttpError(503 if exc.code == "unavailable" else 409, one_line(exc)) from None
 
     # ------------------------------------------------------------ raft
 

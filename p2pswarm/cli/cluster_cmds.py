@@ -1,7 +1,8 @@
-"""`p2pswarm cluster status` and `p2pswarm cluster recover --force-new-cluster`."""
+"""`p2pswarm cluster status`, `cluster join-token [--rotate]` and `cluster recover --force-new-cluster`."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -27,7 +28,54 @@ new nodes. See docs/operations.md, "Recovery after quorum loss".
 
 @click.group()
 def cluster():
-    """The cluster's Raft group: status and recovery."""
+    """The cluster's Raft group and security: status, join token, recovery."""
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = value.strip().lower()
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise click.BadParameter(f"expected a duration such as 30m, 24h or 7d, got {value!r}") from None
+    if not 1 <= seconds <= 10 * 365 * 86400:
+        raise click.BadParameter("must be from 1 second to 10 years")
+    return seconds
+
+
+@cluster.command("join-token")
+@data_dir_option
+@click.option("--rotate", is_flag=True, help="Replace the token: the old one no longer admits new nodes "
+                                              "(members are not affected).")
+@click.option("--ttl", callback=_duration, default=None, metavar="DURATION",
+              help="With --rotate: the new token expires after this long (e.g. 1h, 7d) [default: never].")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the token.")
+def join_token(data_dir, rotate, ttl, quiet):
+    """Print the join token that admits new nodes (secure clusters), or rotate it."""
+    if ttl is not None and not rotate:
+        raise click.UsageError("--ttl applies to a new token: use it with --rotate")
+    client = ApiClient(_datadir(data_dir), timeout=30.0)  # a rotation waits for its Raft commit
+    if rotate:
+        body = {"rotate": True, "ttl": ttl}
+        out = client.request("POST", "/v1/security/join-token", body)
+    else:
+        out = client.get("/v1/security/join-token")
+    if quiet:
+        click.echo(out["token"])
+        return 0
+    addr = client.get("/v1/info")["addr"]
+    if rotate:
+        click.echo(f"the join token was rotated (generation {out['generation']}); the old one no longer admits "
+                   f"new nodes")
+    expiry = ""
+    if out.get("expires_at"):
+        expiry = f" (expires {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(out['expires_at']))})"
+    click.echo(f"to add a node to this cluster{expiry}, run on it:\n\n"
+               f"    p2pswarm up --peers {addr} --token {out['token']}\n")
+    return 0
 
 
 @cluster.command("status")

@@ -92,10 +92,21 @@ def _datadir(path: Path | None) -> DataDir:
               help="Gossip timing preset.")
 @click.option("--relay-port", type=click.IntRange(0, 65535), default=0,
               help="TCP port for routing-mesh relays from other nodes [default: the --bind port + 2 if free].")
+@click.option("--token", default=None, envvar="P2PSWARM_TOKEN", metavar="P2PS-1-...",
+              help="Join token of the secure cluster to join (`p2pswarm cluster join-token` on a member prints "
+                   "it) [env: P2PSWARM_TOKEN].")
+@click.option("--insecure", is_flag=True,
+              help="Plaintext: no CA, no certificates, no encryption (a cluster of --insecure nodes only).")
 @click.option("--detach", is_flag=True, help="Run in the background; logs go to <data-dir>/node.log.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
-def up(peers, bind, advertise, name, data_dir, labels, preset, relay_port, detach, log_level):
-    """Start a node: create a new cluster, or join one with --peers."""
+def up(peers, bind, advertise, name, data_dir, labels, preset, relay_port, token, insecure, detach, log_level):
+    """Start a node: create a new cluster, or join one with --peers (and --token).
+
+    Clusters are secure by default: the first node creates the cluster CA and prints
+    the join token; every other node joins with `--peers ADDR --token TOKEN`, and all
+    node-to-node traffic is authenticated and encrypted (ZeroMQ CURVE). The join
+    endpoint listens on the --bind port + 1.
+    """
     datadir = _datadir(data_dir)
     datadir.prepare()
     if name is not None and not 1 <= len(name) <= 128:
@@ -103,8 +114,12 @@ def up(peers, bind, advertise, name, data_dir, labels, preset, relay_port, detac
     if bind.startswith("0.0.0.0:") and advertise is None:
         raise click.BadParameter("binding to all interfaces needs --advertise HOST:PORT "
                                  "(the address peers should use)", param_hint="--bind")
+    if insecure and token:
+        raise click.BadParameter("a join token is for secure clusters; drop --insecure to join with it",
+                                 param_hint="--token")
     options = NodeOptions(data_dir=str(datadir.path), bind=bind, advertise=advertise, peers=peers,
-                          name=name, labels=labels, preset=preset, relay_port=relay_port)
+                          name=name, labels=labels, preset=preset, relay_port=relay_port, secure=not insecure,
+                          insecure=insecure, token=token)
     if detach:
         return _up_detached(options, log_level)
     configure_logging(log_level)
@@ -124,7 +139,19 @@ def _child_argv(options: NodeOptions, log_level: str) -> list[str]:
         argv += ["--label", f"{key}={value}"]
     if options.relay_port:
         argv += ["--relay-port", str(options.relay_port)]
+    if options.insecure:
+        argv += ["--insecure"]
     return argv
+
+
+def _child_env(options: NodeOptions) -> dict[str, str]:
+    env = dict(os.environ)
+    src_root = str(Path(p2pswarm.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src_root, env.get("PYTHONPATH")) if p)
+    env.pop("P2PSWARM_TOKEN", None)
+    if options.token:
+        env["P2PSWARM_TOKEN"] = options.token  # not on the command line, where `ps` would show it
+    return env
 
 
 def _up_detached(options: NodeOptions, log_level: str, quiet: bool = False) -> int:
@@ -133,14 +160,11 @@ def _up_detached(options: NodeOptions, log_level: str, quiet: bool = False) -> i
         pid = datadir.read_pid()
         raise DataDirError(f"a p2pswarm node{f' (pid {pid})' if pid else ''} is already running with data dir "
                            f"{datadir.path}; stop it with `p2pswarm down --data-dir {datadir.path}`")
-    env = dict(os.environ)
-    src_root = str(Path(p2pswarm.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src_root, env.get("PYTHONPATH")) if p)
     with open(datadir.log_path, "ab") as log_file:
         offset = log_file.tell()
         proc = subprocess.Popen(_child_argv(options, log_level), stdin=subprocess.DEVNULL, stdout=log_file,
                                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-                                cwd=str(datadir.path), env=env)
+                                cwd=str(datadir.path), env=_child_env(options))
     client = ApiClient(datadir, timeout=2.0)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
@@ -159,17 +183,32 @@ def _up_detached(options: NodeOptions, log_level: str, quiet: bool = False) -> i
         time.sleep(0.1)
     if options.peers:
         info = _wait_for_join(client, info, proc)
+        if proc.poll() is not None:  # refused for good (wrong token, other cluster...): the node said why
+            raise click.ClickException(_last_error(datadir.log_path, offset)
+                                       or f"the node exited with code {proc.returncode}; see {datadir.log_path}")
     where = f"data dir {datadir.path}, logs {datadir.log_path}, pid {info['pid']}"
     if quiet:
         return 0
     if info["joined"] or not options.peers:
         click.echo(f"node {info['name']} ({info['id']}) is up at {info['addr']}: "
                    f"cluster of {info['cluster_size']} ({where})")
+        if not options.peers and info.get("secure"):
+            _show_join_command(client, info["addr"])
     else:
+        why = f": {info['join_error']}" if info.get("join_error") else ""
         click.echo(f"node {info['name']} ({info['id']}) is running at {info['addr']} but no peer answered yet "
-                   f"({info['join_attempts']} attempts); it keeps retrying with backoff in the background "
+                   f"({info['join_attempts']} attempts{why}); it keeps retrying with backoff in the background "
                    f"(check with `p2pswarm node ls`; {where})")
     return 0
+
+
+def _show_join_command(client: ApiClient, addr: str) -> None:
+    """After creating a secure cluster: the command that adds a node (as `docker swarm init` prints)."""
+    try:
+        token = client.get("/v1/security/join-token")["token"]
+    except (ApiError, KeyError, TypeError):
+        return
+    click.echo(f"add nodes with: p2pswarm up --peers {addr} --token {token}")
 
 
 def _wait_for_join(client: ApiClient, info: dict, proc: subprocess.Popen) -> dict:
@@ -182,7 +221,11 @@ def _wait_for_join(client: ApiClient, info: dict, proc: subprocess.Popen) -> dic
         time.sleep(0.1)
         try:
             info = client.get("/v1/info")
-        except ApiError:
+        except ApiError:  # the node is going away (a refused join): let the caller report why
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
             break
     if shown:
         end_progress()

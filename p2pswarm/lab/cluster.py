@@ -189,8 +189,13 @@ class Lab:
             node.host = netns.node_ip(lab_id, node.index)
             node.netns = netns.ns_name(lab_id, node.index)
 
-    def spawn(self, node: LabNode, peers: tuple[str, ...]) -> subprocess.Popen:
-        """Start ``p2pswarm up`` for ``node`` in the background (own session; logs in node.log)."""
+    def spawn(self, node: LabNode, peers: tuple[str, ...], token: str | None = None) -> subprocess.Popen:
+        """Start ``p2pswarm up`` for ``node`` in the background (own session; logs in node.log).
+
+        ``token``: the cluster's join token, for a node that joins for the first time (a
+        restarted node holds its certificate and needs none).  It goes in the environment
+        (P2PSWARM_TOKEN), not on the command line.
+        """
         datadir = node.datadir
         datadir.prepare()
         argv = [sys.executable, "-m", "p2pswarm.cli.main", "up", "--data-dir", str(datadir.path),
@@ -204,6 +209,9 @@ class Lab:
         src_root = str(Path(p2pswarm.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src_root, env.get("PYTHONPATH")) if p)
         env.pop("P2PSWARM_DATA_DIR", None)
+        env.pop("P2PSWARM_TOKEN", None)
+        if token:
+            env["P2PSWARM_TOKEN"] = token
         with open(datadir.log_path, "ab") as log:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True, cwd=str(datadir.path), env=env)
@@ -226,11 +234,22 @@ class Lab:
     def start_all(self, say: Say = _quiet) -> None:
         """Start every node (node 1 creates the cluster, the others join through it)."""
         seed = self.nodes[0].addr
+        token = None
         for node in self.nodes:
             say(f"starting {node.name}/{len(self.nodes)} at {node.addr}"
                 + (f" in namespace {node.netns}" if node.netns else "") + "...")
-            proc = self.spawn(node, () if node.index == 1 else (seed,))
+            proc = self.spawn(node, () if node.index == 1 else (seed,), token)
             self.wait_api(node, proc)
+            if node.index == 1:
+                token = self.join_token(node)
+
+    def join_token(self, node: LabNode) -> str:
+        """The secure cluster's join token, from ``node``'s API."""
+        try:
+            return node.api().get("/v1/security/join-token")["token"]
+        except (ApiError, KeyError, TypeError) as exc:
+            raise LabError(f"cannot read the join token from {node.name}: {exc}; see {node.datadir.log_path}") \
+                from None
 
     def wait_converged(self, say: Say = _quiet, timeout: float = CONVERGE_TIMEOUT) -> None:
         expected = len(self.nodes)

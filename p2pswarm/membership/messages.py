@@ -10,21 +10,34 @@ from p2pswarm.wire import (ADDR, LABELS, MAX_LABEL_LEN, MAX_LABELS, MAX_MEMBERS,
                            text, uint)
 
 STATUSES = ("alive", "suspect", "dead", "left")
+MAX_CERT_BYTES = 4096
+"""A node certificate (DER) in a member's metadata; ours are ~430 bytes (see p2pswarm.security.pki)."""
+MAX_CHAIN = 4
 
 
 @struct
 @dataclass(frozen=True, slots=True)
 class Meta(WireStruct):
-    """What a node tells the cluster about itself; changes bump its incarnation."""
+    """What a node tells the cluster about itself; changes bump its incarnation.
+
+    In a secure cluster ``cert`` is the node's certificate (DER, from the cluster CA) and
+    ``chain`` the cross certificates to present with it during a CA rotation; receivers
+    verify them before they admit the node's transport key (:mod:`p2pswarm.security.host`).
+    Both are empty in a plaintext cluster.  Metadata rides on Alive news and push/pull
+    member states, so every member learns a newcomer's certificate with the newcomer.
+    """
 
     name: str
     labels: tuple = ()
     capacity: tuple = ()
     version: str = ""
     started_ms: int = 0
+    cert: bytes = b""
+    chain: tuple = ()
     SCHEMA = (("name", text(MAX_NAME_LEN)), ("labels", LABELS),
               ("capacity", pairs(text(MAX_LABEL_LEN, 1), number, MAX_LABELS)),
-              ("version", text(64)), ("started_ms", uint()))
+              ("version", text(64)), ("started_ms", uint()), ("cert", blob(MAX_CERT_BYTES)),
+              ("chain", seq(blob(MAX_CERT_BYTES), MAX_CHAIN)))
 
 
 # ------------------------------------------------------------- news items

@@ -11,9 +11,12 @@ dedicated gossip message; older news rides on probes and acks for free.
 
 Every probe and ack asks the queue for news, so the queue keeps its entries in
 that order (least sent, then newest) instead of sorting them for each message:
-new news goes in front, and a message that takes every entry adds one send to
-each, which keeps the order.  Only a message that takes some entries and not
-others (short budget, a gossip round) leaves it to be re-sorted, at the next take.
+new news goes in front, and a message that takes every entry (the usual case)
+adds one send to each, which keeps the order.  Such a message costs one list
+copy: an entry's sends are counted as ``offset + takes``, and ``takes`` counts
+the messages that took every entry.  Only a message that takes some entries and
+not others (short budget, a gossip round) counts them one by one and leaves the
+order to be re-sorted, at the next take.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from operator import attrgetter
 from p2pswarm.wire import encoded_size
 
 _BY_SERIAL = attrgetter("serial")
-_BY_SENDS = attrgetter("sends")
+_BY_OFFSET = attrgetter("offset")
 _SIZES: dict[int, tuple] = {}
 """id(item) → (item, encoded size), bounded; the item is held so that its id is not reused."""
 _SIZES_MAX = 4096
@@ -47,20 +50,21 @@ def _size_of(item) -> int:
 
 
 class _News:
-    """One queued item; identity is its equality, so the order list can drop it cheaply."""
+    """One queued item; identity is its equality, so the order lists can drop it cheaply."""
 
-    __slots__ = ("key", "item", "size", "sends", "serial")
+    __slots__ = ("key", "item", "size", "offset", "serial")
 
-    def __init__(self, key: tuple, item, size: int, serial: int) -> None:
+    def __init__(self, key: tuple, item, size: int, offset: int, serial: int) -> None:
         self.key = key
         self.item = item
         self.size = size
-        self.sends = 0
+        self.offset = offset
+        """Sends so far minus the queue's ``takes``."""
         self.serial = serial
 
 
 class NewsQueue:
-    __slots__ = ("queued", "fresh", "fresh_sends", "_order", "_ordered", "_serial")
+    __slots__ = ("queued", "fresh", "fresh_sends", "_order", "_items", "_ordered", "_takes", "_bytes", "_serial")
 
     def __init__(self, fresh_sends: int) -> None:
         self.queued: dict[tuple, _News] = {}
@@ -70,7 +74,13 @@ class NewsQueue:
         self.fresh_sends = fresh_sends
         self._order: list[_News] = []
         """The queued entries, least sent first and newest first among equals (if _ordered)."""
+        self._items: list = []
+        """The entries' items, in the same order."""
         self._ordered = True
+        self._takes = 0
+        """Messages that took every entry: one send each, counted once for all."""
+        self._bytes = 0
+        """Encoded size of all queued items."""
         self._serial = 0
 
     def __len__(self) -> int:
@@ -89,13 +99,15 @@ class NewsQueue:
         if old is None:
             self.fresh += 1
         else:
-            if old.sends >= self.fresh_sends:
+            if old.offset + self._takes >= self.fresh_sends:
                 self.fresh += 1
-            self._order.remove(old)
+            self._drop(old)
         self._serial += 1
-        entry = _News(key, item, size if size is not None else _size_of(item), self._serial)
+        entry = _News(key, item, size if size is not None else _size_of(item), -self._takes, self._serial)
         self.queued[key] = entry
+        self._bytes += entry.size
         self._order.insert(0, entry)  # never sent and the newest: first in order
+        self._items.insert(0, item)
 
     def get(self, key: tuple):
         entry = self.queued.get(key)
@@ -108,13 +120,18 @@ class NewsQueue:
         suspicion in the very probe that goes to the suspect.
         """
         if first is None:
+            if not self.queued:
+                return []
+            if self._bytes <= budget:
+                return self._take_all(limit)
             out = []
         else:
             out = [first]
             budget -= _size_of(first)
-        if not self.queued:
-            return out
+            if not self.queued:
+                return out
         order = self._sorted()
+        takes = self._takes
         fresh_sends = self.fresh_sends
         used = 0
         whole = True  # every entry taken: each gains one send and the order holds
@@ -128,16 +145,40 @@ class NewsQueue:
                 break
             used += size
             out.append(entry.item)
-            entry.sends = sends = entry.sends + 1  # _sent(entry, 1, limit), written out: the hot path
+            entry.offset += 1
+            sends = entry.offset + takes
             if sends == fresh_sends or (sends >= limit and sends < fresh_sends):
                 self.fresh -= 1
             if sends >= limit:
-                del self.queued[entry.key]
                 spent.append(entry)
         for entry in spent:
-            order.remove(entry)
+            self._drop(entry)
         if not whole:
             self._ordered = False
+        return out
+
+    def _take_all(self, limit: int) -> list:
+        """take() when every entry fits: one more send for all, then drop the spent ones.
+
+        In sends order the fresh entries are a prefix and the spent ones a suffix, so only
+        the entries at those two boundaries are looked at.
+        """
+        order = self._sorted()
+        out = self._items.copy()
+        self._takes = takes = self._takes + 1
+        fresh = self.fresh
+        while fresh and order[fresh - 1].offset + takes >= self.fresh_sends:
+            fresh -= 1
+        keep = len(order)
+        while keep and order[keep - 1].offset + takes >= limit:
+            keep -= 1
+        self.fresh = min(fresh, keep)  # a fresh entry spent at once is no longer fresh either
+        if keep < len(order):
+            for entry in order[keep:]:
+                del self.queued[entry.key]
+                self._bytes -= entry.size
+            del order[keep:]
+            del self._items[keep:]
         return out
 
     def take_for(self, targets: int, budget: int, limit: int) -> list[tuple]:
@@ -149,12 +190,14 @@ class NewsQueue:
         if not self.fresh:
             return []
         order = self._sorted()
+        takes = self._takes
         copies = []
         used = 0
         fresh_sends = self.fresh_sends
         spent = []
         for entry in order:
-            if entry.sends >= fresh_sends:
+            before = entry.offset + takes
+            if before >= fresh_sends:
                 break  # least sent first: nothing fresh follows
             size = entry.size
             if used + size > budget:
@@ -162,32 +205,37 @@ class NewsQueue:
                     continue
                 break
             used += size
-            n = min(targets, limit - entry.sends)
+            n = min(targets, limit - before)
             copies.append((entry.item, n))
-            if self._sent(entry, n, limit):
+            entry.offset += n
+            after = before + n
+            if after >= fresh_sends or after >= limit:
+                self.fresh -= 1
+            if after >= limit:
                 spent.append(entry)
         if not copies:
             return []
         for entry in spent:
-            order.remove(entry)
+            self._drop(entry)
         self._ordered = False  # only fresh entries gained sends
+        if all(n >= targets for _, n in copies):  # the usual case: one batch serves every target
+            return [tuple(item for item, _ in copies)] * targets
         return [tuple(item for item, n in copies if n > j) for j in range(targets)]
 
     def _sorted(self) -> list[_News]:
         order = self._order
         if not self._ordered:
             order.sort(key=_BY_SERIAL, reverse=True)  # two stable passes: sends up, then newest first
-            order.sort(key=_BY_SENDS)
+            order.sort(key=_BY_OFFSET)
+            self._items = [entry.item for entry in order]
             self._ordered = True
         return order
 
-    def _sent(self, entry: _News, sends: int, limit: int) -> bool:
-        """Count ``sends`` more sends of ``entry``; True if it is spent (and gone from the index)."""
-        before = entry.sends
-        entry.sends = after = before + sends
-        if before < self.fresh_sends and (after >= self.fresh_sends or after >= limit):
-            self.fresh -= 1
-        if after >= limit:
+    def _drop(self, entry: _News) -> None:
+        """Forget ``entry`` (spent, or replaced by newer news under its key)."""
+        if self.queued.get(entry.key) is entry:
             del self.queued[entry.key]
-            return True
-        return False
+        at = self._order.index(entry)
+        del self._order[at]
+        del self._items[at]
+        self._bytes -= entry.size

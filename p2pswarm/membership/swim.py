@@ -307,6 +307,7 @@ class Swim:
         return t
 
     def _earliest_suspicion(self) -> float:
+        """The earliest suspicion deadline (INF without suspicions), kept until one changes."""
         due = self._suspicion_due
         if due is None:
             self._suspicion_due = due = min((s.deadline for s in self._suspicions.values()), default=INF)
@@ -341,17 +342,18 @@ class Swim:
             self._tick_relays(now)
         if now >= self._next_gossip and self._news.fresh:
             self._gossip(now)
-        if now >= self._join_at:
-            self._join_retry(now)
-        if now >= self._next_push_pull:
-            self._next_push_pull = now + self.config.push_pull_period(self._live)
-            self._push_pull_random(now)
-        if now >= self._next_reconnect:
-            self._next_reconnect = now + self.config.reconnect_period(self._live)
-            self._reconnect(now)
-        if now >= self._next_reap:
-            self._next_reap = now + self.config.left_reap_after / 4
-            self._reap(now)
+        if now >= self._timers_due:  # (as it was before this tick) one of the rarer timers may be due
+            if now >= self._join_at:
+                self._join_retry(now)
+            if now >= self._next_push_pull:
+                self._next_push_pull = now + self.config.push_pull_period(self._live)
+                self._push_pull_random(now)
+            if now >= self._next_reconnect:
+                self._next_reconnect = now + self.config.reconnect_period(self._live)
+                self._reconnect(now)
+            if now >= self._next_reap:
+                self._next_reap = now + self.config.left_reap_after / 4
+                self._reap(now)
         self._refresh_timers()
 
     def _start_probe(self, now: float) -> None:
@@ -359,7 +361,7 @@ class Swim:
         self._next_probe = now + self.config.probe_interval * scale
         if self.leaving:
             return
-        target = self._next_confirmation_target() or self._next_target()
+        target = (self._confirm_queue and self._next_confirmation_target()) or self._next_target()
         if target is None:
             return
         state = self._members[target]
@@ -441,10 +443,13 @@ class Swim:
         if not targets:
             return
         batches = self._news.take_for(len(targets), self.config.gossip_bytes, self._limit())
+        msg = None
         for node, news in zip(targets, batches):
             if news:
+                if msg is None or msg.news is not news:  # messages are immutable: targets share one
+                    msg = Gossip(self.id, self.addr, news)
                 self._count("gossip_sent")
-                self._send(self._members[node].addr, Gossip(self.id, self.addr, news))
+                self._send(self._members[node].addr, msg)
 
     def _join_retry(self, now: float) -> None:
         if self.joined or not self._seeds:
@@ -501,7 +506,7 @@ class Swim:
                 return
             if self.leaving:
                 return
-            self._send(msg.source_addr, Ack(msg.seq, self.id, self._piggyback()))
+            self._send(msg.source_addr, Ack(msg.seq, self.id, self._piggyback() if self._news.queued else ()))
         elif kind is Ack:
             if msg.news:
                 self._absorb(now, msg.news)
@@ -532,7 +537,7 @@ class Swim:
                 self._adjust_health(1)
             if not probe.done:
                 probe.finish()
-                if self.config.lifeguard:
+                if self.config.lifeguard and self.health:
                     self._adjust_health(-1)
                 if msg.source != probe.target:  # relayed by a helper: only indirect probes got through
                     self._indirect_only.add(probe.target)
@@ -592,8 +597,8 @@ class Swim:
         Every item is sent retransmit_limit times (20 in a 10,000-member cluster), mostly
         to members that have it already, so news that cannot change our view (older or
         equal incarnation or record version) is recognised here, in one dictionary
-        lookup.  Whatever is left, including all news about ourselves, goes to the
-        handlers, which check everything.
+        lookup.  Whatever is left, including all news about ourselves and absurd
+        incarnations, goes to the handlers, which check everything.
         """
         members = self._members
         gone = self._gone
@@ -610,7 +615,9 @@ class Swim:
             if kind is not Alive and item.incarnation < MAX_INCARNATION:
                 # Suspicions and deaths mostly repeat what we hold: members we hold gone
                 # ignore them, members we suspect count them as confirmations.  Both are
-                # small dictionaries; the member table need not be touched.
+                # small dictionaries; the member table need not be touched.  (_gone holds
+                # exactly the dead and left members, and a suspicion is only held while its
+                # member is suspect at the suspicion's incarnation.)
                 if node in gone:
                     continue
                 suspicion = suspicions.get(node)

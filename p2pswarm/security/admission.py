@@ -99,6 +99,10 @@ class Admission:
         for addr in [a for a, n in self._addr_node.items() if n == node_id]:
             del self._addr_node[addr]
 
+    def addrs_of(self, node_id: str) -> list[str]:
+        """The addresses bound to ``node_id`` (to remember where a peer listens across restarts)."""
+        return sorted(a for a, n in self._addr_node.items() if n == node_id)
+
     def identity(self, key: bytes) -> NodeIdentity | None:
         entry = self._by_key.get(key)
         return entry.identity if entry is not None else None

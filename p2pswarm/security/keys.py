@@ -23,6 +23,7 @@ from p2pswarm.security.errors import KeyFileError
 
 KEY_BYTES = 32
 KEY_FILE_HEADER = "p2pswarm-curve-key-v1"
+CLUSTER_KEY_HEADER = "p2pswarm-cluster-key-v1"
 JOIN_KEY_CONTEXT = b"p2pswarm join endpoint key v1"
 
 _Z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
@@ -112,28 +113,50 @@ def format_key_file(keys: CurveKeys) -> str:
     return f"{KEY_FILE_HEADER}\npublic {z85_encode(keys.public)}\nsecret {z85_encode(keys.secret)}\n"
 
 
-def parse_key_file(text: str | bytes, source: str = "the key file") -> CurveKeys:
-    """Parse a key file; a corrupt or truncated one raises KeyFileError with one line naming ``source``."""
-    hint = "; restore it from a backup or move it away to join again as a new node"
+_HINT = "; restore it from a backup or move it away to join again as a new node"
+
+
+def _key_fields(text: str | bytes, source: str, header: str, names: tuple[str, ...]) -> list[bytes]:
+    """The Z85 fields ``names`` of a key file with ``header``; KeyFileError (one line) otherwise."""
     if isinstance(text, bytes):
         try:
             text = text.decode("ascii")
         except UnicodeDecodeError:
-            raise KeyFileError(f"{source} is corrupt (not text){hint}") from None
+            raise KeyFileError(f"{source} is corrupt (not text){_HINT}") from None
     lines = text.strip().splitlines()
-    if not lines or lines[0].strip() != KEY_FILE_HEADER:
-        raise KeyFileError(f"{source} is not a p2pswarm key file (expected the line {KEY_FILE_HEADER!r}){hint}")
+    if not lines or lines[0].strip() != header:
+        raise KeyFileError(f"{source} is not a p2pswarm key file (expected the line {header!r}){_HINT}")
     fields = {}
     for line in lines[1:]:
         name, _, value = line.strip().partition(" ")
         fields[name] = value.strip()
     try:
-        public = z85_decode(fields["public"])
-        secret = z85_decode(fields["secret"])
+        return [z85_decode(fields[name]) for name in names]
     except KeyError as exc:
-        raise KeyFileError(f"{source} is truncated: no {exc.args[0]} key{hint}") from None
+        raise KeyFileError(f"{source} is truncated: no {exc.args[0]} key{_HINT}") from None
     except ValueError as exc:
-        raise KeyFileError(f"{source} is corrupt: {exc}{hint}") from None
+        raise KeyFileError(f"{source} is corrupt: {exc}{_HINT}") from None
+
+
+def format_cluster_key_file(key: bytes) -> str:
+    """Text of the cluster key file (the 32-byte key-encryption key; write it with mode 0600)."""
+    if type(key) is not bytes or len(key) != KEY_BYTES:
+        raise ValueError("the cluster key is 32 bytes")
+    return f"{CLUSTER_KEY_HEADER}\nkey {z85_encode(key)}\n"
+
+
+def parse_cluster_key_file(text: str | bytes, source: str = "the cluster key file") -> bytes:
+    """The 32-byte cluster key; KeyFileError with one line naming ``source`` for a corrupt file."""
+    (key,) = _key_fields(text, source, CLUSTER_KEY_HEADER, ("key",))
+    if len(key) != KEY_BYTES:
+        raise KeyFileError(f"{source} is corrupt: the key must be 32 bytes{_HINT}")
+    return key
+
+
+def parse_key_file(text: str | bytes, source: str = "the key file") -> CurveKeys:
+    """Parse a key file; a corrupt or truncated one raises KeyFileError with one line naming ``source``."""
+    hint = _HINT
+    public, secret = _key_fields(text, source, KEY_FILE_HEADER, ("public", "secret"))
     if len(public) != KEY_BYTES or len(secret) != KEY_BYTES:
         raise KeyFileError(f"{source} is corrupt: keys must be 32 bytes{hint}")
     keys = CurveKeys.from_secret(secret)

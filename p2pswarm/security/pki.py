@@ -238,8 +238,8 @@ class NodeIdentity:
         return self.not_after - now
 
 
-def read_node_certificate(der: bytes) -> NodeIdentity:
-    """The identity a node certificate *claims*, unverified (for display, or before a bundle exists)."""
+def _node_cert(der: bytes) -> tuple[x509.Certificate, str, str, str, x25519.X25519PublicKey]:
+    """A parsed node certificate and what it claims: (cert, cluster id, node id, name, key); unverified."""
     cert = _parse(der, "the node certificate")
     try:
         kind, cluster_id, node_id, name = _read_identity(cert)
@@ -248,6 +248,12 @@ def read_node_certificate(der: bytes) -> NodeIdentity:
         raise CertificateError("the node certificate has no valid p2pswarm identity", "malformed") from None
     if kind != "node" or not node_id or not isinstance(key, x25519.X25519PublicKey):
         raise CertificateError("the certificate is not a p2pswarm node certificate", "not_a_node_cert")
+    return cert, cluster_id, node_id, name, key
+
+
+def read_node_certificate(der: bytes) -> NodeIdentity:
+    """The identity a node certificate *claims*, unverified (for display, or before a bundle exists)."""
+    cert, cluster_id, node_id, name, key = _node_cert(der)
     start, end = _validity(cert)
     return NodeIdentity(cluster_id, node_id, name, key.public_bytes_raw(), cert.serial_number, start, end, b"")
 
@@ -490,14 +496,7 @@ class TrustBundle:
                chain: Iterable[bytes] = (), expected_key: bytes | None = None,
                expected_node: str | None = None) -> NodeIdentity:
         """Check a node certificate; CertificateError with ``code`` and one line naming the reason."""
-        cert = _parse(der, "the node certificate")
-        try:
-            kind, cluster_id, node_id, name = _read_identity(cert)
-            key = cert.public_key()
-        except Exception:
-            raise CertificateError("the node certificate has no valid p2pswarm identity", "malformed") from None
-        if kind != "node" or not node_id or not isinstance(key, x25519.X25519PublicKey):
-            raise CertificateError("the certificate is not a p2pswarm node certificate", "not_a_node_cert")
+        cert, cluster_id, node_id, name, key = _node_cert(der)
         if cluster_id != self.cluster_id:
             raise CertificateError(f"the certificate of node {node_id} is for cluster {cluster_id}, "
                                    f"not this cluster ({self.cluster_id})", "wrong_cluster")

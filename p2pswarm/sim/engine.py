@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import insort
+from itertools import chain
 
 NEVER_BUCKET = 1 << 62
 """Bucket of events at infinite (or absurdly far) times: they sort after everything else."""
@@ -70,8 +71,6 @@ class EventHeap:
 
         Events pushed while iterating are seen, in order, as with a heap.
         """
-        buckets = self._buckets
-        bucket_ids = self._bucket_ids
         while True:
             current = self._current
             pos = self._pos
@@ -83,14 +82,47 @@ class EventHeap:
                 self._pos = pos = pos + 1
                 self.now = event[0]
                 yield event
-            if not bucket_ids:
+            if not self._advance():
                 break
-            index = heapq.heappop(bucket_ids)
-            current = buckets.pop(index)
-            current.sort()
-            self._done += len(self._current)
-            self._current, self._current_id, self._pos = current, index, 0
         self.now = end
+
+    def events_until(self, end: float):
+        """The events up to ``end`` in order, as pop_until yields them, for hotter loops.
+
+        Whole buckets are handed out as lists and iterated in C; a plain ``for`` over a
+        list sees the events pushed into it meanwhile, in order.  Two differences from
+        pop_until: ``now`` is only brought up to date bucket by bucket, and an event must
+        never be scheduled before the one being handled (a list iterator cannot go back).
+        Every event handed out must be handled (do not break out of the loop).
+        """
+        return chain(chain.from_iterable(self._buckets_before(end)), self.pop_until(end))
+
+    def _buckets_before(self, end: float):
+        """The sorted buckets before the one ``end`` falls in (that one is left to pop_until)."""
+        scaled = end * self._scale
+        last = int(scaled) if scaled < NEVER_BUCKET else NEVER_BUCKET
+        while self._pos < len(self._current) or self._advance():
+            if self._current_id >= last:
+                return
+            current = self._current
+            if self._pos:  # a bucket pop_until began: drop what it handled
+                self._done += self._pos
+                del current[:self._pos]
+                self._pos = 0
+            yield current
+            self._pos = len(current)
+            self.now = current[-1][0]
+
+    def _advance(self) -> bool:
+        """Make the next non-empty bucket the current one (sorted); False if there is none."""
+        if not self._bucket_ids:
+            return False
+        index = heapq.heappop(self._bucket_ids)
+        current = self._buckets.pop(index)
+        current.sort()
+        self._done += len(self._current)
+        self._current, self._current_id, self._pos = current, index, 0
+        return True
 
     def __len__(self) -> int:
         return self._serial - self.processed

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from math import log
+from typing import Any, Callable
 
 
 @dataclass
@@ -48,27 +49,51 @@ class SimNetwork:
         self.blocked = set()
 
     def delays(self, src: int, dst: int) -> tuple[float, ...]:
-        """One-way delays of the copies of a message that arrive (empty: it was lost).
-
-        Called for every message of a simulation, so the model's numbers are read
-        directly and the exponential jitter is drawn as ``random.expovariate`` draws it
-        (the same numbers from the same generator, without its call overhead).
-        """
+        """One-way delays of the copies of a message that arrive (empty: it was lost)."""
         self.sent += 1
         model = self.model
-        rnd = self.rng.random
+        rng = self.rng
         if self.blocked and (self.group.get(src, -1), self.group.get(dst, -1)) in self.blocked:
             self.lost += 1
             return ()
-        if model.loss and rnd() < model.loss:
+        if model.loss and rng.random() < model.loss:
             self.lost += 1
             return ()
-        jitter = model.jitter
-        if jitter:
-            rate = 1.0 / jitter
-            first = model.base_latency + -log(1.0 - rnd()) / rate
-        else:
-            first = model.base_latency
-        if model.duplicate and rnd() < model.duplicate:
-            return first, model.base_latency + -log(1.0 - rnd()) / rate if jitter else first
+        first = model.base_latency + rng.expovariate(1.0 / model.jitter) if model.jitter else model.base_latency
+        if model.duplicate and rng.random() < model.duplicate:
+            return first, model.base_latency + rng.expovariate(1.0 / model.jitter) if model.jitter else first
         return (first,)
+
+    def transmitter(self, queue, kind: int) -> Callable[[float, int, int, Any], None]:
+        """``send(now, src, dst, msg)``: push the copies of a message that arrive onto ``queue``.
+
+        Each copy becomes a ``kind`` event for ``dst``, after the delays ``delays()`` would
+        draw (the same draws from the same generator, the jitter drawn as
+        ``random.expovariate`` draws it), in one call per message: a simulation sends
+        millions of them.
+        """
+        push = queue.push
+        draw = self.rng.random
+        model = self.model
+
+        def delay() -> float:
+            if model.jitter:
+                return model.base_latency + -log(1.0 - draw()) / (1.0 / model.jitter)
+            return model.base_latency
+
+        def send(now: float, src: int, dst: int, msg: Any) -> None:
+            self.sent += 1
+            if self.blocked and (self.group.get(src, -1), self.group.get(dst, -1)) in self.blocked:
+                self.lost += 1
+                return
+            if model.loss and draw() < model.loss:
+                self.lost += 1
+                return
+            if model.jitter:  # delay(), written out: this runs for every message
+                push(now + (model.base_latency + -log(1.0 - draw()) / (1.0 / model.jitter)), kind, dst, msg)
+            else:
+                push(now + model.base_latency, kind, dst, msg)
+            if model.duplicate and draw() < model.duplicate:
+                push(now + delay(), kind, dst, msg)
+
+        return send

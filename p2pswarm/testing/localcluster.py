@@ -2,6 +2,11 @@
 
 Conditions are polled with generous deadlines (never fixed sleeps), and every
 process a test started is killed by its pid at teardown, never by name.
+
+Clusters are secure (the CLI's default): :meth:`LocalCluster.start` with peers
+fetches the join token from a running node of this cluster (the peers' nodes
+first) and passes it, unless the node already holds a certificate, the caller
+passes ``--token`` or ``--insecure`` itself, or no node of this cluster can give one.
 """
 
 from __future__ import annotations
@@ -108,12 +113,28 @@ class LocalCluster:
                 "--preset", self.preset, *extra]
         if peers:
             args += ["--peers", ",".join(peers)]
+            if "--token" not in extra and "--insecure" not in extra and not (node.data_dir / "security" /
+                                                                             "state").exists():
+                token = self.join_token(peers, exclude=index)
+                if token is not None:
+                    args += ["--token", token]
         with open(node.log_path, "ab") as log:
             node.proc = subprocess.Popen(self.command(*args), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, cwd=REPO, env=cli_env())
         self._procs.append(node.proc)
         self.pids.add(node.proc.pid)
         return node
+
+    def join_token(self, peers: tuple[str, ...] = (), exclude: int | None = None) -> str | None:
+        """The join token from a running node of this cluster (those at ``peers`` first), or None."""
+        nodes = [n for n in self.nodes.values() if n.index != exclude and n.proc is not None and n.proc.poll() is None]
+        nodes.sort(key=lambda n: n.addr not in peers)
+        for node in nodes:
+            try:
+                return node.api.get("/v1/security/join-token")["token"]
+            except (ApiError, KeyError, TypeError):
+                continue
+        return None
 
     def start_group(self, n: int, timeout: float = 60) -> list[LocalNode]:
         """Nodes 0..n-1, joined through node 0, once all n are in its Raft group (voters and learners)."""

@@ -5,8 +5,9 @@ node's HTTP API can inject loss, latency and partitions.  Faults imitate the
 network, not the local queue: a message lost to a fault still makes ``send``
 return True, because in a real network the sender would not know either.
 
-Incoming faults (``drop_rate``, ``isolate``) are applied when ``recv`` hands a
-message out, since the transport does not tell us the sender.  For the same
+Incoming faults (``drop_rate``, ``isolate``) are applied when ``recv`` (or
+``recv_with_key``, which also hands out the sender's CURVE key) gives a message
+out, since the transport does not tell us the sender's address.  For the same
 reason ``cut`` is one-way: cutting B->A is done on B.
 """
 
@@ -154,12 +155,30 @@ class FaultyTransport:
         return self._drop_rate > 0 and self._rng.random() < self._drop_rate
 
     async def recv(self) -> bytes:
+        return (await self.recv_with_key())[0]
+
+    async def recv_with_key(self) -> tuple[bytes, bytes | None]:
+        """The next message that survives the faults, and the CURVE key it came from (None without CURVE)."""
+        inner = getattr(self._inner, "recv_with_key", None)
         while True:
-            data = await self._inner.recv()
+            if inner is not None:
+                data, key = await inner()
+            else:
+                data, key = await self._inner.recv(), None
             if self._isolated or self._lost():
                 self._counts["fault_dropped_in"] += 1
                 continue
-            return data
+            return data, key
+
+    def drop_refused(self) -> int:
+        """See :meth:`p2pswarm.transport.zmq.ZmqTransport.drop_refused` (0 for other transports)."""
+        inner = getattr(self._inner, "drop_refused", None)
+        return inner() if inner is not None else 0
+
+    @property
+    def curve_public(self) -> bytes | None:
+        """The inner transport's CURVE public key (None without CURVE)."""
+        return getattr(self._inner, "curve_public", None)
 
     def stats(self) -> dict[str, int]:
         return {**self._inner.stats(), **self._counts}

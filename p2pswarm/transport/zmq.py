@@ -508,15 +508,7 @@ class ZmqTransport:
         if self._pull is None or self._closed:
             raise TransportError("transport is not running")
         while True:
-            try:
-                parts = await self._pull.recv_multipart()
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if self._closed and task is not None and not task.cancelling():
-                    raise TransportError("transport closed") from None
-                raise
-            except zmq.ZMQError as err:
-                raise TransportError(f"receive failed: {_reason(err)}") from None
+            parts = await self._guarded(self._pull.recv_multipart())
             if len(parts) != 1:  # we only ever send single frames
                 self._counts["recv_dropped"] += 1
                 continue
@@ -537,18 +529,7 @@ class ZmqTransport:
         if self._pull is None or self._closed:
             raise TransportError("transport is not running")
         while True:
-            try:
-                frame = await self._pull.recv(copy=False)
-                bad = frame.more or len(frame) > self._max_bytes
-                while frame.more:  # we only ever send single frames: drop the whole message
-                    frame = await self._pull.recv(copy=False)
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if self._closed and task is not None and not task.cancelling():
-                    raise TransportError("transport closed") from None
-                raise
-            except zmq.ZMQError as err:
-                raise TransportError(f"receive failed: {_reason(err)}") from None
+            frame, bad = await self._guarded(self._next_frame())
             if bad:
                 self._counts["recv_dropped"] += 1
                 continue
@@ -562,6 +543,47 @@ class ZmqTransport:
                 continue
             self._counts["received"] += 1
             return frame.bytes, key
+
+    async def _next_frame(self) -> tuple[zmq.Frame, bool]:
+        """The next message's (last) frame, and whether it is bad (several frames, or too large)."""
+        frame = await self._pull.recv(copy=False)  # type: ignore[union-attr]
+        bad = frame.more or len(frame) > self._max_bytes
+        while frame.more:  # we only ever send single frames: drop the whole message
+            frame = await self._pull.recv(copy=False)  # type: ignore[union-attr]
+        return frame, bad
+
+    async def _guarded(self, awaitable):
+        """Await one receive: a close during the wait is TransportError, a ZMQError one line."""
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and task is not None and not task.cancelling():
+                raise TransportError("transport closed") from None
+            raise
+        except zmq.ZMQError as err:
+            raise TransportError(f"receive failed: {_reason(err)}") from None
+
+    def drop_refused(self) -> int:
+        """Close every channel whose CURVE handshake the peer refused; returns how many.
+
+        A refused PUSH socket is never reconnected by libzmq and silently queues what
+        is sent to it until the high-water mark fills.  A peer refuses us while it does
+        not know our certificate yet (a new member gossips before everyone heard of it),
+        so the node calls this every so often, and right after it introduced itself:
+        the next send then reconnects at once.  Without CURVE it does nothing.
+        """
+        if self._curve is None:
+            return 0
+        dropped = 0
+        for peer in self._peers.values():
+            for bulk in (False, True):
+                if peer.refused(bulk):
+                    peer.close_channel(bulk)
+                    peer.retry_at = 0.0
+                    dropped += 1
+        self._counts["handshake_refused"] += dropped
+        return dropped
 
     def _frame_key(self, frame: zmq.Frame) -> bytes | None:
         try:

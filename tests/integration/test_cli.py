@@ -81,7 +81,10 @@ def test_detach_second_node_on_same_dir_node_ls_json_and_down(cluster):
     foreground = cluster.cli("up", "--data-dir", str(data_dir), "--bind", addr, "--preset", "test")
     assert_one_line_error(foreground, 1, "already running")
 
-    peer = cluster.start(1, (addr,))
+    token = cluster.cli("cluster", "join-token", "--quiet", "--data-dir", str(data_dir))
+    assert token.returncode == 0 and token.stdout.startswith("P2PS-1-"), token.stderr
+    assert f"--peers {addr} --token {token.stdout.strip()}" in up.stdout  # `up` shows how to add nodes
+    peer = cluster.start(1, (addr,), "--token", token.stdout.strip())  # solo is not a LocalCluster node
     wait_until(lambda: (peer.statuses() or {}).get("solo") == "alive", 30, "the peer to see solo")
     listing = cluster.cli("node", "ls", "--format", "json", "--data-dir", str(data_dir))
     assert listing.returncode == 0, listing.stderr
@@ -107,7 +110,8 @@ def test_detach_second_node_on_same_dir_node_ls_json_and_down(cluster):
 def test_unreachable_peer_keeps_retrying_with_backoff(cluster):
     host = free_host()
     nobody = f"{host}:{free_port(host)}"
-    node = cluster.start(0, (nobody,))
+    # a well-formed token for a cluster nobody serves: the join handshake is what keeps retrying
+    node = cluster.start(0, (nobody,), "--token", "P2PS-1-" + "a" * 52 + "-" + "b" * 32)
     wait_until(lambda: "retrying join with backoff" in node.log(), 30, "the retry message in the log")
     info = wait_until(lambda: (node.info() or {}).get("join_attempts", 0) >= 3 and node.info(), 30, "3 attempts")
     assert info["joined"] is False and node.proc.poll() is None

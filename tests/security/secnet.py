@@ -76,6 +76,21 @@ async def until(cond, what: str, deadline: float = DEADLINE):
         await asyncio.sleep(0.01)
 
 
+def run(scenario) -> None:
+    """Run ``scenario(world, sponsor member, made)`` within 20 s; everything in ``made`` is closed after."""
+    async def main() -> None:
+        w = World(now=time.time())
+        sponsor = sponsor_member(w)
+        made: list = [sponsor]
+        try:
+            await sponsor.start(w.sponsor)
+            await asyncio.wait_for(scenario(w, sponsor, made), 20)
+        finally:
+            for m in made:
+                await m.close()
+    asyncio.run(main())
+
+
 def sponsor_member(w: World) -> Member:
     n = w.sponsor_node
     m = Member(n.node_id, n.keys, n.cert, Admission(w.bundle, w.revocations))

@@ -161,7 +161,7 @@ def test_corrupt_key_file_is_one_clear_line(w, mutate):
 
 # ------------------------------------------------------------------ purity
 
-@pytest.mark.parametrize("module", ["keys", "pki", "tokens", "messages", "join", "admission", "errors"])
+@pytest.mark.parametrize("module", ["keys", "pki", "tokens", "messages", "join", "admission", "errors", "record"])
 def test_security_cores_are_pure(module):
     path = ROOT / "p2pswarm" / "security" / f"{module}.py"
     assert violations(path.read_text(), str(path)) == []

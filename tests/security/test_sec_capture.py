@@ -15,8 +15,7 @@ import subprocess
 import time
 
 import pytest
-from secnet import GRACE, join, sponsor_member, until
-from secworld import World
+from secnet import GRACE, join, run, until
 
 from p2pswarm.transport.zmq import ZmqTransport, parse_addr
 
@@ -67,20 +66,6 @@ class Tap:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             self._server.close()
-
-
-def run(scenario) -> None:
-    async def main() -> None:
-        w = World(now=time.time())
-        sponsor = sponsor_member(w)
-        made: list = [sponsor]
-        try:
-            await sponsor.start(w.sponsor)
-            await asyncio.wait_for(scenario(w, sponsor, made), 20)
-        finally:
-            for m in made:
-                await m.close()
-    asyncio.run(main())
 
 
 def test_relay_capture_has_no_plaintext_and_replays_deliver_nothing():

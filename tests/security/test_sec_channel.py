@@ -12,7 +12,7 @@ import asyncio
 import time
 
 import pytest
-from secnet import GRACE, Member, join, sponsor_member, until
+from secnet import GRACE, Member, join, run, until
 from secworld import World
 
 from p2pswarm.security.admission import Admission
@@ -23,20 +23,6 @@ from p2pswarm.security.tokens import JoinToken, parse_token
 from p2pswarm.transport.zmq import ZmqTransport
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def run(scenario) -> None:
-    async def main() -> None:
-        w = World(now=time.time())
-        sponsor = sponsor_member(w)
-        made: list = [sponsor]
-        try:
-            await sponsor.start(w.sponsor)
-            await asyncio.wait_for(scenario(w, sponsor, made), 20)
-        finally:
-            for m in made:
-                await m.close()
-    asyncio.run(main())
 
 
 def test_join_then_talk():

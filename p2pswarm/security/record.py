@@ -1,0 +1,148 @@
+"""The security record: the cluster's security state inside the Raft state (pure, deterministic).
+
+One record per cluster, applied on every replica like the KV store and the cluster
+state (:mod:`p2pswarm.statemachine` routes ``{"sm": "security", "cmd": {...}}`` here):
+
+* ``bundle``      the trust bundle (:meth:`~p2pswarm.security.pki.TrustBundle.encode`): the CA certificates
+* ``sealed_ca``   the current CA's private key, sealed under the 32-byte cluster key
+                  (:meth:`~p2pswarm.security.pki.CertAuthority.seal`)
+* ``tokens``      the join-token state (:class:`~p2pswarm.security.tokens.TokenState`), sealed under the
+                  cluster key (context :data:`TOKEN_CONTEXT`), with its ``token_generation`` in clear
+                  so that two concurrent rotations cannot both win
+* ``revocations`` the revocation list signed by the CA (:meth:`~p2pswarm.security.pki.RevocationList.sign`),
+                  with its ``revocations_version`` in clear; a list only ever replaces an older one
+* ``certs``       every issued node certificate (DER) by node id (the latest one per node)
+
+The cluster key itself is never here: it is in each member's data dir (0600).  So a
+replica, a snapshot or a Raft log on disk holds no usable secret without it.
+
+Applying never raises and never reads a clock or a key: commands are checked for
+shape only (they come from authenticated members through Raft; the node verifies
+signatures and certificates when it *uses* the record).  Each change bumps
+``version``, which lets the node notice changes with one comparison.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_CERT = 4096
+MAX_BLOB = 64 * 1024
+MAX_CERTS = 10_000
+TOKEN_CONTEXT = b"join-token"
+OPS = ("init", "tokens", "revocations", "cert")
+
+
+def _blob(value: Any, hi: int = MAX_BLOB, lo: int = 1) -> bool:
+    return type(value) is bytes and lo <= len(value) <= hi
+
+
+def _node(value: Any) -> bool:
+    return type(value) is str and 0 < len(value) <= 64
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+class SecurityRecord:
+    __slots__ = ("cluster_id", "bundle", "sealed_ca", "tokens", "token_generation", "revocations",
+                 "revocations_version", "certs", "version")
+
+    def __init__(self) -> None:
+        self.cluster_id: str | None = None
+        self.bundle = b""
+        self.sealed_ca = b""
+        self.tokens = b""
+        self.token_generation = 0
+        self.revocations = b""
+        self.revocations_version = 0
+        self.certs: dict[str, bytes] = {}
+        self.version = 0
+
+    @property
+    def ready(self) -> bool:
+        """True once the creator's ``init`` is applied."""
+        return self.cluster_id is not None
+
+    # ------------------------------------------------------------ apply
+
+    def apply(self, cmd: dict) -> tuple[bool, str]:
+        """Apply one command; (ok, one-line reason when refused).  Same result on every replica."""
+        op = cmd.get("op")
+        if op not in OPS:
+            return False, f"unknown security command {str(op)[:20]!r}"
+        if op == "init":
+            return self._init(cmd)
+        if not self.ready:
+            return False, "the cluster's security record is not initialised yet; retry in a moment"
+        if op == "tokens":
+            sealed, generation = cmd.get("sealed"), cmd.get("generation")
+            if not _blob(sealed) or type(generation) is not int:
+                return False, "bad join-token command"
+            if generation != self.token_generation + 1:
+                return False, (f"the join token changed meanwhile (generation {self.token_generation}); "
+                               f"run the command again")
+            self.tokens, self.token_generation = sealed, generation
+        elif op == "revocations":
+            signed, version = cmd.get("signed"), cmd.get("version")
+            if not _blob(signed, 8 * 1024 * 1024) or not _count(version):
+                return False, "bad revocation command"
+            if version <= self.revocations_version:
+                return True, ""  # an older or equal list: the newer one stays (idempotent)
+            self.revocations, self.revocations_version = signed, version
+        else:  # cert
+            node, cert = cmd.get("node"), cmd.get("cert")
+            if not _node(node) or not _blob(cert, MAX_CERT):
+                return False, "bad certificate command"
+            if node not in self.certs and len(self.certs) >= MAX_CERTS:
+                return False, f"the security record holds at most {MAX_CERTS} certificates"
+            if self.certs.get(node) == cert:
+                return True, ""
+            self.certs[node] = cert
+        self.version += 1
+        return True, ""
+
+    def _init(self, cmd: dict) -> tuple[bool, str]:
+        if self.ready:
+            return (True, "") if cmd.get("cluster_id") == self.cluster_id else \
+                (False, "the security record belongs to another cluster")
+        cluster_id, certs = cmd.get("cluster_id"), cmd.get("certs", {})
+        fields = (cmd.get("bundle"), cmd.get("sealed_ca"), cmd.get("tokens"))
+        if (not _node(cluster_id) or not all(_blob(f) for f in fields) or not isinstance(certs, dict)
+                or not all(_node(k) and _blob(v, MAX_CERT) for k, v in certs.items())
+                or not _count(cmd.get("token_generation")) or not _count(cmd.get("revocations_version"))
+                or not _blob(cmd.get("revocations"), MAX_BLOB, 0)):
+            return False, "bad security init command"
+        self.cluster_id = cluster_id
+        self.bundle, self.sealed_ca, self.tokens = fields
+        self.token_generation = cmd["token_generation"]
+        self.revocations, self.revocations_version = cmd["revocations"], cmd["revocations_version"]
+        self.certs = dict(certs)
+        self.version += 1
+        return True, ""
+
+    # ------------------------------------------------------------ snapshot
+
+    def snapshot(self) -> dict | None:
+        if not self.ready:
+            return None
+        return {"cluster_id": self.cluster_id, "bundle": self.bundle, "sealed_ca": self.sealed_ca,
+                "tokens": self.tokens, "token_generation": self.token_generation,
+                "revocations": self.revocations, "revocations_version": self.revocations_version,
+                "certs": dict(self.certs), "version": self.version}
+
+    def restore(self, data: Any) -> None:
+        """Replace the state in place (a snapshot, or None for an empty record)."""
+        self.__init__()  # type: ignore[misc]
+        if isinstance(data, dict):
+            self._init({**data})
+            self.version = int(data.get("version", 1)) if type(data.get("version")) is int else 1
+
+
+def init_command(cid: str, cluster_id: str, *, bundle: bytes, sealed_ca: bytes, tokens: bytes,
+                 token_generation: int, revocations: bytes, revocations_version: int,
+                 certs: dict[str, bytes]) -> dict:
+    return {"id": cid, "op": "init", "cluster_id": cluster_id, "bundle": bundle, "sealed_ca": sealed_ca,
+            "tokens": tokens, "token_generation": token_generation, "revocations": revocations,
+            "revocations_version": revocations_version, "certs": dict(certs)}
