@@ -191,9 +191,9 @@ class NewsQueue:
             return []
         order = self._sorted()
         takes = self._takes
+        fresh_sends = self.fresh_sends
         copies = []
         used = 0
-        fresh_sends = self.fresh_sends
         spent = []
         for entry in order:
             before = entry.offset + takes
@@ -218,8 +218,8 @@ class NewsQueue:
         for entry in spent:
             self._drop(entry)
         self._ordered = False  # only fresh entries gained sends
-        if all(n >= targets for _, n in copies):  # the usual case: one batch serves every target
-            return [tuple(item for item, _ in copies)] * targets
+        if copies[-1][1] >= targets and all(n >= targets for _, n in copies):
+            return [tuple(item for item, _ in copies)] * targets  # the usual case: one batch for all
         return [tuple(item for item, n in copies if n > j) for j in range(targets)]
 
     def _sorted(self) -> list[_News]:

@@ -101,10 +101,8 @@ class Member:
 
 
 class _Probe:
-    """The probe of the current period; ``due`` is when it next needs a tick (INF once done)."""
-
     __slots__ = ("seq", "target", "addr", "sent", "ack_deadline", "retry_at", "retries", "end", "indirect",
-                 "nacks", "expected_nacks", "done", "failed", "due")
+                 "nacks", "expected_nacks", "done", "failed")
 
     def __init__(self, seq: int, target: str, addr: str, sent: float, ack_deadline: float,
                  end: float) -> None:
@@ -121,25 +119,21 @@ class _Probe:
         self.expected_nacks = 0
         self.done = False
         self.failed = False
-        self.due = ack_deadline
-
-    def finish(self) -> None:
-        self.done = True
-        self.due = INF
 
 
 class Swim:
     # A simulator holds thousands of cores and touches a different one at every event:
-    # slots keep a core's state in one compact object (~10 % faster at 10,000 members).
-    # "__dict__" stays so that anything not listed (a test's monkeypatched method, a new
-    # attribute) still works, only without that benefit.
-    __slots__ = ("id", "addr", "config", "rng", "incarnation", "health", "leaving", "leave_done", "joined",
-                 "join_attempts", "counters", "_meta", "_members", "_since", "_records", "_record_version",
-                 "_record_payload", "_rtt", "_indirect_only", "track_records", "_record_updates", "_live", "_gone",
-                 "_suspicions", "_news", "_outbox", "_events", "_order", "_order_pos", "_seq", "_probe",
-                 "_relays", "_confirm_queue", "_suspicion_due", "_limit_for", "_limit_value", "_seeds",
-                 "_join_at", "_join_delay", "_next_probe", "_next_gossip", "_next_push_pull", "_next_reconnect",
-                 "_next_reap", "_timers_due", "_relay_due", "__dict__")
+    # slots keep a core's state in one compact object (~10 % faster at 10,000 members),
+    # what nearly every event reads first, so that it shares the object's first cache
+    # lines.  "__dict__" stays so that anything not listed (a test's monkeypatched
+    # method, a new attribute) still works, only without that benefit.
+    __slots__ = ("_timers_due", "_probe_due", "_next_gossip", "_news", "_suspicion_due", "_relay_due", "_outbox",
+                 "_events", "_record_updates", "id", "addr", "leaving", "config", "_probe", "_members", "health",
+                 "rng", "_seq", "counters", "_rtt", "_indirect_only", "_limit_for", "_limit_value", "_live",
+                 "incarnation", "leave_done", "joined", "join_attempts", "_meta", "_since", "_records",
+                 "_record_version", "_record_payload", "track_records", "_gone", "_suspicions", "_order",
+                 "_order_pos", "_relays", "_confirm_queue", "_seeds", "_join_at", "_join_delay", "_next_probe",
+                 "_next_push_pull", "_next_reconnect", "_next_reap", "__dict__")
 
     def __init__(self, node_id: str, addr: str, meta: Meta, config: SwimConfig,
                  rng: RandomSource, now: float, incarnation: int = 0) -> None:
@@ -176,10 +170,13 @@ class Swim:
         self._order_pos = 0
         self._seq = rng.randrange(SEQ_MOD)
         self._probe: _Probe | None = None
+        self._probe_due = INF
+        """When the probe next needs a tick (INF: none, or done); kept here, next to the other
+        deadlines, so that next_deadline reads one object."""
         self._relays: dict[int, list] = {}
         self._confirm_queue: list[str] = []
-        self._suspicion_due: float | None = None
-        """Earliest suspicion deadline (None: recompute); next_deadline runs after every event."""
+        self._suspicion_due = INF
+        """Earliest suspicion deadline (INF: none), kept where suspicions change."""
         self._limit_for = -1
         self._limit_value = 0
         self._seeds: tuple[str, ...] = ()
@@ -193,8 +190,8 @@ class Swim:
         self._next_reap = now + config.left_reap_after / 4
         self._timers_due = INF
         """Earliest of the periodic timers above (probe, push/pull, reconnect, reap, join)."""
-        self._relay_due: float | None = INF
-        """Earliest relay deadline (None: recompute)."""
+        self._relay_due = INF
+        """Earliest relay deadline (INF: none), kept where relays change."""
         self._refresh_timers()
 
     # ------------------------------------------------------------ driver API
@@ -256,6 +253,16 @@ class Swim:
         out, self._record_updates = self._record_updates, []
         return out
 
+    def emit_into(self, outbox: list, events: list, record_updates: list) -> None:
+        """Append what we emit (Outgoing, MemberEvent, learned records) to these lists.
+
+        For a driver that runs many cores in one thread (the simulator): it gives them
+        all the same lists and empties those after each call, instead of draining each
+        core, whose own lists would be cold in the CPU cache by the time it runs again.
+        The drain_* methods must not be used then.
+        """
+        self._outbox, self._events, self._record_updates = outbox, events, record_updates
+
     def members(self) -> list[Member]:
         return [self._view(node) for node in self._members]
 
@@ -284,34 +291,25 @@ class Swim:
 
         The driver asks after every message it hands us, so this only compares values
         kept up to date where they change (the periodic timers' minimum, the probe's
-        next step, the earliest suspicion and relay deadlines).
+        next step, the earliest suspicion and relay deadlines): at 10,000 members even
+        looking into the suspicion and relay tables of a core costs cache misses.
         """
         t = self._timers_due
-        probe = self._probe
-        if probe is not None and probe.due < t:
-            t = probe.due
+        if self._probe_due < t:
+            t = self._probe_due
         if self._news.fresh and self._next_gossip < t:
             t = self._next_gossip
-        if self._suspicions:
-            due = self._suspicion_due
-            if due is None:
-                due = self._earliest_suspicion()
-            if due < t:
-                t = due
-        if self._relays:
-            due = self._relay_due
-            if due is None:
-                self._relay_due = due = min(r[2] for r in self._relays.values())
-            if due < t:
-                t = due
+        if self._suspicion_due < t:
+            t = self._suspicion_due
+        if self._relay_due < t:
+            t = self._relay_due
         return t
 
-    def _earliest_suspicion(self) -> float:
-        """The earliest suspicion deadline (INF without suspicions), kept until one changes."""
-        due = self._suspicion_due
-        if due is None:
-            self._suspicion_due = due = min((s.deadline for s in self._suspicions.values()), default=INF)
-        return due
+    def _refresh_suspicion_due(self) -> None:
+        self._suspicion_due = min((s.deadline for s in self._suspicions.values()), default=INF)
+
+    def _refresh_relay_due(self) -> None:
+        self._relay_due = min((r[2] for r in self._relays.values()), default=INF)
 
     def _refresh_timers(self) -> None:
         self._timers_due = min(self._next_probe, self._next_push_pull, self._next_reconnect, self._next_reap,
@@ -320,8 +318,8 @@ class Swim:
     # ------------------------------------------------------------ timers
 
     def tick(self, now: float) -> None:
-        probe = self._probe
-        if probe is not None and now >= probe.due:
+        if now >= self._probe_due:
+            probe = self._probe
             if not probe.indirect:
                 self._start_indirect(now, probe)
             if now >= probe.retry_at:
@@ -332,13 +330,13 @@ class Swim:
             if now >= probe.end:
                 self._probe_failed(now, probe)
             else:
-                probe.due = min(probe.retry_at, probe.end)
+                self._probe_due = min(probe.retry_at, probe.end)
         if now >= self._next_probe:
             self._start_probe(now)
-        if self._suspicions and now >= self._earliest_suspicion():
+        if now >= self._suspicion_due:
             for node in [n for n, s in self._suspicions.items() if now >= s.deadline]:
                 self._suspicion_expired(now, node)
-        if self._relays:
+        if now >= self._relay_due:
             self._tick_relays(now)
         if now >= self._next_gossip and self._news.fresh:
             self._gossip(now)
@@ -371,6 +369,7 @@ class Swim:
         # but never past the end of the period.
         self._probe = _Probe(self._seq, target, state.addr, now, now + ack_wait,
                              now + min(2 * ack_wait, self.config.probe_interval * scale))
+        self._probe_due = now + ack_wait
         buddy = None
         if state.status == SUSPECT and self.config.lifeguard:
             buddy = Suspect(target, state.incarnation, self.id)
@@ -403,8 +402,9 @@ class Swim:
                        PingReq(probe.seq, self.id, self.addr, probe.target, probe.addr, self._piggyback()))
 
     def _probe_failed(self, now: float, probe: _Probe) -> None:
-        probe.finish()
+        probe.done = True
         probe.failed = True
+        self._probe_due = INF
         self._count("probe_failures")
         if self.config.lifeguard:
             if probe.expected_nacks > 0:
@@ -419,7 +419,7 @@ class Swim:
 
     def _suspicion_expired(self, now: float, node: str) -> None:
         suspicion = self._suspicions.pop(node)
-        self._suspicion_due = None
+        self._refresh_suspicion_due()
         state = self._members.get(node)
         if state is None or state.status != SUSPECT or state.incarnation != suspicion.incarnation:
             return
@@ -427,7 +427,6 @@ class Swim:
         self._on_dead(now, Dead(node, state.incarnation, self.id, False))
 
     def _tick_relays(self, now: float) -> None:
-        self._relay_due = None
         for seq in [s for s, r in self._relays.items() if now >= r[2]]:
             origin_addr, origin_seq, deadline, nack_pending, expires = self._relays[seq]
             if nack_pending:
@@ -436,6 +435,7 @@ class Swim:
                 self._relays[seq] = [origin_addr, origin_seq, expires, False, expires]
             else:
                 del self._relays[seq]
+        self._refresh_relay_due()
 
     def _gossip(self, now: float) -> None:
         self._next_gossip = now + self.config.gossip_interval
@@ -511,6 +511,8 @@ class Swim:
             if msg.news:
                 self._absorb(now, msg.news)
             self._on_ack(now, msg)
+        elif kind is Gossip:
+            self._absorb(now, msg.news)
         elif kind is PingReq:
             if msg.news:
                 self._absorb(now, msg.news)
@@ -520,8 +522,6 @@ class Swim:
             if probe is not None and probe.seq == msg.seq and not probe.done:
                 probe.nacks += 1
                 self._count("nacks_received")
-        elif kind is Gossip:
-            self._absorb(now, msg.news)
         elif kind is PushPull:
             self._on_push_pull(now, msg)
         else:
@@ -536,7 +536,8 @@ class Swim:
                 probe.failed = False
                 self._adjust_health(1)
             if not probe.done:
-                probe.finish()
+                probe.done = True
+                self._probe_due = INF
                 if self.config.lifeguard and self.health:
                     self._adjust_health(-1)
                 if msg.source != probe.target:  # relayed by a helper: only indirect probes got through
@@ -549,7 +550,7 @@ class Swim:
             return
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:
-            self._relay_due = None
+            self._refresh_relay_due()
             self._send(relay[0], Ack(relay[1], self.id, self._piggyback()))
 
     def _on_ping_req(self, now: float, msg: PingReq) -> None:
@@ -562,7 +563,7 @@ class Swim:
         want_nack = self.config.lifeguard
         self._relays[self._seq] = relay = [msg.source_addr, msg.seq, nack_at if want_nack else expires,
                                            want_nack, expires]
-        if self._relay_due is not None and relay[2] < self._relay_due:
+        if relay[2] < self._relay_due:
             self._relay_due = relay[2]
         self._send(msg.target_addr, Ping(self._seq, self.id, self.addr, msg.target, self._piggyback()))
 
@@ -681,9 +682,10 @@ class Swim:
         low, high = self.config.suspicion_bounds(self._live)
         if news.by != self.id and self.config.lifeguard:
             self._maybe_confirm(node)
-        self._suspicion_due = None
-        self._suspicions[node] = Suspicion(news.incarnation, now, low, high,
-                                           self.config.expected_confirmations(self._live), news.by)
+        self._suspicions[node] = suspicion = Suspicion(news.incarnation, now, low, high,
+                                                       self.config.expected_confirmations(self._live), news.by)
+        if suspicion.deadline < self._suspicion_due:  # (a member is suspected once at a time)
+            self._suspicion_due = suspicion.deadline
         self._set(now, MemberState(node, cur.addr, news.incarnation, SUSPECT, cur.meta), news.by)
         self._news.put((node, "m"), news)
 
@@ -691,7 +693,7 @@ class Swim:
         """Someone else suspects a member we suspect: if independent, it shortens our timeout
         (Lifeguard) and is passed on."""
         if news.incarnation == suspicion.incarnation and suspicion.confirm(news.by):
-            if self._suspicion_due is not None and suspicion.deadline < self._suspicion_due:
+            if suspicion.deadline < self._suspicion_due:
                 self._suspicion_due = suspicion.deadline  # only ever earlier: still the minimum
             self._news.put((news.node, "m"), news)
 
@@ -796,7 +798,7 @@ class Swim:
 
     def _drop_suspicion(self, node: str) -> None:
         if self._suspicions.pop(node, None) is not None:
-            self._suspicion_due = None
+            self._refresh_suspicion_due()
 
     def _maybe_confirm(self, node: str) -> None:
         """Probe a member someone else suspects at our next period, with probability K/(n − 2).

@@ -111,6 +111,10 @@ class SwimSimulation:
         self.net = SimNetwork(model, random.Random(self.rng.random()))
         self._send = self.net.transmitter(self.heap, DELIVER)
         self.addr_index: dict[str, int] = {}
+        self._outbox: list = []
+        self._events: list = []
+        self._learned: list = []
+        """What the cores emit, shared by all of them: the loop empties these after each event."""
         self.cores: list[Swim] = []
         self.wake_at = array("d")
         """Per core, the time of its one live wake-up (inf: none); flat, as it is read at every event."""
@@ -150,6 +154,7 @@ class SwimSimulation:
             core = Swim(node_id, state.addr, state.meta, self.config, random.Random(self.rng.random()), 0.0)
             core.bootstrap(0.0, states, live=sc.nodes)
             core.track_records = True
+            core.emit_into(self._outbox, self._events, self._learned)
             self.cores.append(core)
             self.wake_at.append(math.inf)
             self._reschedule(i, 0.0)
@@ -199,7 +204,7 @@ class SwimSimulation:
     def run(self) -> dict:
         started = time.perf_counter()
         # Millions of long-lived objects: keep the cyclic GC from rescanning them all.  (No
-        # collection first: building leaves no cycles worth a second of scanning 3 GB.)
+        # collection first: building leaves no garbage cycles, and scanning 3 GB takes a second.)
         gc.disable()
         gc.freeze()
         try:
@@ -224,6 +229,7 @@ class SwimSimulation:
         pack = struct.Struct("<dBi").pack
         push = self.heap.push
         inf = math.inf
+        outbox, events, learned = self._outbox, self._events, self._learned
         for at, _serial, kind, i, payload in self.heap.events_until(self.sc.duration):
             if i in crashed:
                 continue
@@ -250,16 +256,17 @@ class SwimSimulation:
                 version = core.member(core.id).record_version
                 self.updates[(core.id, version)] = {"at": at, "times": [],
                                                     "live": self.sc.nodes - len(crashed) - 1}
-            out = core._outbox
-            if out:
-                core._outbox = []  # drain_outbox(), without the call
-                self._transmit(i, out, at)
-            if core._events:
-                self._observe(i, core.drain_events())
+            if outbox:
+                self._transmit(i, outbox, at)
+                outbox.clear()
+            if events:
+                self._observe(i, events)
+                events.clear()
                 if self.healed_at is not None:
                     self._check_merged(at)
-            if core._record_updates:
-                self._record_spread(core.drain_record_updates(), at)
+            if learned:
+                self._record_spread(learned, at)
+                learned.clear()
             due = core.next_deadline()
             if due != wake_at[i] and due != inf:
                 wake_at[i] = due
