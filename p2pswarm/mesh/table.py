@@ -71,6 +71,7 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
     own = peers.get(me)
     host = own.host if own is not None else "127.0.0.1"
     graph = link_graph(me, peers, frozenset(unreachable))
+    relays = {n for n, p in peers.items() if p.relay_port}
     relay_for: dict[str, str | None] = {}
     ports: dict[int, dict[str, Any]] = {}
     routes: list[Route] = []
@@ -91,7 +92,6 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
                 route, why = "local", "replica on this node"
             elif peer.node not in graph.adj.get(me, {}):
                 if peer.node not in relay_for:
-                    relays = {n for n, p in peers.items() if p.relay_port}
                     relay_for[peer.node] = relay_of(graph, me, peer.node, relays)
                 relay = relay_for[peer.node]
                 if relay is None:
