@@ -6,7 +6,7 @@ node's loop, rebuilds the route table (:func:`p2pswarm.mesh.table.build`, pure) 
 what it depends on changes — members and their status, task digests, the links this
 node cannot use directly, injected faults — and at least every ``REFRESH`` seconds so
 that round-trip times stay current, then pushes the whole table to the data plane.
-The data plane starts with the first table that has a published port.
+The data plane starts with the first table that has a published port (TCP or UDP).
 
 It also gossips this node's relay port and the members it cannot reach directly
 (through the Raft driver's facts record), which other nodes need to choose relays.
@@ -92,7 +92,7 @@ class MeshHost:
         self.table, self.routes = build(self.node_id, self.peers(), unreachable=unreachable,
                                         blocked_hosts=self.blocked_hosts(faults), limits=self.limits,
                                         version=self.version)
-        if self.data_plane is None and self._starting is None and self.table["ports"]:
+        if self.data_plane is None and self._starting is None and (self.table["ports"] or self.table.get("udp")):
             self._starting = asyncio.ensure_future(self._start())
         elif self.data_plane is not None:
             self.data_plane.push(self.table)
@@ -154,4 +154,7 @@ class MeshHost:
         totals = (plane or {}).get("total", {})
         out = {k: int(v) for k, v in totals.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         out["bind_errors"] = len((plane or {}).get("bind_errors", {}))
+        udp = (plane or {}).get("udp", {}).get("total", {})
+        out.update({f"udp_{k}": int(v) for k, v in udp.items()
+                    if k != "sessions" and isinstance(v, int) and not isinstance(v, bool)})
         return out

@@ -32,6 +32,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from dataclasses import field as dataclass_field
 from importlib import metadata
 from typing import Any, Callable
 
@@ -75,6 +76,11 @@ class NodeOptions:
     """Plaintext chosen explicitly (``up --insecure``): refuse, with one line, to join a secure cluster."""
     token: str | None = None
     """The join token (``P2PS-1-...``) a secure node needs to join a cluster."""
+    autolock: bool = False
+    """Encryption at rest (``up --autolock``): the data dir must hold ``security/autolock`` (the CLI makes it)."""
+    unlock_key: str | None = dataclass_field(default=None, repr=False)
+    """The unlock key text (``P2PSU-1-...``) to unlock at start; without it a locked data dir waits for
+    ``p2pswarm unlock`` (:meth:`Node._wait_unlocked`)."""
 
 
 SECURE_PROBE_INTERVAL = 2.0
@@ -179,6 +185,8 @@ class Node:
             meta = Meta(name=self.name, labels=tuple(sorted(self.options.labels)), capacity=host_capacity(),
                         version=software_version(), started_ms=int(time.time() * 1000))
             check_meta(meta)
+            if not await self._wait_unlocked():
+                return 0  # stopped while locked
             self._prepare_security()
             self.transport = FaultyTransport(self._make_transport(), random.Random(self.seed + 1))
             await self.transport.start()
@@ -216,6 +224,8 @@ class Node:
                 self.datadir.remove_pid()
                 self.datadir.api_sock.unlink(missing_ok=True)
         finally:
+            from p2pswarm.security.autolock import forget
+            forget(self.datadir.path)
             self.datadir.unlock()
         if self._fatal is not None:
             raise self._fatal
@@ -292,6 +302,50 @@ class Node:
             self._log_join_token()
 
     # ------------------------------------------------------------ security
+
+    async def _wait_unlocked(self) -> bool:
+        """With encryption at rest, unlock the data key before anything reads the data dir.
+
+        The key given at start (``up --unlock-key-file``) unlocks at once (a wrong one stops the
+        node with one line).  Without it only the locked API runs (:mod:`p2pswarm.api.lock_routes`)
+        until ``p2pswarm unlock`` sends the right key; False if the node is stopped meanwhile.
+        """
+        from p2pswarm.api.lock_routes import LockRoutes
+        from p2pswarm.api.server import ApiServer
+        from p2pswarm.security import autolock
+        if not autolock.has_lock(self.datadir):
+            if self.options.autolock:
+                raise SecurityError(f"--autolock: {self.datadir.security_path / autolock.LOCK_FILE} is missing; "
+                                    f"restore it from a backup (start with `p2pswarm up --autolock`)", "autolock")
+            return True
+        if self.options.unlock_key:
+            autolock.unlock(self.datadir, self.options.unlock_key)
+            return True
+        unlocked = asyncio.Event()
+        info = {"id": self.node_id, "name": self.name, "pid": os.getpid(), "data_dir": str(self.datadir.path),
+                "version": software_version(), "addr": self.options.bind, "secure": self.options.secure}
+        api = ApiServer(str(self.datadir.api_sock), LockRoutes(lambda: info, lambda key: autolock.unlock(
+            self.datadir, key), unlocked.set, self.request_shutdown))
+        self.datadir.write_pid()
+        await api.start()
+        self._install_signals()
+        log.warning("this node is locked: run `p2pswarm unlock --data-dir %s` with its unlock key", self.datadir.path)
+        waits = [asyncio.ensure_future(unlocked.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            self._remove_signals()
+            await api.close()
+        if not unlocked.is_set():
+            self.datadir.remove_pid()
+            self.datadir.api_sock.unlink(missing_ok=True)
+            log.info("node %s (%s) stopped while locked", self.name, self.node_id)
+            return False
+        self._wake.clear()
+        log.info("unlocked: starting the node")
+        return True
 
     def _prepare_security(self) -> None:
         """Decide secure create / join / restart (nothing is logged yet: a bind error must stay the only line)."""
@@ -636,7 +690,7 @@ class Node:
             "join_attempts": max(self.swim.join_attempts, getattr(self.security, "join_attempts", 0)),
             "leaving": self._stop_requested, "secure": self.security is not None,
             "security": self.security.state if self.security is not None else "off",
-            "join_error": getattr(self.security, "last_error", None),
+            "join_error": getattr(self.security, "last_error", None), "state": "running",
         }
 
     def member_views(self) -> list[dict[str, Any]]:

@@ -116,7 +116,8 @@ class RaftDriver:
         self.swim, self.transport, self.clock = swim, transport, clock
         self.on_facts = on_facts
         self.counters: Counter[str] = Counter()
-        self.storage = FileStorage(raft_dir, cluster_id)
+        from p2pswarm.security.autolock import cipher_for
+        self.storage = FileStorage(raft_dir, cluster_id, cipher=cipher_for(raft_dir))  # None without --autolock
         stored = self.storage.load()
         self.sm = StateMachines()
         self.kv, self.cluster, self.security = self.sm.kv, self.sm.cluster, self.sm.security

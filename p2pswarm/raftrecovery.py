@@ -36,7 +36,15 @@ def force_new_cluster(data_dir: Path | str) -> dict:
     cluster_id = stored_cluster_id(str(raft_dir))
     if not node_id or cluster_id is None:
         raise RecoveryError(f"{datadir.path} holds no raft log; run recover on the data dir of a surviving voter")
-    storage = FileStorage(str(raft_dir), cluster_id)
+    from p2pswarm.consensus.storage import StorageError
+    from p2pswarm.security.autolock import cipher_for
+    try:  # an --autolock log needs the data key, unlocked only inside a running node
+        storage = FileStorage(str(raft_dir), cluster_id, cipher=cipher_for(datadir.path))
+    except StorageError as exc:
+        if "is encrypted" not in str(exc):
+            raise
+        raise RecoveryError(f"the raft log in {raft_dir} is encrypted (--autolock): `cluster recover` cannot "
+                            f"read it yet; recover on a surviving voter without --autolock") from None
     try:
         stored = storage.load()
         voters = _last_voters(stored)

@@ -187,22 +187,22 @@ def _port(value: Any) -> PortSpec:
         return parse_port(str(value))
     if isinstance(value, str):
         text, _, proto = value.partition("/")
-        if proto not in ("", "tcp"):
-            raise SpecError(f"ports: only tcp is supported, got {value!r}")
+        if proto not in ("", "tcp", "udp"):
+            raise SpecError(f"ports: the protocol must be tcp or udp, got {value!r}")
         if text.count(":") > 1:
             raise SpecError(f"ports: a host address is not supported, got {value!r}")
-        return parse_port(text)
+        return parse_port(text + (f"/{proto}" if proto else ""))
     port = _mapping(value, "ports")
     unknown = sorted(set(port) - {"target", "published", "protocol", "mode"})
     if unknown:
         raise SpecError(f"ports: unsupported field {unknown[0]!r} (allowed: target, published, protocol, mode)")
-    if port.get("protocol", "tcp") != "tcp":
-        raise SpecError(f"ports: only tcp is supported, got {port['protocol']!r}")
+    if port.get("protocol", "tcp") not in ("tcp", "udp"):
+        raise SpecError(f"ports: the protocol must be tcp or udp, got {port['protocol']!r}")
     if port.get("published") is None:
         raise SpecError("ports: the long syntax needs 'published'")
     published = port["published"]
     return PortSpec(int(published) if isinstance(published, str) and published.isdigit() else published,
-                    port.get("target"))
+                    port.get("target"), protocol=port.get("protocol", "tcp"))
 
 
 def _health(value: Any) -> HealthCheck | None:

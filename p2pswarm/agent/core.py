@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from p2pswarm.runtime.base import TaskSpec, published_ports
+from p2pswarm.runtime.base import TaskSpec
 
 PENDING, STARTING, RUNNING, STOPPING, RESTARTING = "pending", "starting", "running", "stopping", "restarting"
 COMPLETE, FAILED, SHUTDOWN = "complete", "failed", "shutdown"
@@ -93,8 +93,8 @@ class _Task:
     version: int | None = None
     """Spec version of the current or last run."""
     port: int | None = None
-    mesh: tuple[tuple[int, int, bool], ...] = ()
-    """(published port, task port, proxy protocol) while the run serves the routing mesh."""
+    mesh: tuple[tuple, ...] = ()
+    """(published port, task port, proxy protocol[, "udp"]) while the run serves the routing mesh."""
     health: str | None = None
     exit_code: int | None = None
     signal: int | None = None
@@ -136,7 +136,7 @@ class AgentCore:
         if t is None or t.state not in (STARTING, STOPPING):
             return
         t.port = ports[0] if ports else None
-        t.mesh = tuple(published_ports(t.assignment.spec.publish, ports))
+        t.mesh = _mesh_entries(t.assignment.spec.publish, ports)
         t.health = "starting" if t.assignment.spec.health else None
         if t.state == STARTING:
             t.state = RUNNING
@@ -199,7 +199,8 @@ class AgentCore:
         whenever a record changes. A record holds ``s`` state and ``v`` spec version, and
         only when set: ``p`` port, ``h`` health, ``x`` exit code, ``g`` signal, ``e``
         error, ``r`` restarts so far, and for a run serving published ports ``n`` the
-        service and ``m`` ``[[published, task port, proxy protocol], ...]`` (the mesh's
+        service and ``m`` ``[[published, task port, proxy protocol], ...]``, a UDP port with a
+        4th element ``"udp"`` (nodes that predate UDP skip those entries) (the mesh's
         backends come from these alone, so the mesh works without Raft). Read-only: it is shared until the next change."""
         return {"v": self._version, "tasks": self._digest_tasks}
 
@@ -288,6 +289,18 @@ def _record(t: _Task) -> dict[str, Any]:
         rec["n"] = t.assignment.spec.service
         rec["m"] = [list(entry) for entry in t.mesh]
     return rec
+
+
+def _mesh_entries(publish: tuple, ports: tuple[int, ...]) -> tuple[tuple, ...]:
+    """:func:`p2pswarm.runtime.base.published_ports`, with ``"udp"`` appended to the entries of UDP ports."""
+    dynamic = iter(ports)
+    out = []
+    for p in publish:  # as published_ports: each dynamic target takes the next dynamic port
+        port = p.target if p.target is not None else next(dynamic, None)
+        if port is not None:
+            out.append((p.published, port, p.proxy_protocol, "udp") if p.protocol == "udp"
+                       else (p.published, port, p.proxy_protocol))
+    return tuple(out)
 
 
 def _describe(t: _Task) -> str:

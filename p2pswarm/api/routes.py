@@ -8,7 +8,8 @@ once it is committed and applied.
 
 Security: ``GET /v1/security`` (this node's certificate, admitted peers, revoked
 nodes, counters), ``GET /v1/security/join-token`` and ``POST /v1/security/join-token``
-with ``{"rotate": true, "ttl": SECONDS or null}``.  The token is a secret: the API
+with ``{"rotate": true, "ttl": SECONDS or null}``, ``GET /v1/security/ca`` (trusted CAs, rotation
+progress) and ``POST /v1/security/ca`` with ``{"rotate": true}``.  The token is a secret: the API
 is a unix socket of mode 0600, readable by the node's user only.
 """
 
@@ -45,6 +46,7 @@ class Router:
             "/v1/mesh": {"GET": self.mesh},
             "/v1/security": {"GET": self.security},
             "/v1/security/join-token": {"GET": self.join_token, "POST": self.rotate_join_token},
+            "/v1/security/ca": {"GET": self.ca, "POST": self.rotate_ca},
         }
         self.kv_routes = {"GET": self.kv_get, "PUT": self.kv_put, "DELETE": self.kv_delete}
         from p2pswarm.api.service_routes import ServiceRoutes
@@ -136,6 +138,24 @@ class Router:
         host = self._security_host()
         try:
             return Response.json(await self._raft_call(host.rotate_token(self.node.raft_driver(), ttl)))
+        except SecurityError as exc:
+            raise HttpError(503 if exc.code == "unavailable" else 409, one_line(exc)) from None
+
+    def ca(self, request: Request) -> Response:
+        from p2pswarm.security.errors import SecurityError
+        try:
+            return Response.json(self._security_host().ca_view(self.node.raft_driver(), self.node.swim))
+        except SecurityError as exc:
+            raise HttpError(503, one_line(exc)) from None
+
+    async def rotate_ca(self, request: Request) -> Response:
+        from p2pswarm.security.errors import SecurityError
+        body = json_body(request)
+        if not isinstance(body, dict) or body.get("rotate") is not True:
+            raise HttpError(400, 'body must be {"rotate": true}')
+        host = self._security_host()
+        try:
+            return Response.json(await self._raft_call(host.rotate_ca(self.node.raft_driver())))
         except SecurityError as exc:
             raise HttpError(503 if exc.code == "unavailable" else 409, one_line(exc)) from None
 

@@ -1,7 +1,9 @@
-"""`p2pswarm cluster status`, `cluster join-token [--rotate]` and `cluster recover --force-new-cluster`."""
+"""`p2pswarm cluster status`, `cluster join-token [--rotate]`, `cluster ca [--rotate]` and
+`cluster recover --force-new-cluster`."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -76,6 +78,75 @@ def join_token(data_dir, rotate, ttl, quiet):
     click.echo(f"to add a node to this cluster{expiry}, run on it:\n\n"
                f"    p2pswarm up --peers {addr} --token {out['token']}\n")
     return 0
+
+
+CA_ROTATION_WAIT = 300.0
+"""Seconds `cluster ca --rotate` shows progress before it gives up waiting (the rotation goes on)."""
+CA_POLL_INTERVAL = 0.5
+
+
+@cluster.command("ca")
+@data_dir_option
+@click.option("--rotate", is_flag=True, help="Replace the cluster CA: a new CA cross-signed by the old one, every "
+                                              "member's certificate re-issued, then the old CA dropped (no downtime).")
+@click.option("--detach", "-d", is_flag=True, help="With --rotate: return once the rotation started.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def ca(data_dir, rotate, detach, fmt):
+    """Show the cluster CA (and a rotation's progress), or rotate it.
+
+    A rotation waits for every member: a node that is down keeps the old CA trusted
+    until it is back (or removed with `p2pswarm node rm`). The join token changes
+    with the CA: the new one is printed at the end.
+    """
+    if detach and not rotate:
+        raise click.UsageError("--detach applies to --rotate")
+    client = ApiClient(_datadir(data_dir), timeout=30.0)
+    if rotate:
+        out = client.request("POST", "/v1/security/ca", {"rotate": True})
+        if not detach:
+            out = _follow_rotation(client, out)
+    else:
+        out = client.get("/v1/security/ca")
+    if fmt == "json":
+        click.echo(to_json(out))
+        return 0
+    click.echo(f"cluster CA {out['ca_fingerprint']} (generation {out['generation']})")
+    if out["rotating"]:
+        click.echo(f"rotation in progress: trusted CAs {', '.join(out['trusted'])}")
+        rows = [(node, why) for node, why in sorted(out["pending"].items())]
+        if rows:
+            click.echo(table(("NODE", "WAITING FOR"), rows))
+    if out.get("token"):
+        click.echo(f"join token: {out['token']}")
+    return 0
+
+
+def _rotation_line(out: dict) -> str:
+    members = out.get("members") or 0
+    done = members - len(out.get("pending") or {})
+    return f"CA rotation: {done} out of {members} members hold a certificate from CA {out['ca_fingerprint'][:23]}…"
+
+
+def _follow_rotation(client: ApiClient, out: dict) -> dict:
+    """Progress on stderr until the rotation finished; exit 1 with one line if it does not in time."""
+    deadline = time.monotonic() + CA_ROTATION_WAIT
+    shown = ""
+    while out["rotating"]:
+        line = _rotation_line(out)
+        if line != shown:
+            click.echo(("\r\x1b[K" if sys.stderr.isatty() and shown else "") + line,
+                       err=True, nl=not sys.stderr.isatty())
+            shown = line
+        if time.monotonic() > deadline:
+            waiting = ", ".join(f"{n} ({why})" for n, why in sorted(out["pending"].items()))
+            raise click.ClickException(f"the CA rotation has not finished after {CA_ROTATION_WAIT:.0f} s; it goes "
+                                       f"on and waits for: {waiting} (`node rm` a node that will not come back)")
+        time.sleep(CA_POLL_INTERVAL)
+        out = client.get("/v1/security/ca")
+    if shown and sys.stderr.isatty():
+        click.echo("", err=True)
+    click.echo("CA rotation finished: the old CA is no longer trusted", err=True)
+    return out
 
 
 @cluster.command("status")

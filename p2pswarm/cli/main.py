@@ -91,6 +91,10 @@ from p2pswarm.cli.mesh_cmds import mesh  # noqa: E402
 
 main.add_command(mesh)
 
+from p2pswarm.cli.lock_cmds import unlock  # noqa: E402
+
+main.add_command(unlock)
+
 
 if __name__ == "__main__":
     main()

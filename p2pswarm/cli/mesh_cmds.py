@@ -22,7 +22,8 @@ def routes(port, fmt, data_dir):
     """Show where this node sends connections to each published port (or PORT only)."""
     view = ApiClient(_datadir(data_dir)).get("/v1/mesh")
     rows = [r for r in view.get("routes", []) if port is None or r["port"] == port]
-    errors = {int(p): e for p, e in view.get("bind_errors", {}).items() if port is None or int(p) == port}
+    errors = {key: e for key, e in view.get("bind_errors", {}).items()
+              if port is None or _port_number(key) == port}
     if fmt == "json":
         click.echo(to_json({"routes": rows, "bind_errors": errors, "running": view.get("running", False),
                             "relay_port": view.get("relay_port")}))
@@ -30,9 +31,18 @@ def routes(port, fmt, data_dir):
     if not rows and not errors:
         click.echo("no published ports" + (f" on {port}" if port else ""))
         return 0
-    click.echo(table(["PORT", "SERVICE", "TASK", "NODE", "BACKEND", "ROUTE", "WHY"],
-                     [[r["port"], r["service"], r["task"], r["node_name"], r["addr"], r["route"], r["why"]]
-                      for r in sorted(rows, key=lambda r: (r["port"], r["route"] == "excluded", r["task"]))]))
-    for p, message in sorted(errors.items()):
-        click.echo(f"port {p}: not served on this node: {message}", err=True)
+    click.echo(table(["PORT", "PROTO", "SERVICE", "TASK", "NODE", "BACKEND", "ROUTE", "WHY"],
+                     [[r["port"], r.get("protocol", "tcp"), r["service"], r["task"], r["node_name"], r["addr"],
+                       r["route"], r["why"]]
+                      for r in sorted(rows, key=lambda r: (r["port"], r.get("protocol", "tcp"),
+                                                           r["route"] == "excluded", r["task"]))]))
+    for key, message in sorted(errors.items(), key=lambda kv: (_port_number(kv[0]), kv[0])):
+        where = key if "/" in str(key) else f"{key}/tcp"
+        click.echo(f"port {where}: not served on this node: {message}", err=True)
     return 0
+
+
+def _port_number(key: object) -> int:
+    """``8080`` (TCP) or ``"5353/udp"`` (UDP): the keys of the data plane's ``bind_errors``."""
+    text = str(key).partition("/")[0]
+    return int(text) if text.isdigit() else 0

@@ -97,9 +97,16 @@ def _datadir(path: Path | None) -> DataDir:
                    "it) [env: P2PSWARM_TOKEN].")
 @click.option("--insecure", is_flag=True,
               help="Plaintext: no CA, no certificates, no encryption (a cluster of --insecure nodes only).")
+@click.option("--autolock", "autolock_on", is_flag=True,
+              help="Encrypt this node's Raft log, snapshots and key files at rest (a new data dir only); prints "
+                   "the unlock key that `p2pswarm unlock` needs after every restart.")
+@click.option("--unlock-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PATH",
+              help="With --autolock: use the unlock key in PATH (e.g. one key for several nodes) instead of making "
+                   "one; on a locked node: unlock at start. '-' reads it from stdin.")
 @click.option("--detach", is_flag=True, help="Run in the background; logs go to <data-dir>/node.log.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
-def up(peers, bind, advertise, name, data_dir, labels, preset, relay_port, token, insecure, detach, log_level):
+def up(peers, bind, advertise, name, data_dir, labels, preset, relay_port, token, insecure, autolock_on,
+       unlock_key_file, detach, log_level):
     """Start a node: create a new cluster, or join one with --peers (and --token).
 
     Clusters are secure by default: the first node creates the cluster CA and prints
@@ -117,13 +124,51 @@ def up(peers, bind, advertise, name, data_dir, labels, preset, relay_port, token
     if insecure and token:
         raise click.BadParameter("a join token is for secure clusters; drop --insecure to join with it",
                                  param_hint="--token")
+    unlock_key = _prepare_autolock(datadir, autolock_on, unlock_key_file)
     options = NodeOptions(data_dir=str(datadir.path), bind=bind, advertise=advertise, peers=peers,
                           name=name, labels=labels, preset=preset, relay_port=relay_port, secure=not insecure,
-                          insecure=insecure, token=token)
+                          insecure=insecure, token=token, autolock=autolock_on, unlock_key=unlock_key)
     if detach:
         return _up_detached(options, log_level)
     configure_logging(log_level)
     return asyncio.run(Node(options).run())
+
+
+def _prepare_autolock(datadir: DataDir, autolock_on: bool, key_file: Path | None) -> str | None:
+    """The unlock key text the node starts with (None: it waits locked, or has no autolock).
+
+    ``--autolock`` on a new data dir makes the lock file here, before the node (or its detached
+    child) starts, and shows a made-up unlock key once on stderr, never in the node's log.
+    """
+    from p2pswarm.security import autolock
+    key = None
+    if key_file is not None:
+        key = (autolock.check_key_text(sys.stdin.read(4096), "the unlock key on stdin") if str(key_file) == "-"
+               else autolock.read_unlock_key_file(key_file))
+    if autolock.has_lock(datadir):
+        if key is not None:  # a wrong key is one line now, not a node that fails in the background
+            autolock.unlock(datadir, key)
+            autolock.forget(datadir.path)
+        return key
+    if not autolock_on:
+        if key is not None:
+            raise click.BadParameter("this data dir does not use --autolock (add --autolock to a new data dir)",
+                                     param_hint="--unlock-key-file")
+        return None
+    if datadir.is_locked():
+        raise DataDirError(f"a p2pswarm node is already running with data dir {datadir.path}; --autolock only "
+                           f"applies to a new data dir")
+    autolock.check_fresh(datadir)
+    raw = autolock.parse_unlock_key(key) if key is not None else autolock.new_unlock_key()
+    autolock.create_lock(datadir, raw)
+    autolock.forget(datadir.path)  # the node unlocks it itself
+    if key is None:
+        key = autolock.format_unlock_key(raw)
+        click.echo(f"autolock: this node's Raft log, snapshots and key files are encrypted; its unlock key is\n"
+                   f"    {key}\n"
+                   f"keep it safe: `p2pswarm unlock` needs it after every restart of this node "
+                   f"(it is not shown again)", err=True)
+    return key
 
 
 def _child_argv(options: NodeOptions, log_level: str) -> list[str]:
@@ -141,6 +186,10 @@ def _child_argv(options: NodeOptions, log_level: str) -> list[str]:
         argv += ["--relay-port", str(options.relay_port)]
     if options.insecure:
         argv += ["--insecure"]
+    if options.autolock:
+        argv += ["--autolock"]
+    if options.unlock_key:
+        argv += ["--unlock-key-file", "-"]  # the key goes through a pipe: not in argv, env or the log
     return argv
 
 
@@ -162,9 +211,13 @@ def _up_detached(options: NodeOptions, log_level: str, quiet: bool = False) -> i
                            f"{datadir.path}; stop it with `p2pswarm down --data-dir {datadir.path}`")
     with open(datadir.log_path, "ab") as log_file:
         offset = log_file.tell()
-        proc = subprocess.Popen(_child_argv(options, log_level), stdin=subprocess.DEVNULL, stdout=log_file,
+        proc = subprocess.Popen(_child_argv(options, log_level),
+                                stdin=subprocess.PIPE if options.unlock_key else subprocess.DEVNULL, stdout=log_file,
                                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
                                 cwd=str(datadir.path), env=_child_env(options))
+        if options.unlock_key:
+            proc.stdin.write(f"{options.unlock_key}\n".encode())
+            proc.stdin.close()
     client = ApiClient(datadir, timeout=2.0)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
@@ -181,6 +234,11 @@ def _up_detached(options: NodeOptions, log_level: str, quiet: bool = False) -> i
             raise click.ClickException(f"the node did not start within {START_TIMEOUT:g} s "
                                        f"and was stopped; see {datadir.log_path}")
         time.sleep(0.1)
+    if info.get("state") == "locked":
+        if not quiet:
+            click.echo(f"node {info['name']} ({info['id']}) is running but locked (encryption at rest): run "
+                       f"`p2pswarm unlock --data-dir {datadir.path}` with its unlock key (pid {info['pid']})")
+        return 0
     if options.peers:
         info = _wait_for_join(client, info, proc)
         if proc.poll() is not None:  # refused for good (wrong token, other cluster...): the node said why

@@ -42,23 +42,27 @@ SECONDS_WHAT = "must be a number of seconds from 0 to 31536000 (a year)"
 
 # ------------------------------------------------------------------ text forms
 
-_PORT = re.compile(r"(\d{1,5})(?::(\d{1,5}|dynamic))?((?:,[a-z-]+)*)")
+_PORT = re.compile(r"(\d{1,5})(?::(\d{1,5}|dynamic))?(?:/([a-z]+))?((?:,[a-z-]+)*)")
 PORT_OPTIONS = ("proxy-protocol",)
+PROTOCOLS = ("tcp", "udp")
 
 
 def parse_port(spec: str) -> "PortSpec":
-    """``8080`` (target dynamic), ``8080:80``, ``8080:dynamic``, ``8080:80,proxy-protocol``."""
+    """``8080`` (target dynamic), ``8080:80``, ``8080:dynamic``, ``8080:80,proxy-protocol``;
+    a ``/udp`` (or ``/tcp``, the default) suffix after the target: ``5353:5353/udp``, ``8080:dynamic/udp``."""
     m = _PORT.fullmatch(spec.strip()) if isinstance(spec, str) else None
     if m is None:
-        raise fail("ports", "must look like 8080, 8080:80 or 8080:80,proxy-protocol", spec)
-    options = [o for o in m.group(3).split(",") if o]
+        raise fail("ports", "must look like 8080, 8080:80, 8080:80/udp or 8080:80,proxy-protocol", spec)
+    if m.group(3) is not None and m.group(3) not in PROTOCOLS:
+        raise fail("ports", "the protocol must be tcp or udp", m.group(3))
+    options = [o for o in m.group(4).split(",") if o]
     for option in options:
         if option not in PORT_OPTIONS:
             raise fail("ports", "the only option is " + ", ".join(PORT_OPTIONS), option)
     target = m.group(2)
     try:
         return PortSpec(published=int(m.group(1)), target=None if target in (None, "dynamic") else int(target),
-                        proxy_protocol="proxy-protocol" in options)
+                        proxy_protocol="proxy-protocol" in options, protocol=m.group(3) or "tcp")
     except SpecError as e:
         raise e.under("ports") from None
 
@@ -101,20 +105,28 @@ def parse_duration(spec: str | float, name: str = "duration") -> float:
 @dataclass(frozen=True, slots=True)
 class PortSpec:
     """A published port: every node listens on ``published``; the task listens on ``target``
-    (``None`` = the dynamic port the runtime hands the task in ``PORT``)."""
+    (``None`` = the dynamic port the runtime hands the task in ``PORT``). ``protocol`` is
+    ``tcp`` (default) or ``udp``; a UDP port is encoded with its ``protocol`` field, a TCP
+    port without it (so that nodes that predate UDP still decode every TCP spec)."""
     published: int
     target: int | None = None
     proxy_protocol: bool = False
+    protocol: str = "tcp"
 
     def __post_init__(self) -> None:
         integer("published", self.published, 1, 65535)
         if self.target is not None:
             integer("target", self.target, 1, 65535)
         flag("proxy_protocol", self.proxy_protocol)
+        choice("protocol", self.protocol, PROTOCOLS)
+        if self.protocol == "udp" and self.proxy_protocol:
+            raise SpecError(f"proxy_protocol: the PROXY header is for tcp ports only; remove proxy-protocol "
+                            f"from {self.published}/udp")
 
     def __str__(self) -> str:
         target = "dynamic" if self.target is None else str(self.target)
-        return f"{self.published}:{target}" + (",proxy-protocol" if self.proxy_protocol else "")
+        return (f"{self.published}:{target}" + ("/udp" if self.protocol == "udp" else "")
+                + (",proxy-protocol" if self.proxy_protocol else ""))
 
 
 _CONSTRAINT = re.compile(r"\s*(node\.(?:id|name|hostname|labels\.([^\s=!]+)))\s*(==|!=)\s*(\S+)\s*")
@@ -268,9 +280,10 @@ class ServiceSpec:
             _set(self, "replicas", 0)
         integer("replicas", self.replicas, 0, MAX_REPLICAS)
         _set(self, "ports", _items("ports", self.ports, MAX_PORTS, PortSpec, _port))
-        published = [p.published for p in self.ports]
+        published = [(p.published, p.protocol) for p in self.ports]
         if len(set(published)) != len(published):
-            raise fail("ports", "each published port may appear once", sorted(published))
+            raise fail("ports", "each published port may appear once per protocol",
+                       sorted(f"{n}/{proto}" for n, proto in published))
         _set(self, "constraints", _items("constraints", self.constraints, MAX_CONSTRAINTS, Constraint,
                                          Constraint.parse))
         if self.spread is not None:
@@ -334,6 +347,8 @@ _NESTED: dict[str, type] = {"restart": RestartPolicy, "update": UpdateConfig, "r
 def _encode(obj: Any) -> Any:
     if isinstance(obj, Constraint):
         return str(obj)
+    if isinstance(obj, PortSpec) and obj.protocol == "tcp":
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name != "protocol"}
     if dataclasses.is_dataclass(obj):
         return {f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, tuple):

@@ -112,10 +112,11 @@ class ClusterState:
     def _check_ports(self, spec: ServiceSpec) -> None:
         for other in sorted(self.services):
             if other != spec.name:
-                taken = {p.published for p in self.services[other].spec.ports}
+                taken = {(p.published, p.protocol) for p in self.services[other].spec.ports}
                 for port in spec.ports:
-                    if port.published in taken:
-                        raise Rejected(f"ports: {port.published} is already published by service {other}")
+                    if (port.published, port.protocol) in taken:
+                        raise Rejected(f"ports: {port.published}/{port.protocol} is already published by service "
+                                       f"{other}")
 
     def _new_version(self, svc: Service, spec: ServiceSpec, at: float, index: int, rollback: bool = False) -> Result:
         """Install ``spec`` as the next version; the current one becomes the rollback target."""

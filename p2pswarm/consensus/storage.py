@@ -25,6 +25,14 @@ told from a torn write; that batch is dropped, as a crash before its fsync would
 
 Saving a snapshot rewrites the wal without the entries it covers (write a new
 file, fsync, rename), so the log stays as short as the snapshot policy keeps it.
+
+**Encryption at rest** (``up --autolock``, :mod:`p2pswarm.security.autolock`): with a
+``cipher`` every record's msgpack payload (wal and snapshot) is sealed (AEAD, bound to
+the file and the cluster id) before framing, and opened after its CRC passed, so a torn
+tail is still found and repaired by the CRCs.  A record whose CRC is right but which does
+not open was written whole and then changed, or the key is wrong: :class:`CorruptLogError`.
+The CLUSTER file's magic line says whether the log is encrypted (``p2pswarm-raft 1
+encrypted``); opening it with the other mode is refused, never guessed.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 
@@ -45,6 +54,7 @@ from p2pswarm.wire import WireError, nested
 _HEADER = struct.Struct("<III")
 _MAX_RECORD = 64 * 1024 * 1024
 _MAGIC = "p2pswarm-raft 1"
+_MAGIC_ENCRYPTED = _MAGIC + " encrypted"
 
 
 class StorageError(Exception):
@@ -135,10 +145,16 @@ class MemoryStorage:
 
 
 class FileStorage:
-    def __init__(self, path: str, cluster_id: str) -> None:
-        """Open (creating if empty) the data dir ``path`` for cluster ``cluster_id`` and recover it."""
+    def __init__(self, path: str, cluster_id: str, cipher: Any = None) -> None:
+        """Open (creating if empty) the data dir ``path`` for cluster ``cluster_id`` and recover it.
+
+        ``cipher`` (``seal(data, ad)`` / ``open(data, ad)`` raising ValueError) encrypts every
+        record; None keeps the plaintext format.
+        """
         self.path = path
         self.cluster_id = cluster_id
+        self._cipher = cipher
+        self._ad = {what: f"p2pswarm-raft|{what}|{cluster_id}".encode() for what in ("wal", "snapshot")}
         self._failed: str | None = None
         self._fd = -1
         os.makedirs(path, exist_ok=True)
@@ -176,9 +192,9 @@ class FileStorage:
             self._image = image
             return
         self._image.check(entries)
-        buf = b"".join(_frame(_entry_payload(e)) for e in entries)
+        buf = b"".join(self._frame(_entry_payload(e)) for e in entries)
         hs = hard_state or self._image.hard_state
-        buf += _frame(_hs_payload(hs))
+        buf += self._frame(_hs_payload(hs))
         self._guard(self._append, buf)
         self._image.apply(hard_state, entries, None)
 
@@ -215,16 +231,31 @@ class FileStorage:
 
     def _write_snapshot(self, snap: Snapshot) -> None:
         payload = [snap.index, snap.term, list(snap.conf.voters), list(snap.conf.learners), snap.data]
-        self._atomic_write("snapshot", _frame(payload))
+        self._atomic_write("snapshot", self._frame(payload, "snapshot"))
 
     def _rewrite_wal(self, image: Stored) -> None:
         snap = image.snapshot
-        buf = _frame(["S", snap.index, snap.term]) if snap else b""
-        buf += b"".join(_frame(_entry_payload(e)) for e in image.entries)
-        buf += _frame(_hs_payload(image.hard_state))
+        buf = self._frame(["S", snap.index, snap.term]) if snap else b""
+        buf += b"".join(self._frame(_entry_payload(e)) for e in image.entries)
+        buf += self._frame(_hs_payload(image.hard_state))
         self._atomic_write("wal", buf)
         os.close(self._fd)
         self._fd = os.open(os.path.join(self.path, "wal"), os.O_RDWR | os.O_APPEND)
+
+    def _frame(self, payload: list, what: str = "wal") -> bytes:
+        body = msgpack.packb(payload, use_bin_type=True)
+        if self._cipher is not None:
+            body = self._cipher.seal(body, self._ad[what])
+        return _frame_body(body)
+
+    def _open(self, what: str):
+        """The function turning a record body back into msgpack bytes (None: plaintext)."""
+        cipher, ad = self._cipher, self._ad[what]
+        return None if cipher is None else (lambda body: cipher.open(body, ad))
+
+    def _undecryptable(self, name: str, pos: int) -> CorruptLogError:
+        return CorruptLogError(f"{name} could not be decrypted at byte {pos}: wrong key or tampered data; "
+                               f"restore this node from a peer")
 
     def _atomic_write(self, name: str, data: bytes) -> None:
         tmp = os.path.join(self.path, name + ".tmp")
@@ -251,16 +282,25 @@ class FileStorage:
         if os.path.exists(name):
             with open(name, encoding="utf-8") as f:
                 lines = f.read().splitlines()
-            if len(lines) != 2 or lines[0] != _MAGIC:
+            if len(lines) != 2 or lines[0] not in (_MAGIC, _MAGIC_ENCRYPTED):
                 raise CorruptLogError(f"{name} is not a p2pswarm raft data dir marker")
             if lines[1] != self.cluster_id:
                 raise ClusterMismatchError(
                     f"data dir {self.path} belongs to cluster {lines[1]}, not {self.cluster_id}; "
                     f"use another data dir or remove this one to leave that cluster")
+            encrypted = lines[0] == _MAGIC_ENCRYPTED
+            if encrypted and self._cipher is None:
+                raise StorageError(f"the raft log in {self.path} is encrypted (--autolock) but this node has no "
+                                   f"unlocked data key; unlock it (`p2pswarm unlock`) or restore "
+                                   f"security/autolock")
+            if not encrypted and self._cipher is not None:
+                raise StorageError(f"the raft log in {self.path} is not encrypted but this node uses --autolock; "
+                                   f"refusing to mix them: start without --autolock or use a fresh data dir")
             return
         if os.path.exists(os.path.join(self.path, "wal")):
             raise CorruptLogError(f"{self.path} has a raft log but no CLUSTER file; refusing to guess")
-        self._atomic_write("CLUSTER", f"{_MAGIC}\n{self.cluster_id}\n".encode())
+        magic = _MAGIC if self._cipher is None else _MAGIC_ENCRYPTED
+        self._atomic_write("CLUSTER", f"{magic}\n{self.cluster_id}\n".encode())
 
     def _load_snapshot(self) -> None:
         name = os.path.join(self.path, "snapshot")
@@ -271,7 +311,10 @@ class FileStorage:
             return
         with open(name, "rb") as f:
             data = f.read()
-        records, end, bad = _scan(data)
+        try:
+            records, end, bad = _scan(data, self._open("snapshot"))
+        except _Undecryptable as exc:
+            raise self._undecryptable(f"snapshot file {name}", exc.pos) from None
         if bad is not None or len(records) != 1 or end != len(data):
             raise CorruptLogError(f"snapshot file {name} is damaged; restore the data dir from a peer")
         try:
@@ -285,7 +328,10 @@ class FileStorage:
         self._fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         with open(name, "rb") as f:
             data = f.read()
-        records, _, bad = _scan(data)
+        try:
+            records, _, bad = _scan(data, self._open("wal"))
+        except _Undecryptable as exc:
+            raise self._undecryptable(f"raft log {name}", exc.pos) from None
         if bad is not None and _more_records_after(data, bad):
             raise CorruptLogError(f"raft log {name} is corrupt at byte {bad}; data that was durable "
                                   f"is damaged: restore this node from a peer")
@@ -337,8 +383,17 @@ def _splice(log: list, e: Entry) -> None:
 
 # ---------------------------------------------------------------- framing
 
+class _Undecryptable(Exception):
+    def __init__(self, pos: int) -> None:
+        super().__init__(pos)
+        self.pos = pos
+
+
 def _frame(payload: list) -> bytes:
-    body = msgpack.packb(payload, use_bin_type=True)
+    return _frame_body(msgpack.packb(payload, use_bin_type=True))
+
+
+def _frame_body(body: bytes) -> bytes:
     head = struct.pack("<II", len(body), zlib.crc32(body))
     return head + struct.pack("<I", zlib.crc32(head)) + body
 
@@ -351,8 +406,12 @@ def _hs_payload(hs: HardState) -> list:
     return ["H", hs.term, hs.vote or "", hs.commit]
 
 
-def _scan(data: bytes) -> tuple[list, int, int | None]:
-    """Records as (end offset, payload); the end of the good prefix; the offset of a bad record or None."""
+def _scan(data: bytes, open_body: Any = None) -> tuple[list, int, int | None]:
+    """Records as (end offset, payload); the end of the good prefix; the offset of a bad record or None.
+
+    ``open_body`` decrypts a body whose CRC passed; when it fails, :class:`_Undecryptable` is raised
+    (a whole record that does not open is a wrong key or tampering, never a torn write).
+    """
     records, pos = [], 0
     while pos < len(data):
         if len(data) - pos < _HEADER.size:
@@ -363,6 +422,11 @@ def _scan(data: bytes) -> tuple[list, int, int | None]:
         body = data[pos + _HEADER.size:pos + _HEADER.size + length]
         if len(body) < length or zlib.crc32(body) != crc:
             return records, pos, pos
+        if open_body is not None:
+            try:
+                body = open_body(body)
+            except ValueError:
+                raise _Undecryptable(pos) from None
         try:
             payload = msgpack.unpackb(body, raw=False, use_list=True)
         except Exception:

@@ -32,10 +32,18 @@ STATUS (a map; counters are ints)::
      "active": 17,                   # open connections (all ports and the relay)
      "backends": {"t1": 9, "t2": 8}, # open connections per backend task
      "table_error": None,            # one line when the last table was refused (old one kept)
-     "tables_applied": 3}
+     "tables_applied": 3,
+     "udp": {"listening": [5353], "bind_errors": {}, "ports": {"5353": {**UDP_COUNTERS, "service": "dns",
+             "backends": 2, "listening": True}}, "total": UDP_COUNTERS, "table_error": None,
+             "idle_timeout": 30.0, "max_sessions": 4096}}
+
+A UDP port that cannot be bound also appears in the top-level ``bind_errors``, keyed
+``"5353/udp"`` (TCP ports are keyed by the bare number).
 
 COUNTERS: accepted, active, refused_limit, connect_failed, no_backend, retried, relayed_out,
 relayed_in, relay_refused, bytes_in (client → backend), bytes_out, errors, spliced.
+UDP_COUNTERS (:data:`p2pswarm.mesh.udp.COUNTERS`): datagrams_in, datagrams_out, bytes_in, bytes_out,
+sessions (gauge), sessions_started, expired, evicted, switched, backend_errors, no_backend, dropped, errors.
 """
 
 from __future__ import annotations

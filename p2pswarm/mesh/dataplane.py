@@ -24,6 +24,7 @@ from typing import Any
 
 from p2pswarm.mesh.control import STATUS_INTERVAL, FrameDecoder, FrameError, encode_frame
 from p2pswarm.mesh.proxy import SPLICE_AFTER, Mesh
+from p2pswarm.mesh.udp import UdpMesh
 
 log = logging.getLogger("p2pswarm.mesh.dataplane")
 
@@ -74,9 +75,11 @@ class _Control(asyncio.Protocol):
 
 
 class _Server:
-    def __init__(self, loop: asyncio.AbstractEventLoop, mesh: Mesh, out: Any, loop_name: str) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, mesh: Mesh, out: Any, loop_name: str,
+                 udp: UdpMesh | None = None) -> None:
         self.loop = loop
         self.mesh = mesh
+        self.udp = udp
         self.out = out
         self.loop_name = loop_name
         self.done: asyncio.Future[int] = loop.create_future()
@@ -97,6 +100,8 @@ class _Server:
             while self.next_table is not None:
                 table, self.next_table = self.next_table, None
                 await self.mesh.apply(table)
+                if self.udp is not None:
+                    await self.udp.apply(table)
                 self.send_status()
         finally:
             self.applying = False
@@ -106,6 +111,10 @@ class _Server:
             return
         status = self.mesh.status()
         status["loop"] = self.loop_name
+        if self.udp is not None:
+            udp = status["udp"] = self.udp.status()
+            status["bind_errors"] = {**status.get("bind_errors", {}),
+                                     **{f"{p}/udp": e for p, e in udp["bind_errors"].items()}}
         self.out.write(encode_frame({"status": status}))
 
     async def ticker(self) -> None:
@@ -121,8 +130,9 @@ class _Server:
 async def serve(in_fd: int, out_fd: int, splice_after: int, loop_name: str) -> int:
     loop = asyncio.get_running_loop()
     mesh = Mesh(loop, splice_after=splice_after)
+    udp = UdpMesh(loop)
     out, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(out_fd, "wb", buffering=0))
-    server = _Server(loop, mesh, out, loop_name)
+    server = _Server(loop, mesh, out, loop_name, udp)
     await loop.connect_read_pipe(lambda: _Control(server), os.fdopen(in_fd, "rb", buffering=0))
     ticker = loop.create_task(server.ticker())
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -130,6 +140,7 @@ async def serve(in_fd: int, out_fd: int, splice_after: int, loop_name: str) -> i
     code = await server.done
     ticker.cancel()
     await mesh.close()
+    await udp.close()
     return code
 
 

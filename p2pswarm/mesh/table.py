@@ -20,6 +20,10 @@ node's measurements, since others' RTTs are not gossiped). When this node cannot
 reach a backend's member directly, the shortest path decides the relay: its first
 hop. Relays forward straight to the backend, so only two-hop paths are used; a
 backend reachable only over longer paths is reported unreachable.
+
+**UDP.** Published UDP ports go to a separate ``udp`` list of the table (present only when
+there is one, so TCP-only tables are unchanged; a number may be published once per protocol).
+UDP is never relayed: a UDP backend on a node without a direct link is excluded.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ class Route:
     route: str
     """``local``, ``direct``, ``via <relay name>``, or ``excluded``."""
     why: str
+    protocol: str = "tcp"
+    """``tcp`` or ``udp``."""
 
 
 def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
@@ -74,17 +80,24 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
     relays = {n for n, p in peers.items() if p.relay_port}
     relay_for: dict[str, str | None] = {}
     ports: dict[int, dict[str, Any]] = {}
+    udp: dict[int, dict[str, Any]] = {}
     routes: list[Route] = []
     relay_allow: set[str] = set()
     for peer in sorted(peers.values(), key=lambda p: p.node):
         if peer.status not in ("alive", "suspect"):
             continue  # a dead member's last digest is history, not a backend
-        for task, published, target, proxy, service, reason in _served(peer):
+        for task, published, target, proxy, service, reason, proto in _served(peer):
             addr = f"{peer.host}:{target}"
-            entry = ports.setdefault(published, {"port": published, "service": service,
-                                                 "proxy_protocol": proxy, "backends": []})
+            if proto == "udp":
+                entry = udp.setdefault(published, {"port": published, "service": service, "backends": []})
+            else:
+                entry = ports.setdefault(published, {"port": published, "service": service,
+                                                     "proxy_protocol": proxy, "backends": []})
+            if not reason and proto == "udp" and peer.node != me and peer.node not in graph.adj.get(me, {}):
+                reason = "no direct link (UDP is not relayed)"
             if reason:
-                routes.append(Route(published, service, task, peer.node, peer.name, addr, "excluded", reason))
+                routes.append(Route(published, service, task, peer.node, peer.name, addr, "excluded", reason,
+                                    proto))
                 continue
             backend: dict[str, Any] = {"task": task, "node": peer.node, "addr": addr, "local": peer.node == me,
                                        "rtt": None if peer.node == me else peer.rtt, "via": None}
@@ -96,20 +109,22 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
                 relay = relay_for[peer.node]
                 if relay is None:
                     routes.append(Route(published, service, task, peer.node, peer.name, addr, "excluded",
-                                        "no direct link and no relay reaches its node"))
+                                        "no direct link and no relay reaches its node", proto))
                     continue
                 backend["via"] = f"{peers[relay].host}:{peers[relay].relay_port}"
                 route, why = f"via {peers[relay].name}", "direct link down; relay has a direct link"
             else:
                 rtt = "rtt unknown" if peer.rtt is None else f"rtt {peer.rtt * 1000:.2f} ms"
                 route, why = "direct", rtt
-            if peer.node in graph.adj.get(me, {}) or peer.node == me:
+            if proto != "udp" and (peer.node in graph.adj.get(me, {}) or peer.node == me):
                 relay_allow.add(addr)
             entry["backends"].append(backend)
-            routes.append(Route(published, service, task, peer.node, peer.name, addr, route, why))
+            routes.append(Route(published, service, task, peer.node, peer.name, addr, route, why, proto))
     table = {"version": version, "host": host, "relay_port": own.relay_port if own is not None else 0,
              "relay_allow": sorted(relay_allow), "blocked_hosts": sorted(set(blocked_hosts)),
              "ports": [ports[p] for p in sorted(ports)], "limits": dict(limits or DEFAULT_LIMITS)}
+    if udp:  # only when there is one: a TCP-only table is exactly what it was before UDP
+        table["udp"] = [udp[p] for p in sorted(udp)]
     return table, routes
 
 
@@ -154,7 +169,9 @@ ENDED = frozenset({"complete", "failed", "shutdown"})
 
 
 def _served(peer: Peer):
-    """(task, published, task port, proxy protocol, service, exclusion reason or "") per published port."""
+    """(task, published, task port, proxy protocol, service, exclusion reason or "", protocol) per
+    published port. An ``m`` item is ``[published, task port, proxy]`` (TCP) or
+    ``[published, task port, proxy, "udp"]``; other 4th elements (a later protocol) are skipped."""
     for task, rec in sorted(peer.tasks.items()):
         mesh = rec.get("m")
         if not isinstance(mesh, list) or rec.get("s") in ENDED:
@@ -162,9 +179,10 @@ def _served(peer: Peer):
         service = rec.get("n") if isinstance(rec.get("n"), str) else task
         reason = _exclusion(peer, rec)
         for item in mesh:
-            if (isinstance(item, list) and len(item) == 3 and all(type(v) is int for v in item[:2])
-                    and 0 < item[0] < 65536 and 0 < item[1] < 65536):
-                yield task, item[0], item[1], bool(item[2]), service, reason
+            if (isinstance(item, list) and (len(item) == 3 or (len(item) == 4 and item[3] == "udp"))
+                    and all(type(v) is int for v in item[:2]) and 0 < item[0] < 65536 and 0 < item[1] < 65536):
+                proto = "udp" if len(item) == 4 else "tcp"
+                yield task, item[0], item[1], bool(item[2]) and proto == "tcp", service, reason, proto
 
 
 def _exclusion(peer: Peer, rec: Mapping[str, Any]) -> str:

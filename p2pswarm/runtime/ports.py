@@ -1,7 +1,7 @@
 """Dynamic task ports: pick a free port from a range, never one a task of ours still holds.
 
-"Free" is checked by binding it (all interfaces, SO_REUSEADDR, so a port in TIME_WAIT
-counts as free, as it will for the task's own listener). The scan goes round-robin from
+"Free" is checked by binding it, for TCP (all interfaces, SO_REUSEADDR, so a port in TIME_WAIT
+counts as free, as it will for the task's own listener) and for UDP (plain bind). The scan goes round-robin from
 a random start: several nodes on one machine then rarely race for the same port, and a
 port just released is not handed out again at once.
 """
@@ -26,12 +26,16 @@ class PortAllocator:
         self._next = (rng or random.Random()).randint(low, high)
 
     def is_free(self, port: int) -> bool:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((self.bind_host, port))
-            except OSError:
-                return False
+        """Free for TCP and for UDP: the runtime does not know which protocol a task serves
+        on its dynamic port (a published ``/udp`` port with a dynamic target uses it for UDP)."""
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            with socket.socket(socket.AF_INET, kind) as s:
+                if kind == socket.SOCK_STREAM:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((self.bind_host, port))
+                except OSError:
+                    return False
         return True
 
     def take(self, count: int = 1) -> tuple[int, ...]:

@@ -70,12 +70,13 @@ class Admission:
             self.counters[f"refused_{exc.code}"] += 1
             raise
         old = self._key_of.get(identity.node_id)
-        if old is not None and old != identity.curve_public:
+        if old is not None:
             current = self._by_key.get(old)
             if current is not None and current.identity.not_before > identity.not_before:
                 self.counters["refused_older"] += 1
-                return current.identity  # an older certificate does not displace a newer one
-            self._by_key.pop(old, None)
+                return current.identity  # an older certificate (late gossip) does not displace a newer one
+            if old != identity.curve_public:
+                self._by_key.pop(old, None)
         holder = self._by_key.get(identity.curve_public)
         if holder is not None and holder.identity.node_id != identity.node_id:
             self.counters["refused_key_reuse"] += 1

@@ -70,6 +70,7 @@ from p2pswarm.consensus.storage import FileStorage
 from p2pswarm.datadir import DataDir
 from p2pswarm.membership.messages import Alive, Meta
 from p2pswarm.raftfacts import new_cluster_id, stored_cluster_id
+from p2pswarm.security import autolock
 from p2pswarm.security.admission import Admission
 from p2pswarm.security.errors import CertificateError, JoinError, KeyFileError, SecurityError, TokenError
 from p2pswarm.security.join import (PROTOCOL_MAX, PROTOCOL_MIN, SPONSOR_ENTROPY, Joiner, JoinResult, Sponsor,
@@ -79,7 +80,7 @@ from p2pswarm.security.keys import (CurveKeys, format_cluster_key_file, format_k
                                     parse_key_file, z85_encode)
 from p2pswarm.security.messages import JOIN_MESSAGES, JoinGrant, JoinRefused, JoinRequest, KeyReply, KeyRequest
 from p2pswarm.security.pki import (CertAuthority, NodeIdentity, RevocationList, TrustBundle, cert_digest,
-                                   fingerprint, read_node_certificate, seal, unseal)
+                                   finish_rotation, fingerprint, read_node_certificate, rotate_ca, seal, unseal)
 from p2pswarm.security.record import TOKEN_CONTEXT, init_command
 from p2pswarm.security.tokens import JoinToken, TokenState, parse_token
 from p2pswarm.transport.base import TransportError
@@ -113,6 +114,8 @@ RENEW_CHECK_INTERVAL = 60.0
 RETRY_REFUSED_INTERVAL = 60.0
 """Seconds before a refused certificate is verified again (e.g. one that was not valid yet)."""
 PROPOSE_TIMEOUT = 10.0
+MAX_ISSUER_CACHE = 1024
+"""Certificates whose issuer a rotation remembers (the cache starts over when full)."""
 
 NO_TOKEN = ("joining a cluster needs its join token: pass --token P2PS-1-... (print it with "
             "`p2pswarm cluster join-token` on a member); a plaintext cluster started with --insecure is joined "
@@ -190,6 +193,7 @@ class SecurityHost:
         self._inflight: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
         self._warned: set[str] = set()
+        self._issuers: dict[tuple[bytes, bytes], bytes] = {}
 
     # ------------------------------------------------------------ transport callbacks
 
@@ -239,11 +243,12 @@ class SecurityHost:
 
     def _load_or_make_keys(self) -> CurveKeys:
         path = self.datadir.security_path / CURVE_FILE
-        data = self.datadir.read_private(CURVE_FILE)
+        data = autolock.open_file(self.datadir, CURVE_FILE, self.datadir.read_private(CURVE_FILE))
         if data is not None:
             return parse_key_file(data, f"the key file {path}")
         keys = CurveKeys.from_secret(self.entropy(32))
-        self.datadir.write_private(CURVE_FILE, format_key_file(keys).encode())
+        self.datadir.write_private(CURVE_FILE, autolock.seal_file(self.datadir, CURVE_FILE,
+                                                                  format_key_file(keys).encode()))
         return keys
 
     def _load_state(self) -> None:
@@ -260,7 +265,7 @@ class SecurityHost:
         if not ok:
             raise KeyFileError(f"the security state {path} is corrupt or truncated{hint}")
         key_path = self.datadir.security_path / CLUSTER_KEY_FILE
-        raw = self.datadir.read_private(CLUSTER_KEY_FILE)
+        raw = autolock.open_file(self.datadir, CLUSTER_KEY_FILE, self.datadir.read_private(CLUSTER_KEY_FILE))
         if raw is None:
             raise KeyFileError(f"the cluster key file {key_path} is missing{hint}")
         self.cluster_key = parse_cluster_key_file(raw, f"the cluster key file {key_path}")
@@ -301,9 +306,11 @@ class SecurityHost:
         self.cluster_id, self.bundle, self.cert, self.chain = cluster_id, bundle, cert, ()
         self.cluster_key, self.ca, self.tokens = cluster_key, ca, tokens
         self.identity = bundle.verify(cert, now)
-        self.datadir.write_private(CLUSTER_KEY_FILE, format_cluster_key_file(cluster_key).encode())
+        self.datadir.write_private(CLUSTER_KEY_FILE, autolock.seal_file(
+            self.datadir, CLUSTER_KEY_FILE, format_cluster_key_file(cluster_key).encode()))
         self._save()
-        FileStorage(raft_dir, cluster_id).close()  # the Raft group starts with this cluster id
+        # the Raft group starts with this cluster id (encrypted with --autolock)
+        FileStorage(raft_dir, cluster_id, cipher=autolock.cipher_for(raft_dir)).close()
         self.mode = "restart"
 
     def activate(self) -> None:
@@ -485,7 +492,8 @@ class SecurityHost:
         self.cluster_id, self.bundle, self.cert = result.cluster_id, result.bundle, result.cert
         self.chain, self.identity, self.cluster_key = result.chain, result.identity, result.cluster_key
         self._peers_cache[result.sponsor.node_id] = (result.sponsor_cert, result.chain, (peer,))
-        self.datadir.write_private(CLUSTER_KEY_FILE, format_cluster_key_file(result.cluster_key).encode())
+        self.datadir.write_private(CLUSTER_KEY_FILE, autolock.seal_file(
+            self.datadir, CLUSTER_KEY_FILE, format_cluster_key_file(result.cluster_key).encode()))
         self._save()
         self.activate()
         assert self.admission is not None
@@ -581,8 +589,9 @@ class SecurityHost:
                 self._refused.clear()
             self._sync_members(swim, now)
             if driver is not None:
+                self._driver_hint = driver
                 self._sync_record(driver, now)
-                self._duties(driver, now)
+                self._duties(driver, swim, now)
         if self._dirty and now >= self._next_persist:
             self._next_persist = now + PERSIST_INTERVAL
             self._dirty = False
@@ -620,7 +629,9 @@ class SecurityHost:
             for node, cert in rec.certs.items():
                 if node == self.node_id:
                     self._adopt_own_cert(cert, now)
-                elif self.admission.certificate(node) is None:  # type: ignore[union-attr]
+                elif (self.admission.certificate(node) or (b"",))[0] != cert:  # type: ignore[union-attr]
+                    # new, renewed or re-issued by a rotated CA: admitting it now means the end of
+                    # a rotation (which drops old-CA certificates above) never cuts a member off
                     self._try_admit(node, cert, self.chain, None, now)
             self._make_sponsor()
         if revocations_changed or removed != self._removed_seen:
@@ -637,6 +648,9 @@ class SecurityHost:
             return
         self.bundle = bundle
         self._refused.clear()
+        if self.chain != bundle.cross:  # present our certificate with the cross certificate while rotating
+            self.chain = bundle.cross
+            self.meta_changed = True
         if self.admission is not None:
             for ident in self.admission.set_bundle(bundle, now):
                 log.warning("node %s (%s) is no longer trusted by the new CA bundle", ident.name, ident.node_id)
@@ -670,7 +684,9 @@ class SecurityHost:
             ident = self.bundle.verify(cert, now, expected_key=self.keys.public, expected_node=self.node_id)
         except CertificateError:
             return  # e.g. an older one, or issued for a key this data dir no longer has
-        if self.identity is not None and ident.not_after <= self.identity.not_after:
+        current = cert_digest(self.bundle.current)
+        rotated = self.identity is not None and self.identity.issuer != current and ident.issuer == current
+        if self.identity is not None and ident.not_after <= self.identity.not_after and not rotated:
             return
         self.cert, self.identity = cert, ident
         if self.sponsor is not None:
@@ -697,7 +713,7 @@ class SecurityHost:
         if self.sponsor is not None:
             self.sponsor.revocations = self.revocations
 
-    def _duties(self, driver: Any, now: float) -> None:
+    def _duties(self, driver: Any, swim: Any, now: float) -> None:
         rec = driver.security
         if not rec.ready:
             if self.genesis is not None:
@@ -711,9 +727,23 @@ class SecurityHost:
             new = base.revoke(nodes=missing)
             self._propose(driver, "revocations", {"id": f"security.rl.{secrets.token_hex(6)}", "op": "revocations",
                                                   "signed": new.sign(self.ca), "version": new.version})
+        self._record_unrecorded(driver, rec)
         if now >= self._next_renew:
             self._next_renew = now + RENEW_CHECK_INTERVAL
             self._renew_due(driver, rec, now)
+        if self.bundle is not None and len(self.bundle.roots) > 1:
+            self._rotation_duties(driver, swim, rec, now)
+
+    def _record_unrecorded(self, driver: Any, rec: Any) -> None:
+        """Leader: record the certificate of every admitted member the Raft state lacks (a sponsor's own
+        proposal can be lost), since renewal and CA rotation work from the recorded certificates."""
+        assert self.admission is not None
+        for ident in self.admission.identities():
+            node = ident.node_id
+            if node not in rec.certs and node not in self._removed_seen and f"cert:{node}" not in self._inflight:
+                entry = self.admission.certificate(node)
+                if entry is not None:
+                    self._want_cert_recorded(node, entry[0], driver)
 
     def _renew_due(self, driver: Any, rec: Any, now: float) -> None:
         assert self.ca is not None
@@ -728,6 +758,120 @@ class SecurityHost:
                 new = self.ca.renew(ident, now, self.entropy(16))
                 log.info("renewing the certificate of node %s (%s)", ident.name, node)
                 self._want_cert_recorded(node, new, driver)
+
+    # ------------------------------------------------------------ CA rotation
+
+    async def rotate_ca(self, driver: Any) -> dict[str, Any]:
+        """Begin a CA rotation: a new CA cross-signed by the current one goes into the Raft state.
+
+        The leader then re-issues every member's certificate from the new CA and, once every
+        member presents its new certificate, drops the old CA (:meth:`_rotation_duties`).
+        """
+        if driver is None or not driver.security.ready or self.ca is None or self.bundle is None \
+                or self.cluster_key is None:
+            raise SecurityError("this node cannot rotate the CA yet (it has not applied the cluster's security "
+                                "record); retry in a moment or run it on another member", "unavailable")
+        if len(self.bundle.roots) > 1:
+            raise SecurityError("a CA rotation is already in progress: `p2pswarm cluster ca` shows which nodes it "
+                                "waits for", "conflict")
+        new_ca, bundle = rotate_ca(self.ca, self.bundle, self.wall(), self.entropy(32), self.entropy(16),
+                                   self.entropy(16))
+        result = await driver.write_security({
+            "id": f"security.ca.{secrets.token_hex(6)}", "op": "ca", "bundle": bundle.encode(),
+            "sealed_ca": new_ca.seal(self.cluster_key, self.entropy(12)),
+            "generation": driver.security.ca_generation + 1})
+        if not result.ok:
+            raise SecurityError(result.error, "conflict")
+        log.warning("CA rotation started: new CA %s; every member's certificate is being re-issued",
+                    fingerprint(new_ca.cert_der))
+        self._sync_record(driver, self.wall())  # applied here once the write returned: adopt it now
+        return self.ca_view(driver, None)
+
+    def ca_view(self, driver: Any, swim: Any) -> dict[str, Any]:
+        """The trusted CAs and, during a rotation, the members it still waits for (and why)."""
+        if self.bundle is None:
+            raise SecurityError("this node does not hold the cluster's CA bundle yet; retry in a moment",
+                                "unavailable")
+        rec = driver.security if driver is not None else None
+        rotating = len(self.bundle.roots) > 1
+        pending: dict[str, str] = {}
+        if rotating and rec is not None and rec.ready:
+            pending = self.rotation_pending(swim, rec.certs, self.wall())
+        return {"ca_fingerprint": fingerprint(self.bundle.current),
+                "trusted": [fingerprint(r) for r in self.bundle.roots],
+                "generation": rec.ca_generation if rec is not None else None,
+                "rotating": rotating, "pending": pending,
+                "members": len(rec.certs) - len(set(rec.certs) & self._removed_seen) if rec is not None else None,
+                "token": self.join_token()["token"] if self.tokens is not None else None}
+
+    def rotation_pending(self, swim: Any, certs: dict[str, bytes], now: float) -> dict[str, str]:
+        """Members (node id -> reason) a rotation waits for: ``reissue`` (its certificate in the Raft state
+        is from the old CA), ``adopting`` (it has not yet presented the new one in gossip) or ``down``.
+
+        A member that is down blocks the end of a rotation: dropping the old CA then would lock it out
+        for good.  ``node rm`` a node that will not come back.
+        """
+        assert self.bundle is not None
+        current = cert_digest(self.bundle.current)
+        presented: dict[str, tuple[str, bytes]] = {}
+        if swim is not None:
+            presented = {m.node: (m.status, m.meta.cert) for m in swim.members()}
+        pending = {}
+        for node, cert in certs.items():
+            if node in self._removed_seen:
+                continue
+            if self._issuer_of(cert, now) != current:
+                pending[node] = "reissue"
+                continue
+            if node == self.node_id:
+                status, shown = "alive", self.cert
+            else:
+                status, shown = presented.get(node, ("dead", b""))
+            if status not in ("alive", "suspect"):
+                pending[node] = "down"
+            elif self._issuer_of(shown, now) != current:
+                pending[node] = "adopting"
+        return pending
+
+    def _issuer_of(self, cert: bytes, now: float) -> bytes:
+        """Digest of the root that signed ``cert`` (b"" if none of ours did); cached per certificate."""
+        assert self.bundle is not None
+        key = (cert, self.bundle.current)
+        if key not in self._issuers:
+            if len(self._issuers) >= MAX_ISSUER_CACHE:
+                self._issuers.clear()
+            try:
+                self._issuers[key] = self.bundle.verify(cert, now).issuer if cert else b""
+            except CertificateError:
+                self._issuers[key] = b""
+        return self._issuers[key]
+
+    def _rotation_duties(self, driver: Any, swim: Any, rec: Any, now: float) -> None:
+        """Leader, during a rotation: re-issue old-CA certificates; end the rotation when none is left."""
+        assert self.bundle is not None
+        if self.ca is None or self.ca.digest != cert_digest(self.bundle.current):
+            return  # the new CA key is not unsealed here yet
+        if RevocationList.signer(rec.revocations) != self.ca.digest and "revocations" not in self._inflight:
+            base = self.signed_revocations or RevocationList(rec.cluster_id)
+            resigned = RevocationList(base.cluster_id, max(base.version, rec.revocations_version) + 1, base.serials,
+                                      base.nodes | self._removed_seen)
+            self._propose(driver, "revocations", {"id": f"security.rl.{secrets.token_hex(6)}", "op": "revocations",
+                                                  "signed": resigned.sign(self.ca), "version": resigned.version})
+        pending = self.rotation_pending(swim, rec.certs, now)
+        for node, why in sorted(pending.items()):
+            if why == "reissue" and f"cert:{node}" not in self._inflight:
+                try:
+                    ident = read_node_certificate(rec.certs[node])
+                except CertificateError:
+                    continue
+                log.info("CA rotation: re-issuing the certificate of node %s (%s)", ident.name, node)
+                self._want_cert_recorded(node, self.ca.renew(ident, now, self.entropy(16)), driver)
+        if not pending and RevocationList.signer(rec.revocations) == self.ca.digest:
+            log.warning("CA rotation finished: every member holds a certificate from CA %s; the old CA is no "
+                        "longer trusted", fingerprint(self.bundle.current))
+            self._propose(driver, "ca", {"id": f"security.ca.{secrets.token_hex(6)}", "op": "ca",
+                                         "bundle": finish_rotation(self.bundle).encode(),
+                                         "generation": rec.ca_generation + 1})
 
     def _want_cert_recorded(self, node: str, cert: bytes, driver: Any = None) -> None:
         driver = driver or self._driver_hint

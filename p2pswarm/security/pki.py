@@ -623,6 +623,16 @@ class RevocationList:
         payload = self.encode()
         return msgpack.packb([payload, ca.digest, ca.sign(b"p2pswarm-revocations-v1|" + payload)], use_bin_type=True)
 
+    @staticmethod
+    def signer(blob: bytes) -> bytes:
+        """Digest of the CA that signed ``blob`` (b"" when it is not a signed list): after a CA rotation
+        the leader signs the list again with the new CA before the old one stops being trusted."""
+        try:
+            _, signer, _ = msgpack.unpackb(blob, raw=False, use_list=False)
+        except Exception:
+            return b""
+        return signer if type(signer) is bytes else b""
+
     @classmethod
     def verify_signed(cls, blob: bytes, bundle: TrustBundle) -> "RevocationList":
         try:

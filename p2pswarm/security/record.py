@@ -12,6 +12,8 @@ state (:mod:`p2pswarm.statemachine` routes ``{"sm": "security", "cmd": {...}}`` 
 * ``revocations`` the revocation list signed by the CA (:meth:`~p2pswarm.security.pki.RevocationList.sign`),
                   with its ``revocations_version`` in clear; a list only ever replaces an older one
 * ``certs``       every issued node certificate (DER) by node id (the latest one per node)
+* ``ca_generation`` bumped by each ``ca`` command (a rotation starting or finishing), so that two
+                  concurrent rotations, or a finish computed from an older bundle, cannot both win
 
 The cluster key itself is never here: it is in each member's data dir (0600).  So a
 replica, a snapshot or a Raft log on disk holds no usable secret without it.
@@ -30,7 +32,7 @@ MAX_CERT = 4096
 MAX_BLOB = 64 * 1024
 MAX_CERTS = 10_000
 TOKEN_CONTEXT = b"join-token"
-OPS = ("init", "tokens", "revocations", "cert")
+OPS = ("init", "tokens", "revocations", "cert", "ca")
 
 
 def _blob(value: Any, hi: int = MAX_BLOB, lo: int = 1) -> bool:
@@ -47,7 +49,7 @@ def _count(value: Any) -> bool:
 
 class SecurityRecord:
     __slots__ = ("cluster_id", "bundle", "sealed_ca", "tokens", "token_generation", "revocations",
-                 "revocations_version", "certs", "version")
+                 "revocations_version", "certs", "ca_generation", "version")
 
     def __init__(self) -> None:
         self.cluster_id: str | None = None
@@ -58,6 +60,7 @@ class SecurityRecord:
         self.revocations = b""
         self.revocations_version = 0
         self.certs: dict[str, bytes] = {}
+        self.ca_generation = 0
         self.version = 0
 
     @property
@@ -84,6 +87,16 @@ class SecurityRecord:
                 return False, (f"the join token changed meanwhile (generation {self.token_generation}); "
                                f"run the command again")
             self.tokens, self.token_generation = sealed, generation
+        elif op == "ca":
+            bundle, sealed, generation = cmd.get("bundle"), cmd.get("sealed_ca"), cmd.get("generation")
+            if not _blob(bundle) or (sealed is not None and not _blob(sealed)) or type(generation) is not int:
+                return False, "bad CA command"
+            if generation != self.ca_generation + 1:
+                return False, (f"the cluster CA changed meanwhile (generation {self.ca_generation}); "
+                               f"check `p2pswarm cluster ca` and run the command again")
+            self.bundle, self.ca_generation = bundle, generation
+            if sealed is not None:
+                self.sealed_ca = sealed
         elif op == "revocations":
             signed, version = cmd.get("signed"), cmd.get("version")
             if not _blob(signed, 8 * 1024 * 1024) or not _count(version):
@@ -119,6 +132,8 @@ class SecurityRecord:
         self.token_generation = cmd["token_generation"]
         self.revocations, self.revocations_version = cmd["revocations"], cmd["revocations_version"]
         self.certs = dict(certs)
+        generation = cmd.get("ca_generation", 0)
+        self.ca_generation = generation if _count(generation) else 0
         self.version += 1
         return True, ""
 
@@ -130,7 +145,7 @@ class SecurityRecord:
         return {"cluster_id": self.cluster_id, "bundle": self.bundle, "sealed_ca": self.sealed_ca,
                 "tokens": self.tokens, "token_generation": self.token_generation,
                 "revocations": self.revocations, "revocations_version": self.revocations_version,
-                "certs": dict(self.certs), "version": self.version}
+                "certs": dict(self.certs), "ca_generation": self.ca_generation, "version": self.version}
 
     def restore(self, data: Any) -> None:
         """Replace the state in place (a snapshot, or None for an empty record)."""

@@ -166,3 +166,49 @@ def test_runs_like_ignores_what_does_not_touch_a_running_task():
     assert not spec.runs_like(spec.replace(args=("other",)))
     assert not spec.runs_like(spec.replace(env={"A": "3"}))
     assert not spec.runs_like(spec.replace(health=None))
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("5353:5353/udp", PortSpec(5353, 5353, protocol="udp")),
+    ("8080:dynamic/udp", PortSpec(8080, None, protocol="udp")),
+    ("53/udp", PortSpec(53, None, protocol="udp")),
+    ("8080:80/tcp", PortSpec(8080, 80)),
+    ("8080:80/tcp,proxy-protocol", PortSpec(8080, 80, True)),
+])
+def test_udp_ports_parse_and_print(text, expected):
+    assert parse_port(text) == expected
+    assert parse_port(str(expected)) == expected
+    assert str(PortSpec(5353, 5353, protocol="udp")) == "5353:5353/udp"
+
+
+def test_udp_ports_round_trip_and_tcp_ports_encode_as_before():
+    spec = ServiceSpec("dns", "x", ports=["53:53/udp", "53:53", "8080:dynamic/udp"])
+    data = msgpack.unpackb(msgpack.packb(spec.to_dict()), raw=False)
+    assert ServiceSpec.from_dict(data) == spec
+    assert data["ports"][0]["protocol"] == "udp"
+    assert data["ports"][1] == {"published": 53, "target": 53, "proxy_protocol": False}  # no "protocol"
+    old = {**ServiceSpec("web", "x").to_dict(), "ports": [{"published": 80, "target": None, "proxy_protocol": False}]}
+    assert ServiceSpec.from_dict(old).ports == (PortSpec(80, None, protocol="tcp"),)
+
+
+def test_a_published_number_once_per_protocol():
+    assert len(ServiceSpec("dns", "x", ports=["53/udp", "53"]).ports) == 2
+    with pytest.raises(SpecError) as e:
+        ServiceSpec("dns", "x", ports=["53/udp", "53:54/udp"])
+    assert str(e.value) == "ports: each published port may appear once per protocol (got ['53/udp', '53/udp'])"
+
+
+@pytest.mark.parametrize("bad,message", [
+    ("53/sctp", "ports: the protocol must be tcp or udp (got 'sctp')"),
+    ("53:53/udp,proxy-protocol", "ports.proxy_protocol: the PROXY header is for tcp ports only; "
+                                 "remove proxy-protocol from 53/udp"),
+    ("53/udp/tcp", "ports: must look like 8080, 8080:80, 8080:80/udp or 8080:80,proxy-protocol (got '53/udp/tcp')"),
+])
+def test_bad_udp_ports_are_one_clear_line(bad, message):
+    with pytest.raises(SpecError) as e:
+        parse_port(bad)
+    assert str(e.value) == message and "\n" not in message
+    with pytest.raises(SpecError, match="protocol: must be one of tcp, udp"):
+        ServiceSpec.from_dict({**ServiceSpec("a", "b").to_dict(),
+                               "ports": [{"published": 1, "target": None, "proxy_protocol": False,
+                                          "protocol": "icmp"}]})

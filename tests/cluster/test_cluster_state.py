@@ -55,10 +55,16 @@ def test_versions_and_rollback(log):
     assert (svc.version, svc.spec.replicas, svc.spec.args, svc.update_state) == (4, 2, ("v2",), "rollback_started")
 
 
+def test_a_port_number_is_published_once_per_protocol(log):
+    assert log(cmd.create_service(log.cid(), 1.0, ServiceSpec("dns", "srv", ports=["8080/udp"]))).ok
+    refused = log(cmd.create_service(log.cid(), 1.0, ServiceSpec("dns2", "srv", ports=["8080/udp"])))
+    assert not refused.ok and "8080/udp is already published by service dns" in refused.error
+
+
 @pytest.mark.parametrize("command,error", [
     (lambda l: cmd.create_service(l.cid(), 1, ServiceSpec("web", "x")), "service web already exists"),
     (lambda l: cmd.create_service(l.cid(), 1, ServiceSpec("api", "x", ports=["8080:80"])),
-     "ports: 8080 is already published by service web"),
+     "ports: 8080/tcp is already published by service web"),
     (lambda l: cmd.update_service(l.cid(), 1, ServiceSpec("nope", "x")), "service nope does not exist"),
     (lambda l: cmd.update_service(l.cid(), 1, ServiceSpec("web", "x"), version=7), "service web is at version 1"),
     (lambda l: cmd.update_service(l.cid(), 1, ServiceSpec("web", "x", mode="global")), "mode: service web is"),

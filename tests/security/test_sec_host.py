@@ -369,3 +369,51 @@ def test_a_retried_half_finished_join_presents_the_same_key_and_is_granted_again
             await thief.join((addr,))
         await a.close()
     run(main())
+
+
+def test_ca_rotation_reissues_then_drops_the_old_ca_without_cutting_anyone_off(tmp_path):
+    async def main():
+        a, addr = await creator(tmp_path)
+        b = host(tmp_path, "b", "b000000000000001")
+        b.prepare((addr,), a.join_token()["token"])
+        await b.join((addr,))
+        b.activate()
+        leader, follower = _FakeDriver(), _FakeDriver("follower")
+        follower.security = leader.security  # one replicated record
+        members = []
+        swim = type("Swim", (), {"members": lambda self: members})()
+
+        async def settle(rounds=4):
+            for _ in range(rounds):
+                members[:] = [type("M", (), {"node": h.node_id, "addr": at, "status": "alive",
+                                             "meta": h.meta(Meta(h.name))})() for h, at in ((a, addr), (b, "127.0.0.1:9"))]
+                for h, d in ((a, leader), (b, follower)):
+                    h._next_sync = 0.0
+                    h.step(d, swim)
+                    await asyncio.gather(*h._tasks)
+        leader.security.apply({**a.genesis})
+        await settle()
+        leader.security.apply({"op": "cert", "node": b.node_id, "cert": b.cert})
+        await settle()
+        old_fp, old_token = a.ca_view(leader, swim)["ca_fingerprint"], a.join_token()["token"]
+        with pytest.raises(SecurityError, match="cannot rotate"):
+            await b.rotate_ca(None)
+        view = await b.rotate_ca(follower)  # any member may start it
+        assert view["rotating"] and len(view["trusted"]) == 2 and view["ca_fingerprint"] != old_fp
+        with pytest.raises(SecurityError, match="already in progress"):
+            await b.rotate_ca(follower)
+        await settle()
+        view = a.ca_view(leader, swim)
+        assert view["pending"] == {}, (view, leader.written)
+        assert not view["rotating"] and view["trusted"] == [view["ca_fingerprint"]]
+        assert leader.security.ca_generation == 2 and leader.written.count("ca") == 1
+        assert "revocations" in leader.written  # re-signed by the new CA before the old one was dropped
+        assert a.signed_revocations is not None and not a._warned
+        for h, other in ((a, b), (b, a)):
+            assert h.bundle.roots == (h.bundle.current,) and {h.identity.issuer} == h.bundle.digests
+            assert h.authorize(other.keys.public), f"{h.name} cut {other.name} off"
+            assert h.chain == ()
+        assert a.join_token()["token"] != old_token
+        await a.close()
+        await b.close()
+    run(main())

@@ -33,12 +33,23 @@ def test_init_once_then_commands_apply_in_order():
     assert rec.revocations == b"rl3" and rec.revocations_version == 3
     assert rec.apply({"op": "cert", "node": "n2", "cert": b"c2"}) == (True, "") and rec.certs["n2"] == b"c2"
     assert rec.version == 4
+    # a CA rotation (start, then finish) is a compare-and-set on the CA generation; finish keeps the sealed key
+    assert rec.apply({"op": "ca", "bundle": b"two-roots", "sealed_ca": b"new-key", "generation": 1}) == (True, "")
+    ok, why = rec.apply({"op": "ca", "bundle": b"rival", "sealed_ca": b"rival-key", "generation": 1})
+    assert not ok and "changed meanwhile" in why and rec.bundle == b"two-roots"
+    assert rec.apply({"op": "ca", "bundle": b"new-root", "generation": 2}) == (True, "")
+    assert (rec.bundle, rec.sealed_ca, rec.ca_generation) == (b"new-root", b"new-key", 2)
+    restored = SecurityRecord()
+    restored.restore(rec.snapshot())
+    assert restored.snapshot() == rec.snapshot() and restored.ca_generation == 2
 
 
 @pytest.mark.parametrize("cmd", [
     {"op": "nope"}, {}, {"op": "cert", "node": "", "cert": b"c"}, {"op": "cert", "node": "n", "cert": "text"},
     {"op": "cert", "node": "n", "cert": b"x" * 5000}, {"op": "tokens", "sealed": b"", "generation": 2},
     {"op": "revocations", "signed": b"x", "version": -1}, {"op": "revocations", "signed": None, "version": 1},
+    {"op": "ca", "bundle": b"", "generation": 1}, {"op": "ca", "bundle": b"b", "sealed_ca": "k", "generation": 1},
+    {"op": "ca", "bundle": b"b", "generation": "1"}, {"op": "ca", "bundle": b"b", "generation": 5},
 ])
 def test_junk_is_refused_the_same_way_everywhere(cmd):
     w = World()

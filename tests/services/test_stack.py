@@ -78,7 +78,8 @@ def test_health_none_and_minimal_service():
     ("services:\n  web: {command: x, deploy: {replicas: -1}}\n", "service web: replicas"),
     ("services:\n  web: {command: x, deploy: {mode: daemon}}\n", "service web: mode"),
     ("services:\n  web: {command: x, ports: ['1.2.3.4:80:80']}\n", "host address"),
-    ("services:\n  web: {command: x, ports: ['53:53/udp']}\n", "only tcp"),
+    ("services:\n  web: {command: x, ports: ['53:53/sctp']}\n", "must be tcp or udp"),
+    ("services:\n  web: {command: x, ports: [{published: 53, protocol: sctp}]}\n", "must be tcp or udp"),
     ("services:\n  web: {command: x, ports: [{target: 80}]}\n", "published"),
     ("services:\n  web: {command: x, healthcheck: {test: [CMD]}}\n", "healthcheck.test"),
     ("services:\n  web: {command: x, healthcheck: {test: [CMD, a], interval: soon}}\n", "healthcheck.interval"),
@@ -93,6 +94,11 @@ def test_bad_files_get_one_line(text, words):
     with pytest.raises(StackError) as err:
         specs(text)
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_udp_ports_in_both_syntaxes():
+    (spec,) = specs("services:\n  dns: {command: x, ports: ['53:5353/udp', {published: 54, protocol: udp}]}\n").specs
+    assert [(p.published, p.target, p.protocol) for p in spec.ports] == [(53, 5353, "udp"), (54, None, "udp")]
 
 
 def test_bad_stack_name():
