@@ -45,6 +45,11 @@ MAX_JOIN_MESSAGE = 64 * 1024
 JOIN_TIMEOUT = 5.0
 """Seconds a joiner waits for the sponsor's answer."""
 RCV_HWM = 64
+JOIN_RATE = 50.0
+"""Join-endpoint requests per second answered at most (a token bucket of JOIN_BURST): a flood of
+requests, each a signature check and maybe a certificate to sign, cannot eat the node's CPU.
+Requests over the rate are dropped and counted (``rate_limited``); a joiner retries."""
+JOIN_BURST = 100.0
 
 
 def join_addr(swim_addr: str) -> str | None:
@@ -87,6 +92,7 @@ class JoinServer:
         self._task: asyncio.Task | None = None
         self.addr = bind
         self.counters: Counter[str] = Counter()
+        self._tokens, self._refilled = JOIN_BURST, time.monotonic()
 
     async def start(self) -> None:
         parsed = parse_addr(self._bind, allow_port_zero=True)
@@ -133,6 +139,9 @@ class JoinServer:
                 self.counters["dropped"] += 1
                 continue
             self.counters["requests"] += 1
+            if not self._take_token(time.monotonic()):
+                self.counters["rate_limited"] += 1
+                continue
             try:
                 reply = self._handler(frames[1].bytes, key)
             except Exception:
@@ -145,6 +154,15 @@ class JoinServer:
                     self.counters["replies"] += 1
                 except zmq.ZMQError:
                     self.counters["reply_dropped"] += 1
+
+    def _take_token(self, now: float) -> bool:
+        """Token bucket: tokens = min(JOIN_BURST, tokens + JOIN_RATE x elapsed); a request takes one."""
+        self._tokens = min(JOIN_BURST, self._tokens + JOIN_RATE * (now - self._refilled))
+        self._refilled = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
     def stats(self) -> dict[str, int]:
         return dict(self.counters)

@@ -186,6 +186,24 @@ def test_a_plaintext_client_gets_no_answer_from_the_join_endpoint():
     run(scenario)
 
 
+def test_a_flood_of_join_requests_is_rate_limited_and_a_joiner_still_gets_in_later():
+    from p2pswarm.security import joinchannel
+    from p2pswarm.security.keys import CurveKeys
+
+    async def scenario(w, sponsor, made):
+        flood = CurveKeys.from_secret(w.entropy(32))
+        request = w.joiner().request(time.time(), w.entropy(16))
+        sent = int(joinchannel.JOIN_BURST) + 50
+        await asyncio.gather(*(exchange(sponsor.join_server.addr, flood, request, timeout=1.0)
+                               for _ in range(sent)), return_exceptions=True)
+        stats = sponsor.join_server.stats()
+        assert stats["requests"] == sent and stats["rate_limited"] >= sent - joinchannel.JOIN_BURST - 5
+        await asyncio.sleep(2 / joinchannel.JOIN_RATE)
+        member, _ = await join(w, sponsor, w.joiner(node_id="ok00000000000001", name="ok"))
+        made.append(member)
+    run(scenario)
+
+
 def test_an_unreachable_join_endpoint_is_one_clear_line():
     async def scenario(w, sponsor, made):
         joiner = w.joiner()
