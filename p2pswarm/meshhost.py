@@ -20,7 +20,7 @@ import socket
 from typing import Any, Callable, Protocol
 
 from p2pswarm.mesh.routes import DEFAULT_LIMITS
-from p2pswarm.mesh.table import Peer, Route, build
+from p2pswarm.mesh.table import TLS_RELAY_OFFSET, Peer, Route, build
 from p2pswarm.raftfacts import decode_facts
 from p2pswarm.transport.zmq import parse_addr
 
@@ -43,27 +43,44 @@ def default_data_plane() -> DataPlaneLike:
 
 
 def pick_relay_port(host: str, swim_port: int) -> int:
-    """The SWIM port + 2 when it is free on ``host`` (+1 is the join endpoint; easy to firewall), else any free port;
-    0 (no relay: other nodes will not route through this one) when ``host`` is not ours."""
-    for port in (swim_port + 2 if 0 < swim_port < 65534 else 0, 0):
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+    """The SWIM port + 2 when it and the next port (the TLS relay, for encrypted ports) are free on ``host``
+    (+1 is the join endpoint: four consecutive ports are easy to firewall), else any free port; 0 (no relay:
+    other nodes will not route through this one) when ``host`` is not ours."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for port in (swim_port + 2 if 0 < swim_port < 65533 else 0, 0):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
             try:
                 s.bind((host, port))
             except OSError:
                 continue
-            return s.getsockname()[1]
+            chosen = s.getsockname()[1]
+            if port and not _free(family, host, chosen + TLS_RELAY_OFFSET):
+                continue
+            return chosen
     log.warning("no TCP port free on %s for the mesh relay: this node will not relay", host)
     return 0
+
+
+def _free(family: int, host: str, port: int) -> bool:
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 class MeshHost:
     def __init__(self, node_id: str, swim: Any, transport: Any, raft_host: Any, *,
                  relay_port: int, unreachable: Callable[[], tuple[str, ...]],
                  data_plane_factory: Callable[[], DataPlaneLike] = default_data_plane,
-                 limits: dict[str, Any] | None = None) -> None:
+                 limits: dict[str, Any] | None = None, security: Any = None) -> None:
         self.node_id, self.swim, self.transport, self.raft_host = node_id, swim, transport, raft_host
         self.relay_port = relay_port
         self.limits = dict(limits or DEFAULT_LIMITS)
+        self.security = security
+        """The SecurityHost (``mesh_tls_version``, ``mesh_tls_table()``) in a secure cluster: TLS material
+        for encrypted ports; None in a plaintext one."""
         self._unreachable = unreachable
         self._factory = data_plane_factory
         self.data_plane: DataPlaneLike | None = None
@@ -83,15 +100,19 @@ class MeshHost:
         if driver is not None:
             driver.publish_mesh(self.relay_port, unreachable)
         faults = self.transport.describe() if hasattr(self.transport, "describe") else {}
+        tls_version = self.security.mesh_tls_version if self.security is not None else -1
         key = (tuple((m.node, m.status, m.record_version) for m in self.swim.members()), unreachable,
-               repr(faults))
+               repr(faults), tls_version)
         if key == self._key and now < self._built_at + REFRESH:
             return
         self._key, self._built_at = key, now
         self.version += 1
+        tls = self.security.mesh_tls_table() if self.security is not None else None
         self.table, self.routes = build(self.node_id, self.peers(), unreachable=unreachable,
                                         blocked_hosts=self.blocked_hosts(faults), limits=self.limits,
-                                        version=self.version)
+                                        version=self.version, tls=tls is not None)
+        if tls is not None:
+            self.table["tls"] = tls
         if self.data_plane is None and self._starting is None and (self.table["ports"] or self.table.get("udp")):
             self._starting = asyncio.ensure_future(self._start())
         elif self.data_plane is not None:

@@ -292,14 +292,19 @@ def _record(t: _Task) -> dict[str, Any]:
 
 
 def _mesh_entries(publish: tuple, ports: tuple[int, ...]) -> tuple[tuple, ...]:
-    """:func:`p2pswarm.runtime.base.published_ports`, with ``"udp"`` appended to the entries of UDP ports."""
+    """:func:`p2pswarm.runtime.base.published_ports`, with ``"udp"`` appended to the entries of UDP ports
+    and ``"tls"`` to those of encrypted TCP ports."""
     dynamic = iter(ports)
     out = []
     for p in publish:  # as published_ports: each dynamic target takes the next dynamic port
         port = p.target if p.target is not None else next(dynamic, None)
         if port is not None:
-            out.append((p.published, port, p.proxy_protocol, "udp") if p.protocol == "udp"
-                       else (p.published, port, p.proxy_protocol))
+            if p.protocol == "udp":
+                out.append((p.published, port, p.proxy_protocol, "udp"))
+            elif p.encrypted:
+                out.append((p.published, port, p.proxy_protocol, "tls"))
+            else:
+                out.append((p.published, port, p.proxy_protocol))
     return tuple(out)
 
 

@@ -64,12 +64,15 @@ class ServiceRoutes:
             raise HttpError(400, result.error)
         return result.value
 
-    @staticmethod
-    def _spec(body: Any) -> ServiceSpec:
+    def _spec(self, body: Any) -> ServiceSpec:
         try:
-            return ServiceSpec.from_dict(body.get("spec") if isinstance(body, dict) else None)
+            spec = ServiceSpec.from_dict(body.get("spec") if isinstance(body, dict) else None)
         except SpecError as exc:
             raise HttpError(400, str(exc)) from None
+        if getattr(self.router.node, "security", None) is None and any(p.encrypted for p in spec.ports):
+            raise HttpError(400, "ports: encrypted forwarding uses the cluster's certificates, and this cluster "
+                                 "is plaintext (--insecure): remove the encrypted option")
+        return spec
 
     # ------------------------------------------------------------ services
 

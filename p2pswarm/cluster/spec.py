@@ -43,13 +43,14 @@ SECONDS_WHAT = "must be a number of seconds from 0 to 31536000 (a year)"
 # ------------------------------------------------------------------ text forms
 
 _PORT = re.compile(r"(\d{1,5})(?::(\d{1,5}|dynamic))?(?:/([a-z]+))?((?:,[a-z-]+)*)")
-PORT_OPTIONS = ("proxy-protocol",)
+PORT_OPTIONS = ("proxy-protocol", "encrypted")
 PROTOCOLS = ("tcp", "udp")
 
 
 def parse_port(spec: str) -> "PortSpec":
     """``8080`` (target dynamic), ``8080:80``, ``8080:dynamic``, ``8080:80,proxy-protocol``;
-    a ``/udp`` (or ``/tcp``, the default) suffix after the target: ``5353:5353/udp``, ``8080:dynamic/udp``."""
+    a ``/udp`` (or ``/tcp``, the default) suffix after the target: ``5353:5353/udp``, ``8080:dynamic/udp``;
+    ``,encrypted``: forwarding between nodes' meshes goes over TLS (secure clusters, TCP)."""
     m = _PORT.fullmatch(spec.strip()) if isinstance(spec, str) else None
     if m is None:
         raise fail("ports", "must look like 8080, 8080:80, 8080:80/udp or 8080:80,proxy-protocol", spec)
@@ -58,11 +59,12 @@ def parse_port(spec: str) -> "PortSpec":
     options = [o for o in m.group(4).split(",") if o]
     for option in options:
         if option not in PORT_OPTIONS:
-            raise fail("ports", "the only option is " + ", ".join(PORT_OPTIONS), option)
+            raise fail("ports", "the options are " + ", ".join(PORT_OPTIONS), option)
     target = m.group(2)
     try:
         return PortSpec(published=int(m.group(1)), target=None if target in (None, "dynamic") else int(target),
-                        proxy_protocol="proxy-protocol" in options, protocol=m.group(3) or "tcp")
+                        proxy_protocol="proxy-protocol" in options, protocol=m.group(3) or "tcp",
+                        encrypted="encrypted" in options)
     except SpecError as e:
         raise e.under("ports") from None
 
@@ -107,11 +109,14 @@ class PortSpec:
     """A published port: every node listens on ``published``; the task listens on ``target``
     (``None`` = the dynamic port the runtime hands the task in ``PORT``). ``protocol`` is
     ``tcp`` (default) or ``udp``; a UDP port is encoded with its ``protocol`` field, a TCP
-    port without it (so that nodes that predate UDP still decode every TCP spec)."""
+    port without it (so that nodes that predate UDP still decode every TCP spec). ``encrypted``:
+    the routing mesh forwards this port's connections between nodes over TLS (encoded only
+    when set, for the same reason)."""
     published: int
     target: int | None = None
     proxy_protocol: bool = False
     protocol: str = "tcp"
+    encrypted: bool = False
 
     def __post_init__(self) -> None:
         integer("published", self.published, 1, 65535)
@@ -122,11 +127,15 @@ class PortSpec:
         if self.protocol == "udp" and self.proxy_protocol:
             raise SpecError(f"proxy_protocol: the PROXY header is for tcp ports only; remove proxy-protocol "
                             f"from {self.published}/udp")
+        flag("encrypted", self.encrypted)
+        if self.protocol == "udp" and self.encrypted:
+            raise SpecError(f"encrypted: encrypted forwarding is for tcp ports only; remove encrypted from "
+                            f"{self.published}/udp")
 
     def __str__(self) -> str:
         target = "dynamic" if self.target is None else str(self.target)
         return (f"{self.published}:{target}" + ("/udp" if self.protocol == "udp" else "")
-                + (",proxy-protocol" if self.proxy_protocol else ""))
+                + (",proxy-protocol" if self.proxy_protocol else "") + (",encrypted" if self.encrypted else ""))
 
 
 _CONSTRAINT = re.compile(r"\s*(node\.(?:id|name|hostname|labels\.([^\s=!]+)))\s*(==|!=)\s*(\S+)\s*")
@@ -347,8 +356,10 @@ _NESTED: dict[str, type] = {"restart": RestartPolicy, "update": UpdateConfig, "r
 def _encode(obj: Any) -> Any:
     if isinstance(obj, Constraint):
         return str(obj)
-    if isinstance(obj, PortSpec) and obj.protocol == "tcp":
-        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name != "protocol"}
+    if isinstance(obj, PortSpec):  # defaults left out: specs stored before these fields decode the same
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
+                if not (f.name == "protocol" and obj.protocol == "tcp") and not (f.name == "encrypted" and
+                                                                                 not obj.encrypted)}
     if dataclasses.is_dataclass(obj):
         return {f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, tuple):

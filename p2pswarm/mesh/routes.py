@@ -51,7 +51,10 @@ class Backend:
     rtt: float | None = None
     """Seconds, SWIM's smoothed round trip to the task's node; None when not measured."""
     via: tuple[str, int] | None = None
-    """A relay node's relay listener, when this node cannot reach the task's node directly."""
+    """A relay node's relay listener, when this node cannot reach the task's node directly (or,
+    with ``tls``, the TLS relay listener of the task's node or of a relay node)."""
+    tls: bool = False
+    """Connect to ``via`` over TLS (an ``encrypted`` port)."""
 
     @property
     def key(self) -> str:

@@ -69,10 +69,22 @@ class Route:
     """``tcp`` or ``udp``."""
 
 
+TLS_RELAY_OFFSET = 1
+"""A node's TLS relay listener (encrypted forwarding) is on its relay port + 1."""
+
+
+def tls_relay(peer: Peer) -> str:
+    return f"{peer.host}:{peer.relay_port + TLS_RELAY_OFFSET}"
+
+
 def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
           blocked_hosts: Iterable[str] = (), limits: Mapping[str, Any] | None = None,
-          version: int = 0) -> tuple[dict[str, Any], list[Route]]:
-    """The data plane's table (see :mod:`p2pswarm.mesh.dataplane`) and every route's explanation."""
+          version: int = 0, tls: bool = False) -> tuple[dict[str, Any], list[Route]]:
+    """The data plane's table (see :mod:`p2pswarm.mesh.dataplane`) and every route's explanation.
+
+    ``tls``: this node has mesh TLS material, so it can forward ``encrypted`` ports: their
+    remote backends are reached through the TLS relay listener of their node (or of a relay
+    node, which then goes on over TLS to the backend's node: ``tls_next``)."""
     peers = {p.node: p for p in peers}
     own = peers.get(me)
     host = own.host if own is not None else "127.0.0.1"
@@ -83,16 +95,24 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
     udp: dict[int, dict[str, Any]] = {}
     routes: list[Route] = []
     relay_allow: set[str] = set()
+    tls_next: dict[str, str] = {}
     for peer in sorted(peers.values(), key=lambda p: p.node):
         if peer.status not in ("alive", "suspect"):
             continue  # a dead member's last digest is history, not a backend
-        for task, published, target, proxy, service, reason, proto in _served(peer):
+        for task, published, target, proxy, service, reason, proto, encrypted in _served(peer):
             addr = f"{peer.host}:{target}"
             if proto == "udp":
                 entry = udp.setdefault(published, {"port": published, "service": service, "backends": []})
             else:
                 entry = ports.setdefault(published, {"port": published, "service": service,
                                                      "proxy_protocol": proxy, "backends": []})
+                if encrypted:
+                    entry["encrypted"] = True
+            if encrypted and not reason and peer.node != me:
+                if not tls:
+                    reason = "encrypted port and this node has no mesh TLS material (plaintext cluster?)"
+                elif not peer.relay_port:
+                    reason = "encrypted port and its node runs no relay listener"
             if not reason and proto == "udp" and peer.node != me and peer.node not in graph.adj.get(me, {}):
                 reason = "no direct link (UDP is not relayed)"
             if reason:
@@ -111,13 +131,22 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
                     routes.append(Route(published, service, task, peer.node, peer.name, addr, "excluded",
                                         "no direct link and no relay reaches its node", proto))
                     continue
-                backend["via"] = f"{peers[relay].host}:{peers[relay].relay_port}"
-                route, why = f"via {peers[relay].name}", "direct link down; relay has a direct link"
+                if encrypted:
+                    backend["via"], backend["tls"] = tls_relay(peers[relay]), True
+                    route, why = f"via {peers[relay].name}", "direct link down; relay has a direct link; TLS"
+                else:
+                    backend["via"] = f"{peers[relay].host}:{peers[relay].relay_port}"
+                    route, why = f"via {peers[relay].name}", "direct link down; relay has a direct link"
             else:
                 rtt = "rtt unknown" if peer.rtt is None else f"rtt {peer.rtt * 1000:.2f} ms"
                 route, why = "direct", rtt
+                if encrypted:
+                    backend["via"], backend["tls"] = tls_relay(peer), True
+                    route, why = "tls", f"{rtt}; TLS to its node's mesh"
             if proto != "udp" and (peer.node in graph.adj.get(me, {}) or peer.node == me):
                 relay_allow.add(addr)
+                if encrypted and peer.node != me and tls and peer.relay_port:
+                    tls_next[addr] = tls_relay(peer)
             entry["backends"].append(backend)
             routes.append(Route(published, service, task, peer.node, peer.name, addr, route, why, proto))
     table = {"version": version, "host": host, "relay_port": own.relay_port if own is not None else 0,
@@ -125,6 +154,8 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
              "ports": [ports[p] for p in sorted(ports)], "limits": dict(limits or DEFAULT_LIMITS)}
     if udp:  # only when there is one: a TCP-only table is exactly what it was before UDP
         table["udp"] = [udp[p] for p in sorted(udp)]
+    if tls_next:
+        table["tls_next"] = dict(sorted(tls_next.items()))
     return table, routes
 
 
@@ -169,9 +200,10 @@ ENDED = frozenset({"complete", "failed", "shutdown"})
 
 
 def _served(peer: Peer):
-    """(task, published, task port, proxy protocol, service, exclusion reason or "", protocol) per
-    published port. An ``m`` item is ``[published, task port, proxy]`` (TCP) or
-    ``[published, task port, proxy, "udp"]``; other 4th elements (a later protocol) are skipped."""
+    """(task, published, task port, proxy protocol, service, exclusion reason or "", protocol, encrypted)
+    per published port. An ``m`` item is ``[published, task port, proxy]`` (TCP),
+    ``[published, task port, proxy, "tls"]`` (encrypted TCP) or ``[published, task port, proxy, "udp"]``;
+    other 4th elements (a later protocol) are skipped."""
     for task, rec in sorted(peer.tasks.items()):
         mesh = rec.get("m")
         if not isinstance(mesh, list) or rec.get("s") in ENDED:
@@ -179,10 +211,11 @@ def _served(peer: Peer):
         service = rec.get("n") if isinstance(rec.get("n"), str) else task
         reason = _exclusion(peer, rec)
         for item in mesh:
-            if (isinstance(item, list) and (len(item) == 3 or (len(item) == 4 and item[3] == "udp"))
+            if (isinstance(item, list) and (len(item) == 3 or (len(item) == 4 and item[3] in ("udp", "tls")))
                     and all(type(v) is int for v in item[:2]) and 0 < item[0] < 65536 and 0 < item[1] < 65536):
-                proto = "udp" if len(item) == 4 else "tcp"
-                yield task, item[0], item[1], bool(item[2]) and proto == "tcp", service, reason, proto
+                proto = "udp" if len(item) == 4 and item[3] == "udp" else "tcp"
+                encrypted = len(item) == 4 and item[3] == "tls"
+                yield task, item[0], item[1], bool(item[2]) and proto == "tcp", service, reason, proto, encrypted
 
 
 def _exclusion(peer: Peer, rec: Mapping[str, Any]) -> str:

@@ -78,6 +78,7 @@ from p2pswarm.security.join import (PROTOCOL_MAX, PROTOCOL_MIN, SPONSOR_ENTROPY,
 from p2pswarm.security.joinchannel import JOIN_PORT_OFFSET, JoinServer, exchange, join_addr
 from p2pswarm.security.keys import (CurveKeys, format_cluster_key_file, format_key_file, parse_cluster_key_file,
                                     parse_key_file, z85_encode)
+from p2pswarm.security.meshtls import MeshTLS
 from p2pswarm.security.messages import JOIN_MESSAGES, JoinGrant, JoinRefused, JoinRequest, KeyReply, KeyRequest
 from p2pswarm.security.pki import (CertAuthority, NodeIdentity, RevocationList, TrustBundle, cert_digest,
                                    finish_rotation, fingerprint, read_node_certificate, rotate_ca, seal, unseal)
@@ -194,6 +195,10 @@ class SecurityHost:
         self._tasks: set[asyncio.Task] = set()
         self._warned: set[str] = set()
         self._issuers: dict[tuple[bytes, bytes], bytes] = {}
+        self.mesh_tls = MeshTLS(node_id)
+        self.mesh_tls_version = 0
+        """Bumped when the routing mesh's TLS material or the revoked node ids change."""
+        self._mesh_revoked: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------ transport callbacks
 
@@ -592,10 +597,25 @@ class SecurityHost:
                 self._driver_hint = driver
                 self._sync_record(driver, now)
                 self._duties(driver, swim, now)
+            self._sync_mesh_tls(now)
         if self._dirty and now >= self._next_persist:
             self._next_persist = now + PERSIST_INTERVAL
             self._dirty = False
             self._save()
+
+    def _sync_mesh_tls(self, now: float) -> None:
+        revoked = self.revocations.nodes if self.revocations is not None else frozenset()
+        if self.mesh_tls.refresh(self.ca, self.bundle, now, self.entropy) or revoked != self._mesh_revoked:
+            self._mesh_revoked = revoked
+            self.mesh_tls_version += 1
+
+    def mesh_tls_table(self) -> dict[str, Any] | None:
+        """The routing mesh's TLS material (PEM) and the revoked node ids, or None before this node
+        holds the CA key (then encrypted ports are served only by local replicas)."""
+        material = self.mesh_tls.material
+        if material is None:
+            return None
+        return {**material.as_dict(), "revoked": sorted(self._mesh_revoked)}
 
     def _sync_members(self, swim: Any, now: float) -> None:
         for m in swim.members():

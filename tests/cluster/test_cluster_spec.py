@@ -101,7 +101,7 @@ BAD = [
     ({"ports": ["70000"]}, "ports.published:"),
     ({"ports": ["8080:99999"]}, "ports.target:"),
     ({"ports": ["8080:http"]}, "ports: must look like"),
-    ({"ports": ["8080,tls"]}, "ports: the only option"),
+    ({"ports": ["8080,tls"]}, "ports: the options are"),
     ({"ports": ["8080", "8080:80"]}, "ports: each published port"),
     ({"ports": [{"published": 8080, "tls": True}]}, "ports: unknown field"),
     ({"constraints": ["zone==a"]}, "constraints:"),

@@ -124,3 +124,41 @@ def test_malformed_records_from_peers_are_ignored():
     ports = {p["port"]: p for p in table["ports"]}
     assert set(ports) == {8080, 8081}
     assert ports[8081]["service"] == "z" and ports[8081]["proxy_protocol"] is True
+
+
+def tls_peers(**extra):
+    def r(port):
+        return {"s": "running", "v": 1, "p": port, "n": "web", "m": [[8080, port, False, "tls"]]}
+    base = {
+        "a": Peer("a", "node-1", "127.0.0.11", "alive", relay_port=7947, tasks={"t1": r(21001)}),
+        "b": Peer("b", "node-2", "127.0.0.12", "alive", rtt=0.0004, relay_port=7947, tasks={"t2": r(21002)}),
+        "c": Peer("c", "node-3", "127.0.0.13", "alive", rtt=0.0006, relay_port=7947),
+    }
+    base.update(extra)
+    return base.values()
+
+
+def test_encrypted_port_goes_to_the_tls_relay_of_the_backends_node():
+    table, routes = build("a", tls_peers(), tls=True)
+    [port] = table["ports"]
+    by_task = {b["task"]: b for b in port["backends"]}
+    assert port["encrypted"] and by_task["t1"]["via"] is None and "tls" not in by_task["t1"]  # local: no hop
+    assert by_task["t2"]["via"] == "127.0.0.12:7948" and by_task["t2"]["tls"]  # TLS relay = relay port + 1
+    assert table["tls_next"] == {"127.0.0.12:21002": "127.0.0.12:7948"}
+    assert {r.task: r.route for r in routes} == {"t1": "local", "t2": "tls"}
+
+
+def test_encrypted_port_through_a_relay_stays_tls_on_both_hops():
+    table, routes = build("a", tls_peers(), unreachable={"b"}, tls=True)
+    t2 = next(b for b in table["ports"][0]["backends"] if b["task"] == "t2")
+    assert t2["via"] == "127.0.0.13:7948" and t2["tls"]  # a -> c over TLS
+    relay_table, _ = build("c", tls_peers(), tls=True)
+    assert relay_table["tls_next"]["127.0.0.12:21002"] == "127.0.0.12:7948"  # c -> b over TLS too
+
+
+def test_without_tls_material_remote_encrypted_backends_are_excluded():
+    table, routes = build("a", tls_peers())
+    assert {b["task"] for b in table["ports"][0]["backends"]} == {"t1"}
+    assert any(r.task == "t2" and r.route == "excluded" and "TLS" in r.why for r in routes)
+    plain, _ = build("a", peers(), tls=True)
+    assert "encrypted" not in plain["ports"][0] and "tls_next" not in plain  # unencrypted tables unchanged

@@ -193,11 +193,15 @@ def test_a_flood_of_join_requests_is_rate_limited_and_a_joiner_still_gets_in_lat
     async def scenario(w, sponsor, made):
         flood = CurveKeys.from_secret(w.entropy(32))
         request = w.joiner().request(time.time(), w.entropy(16))
-        sent = int(joinchannel.JOIN_BURST) + 50
+        sent = int(joinchannel.JOIN_BURST) * 3
+        start = time.monotonic()
         await asyncio.gather(*(exchange(sponsor.join_server.addr, flood, request, timeout=1.0)
                                for _ in range(sent)), return_exceptions=True)
+        elapsed = time.monotonic() - start
         stats = sponsor.join_server.stats()
-        assert stats["requests"] == sent and stats["rate_limited"] >= sent - joinchannel.JOIN_BURST - 5
+        handled = stats["requests"] - stats.get("rate_limited", 0)
+        assert stats["requests"] > joinchannel.JOIN_BURST and stats.get("rate_limited", 0) > 0
+        assert handled <= joinchannel.JOIN_BURST + joinchannel.JOIN_RATE * elapsed + 1
         await asyncio.sleep(2 / joinchannel.JOIN_RATE)
         member, _ = await join(w, sponsor, w.joiner(node_id="ok00000000000001", name="ok"))
         made.append(member)
