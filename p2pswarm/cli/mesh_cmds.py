@@ -39,6 +39,10 @@ def routes(port, fmt, data_dir):
     for key, message in sorted(errors.items(), key=lambda kv: (_port_number(kv[0]), kv[0])):
         where = key if "/" in str(key) else f"{key}/tcp"
         click.echo(f"port {where}: not served on this node: {message}", err=True)
+    plane = view.get("data_plane") or {}
+    for name, what in (("relay", "relay"), ("tls_relay", "TLS relay (encrypted ports)")):
+        if (plane.get(name) or {}).get("error"):
+            click.echo(f"mesh {what}: not listening on this node: {plane[name]['error']}", err=True)
     return 0
 
 

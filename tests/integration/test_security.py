@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import subprocess
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -24,40 +21,13 @@ from p2pswarm import wire
 from p2pswarm.api.client import ApiError
 from p2pswarm.membership.messages import Alive, Gossip, Meta, PushPull
 from p2pswarm.security.keys import CurveKeys, z85_decode
+from p2pswarm.testing.capture import Capture, tcpdump
 from p2pswarm.testing.localcluster import LocalCluster, free_host, free_port, wait_until
 from p2pswarm.transport.zmq import ZmqTransport
 
 pytestmark = pytest.mark.timeout(90)
 
 MARKER = "P2PSWARM-PLAINTEXT-MARKER-5e1c7a"
-
-
-def tcpdump() -> str | None:
-    path = shutil.which("tcpdump")
-    return path if path is not None and os.geteuid() == 0 else None
-
-
-class Capture:
-    """tcpdump on loopback for the given hosts, started before the nodes so that their joins are in it."""
-
-    def __init__(self, hosts: list[str], pcap: Path) -> None:
-        self.pcap = pcap
-        flt = " or ".join(f"host {h}" for h in hosts)
-        argv = [tcpdump(), "-i", "lo", "--immediate-mode", "-U", "-n", "-s", "0", "-Z", "root", "-w", str(pcap), flt]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        line = self.proc.stderr.readline()
-        self.ok = b"listening" in line
-        self.why = line.decode(errors="replace").strip()
-
-    def stop(self) -> bytes:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # by its own pid
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.pcap.read_bytes() if self.pcap.exists() else b""
 
 
 def metric(node, name: str) -> float:
@@ -88,7 +58,7 @@ def secure(tmp_path_factory):
     control = free_host()
     capture = None
     if tcpdump() is not None:
-        capture = Capture([n.host for n in nodes] + [control], tmp / "lo.pcap")
+        capture = Capture(" or ".join(f"host {h}" for h in [n.host for n in nodes] + [control]), tmp / "lo.pcap")
         if not capture.ok:
             capture.stop()
             capture = None
