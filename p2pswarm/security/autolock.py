@@ -193,7 +193,7 @@ def create_lock(datadir: DataDir, unlock_key: bytes,
     dek = entropy(KEY_BYTES)
     blob = _LOCK_MAGIC + seal(unlock_key, entropy(NONCE_BYTES), dek, _DEK_CONTEXT)
     datadir.write_private(LOCK_FILE, blob)
-    return _register(datadir, dek)
+    return register(datadir, dek)
 
 
 def open_lock(datadir: DataDir, unlock_key: bytes) -> bytes:
@@ -214,7 +214,7 @@ def open_lock(datadir: DataDir, unlock_key: bytes) -> bytes:
 
 def unlock(datadir: DataDir, key_text: str) -> RecordCipher:
     """Check ``key_text`` against the lock file and register the data key; one-line KeyFileError otherwise."""
-    return _register(datadir, open_lock(datadir, parse_unlock_key(key_text)))
+    return register(datadir, open_lock(datadir, parse_unlock_key(key_text)))
 
 
 # ------------------------------------------------------------------ the unlocked keys of this process
@@ -222,7 +222,9 @@ def unlock(datadir: DataDir, key_text: str) -> RecordCipher:
 _UNLOCKED: dict[Path, RecordCipher] = {}
 
 
-def _register(datadir: DataDir, dek: bytes) -> RecordCipher:
+def register(datadir: DataDir, dek: bytes) -> RecordCipher:
+    """Use data key ``dek`` for ``datadir`` in this process (what a correct unlock key does; benchmarks
+    call it directly)."""
     cipher = RecordCipher(dek)
     _UNLOCKED[Path(datadir.path).absolute()] = cipher
     return cipher

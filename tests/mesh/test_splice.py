@@ -201,7 +201,7 @@ def test_half_close_either_side_first(bulk_threads: int) -> None:
 
     async def main() -> None:
         server, bport = await serve(answers_after_eof)
-        mesh, port = await mesh_for(bport, bulk_threads=bulk_threads, splice_after=0)
+        mesh, port = await mesh_for(bport, bulk_threads=bulk_threads, splice_after=1)
         r, w = await asyncio.open_connection(MESH, port)
         await send_all(w, up)
         got = await read_all(r)
@@ -340,7 +340,8 @@ def test_mesh_close_stops_threads_blocked_in_splice(loop: str) -> None:
     arun(main(), loop)
 
 
-def test_proxy_header_precedes_spliced_data() -> None:
+@pytest.mark.parametrize("bulk_threads", [4, 0])
+def test_proxy_header_precedes_spliced_data(bulk_threads: int) -> None:
     async def reads_header(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         head = await r.readexactly(16)
         head += await r.readexactly(proxyproto.header_length(head) - 16)
@@ -350,7 +351,7 @@ def test_proxy_header_precedes_spliced_data() -> None:
 
     async def main() -> None:
         server, bport = await serve(reads_header)
-        mesh, port = await mesh_for(bport, splice_after=0, proxy_protocol=True)
+        mesh, port = await mesh_for(bport, bulk_threads=bulk_threads, splice_after=1, proxy_protocol=True)
         r, w = await asyncio.open_connection(MESH, port, local_addr=("127.0.7.51", 0))
         data = os.urandom(4 * MB)
         sender = asyncio.create_task(send_all(w, data))
@@ -365,3 +366,20 @@ def test_proxy_header_precedes_spliced_data() -> None:
         server.close()
     arun(main())
 
+
+def test_splice_after_zero_splices_on_the_loop_without_threads() -> None:
+    """Nothing was detected as bulk: short connections must not pay for a thread pair."""
+    async def main() -> None:
+        server, bport = await serve(echo)
+        mesh, port = await mesh_for(bport, splice_after=0)
+        r, w = await asyncio.open_connection(MESH, port)
+        w.write(b"ping")
+        assert await r.readexactly(4) == b"ping"
+        await eventually(lambda: any(c.splicer is not None for c in mesh.conns))
+        assert [type(c.splicer).__name__ for c in mesh.conns] == ["Splicer"] and not mesh.threaded
+        assert splice_threads() == 0
+        w.close()
+        await eventually(lambda: mesh.n_active == 0)
+        await mesh.close()
+        server.close()
+    arun(main())
