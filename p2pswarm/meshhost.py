@@ -10,13 +10,24 @@ The data plane starts with the first table that has a published port (TCP or UDP
 
 It also gossips this node's relay port and the members it cannot reach directly
 (through the Raft driver's facts record), which other nodes need to choose relays.
+
+**Restarts.** The last table pushed is saved in the data dir (``mesh-table.json``, without
+the TLS material). A restarted node serves it at once, before gossip has told it anything,
+instead of refusing its published ports for the seconds until the first push/pull: a replica
+that is gone by now refuses the connect and the data plane moves on to the next one. The saved
+table stays in force until a peer's gossip arrives (or ``WARM_LIMIT`` passes), and is not used
+when older than ``SAVED_MAX_AGE`` or made for another address.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import socket
+import time
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from p2pswarm.mesh.routes import DEFAULT_LIMITS
@@ -28,6 +39,14 @@ log = logging.getLogger("p2pswarm.mesh")
 
 REFRESH = 5.0
 """Seconds between table rebuilds when nothing changed (RTTs drift)."""
+SAVED_TABLE = "mesh-table.json"
+SAVED_MAX_AGE = 600.0
+"""A saved table older than this (seconds, by its file time) is not served at restart: its replicas
+have probably moved."""
+WARM_LIMIT = 15.0
+"""Seconds at most a restarted node serves its saved table while no peer's gossip has arrived."""
+SAVE_INTERVAL = 2.0
+"""Seconds at least between two saves of the table (it changes with every digest)."""
 
 
 class DataPlaneLike(Protocol):
@@ -74,7 +93,8 @@ class MeshHost:
     def __init__(self, node_id: str, swim: Any, transport: Any, raft_host: Any, *,
                  relay_port: int, unreachable: Callable[[], tuple[str, ...]],
                  data_plane_factory: Callable[[], DataPlaneLike] = default_data_plane,
-                 limits: dict[str, Any] | None = None, security: Any = None) -> None:
+                 limits: dict[str, Any] | None = None, security: Any = None,
+                 state_dir: str | os.PathLike[str] | None = None) -> None:
         self.node_id, self.swim, self.transport, self.raft_host = node_id, swim, transport, raft_host
         self.relay_port = relay_port
         self.limits = dict(limits or DEFAULT_LIMITS)
@@ -90,11 +110,23 @@ class MeshHost:
         self.version = 0
         self.table: dict[str, Any] | None = None
         self.routes: list[Route] = []
+        self._saved_path = Path(state_dir) / SAVED_TABLE if state_dir is not None else None
+        self._loaded = False
+        self._warm_until: float | None = None
+        """While set (monotonic), the saved table is in force: built tables are not pushed yet."""
+        self._saved_text = ""
+        self._next_save = 0.0
 
     # ------------------------------------------------------------ the node loop calls these
 
     def step(self, now: float) -> None:
         """Rebuild and push the table if its inputs changed (cheap to call every loop turn)."""
+        if not self._loaded:
+            self._loaded = True
+            self._serve_saved(now)
+        if self._warm_until is not None and (now >= self._warm_until or self._heard_from_peers()):
+            self._warm_until = None
+            self._key = None  # build and push a table from gossip now
         unreachable = tuple(sorted(self._unreachable()))
         driver = self.raft_host.driver if self.raft_host is not None else None
         if driver is not None:
@@ -108,15 +140,64 @@ class MeshHost:
         self._key, self._built_at = key, now
         self.version += 1
         tls = self.security.mesh_tls_table() if self.security is not None else None
-        self.table, self.routes = build(self.node_id, self.peers(), unreachable=unreachable,
-                                        blocked_hosts=self.blocked_hosts(faults), limits=self.limits,
-                                        version=self.version, tls=tls is not None)
+        table, self.routes = build(self.node_id, self.peers(), unreachable=unreachable,
+                                   blocked_hosts=self.blocked_hosts(faults), limits=self.limits,
+                                   version=self.version, tls=tls is not None)
         if tls is not None:
-            self.table["tls"] = tls
+            table["tls"] = tls
+        if self._warm_until is not None:
+            return  # the saved table serves until gossip arrives
+        self.table = table
         if self.data_plane is None and self._starting is None and (self.table["ports"] or self.table.get("udp")):
             self._starting = asyncio.ensure_future(self._start())
         elif self.data_plane is not None:
             self.data_plane.push(self.table)
+        self._save(now)
+
+    # ------------------------------------------------------------ the saved table
+
+    def _serve_saved(self, now: float) -> None:
+        table = self._read_saved()
+        if table is None:
+            return
+        log.info("serving the %d published port(s) of the saved mesh table until gossip arrives",
+                 len(table["ports"]) + len(table.get("udp") or ()))
+        self.table, self._warm_until = table, now + WARM_LIMIT
+        self._starting = asyncio.ensure_future(self._start())
+
+    def _read_saved(self) -> dict[str, Any] | None:
+        path = self._saved_path
+        if path is None:
+            return None
+        try:
+            age = time.time() - path.stat().st_mtime
+            table = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None  # none saved, or unreadable: start as a new node would
+        own = self.swim.member(self.node_id) if hasattr(self.swim, "member") else None
+        host = parse_addr(own.addr)[0] if own is not None and parse_addr(own.addr) else None
+        if (not isinstance(table, dict) or not isinstance(table.get("ports"), list) or age > SAVED_MAX_AGE
+                or table.get("host") != host or not (table["ports"] or table.get("udp"))):
+            return None
+        return {**table, "version": 0}
+
+    def _heard_from_peers(self) -> bool:
+        return any(m.node != self.node_id and m.status == "alive" and m.record for m in self.swim.members())
+
+    def _save(self, now: float) -> None:
+        if self._saved_path is None or self.table is None or now < self._next_save:
+            return
+        text = json.dumps({k: v for k, v in self.table.items() if k not in ("tls", "version")}, sort_keys=True)
+        if text == self._saved_text:
+            return
+        self._next_save = now + SAVE_INTERVAL
+        tmp = self._saved_path.with_suffix(".tmp")
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, self._saved_path)
+            self._saved_text = text
+        except OSError as exc:  # a full disk costs only this shortcut at the next restart
+            log.debug("cannot save the mesh table: %s", exc)
 
     async def _start(self) -> None:
         plane = self._factory()

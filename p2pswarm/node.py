@@ -243,7 +243,8 @@ class Node:
         await self.agent.start()
         relay_port = self.options.relay_port or pick_relay_port(host, int(self.swim_addr.rsplit(":", 1)[1]))
         self.mesh = MeshHost(self.node_id, self.swim, self.transport, self.raft, relay_port=relay_port,
-                             unreachable=self.swim.unreachable, security=self.security)
+                             unreachable=self.swim.unreachable, security=self.security,
+                             state_dir=self.datadir.path)
         self.scheduler = SchedulerDriver(self.raft, self.swim, PRESETS[self.options.preset])
         self._scheduler_task = asyncio.ensure_future(self.scheduler.run())
         from p2pswarm.api.logs import LogsService
