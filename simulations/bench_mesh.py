@@ -20,10 +20,15 @@ Each case runs wrk three ways: keep-alive (``-c CONNS``), a new connection per r
 ``added_p50_ms`` = mesh_local − direct is taken (with 32 connections p50 is mostly queueing,
 reported as ``*_p50_ms_loaded``). Cases are interleaved and repeated ``--rounds`` times;
 figures are medians. Bulk: median MB/s of curl downloading a 100 MB file, ``--transfers``
-times each, interleaved, through the mesh and through HAProxy with splicing.
+times each (after one unmeasured warm-up transfer per path), interleaved, through the mesh
+and through HAProxy with splicing; ``bulk_ratio_vs_haproxy_splice`` is the ratio of the two
+medians, ``..._paired`` the median of the per-round ratios (each round runs every path once,
+back to back, so it is less sensitive to load that comes and goes). ``--bulk-only`` runs just
+the bulk part (≈ 15 s).
 
 ``--compare`` instead measures the implementation choices (asyncio streams, the Protocol API
-on asyncio and on uvloop, splice for everything, and the shipped data plane).
+on asyncio and on uvloop, splice for everything, splicing on the event loop instead of in
+threads, and the shipped data plane).
 
 The last line printed is the JSON result.
 """
@@ -102,11 +107,19 @@ class Procs:
             self.stop(p)
 
 
-class DataPlaneProc:
-    """A data-plane child fed over its stdin, status frames read by a thread."""
+_DP_WITH_BULK_THREADS = ("import sys; from p2pswarm.mesh import dataplane, proxy; "
+                         "proxy.BULK_THREADS = int(sys.argv[1]); sys.exit(dataplane.main(sys.argv[2:]))")
 
-    def __init__(self, procs: Procs, args: list[str]) -> None:
-        self.p = procs.start([sys.executable, "-m", "p2pswarm.mesh.dataplane", *args],
+
+class DataPlaneProc:
+    """A data-plane child fed over its stdin, status frames read by a thread.
+
+    ``bulk_threads`` overrides proxy.BULK_THREADS in the child (None: the shipped value)."""
+
+    def __init__(self, procs: Procs, args: list[str], bulk_threads: int | None = None) -> None:
+        cmd = ["-m", "p2pswarm.mesh.dataplane"] if bulk_threads is None else \
+            ["-c", _DP_WITH_BULK_THREADS, str(bulk_threads)]
+        self.p = procs.start([sys.executable, *cmd, *args],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
         self.status: dict | None = None
         self.cond = threading.Condition()
@@ -269,11 +282,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_bulk(cases: dict[str, str], transfers: int, pids: dict[str, list[int]] | None = None,
-             mb: int = 100) -> dict[str, dict[str, float]]:
-    """{case: {"mbps": median MB/s, "cpu_s_per_gb": proxy CPU seconds per GB moved}}."""
+             mb: int = 100) -> dict[str, dict]:
+    """{case: {"mbps": median MB/s, "cpu_s_per_gb": proxy CPU seconds per GB moved,
+    "runs": every transfer's MB/s, in round order}}. One unmeasured warm-up transfer per case
+    first; then each round downloads once per case (order reversed every other round)."""
     speeds: dict[str, list[float]] = {c: [] for c in cases}
     cpu: dict[str, float] = {c: 0.0 for c in cases}
     pids = pids or {}
+    for url in cases.values():
+        curl_mbps(url)
     for i in range(transfers):
         for case in (cases if i % 2 == 0 else list(reversed(cases))):
             before = sum(cpu_seconds(p) for p in pids.get(case, []))
@@ -282,10 +299,65 @@ def run_bulk(cases: dict[str, str], transfers: int, pids: dict[str, list[int]] |
     out = {}
     for case, xs in speeds.items():
         per_gb = round(cpu[case] / (transfers * mb / 1000), 3) if pids.get(case) else None
-        out[case] = {"mbps": med(xs), "cpu_s_per_gb": per_gb}
+        out[case] = {"mbps": med(xs), "cpu_s_per_gb": per_gb, "runs": xs}
         print(f"  bulk {case:18} median {med(xs)} MB/s  proxy cpu {per_gb} s/GB"
               f"  ({', '.join(f'{x:.0f}' for x in xs)})", file=sys.stderr, flush=True)
     return out
+
+
+def paired_ratio(bulk: dict[str, dict], a: str, b: str) -> float:
+    """Median over rounds of a's MB/s / b's MB/s in the same round."""
+    return med([x / y for x, y in zip(bulk[a]["runs"], bulk[b]["runs"])])
+
+
+def start_bulk_haproxies(procs: Procs, tmp: Path, ngx: int) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """HAProxy with splicing forced, default pipes and 1 MB pipes: bulk URLs and pids."""
+    ha3, ha4 = free_port(HAPROXY), free_port(HAPROXY)
+    forced = "option splice-request\n  option splice-response"
+    ha_splice = start_haproxy(procs, tmp, "haproxysplice", (HAPROXY, ha3), (NGINX, ngx), nbthread=1,
+                              splice=forced)
+    ha_splice1m = start_haproxy(procs, tmp, "haproxysplice1m", (HAPROXY, ha4), (NGINX, ngx), nbthread=1,
+                                splice=forced, tune="  tune.pipesize 1048576\n")
+    return ({"haproxy_splice": f"http://{HAPROXY}:{ha3}/big.bin",
+             "haproxy_splice_pipe1m": f"http://{HAPROXY}:{ha4}/big.bin"},
+            {"haproxy_splice": [ha_splice], "haproxy_splice_pipe1m": [ha_splice1m]})
+
+
+def bulk_result(bulk: dict[str, dict], args: argparse.Namespace) -> dict:
+    return {
+        "bulk_mb": args.bulk_mb, "bulk_transfers": args.transfers,
+        "bulk_haproxy": "nbthread 1, option splice-request + splice-response (forced), default tune.pipesize",
+        "bulk_direct_mbps": bulk["direct"]["mbps"], "bulk_mesh_mbps": bulk["mesh"]["mbps"],
+        "bulk_haproxy_splice_mbps": bulk["haproxy_splice"]["mbps"],
+        "bulk_haproxy_splice_pipe1m_mbps": bulk["haproxy_splice_pipe1m"]["mbps"],
+        "bulk_ratio_vs_haproxy_splice": round(bulk["mesh"]["mbps"] / bulk["haproxy_splice"]["mbps"], 3),
+        "bulk_ratio_vs_haproxy_splice_paired": paired_ratio(bulk, "mesh", "haproxy_splice"),
+        "bulk_ratio_vs_haproxy_splice_pipe1m": round(bulk["mesh"]["mbps"] / bulk["haproxy_splice_pipe1m"]["mbps"], 3),
+        "bulk_cpu_s_per_gb": {k: v["cpu_s_per_gb"] for k, v in bulk.items() if v["cpu_s_per_gb"] is not None},
+    }
+
+
+def bench_bulk(args: argparse.Namespace) -> dict:
+    """Only the bulk part of the headline benchmark (same processes and method)."""
+    procs = Procs()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-mesh-bulk-"))
+    try:
+        ngx = free_port(NGINX)
+        start_nginx(procs, tmp, ngx, args.bulk_mb)
+        ha_urls, ha_pids = start_bulk_haproxies(procs, tmp, ngx)
+        a_port = free_port(DP_A)
+        dpa = DataPlaneProc(procs, [], args.bulk_threads)
+        sta = dpa.push(dp_table(1, DP_A, [{"port": a_port, "service": "web", "proxy_protocol": False,
+                                           "backends": [backend_entry("t1", ngx, True)]}]))
+        bulk = run_bulk({"direct": f"http://{NGINX}:{ngx}/big.bin", "mesh": f"http://{DP_A}:{a_port}/big.bin",
+                         **ha_urls}, args.transfers, pids={"mesh": [dpa.p.pid], **ha_pids}, mb=args.bulk_mb)
+        time.sleep(1.5)  # one more status tick after the last transfer
+        status = dpa.status or {}
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"bench": "mesh-bulk", "loop": sta.get("loop"), "bulk_threads": args.bulk_threads, **bulk_result(bulk, args),
+            "mesh_spliced_connections": (status.get("total") or {}).get("spliced")}
 
 
 def backend_entry(task: str, port: int, local: bool, via: str | None = None) -> dict:
@@ -310,17 +382,13 @@ def bench(args: argparse.Namespace) -> dict:
     try:
         ngx = free_port(NGINX)
         start_nginx(procs, tmp, ngx, args.bulk_mb)
-        ha1, ha2, ha3, ha4 = (free_port(HAPROXY) for _ in range(4))
+        ha1, ha2 = free_port(HAPROXY), free_port(HAPROXY)
         start_haproxy(procs, tmp, "haproxy1", (HAPROXY, ha1), (NGINX, ngx), nbthread=1)
         start_haproxy(procs, tmp, "haproxymt", (HAPROXY, ha2), (NGINX, ngx), nbthread=None)
-        forced = "option splice-request\n  option splice-response"
-        ha_splice = start_haproxy(procs, tmp, "haproxysplice", (HAPROXY, ha3), (NGINX, ngx), nbthread=1,
-                                  splice=forced)
-        ha_splice1m = start_haproxy(procs, tmp, "haproxysplice1m", (HAPROXY, ha4), (NGINX, ngx), nbthread=1,
-                                    splice=forced, tune="  tune.pipesize 1048576\n")
+        ha_urls, ha_pids = start_bulk_haproxies(procs, tmp, ngx)
         a_port, a_relay, b_remote, b_relay = free_port(DP_A), free_port(DP_A), free_port(DP_B), free_port(DP_B)
-        dpa = DataPlaneProc(procs, [])
-        dpb = DataPlaneProc(procs, [])
+        dpa = DataPlaneProc(procs, [], args.bulk_threads)
+        dpb = DataPlaneProc(procs, [], args.bulk_threads)
         sta = dpa.push(dp_table(1, DP_A, [{"port": a_port, "service": "web", "proxy_protocol": False,
                                            "backends": [backend_entry("t1", ngx, True)]}],
                                 relay_port=a_relay, relay_allow=[f"{NGINX}:{ngx}"]))
@@ -339,12 +407,8 @@ def bench(args: argparse.Namespace) -> dict:
             subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True, timeout=10)
         print(f"data plane loop: {sta.get('loop')}", file=sys.stderr)
         small = run_cases(cases, args.rounds, args.seconds, args.conns)
-        bulk = run_bulk({"direct": f"http://{NGINX}:{ngx}/big.bin",
-                         "mesh": f"http://{DP_A}:{a_port}/big.bin",
-                         "haproxy_splice": f"http://{HAPROXY}:{ha3}/big.bin",
-                         "haproxy_splice_pipe1m": f"http://{HAPROXY}:{ha4}/big.bin"}, args.transfers,
-                        pids={"mesh": [dpa.p.pid], "haproxy_splice": [ha_splice],
-                              "haproxy_splice_pipe1m": [ha_splice1m]}, mb=args.bulk_mb)
+        bulk = run_bulk({"direct": f"http://{NGINX}:{ngx}/big.bin", "mesh": f"http://{DP_A}:{a_port}/big.bin",
+                         **ha_urls}, args.transfers, pids={"mesh": [dpa.p.pid], **ha_pids}, mb=args.bulk_mb)
         time.sleep(1.5)  # one more status tick after the last transfer
         status = dpa.status or {}
     finally:
@@ -355,7 +419,7 @@ def bench(args: argparse.Namespace) -> dict:
         return small[case][mode][key]
 
     result = {
-        "bench": "mesh", "loop": sta.get("loop"), "haproxy_nbthread": 1, "haproxy_options": "mode tcp, splice-auto",
+        "bench": "mesh", "loop": sta.get("loop"), "bulk_threads": args.bulk_threads, "haproxy_nbthread": 1, "haproxy_options": "mode tcp, splice-auto",
         "wrk": f"-t1 -c{args.conns} -d{int(args.seconds)}s (latency: -t1 -c1 -d{int(max(2, args.seconds / 2))}s)", "rounds": args.rounds,
         "direct_rps": g("direct", "keepalive"), "mesh_local_rps": g("mesh_local", "keepalive"),
         "mesh_remote_rps": g("mesh_remote", "keepalive"), "mesh_relay_rps": g("mesh_relay", "keepalive"),
@@ -373,14 +437,7 @@ def bench(args: argparse.Namespace) -> dict:
         "added_p50_ms_relay": round(g("mesh_relay", "latency", "p50_ms") - g("direct", "latency", "p50_ms"), 3),
         "added_p50_ms_haproxy": round(g("haproxy", "latency", "p50_ms") - g("direct", "latency", "p50_ms"), 3),
         "added_p50_ms_loaded": round(g("mesh_local", "keepalive", "p50_ms") - g("direct", "keepalive", "p50_ms"), 3),
-        "bulk_mb": args.bulk_mb, "bulk_transfers": args.transfers,
-        "bulk_haproxy": "nbthread 1, option splice-request + splice-response (forced), default tune.pipesize",
-        "bulk_direct_mbps": bulk["direct"]["mbps"], "bulk_mesh_mbps": bulk["mesh"]["mbps"],
-        "bulk_haproxy_splice_mbps": bulk["haproxy_splice"]["mbps"],
-        "bulk_haproxy_splice_pipe1m_mbps": bulk["haproxy_splice_pipe1m"]["mbps"],
-        "bulk_ratio_vs_haproxy_splice": round(bulk["mesh"]["mbps"] / bulk["haproxy_splice"]["mbps"], 3),
-        "bulk_ratio_vs_haproxy_splice_pipe1m": round(bulk["mesh"]["mbps"] / bulk["haproxy_splice_pipe1m"]["mbps"], 3),
-        "bulk_cpu_s_per_gb": {k: v["cpu_s_per_gb"] for k, v in bulk.items() if v["cpu_s_per_gb"] is not None},
+        **bulk_result(bulk, args),
         "mesh_spliced_connections": (status.get("total") or {}).get("spliced"),
         "errors": {c: {m: small[c][m]["errors"] for m in small[c]} for c in small},
         "latency_ms": {c: {m: [small[c][m]["p50_ms"], small[c][m]["p99_ms"]] for m in small[c]} for c in small},
@@ -442,14 +499,15 @@ def compare(args: argparse.Namespace) -> dict:
             pids[name] = [procs.start(cmd + (["--uvloop"] if uv else []), stderr=subprocess.DEVNULL).pid]
             wait_listening(BARE, port)
             urls[name] = f"http://{BARE}:{port}"
-        variants = {"protocol_asyncio": ["--loop", "asyncio", "--splice-after", "-1"],
-                    "protocol_uvloop": ["--loop", "uvloop", "--splice-after", "-1"],
-                    "splice_all_uvloop": ["--loop", "uvloop", "--splice-after", "0"],
-                    "dataplane": []}
-        for i, (name, dp_args) in enumerate(variants.items()):
+        variants = {"protocol_asyncio": (["--loop", "asyncio", "--splice-after", "-1"], None),
+                    "protocol_uvloop": (["--loop", "uvloop", "--splice-after", "-1"], None),
+                    "splice_all_uvloop": (["--loop", "uvloop", "--splice-after", "0"], None),
+                    "splice_on_loop": ([], 0),
+                    "dataplane": ([], None)}
+        for i, (name, (dp_args, bulk_threads)) in enumerate(variants.items()):
             host = f"127.0.6.{30 + i}"
             port = free_port(host)
-            dp = DataPlaneProc(procs, dp_args)
+            dp = DataPlaneProc(procs, dp_args, bulk_threads)
             pids[name] = [dp.p.pid]
             dp.push(dp_table(1, host, [{"port": port, "service": "web", "proxy_protocol": False,
                                         "backends": [backend_entry("t1", ngx, True)]}]))
@@ -479,9 +537,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--conns", type=int, default=32)
-    ap.add_argument("--transfers", type=int, default=12)
+    ap.add_argument("--transfers", type=int, default=30, help="bulk transfers per path (default 30)")
     ap.add_argument("--bulk-mb", type=int, default=100)
     ap.add_argument("--compare", action="store_true", help="compare implementation choices instead")
+    ap.add_argument("--bulk-only", action="store_true", help="run only the bulk transfers (direct, mesh, HAProxy)")
+    ap.add_argument("--bulk-threads", type=int, metavar="N",
+                    help="run the data planes with proxy.BULK_THREADS = N (0: splice on the event loop)")
     ap.add_argument("--out", help="also write the JSON to this file")
     ap.add_argument("--bare-streams", nargs=2, metavar=("LISTEN", "BACKEND"), help=argparse.SUPPRESS)
     ap.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)
@@ -495,7 +556,7 @@ def main() -> int:
             print(f"bench_mesh: {tool} is not installed; run: apt-get install -y wrk nginx haproxy curl",
                   file=sys.stderr)
             return 2
-    result = compare(args) if args.compare else bench(args)
+    result = compare(args) if args.compare else bench_bulk(args) if args.bulk_only else bench(args)
     line = json.dumps(result, sort_keys=False)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -9,9 +9,12 @@ every published port of its table and forwards each accepted connection:
 A backend with ``via`` is reached through another node's relay listener (see RELAY below).
 Small exchanges are piped by the Protocol API (uvloop when installed: measured fastest,
 docs/benchmarks.md "Routing mesh"); once a connection streams bulk data it is
-handed to :class:`Splicer`, which moves data socket → pipe → socket with ``os.splice`` and
-never copies it into Python. "Bulk" is detected, not declared: ``splice_after`` reads of at
-least BIG_CHUNK bytes mean data arrives faster than it is forwarded.
+handed to a splicer, which moves data socket → pipe → socket with ``os.splice`` and never
+copies it into Python: :class:`ThreadedSplicer` (a blocking splice loop per direction in a
+thread of its own, for at most BULK_THREADS connections) or, beyond that,
+:class:`Splicer` (non-blocking splices driven by the event loop). "Bulk" is detected, not
+declared: ``splice_after`` reads of at least BIG_CHUNK bytes mean data arrives faster than
+it is forwarded.
 
 The hot path logs nothing and counts in plain ints. Limits (table ``limits``):
 ``max_conns`` open connections per data plane, above which a new connection is accepted and
@@ -27,6 +30,13 @@ RELAY protocol (data plane ↔ data plane, TCP), version 1. The first node sends
 The relay answers one byte: ``0`` connected (then both sides pipe bytes), ``1`` + a reason in
 ASCII then close (target not in its ``relay_allow``), ``2`` then close (connect failed or the
 target's host is blocked), so the first node can try another candidate transparently.
+
+ENCRYPTED ports (``--publish 8080:80,encrypted``): the same relay protocol inside TLS 1.3 with
+mutual certificates (:mod:`p2pswarm.mesh.tlsctx`), on the TLS relay listener (relay port + 1).
+A remote backend of such a port has ``tls`` and ``via`` = the TLS relay of its own node (or of a
+relay node, which continues over TLS to the backend's node: ``tls_next``), so clients' bytes
+never cross the network in clear. TLS connections are never spliced (the bytes must pass
+through the TLS layer).
 """
 
 from __future__ import annotations
@@ -38,16 +48,18 @@ import os
 import random
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from p2pswarm.mesh import proxyproto
 from p2pswarm.mesh.routes import DEFAULT_LIMITS, Backend, candidates
+from p2pswarm.mesh.tlsctx import TlsConfig, TlsError, parse_tls
 
 COUNTERS = ("accepted", "active", "refused_limit", "connect_failed", "no_backend", "retried",
             "replayed", "relayed_out", "relayed_in", "relay_refused", "bytes_in", "bytes_out", "errors",
-            "spliced")
+            "spliced", "tls_refused")
 """Per port (and the relay listener, and in total). ``active`` is a gauge, the rest count up.
 ``bytes_in`` flows client → backend, ``bytes_out`` backend → client."""
 
@@ -70,13 +82,28 @@ PIPE_SIZE = 1 << 20
 """Kernel pipe size asked for by the splicer (capped by /proc/sys/fs/pipe-max-size)."""
 SPLICE_ROUNDS = 8
 """Pipe fills moved per readiness event before yielding to other connections."""
+BULK_THREADS = 4
+"""Spliced connections at most whose two directions each run a blocking splice loop in a
+thread of their own (:class:`ThreadedSplicer`; os.splice releases the GIL, so there is no
+event-loop round trip per pipe fill and the loop stays free for small requests); further
+spliced connections, and all of them with ``splice_after`` 0 (nothing was detected: most are
+short, and two threads per short connection cost more than they save), are spliced on the
+event loop (:class:`Splicer`). 0: never use threads. Measured in docs/benchmarks.md,
+"Routing mesh"."""
+THREAD_STOP_WAIT = 1.0
+"""Seconds Mesh.close() waits for splice threads to leave after shutting their sockets."""
+
 BACKLOG = 1024
 RELAY_MAGIC = b"P2PR"
 RELAY_VERSION = 1
 RELAY_OK, RELAY_REFUSED, RELAY_FAILED = 0, 1, 2
+TLS_RELAY_OFFSET = 1
+"""The TLS relay listener is on the relay port + 1 (as :data:`p2pswarm.mesh.table.TLS_RELAY_OFFSET`)."""
+TLS_HANDSHAKE_TIMEOUT = 5.0
 MAX_RELAY_HEADER = 8 + 255 + proxyproto.MAX_LEN
 
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_SPLICE_FLAGS_BLOCKING = getattr(os, "SPLICE_F_MOVE", 1)
 HAVE_SPLICE = hasattr(os, "splice")
 
 
@@ -128,6 +155,10 @@ class Table:
     blocked_hosts: frozenset[str]
     ports: tuple[PortSpec, ...]
     limits: Limits = field(default_factory=Limits)
+    tls: Any = None
+    """The raw ``tls`` section (contexts are made in :meth:`Mesh.apply`, reusing unchanged ones)."""
+    tls_next: Mapping[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    """Backend address -> the TLS relay of its node, for relayed encrypted connections."""
 
 
 def parse_addr(value: Any, what: str) -> tuple[str, int]:
@@ -208,7 +239,8 @@ def parse_table(t: Any) -> Table:
             backend = Backend(task=_str(b.get("task"), f"{bw}.task"), node=_str(b.get("node", ""), f"{bw}.node"),
                               addr=parse_addr(b.get("addr"), f"{bw}.addr"), local=bool(b.get("local", False)),
                               rtt=None if rtt is None else _num(rtt, f"{bw}.rtt", 0, 3600),
-                              via=None if via is None else parse_addr(via, f"{bw}.via"))
+                              via=None if via is None else parse_addr(via, f"{bw}.via"),
+                              tls=bool(b.get("tls", False)))
             if backend.via is None and backend.addr[0] in blocked:
                 continue  # cut link and no relay: unreachable from here
             if backend.via is not None and backend.via[0] in blocked:
@@ -216,7 +248,11 @@ def parse_table(t: Any) -> Table:
             backends.append(backend)
         ports.append(PortSpec(number, _str(p.get("service", ""), f"{where}.service"),
                               bool(p.get("proxy_protocol", False)), tuple(backends)))
-    return Table(version, host, relay_port, allow, blocked, tuple(ports), limits)
+    raw_next = t.get("tls_next") or {}
+    if not isinstance(raw_next, Mapping):
+        raise TableError("table.tls_next: expected a map")
+    tls_next = {parse_addr(k, "table.tls_next key"): parse_addr(v, f"table.tls_next[{k}]") for k, v in raw_next.items()}
+    return Table(version, host, relay_port, allow, blocked, tuple(ports), limits, t.get("tls"), tls_next)
 
 
 # -- connections -------------------------------------------------------------------------------
@@ -316,7 +352,7 @@ class Conn(asyncio.Protocol):
         self.idle_since = 0.0
         self.drain_at: float | None = None
         self.splice_at = mesh.splice_at
-        self.splicer: Splicer | None = None
+        self.splicer: Splicer | ThreadedSplicer | None = None
         self.done = False
         self.paused_pending = False
         self.job: asyncio.Task[None] | None = None  # a strong reference: the loop keeps weak ones
@@ -496,12 +532,29 @@ class Conn(asyncio.Protocol):
 
     async def via(self, far: Far, b: Backend) -> None:
         assert b.via is not None
-        await self.mesh.loop.create_connection(lambda: far, b.via[0], b.via[1])
-        target = f"{b.addr[0]}:{b.addr[1]}".encode()
-        header = RELAY_MAGIC + bytes((RELAY_VERSION,)) + struct.pack(">H", len(target)) + target
         pp = self.proxy_header() if self.port is not None and self.port.proxy_protocol else None
+        await self.relay_to(far, b.via, b.addr, pp, b.tls)
+
+    async def relay_to(self, far: Far, relay: tuple[str, int], target: tuple[str, int], pp: bytes | None,
+                       tls: bool) -> None:
+        """Connect ``far`` to ``target`` through the relay listener at ``relay`` (over TLS when ``tls``)."""
+        mesh = self.mesh
+        if tls:
+            config = mesh.tls
+            if config is None:
+                raise RelayError("no mesh TLS material")
+            self.splice_at = -1  # the bytes must go through the TLS layer
+            await mesh.loop.create_connection(lambda: far, relay[0], relay[1], ssl=config.client,
+                                              server_hostname="", ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+            if not config.admits(far.t.get_extra_info("ssl_object")):
+                self.c.tls_refused += 1
+                raise RelayError("the relay's certificate is revoked or of another cluster")
+        else:
+            await mesh.loop.create_connection(lambda: far, relay[0], relay[1])
+        name = f"{target[0]}:{target[1]}".encode()
+        header = RELAY_MAGIC + bytes((RELAY_VERSION,)) + struct.pack(">H", len(name)) + name
         header += b"\x01" + pp if pp else b"\x00"
-        far.reply = self.mesh.loop.create_future()
+        far.reply = mesh.loop.create_future()
         far.t.write(header)
         code = await far.reply
         if code != RELAY_OK:
@@ -665,8 +718,14 @@ class Conn(asyncio.Protocol):
             os.close(cfd)
             self._stay()
             return
+        mesh = self.mesh
         try:
-            self.splicer = Splicer(self, cfd, bfd)
+            if mesh.splice_at > 0 and len(mesh.threaded) < mesh.bulk_threads:
+                # streaming was detected (with splice_after 0 every connection is spliced,
+                # and a thread pair per short connection costs more than it saves)
+                self.splicer = ThreadedSplicer(self, cfd, bfd)
+            else:
+                self.splicer = Splicer(self, cfd, bfd)
         except OSError:  # out of pipes or fds: keep copying
             os.close(cfd)
             os.close(bfd)
@@ -737,9 +796,14 @@ class RelayIn(Conn):
         try:
             if target[0] in mesh.blocked_hosts:
                 raise RelayError("blocked")
+            onward = mesh.tls_next.get(target)
             async with asyncio.timeout(mesh.limits.connect_timeout):
-                await mesh.loop.create_connection(lambda: far, target[0], target[1])
-        except (OSError, TimeoutError, RelayError):
+                if onward is not None:  # an encrypted port's backend on another node: TLS on this hop too
+                    await self.relay_to(far, onward, target, pp, True)
+                    pp = None  # the next relay delivers it
+                else:
+                    await mesh.loop.create_connection(lambda: far, target[0], target[1])
+        except (OSError, TimeoutError, RelayError, ConnectionError):
             self.c.connect_failed += 1
             far.discard()
             if not self.done:
@@ -763,6 +827,22 @@ class RelayIn(Conn):
 
     def key_valid(self, mesh: "Mesh") -> bool:
         return self.target is None or self.target in mesh.relay_allow
+
+
+class TlsRelayIn(RelayIn):
+    """A connection on the TLS relay listener: the peer's verified leaf must be a current member's."""
+
+    __slots__ = ()
+
+    def connection_made(self, transport: Any) -> None:
+        config = self.mesh.tls
+        if config is None or not config.admits(transport.get_extra_info("ssl_object")):
+            self.c.tls_refused += 1
+            self.done = True
+            transport.abort()
+            return
+        self.splice_at = -1
+        super().connection_made(transport)
 
 
 def _parse_relay_header(buf: bytearray) -> tuple[tuple[str, int], bytes | None, int] | None:
@@ -800,7 +880,7 @@ def _parse_relay_header(buf: bytearray) -> tuple[tuple[str, int], bytes | None, 
 
 
 class _Dir:
-    __slots__ = ("src", "dst", "pr", "pw", "pending", "eof", "done", "reading", "writing", "out")
+    __slots__ = ("src", "dst", "pr", "pw", "pending", "eof", "done", "reading", "writing", "out", "total")
 
     def __init__(self, src: int, dst: int, out: bool) -> None:
         self.src, self.dst, self.out = src, dst, out
@@ -810,6 +890,8 @@ class _Dir:
         except (OSError, AttributeError):
             pass
         self.pending = 0
+        self.total = 0
+        """Bytes moved, counted by a ThreadedSplicer's thread (the loop splicer counts directly)."""
         self.eof = False
         self.done = False
         self.reading = False
@@ -933,6 +1015,152 @@ class Splicer:
         self.conn.teardown()
 
 
+class ThreadedSplicer:
+    """Like :class:`Splicer`, but each direction is a tight blocking loop in a thread of its
+    own: splice(src → pipe) then splice(pipe → dst) until EOF, then shutdown(dst, SHUT_WR).
+
+    Only the owning thread touches a direction's fds while it runs; the loop thread stops
+    both with shutdown(SHUT_RDWR) (which wakes blocked splices) and closes the fds once both
+    threads have left (``_finish``, posted to the loop). Threads count bytes in ``d.pending``
+    (their own int); :meth:`sync`, on the loop thread, adds them to the counters (at each
+    tick, each status and at the end), so the counters have a single writer."""
+
+    __slots__ = ("conn", "loop", "cfd", "bfd", "up", "down", "closed", "lock", "running", "failed",
+                 "counted")
+
+    def __init__(self, conn: Conn, cfd: int, bfd: int) -> None:
+        self.conn = conn
+        self.loop = conn.mesh.loop
+        self.cfd, self.bfd = cfd, bfd
+        self.closed = False
+        self.lock = threading.Lock()
+        self.running = 0
+        self.failed = False
+        self.counted = [0, 0]
+        self.up = _Dir(cfd, bfd, False)
+        try:
+            self.down = _Dir(bfd, cfd, True)
+        except OSError:
+            os.close(self.up.pr)
+            os.close(self.up.pw)
+            raise
+        if conn.c_eof:
+            self.up.eof = self.up.done = True
+        if conn.b_eof:
+            self.down.eof = self.down.done = True
+
+    def start(self) -> None:
+        """Called once the transports let go of their sockets: from here the fds block."""
+        for d in (self.up, self.down):
+            os.set_blocking(d.pr, True)
+            os.set_blocking(d.pw, True)
+        os.set_blocking(self.cfd, True)
+        os.set_blocking(self.bfd, True)
+        self.conn.mesh.threaded.add(self)
+        todo = [d for d in (self.up, self.down) if not d.done]
+        self.running = len(todo)
+        if not todo:
+            self.loop.call_soon(self._finish)
+            return
+        for d in todo:
+            try:
+                threading.Thread(target=self._run, args=(d,), name="p2pswarm-splice", daemon=True).start()
+            except RuntimeError:  # no thread: end this direction as if it failed
+                self.failed = True
+                self._stop()
+                self._left()
+
+    def _run(self, d: _Dir) -> None:
+        src, dst, pr, pw = d.src, d.dst, d.pr, d.pw
+        splice = os.splice
+        size = PIPE_SIZE
+        flags = _SPLICE_FLAGS_BLOCKING
+        try:
+            while True:
+                n = splice(src, pw, size, flags=flags)
+                if n == 0:
+                    break
+                d.total += n
+                while n:
+                    n -= splice(pr, dst, n, flags=flags)
+            d.eof = True
+            if not self.closed:
+                try:
+                    _shutdown_wr(dst)
+                except OSError:
+                    pass
+        except OSError:
+            with self.lock:
+                if not self.closed:
+                    self.failed = True
+            self._stop()
+        self._left()
+
+    def _left(self) -> None:
+        with self.lock:
+            self.running -= 1
+            last = self.running == 0
+        if last:
+            try:
+                self.loop.call_soon_threadsafe(self._finish)
+            except RuntimeError:  # the loop is gone (process ending): just release the fds
+                self._release()
+
+    def _stop(self) -> None:
+        """Wake and end both threads (any thread may call this)."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+        for fd in (self.cfd, self.bfd):
+            try:
+                _shutdown(fd, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def sync(self) -> None:
+        """Add the bytes the threads moved since the last call to the counters (loop thread)."""
+        conn = self.conn
+        c = conn.c
+        n_in = self.up.total - self.counted[0]
+        n_out = self.down.total - self.counted[1]
+        if n_in or n_out:
+            self.counted[0] += n_in
+            self.counted[1] += n_out
+            c.bytes_in += n_in
+            c.bytes_out += n_out
+            conn.moved += n_in + n_out
+
+    def close(self) -> None:
+        self._stop()
+
+    def _release(self) -> None:
+        for d in (self.up, self.down):
+            os.close(d.pr)
+            os.close(d.pw)
+        os.close(self.cfd)
+        os.close(self.bfd)
+
+    def _finish(self) -> None:
+        self.sync()
+        self.closed = True
+        self._release()
+        conn = self.conn
+        conn.mesh.threaded.discard(self)
+        if self.failed:
+            conn.c.errors += 1
+        conn.splicer = None
+        conn.teardown()
+
+
+def _shutdown(fd: int, how: int) -> None:
+    s = socket.socket(fileno=fd)
+    try:
+        s.shutdown(how)
+    finally:
+        s.detach()
+
+
 def _shutdown_wr(fd: int) -> None:
     s = socket.socket(fileno=fd)
     try:
@@ -992,8 +1220,10 @@ class Mesh:
     """One data plane: the table in force, its listeners and connections, the counters."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None, *, rng: random.Random | None = None,
-                 splice_after: int = SPLICE_AFTER) -> None:
+                 splice_after: int = SPLICE_AFTER, bulk_threads: int | None = None) -> None:
         self.loop = loop or asyncio.get_running_loop()
+        self.bulk_threads = BULK_THREADS if bulk_threads is None else bulk_threads
+        self.threaded: set[ThreadedSplicer] = set()
         self.rng = rng or random.Random()
         self.splice_at = -1 if splice_after < 0 or not HAVE_SPLICE else splice_after
         self.limits = Limits()
@@ -1008,6 +1238,11 @@ class Mesh:
         self.relay_error: str | None = None
         self.relay_allow: frozenset[tuple[str, int]] = frozenset()
         self.blocked_hosts: frozenset[str] = frozenset()
+        self.tls: TlsConfig | None = None
+        self.tls_next: Mapping[tuple[str, int], tuple[str, int]] = {}
+        self.tls_server: Any = None
+        self.tls_server_config: TlsConfig | None = None
+        self.tls_error: str | None = None
         self.conns: set[Conn] = set()
         self.active_by_task: dict[str, int] = {}
         self.n_active = 0
@@ -1020,10 +1255,12 @@ class Mesh:
         """Install a new table; on a bad one keep the old and report ``table_error``."""
         try:
             table = parse_table(raw)
-        except TableError as e:
+            tls = parse_tls(table.tls, self.tls)
+        except (TableError, TlsError) as e:
             self.table_error = str(e)
             return
         self.table_error = None
+        self.tls, self.tls_next = tls, table.tls_next
         self.tables_applied += 1
         self.version = table.version
         self.limits = table.limits
@@ -1035,6 +1272,7 @@ class Mesh:
             if self.relay_server is not None:
                 self.relay_server.close()
                 self.relay_server = None
+            self._stop_tls_relay()
             self.host = table.host
         wanted = {spec.port: spec for spec in table.ports}
         for number in [n for n in self.ports if n not in wanted]:
@@ -1050,6 +1288,9 @@ class Mesh:
         if table.relay_port != self.relay_port and self.relay_server is not None:
             self.relay_server.close()
             self.relay_server = None
+        if table.relay_port != self.relay_port or tls is None or (
+                self.tls_server_config is not None and tls.server is not self.tls_server_config.server):
+            self._stop_tls_relay()  # new material (a CA rotation, a renewal): listen again with it
         self.relay_port = table.relay_port
         await self._bind_all()
         now = time.monotonic()
@@ -1059,6 +1300,13 @@ class Mesh:
             elif conn.drain_at is None:
                 conn.drain_at = now + self.limits.drain_grace
         self._schedule_tick()
+
+    def _stop_tls_relay(self) -> None:
+        if self.tls_server is not None:
+            self.tls_server.close()  # open connections continue
+            self.tls_server = None
+        self.tls_server_config = None
+        self.tls_error = None
 
     def _stop_listening(self, port: Port) -> None:
         if port.server is not None:
@@ -1088,6 +1336,18 @@ class Mesh:
                 self.relay_server = await self.loop.create_server(lambda: RelayIn(self), sock=sock)
         elif not self.relay_port:
             self.relay_error = None
+        if self.relay_port and self.tls is not None and self.tls_server is None:
+            tls_port = self.relay_port + TLS_RELAY_OFFSET
+            try:
+                sock = _listen_socket(self.host, tls_port)
+            except OSError as e:
+                self.tls_error = bind_error(e, self.host, tls_port)
+            else:
+                self.tls_error = None
+                self.tls_server_config = self.tls
+                self.tls_server = await self.loop.create_server(
+                    lambda: TlsRelayIn(self), sock=sock, ssl=self.tls.server,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
 
     def _schedule_tick(self) -> None:
         if self._ticker is not None:
@@ -1100,6 +1360,8 @@ class Mesh:
         """Close idle and drained connections, retry failed binds, retire drained ports."""
         now = time.monotonic()
         idle = self.limits.idle_timeout
+        for sp in self.threaded:
+            sp.sync()
         for conn in list(self.conns):
             if conn.drain_at is not None and now >= conn.drain_at:
                 conn.abort()
@@ -1115,11 +1377,14 @@ class Mesh:
                 self.retired.add(port.c)
         if self.host is not None and now - self._last_bind_retry >= 2.0 and (
                 any(p.server is None for p in self.ports.values())
-                or (self.relay_port and self.relay_server is None)):
+                or (self.relay_port and self.relay_server is None)
+                or (self.relay_port and self.tls is not None and self.tls_server is None)):
             self.loop.create_task(self._bind_all())
         self._schedule_tick()
 
     def status(self) -> dict[str, Any]:
+        for sp in self.threaded:
+            sp.sync()
         total = Counters()
         total.add(self.retired)
         total.add(self.relay_c)
@@ -1136,6 +1401,8 @@ class Mesh:
             "bind_errors": {str(p.number): p.error for p in self.ports.values() if p.error},
             "relay": {"port": self.relay_port, "listening": self.relay_server is not None,
                       "error": self.relay_error, **self.relay_c.as_dict()},
+            "tls_relay": {"port": self.relay_port + TLS_RELAY_OFFSET if self.tls is not None else 0,
+                          "listening": self.tls_server is not None, "error": self.tls_error},
             "ports": ports, "total": total.as_dict(), "active": self.n_active,
             "backends": dict(self.active_by_task), "table_error": self.table_error,
             "tables_applied": self.tables_applied,
@@ -1149,5 +1416,9 @@ class Mesh:
         if self.relay_server is not None:
             self.relay_server.close()
             self.relay_server = None
+        self._stop_tls_relay()
         for conn in list(self.conns):
             conn.abort()
+        deadline = time.monotonic() + THREAD_STOP_WAIT
+        while self.threaded and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)

@@ -219,7 +219,7 @@ def test_half_close_either_side_first(bulk_threads: int) -> None:
         w.write(up[2 * MB:])
         await w.drain()
         w.write_eof()
-        await eventually(lambda: mesh.n_active == 0)
+        await eventually(lambda: mesh.n_active == 0 and "after_eof" in seen)
         assert digest(seen["after_eof"]) == digest(up[2 * MB:])
         c = mesh.status()["total"]
         assert c["spliced"] == 1 and c["bytes_in"] == len(up) and c["errors"] == 0
@@ -285,12 +285,12 @@ def test_idle_spliced_connection_is_closed(bulk_threads: int) -> None:
 def test_busy_threaded_connection_outlives_the_idle_timeout() -> None:
     async def main() -> None:
         server, bport = await serve(echo)
-        mesh, port = await mesh_for(bport, idle_timeout=0.3)
+        mesh, port = await mesh_for(bport, idle_timeout=0.5)
         r, w = await asyncio.open_connection(MESH, port)
         chunk = os.urandom(256 * 1024)
         loop = asyncio.get_running_loop()
-        end = loop.time() + 1.5
-        while loop.time() < end:  # five idle timeouts of steady traffic
+        end = loop.time() + 2.0
+        while loop.time() < end:  # four idle timeouts of steady traffic
             w.write(chunk)
             assert await r.readexactly(len(chunk)) == chunk
             await asyncio.sleep(0.02)
