@@ -111,19 +111,28 @@ class TableError(ValueError):
     """A table the data plane cannot use (the previous table stays in force)."""
 
 
-class Counters:
-    __slots__ = COUNTERS
+class CounterSet:
+    """Plain-int counters as slots (the hot path does ``c.bytes_in += n``); a subclass names them
+    in both ``__slots__`` and ``FIELDS``."""
+
+    __slots__ = ()
+    FIELDS: tuple[str, ...] = ()
 
     def __init__(self) -> None:
-        for name in COUNTERS:
+        for name in self.FIELDS:
             setattr(self, name, 0)
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in COUNTERS}
+        return {name: getattr(self, name) for name in self.FIELDS}
 
-    def add(self, other: "Counters") -> None:
-        for name in COUNTERS:
+    def add(self, other: "CounterSet") -> None:
+        for name in self.FIELDS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class Counters(CounterSet):
+    __slots__ = COUNTERS
+    FIELDS = COUNTERS
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -898,6 +907,22 @@ class _Dir:
         self.writing = False
 
 
+def _directions(conn: "Conn", cfd: int, bfd: int) -> tuple["_Dir", "_Dir"]:
+    """client → backend and backend → client, each with its pipe; a side already at EOF is done."""
+    up = _Dir(cfd, bfd, False)
+    try:
+        down = _Dir(bfd, cfd, True)
+    except OSError:
+        os.close(up.pr)
+        os.close(up.pw)
+        raise
+    if conn.c_eof:
+        up.eof = up.done = True
+    if conn.b_eof:
+        down.eof = down.done = True
+    return up, down
+
+
 class Splicer:
     """Moves a connection's bytes with os.splice (socket → pipe → socket), both directions,
     on the event loop; the sockets are duplicates of the ones the transports had."""
@@ -909,17 +934,7 @@ class Splicer:
         self.loop = conn.mesh.loop
         self.cfd, self.bfd = cfd, bfd
         self.closed = False
-        self.up = _Dir(cfd, bfd, False)
-        try:
-            self.down = _Dir(bfd, cfd, True)
-        except OSError:
-            os.close(self.up.pr)
-            os.close(self.up.pw)
-            raise
-        if conn.c_eof:
-            self.up.eof = self.up.done = True
-        if conn.b_eof:
-            self.down.eof = self.down.done = True
+        self.up, self.down = _directions(conn, cfd, bfd)
 
     def start(self) -> None:
         for d in (self.up, self.down):
@@ -1037,17 +1052,7 @@ class ThreadedSplicer:
         self.running = 0
         self.failed = False
         self.counted = [0, 0]
-        self.up = _Dir(cfd, bfd, False)
-        try:
-            self.down = _Dir(bfd, cfd, True)
-        except OSError:
-            os.close(self.up.pr)
-            os.close(self.up.pw)
-            raise
-        if conn.c_eof:
-            self.up.eof = self.up.done = True
-        if conn.b_eof:
-            self.down.eof = self.down.done = True
+        self.up, self.down = _directions(conn, cfd, bfd)
 
     def start(self) -> None:
         """Called once the transports let go of their sockets: from here the fds block."""

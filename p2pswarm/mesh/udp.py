@@ -42,7 +42,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from p2pswarm.mesh.proxy import TableError, bind_error, parse_addr
+from p2pswarm.mesh.proxy import CounterSet, TableError, bind_error, parse_addr
 from p2pswarm.mesh.routes import Backend, candidates
 
 SESSION_IDLE = 30.0
@@ -72,19 +72,9 @@ COUNTERS = ("datagrams_in", "datagrams_out", "bytes_in", "bytes_out", "sessions"
 ``dropped`` count datagrams lost (no backend; a socket buffer full or a send error)."""
 
 
-class Counters:
+class Counters(CounterSet):
     __slots__ = COUNTERS
-
-    def __init__(self) -> None:
-        for name in COUNTERS:
-            setattr(self, name, 0)
-
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in COUNTERS}
-
-    def add(self, other: "Counters") -> None:
-        for name in COUNTERS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+    FIELDS = COUNTERS
 
 
 # -- the table ---------------------------------------------------------------------------------

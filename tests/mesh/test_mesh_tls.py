@@ -10,7 +10,8 @@ import ssl
 import time
 
 import pytest
-from test_proxy import BACK_1, LOOPS, MESH_A, MESH_B, Backend, arun, backend, free_port, hello, table
+from meshtest import LOOPS, arun, free_port
+from test_proxy import BACK_1, MESH_A, MESH_B, Backend, backend, hello, table
 
 from p2pswarm.mesh.proxy import Mesh
 from p2pswarm.security.meshtls import MeshTLS

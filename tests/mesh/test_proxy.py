@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import os
 import socket
 from typing import Any
 
 import pytest
+from meshtest import LOOPS, arun, eventually, free_port
 
 from p2pswarm.mesh import proxyproto
 from p2pswarm.mesh.proxy import Mesh, parse_table, TableError
@@ -25,23 +25,6 @@ BACK_1 = "127.0.7.11"
 BACK_2 = "127.0.7.12"
 CLIENT = "127.0.7.50"
 
-LOOPS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
-
-
-def arun(coro: Any, loop: str = "asyncio", timeout: float = 15.0) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(timeout):
-            return await coro
-    if loop == "uvloop":
-        import uvloop
-        return uvloop.run(bounded())
-    return asyncio.run(bounded())
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class Backend:
@@ -117,12 +100,6 @@ async def who(host: str, port: int) -> str:
     name, r, w = await hello(host, port)
     w.close()
     return name
-
-
-async def eventually(cond: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize("loop", LOOPS)

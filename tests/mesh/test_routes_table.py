@@ -56,10 +56,10 @@ def rec(port=21000, state="running", health=None, published=8080, proxy=False):
     return r
 
 
-def peers(**extra):
+def peers(record=rec, **extra):
     base = {
-        "a": Peer("a", "node-1", "127.0.0.11", "alive", relay_port=7947, tasks={"t1": rec(21001)}),
-        "b": Peer("b", "node-2", "127.0.0.12", "alive", rtt=0.0004, relay_port=7947, tasks={"t2": rec(21002)}),
+        "a": Peer("a", "node-1", "127.0.0.11", "alive", relay_port=7947, tasks={"t1": record(21001)}),
+        "b": Peer("b", "node-2", "127.0.0.12", "alive", rtt=0.0004, relay_port=7947, tasks={"t2": record(21002)}),
         "c": Peer("c", "node-3", "127.0.0.13", "alive", rtt=0.0006, relay_port=7947),
     }
     base.update(extra)
@@ -127,15 +127,9 @@ def test_malformed_records_from_peers_are_ignored():
 
 
 def tls_peers(**extra):
-    def r(port):
-        return {"s": "running", "v": 1, "p": port, "n": "web", "m": [[8080, port, False, "tls"]]}
-    base = {
-        "a": Peer("a", "node-1", "127.0.0.11", "alive", relay_port=7947, tasks={"t1": r(21001)}),
-        "b": Peer("b", "node-2", "127.0.0.12", "alive", rtt=0.0004, relay_port=7947, tasks={"t2": r(21002)}),
-        "c": Peer("c", "node-3", "127.0.0.13", "alive", rtt=0.0006, relay_port=7947),
-    }
-    base.update(extra)
-    return base.values()
+    def encrypted(port):
+        return {**rec(port), "m": [[8080, port, False, "tls"]]}
+    return peers(encrypted, **extra)
 
 
 def test_encrypted_port_goes_to_the_tls_relay_of_the_backends_node():

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import os
 import socket
 import threading
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import pytest
+from meshtest import LOOPS, arun, eventually, free_port
 
 from p2pswarm.mesh import proxy, proxyproto
 from p2pswarm.mesh.proxy import Mesh
@@ -25,34 +25,11 @@ pytestmark = pytest.mark.skipif(not proxy.HAVE_SPLICE, reason="needs os.splice (
 
 MESH = "127.0.7.3"
 BACK = "127.0.7.13"
-LOOPS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
 MB = 1 << 20
-
-
-def arun(coro: Any, loop: str = "asyncio", timeout: float = 20.0) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(timeout):
-            return await coro
-    if loop == "uvloop":
-        import uvloop
-        return uvloop.run(bounded())
-    return asyncio.run(bounded())
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def splice_threads() -> int:
     return sum(1 for t in threading.enumerate() if t.name == "p2pswarm-splice")
-
-
-async def eventually(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.01)
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

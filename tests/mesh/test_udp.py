@@ -8,11 +8,11 @@ agent's digest entries for UDP ports, and the data-plane process serving a UDP p
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import socket
 from typing import Any
 
 import pytest
+from meshtest import LOOPS, arun, eventually, free_port
 
 from p2pswarm.agent.core import _mesh_entries
 from p2pswarm.cluster.spec import PortSpec
@@ -22,23 +22,10 @@ from p2pswarm.mesh.udp import UdpMesh, parse_udp
 from p2pswarm.mesh.proxy import TableError
 
 HOST = "127.0.0.1"
-LOOPS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
-
-
-def arun(coro: Any, loop: str = "asyncio", timeout: float = 20.0) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(timeout):
-            return await coro
-    if loop == "uvloop":
-        import uvloop
-        return uvloop.run(bounded())
-    return asyncio.run(bounded())
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    return free_port(HOST, socket.SOCK_DGRAM)
 
 
 class Echo(asyncio.DatagramProtocol):
@@ -102,12 +89,6 @@ def table(ports: dict[int, list[dict]], **limits: Any) -> dict:
     return {"version": 1, "host": HOST, "relay_port": 0, "relay_allow": [], "blocked_hosts": [], "ports": [],
             "udp": [{"port": p, "service": "dns", "backends": bs} for p, bs in ports.items()],
             "limits": {"idle_timeout": 60.0, **limits}}
-
-
-async def eventually(cond: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize("loop", LOOPS)

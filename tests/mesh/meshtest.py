@@ -1,0 +1,33 @@
+"""Helpers shared by the data-plane tests: run a coroutine on asyncio or uvloop with a bound,
+free ports on a loopback address, and wait for a condition."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import socket
+from typing import Any, Callable
+
+LOOPS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
+
+
+def arun(coro: Any, loop: str = "asyncio", timeout: float = 20.0) -> Any:
+    async def bounded() -> Any:
+        async with asyncio.timeout(timeout):
+            return await coro
+    if loop == "uvloop":
+        import uvloop
+        return uvloop.run(bounded())
+    return asyncio.run(bounded())
+
+
+def free_port(host: str, kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+async def eventually(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.01)
