@@ -137,17 +137,24 @@ class LocalCluster:
         return None
 
     def start_group(self, n: int, timeout: float = 60) -> list[LocalNode]:
-        """Nodes 0..n-1, joined through node 0, once all n are in its Raft group (voters and learners)."""
+        """Nodes 0..n-1, joined through node 0, once all n are in its Raft group and autopilot has
+        promoted as many voters as it wants for n members. Until then a group growing from one
+        voter passes through two, where losing either loses quorum: a test that kills a node
+        must not start in that window."""
+        from p2pswarm.consensus.autopilot import target_voters
         first = self.start(0)
         wait_until(first.info, 30, "the first node's API")
         nodes = [first] + [self.start(i, (first.addr,)) for i in range(1, n)]
+        voters = target_voters(n)
 
         def in_group() -> bool:
             try:
-                return all(len(node.api.get("/v1/cluster")["members"]) == n for node in nodes)
+                views = [node.api.get("/v1/cluster")["members"] for node in nodes]
             except Exception:  # not up yet, or no Raft driver yet
                 return False
-        wait_until(in_group, timeout, f"all {n} nodes in the Raft group (voters and learners)")
+            return all(len(members) == n and sum(1 for m in members if m["role"] == "voter" or m["leader"])
+                       == voters for members in views)
+        wait_until(in_group, timeout, f"all {n} nodes in the Raft group, {voters} of them voters")
         return nodes
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
