@@ -12,6 +12,11 @@ Cases (small HTTP requests, nginx serving a 64-byte file, 1 nginx worker):
   ``local: false``): the hop every request to another node's replica takes. One proxy process.
 * ``mesh_relay``  wrk → data plane B → A's relay listener → nginx (B's link to the replica's
   host is cut, so the route goes ``via`` A): two data-plane processes chained, the re-routing path.
+* ``mesh_tls``    wrk → data plane B → A's TLS relay listener → nginx: an ``encrypted`` port's
+  path to a replica on another node (TLS 1.3 between the two data planes, certificates from a
+  throwaway cluster CA). Compared with ``mesh_relay`` (the same two processes, plaintext):
+  ``tls_ratio_vs_relay``; bulk through both (``--transfers`` // 3, at least 5, after the headline
+  bulk): ``bulk_tls_ratio_vs_relay`` (TLS is never spliced).
 * ``haproxy``     wrk → HAProxy (mode tcp, ``nbthread 1`` like our one-process data plane,
   ``option splice-auto``) → nginx; ``haproxy_mt`` is the same with HAProxy's default threads.
 
@@ -55,6 +60,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from p2pswarm.mesh.control import FrameDecoder, encode_frame  # noqa: E402
+from p2pswarm.security.meshtls import MeshTLS  # noqa: E402
+from p2pswarm.security.pki import CertAuthority, TrustBundle  # noqa: E402
 
 NGINX = "127.0.6.2"
 HAPROXY = "127.0.6.3"
@@ -67,6 +74,30 @@ def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def free_port_pair(host: str) -> int:
+    """A free port whose next port is free too (a relay port and its TLS relay)."""
+    while True:
+        port = free_port(host)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port + 1))
+                return port
+            except OSError:
+                continue
+
+
+def tls_sections(*nodes: str) -> list[dict]:
+    """Mesh TLS material for each node from one throwaway CA (what each node's security host makes)."""
+    ca = CertAuthority.create("benchcluster0001", time.time(), os.urandom(32), os.urandom(16))
+    bundle = TrustBundle(ca.cluster_id, [ca.cert_der])
+    out = []
+    for node in nodes:
+        m = MeshTLS(node)
+        m.refresh(ca, bundle, time.time(), os.urandom)
+        out.append({**m.material.as_dict(), "revoked": []})
+    return out
 
 
 def wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
@@ -386,21 +417,27 @@ def bench(args: argparse.Namespace) -> dict:
         start_haproxy(procs, tmp, "haproxy1", (HAPROXY, ha1), (NGINX, ngx), nbthread=1)
         start_haproxy(procs, tmp, "haproxymt", (HAPROXY, ha2), (NGINX, ngx), nbthread=None)
         ha_urls, ha_pids = start_bulk_haproxies(procs, tmp, ngx)
-        a_port, a_relay, b_remote, b_relay = free_port(DP_A), free_port(DP_A), free_port(DP_B), free_port(DP_B)
+        a_port, a_relay, b_remote, b_relay = free_port(DP_A), free_port_pair(DP_A), free_port(DP_B), free_port(DP_B)
+        b_tls = free_port(DP_B)
+        tls_a, tls_b = tls_sections("bench-a", "bench-b")
         dpa = DataPlaneProc(procs, [], args.bulk_threads)
         dpb = DataPlaneProc(procs, [], args.bulk_threads)
-        sta = dpa.push(dp_table(1, DP_A, [{"port": a_port, "service": "web", "proxy_protocol": False,
-                                           "backends": [backend_entry("t1", ngx, True)]}],
-                                relay_port=a_relay, relay_allow=[f"{NGINX}:{ngx}"]))
-        dpb.push(dp_table(1, DP_B, [
+        sta = dpa.push({**dp_table(1, DP_A, [{"port": a_port, "service": "web", "proxy_protocol": False,
+                                              "backends": [backend_entry("t1", ngx, True)]}],
+                                   relay_port=a_relay, relay_allow=[f"{NGINX}:{ngx}"]), "tls": tls_a})
+        dpb.push({**dp_table(1, DP_B, [
             {"port": b_remote, "service": "web", "proxy_protocol": False,
              "backends": [backend_entry("t1", ngx, False)]},
             {"port": b_relay, "service": "web-relayed", "proxy_protocol": False,
-             "backends": [backend_entry("t1", ngx, False, via=f"{DP_A}:{a_relay}")]}]))
+             "backends": [backend_entry("t1", ngx, False, via=f"{DP_A}:{a_relay}")]},
+            {"port": b_tls, "service": "web-encrypted", "proxy_protocol": False,
+             "backends": [{**backend_entry("t1", ngx, False, via=f"{DP_A}:{a_relay + 1}"), "tls": True}]}]),
+            "tls": tls_b})
         cases = {"direct": f"http://{NGINX}:{ngx}/small.txt",
                  "mesh_local": f"http://{DP_A}:{a_port}/small.txt",
                  "mesh_remote": f"http://{DP_B}:{b_remote}/small.txt",
                  "mesh_relay": f"http://{DP_B}:{b_relay}/small.txt",
+                 "mesh_tls": f"http://{DP_B}:{b_tls}/small.txt",
                  "haproxy": f"http://{HAPROXY}:{ha1}/small.txt",
                  "haproxy_mt": f"http://{HAPROXY}:{ha2}/small.txt"}
         for url in cases.values():  # every path answers before measuring
@@ -409,6 +446,10 @@ def bench(args: argparse.Namespace) -> dict:
         small = run_cases(cases, args.rounds, args.seconds, args.conns)
         bulk = run_bulk({"direct": f"http://{NGINX}:{ngx}/big.bin", "mesh": f"http://{DP_A}:{a_port}/big.bin",
                          **ha_urls}, args.transfers, pids={"mesh": [dpa.p.pid], **ha_pids}, mb=args.bulk_mb)
+        tls_bulk = run_bulk({"mesh_relay": f"http://{DP_B}:{b_relay}/big.bin",
+                             "mesh_tls": f"http://{DP_B}:{b_tls}/big.bin"}, max(5, args.transfers // 3),
+                            pids={"mesh_relay": [dpa.p.pid, dpb.p.pid], "mesh_tls": [dpa.p.pid, dpb.p.pid]},
+                            mb=args.bulk_mb)
         time.sleep(1.5)  # one more status tick after the last transfer
         status = dpa.status or {}
     finally:
@@ -436,6 +477,13 @@ def bench(args: argparse.Namespace) -> dict:
         "added_p50_ms_remote": round(g("mesh_remote", "latency", "p50_ms") - g("direct", "latency", "p50_ms"), 3),
         "added_p50_ms_relay": round(g("mesh_relay", "latency", "p50_ms") - g("direct", "latency", "p50_ms"), 3),
         "added_p50_ms_haproxy": round(g("haproxy", "latency", "p50_ms") - g("direct", "latency", "p50_ms"), 3),
+        "mesh_tls_rps": g("mesh_tls", "keepalive"), "mesh_tls_newconn_rps": g("mesh_tls", "newconn"),
+        "tls_ratio_vs_relay": round(g("mesh_tls", "keepalive") / g("mesh_relay", "keepalive"), 3),
+        "tls_ratio_vs_relay_newconn": round(g("mesh_tls", "newconn") / g("mesh_relay", "newconn"), 3),
+        "added_p50_ms_tls": round(g("mesh_tls", "latency", "p50_ms") - g("direct", "latency", "p50_ms"), 3),
+        "bulk_mesh_relay_mbps": tls_bulk["mesh_relay"]["mbps"], "bulk_mesh_tls_mbps": tls_bulk["mesh_tls"]["mbps"],
+        "bulk_tls_ratio_vs_relay": round(tls_bulk["mesh_tls"]["mbps"] / tls_bulk["mesh_relay"]["mbps"], 3),
+        "bulk_tls_cpu_s_per_gb": tls_bulk["mesh_tls"]["cpu_s_per_gb"],
         "added_p50_ms_loaded": round(g("mesh_local", "keepalive", "p50_ms") - g("direct", "keepalive", "p50_ms"), 3),
         **bulk_result(bulk, args),
         "mesh_spliced_connections": (status.get("total") or {}).get("spliced"),

@@ -311,11 +311,11 @@ class Far(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         if self.attached:
-            return self.conn.far_eof()
+            return self.conn.far_eof() and not _is_tls(self.t)
         if self.reply is not None and not self.reply.done():
             self.reply.set_result(-1)
         self.early_eof = True
-        return True
+        return not _is_tls(self.t)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -423,9 +423,11 @@ class Conn(asyncio.Protocol):
                 return False
             if self.bt.can_write_eof():
                 self.bt.write_eof()
-            else:
+            elif not _is_tls(self.bt):
                 self.close()
-        return True
+            # else: TLS cannot carry a half-close (asyncio's TLS closes both ways), so the client's
+            # EOF is not passed on: the answer still comes back and the backend's close ends it
+        return not _is_tls(self.ct)  # a TLS side closes itself after EOF whatever we return
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.splicer is not None or self.done:
@@ -852,6 +854,10 @@ class TlsRelayIn(RelayIn):
             return
         self.splice_at = -1
         super().connection_made(transport)
+
+
+def _is_tls(transport: Any) -> bool:
+    return transport is not None and transport.get_extra_info("sslcontext") is not None
 
 
 def _parse_relay_header(buf: bytearray) -> tuple[tuple[str, int], bytes | None, int] | None:

@@ -44,7 +44,7 @@ def encrypted(task: str, target: Backend, via: str) -> dict:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_encrypted_forwarding_to_the_backends_node_and_through_a_relay(loop: str) -> None:
+def test_encrypted_forwarding_to_the_backends_node_and_through_a_relay(loop: str, caplog) -> None:
     async def main() -> None:
         target = await Backend("behind", BACK_1).start()
         rp_b, rp_c = relay_ports(MESH_B), relay_ports(MESH_C)
@@ -65,6 +65,7 @@ def test_encrypted_forwarding_to_the_backends_node_and_through_a_relay(loop: str
             assert name == "behind"
             data = os.urandom(300_000)  # bulk: stays in the TLS layer (never spliced)
             w.write(data)
+            w.write_eof()  # a half-close cannot cross TLS: the answer must still come back whole
             assert await r.readexactly(len(data)) == data
             w.close()
         assert node_b.status()["relay"]["relayed_in"] == 2  # both arrived at B over TLS
@@ -81,6 +82,7 @@ def test_encrypted_forwarding_to_the_backends_node_and_through_a_relay(loop: str
             await mesh.close()
         await target.stop()
     arun(main(), loop)
+    assert not [r for r in caplog.records if "eof_received" in r.getMessage()]  # no log noise per connection
 
 
 def test_another_clusters_mesh_and_plaintext_cannot_use_the_tls_relay() -> None:
