@@ -418,7 +418,7 @@ class Conn(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.c_eof = True
         if self.bt is not None:
-            if self.b_eof:
+            if self.b_eof or self.bt.is_closing():
                 self.close()
                 return False
             if self.bt.can_write_eof():
@@ -452,7 +452,7 @@ class Conn(asyncio.Protocol):
         if self.replay is not None and self._replay_elsewhere():
             return False
         self.b_eof = True
-        if self.c_eof:
+        if self.c_eof or self.ct.is_closing():  # both sides done, or the client already went away
             self.close()
             return False
         if self.ct.can_write_eof():
