@@ -60,8 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from p2pswarm.mesh.control import FrameDecoder, encode_frame  # noqa: E402
-from p2pswarm.security.meshtls import MeshTLS  # noqa: E402
-from p2pswarm.security.pki import CertAuthority, TrustBundle  # noqa: E402
+from p2pswarm.testing.meshtls import free_port_pair, throwaway_ca, tls_section  # noqa: E402
 
 NGINX = "127.0.6.2"
 HAPROXY = "127.0.6.3"
@@ -76,28 +75,10 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def free_port_pair(host: str) -> int:
-    """A free port whose next port is free too (a relay port and its TLS relay)."""
-    while True:
-        port = free_port(host)
-        with socket.socket() as s:
-            try:
-                s.bind((host, port + 1))
-                return port
-            except OSError:
-                continue
-
-
 def tls_sections(*nodes: str) -> list[dict]:
     """Mesh TLS material for each node from one throwaway CA (what each node's security host makes)."""
-    ca = CertAuthority.create("benchcluster0001", time.time(), os.urandom(32), os.urandom(16))
-    bundle = TrustBundle(ca.cluster_id, [ca.cert_der])
-    out = []
-    for node in nodes:
-        m = MeshTLS(node)
-        m.refresh(ca, bundle, time.time(), os.urandom)
-        out.append({**m.material.as_dict(), "revoked": []})
-    return out
+    ca = throwaway_ca("benchcluster0001")
+    return [tls_section(node, ca) for node in nodes]
 
 
 def wait_listening(host: str, port: int, timeout: float = 10.0) -> None:

@@ -5,38 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import ssl
-import time
 
 import pytest
 from meshtest import LOOPS, arun, free_port
 from test_proxy import BACK_1, MESH_A, MESH_B, Backend, backend, hello, table
 
 from p2pswarm.mesh.proxy import Mesh
-from p2pswarm.security.meshtls import MeshTLS
-from p2pswarm.security.pki import CertAuthority, TrustBundle
+from p2pswarm.security.pki import CertAuthority
+from p2pswarm.testing.meshtls import free_port_pair, throwaway_ca, tls_section
 
 MESH_C = "127.0.7.3"
-CA = CertAuthority.create("c1", time.time(), b"\x05" * 32, b"\x05" * 16)
+CA = throwaway_ca("c1", b"\x05")
 
 
 def tls(node: str, authority: CertAuthority = CA, revoked: tuple[str, ...] = ()) -> dict:
-    m = MeshTLS(node)
-    m.refresh(authority, TrustBundle(authority.cluster_id, [authority.cert_der]), time.time(), os.urandom)
-    return {**m.material.as_dict(), "revoked": list(revoked)}
+    return tls_section(node, authority, revoked)
 
 
-def relay_ports(host: str) -> int:
-    """A relay port whose next port (the TLS relay) is free too."""
-    while True:
-        port = free_port(host)
-        with socket.socket() as s:
-            try:
-                s.bind((host, port + 1))
-                return port
-            except OSError:
-                continue
+relay_ports = free_port_pair
 
 
 def encrypted(task: str, target: Backend, via: str) -> dict:
@@ -91,7 +78,7 @@ def test_another_clusters_mesh_and_plaintext_cannot_use_the_tls_relay() -> None:
         rp_b = relay_ports(MESH_B)
         node_b = Mesh()
         await node_b.apply(table(MESH_B, {}, relay_port=rp_b, relay_allow=[target.addr], tls=tls("node-b")))
-        other_ca = CertAuthority.create("c1", time.time(), b"\x06" * 32, b"\x06" * 16)
+        other_ca = throwaway_ca("c1", b"\x06")
         stranger = Mesh()
         port = free_port(MESH_A)
         await stranger.apply(table(MESH_A, {port: [encrypted("t1", target, f"{MESH_B}:{rp_b + 1}")]},
