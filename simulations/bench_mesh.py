@@ -60,6 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from p2pswarm.mesh.control import FrameDecoder, encode_frame  # noqa: E402
+from p2pswarm.testing.localcluster import free_port  # noqa: E402
 from p2pswarm.testing.meshtls import free_port_pair, throwaway_ca, tls_section  # noqa: E402
 
 NGINX = "127.0.6.2"
@@ -67,12 +68,6 @@ HAPROXY = "127.0.6.3"
 DP_A = "127.0.6.11"
 DP_B = "127.0.6.12"
 BARE = "127.0.6.20"
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def tls_sections(*nodes: str) -> list[dict]:

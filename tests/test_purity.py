@@ -45,6 +45,9 @@ CORES = [
     "p2pswarm/agent/core.py",
     "p2pswarm/runtime/base.py",
     "p2pswarm/security/join.py",
+    "p2pswarm/security/meshtls.py",
+    "p2pswarm/security/record.py",
+    "p2pswarm/ratelimit.py",
 ]
 FORBIDDEN = frozenset({"asyncio", "zmq", "socket", "time", "random", "os", "threading", "select",
                        "subprocess"})

@@ -35,6 +35,7 @@ from p2pswarm import wire
 from p2pswarm.api.logs_messages import (ALL, CHUNK_OVERHEAD, LINE_OVERHEAD, MAX_CHUNKS, MAX_CURSORS,
                                         MAX_REPLY_BYTES, MAX_TAIL, STREAMS, LogChunk, LogCursor, LogLine,
                                         LogsReply, LogsRequest, reply_cost)
+from p2pswarm.ratelimit import TokenBucket
 from p2pswarm.runtime.logs import MAX_LINE_BYTES, LogReader, line_cost
 
 log = logging.getLogger("p2pswarm.logs")
@@ -173,7 +174,7 @@ class LogsService:
         self.reader = LogReader()
         self.counters = getattr(node, "counters", None)
         self._waiting: dict[int, tuple[str, asyncio.Future]] = {}
-        self._tokens, self._tokens_at = 2 * RATE, clock()
+        self._bucket = TokenBucket(RATE, 2 * RATE, clock())
 
     def _count(self, what: str) -> None:
         if self.counters is not None:
@@ -196,13 +197,9 @@ class LogsService:
         if member is None or member.status not in LIVE or request.source == self.node.node_id:
             self._count("requests_refused")
             return
-        now = self.clock()
-        self._tokens = min(2 * RATE, self._tokens + (now - self._tokens_at) * RATE)
-        self._tokens_at = now
-        if self._tokens < 1:
+        if not self._bucket.take(self.clock()):
             self._count("requests_dropped")
             return
-        self._tokens -= 1
         reply = self.answer(request)
         self._count("requests_answered")
         if not self.node.transport.send(member.addr, wire.encode(reply), True):

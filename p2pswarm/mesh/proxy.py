@@ -650,24 +650,22 @@ class Conn(asyncio.Protocol):
 
     def close(self) -> None:
         """Close both sides after their buffered data is written."""
-        if self.splicer is not None:
-            self.splicer.close()
-            return
-        if self.ct is not None:
-            self.ct.close()
-        if self.bt is not None:
-            self.bt.close()
+        self._shut("close")
 
     def abort(self) -> None:
         """Close both sides at once (idle, drained, stopping)."""
+        if self._shut("abort"):
+            self.teardown()
+
+    def _shut(self, how: str) -> bool:
+        """``close`` or ``abort`` both transports; False when the splicer owns the sockets (it ends them)."""
         if self.splicer is not None:
             self.splicer.close()
-            return
-        if self.ct is not None:
-            self.ct.abort()
-        if self.bt is not None:
-            self.bt.abort()
-        self.teardown()
+            return False
+        for transport in (self.ct, self.bt):
+            if transport is not None:
+                getattr(transport, how)()
+        return True
 
     def teardown(self) -> None:
         if self.done:

@@ -28,6 +28,7 @@ import zmq
 import zmq.asyncio
 
 from p2pswarm import wire
+from p2pswarm.ratelimit import TokenBucket
 from p2pswarm.security import messages as _messages  # noqa: F401  (registers the join kinds)
 from p2pswarm.security.errors import JoinError
 from p2pswarm.security.join import SPONSOR_ENTROPY, Sponsor
@@ -92,7 +93,7 @@ class JoinServer:
         self._task: asyncio.Task | None = None
         self.addr = bind
         self.counters: Counter[str] = Counter()
-        self._tokens, self._refilled = JOIN_BURST, time.monotonic()
+        self._bucket = TokenBucket(JOIN_RATE, JOIN_BURST, time.monotonic())
 
     async def start(self) -> None:
         parsed = parse_addr(self._bind, allow_port_zero=True)
@@ -139,7 +140,7 @@ class JoinServer:
                 self.counters["dropped"] += 1
                 continue
             self.counters["requests"] += 1
-            if not self._take_token(time.monotonic()):
+            if not self._bucket.take(time.monotonic()):
                 self.counters["rate_limited"] += 1
                 continue
             try:
@@ -154,15 +155,6 @@ class JoinServer:
                     self.counters["replies"] += 1
                 except zmq.ZMQError:
                     self.counters["reply_dropped"] += 1
-
-    def _take_token(self, now: float) -> bool:
-        """Token bucket: tokens = min(JOIN_BURST, tokens + JOIN_RATE x elapsed); a request takes one."""
-        self._tokens = min(JOIN_BURST, self._tokens + JOIN_RATE * (now - self._refilled))
-        self._refilled = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
 
     def stats(self) -> dict[str, int]:
         return dict(self.counters)

@@ -36,8 +36,9 @@ def free_host() -> str:
             return host
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
+def free_port(host: str, kind: int = socket.SOCK_STREAM) -> int:
+    """A port the kernel just handed out on ``host`` (TCP, or UDP with ``socket.SOCK_DGRAM``)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 

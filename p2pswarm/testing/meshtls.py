@@ -8,6 +8,7 @@ import time
 
 from p2pswarm.security.meshtls import MeshTLS
 from p2pswarm.security.pki import CertAuthority, TrustBundle
+from p2pswarm.testing.localcluster import free_port
 
 
 def throwaway_ca(cluster_id: str = "testcluster00001", seed: bytes | None = None) -> CertAuthority:
@@ -26,9 +27,7 @@ def tls_section(node: str, ca: CertAuthority, revoked: tuple[str, ...] = ()) -> 
 def free_port_pair(host: str) -> int:
     """A free TCP port whose next port is free too (a relay port and its TLS relay)."""
     while True:
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
+        port = free_port(host)
         with socket.socket() as s:
             try:
                 s.bind((host, port + 1))

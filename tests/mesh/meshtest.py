@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import socket
 from typing import Any, Callable
+
+from p2pswarm.testing.localcluster import free_port  # noqa: F401  (re-exported for the mesh tests)
 
 LOOPS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
 
@@ -19,12 +20,6 @@ def arun(coro: Any, loop: str = "asyncio", timeout: float = 20.0) -> Any:
         import uvloop
         return uvloop.run(bounded())
     return asyncio.run(bounded())
-
-
-def free_port(host: str, kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 async def eventually(cond: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -16,17 +16,12 @@ from typing import Any
 import pytest
 
 from p2pswarm.mesh.control import DataPlane, FrameDecoder, FrameError, encode_frame
+from p2pswarm.testing.localcluster import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST_A = "127.0.8.1"
 HOST_B = "127.0.8.2"
 BACK = "127.0.8.11"
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def arun(coro: Any, timeout: float = 20.0) -> Any:
