@@ -28,7 +28,7 @@ import zmq
 import zmq.asyncio
 
 from p2pswarm import wire
-from p2pswarm.ratelimit import TokenBucket
+from p2pswarm.ratelimit import BucketsByKey, TokenBucket
 from p2pswarm.security import messages as _messages  # noqa: F401  (registers the join kinds)
 from p2pswarm.security.errors import JoinError
 from p2pswarm.security.join import SPONSOR_ENTROPY, Sponsor
@@ -51,6 +51,14 @@ JOIN_RATE = 50.0
 requests, each a signature check and maybe a certificate to sign, cannot eat the node's CPU.
 Requests over the rate are dropped and counted (``rate_limited``); a joiner retries."""
 JOIN_BURST = 100.0
+SOURCE_RATE = 10.0
+"""Requests per second answered at most from one source address (a bucket of SOURCE_BURST),
+checked before the endpoint's own bucket: a flood from one machine spends at most half the
+endpoint's burst and a fifth of its rate, so joiners from elsewhere still get in at once (a
+burst of 50 still lets a lab of 50 nodes on one host join one seed together)."""
+SOURCE_BURST = 50.0
+MAX_SOURCES = 4096
+"""Source addresses whose buckets are remembered (the least recently seen is forgotten first)."""
 
 
 def join_addr(swim_addr: str) -> str | None:
@@ -94,6 +102,7 @@ class JoinServer:
         self.addr = bind
         self.counters: Counter[str] = Counter()
         self._bucket = TokenBucket(JOIN_RATE, JOIN_BURST, time.monotonic())
+        self._sources = BucketsByKey(SOURCE_RATE, SOURCE_BURST, MAX_SOURCES)
 
     async def start(self) -> None:
         parsed = parse_addr(self._bind, allow_port_zero=True)
@@ -140,7 +149,11 @@ class JoinServer:
                 self.counters["dropped"] += 1
                 continue
             self.counters["requests"] += 1
-            if not self._bucket.take(time.monotonic()):
+            now = time.monotonic()
+            if not self._sources.take(_source(frames[1]), now):
+                self.counters["source_rate_limited"] += 1
+                continue
+            if not self._bucket.take(now):
                 self.counters["rate_limited"] += 1
                 continue
             try:
@@ -175,11 +188,21 @@ class JoinServer:
             self._ctx = None
 
 
+def _source(frame: zmq.Frame) -> str:
+    """The IP address a request came from ("" where ZeroMQ cannot tell: such requests share one bucket)."""
+    try:
+        return frame.get("Peer-Address") or ""
+    except zmq.ZMQError:
+        return ""
+
+
 async def exchange(addr: str, keys: CurveKeys, request: Any,
-                   timeout: float = JOIN_TIMEOUT) -> Any:
+                   timeout: float = JOIN_TIMEOUT, source: str | None = None) -> Any:
     """Send one join message to the join endpoint at ``addr`` and return the decoded answer.
 
-    JoinError ``no_answer`` (one line) on timeout; ``bad_reply`` for an undecodable answer.
+    ``source`` picks the local IP address to connect from (a multi-homed host; the tests'
+    second loopback address).  JoinError ``no_answer`` (one line) on timeout; ``bad_reply``
+    for an undecodable answer.
     """
     parsed = parse_addr(addr)
     if parsed is None:
@@ -190,7 +213,8 @@ async def exchange(addr: str, keys: CurveKeys, request: Any,
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_JOIN_MESSAGE)
         secure_client(sock, keys, join_endpoint_keys().public)
-        sock.connect(f"tcp://{format_addr(*parsed)}")
+        origin = f"{format_addr(source, 0)};" if source else ""
+        sock.connect(f"tcp://{origin}{format_addr(*parsed)}")
         await sock.send(wire.encode(request))
         try:
             data = await asyncio.wait_for(sock.recv(), timeout)

@@ -189,24 +189,42 @@ def test_a_plaintext_client_gets_no_answer_from_the_join_endpoint():
     run(scenario)
 
 
-def test_a_flood_of_join_requests_is_rate_limited_and_a_joiner_still_gets_in_later():
-    from p2pswarm.security import joinchannel
+async def flood(w, sponsor, sources: list[str], per_source: int) -> tuple[dict, float]:
+    """``per_source`` join requests at once from each address in ``sources``; the endpoint's counters after."""
     from p2pswarm.security.keys import CurveKeys
+    keys = CurveKeys.from_secret(w.entropy(32))
+    request = w.joiner().request(time.time(), w.entropy(16))
+    start = time.monotonic()
+    await asyncio.gather(*(exchange(sponsor.join_server.addr, keys, request, timeout=1.0, source=src)
+                           for src in sources for _ in range(per_source)), return_exceptions=True)
+    return sponsor.join_server.stats(), time.monotonic() - start
+
+
+def test_a_flood_of_join_requests_from_many_addresses_is_rate_limited_and_a_joiner_still_gets_in_later():
+    from p2pswarm.security import joinchannel
 
     async def scenario(w, sponsor, made):
-        flood = CurveKeys.from_secret(w.entropy(32))
-        request = w.joiner().request(time.time(), w.entropy(16))
-        sent = int(joinchannel.JOIN_BURST) * 3
-        start = time.monotonic()
-        await asyncio.gather(*(exchange(sponsor.join_server.addr, flood, request, timeout=1.0)
-                               for _ in range(sent)), return_exceptions=True)
-        elapsed = time.monotonic() - start
-        stats = sponsor.join_server.stats()
-        handled = stats["requests"] - stats.get("rate_limited", 0)
+        sources = [f"127.0.0.{i}" for i in range(10, 16)]  # 6 sources x 50 = 3 x the endpoint's burst
+        stats, elapsed = await flood(w, sponsor, sources, int(joinchannel.SOURCE_BURST))
+        handled = stats["requests"] - stats.get("rate_limited", 0) - stats.get("source_rate_limited", 0)
         assert stats["requests"] > joinchannel.JOIN_BURST and stats.get("rate_limited", 0) > 0
         assert handled <= joinchannel.JOIN_BURST + joinchannel.JOIN_RATE * elapsed + 1
         await asyncio.sleep(2 / joinchannel.JOIN_RATE)
         member, _ = await join(w, sponsor, w.joiner(node_id="ok00000000000001", name="ok"))
+        made.append(member)
+    run(scenario)
+
+
+def test_a_flood_from_one_address_spends_only_its_own_budget():
+    from p2pswarm.security import joinchannel
+
+    async def scenario(w, sponsor, made):
+        stats, elapsed = await flood(w, sponsor, ["127.0.0.9"], int(joinchannel.JOIN_BURST) * 3)
+        handled = stats["requests"] - stats.get("source_rate_limited", 0)
+        assert stats.get("source_rate_limited", 0) > 0 and stats.get("rate_limited", 0) == 0
+        assert handled <= joinchannel.SOURCE_BURST + joinchannel.SOURCE_RATE * elapsed + 1
+        # the endpoint's own budget is untouched: a joiner from another address gets in at once
+        member, _ = await join(w, sponsor, w.joiner(node_id="ok00000000000002", name="ok"))
         made.append(member)
     run(scenario)
 
