@@ -313,12 +313,13 @@ class Node:
         """
         from p2pswarm.api.lock_routes import LockRoutes
         from p2pswarm.api.server import ApiServer
-        from p2pswarm.security import autolock
+        from p2pswarm.security import autolock, sealing
         if not autolock.has_lock(self.datadir):
             if self.options.autolock:
                 raise SecurityError(f"--autolock: {self.datadir.security_path / autolock.LOCK_FILE} is missing; "
                                     f"restore it from a backup (start with `p2pswarm up --autolock`)", "autolock")
             return True
+        sealing.finish(self.datadir)  # an `up --autolock` of a used data dir that stopped half way
         if self.options.unlock_key:
             autolock.unlock(self.datadir, self.options.unlock_key)
             return True

@@ -91,9 +91,10 @@ from p2pswarm.cli.mesh_cmds import mesh  # noqa: E402
 
 main.add_command(mesh)
 
-from p2pswarm.cli.lock_cmds import unlock  # noqa: E402
+from p2pswarm.cli.lock_cmds import unlock, unlock_key  # noqa: E402
 
 main.add_command(unlock)
+main.add_command(unlock_key)
 
 
 if __name__ == "__main__":

@@ -98,8 +98,8 @@ def _datadir(path: Path | None) -> DataDir:
 @click.option("--insecure", is_flag=True,
               help="Plaintext: no CA, no certificates, no encryption (a cluster of --insecure nodes only).")
 @click.option("--autolock", "autolock_on", is_flag=True,
-              help="Encrypt this node's Raft log, snapshots and key files at rest (a new data dir only); prints "
-                   "the unlock key that `p2pswarm unlock` needs after every restart.")
+              help="Encrypt this node's Raft log, snapshots and key files at rest (a used data dir is encrypted "
+                   "in place first); prints the unlock key that `p2pswarm unlock` needs after every restart.")
 @click.option("--unlock-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PATH",
               help="With --autolock: use the unlock key in PATH (e.g. one key for several nodes) instead of making "
                    "one; on a locked node: unlock at start. '-' reads it from stdin.")
@@ -137,8 +137,9 @@ def up(peers, bind, advertise, name, data_dir, labels, preset, relay_port, token
 def _prepare_autolock(datadir: DataDir, autolock_on: bool, key_file: Path | None) -> str | None:
     """The unlock key text the node starts with (None: it waits locked, or has no autolock).
 
-    ``--autolock`` on a new data dir makes the lock file here, before the node (or its detached
-    child) starts, and shows a made-up unlock key once on stderr, never in the node's log.
+    ``--autolock`` on a data dir without a lock file makes it here (encrypting data already there,
+    :mod:`p2pswarm.security.sealing`), before the node (or its detached child) starts, and shows
+    a made-up unlock key once on stderr, never in the node's log.
     """
     from p2pswarm.security import autolock
     key = None
@@ -152,15 +153,20 @@ def _prepare_autolock(datadir: DataDir, autolock_on: bool, key_file: Path | None
         return key
     if not autolock_on:
         if key is not None:
-            raise click.BadParameter("this data dir does not use --autolock (add --autolock to a new data dir)",
+            raise click.BadParameter("this data dir does not use --autolock (add --autolock to turn it on)",
                                      param_hint="--unlock-key-file")
         return None
     if datadir.is_locked():
-        raise DataDirError(f"a p2pswarm node is already running with data dir {datadir.path}; --autolock only "
-                           f"applies to a new data dir")
-    autolock.check_fresh(datadir)
+        raise DataDirError(f"a p2pswarm node is running with data dir {datadir.path}; stop it (`p2pswarm down`) "
+                           f"before turning --autolock on")
     raw = autolock.parse_unlock_key(key) if key is not None else autolock.new_unlock_key()
-    autolock.create_lock(datadir, raw)
+    if autolock.plaintext_data(datadir):
+        from p2pswarm.security import sealing
+        click.echo(f"autolock: encrypting the Raft log, snapshot and key files already in {datadir.path}...",
+                   err=True)
+        sealing.seal_existing(datadir, raw)
+    else:
+        autolock.create_lock(datadir, raw)
     autolock.forget(datadir.path)  # the node unlocks it itself
     if key is None:
         key = autolock.format_unlock_key(raw)

@@ -50,6 +50,8 @@ _SEAL_OVERHEAD = 4 + NONCE_BYTES + TAG_BYTES  # pki.seal: magic, nonce, tag
 _DEK_CONTEXT = b"autolock-dek"
 _FILE_MAGIC = b"p2pswarm-sealed 1\n"
 """Prefix of a key file sealed under the data key."""
+KEY_FILES = ("curve.key", "cluster.key")
+"""The key files under ``security/`` sealed with autolock (:mod:`p2pswarm.security.host` writes them)."""
 
 WRONG_KEY = "wrong unlock key for this node's data (or the lock file is corrupt)"
 
@@ -173,27 +175,28 @@ def has_lock(datadir: DataDir) -> bool:
     return datadir.has_private(LOCK_FILE)
 
 
-def check_fresh(datadir: DataDir) -> None:
-    """Refuse (one line) to turn autolock on for a data dir that already holds a plaintext log or keys."""
+def plaintext_data(datadir: DataDir) -> list[Path]:
+    """The files autolock would seal that this data dir already holds unencrypted (none: a new dir)."""
     raft = datadir.path / "raft"
     used = [p for p in (raft / "CLUSTER", raft / "wal", raft / "snapshot") if p.exists()]
-    used += [datadir.security_path / n for n in ("curve.key", "cluster.key", "state") if datadir.has_private(n)]
-    if used:
-        raise KeyFileError(f"data dir {datadir.path} already holds unencrypted data ({used[0]}); --autolock only "
-                           f"applies to a new data dir (there is no migration): start it without --autolock, or "
-                           f"use a fresh --data-dir and join the cluster again", "autolock_used_dir")
+    return used + [datadir.security_path / n for n in KEY_FILES if datadir.has_private(n)]
 
 
 def create_lock(datadir: DataDir, unlock_key: bytes,
-                entropy: Callable[[int], bytes] = secrets.token_bytes) -> RecordCipher:
-    """Make this node's data key, write it sealed under ``unlock_key`` and register it (unlocked)."""
+                entropy: Callable[[int], bytes] = secrets.token_bytes, dek: bytes | None = None) -> RecordCipher:
+    """Write this node's data key (a new one unless ``dek``) sealed under ``unlock_key``; register it (unlocked)."""
     if has_lock(datadir):
         raise KeyFileError(f"{datadir.security_path / LOCK_FILE} already exists; refusing to replace this "
                            f"node's data key")
-    dek = entropy(KEY_BYTES)
-    blob = _LOCK_MAGIC + seal(unlock_key, entropy(NONCE_BYTES), dek, _DEK_CONTEXT)
-    datadir.write_private(LOCK_FILE, blob)
+    dek = entropy(KEY_BYTES) if dek is None else dek
+    write_lock(datadir, unlock_key, dek, entropy)
     return register(datadir, dek)
+
+
+def write_lock(datadir: DataDir, unlock_key: bytes, dek: bytes,
+               entropy: Callable[[int], bytes] = secrets.token_bytes) -> None:
+    """(Re)write the lock file: ``dek`` sealed under ``unlock_key`` (atomic: the old file or the new one)."""
+    datadir.write_private(LOCK_FILE, _LOCK_MAGIC + seal(unlock_key, entropy(NONCE_BYTES), dek, _DEK_CONTEXT))
 
 
 def open_lock(datadir: DataDir, unlock_key: bytes) -> bytes:
@@ -249,9 +252,16 @@ def forget(path: str | os.PathLike[str]) -> None:
 def seal_file(datadir: DataDir, name: str, data: bytes) -> bytes:
     """What to write for key file ``name``: sealed under the data key with autolock, else ``data`` itself."""
     cipher = cipher_for(datadir)
-    if cipher is None:
-        return data
+    return data if cipher is None else seal_key_file(cipher, name, data)
+
+
+def seal_key_file(cipher: RecordCipher, name: str, data: bytes) -> bytes:
+    """Key file ``name``'s bytes sealed under ``cipher`` (bound to its name: files cannot be swapped)."""
     return _FILE_MAGIC + cipher.seal(data, b"keyfile|" + name.encode())
+
+
+def is_sealed_file(data: bytes) -> bool:
+    return data.startswith(_FILE_MAGIC)
 
 
 def open_file(datadir: DataDir, name: str, data: bytes | None) -> bytes | None:
@@ -260,7 +270,7 @@ def open_file(datadir: DataDir, name: str, data: bytes | None) -> bytes | None:
         return None
     path = datadir.security_path / name
     cipher = cipher_for(datadir)
-    sealed = data.startswith(_FILE_MAGIC)
+    sealed = is_sealed_file(data)
     if sealed and cipher is None:
         raise KeyFileError(f"the key file {path} is encrypted (--autolock) but this node has no unlocked data key "
                            f"(is {datadir.security_path / LOCK_FILE} missing?); restore the lock file")

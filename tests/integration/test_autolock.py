@@ -66,3 +66,45 @@ def test_autolock_encrypts_locks_on_restart_and_unlocks(cluster):
             os.kill(int((node.data_dir / "node.pid").read_text().strip()), signal.SIGKILL)
         except (OSError, ValueError):
             pass
+
+
+def test_autolock_turned_on_for_a_used_data_dir_keeps_its_data(cluster):
+    node = cluster.node(0)
+    dd = ["--data-dir", str(node.data_dir)]
+    start = ["up", "--detach", *dd, "--bind", node.addr, "--name", "n0", "--preset", "test"]
+
+    def value():
+        got = cluster.cli("kv", "get", "greeting", *dd, timeout=10)
+        return got.returncode == 0 and got.stdout.strip() == "MARKER-XYZ-42"
+    try:
+        ok(cluster.cli(*start))
+        cluster.track_pid_file(node.data_dir)
+        wait_until(lambda: cluster.cli("kv", "put", "greeting", "MARKER-XYZ-42", *dd, timeout=10).returncode == 0,
+                   15, "a KV write on the plaintext node")
+        ok(cluster.cli("down", *dd))
+        assert any(b"MARKER-XYZ" in p.read_bytes() for p in (node.data_dir / "raft").rglob("*") if p.is_file())
+
+        up = ok(cluster.cli(*start, "--autolock"))
+        cluster.track_pid_file(node.data_dir)
+        assert "encrypting the Raft log, snapshot and key files already in" in up.stderr
+        key = re.search(r"P2PSU-1-[A-Z2-7]+", up.stderr).group(0)
+        wait_until(value, 15, "the KV value written before autolock")
+        ok(cluster.cli("down", *dd))
+
+        on_disk = {p: p.read_bytes() for p in node.data_dir.rglob("*") if p.is_file() and "raft" in p.parts[-3:]}
+        assert on_disk and not [p for p, data in on_disk.items() if b"MARKER-XYZ" in data]
+        assert sorted(p.name for p in node.data_dir.iterdir() if p.name.startswith("raft")) == ["raft"]
+        for name in ("curve.key", "cluster.key"):
+            assert (node.data_dir / "security" / name).read_bytes().startswith(b"p2pswarm-sealed 1\n")
+
+        key_file = cluster.tmp / "migrated.key"
+        key_file.write_text(key + "\n")
+        ok(cluster.cli(*start, "--unlock-key-file", str(key_file)))
+        cluster.track_pid_file(node.data_dir)
+        wait_until(value, 15, "the KV value after a restart with the unlock key")
+        ok(cluster.cli("down", *dd))
+    finally:
+        try:
+            os.kill(int((node.data_dir / "node.pid").read_text().strip()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass

@@ -142,12 +142,17 @@ def test_unlock_key_file(tmp_path):
         autolock.read_unlock_key_file(f)
 
 
-def test_autolock_refuses_a_used_data_dir(datadir):
-    autolock.check_fresh(datadir)
+def test_plaintext_data_lists_what_autolock_would_seal(datadir):
+    assert autolock.plaintext_data(datadir) == []  # a new data dir: nothing to migrate
     (datadir.path / "raft").mkdir()
     (datadir.path / "raft" / "CLUSTER").write_text("p2pswarm-raft 1\nc1\n")
-    with pytest.raises(KeyFileError, match="already holds unencrypted data .*no migration"):
-        autolock.check_fresh(datadir)
+    datadir.write_private("curve.key", b"k")
+    assert autolock.plaintext_data(datadir) == [datadir.path / "raft" / "CLUSTER", datadir.security_path / "curve.key"]
+
+
+def test_the_key_files_autolock_seals_are_the_ones_the_node_writes():
+    from p2pswarm.security import host
+    assert autolock.KEY_FILES == (host.CURVE_FILE, host.CLUSTER_KEY_FILE)
 
 
 def test_locked_api_answers_info_unlock_and_nothing_else(datadir):
