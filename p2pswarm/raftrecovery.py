@@ -24,27 +24,43 @@ class RecoveryError(Exception):
     """Recovery refused; one line saying why and what to do."""
 
 
-def force_new_cluster(data_dir: Path | str) -> dict:
+def force_new_cluster(data_dir: Path | str, unlock_key: str | None = None) -> dict:
+    """Rewrite the stopped voter at ``data_dir``; ``unlock_key`` (text) opens an --autolock log."""
+    from p2pswarm.security import autolock, sealing
     datadir = DataDir(data_dir)
     if not datadir.path.is_dir():
         raise RecoveryError(f"data dir {datadir.path} does not exist")
+    if not autolock.has_lock(datadir):
+        if unlock_key is not None:
+            raise RecoveryError(f"data dir {datadir.path} does not use --autolock; drop --unlock-key-file")
+        return _rewrite(datadir)
+    if unlock_key is None:
+        raise RecoveryError(f"the raft log in {datadir.path / 'raft'} is encrypted (--autolock): pass this node's "
+                            f"unlock key with --unlock-key-file PATH ('-' reads it from stdin)")
+    _refuse_running(datadir)
+    sealing.finish(datadir)  # an `up --autolock` of this dir that stopped half way
+    autolock.unlock(datadir, unlock_key)
+    try:
+        return _rewrite(datadir)
+    finally:
+        autolock.forget(datadir.path)
+
+
+def _refuse_running(datadir: DataDir) -> None:
     if datadir.is_locked():
         raise RecoveryError(f"a node is running on {datadir.path}; stop it first "
                             f"(`p2pswarm down --data-dir {datadir.path}`), then recover")
+
+
+def _rewrite(datadir: DataDir) -> dict:
+    _refuse_running(datadir)
     node_id = datadir.load_state().get("id")
     raft_dir = datadir.path / "raft"
     cluster_id = stored_cluster_id(str(raft_dir))
     if not node_id or cluster_id is None:
         raise RecoveryError(f"{datadir.path} holds no raft log; run recover on the data dir of a surviving voter")
-    from p2pswarm.consensus.storage import StorageError
     from p2pswarm.security.autolock import cipher_for
-    try:  # an --autolock log needs the data key, unlocked only inside a running node
-        storage = FileStorage(str(raft_dir), cluster_id, cipher=cipher_for(datadir.path))
-    except StorageError as exc:
-        if "is encrypted" not in str(exc):
-            raise
-        raise RecoveryError(f"the raft log in {raft_dir} is encrypted (--autolock): `cluster recover` cannot "
-                            f"read it yet; recover on a surviving voter without --autolock") from None
+    storage = FileStorage(str(raft_dir), cluster_id, cipher=cipher_for(datadir.path))  # None without --autolock
     try:
         stored = storage.load()
         voters = _last_voters(stored)
