@@ -29,7 +29,8 @@ times each (after one unmeasured warm-up transfer per path), interleaved, throug
 and through HAProxy with splicing; ``bulk_ratio_vs_haproxy_splice`` is the ratio of the two
 medians, ``..._paired`` the median of the per-round ratios (each round runs every path once,
 back to back, so it is less sensitive to load that comes and goes). ``--bulk-only`` runs just
-the bulk part (≈ 15 s).
+the bulk part (≈ 15 s), ``--tls-only`` just ``direct``, ``mesh_relay`` and ``mesh_tls`` (the TLS
+sessions' counters of data plane B are in ``tls_sessions``).
 
 ``--compare`` instead measures the implementation choices (asyncio streams, the Protocol API
 on asyncio and on uvloop, splice for everything, splicing on the event loop instead of in
@@ -419,8 +420,10 @@ def bench(args: argparse.Namespace) -> dict:
         for url in cases.values():  # every path answers before measuring
             subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True, timeout=10)
         print(f"data plane loop: {sta.get('loop')}", file=sys.stderr)
+        if args.tls_only:
+            cases = {name: cases[name] for name in ("direct", "mesh_relay", "mesh_tls")}
         small = run_cases(cases, args.rounds, args.seconds, args.conns)
-        bulk = run_bulk({"direct": f"http://{NGINX}:{ngx}/big.bin", "mesh": f"http://{DP_A}:{a_port}/big.bin",
+        bulk = None if args.tls_only else run_bulk({"direct": f"http://{NGINX}:{ngx}/big.bin", "mesh": f"http://{DP_A}:{a_port}/big.bin",
                          **ha_urls}, args.transfers, pids={"mesh": [dpa.p.pid], **ha_pids}, mb=args.bulk_mb)
         tls_bulk = run_bulk({"mesh_relay": f"http://{DP_B}:{b_relay}/big.bin",
                              "mesh_tls": f"http://{DP_B}:{b_tls}/big.bin"}, max(5, args.transfers // 3),
@@ -428,6 +431,7 @@ def bench(args: argparse.Namespace) -> dict:
                             mb=args.bulk_mb)
         time.sleep(1.5)  # one more status tick after the last transfer
         status = dpa.status or {}
+        tls_sessions = {k: v for k, v in ((dpb.status or {}).get("tls_relay") or {}).items() if "sessions" in k}
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -435,6 +439,21 @@ def bench(args: argparse.Namespace) -> dict:
     def g(case: str, mode: str, key: str = "rps") -> float:
         return small[case][mode][key]
 
+    tls = {
+        "mesh_relay_rps": g("mesh_relay", "keepalive"), "mesh_relay_newconn_rps": g("mesh_relay", "newconn"),
+        "mesh_tls_rps": g("mesh_tls", "keepalive"), "mesh_tls_newconn_rps": g("mesh_tls", "newconn"),
+        "tls_ratio_vs_relay": round(g("mesh_tls", "keepalive") / g("mesh_relay", "keepalive"), 3),
+        "tls_ratio_vs_relay_newconn": round(g("mesh_tls", "newconn") / g("mesh_relay", "newconn"), 3),
+        "added_p50_ms_tls": round(g("mesh_tls", "latency", "p50_ms") - g("direct", "latency", "p50_ms"), 3),
+        "bulk_mesh_relay_mbps": tls_bulk["mesh_relay"]["mbps"], "bulk_mesh_tls_mbps": tls_bulk["mesh_tls"]["mbps"],
+        "bulk_tls_ratio_vs_relay": round(tls_bulk["mesh_tls"]["mbps"] / tls_bulk["mesh_relay"]["mbps"], 3),
+        "bulk_tls_cpu_s_per_gb": tls_bulk["mesh_tls"]["cpu_s_per_gb"],
+        "tls_sessions": tls_sessions,
+    }
+    if bulk is None:
+        return {"bench": "mesh-tls", "loop": sta.get("loop"), "rounds": args.rounds, **tls,
+                "latency_ms": {c: {m: [small[c][m]["p50_ms"], small[c][m]["p99_ms"]] for m in small[c]}
+                               for c in small}}
     result = {
         "bench": "mesh", "loop": sta.get("loop"), "bulk_threads": args.bulk_threads, "haproxy_nbthread": 1, "haproxy_options": "mode tcp, splice-auto",
         "wrk": f"-t1 -c{args.conns} -d{int(args.seconds)}s (latency: -t1 -c1 -d{int(max(2, args.seconds / 2))}s)", "rounds": args.rounds,
@@ -453,13 +472,7 @@ def bench(args: argparse.Namespace) -> dict:
         "added_p50_ms_remote": round(g("mesh_remote", "latency", "p50_ms") - g("direct", "latency", "p50_ms"), 3),
         "added_p50_ms_relay": round(g("mesh_relay", "latency", "p50_ms") - g("direct", "latency", "p50_ms"), 3),
         "added_p50_ms_haproxy": round(g("haproxy", "latency", "p50_ms") - g("direct", "latency", "p50_ms"), 3),
-        "mesh_tls_rps": g("mesh_tls", "keepalive"), "mesh_tls_newconn_rps": g("mesh_tls", "newconn"),
-        "tls_ratio_vs_relay": round(g("mesh_tls", "keepalive") / g("mesh_relay", "keepalive"), 3),
-        "tls_ratio_vs_relay_newconn": round(g("mesh_tls", "newconn") / g("mesh_relay", "newconn"), 3),
-        "added_p50_ms_tls": round(g("mesh_tls", "latency", "p50_ms") - g("direct", "latency", "p50_ms"), 3),
-        "bulk_mesh_relay_mbps": tls_bulk["mesh_relay"]["mbps"], "bulk_mesh_tls_mbps": tls_bulk["mesh_tls"]["mbps"],
-        "bulk_tls_ratio_vs_relay": round(tls_bulk["mesh_tls"]["mbps"] / tls_bulk["mesh_relay"]["mbps"], 3),
-        "bulk_tls_cpu_s_per_gb": tls_bulk["mesh_tls"]["cpu_s_per_gb"],
+        **tls,
         "added_p50_ms_loaded": round(g("mesh_local", "keepalive", "p50_ms") - g("direct", "keepalive", "p50_ms"), 3),
         **bulk_result(bulk, args),
         "mesh_spliced_connections": (status.get("total") or {}).get("spliced"),
@@ -565,6 +578,8 @@ def main() -> int:
     ap.add_argument("--bulk-mb", type=int, default=100)
     ap.add_argument("--compare", action="store_true", help="compare implementation choices instead")
     ap.add_argument("--bulk-only", action="store_true", help="run only the bulk transfers (direct, mesh, HAProxy)")
+    ap.add_argument("--tls-only", action="store_true",
+                    help="run only the encrypted path against the plaintext relay (and direct, for latency)")
     ap.add_argument("--bulk-threads", type=int, metavar="N",
                     help="run the data planes with proxy.BULK_THREADS = N (0: splice on the event loop)")
     ap.add_argument("--out", help="also write the JSON to this file")

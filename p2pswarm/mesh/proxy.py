@@ -35,8 +35,10 @@ ENCRYPTED ports (``--publish 8080:80,encrypted``): the same relay protocol insid
 mutual certificates (:mod:`p2pswarm.mesh.tlsctx`), on the TLS relay listener (relay port + 1).
 A remote backend of such a port has ``tls`` and ``via`` = the TLS relay of its own node (or of a
 relay node, which continues over TLS to the backend's node: ``tls_next``), so clients' bytes
-never cross the network in clear. TLS connections are never spliced (the bytes must pass
-through the TLS layer).
+never cross the network in clear. Each client connection is a stream of a TLS connection
+that is kept and reused for the next one to the same relay (:mod:`p2pswarm.mesh.tlsmux`: a
+handshake per client connection cost more than the connection). TLS is never spliced (the
+bytes must pass through the TLS layer).
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ from typing import Any, Mapping
 
 from p2pswarm.mesh import proxyproto
 from p2pswarm.mesh.routes import DEFAULT_LIMITS, Backend, candidates
-from p2pswarm.mesh.tlsctx import TlsConfig, TlsError, parse_tls
+from p2pswarm.mesh.tlsctx import TlsConfig, TlsError, parse_tls, peer_of
+from p2pswarm.mesh.tlsmux import SERVER_IDLE_TIMEOUT, Session, SessionPool
 
 COUNTERS = ("accepted", "active", "refused_limit", "connect_failed", "no_backend", "retried",
             "replayed", "relayed_out", "relayed_in", "relay_refused", "bytes_in", "bytes_out", "errors",
@@ -496,7 +499,7 @@ class Conn(asyncio.Protocol):
                 if b.via is None:
                     await loop.create_connection(lambda: far, b.addr[0], b.addr[1])
                 else:
-                    await self.via(far, b)
+                    far = await self.via(far, b)
             except (OSError, RelayError):
                 c.connect_failed += 1
                 far.discard()
@@ -541,35 +544,51 @@ class Conn(asyncio.Protocol):
             return None
         return proxyproto.encode(src[:2], dst[:2])
 
-    async def via(self, far: Far, b: Backend) -> None:
+    async def via(self, far: Far, b: Backend) -> Far:
         assert b.via is not None
         pp = self.proxy_header() if self.port is not None and self.port.proxy_protocol else None
-        await self.relay_to(far, b.via, b.addr, pp, b.tls)
+        return await self.relay_to(far, b.via, b.addr, pp, b.tls)
 
     async def relay_to(self, far: Far, relay: tuple[str, int], target: tuple[str, int], pp: bytes | None,
-                       tls: bool) -> None:
-        """Connect ``far`` to ``target`` through the relay listener at ``relay`` (over TLS when ``tls``)."""
+                       tls: bool) -> Far:
+        """Connect ``far`` to ``target`` through the relay listener at ``relay`` (over TLS when ``tls``);
+        returns the Far that got connected (a new one when a reused TLS session had just closed)."""
         mesh = self.mesh
-        if tls:
+        name = f"{target[0]}:{target[1]}".encode()
+        header = RELAY_MAGIC + bytes((RELAY_VERSION,)) + struct.pack(">H", len(name)) + name
+        header += b"\x01" + pp if pp else b"\x00"
+        if not tls:
+            await mesh.loop.create_connection(lambda: far, relay[0], relay[1])
+            code = await self._ask(far, header)
+        else:
             config = mesh.tls
             if config is None:
                 raise RelayError("no mesh TLS material")
             self.splice_at = -1  # the bytes must go through the TLS layer
-            await mesh.loop.create_connection(lambda: far, relay[0], relay[1], ssl=config.client,
-                                              server_hostname="", ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
-            if not config.admits(far.t.get_extra_info("ssl_object")):
-                self.c.tls_refused += 1
-                raise RelayError("the relay's certificate is revoked or of another cluster")
-        else:
-            await mesh.loop.create_connection(lambda: far, relay[0], relay[1])
-        name = f"{target[0]}:{target[1]}".encode()
-        header = RELAY_MAGIC + bytes((RELAY_VERSION,)) + struct.pack(">H", len(name)) + name
-        header += b"\x01" + pp if pp else b"\x00"
-        far.reply = mesh.loop.create_future()
-        far.t.write(header)
-        code = await far.reply
+            code = await self._ask(far, header) if mesh.reuse_tls_session(far, relay, config) else None
+            if code is None or code < 0:  # no idle session, or the other side had just closed the one we took
+                fresh = None
+                try:
+                    if code is not None:
+                        far.discard()
+                        far = fresh = Far(self)  # the old one may still hear from its stream
+                    if not await mesh.new_tls_session(far, relay, config):
+                        self.c.tls_refused += 1
+                        raise RelayError("the relay's certificate is revoked or of another cluster")
+                    code = await self._ask(far, header)
+                except BaseException:
+                    if fresh is not None:  # the caller discards only the Far it passed in
+                        fresh.discard()
+                    raise
         if code != RELAY_OK:
             raise RelayError(code)
+        return far
+
+    async def _ask(self, far: Far, header: bytes) -> int:
+        """Send the relay header; the relay's answer code (-1: it closed without one)."""
+        far.reply = self.mesh.loop.create_future()
+        far.t.write(header)
+        return await far.reply
 
     def attach(self, far: Far, task: str | None, header: bytes | None) -> None:
         mesh = self.mesh
@@ -808,7 +827,7 @@ class RelayIn(Conn):
             onward = mesh.tls_next.get(target)
             async with asyncio.timeout(mesh.limits.connect_timeout):
                 if onward is not None:  # an encrypted port's backend on another node: TLS on this hop too
-                    await self.relay_to(far, onward, target, pp, True)
+                    far = await self.relay_to(far, onward, target, pp, True)
                     pp = None  # the next relay delivers it
                 else:
                     await mesh.loop.create_connection(lambda: far, target[0], target[1])
@@ -838,20 +857,42 @@ class RelayIn(Conn):
         return self.target is None or self.target in mesh.relay_allow
 
 
-class TlsRelayIn(RelayIn):
-    """A connection on the TLS relay listener: the peer's verified leaf must be a current member's."""
+class TlsRelaySession(Session):
+    """A TLS connection accepted on the TLS relay listener; each of its streams is a :class:`RelayIn`.
 
-    __slots__ = ()
+    The peer's verified leaf must be a current member's, checked at the handshake and again
+    whenever a table changes the revoked ids (:meth:`Mesh.apply`)."""
+
+    def __init__(self, mesh: "Mesh") -> None:
+        super().__init__(mesh.loop, self._relay_in, _nothing, mesh.tls_sessions.discard, SERVER_IDLE_TIMEOUT)
+        self.mesh = mesh
 
     def connection_made(self, transport: Any) -> None:
         config = self.mesh.tls
-        if config is None or not config.admits(transport.get_extra_info("ssl_object")):
-            self.c.tls_refused += 1
-            self.done = True
+        self.peer = peer_of(transport.get_extra_info("ssl_object"))
+        if config is None or not config.allows(self.peer):
+            self.mesh.relay_c.tls_refused += 1
             transport.abort()
             return
-        self.splice_at = -1
+        if len(self.mesh.tls_sessions) >= self.mesh.limits.max_conns:  # idle sessions hold no Conn: own cap
+            self.mesh.relay_c.refused_limit += 1
+            transport.abort()
+            return
+        self.ctx = transport.get_extra_info("sslcontext")
+        self.mesh.tls_sessions.add(self)
         super().connection_made(transport)
+
+    def on_protocol_error(self) -> None:
+        self.mesh.relay_c.errors += 1
+
+    def _relay_in(self, session: Session, sid: int) -> RelayIn:
+        relay = RelayIn(self.mesh)
+        relay.splice_at = -1
+        return relay
+
+
+def _nothing(session: Session) -> None:
+    """An accepting session that goes idle waits for the peer's next stream."""
 
 
 def _is_tls(transport: Any) -> bool:
@@ -1252,6 +1293,10 @@ class Mesh:
         self.tls_server: Any = None
         self.tls_server_config: TlsConfig | None = None
         self.tls_error: str | None = None
+        self.tls_pool = SessionPool(self.loop)
+        """TLS sessions this data plane opened to other nodes' TLS relays (idle ones are reused)."""
+        self.tls_sessions: set[TlsRelaySession] = set()
+        """TLS sessions other nodes opened to this one's TLS relay listener."""
         self.conns: set[Conn] = set()
         self.active_by_task: dict[str, int] = {}
         self.n_active = 0
@@ -1269,6 +1314,8 @@ class Mesh:
             self.table_error = str(e)
             return
         self.table_error = None
+        if tls is not self.tls and (self.tls_sessions or self.tls_pool.addr_of):
+            self._check_tls_sessions(tls)
         self.tls, self.tls_next = tls, table.tls_next
         self.tables_applied += 1
         self.version = table.version
@@ -1309,6 +1356,37 @@ class Mesh:
             elif conn.drain_at is None:
                 conn.drain_at = now + self.limits.drain_grace
         self._schedule_tick()
+
+    def reuse_tls_session(self, far: Far, relay: tuple[str, int], config: TlsConfig) -> bool:
+        """Open ``far`` as a stream of an idle TLS session to ``relay``; False when there is none."""
+        session = self.tls_pool.take(relay, lambda s: s.ctx is config.client and config.allows(s.peer))
+        if session is None:
+            return False
+        session.open_stream(far)
+        return True
+
+    async def new_tls_session(self, far: Far, relay: tuple[str, int], config: TlsConfig) -> bool:
+        """Open ``far`` as the first stream of a new TLS session to ``relay``; False when the relay's
+        certificate is not a current member's."""
+        session = await self.tls_pool.connect(relay, config.client, TLS_HANDSHAKE_TIMEOUT)
+        session.ctx, session.peer = config.client, peer_of(session.ssl_object())
+        if not config.allows(session.peer):
+            session.abort()
+            return False
+        if not session.idle():
+            raise RelayError("the relay closed the new TLS connection")
+        session.open_stream(far)
+        return True
+
+    def _check_tls_sessions(self, tls: TlsConfig | None) -> None:
+        """Cut off the sessions of peers that are no longer admitted (revoked) at once; sessions made
+        with older TLS material finish their stream and take no other."""
+        for session, ctx in [(s, tls and tls.server) for s in self.tls_sessions] + \
+                [(s, tls and tls.client) for s in self.tls_pool.all_sessions()]:
+            if tls is None or not tls.allows(session.peer):
+                session.abort()
+            elif ctx is not None and session.ctx is not ctx:
+                session.retire()
 
     def _stop_tls_relay(self) -> None:
         if self.tls_server is not None:
@@ -1355,7 +1433,7 @@ class Mesh:
                 self.tls_error = None
                 self.tls_server_config = self.tls
                 self.tls_server = await self.loop.create_server(
-                    lambda: TlsRelayIn(self), sock=sock, ssl=self.tls.server,
+                    lambda: TlsRelaySession(self), sock=sock, ssl=self.tls.server,
                     ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
 
     def _schedule_tick(self) -> None:
@@ -1411,7 +1489,9 @@ class Mesh:
             "relay": {"port": self.relay_port, "listening": self.relay_server is not None,
                       "error": self.relay_error, **self.relay_c.as_dict()},
             "tls_relay": {"port": self.relay_port + TLS_RELAY_OFFSET if self.tls is not None else 0,
-                          "listening": self.tls_server is not None, "error": self.tls_error},
+                          "listening": self.tls_server is not None, "error": self.tls_error,
+                          "sessions_in": len(self.tls_sessions), "sessions_out": len(self.tls_pool.addr_of),
+                          "sessions_opened": self.tls_pool.opened, "sessions_reused": self.tls_pool.reused},
             "ports": ports, "total": total.as_dict(), "active": self.n_active,
             "backends": dict(self.active_by_task), "table_error": self.table_error,
             "tables_applied": self.tables_applied,
@@ -1428,6 +1508,8 @@ class Mesh:
         self._stop_tls_relay()
         for conn in list(self.conns):
             conn.abort()
+        for session in [*self.tls_sessions, *self.tls_pool.all_sessions()]:
+            session.abort()
         deadline = time.monotonic() + THREAD_STOP_WAIT
         while self.threaded and time.monotonic() < deadline:
             await asyncio.sleep(0.005)

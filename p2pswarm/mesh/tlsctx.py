@@ -38,14 +38,22 @@ class TlsConfig:
 
     def admits(self, ssl_object: Any) -> bool:
         """True when the verified peer leaf is for a node of this cluster that is not revoked."""
-        if ssl_object is None:
-            return False
-        try:
-            der = ssl_object.getpeercert(binary_form=True)
-        except (ValueError, ssl.SSLError):
-            return False
-        ident = peer_identity(der)
+        return self.allows(peer_of(ssl_object))
+
+    def allows(self, ident: tuple[str, str] | None) -> bool:
+        """:meth:`admits` for a peer identity read earlier (a kept TLS session's)."""
         return ident is not None and ident[0] == self.cluster_id and ident[1] not in self.revoked
+
+
+def peer_of(ssl_object: Any) -> tuple[str, str] | None:
+    """(cluster id, node id) of a TLS connection's verified peer leaf, or None."""
+    if ssl_object is None:
+        return None
+    try:
+        der = ssl_object.getpeercert(binary_form=True)
+    except (ValueError, ssl.SSLError):
+        return None
+    return peer_identity(der) if der else None
 
 
 def _context(side: int, cert: str, key: str, anchors: str) -> ssl.SSLContext:
