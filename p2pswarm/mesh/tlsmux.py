@@ -39,7 +39,7 @@ MAX_FRAME = 1 << 20
 """Longest payload accepted in one frame (a peer sending more is broken or hostile)."""
 WRITE_CHUNK = 256 * 1024
 """Longest payload this side puts in one frame."""
-VIEW_FROM = 64 * 1024
+VIEW_FROM = 4096
 """Payload pieces of at least this size are passed on as memoryviews of the read (no copy)."""
 JOIN_BELOW = 16 * 1024
 """Payloads up to this size are sent in one write with their header (a TLS record holds 16 kB)."""
