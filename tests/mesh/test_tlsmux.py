@@ -15,11 +15,12 @@ from p2pswarm.mesh import tlsmux
 from p2pswarm.mesh.proxy import Mesh
 
 
-async def pair(target: Backend, **b_extra) -> tuple[Mesh, Mesh, int, int]:
+async def pair(target: Backend, b_tls: dict | None = None, **b_extra) -> tuple[Mesh, Mesh, int, int]:
     """Node B runs the replica behind its TLS relay; node A publishes an encrypted port to it."""
     rp_b = relay_ports(MESH_B)
     node_b = Mesh()
-    await node_b.apply(table(MESH_B, {}, relay_port=rp_b, relay_allow=[target.addr], tls=tls("node-b"), **b_extra))
+    await node_b.apply(table(MESH_B, {}, relay_port=rp_b, relay_allow=[target.addr], tls=b_tls or tls("node-b"),
+                             **b_extra))
     node_a = Mesh()
     port = free_port(MESH_A)
     await node_a.apply(table(MESH_A, {port: [encrypted("t1", target, f"{MESH_B}:{rp_b + 1}")]}, tls=tls("node-a")))
@@ -30,7 +31,8 @@ async def pair(target: Backend, **b_extra) -> tuple[Mesh, Mesh, int, int]:
 def test_new_client_connections_reuse_one_tls_session_and_half_close_crosses(loop: str) -> None:
     async def main() -> None:
         target = await Backend("behind", BACK_1).start()
-        node_a, node_b, port, _ = await pair(target)
+        b_tls = tls("node-b")
+        node_a, node_b, port, rp_b = await pair(target, b_tls)
         for i in range(5):
             name, r, w = await hello(MESH_A, port)
             assert name == "behind"
@@ -39,6 +41,9 @@ def test_new_client_connections_reuse_one_tls_session_and_half_close_crosses(loo
             w.write_eof()  # the backend sees the client's EOF (a stream carries half-closes)...
             assert await r.read() == data  # ...echoes everything, then ends its side: EOF back to the client
             w.close()
+            if i == 2:  # a new table with the same TLS material keeps the sessions
+                await node_b.apply(table(MESH_B, {}, version=2, relay_port=rp_b, relay_allow=[target.addr],
+                                         tls=b_tls))
         status = node_a.status()["tls_relay"]
         assert status["sessions_opened"] == 1 and status["sessions_reused"] == 4  # one handshake for five
         assert node_b.status()["tls_relay"]["sessions_in"] == 1
@@ -260,7 +265,8 @@ def test_sessions_from_other_meshes_are_capped_like_connections() -> None:
     arun(main())
 
 
-def test_new_tls_material_retires_the_old_sessions_and_traffic_goes_on() -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_new_tls_material_retires_the_old_sessions_and_traffic_goes_on(loop: str) -> None:
     from p2pswarm.testing.meshtls import throwaway_ca
 
     async def main() -> None:
@@ -287,4 +293,4 @@ def test_new_tls_material_retires_the_old_sessions_and_traffic_goes_on() -> None
         for mesh in (node_a, node_b):
             await mesh.close()
         await target.stop()
-    arun(main())
+    arun(main(), loop)
