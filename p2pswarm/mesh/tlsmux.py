@@ -85,20 +85,17 @@ class Stream:
 
     def close(self) -> None:
         """Graceful: our end is an EOF; a RESET too if the peer may still send (we no longer read)."""
-        if self.closed:
-            return
-        self.closed = True
-        if not self.sent_end:
-            self._send_end(EOF)
-        if not self.recv_end:
-            self.session.send_frame(self.sid, RESET)
-        self._lost(None)
-        self._check_done()
+        self._end(graceful=True)
 
     def abort(self) -> None:
+        self._end(graceful=False)
+
+    def _end(self, graceful: bool) -> None:
         if self.closed:
             return
         self.closed = True
+        if graceful and not self.sent_end:
+            self._send_end(EOF)
         if not self.sent_end or not self.recv_end:
             self.sent_end = True
             self.session.send_frame(self.sid, RESET)

@@ -27,6 +27,12 @@ async def pair(target: Backend, b_tls: dict | None = None, **b_extra) -> tuple[M
     return node_a, node_b, port, rp_b
 
 
+async def stop(target: Backend, *meshes: Mesh) -> None:
+    for mesh in meshes:
+        await mesh.close()
+    await target.stop()
+
+
 @pytest.mark.parametrize("loop", LOOPS)
 def test_new_client_connections_reuse_one_tls_session_and_half_close_crosses(loop: str) -> None:
     async def main() -> None:
@@ -49,9 +55,7 @@ def test_new_client_connections_reuse_one_tls_session_and_half_close_crosses(loo
         assert node_b.status()["tls_relay"]["sessions_in"] == 1
         assert node_b.status()["relay"]["relayed_in"] == 5 and target.accepted == 5
         await eventually(lambda: node_b.status()["active"] == 0 and node_a.status()["active"] == 0)
-        for mesh in (node_a, node_b):
-            await mesh.close()
-        await target.stop()
+        await stop(target, node_a, node_b)
     arun(main(), loop)
 
 
@@ -73,9 +77,7 @@ def test_concurrent_connections_open_sessions_as_needed_and_reuse_them_later() -
         status = node_a.status()["tls_relay"]
         assert status["sessions_opened"] <= 20 and status["sessions_opened"] + status["sessions_reused"] == 40
         assert status["sessions_reused"] >= 20  # the second round found every session idle
-        for mesh in (node_a, node_b):
-            await mesh.close()
-        await target.stop()
+        await stop(target, node_a, node_b)
     arun(main())
 
 
@@ -94,9 +96,7 @@ def test_a_client_that_resets_mid_stream_closes_the_backend_and_frees_the_sessio
         assert await r.read() == b"again"
         w.close()
         assert node_a.status()["tls_relay"]["sessions_opened"] == 1
-        for mesh in (node_a, node_b):
-            await mesh.close()
-        await target.stop()
+        await stop(target, node_a, node_b)
     arun(main())
 
 
@@ -119,9 +119,7 @@ def test_revoking_a_node_cuts_its_open_session_at_once() -> None:
         assert await r.read() == b""
         w.close()
         assert node_b.status()["relay"]["tls_refused"] >= 1
-        for mesh in (node_a, node_b):
-            await mesh.close()
-        await target.stop()
+        await stop(target, node_a, node_b)
     arun(main())
 
 
@@ -259,9 +257,7 @@ def test_sessions_from_other_meshes_are_capped_like_connections() -> None:
         assert await r1.readexactly(5) == b"still"  # the first is untouched
         for w in (w1, w2):
             w.close()
-        for mesh in (node_a, node_b):
-            await mesh.close()
-        await target.stop()
+        await stop(target, node_a, node_b)
     arun(main())
 
 
@@ -290,7 +286,5 @@ def test_new_tls_material_retires_the_old_sessions_and_traffic_goes_on(loop: str
         assert name == "behind" and await r.read() == b"new"
         w.close()
         assert node_a.status()["tls_relay"]["sessions_opened"] == 2
-        for mesh in (node_a, node_b):
-            await mesh.close()
-        await target.stop()
+        await stop(target, node_a, node_b)
     arun(main(), loop)
