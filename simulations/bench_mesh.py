@@ -595,6 +595,7 @@ def main() -> int:
             print(f"bench_mesh: {tool} is not installed; run: apt-get install -y wrk nginx haproxy curl",
                   file=sys.stderr)
             return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still stops what it started
     result = compare(args) if args.compare else bench_bulk(args) if args.bulk_only else bench(args)
     line = json.dumps(result, sort_keys=False)
     if args.out:
