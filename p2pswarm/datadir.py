@@ -211,6 +211,16 @@ class DataDir:
         return (self.security_path / name).exists()
 
 
+def fsync_dirs(*dirs: Path) -> None:
+    """Make renames and new files in ``dirs`` durable (a file's fsync does not cover its name)."""
+    for d in dirs:
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _atomic_write(path: Path, content: str | bytes, mode: int | None = None) -> None:
     """Write via a temp file, fsync and rename: a crash leaves the old or the new file, never half.
 

@@ -160,21 +160,24 @@ def _prepare_autolock(datadir: DataDir, autolock_on: bool, key_file: Path | None
         raise DataDirError(f"a p2pswarm node is running with data dir {datadir.path}; stop it (`p2pswarm down`) "
                            f"before turning --autolock on")
     raw = autolock.parse_unlock_key(key) if key is not None else autolock.new_unlock_key()
-    if autolock.plaintext_data(datadir):
-        from p2pswarm.security import sealing
-        click.echo(f"autolock: encrypting the Raft log, snapshot and key files already in {datadir.path}...",
-                   err=True)
-        sealing.seal_existing(datadir, raw)
-    else:
-        autolock.create_lock(datadir, raw)
-    autolock.forget(datadir.path)  # the node unlocks it itself
-    if key is None:
-        key = autolock.format_unlock_key(raw)
-        click.echo(f"autolock: this node's Raft log, snapshots and key files are encrypted; its unlock key is\n"
-                   f"    {key}\n"
-                   f"keep it safe: `p2pswarm unlock` needs it after every restart of this node "
-                   f"(it is not shown again)", err=True)
-    return key
+    datadir.lock()  # no node may start on it meanwhile
+    try:
+        if autolock.plaintext_data(datadir):
+            from p2pswarm.security import sealing
+            click.echo(f"autolock: encrypting the Raft log, snapshot and key files already in {datadir.path}...",
+                       err=True)
+            sealing.seal_existing(datadir, raw)
+        else:
+            autolock.create_lock(datadir, raw)
+    finally:
+        datadir.unlock()
+        autolock.forget(datadir.path)  # the node unlocks it itself
+        if key is None and autolock.has_lock(datadir):  # shown even if a later step failed: the data needs it
+            click.echo(f"autolock: this node's Raft log, snapshots and key files are encrypted; its unlock key is\n"
+                       f"    {autolock.format_unlock_key(raw)}\n"
+                       f"keep it safe: `p2pswarm unlock` needs it after every restart of this node "
+                       f"(it is not shown again)", err=True)
+    return key if key is not None else autolock.format_unlock_key(raw)
 
 
 def _child_argv(options: NodeOptions, log_level: str) -> list[str]:

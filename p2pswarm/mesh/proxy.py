@@ -277,7 +277,7 @@ class RelayError(Exception):
 class Far(asyncio.Protocol):
     """The backend side (or the relay side) of a connection."""
 
-    __slots__ = ("conn", "t", "attached", "early", "early_eof", "lost", "reply")
+    __slots__ = ("conn", "t", "attached", "early", "early_eof", "lost", "reply", "full")
 
     def __init__(self, conn: "Conn") -> None:
         self.conn = conn
@@ -287,6 +287,9 @@ class Far(asyncio.Protocol):
         self.early_eof = False
         self.lost = False
         self.reply: asyncio.Future[int] | None = None
+        self.full = False
+        """Its transport asked us to stop writing before we were attached (a TLS session's
+        buffer still full from the last stream): the client is paused once attached."""
 
     def connection_made(self, transport: Any) -> None:
         self.t = transport
@@ -330,8 +333,11 @@ class Far(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.attached:
             self.conn.ct.pause_reading()
+        else:
+            self.full = True
 
     def resume_writing(self) -> None:
+        self.full = False
         if self.attached and self.conn.splice_at != HANDING_OFF:
             self.conn.ct.resume_reading()
 
@@ -565,7 +571,10 @@ class Conn(asyncio.Protocol):
             if config is None:
                 raise RelayError("no mesh TLS material")
             self.splice_at = -1  # the bytes must go through the TLS layer
-            code = await self._ask(far, header) if mesh.reuse_tls_session(far, relay, config) else None
+            reused = mesh.reuse_tls_session(far, relay, config)
+            code = await self._ask(far, header) if reused is not None else None
+            if code is not None and code < 0 and reused.transport is not None:
+                raise RelayError(code)  # the relay refused this stream (at its limit, say), not a dead session
             if code is None or code < 0:  # no idle session, or the other side had just closed the one we took
                 fresh = None
                 try:
@@ -613,6 +622,8 @@ class Conn(asyncio.Protocol):
         if self.paused_pending:
             self.paused_pending = False
             self.ct.resume_reading()
+        if far.full:
+            self.ct.pause_reading()  # resumed by the far side's resume_writing
         if far.early:
             n = sum(map(len, far.early))
             self.ct.writelines(far.early)
@@ -874,13 +885,23 @@ class TlsRelaySession(Session):
             self.mesh.relay_c.tls_refused += 1
             transport.abort()
             return
-        if len(self.mesh.tls_sessions) >= self.mesh.limits.max_conns:  # idle sessions hold no Conn: own cap
+        if len(self.mesh.tls_sessions) >= self.mesh.limits.max_conns and not self._make_room():
             self.mesh.relay_c.refused_limit += 1
             transport.abort()
             return
         self.ctx = transport.get_extra_info("sslcontext")
         self.mesh.tls_sessions.add(self)
         super().connection_made(transport)
+
+    def _make_room(self) -> bool:
+        """At the cap (idle sessions hold no Conn, so they have one of their own): close an idle
+        session, which its opener replaces if it needs one; False when every session is busy."""
+        for session in self.mesh.tls_sessions:
+            if session.stream is None and session.streams:  # (a brand-new one is about to carry its first)
+                session.close()
+                self.mesh.tls_sessions.discard(session)
+                return True
+        return False
 
     def on_protocol_error(self) -> None:
         self.mesh.relay_c.errors += 1
@@ -1357,20 +1378,20 @@ class Mesh:
                 conn.drain_at = now + self.limits.drain_grace
         self._schedule_tick()
 
-    def reuse_tls_session(self, far: Far, relay: tuple[str, int], config: TlsConfig) -> bool:
-        """Open ``far`` as a stream of an idle TLS session to ``relay``; False when there is none."""
+    def reuse_tls_session(self, far: Far, relay: tuple[str, int], config: TlsConfig) -> Session | None:
+        """Open ``far`` as a stream of an idle TLS session to ``relay`` (that session; None: there is none)."""
         session = self.tls_pool.take(relay, lambda s: s.ctx is config.client and config.allows(s.peer))
-        if session is None:
-            return False
-        session.open_stream(far)
-        return True
+        if session is not None:
+            session.open_stream(far)
+        return session
 
     async def new_tls_session(self, far: Far, relay: tuple[str, int], config: TlsConfig) -> bool:
         """Open ``far`` as the first stream of a new TLS session to ``relay``; False when the relay's
         certificate is not a current member's."""
         session = await self.tls_pool.connect(relay, config.client, TLS_HANDSHAKE_TIMEOUT)
         session.ctx, session.peer = config.client, peer_of(session.ssl_object())
-        if not config.allows(session.peer):
+        now = self.tls  # a table may have revoked the peer, or brought new material, during the handshake
+        if now is None or not now.allows(session.peer) or now.client is not config.client:
             session.abort()
             return False
         if not session.idle():

@@ -19,7 +19,8 @@ and *received* one; only then does the opening side (the client's node) start th
 stream, with a higher id.  As TLS keeps order, the other side has by then seen both ends as
 well.  A side that receives RESET before it sent an end answers RESET; frames of an older
 stream are dropped.  Anything else (a short or oversized frame, an unknown kind, data after
-an end, an id going backwards) is a protocol error: the session is closed and counted.
+an end, a new stream before the last one ended, a stream the accepting side did not open)
+is a protocol error: the session is closed and counted.
 
 A :class:`Stream` looks like an asyncio transport to the connection objects of
 :mod:`p2pswarm.mesh.proxy` (write, write_eof, close, abort, pause/resume_reading, ...), so
@@ -35,6 +36,8 @@ from typing import Any, Callable
 
 HEADER = struct.Struct(">IBI")
 DATA, EOF, RESET = 0, 1, 2
+MAX_SID = 0xFFFFFFFF - 1
+"""A session that reaches this stream id takes no more streams."""
 MAX_FRAME = 1 << 20
 """Longest payload accepted in one frame (a peer sending more is broken or hostile)."""
 WRITE_CHUNK = 256 * 1024
@@ -93,7 +96,7 @@ class Stream:
     def _end(self, graceful: bool) -> None:
         if self.closed:
             return
-        self.closed = True
+        self._close_here()
         if graceful and not self.sent_end:
             self._send_end(EOF)
         if not self.sent_end or not self.recv_end:
@@ -107,7 +110,7 @@ class Stream:
         return self.closed or t is None or t.is_closing()
 
     def pause_reading(self) -> None:
-        if not self.paused:
+        if not self.paused and not self.closed:
             self.paused = True
             self.session.pause_reading()
 
@@ -134,7 +137,7 @@ class Stream:
             if not self.sent_end:
                 self._send_end(RESET)
             if not self.closed:  # like a relay connection's close by the other mesh: not an error here
-                self.closed = True
+                self._close_here()
                 self._lost(None)
             self._check_done()
             return
@@ -156,6 +159,12 @@ class Stream:
 
     # inside
 
+    def _close_here(self) -> None:
+        """No more reading or writing by our protocol: a pause it asked for ends here, or the
+        peer's end frame (which finishes the stream) could never be read."""
+        self.closed = True
+        self.resume_reading()
+
     def _send_end(self, kind: int) -> None:
         self.sent_end = True
         self.session.send_frame(self.sid, kind)
@@ -166,10 +175,8 @@ class Stream:
     def _check_done(self) -> None:
         if self.sent_end and self.recv_end:
             if not self.closed:  # both sides ended without a close(): the stream is over all the same
-                self.closed = True
+                self._close_here()
                 self._lost(None)
-            if self.paused:
-                self.resume_reading()
             self.session.stream_done(self)
 
 
@@ -326,6 +333,8 @@ class Session(asyncio.Protocol):
             return  # a stream that ended here already: its late frames are dropped
         if stream is not None or self.on_stream is None or kind != DATA:
             raise ProtocolError("a new stream before the last one ended")
+        if self.retiring or self.transport is None or self.transport.is_closing():
+            return  # closing: the peer learns it from the closed connection
         self._disarm_idle()
         self.last_sid = sid
         stream = self._start(sid, self.on_stream(self, sid))
@@ -338,7 +347,7 @@ class Session(asyncio.Protocol):
         self.stream = None
         if self.reading_paused:
             self.resume_reading()
-        if self.retiring:
+        if self.retiring or self.last_sid >= MAX_SID:  # (ids are 4 bytes: a session ends before they run out)
             self.close()
             return
         self._arm_idle()
@@ -420,13 +429,17 @@ class SessionPool:
     def take(self, addr: tuple[str, int], usable: Callable[[Session], bool]) -> Session | None:
         """An idle session to ``addr`` that ``usable`` accepts (others are closed), or None."""
         sessions = self.idle.get(addr)
-        while sessions:
+        found = None
+        while sessions and found is None:
             session = sessions.pop()
             if session.idle() and usable(session):
                 self.reused += 1
-                return session
-            session.close()
-        return None
+                found = session
+            else:
+                session.close()
+        if sessions is not None and not sessions:
+            del self.idle[addr]
+        return found
 
     async def connect(self, addr: tuple[str, int], ssl_context: Any, handshake_timeout: float) -> Session:
         """A new session to ``addr`` (its TLS handshake done)."""

@@ -34,7 +34,7 @@ from typing import Callable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from p2pswarm.datadir import DataDir
+from p2pswarm.datadir import DataDir, fsync_dirs
 from p2pswarm.security.errors import KeyFileError
 from p2pswarm.security.pki import seal, unseal
 
@@ -195,8 +195,13 @@ def create_lock(datadir: DataDir, unlock_key: bytes,
 
 def write_lock(datadir: DataDir, unlock_key: bytes, dek: bytes,
                entropy: Callable[[int], bytes] = secrets.token_bytes) -> None:
-    """(Re)write the lock file: ``dek`` sealed under ``unlock_key`` (atomic: the old file or the new one)."""
+    """(Re)write the lock file: ``dek`` sealed under ``unlock_key`` (atomic: the old file or the new one,
+    and durable before this returns: a rotated key must not come back after a power cut)."""
     datadir.write_private(LOCK_FILE, _LOCK_MAGIC + seal(unlock_key, entropy(NONCE_BYTES), dek, _DEK_CONTEXT))
+    try:
+        fsync_dirs(datadir.security_path)
+    except OSError as exc:
+        raise KeyFileError(f"cannot make {datadir.security_path / LOCK_FILE} durable: {exc.strerror or exc}") from None
 
 
 def open_lock(datadir: DataDir, unlock_key: bytes) -> bytes:

@@ -17,6 +17,7 @@ unencrypted needs ``--autolock`` on a new data dir.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -24,10 +25,12 @@ from pathlib import Path
 from typing import Callable
 
 from p2pswarm.consensus.storage import FileStorage, StorageError
-from p2pswarm.datadir import DataDir
+from p2pswarm.datadir import DataDir, fsync_dirs
 from p2pswarm.raftfacts import stored_cluster_id
 from p2pswarm.security import autolock
 from p2pswarm.security.errors import KeyFileError
+
+log = logging.getLogger("p2pswarm.security")
 
 STAGED = ".sealing"
 """Suffix of the sealed copies written before the commit point."""
@@ -49,9 +52,14 @@ def seal_existing(datadir: DataDir, unlock_key: bytes,
     try:
         _stage(datadir, unlock_key, entropy)
     except BaseException:
-        remove_leftovers(datadir)
+        if not autolock.has_lock(datadir):  # before the commit point: as if nothing happened
+            remove_leftovers(datadir)
         raise
-    finish(datadir)
+    try:
+        finish(datadir)
+    except Exception as exc:  # committed: the node's next start finishes the job
+        log.warning("encrypting %s: moving the sealed copies in place failed (%s); the node's next start "
+                    "finishes it", datadir.path, exc)
 
 
 def _stage(datadir: DataDir, unlock_key: bytes, entropy: Callable[[int], bytes]) -> None:
@@ -90,15 +98,15 @@ def finish(datadir: DataDir) -> bool:
             os.replace(raft, old)
         os.replace(staged, raft)
         moved = True
-    if old.exists():
-        shutil.rmtree(old)
     for name in autolock.KEY_FILES:
         sealed = datadir.security_path / (name + STAGED)
         if sealed.exists():
             os.replace(sealed, datadir.security_path / name)
             moved = True
-    if moved:
-        _fsync_dirs(datadir.path, datadir.security_path)
+    if moved or old.exists():
+        fsync_dirs(datadir.path, datadir.security_path)  # the sealed copies in place for good...
+    if old.exists():
+        shutil.rmtree(old)  # ...before the plaintext goes
     return moved
 
 
@@ -136,12 +144,9 @@ def _seal_raft(src: Path, dst: Path, cluster_id: str, cipher: autolock.RecordCip
     for extra in src.iterdir():
         if extra.is_file() and extra.name not in RAFT_FILES and not extra.name.endswith(".tmp"):
             shutil.copy2(extra, dst / extra.name)
-
-
-def _fsync_dirs(*dirs: Path) -> None:
-    for d in dirs:
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(dst / extra.name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fsync_dirs(dst)

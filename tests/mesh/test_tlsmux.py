@@ -9,7 +9,7 @@ import os
 import pytest
 from meshtest import LOOPS, arun, eventually, free_port
 from test_mesh_tls import encrypted, relay_ports, tls
-from test_proxy import BACK_1, MESH_A, MESH_B, Backend, hello, table
+from test_proxy import BACK_1, BACK_2, MESH_A, MESH_B, Backend, hello, table
 
 from p2pswarm.mesh import tlsmux
 from p2pswarm.mesh.proxy import Mesh
@@ -96,6 +96,27 @@ def test_a_client_that_resets_mid_stream_closes_the_backend_and_frees_the_sessio
         assert await r.read() == b"again"
         w.close()
         assert node_a.status()["tls_relay"]["sessions_opened"] == 1
+        await stop(target, node_a, node_b)
+    arun(main())
+
+
+def test_a_stream_the_relay_refuses_leaves_its_session_usable() -> None:
+    async def main() -> None:
+        target = await Backend("behind", BACK_1).start()
+        other = await Backend("other", BACK_2).start()  # not in B's relay_allow
+        node_a, node_b, port, rp_b = await pair(target)
+        bad = free_port(MESH_A)
+        via = f"{MESH_B}:{rp_b + 1}"
+        await node_a.apply(table(MESH_A, {port: [encrypted("t1", target, via)], bad: [encrypted("t2", other, via)]},
+                                 version=2, tls=tls("node-a")))
+        for p, expect in ((port, "behind"), (bad, ""), (port, "behind"), (bad, ""), (port, "behind")):
+            name, r, w = await hello(MESH_A, p)
+            assert name == expect  # B paused reading, then refused the target: its session must go on
+            w.close()
+            await eventually(lambda: node_b.status()["active"] == 0 and node_a.status()["active"] == 0)
+        assert node_b.status()["relay"]["relay_refused"] == 2 and other.accepted == 0
+        assert node_b.status()["tls_relay"]["sessions_in"] <= 2
+        await other.stop()
         await stop(target, node_a, node_b)
     arun(main())
 

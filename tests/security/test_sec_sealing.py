@@ -1,5 +1,7 @@
 """Turning autolock on for a used data dir: everything sealed, nothing lost, a crash at any step recoverable."""
 
+import re
+
 import pytest
 
 from p2pswarm.consensus.messages import ConfState, Entry, Snapshot
@@ -116,3 +118,40 @@ def test_a_data_dir_without_a_raft_log_gets_its_key_files_sealed(tmp_path):
     assert autolock.open_file(d, "curve.key", d.read_private("curve.key")) == MARKER
     assert MARKER not in d.read_private("curve.key")
     autolock.forget(d.path)
+
+
+def test_an_interrupt_right_after_the_lock_file_keeps_the_sealed_copies(datadir, monkeypatch):
+    before = image(datadir)
+    real_write_lock = autolock.write_lock
+
+    def write_then_die(*args, **kwargs):
+        real_write_lock(*args, **kwargs)
+        raise KeyboardInterrupt  # committed, then the process is interrupted
+    monkeypatch.setattr(autolock, "write_lock", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        sealing.seal_existing(datadir, KEY)
+    monkeypatch.undo()
+    assert (datadir.path / ("raft" + sealing.STAGED)).exists()  # not removed as "leftovers"
+    assert sealing.finish(datadir)
+    assert_sealed_and_whole(datadir, before)
+
+
+@pytest.mark.parametrize("failure", [OSError(5, "Input/output error"), KeyboardInterrupt()])
+def test_the_made_up_unlock_key_is_shown_even_when_a_step_after_the_commit_fails(datadir, monkeypatch, capsys,
+                                                                                  failure):
+    from p2pswarm.cli.node_cmds import _prepare_autolock
+
+    def fail(d):
+        raise failure
+    monkeypatch.setattr(sealing, "finish", fail)  # moving the sealed copies in place fails after the commit
+    if isinstance(failure, OSError):
+        _prepare_autolock(datadir, True, None)  # logged: the next start finishes it
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            _prepare_autolock(datadir, True, None)
+    shown = re.search(r"P2PSU-1-[A-Z2-7]+", capsys.readouterr().err)
+    assert autolock.has_lock(datadir) and shown
+    monkeypatch.undo()
+    assert sealing.finish(datadir)  # the next start finishes the job, and the shown key opens the data
+    cipher = autolock.unlock(datadir, shown.group(0))
+    assert image(datadir, cipher).entries[-1].data == MARKER + b" 5"
