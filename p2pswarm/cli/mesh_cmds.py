@@ -43,6 +43,9 @@ def routes(port, fmt, data_dir):
     for name, what in (("relay", "relay"), ("tls_relay", "TLS relay (encrypted ports)")):
         if (plane.get(name) or {}).get("error"):
             click.echo(f"mesh {what}: not listening on this node: {plane[name]['error']}", err=True)
+    udp_relay = (plane.get("udp") or {}).get("relay") or {}
+    if udp_relay.get("error"):
+        click.echo(f"mesh UDP relay: not listening on this node: {udp_relay['error']}", err=True)
     return 0
 
 

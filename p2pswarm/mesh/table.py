@@ -95,6 +95,7 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
     udp: dict[int, dict[str, Any]] = {}
     routes: list[Route] = []
     relay_allow: set[str] = set()
+    udp_relay_allow: set[str] = set()
     tls_next: dict[str, str] = {}
     for peer in sorted(peers.values(), key=lambda p: p.node):
         if peer.status not in ("alive", "suspect"):
@@ -113,8 +114,6 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
                     reason = "encrypted port and this node has no mesh TLS material (plaintext cluster?)"
                 elif not peer.relay_port:
                     reason = "encrypted port and its node runs no relay listener"
-            if not reason and proto == "udp" and peer.node != me and peer.node not in graph.adj.get(me, {}):
-                reason = "no direct link (UDP is not relayed)"
             if reason:
                 routes.append(Route(published, service, task, peer.node, peer.name, addr, "excluded", reason,
                                     proto))
@@ -143,8 +142,8 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
                 if encrypted:
                     backend["via"], backend["tls"] = tls_relay(peer), True
                     route, why = "tls", f"{rtt}; TLS to its node's mesh"
-            if proto != "udp" and (peer.node in graph.adj.get(me, {}) or peer.node == me):
-                relay_allow.add(addr)
+            if peer.node in graph.adj.get(me, {}) or peer.node == me:
+                (udp_relay_allow if proto == "udp" else relay_allow).add(addr)
                 if encrypted and peer.node != me and tls and peer.relay_port:
                     tls_next[addr] = tls_relay(peer)
             entry["backends"].append(backend)
@@ -154,6 +153,9 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
              "ports": [ports[p] for p in sorted(ports)], "limits": dict(limits or DEFAULT_LIMITS)}
     if udp:  # only when there is one: a TCP-only table is exactly what it was before UDP
         table["udp"] = [udp[p] for p in sorted(udp)]
+        table["udp_relay_allow"] = sorted(udp_relay_allow)
+        table["udp_relay_from"] = sorted({p.host for p in peers.values()
+                                          if p.node != me and p.status in ("alive", "suspect")})
     if tls_next:
         table["tls_next"] = dict(sorted(tls_next.items()))
     return table, routes

@@ -23,8 +23,19 @@ datagrams the backend sends back on it go to the client from the published port.
   connected socket) marks the session and holds the backend off for
   :data:`BACKEND_HOLDOFF` seconds; the session's next datagram goes to another backend
   (``backend_errors``, ``switched``). A send that fails that way is retried once elsewhere.
-* UDP is not relayed: the table builder leaves out UDP backends this node has no direct
-  link to (and backends with ``via`` or on a blocked host are skipped here).
+* **Relayed** backends (``via``: a relay node's relay port, for a task on a node this one has
+  no direct link to) get their datagrams through that node's UDP relay listener, which
+  listens on the same port number as the TCP relay. Each datagram to it carries a header::
+
+      b"P2PU" | version (1 byte, =1) | length (1 byte) | target "h:p" (ASCII) | payload
+
+  The relay (:class:`UdpRelay`) forwards the payload to the target from a socket of its own
+  per sending socket (a session, as above) and sends the target's replies back as they are:
+  the sender's session socket is connected to the relay, so whatever arrives on it is the
+  session's. A relay takes datagrams only from cluster members' hosts (``udp_relay_from``;
+  a spoofed source elsewhere would make it reflect traffic) for targets it reaches itself
+  (``udp_relay_allow``); others are dropped and counted (``relay_refused``). Backends on a
+  blocked host are skipped.
 
 The per-datagram path is a dict lookup, a membership test and a ``send``: no route graph,
 no logging, counters in plain ints. A datagram is at most 65535 bytes (the IP limit), so
@@ -64,9 +75,12 @@ REPLY_BACKLOG = 1 << 20
 """Bytes of replies queued on a published port's socket (kernel buffer full) before more are dropped."""
 BIND_RETRY = 2.0
 """Seconds between attempts to bind a published UDP port that could not be bound."""
+RELAY_MAGIC = b"P2PU"
+RELAY_VERSION = 1
 
 COUNTERS = ("datagrams_in", "datagrams_out", "bytes_in", "bytes_out", "sessions", "sessions_started",
-            "expired", "evicted", "switched", "backend_errors", "no_backend", "dropped", "errors")
+            "expired", "evicted", "switched", "backend_errors", "no_backend", "dropped", "errors",
+            "relay_refused")
 """Per port and in total. ``sessions`` is a gauge, the rest count up. ``datagrams_in`` /
 ``bytes_in`` flow client → backend, ``*_out`` backend → client; ``no_backend`` and
 ``dropped`` count datagrams lost (no backend; a socket buffer full or a send error)."""
@@ -93,6 +107,9 @@ class UdpTable:
     ports: tuple[UdpPortSpec, ...]
     idle_timeout: float | None = None
     max_sessions: int | None = None
+    relay_port: int = 0
+    relay_allow: frozenset[tuple[str, int]] = frozenset()
+    relay_from: frozenset[str] = frozenset()
 
 
 def _check(ok: bool, message: str) -> None:
@@ -147,12 +164,41 @@ def parse_udp(t: Any) -> UdpTable:
             _check(isinstance(node, str) and len(node) <= 256, f"{bw}.node: expected a string")
             _check(rtt is None or _is_num(rtt, 0, 3600), f"{bw}.rtt: expected seconds or null")
             addr = parse_addr(b.get("addr"), f"{bw}.addr")
-            if b.get("via") is not None or addr[0] in blocked:
-                continue  # UDP is not relayed: unreachable from here
+            via = None if b.get("via") is None else parse_addr(b.get("via"), f"{bw}.via")
+            if (via or addr)[0] in blocked:
+                continue  # unreachable from here
             backends.append(Backend(task=task, node=node, addr=addr, local=bool(b.get("local", False)),
-                                    rtt=None if rtt is None else float(rtt)))
+                                    rtt=None if rtt is None else float(rtt), via=via))
         ports.append(UdpPortSpec(number, service, tuple(backends)))
-    return UdpTable(host, tuple(ports), None if idle is None else float(idle), cap)
+    relay_port = t.get("relay_port") or 0
+    _check(_is_int(relay_port, 0, 65535), "table.relay_port: expected an integer 0..65535")
+    allow = t.get("udp_relay_allow") or []
+    members = t.get("udp_relay_from") or []
+    _check(isinstance(allow, (list, tuple)) and isinstance(members, (list, tuple)),
+           "table.udp_relay_allow / udp_relay_from: expected lists")
+    _check(all(isinstance(h, str) for h in members), "table.udp_relay_from: expected host strings")
+    return UdpTable(host, tuple(ports), None if idle is None else float(idle), cap, relay_port,
+                    frozenset(parse_addr(a, "table.udp_relay_allow[]") for a in allow), frozenset(members))
+
+
+def relay_header(target: tuple[str, int]) -> bytes:
+    """What precedes each datagram sent through a UDP relay to ``target``."""
+    name = f"[{target[0]}]:{target[1]}" if ":" in target[0] else f"{target[0]}:{target[1]}"
+    raw = name.encode("ascii")
+    return RELAY_MAGIC + bytes((RELAY_VERSION, len(raw))) + raw
+
+
+def parse_relay_header(data: bytes) -> tuple[tuple[str, int], int] | None:
+    """``(target, payload offset)`` of a relayed datagram, or None when it is not one."""
+    if len(data) < 6 or data[:4] != RELAY_MAGIC or data[4] != RELAY_VERSION:
+        return None
+    end = 6 + data[5]
+    if len(data) < end:
+        return None
+    try:
+        return parse_addr(data[6:end].decode("ascii"), "relay target"), end
+    except (UnicodeDecodeError, TableError):
+        return None
 
 
 # -- sessions ----------------------------------------------------------------------------------
@@ -160,30 +206,38 @@ def parse_udp(t: Any) -> UdpTable:
 
 class Session:
     """One client address on one published port: a connected socket to its backend."""
-    __slots__ = ("port", "client", "backend", "key", "sock", "fd", "failed", "last")
+    __slots__ = ("port", "client", "backend", "key", "sock", "fd", "failed", "last", "prefix")
 
     def __init__(self, port: "UdpPort", client: Any) -> None:
         self.port = port
         self.client = client
         self.backend: Backend | None = None
-        self.key: tuple[str, tuple[str, int]] | None = None
+        self.key: tuple[str, tuple[str, int], tuple[str, int] | None] | None = None
+        """(task, address, relay): a session moves when its backend leaves or changes its route."""
         self.sock: socket.socket | None = None
         self.fd = -1
         self.failed = False
         self.last = 0.0
+        self.prefix = b""
+        """The relay header of each datagram, for a backend reached through a relay."""
 
     def connect(self, backend: Backend) -> None:
-        """Open a connected socket to ``backend`` (UDP connect is immediate); OSError on failure."""
-        sock = socket.socket(socket.AF_INET6 if ":" in backend.addr[0] else socket.AF_INET, socket.SOCK_DGRAM)
+        """Open a connected socket to ``backend`` (or its relay; UDP connect is immediate); OSError on failure."""
+        to = backend.via or backend.addr
+        sock = socket.socket(socket.AF_INET6 if ":" in to[0] else socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
-            sock.connect(backend.addr)
+            host = self.port.mesh.host
+            if backend.via and host and (":" in host) == (":" in to[0]):
+                sock.bind((host, 0))  # the relay takes datagrams from members' addresses only: send from ours
+            sock.connect(to)
             self.port.loop.add_reader(sock.fileno(), self.readable)
         except BaseException:
             sock.close()
             raise
         self.sock, self.fd = sock, sock.fileno()
-        self.backend, self.key, self.failed = backend, (backend.task, backend.addr), False
+        self.backend, self.key, self.failed = backend, (backend.task, backend.addr, backend.via), False
+        self.prefix = relay_header(backend.addr) if backend.via else b""
 
     def disconnect(self) -> None:
         if self.sock is not None:
@@ -235,7 +289,7 @@ class UdpPort(asyncio.DatagramProtocol):
     def update(self, spec: UdpPortSpec) -> None:
         self.service = spec.service
         self.backends = spec.backends
-        self.keys = frozenset((b.task, b.addr) for b in spec.backends)
+        self.keys = frozenset((b.task, b.addr, b.via) for b in spec.backends)
 
     # -- asyncio.DatagramProtocol (the published port)
 
@@ -266,7 +320,7 @@ class UdpPort(asyncio.DatagramProtocol):
             return
         for attempt in (0, 1):
             try:
-                sess.sock.send(data)
+                sess.sock.send(sess.prefix + data if sess.prefix else data)
             except (BlockingIOError, InterruptedError):
                 c.dropped += 1
                 return
@@ -282,16 +336,22 @@ class UdpPort(asyncio.DatagramProtocol):
     # -- sessions
 
     def _new_session(self, addr: Any) -> Session:
-        cap = self.mesh.max_sessions
-        while len(self.sessions) >= cap:
+        self._make_room()
+        sess = self._add(Session(self, addr))
+        self._route(sess, exclude=None)
+        return sess
+
+    def _make_room(self) -> None:
+        """At the session cap, evict the least recently active sessions."""
+        while len(self.sessions) >= self.mesh.max_sessions:
             _, old = self.sessions.popitem(last=False)
             self._close(old)
             self.c.evicted += 1
-        sess = Session(self, addr)
-        self.sessions[addr] = sess
+
+    def _add(self, sess: Session) -> Session:
+        self.sessions[sess.client] = sess
         self.c.sessions += 1
         self.c.sessions_started += 1
-        self._route(sess, exclude=None)
         return sess
 
     def _route(self, sess: Session, exclude: str | None) -> None:
@@ -386,6 +446,57 @@ class UdpPort(asyncio.DatagramProtocol):
             self.transport = None
 
 
+class UdpRelay(UdpPort):
+    """This node's UDP relay listener: relayed datagrams from other members' meshes (see the
+    module docstring), a session per sending socket, replies sent back as they are."""
+
+    def __init__(self, mesh: "UdpMesh", number: int) -> None:
+        super().__init__(mesh, UdpPortSpec(number, "", ()))
+        self.allow: frozenset[tuple[str, int]] = frozenset()
+        self.members: frozenset[str] = frozenset()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        c = self.c
+        parsed = parse_relay_header(data) if addr[0] in self.members else None
+        if parsed is None or parsed[0] not in self.allow:
+            c.relay_refused += 1
+            return
+        target, offset = parsed
+        sess = self.sessions.get(addr)
+        if sess is not None and (sess.backend is None or sess.backend.addr != target or sess.failed):
+            del self.sessions[addr]
+            self._close(sess)
+            sess = None
+        if sess is None:
+            sess = self._relay_session(addr, target)
+            if sess is None:
+                return
+        else:
+            self.sessions.move_to_end(addr)
+        sess.last = time.monotonic()
+        try:
+            sess.sock.send(memoryview(data)[offset:])  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            c.dropped += 1
+            return
+        except OSError:
+            self.backend_failed(sess)
+            c.dropped += 1
+            return
+        c.datagrams_in += 1
+        c.bytes_in += len(data) - offset
+
+    def _relay_session(self, addr: Any, target: tuple[str, int]) -> Session | None:
+        self._make_room()
+        sess = Session(self, addr)
+        try:
+            sess.connect(Backend(task=f"{target[0]}:{target[1]}", node="", addr=target, local=True))
+        except OSError:
+            self.c.errors += 1
+            return None
+        return self._add(sess)
+
+
 def _udp_socket(host: str, port: int) -> socket.socket:
     s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -408,6 +519,7 @@ class UdpMesh:
         self.idle_timeout, self.max_sessions = idle_timeout, max_sessions
         self.host: str | None = None
         self.ports: dict[int, UdpPort] = {}
+        self.relay: UdpRelay | None = None
         self.retired = Counters()
         self.table_error: str | None = None
         self._ticker: asyncio.TimerHandle | None = None
@@ -425,6 +537,11 @@ class UdpMesh:
         self.idle_timeout = table.idle_timeout if table.idle_timeout is not None else self.default_idle
         self.max_sessions = table.max_sessions if table.max_sessions is not None else self.default_cap
         closed = False
+        relay = self.relay
+        if relay is not None and (table.host != self.host or table.relay_port != relay.number or not table.ports):
+            self._retire(relay)  # (no published UDP port: nothing to relay for)
+            self.relay = relay = None
+            closed = True
         if table.host != self.host:
             for port in self.ports.values():
                 closed = closed or port.transport is not None
@@ -442,6 +559,10 @@ class UdpMesh:
                 self.ports[number] = UdpPort(self, spec)
             else:
                 port.update(spec)
+        if relay is None and table.relay_port and table.ports:
+            self.relay = relay = UdpRelay(self, table.relay_port)
+        if relay is not None:
+            relay.allow, relay.members = table.relay_allow, table.relay_from
         await self._bind_all()
         self._schedule_tick()
 
@@ -455,7 +576,7 @@ class UdpMesh:
         self._binding = True
         try:
             self._last_bind = time.monotonic()
-            for port in list(self.ports.values()):
+            for port in self._endpoints():
                 if port.transport is not None:
                     continue
                 try:
@@ -465,10 +586,14 @@ class UdpMesh:
                     continue
                 port.error = None
                 await self.loop.create_datagram_endpoint(lambda p=port: p, sock=sock)
-                if self.ports.get(port.number) is not port:  # removed meanwhile
+                if port not in self._endpoints():  # removed meanwhile
                     port.close()
         finally:
             self._binding = False
+
+    def _endpoints(self) -> list[UdpPort]:
+        """The published ports and the relay listener."""
+        return [*self.ports.values(), *([self.relay] if self.relay is not None else [])]
 
     def _schedule_tick(self) -> None:
         if self._ticker is not None:
@@ -482,9 +607,10 @@ class UdpMesh:
     def _tick(self) -> None:
         """Expire idle sessions, retry failed binds."""
         now = time.monotonic()
-        for port in self.ports.values():
+        endpoints = self._endpoints()
+        for port in endpoints:
             port.expire(now, self.idle_timeout)
-        if now - self._last_bind >= BIND_RETRY and any(p.transport is None for p in self.ports.values()):
+        if now - self._last_bind >= BIND_RETRY and any(p.transport is None for p in endpoints):
             self.loop.create_task(self._bind_all())
         self._schedule_tick()
 
@@ -498,14 +624,19 @@ class UdpMesh:
             total.add(port.c)
             ports[str(port.number)] = {**port.c.as_dict(), "service": port.service,
                                        "backends": len(port.backends), "listening": port.transport is not None}
+        relay = self.relay
+        if relay is not None:
+            total.add(relay.c)
         return {"listening": sorted(p.number for p in self.ports.values() if p.transport is not None),
                 "bind_errors": {str(p.number): p.error for p in self.ports.values() if p.error},
                 "ports": ports, "total": total.as_dict(), "table_error": self.table_error,
-                "idle_timeout": self.idle_timeout, "max_sessions": self.max_sessions}
+                "idle_timeout": self.idle_timeout, "max_sessions": self.max_sessions,
+                "relay": None if relay is None else {"port": relay.number, "listening": relay.transport is not None,
+                                                     "error": relay.error, **relay.c.as_dict()}}
 
     async def close(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
-        for port in self.ports.values():
+        for port in self._endpoints():
             port.close()

@@ -331,12 +331,12 @@ def test_bad_table_keeps_the_old_one() -> None:
     arun(main())
 
 
-def test_parse_skips_relayed_and_blocked_backends() -> None:
+def test_parse_keeps_relayed_and_skips_blocked_backends() -> None:
     t = table({53: [backend("a", 1000), backend("b", 1001, via="127.0.0.9:7947"),
-                    {**backend("c", 1002), "addr": "10.9.9.9:1002"}]})
+                    {**backend("c", 1002), "addr": "10.9.9.9:1002"}, backend("d", 1003, via="10.9.9.9:7947")]})
     t["blocked_hosts"] = ["10.9.9.9"]
     [spec] = parse_udp(t).ports
-    assert [b.task for b in spec.backends] == ["a"]
+    assert [(b.task, b.via) for b in spec.backends] == [("a", None), ("b", ("127.0.0.9", 7947))]
     for broken in ({"udp": "x"}, {"udp": [{"port": 0}]}, {"udp": [{"port": 53}, {"port": 53}]},
                    {"udp": [], "limits": {"udp_max_sessions": 0}}):
         with pytest.raises(TableError):
@@ -362,10 +362,13 @@ def test_table_puts_udp_ports_in_their_own_list() -> None:
     assert {b["addr"]: b["local"] for b in udp["backends"]} == {"127.0.0.11:21002": True, "127.0.0.12:21003": False}
     assert {(r.port, r.protocol, r.task) for r in routes} == {(53, "tcp", "t1"), (53, "udp", "t1"),
                                                              (53, "udp", "t2")}
-    # UDP is not relayed: with the link to b cut, its UDP backend is excluded (TCP would use a relay)
+    assert table["udp_relay_allow"] == ["127.0.0.11:21002", "127.0.0.12:21003"]  # what a's relay forwards to
+    assert table["udp_relay_from"] == ["127.0.0.12", "127.0.0.13"]  # from whom (members' hosts)
+    # with the link to b cut, its UDP backend is reached through c's relay, like TCP
     table, routes = build("a", peers, unreachable={"b"})
-    assert [b["task"] for b in table["udp"][0]["backends"]] == ["t1"]
-    assert any(r.task == "t2" and r.route == "excluded" and "UDP is not relayed" in r.why for r in routes)
+    assert {b["task"]: b["via"] for b in table["udp"][0]["backends"]} == {"t1": None, "t2": "127.0.0.13:7947"}
+    assert any(r.task == "t2" and r.protocol == "udp" and r.route == "via node-3" for r in routes)
+    assert table["udp_relay_allow"] == ["127.0.0.11:21002"]  # a no longer reaches b's task itself
     # a TCP-only table has no udp list at all (unchanged format)
     tcp_only = [Peer("a", "node-1", "127.0.0.11", "alive", tasks={"t1": {"s": "running", "m": [[80, 2100, False]]}})]
     assert "udp" not in build("a", tcp_only)[0]
@@ -428,3 +431,50 @@ def test_dataplane_process_serves_udp_and_reports_it() -> None:
             taken.close()
             b1.close()
     arun(main())
+
+
+# -- relayed UDP --------------------------------------------------------------------------------
+
+RELAY_HOST = "127.0.8.2"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_backend_behind_a_cut_link_is_reached_through_a_relay_and_back(loop: str) -> None:
+    from p2pswarm.mesh.udp import relay_header
+
+    async def main() -> None:
+        b1 = await Echo("b1").start()
+        port, relay_port = free_udp_port(), free_port(RELAY_HOST, socket.SOCK_DGRAM)
+        relay = UdpMesh()  # node R: a direct link to the task's node; A's link to it is cut
+        await relay.apply({**table({port: [backend("t1", b1.port)]}), "host": RELAY_HOST, "relay_port": relay_port,
+                           "udp_relay_allow": [f"{HOST}:{b1.port}"], "udp_relay_from": [HOST]})
+        mesh = UdpMesh()
+        via = f"{RELAY_HOST}:{relay_port}"
+        await mesh.apply(table({port: [backend("t1", b1.port, via=via)]}))
+        client = await Client.open(port)
+        for i in range(5):
+            assert await client.ask(b"hi %d" % i) == b"b1:hi %d" % i
+        st = relay.status()["relay"]  # every datagram went through R, both ways
+        assert st["listening"] and st["datagrams_in"] == 5 and st["datagrams_out"] == 5 and st["sessions"] == 1
+
+        # R forwards only from members' hosts, and only to targets it reaches itself
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stranger.bind(("127.0.0.5", 0))
+        stranger.sendto(relay_header((HOST, b1.port)) + b"spoofed", (RELAY_HOST, relay_port))
+        member = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        member.bind((HOST, 0))
+        member.sendto(relay_header((HOST, 9)) + b"elsewhere", (RELAY_HOST, relay_port))
+        member.sendto(b"not a relayed datagram", (RELAY_HOST, relay_port))
+        await eventually(lambda: relay.status()["relay"]["relay_refused"] == 3)
+        assert len(b1.sources) == 5
+        stranger.close(), member.close()
+
+        # the link comes back: the session moves to the direct route at its next datagram
+        await mesh.apply({**table({port: [backend("t1", b1.port)]}), "version": 2})
+        assert await client.ask(b"direct") == b"b1:direct"
+        assert relay.status()["relay"]["datagrams_in"] == 5 and mesh.status()["ports"][str(port)]["switched"] == 1
+        client.close()
+        await mesh.close()
+        await relay.close()
+        b1.close()
+    arun(main(), loop)
