@@ -23,6 +23,11 @@ from typing import Any, Mapping
 from p2pswarm.security.meshtls import peer_identity
 
 
+ALPN = "p2pswarm-mesh/1"
+"""What runs inside the TLS connection (:mod:`p2pswarm.mesh.tlsmux` framing), agreed in the
+handshake: a peer speaking anything else is refused after it (:func:`peer_of` gives None)."""
+
+
 class TlsError(ValueError):
     """The table's TLS section cannot be used (the previous one stays in force)."""
 
@@ -46,8 +51,9 @@ class TlsConfig:
 
 
 def peer_of(ssl_object: Any) -> tuple[str, str] | None:
-    """(cluster id, node id) of a TLS connection's verified peer leaf, or None."""
-    if ssl_object is None:
+    """(cluster id, node id) of a TLS connection's verified peer leaf, or None (also when the
+    peer did not agree on :data:`ALPN`)."""
+    if ssl_object is None or ssl_object.selected_alpn_protocol() != ALPN:
         return None
     try:
         der = ssl_object.getpeercert(binary_form=True)
@@ -61,6 +67,7 @@ def _context(side: int, cert: str, key: str, anchors: str) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols([ALPN])
     with tempfile.TemporaryDirectory(prefix="p2pswarm-tls-") as tmp:
         os.chmod(tmp, 0o700)
         cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from p2pswarm.mesh.tlsctx import TlsError, parse_tls
+from p2pswarm.mesh.tlsctx import ALPN, TlsError, parse_tls
 from p2pswarm.security.meshtls import MeshTLS
 from p2pswarm.security.pki import CertAuthority, TrustBundle
 
@@ -21,11 +21,14 @@ def section(node="node-a", revoked=()):
 
 
 class FakeSSL:
-    def __init__(self, der):
-        self.der = der
+    def __init__(self, der, alpn=ALPN):
+        self.der, self.alpn = der, alpn
 
     def getpeercert(self, binary_form=False):
         return self.der
+
+    def selected_alpn_protocol(self):
+        return self.alpn
 
 
 def test_contexts_are_built_once_and_reused_while_the_material_is_unchanged():
@@ -56,3 +59,4 @@ def test_the_peer_check_refuses_other_clusters_and_revoked_nodes():
     assert not parse_tls({**section(), "revoked": ["node-b"]}).admits(FakeSSL(der))
     assert not parse_tls({**section(), "cluster_id": "c2"}).admits(FakeSSL(der))
     assert not config.admits(None) and not config.admits(FakeSSL(b"junk"))
+    assert not config.admits(FakeSSL(der, alpn=None))  # a peer that did not agree on the framing inside

@@ -309,3 +309,23 @@ def test_new_tls_material_retires_the_old_sessions_and_traffic_goes_on(loop: str
         assert node_a.status()["tls_relay"]["sessions_opened"] == 2
         await stop(target, node_a, node_b)
     arun(main(), loop)
+
+
+def test_a_member_speaking_another_framing_inside_tls_is_refused() -> None:
+    from p2pswarm.mesh.tlsctx import parse_tls
+
+    async def main() -> None:
+        target = await Backend("behind", BACK_1).start()
+        node_a, node_b, port, rp_b = await pair(target)
+        other = parse_tls(tls("node-x")).client  # a valid member certificate...
+        other.set_alpn_protocols(["p2pswarm-mesh/0"])  # ...but a protocol version B does not speak
+        r, w = await asyncio.open_connection(MESH_B, rp_b + 1, ssl=other, server_hostname="")
+        w.write(b"P2PR\x01")
+        try:
+            assert await asyncio.wait_for(r.read(), 5) == b""
+        except (ConnectionResetError, OSError):
+            pass
+        w.close()
+        assert node_b.status()["relay"]["tls_refused"] == 1 and target.accepted == 0
+        await stop(target, node_a, node_b)
+    arun(main())
