@@ -23,7 +23,9 @@ backend reachable only over longer paths is reported unreachable.
 
 **UDP.** Published UDP ports go to a separate ``udp`` list of the table (present only when
 there is one, so TCP-only tables are unchanged; a number may be published once per protocol).
-UDP is never relayed: a UDP backend on a node without a direct link is excluded.
+A UDP backend on a node without a direct link is relayed like TCP, through the relay node's
+UDP relay listener (``udp_relay_allow``: the UDP targets this node's relay forwards to;
+``udp_relay_from``: the member hosts it takes relayed datagrams from; see :mod:`p2pswarm.mesh.udp`).
 """
 
 from __future__ import annotations

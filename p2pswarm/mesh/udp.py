@@ -30,12 +30,17 @@ datagrams the backend sends back on it go to the client from the published port.
       b"P2PU" | version (1 byte, =1) | length (1 byte) | target "h:p" (ASCII) | payload
 
   The relay (:class:`UdpRelay`) forwards the payload to the target from a socket of its own
-  per sending socket (a session, as above) and sends the target's replies back as they are:
-  the sender's session socket is connected to the relay, so whatever arrives on it is the
-  session's. A relay takes datagrams only from cluster members' hosts (``udp_relay_from``;
-  a spoofed source elsewhere would make it reflect traffic) for targets it reaches itself
-  (``udp_relay_allow``); others are dropped and counted (``relay_refused``). Backends on a
-  blocked host are skipped.
+  per sending socket (a session, as above) and sends back each reply behind one byte,
+  ``0`` (the sender's session socket is connected to the relay, so whatever arrives on it is
+  the session's). A lone ``1`` byte says the target failed (an ICMP error on the relay's
+  socket, or a target the relay refuses): the sender treats it as its own socket's error and
+  moves the session, so a relayed backend fails over like a direct one. A relay takes
+  datagrams only from cluster members' hosts (``udp_relay_from``: a spoofed source elsewhere
+  would make it reflect traffic; within a member host any process can send from its address,
+  as it can to any published port) for targets it reaches itself (``udp_relay_allow``);
+  others are dropped and counted (``relay_refused``). The header makes the largest relayed
+  datagram smaller than a direct one by its length (6 bytes + the target's "h:p"). Backends
+  on a blocked host are skipped.
 
 The per-datagram path is a dict lookup, a membership test and a ``send``: no route graph,
 no logging, counters in plain ints. A datagram is at most 65535 bytes (the IP limit), so
@@ -46,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import random
 import socket
 import time
@@ -77,6 +83,8 @@ BIND_RETRY = 2.0
 """Seconds between attempts to bind a published UDP port that could not be bound."""
 RELAY_MAGIC = b"P2PU"
 RELAY_VERSION = 1
+RELAY_REPLY, RELAY_FAILED = b"\x00", b"\x01"
+"""What precedes a reply from a relay, and what a relay sends when its target failed."""
 
 COUNTERS = ("datagrams_in", "datagrams_out", "bytes_in", "bytes_out", "sessions", "sessions_started",
             "expired", "evicted", "switched", "backend_errors", "no_backend", "dropped", "errors",
@@ -178,13 +186,28 @@ def parse_udp(t: Any) -> UdpTable:
            "table.udp_relay_allow / udp_relay_from: expected lists")
     _check(all(isinstance(h, str) for h in members), "table.udp_relay_from: expected host strings")
     return UdpTable(host, tuple(ports), None if idle is None else float(idle), cap, relay_port,
-                    frozenset(parse_addr(a, "table.udp_relay_allow[]") for a in allow), frozenset(members))
+                    frozenset(parse_addr(a, "table.udp_relay_allow[]") for a in allow),
+                    frozenset(_canonical(h) for h in members))
+
+
+def _canonical(host: str) -> str:
+    """An IP address as the socket layer writes it (``0:0::1`` → ``::1``), to compare senders."""
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        return host
 
 
 def relay_header(target: tuple[str, int]) -> bytes:
-    """What precedes each datagram sent through a UDP relay to ``target``."""
+    """What precedes each datagram sent through a UDP relay to ``target`` (ValueError for a
+    target that cannot be named in 255 ASCII bytes)."""
     name = f"[{target[0]}]:{target[1]}" if ":" in target[0] else f"{target[0]}:{target[1]}"
-    raw = name.encode("ascii")
+    try:
+        raw = name.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError(f"relay target {name!r:.80} is not ASCII") from None
+    if len(raw) > 255:
+        raise ValueError("relay target longer than 255 bytes")
     return RELAY_MAGIC + bytes((RELAY_VERSION, len(raw))) + raw
 
 
@@ -224,6 +247,7 @@ class Session:
     def connect(self, backend: Backend) -> None:
         """Open a connected socket to ``backend`` (or its relay; UDP connect is immediate); OSError on failure."""
         to = backend.via or backend.addr
+        prefix = relay_header(backend.addr) if backend.via else b""  # (raises ValueError before any socket)
         sock = socket.socket(socket.AF_INET6 if ":" in to[0] else socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
@@ -237,7 +261,7 @@ class Session:
             raise
         self.sock, self.fd = sock, sock.fileno()
         self.backend, self.key, self.failed = backend, (backend.task, backend.addr, backend.via), False
-        self.prefix = relay_header(backend.addr) if backend.via else b""
+        self.prefix = prefix
 
     def disconnect(self) -> None:
         if self.sock is not None:
@@ -262,6 +286,11 @@ class Session:
             except OSError:  # ICMP port unreachable and the like, reported on the connected socket
                 port.backend_failed(self)
                 return
+            if self.prefix:  # from a relay: a reply behind its marker byte, or the target's failure
+                if data[:1] != RELAY_REPLY:
+                    port.backend_failed(self)
+                    return
+                data = data[1:]
             port.reply(self, data)
 
 
@@ -367,7 +396,7 @@ class UdpPort(asyncio.DatagramProtocol):
         for backend in candidates(pool, self.active, self.mesh.rng, limit=len(pool)):
             try:
                 sess.connect(backend)
-            except OSError:
+            except (OSError, ValueError):
                 self.c.errors += 1
                 continue
             self.active[backend.task] = self.active.get(backend.task, 0) + 1
@@ -385,9 +414,18 @@ class UdpPort(asyncio.DatagramProtocol):
         return task
 
     def _switch(self, sess: Session) -> None:
-        """Move ``sess`` to another backend: its own failed or left the table."""
+        """Move ``sess`` to another backend: its own failed or left the table (or, when only the
+        route to its task changed, say a cut link healed, to the same task by the new route)."""
         old = self._unroute(sess) if sess.sock is not None else None
-        self._route(sess, exclude=old if sess.failed else None)
+        same = None if sess.failed else next((b for b in self.backends if b.task == old), None)
+        if same is not None:
+            try:
+                sess.connect(same)
+                self.active[same.task] = self.active.get(same.task, 0) + 1
+            except (OSError, ValueError):
+                same = None
+        if same is None:
+            self._route(sess, exclude=old if sess.failed else None)
         sess.failed = False
         self.c.switched += 1
 
@@ -457,9 +495,13 @@ class UdpRelay(UdpPort):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         c = self.c
-        parsed = parse_relay_header(data) if addr[0] in self.members else None
+        if addr[0] not in self.members:
+            c.relay_refused += 1  # not a member's address: no answer at all (it may be spoofed)
+            return
+        parsed = parse_relay_header(data)
         if parsed is None or parsed[0] not in self.allow:
             c.relay_refused += 1
+            self._tell_failed(addr)
             return
         target, offset = parsed
         sess = self.sessions.get(addr)
@@ -485,6 +527,18 @@ class UdpRelay(UdpPort):
             return
         c.datagrams_in += 1
         c.bytes_in += len(data) - offset
+
+    def reply(self, sess: Session, data: bytes) -> None:
+        super().reply(sess, RELAY_REPLY + data)
+
+    def backend_failed(self, sess: Session) -> None:
+        super().backend_failed(sess)
+        self._tell_failed(sess.client)
+
+    def _tell_failed(self, addr: Any) -> None:
+        """Tell a member's session that its target failed here, so it moves (as on an ICMP error)."""
+        if self.transport is not None:
+            self.transport.sendto(RELAY_FAILED, addr)
 
     def _relay_session(self, addr: Any, target: tuple[str, int]) -> Session | None:
         self._make_room()

@@ -311,7 +311,8 @@ def test_new_tls_material_retires_the_old_sessions_and_traffic_goes_on(loop: str
     arun(main(), loop)
 
 
-def test_a_member_speaking_another_framing_inside_tls_is_refused() -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_member_speaking_another_framing_inside_tls_is_refused(loop: str) -> None:
     from p2pswarm.mesh.tlsctx import parse_tls
 
     async def main() -> None:
@@ -328,4 +329,4 @@ def test_a_member_speaking_another_framing_inside_tls_is_refused() -> None:
         w.close()
         assert node_b.status()["relay"]["tls_refused"] == 1 and target.accepted == 0
         await stop(target, node_a, node_b)
-    arun(main())
+    arun(main(), loop)

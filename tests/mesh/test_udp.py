@@ -8,6 +8,7 @@ agent's digest entries for UDP ports, and the data-plane process serving a UDP p
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from typing import Any
 
@@ -478,3 +479,71 @@ def test_a_backend_behind_a_cut_link_is_reached_through_a_relay_and_back(loop: s
         await relay.close()
         b1.close()
     arun(main(), loop)
+
+
+def test_a_relayed_backend_that_is_down_fails_over_like_a_direct_one() -> None:
+    async def main() -> None:
+        b1 = await Echo("b1").start()
+        dead = free_udp_port()  # nothing listens there: the relay's socket gets port unreachable
+        port, relay_port = free_udp_port(), free_port(RELAY_HOST, socket.SOCK_DGRAM)
+        relay = UdpMesh()
+        await relay.apply({**table({port: []}), "host": RELAY_HOST, "relay_port": relay_port,
+                           "udp_relay_allow": [f"{HOST}:{dead}"], "udp_relay_from": [HOST]})
+        mesh = UdpMesh(rng=random.Random(3))
+        via = f"{RELAY_HOST}:{relay_port}"
+        await mesh.apply(table({port: [backend("gone", dead, via=via), backend("t1", b1.port)]}))
+        answered = 0
+        for i in range(8):  # 8 clients: about half start on the relayed, dead backend
+            client = await Client.open(port)
+            for attempt in range(3):
+                try:
+                    assert await client.ask(b"q%d" % i, timeout=0.5) == b"b1:q%d" % i
+                    answered += 1
+                    break
+                except asyncio.TimeoutError:
+                    continue  # the first datagram to the dead backend is lost; the next one moves
+            client.close()
+        assert answered == 8
+        c = mesh.status()["ports"][str(port)]
+        assert c["backend_errors"] >= 1 and c["switched"] >= 1  # the relay told the sender, as ICMP would
+        assert relay.status()["relay"]["backend_errors"] >= 1
+        await mesh.close()
+        await relay.close()
+        b1.close()
+    arun(main())
+
+
+def test_relay_headers_name_any_target_or_refuse_it() -> None:
+    from p2pswarm.mesh.udp import parse_relay_header, relay_header
+    for target in (("127.0.0.1", 53), ("::1", 5353), ("fd00::1:2", 65535)):
+        header = relay_header(target)
+        assert parse_relay_header(header + b"payload") == (target, len(header))
+    with pytest.raises(ValueError):
+        relay_header(("h" * 300, 53))
+    with pytest.raises(ValueError):
+        relay_header(("höst", 53))
+    assert parse_relay_header(b"P2PU\x01\x20short") is None and parse_relay_header(b"P2PX\x01\x00") is None
+    assert parse_udp({"udp": [], "udp_relay_from": ["0:0:0:0:0:0:0:1"]}).relay_from == {"::1"}
+
+
+def test_a_session_keeps_its_replica_when_only_the_route_to_it_changes() -> None:
+    async def main() -> None:
+        b1, b2 = await Echo("b1").start(), await Echo("b2").start()
+        port, relay_port = free_udp_port(), free_port(RELAY_HOST, socket.SOCK_DGRAM)
+        relay = UdpMesh()
+        await relay.apply({**table({port: []}), "host": RELAY_HOST, "relay_port": relay_port,
+                           "udp_relay_allow": [f"{HOST}:{b1.port}", f"{HOST}:{b2.port}"], "udp_relay_from": [HOST]})
+        mesh = UdpMesh()
+        via = f"{RELAY_HOST}:{relay_port}"
+        await mesh.apply(table({port: [backend("t1", b1.port, via=via), backend("t2", b2.port, via=via)]}))
+        client = await Client.open(port)
+        first = (await client.ask(b"a")).split(b":")[0]
+        await mesh.apply({**table({port: [backend("t1", b1.port), backend("t2", b2.port)]}), "version": 2})
+        for i in range(5):  # the links healed: the same replica, now directly
+            assert (await client.ask(b"b%d" % i)).split(b":")[0] == first
+        assert relay.status()["relay"]["datagrams_in"] == 1
+        client.close()
+        await mesh.close()
+        await relay.close()
+        b1.close(), b2.close()
+    arun(main())
