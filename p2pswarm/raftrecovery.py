@@ -30,6 +30,9 @@ def force_new_cluster(data_dir: Path | str, unlock_key: str | None = None) -> di
     datadir = DataDir(data_dir)
     if not datadir.path.is_dir():
         raise RecoveryError(f"data dir {datadir.path} does not exist")
+    if datadir.is_locked():
+        raise RecoveryError(f"a node is running on {datadir.path}; stop it first "
+                            f"(`p2pswarm down --data-dir {datadir.path}`), then recover")
     if not autolock.has_lock(datadir):
         if unlock_key is not None:
             raise RecoveryError(f"data dir {datadir.path} does not use --autolock; drop --unlock-key-file")
@@ -37,7 +40,6 @@ def force_new_cluster(data_dir: Path | str, unlock_key: str | None = None) -> di
     if unlock_key is None:
         raise RecoveryError(f"the raft log in {datadir.path / 'raft'} is encrypted (--autolock): pass this node's "
                             f"unlock key with --unlock-key-file PATH ('-' reads it from stdin)")
-    _refuse_running(datadir)
     sealing.finish(datadir)  # an `up --autolock` of this dir that stopped half way
     autolock.unlock(datadir, unlock_key)
     try:
@@ -46,14 +48,8 @@ def force_new_cluster(data_dir: Path | str, unlock_key: str | None = None) -> di
         autolock.forget(datadir.path)
 
 
-def _refuse_running(datadir: DataDir) -> None:
-    if datadir.is_locked():
-        raise RecoveryError(f"a node is running on {datadir.path}; stop it first "
-                            f"(`p2pswarm down --data-dir {datadir.path}`), then recover")
-
-
 def _rewrite(datadir: DataDir) -> dict:
-    _refuse_running(datadir)
+    """Append the single-voter configuration entry to the stopped voter's log."""
     node_id = datadir.load_state().get("id")
     raft_dir = datadir.path / "raft"
     cluster_id = stored_cluster_id(str(raft_dir))

@@ -55,7 +55,9 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -345,25 +347,38 @@ def bulk_result(bulk: dict[str, dict], args: argparse.Namespace) -> dict:
     }
 
 
-def bench_bulk(args: argparse.Namespace) -> dict:
-    """Only the bulk part of the headline benchmark (same processes and method)."""
+@contextmanager
+def nginx_bench(prefix: str, bulk_mb: int) -> Iterator[tuple[Procs, Path, int]]:
+    """A temporary dir and nginx on a free port; every process started meanwhile is stopped after."""
     procs = Procs()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-mesh-bulk-"))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         ngx = free_port(NGINX)
-        start_nginx(procs, tmp, ngx, args.bulk_mb)
+        start_nginx(procs, tmp, ngx, bulk_mb)
+        yield procs, tmp, ngx
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def headline_bulk(ngx: int, a_port: int, dpa: "DataPlaneProc", ha_urls: dict, ha_pids: dict,
+                  args: argparse.Namespace) -> dict:
+    """Bulk direct, through data plane A (a local replica) and through the splicing HAProxies."""
+    return run_bulk({"direct": f"http://{NGINX}:{ngx}/big.bin", "mesh": f"http://{DP_A}:{a_port}/big.bin",
+                     **ha_urls}, args.transfers, pids={"mesh": [dpa.p.pid], **ha_pids}, mb=args.bulk_mb)
+
+
+def bench_bulk(args: argparse.Namespace) -> dict:
+    """Only the bulk part of the headline benchmark (same processes and method)."""
+    with nginx_bench("bench-mesh-bulk-", args.bulk_mb) as (procs, tmp, ngx):
         ha_urls, ha_pids = start_bulk_haproxies(procs, tmp, ngx)
         a_port = free_port(DP_A)
         dpa = DataPlaneProc(procs, [], args.bulk_threads)
         sta = dpa.push(dp_table(1, DP_A, [{"port": a_port, "service": "web", "proxy_protocol": False,
                                            "backends": [backend_entry("t1", ngx, True)]}]))
-        bulk = run_bulk({"direct": f"http://{NGINX}:{ngx}/big.bin", "mesh": f"http://{DP_A}:{a_port}/big.bin",
-                         **ha_urls}, args.transfers, pids={"mesh": [dpa.p.pid], **ha_pids}, mb=args.bulk_mb)
+        bulk = headline_bulk(ngx, a_port, dpa, ha_urls, ha_pids, args)
         time.sleep(1.5)  # one more status tick after the last transfer
         status = dpa.status or {}
-    finally:
-        procs.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
     return {"bench": "mesh-bulk", "loop": sta.get("loop"), "bulk_threads": args.bulk_threads, **bulk_result(bulk, args),
             "mesh_spliced_connections": (status.get("total") or {}).get("spliced")}
 
@@ -385,11 +400,7 @@ def dp_table(version: int, host: str, ports: list[dict], relay_port: int = 0, re
 
 
 def bench(args: argparse.Namespace) -> dict:
-    procs = Procs()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-mesh-"))
-    try:
-        ngx = free_port(NGINX)
-        start_nginx(procs, tmp, ngx, args.bulk_mb)
+    with nginx_bench("bench-mesh-", args.bulk_mb) as (procs, tmp, ngx):
         ha1, ha2 = free_port(HAPROXY), free_port(HAPROXY)
         start_haproxy(procs, tmp, "haproxy1", (HAPROXY, ha1), (NGINX, ngx), nbthread=1)
         start_haproxy(procs, tmp, "haproxymt", (HAPROXY, ha2), (NGINX, ngx), nbthread=None)
@@ -423,8 +434,7 @@ def bench(args: argparse.Namespace) -> dict:
         if args.tls_only:
             cases = {name: cases[name] for name in ("direct", "mesh_relay", "mesh_tls")}
         small = run_cases(cases, args.rounds, args.seconds, args.conns)
-        bulk = None if args.tls_only else run_bulk({"direct": f"http://{NGINX}:{ngx}/big.bin", "mesh": f"http://{DP_A}:{a_port}/big.bin",
-                         **ha_urls}, args.transfers, pids={"mesh": [dpa.p.pid], **ha_pids}, mb=args.bulk_mb)
+        bulk = None if args.tls_only else headline_bulk(ngx, a_port, dpa, ha_urls, ha_pids, args)
         tls_bulk = run_bulk({"mesh_relay": f"http://{DP_B}:{b_relay}/big.bin",
                              "mesh_tls": f"http://{DP_B}:{b_tls}/big.bin"}, max(5, args.transfers // 3),
                             pids={"mesh_relay": [dpa.p.pid, dpb.p.pid], "mesh_tls": [dpa.p.pid, dpb.p.pid]},
@@ -432,9 +442,6 @@ def bench(args: argparse.Namespace) -> dict:
         time.sleep(1.5)  # one more status tick after the last transfer
         status = dpa.status or {}
         tls_sessions = {k: v for k, v in ((dpb.status or {}).get("tls_relay") or {}).items() if "sessions" in k}
-    finally:
-        procs.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
 
     def g(case: str, mode: str, key: str = "rps") -> float:
         return small[case][mode][key]
@@ -521,11 +528,7 @@ def bare_streams(listen: str, backend: str, use_uvloop: bool) -> None:
 
 
 def compare(args: argparse.Namespace) -> dict:
-    procs = Procs()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-mesh-cmp-"))
-    try:
-        ngx = free_port(NGINX)
-        start_nginx(procs, tmp, ngx, args.bulk_mb)
+    with nginx_bench("bench-mesh-cmp-", args.bulk_mb) as (procs, tmp, ngx):
         ha = free_port(HAPROXY)
         pids = {"haproxy": [start_haproxy(procs, tmp, "haproxy1", (HAPROXY, ha), (NGINX, ngx), nbthread=1,
                                           splice="option splice-request\n  option splice-response")]}
@@ -552,9 +555,6 @@ def compare(args: argparse.Namespace) -> dict:
         small = run_cases({k: v + "/small.txt" for k, v in urls.items()}, args.rounds, args.seconds, args.conns,
                           modes=("keepalive", "newconn"))
         bulk = run_bulk({k: v + "/big.bin" for k, v in urls.items()}, args.transfers, pids=pids, mb=args.bulk_mb)
-    finally:
-        procs.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
     ha_k, ha_n = small["haproxy"]["keepalive"]["rps"], small["haproxy"]["newconn"]["rps"]
     ha_b = bulk["haproxy"]["mbps"]
     return {"bench": "mesh-compare", "wrk": f"-t1 -c{args.conns} -d{int(args.seconds)}s", "rounds": args.rounds,

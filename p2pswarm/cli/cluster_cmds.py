@@ -178,15 +178,11 @@ def status(data_dir, fmt):
               help="The node's unlock key, if it uses --autolock ('-' reads it from stdin).")
 def recover(force_new_cluster, data_dir, unlock_key_file):
     from p2pswarm.raftrecovery import force_new_cluster as rewrite
-    from p2pswarm.security.autolock import check_key_text, read_unlock_key_file
+    from p2pswarm.security.autolock import read_unlock_key_file
     if not force_new_cluster:
         raise click.UsageError("recover only knows --force-new-cluster; read `p2pswarm cluster recover --help` "
                                "for what it does and its risks")
-    key = None
-    if unlock_key_file is not None:
-        key = (check_key_text(sys.stdin.read(4096), "the unlock key on stdin") if str(unlock_key_file) == "-"
-               else read_unlock_key_file(unlock_key_file))
-    done = rewrite(data_dir, key)
+    done = rewrite(data_dir, None if unlock_key_file is None else read_unlock_key_file(unlock_key_file))
     click.echo(f"node {done['node']} is now the only voter of cluster {done['cluster_id']} (config entry "
                f"{done['index']}, term {done['term']}; old voters {', '.join(done['old_voters'])}); "
                f"start it with `p2pswarm up --data-dir {data_dir}` and autopilot adds the others back")

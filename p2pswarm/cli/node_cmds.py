@@ -144,8 +144,7 @@ def _prepare_autolock(datadir: DataDir, autolock_on: bool, key_file: Path | None
     from p2pswarm.security import autolock
     key = None
     if key_file is not None:
-        key = (autolock.check_key_text(sys.stdin.read(4096), "the unlock key on stdin") if str(key_file) == "-"
-               else autolock.read_unlock_key_file(key_file))
+        key = autolock.read_unlock_key_file(key_file)
     if autolock.has_lock(datadir):
         if key is not None:  # a wrong key is one line now, not a node that fails in the background
             autolock.unlock(datadir, key)

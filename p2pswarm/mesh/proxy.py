@@ -567,31 +567,38 @@ class Conn(asyncio.Protocol):
             await mesh.loop.create_connection(lambda: far, relay[0], relay[1])
             code = await self._ask(far, header)
         else:
-            config = mesh.tls
-            if config is None:
-                raise RelayError("no mesh TLS material")
-            self.splice_at = -1  # the bytes must go through the TLS layer
-            reused = mesh.reuse_tls_session(far, relay, config)
-            code = await self._ask(far, header) if reused is not None else None
-            if code is not None and code < 0 and reused.transport is not None:
-                raise RelayError(code)  # the relay refused this stream (at its limit, say), not a dead session
-            if code is None or code < 0:  # no idle session, or the other side had just closed the one we took
-                fresh = None
-                try:
-                    if code is not None:
-                        far.discard()
-                        far = fresh = Far(self)  # the old one may still hear from its stream
-                    if not await mesh.new_tls_session(far, relay, config):
-                        self.c.tls_refused += 1
-                        raise RelayError("the relay's certificate is revoked or of another cluster")
-                    code = await self._ask(far, header)
-                except BaseException:
-                    if fresh is not None:  # the caller discards only the Far it passed in
-                        fresh.discard()
-                    raise
+            far, code = await self._ask_over_tls(far, relay, header)
         if code != RELAY_OK:
             raise RelayError(code)
         return far
+
+    async def _ask_over_tls(self, far: Far, relay: tuple[str, int], header: bytes) -> tuple[Far, int]:
+        """Ask over an idle TLS session to ``relay``, else over a new one; also over a new one (with a
+        new Far: the old may still hear from its stream) when the idle one turns out closed."""
+        mesh = self.mesh
+        config = mesh.tls
+        if config is None:
+            raise RelayError("no mesh TLS material")
+        self.splice_at = -1  # the bytes must go through the TLS layer
+        reused = mesh.reuse_tls_session(far, relay, config)
+        if reused is None:
+            return far, await self._ask_new_session(far, relay, header, config)
+        code = await self._ask(far, header)
+        if code >= 0 or reused.transport is not None:  # an answer, or the relay refused this stream
+            return far, code
+        far.discard()
+        fresh = Far(self)
+        try:
+            return fresh, await self._ask_new_session(fresh, relay, header, config)
+        except BaseException:
+            fresh.discard()  # the caller discards only the Far it passed in
+            raise
+
+    async def _ask_new_session(self, far: Far, relay: tuple[str, int], header: bytes, config: TlsConfig) -> int:
+        if not await self.mesh.new_tls_session(far, relay, config):
+            self.c.tls_refused += 1
+            raise RelayError("the relay's certificate is revoked or of another cluster")
+        return await self._ask(far, header)
 
     async def _ask(self, far: Far, header: bytes) -> int:
         """Send the relay header; the relay's answer code (-1: it closed without one)."""
@@ -1273,13 +1280,15 @@ def bind_error(e: OSError, host: str, port: int) -> str:
     return f"{(e.strerror or str(e)).lower()}: {where}"
 
 
-def _listen_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
+def bound_socket(host: str, port: int, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A non-blocking socket bound to ``host:port``: listening (TCP) or ready for datagrams (UDP)."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
     try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if kind == socket.SOCK_STREAM:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((host, port))
-        s.listen(BACKLOG)
+        if kind == socket.SOCK_STREAM:
+            s.listen(BACKLOG)
         s.setblocking(False)
     except BaseException:
         s.close()
@@ -1335,8 +1344,7 @@ class Mesh:
             self.table_error = str(e)
             return
         self.table_error = None
-        if tls is not self.tls and (self.tls_sessions or self.tls_pool.addr_of):
-            self._check_tls_sessions(tls)
+        self._check_tls_sessions(tls)
         self.tls, self.tls_next = tls, table.tls_next
         self.tables_applied += 1
         self.version = table.version
@@ -1402,12 +1410,13 @@ class Mesh:
     def _check_tls_sessions(self, tls: TlsConfig | None) -> None:
         """Cut off the sessions of peers that are no longer admitted (revoked) at once; sessions made
         with older TLS material finish their stream and take no other."""
-        for session, ctx in [(s, tls and tls.server) for s in self.tls_sessions] + \
-                [(s, tls and tls.client) for s in self.tls_pool.all_sessions()]:
-            if tls is None or not tls.allows(session.peer):
-                session.abort()
-            elif ctx is not None and session.ctx is not ctx:
-                session.retire()
+        accepted, opened = list(self.tls_sessions), self.tls_pool.all_sessions()
+        for sessions, ctx in ((accepted, tls and tls.server), (opened, tls and tls.client)):
+            for session in sessions:
+                if tls is None or not tls.allows(session.peer):
+                    session.abort()
+                elif session.ctx is not ctx:
+                    session.retire()
 
     def _stop_tls_relay(self) -> None:
         if self.tls_server is not None:
@@ -1428,7 +1437,7 @@ class Mesh:
         for port in self.ports.values():
             if port.server is None:
                 try:
-                    sock = _listen_socket(self.host, port.number)
+                    sock = bound_socket(self.host, port.number)
                 except OSError as e:
                     port.error = bind_error(e, self.host, port.number)
                     continue
@@ -1436,7 +1445,7 @@ class Mesh:
                 port.server = await self.loop.create_server(lambda p=port: Conn(self, p), sock=sock)
         if self.relay_port and self.relay_server is None:
             try:
-                sock = _listen_socket(self.host, self.relay_port)
+                sock = bound_socket(self.host, self.relay_port)
             except OSError as e:
                 self.relay_error = bind_error(e, self.host, self.relay_port)
             else:
@@ -1447,7 +1456,7 @@ class Mesh:
         if self.relay_port and self.tls is not None and self.tls_server is None:
             tls_port = self.relay_port + TLS_RELAY_OFFSET
             try:
-                sock = _listen_socket(self.host, tls_port)
+                sock = bound_socket(self.host, tls_port)
             except OSError as e:
                 self.tls_error = bind_error(e, self.host, tls_port)
             else:

@@ -69,8 +69,8 @@ class Stream:
         if self.sent_end or self.closed or not data:
             return
         t = self.session.transport
-        if t is not None and len(data) <= JOIN_BELOW:  # the usual small write, without a call
-            t.write(HEADER.pack(self.sid, DATA, len(data)) + data)
+        if t is not None and len(data) <= JOIN_BELOW:  # one write, so one TLS record (a record for the
+            t.write(HEADER.pack(self.sid, DATA, len(data)) + data)  # header alone costs more)
         else:
             self.session.send_data(self.sid, data)
 
@@ -100,8 +100,7 @@ class Stream:
         if graceful and not self.sent_end:
             self._send_end(EOF)
         if not self.sent_end or not self.recv_end:
-            self.sent_end = True
-            self.session.send_frame(self.sid, RESET)
+            self._send_end(RESET)
         self._lost(None)
         self._check_done()
 
@@ -136,9 +135,7 @@ class Stream:
             self.recv_end = True
             if not self.sent_end:
                 self._send_end(RESET)
-            if not self.closed:  # like a relay connection's close by the other mesh: not an error here
-                self._close_here()
-                self._lost(None)
+            self._over()  # like a relay connection's close by the other mesh: not an error here
             self._check_done()
             return
         if self.recv_end:
@@ -172,11 +169,15 @@ class Stream:
     def _lost(self, exc: Exception | None) -> None:
         self.session.loop.call_soon(self.protocol.connection_lost, exc)
 
+    def _over(self) -> None:
+        """Our protocol hears, once, that the stream is over."""
+        if not self.closed:
+            self._close_here()
+            self._lost(None)
+
     def _check_done(self) -> None:
         if self.sent_end and self.recv_end:
-            if not self.closed:  # both sides ended without a close(): the stream is over all the same
-                self._close_here()
-                self._lost(None)
+            self._over()  # (both sides may have ended without a close(): over all the same)
             self.session.stream_done(self)
 
 
@@ -356,19 +357,14 @@ class Session(asyncio.Protocol):
     # sending
 
     def send_data(self, sid: int, data: bytes) -> None:
+        """A large write (:meth:`Stream.write` joins small ones to their header itself): frames of at
+        most WRITE_CHUNK, payload not copied, all in one writelines (one flush to the socket)."""
         t = self.transport
         if t is None:
             return
-        n = len(data)
-        if n <= JOIN_BELOW:  # one write, so one TLS record: a record for the header alone costs more
-            t.write(HEADER.pack(sid, DATA, n) + data)
-            return
-        if n <= WRITE_CHUNK:  # large: not copied to join them; one writelines is one flush to the socket
-            t.writelines((HEADER.pack(sid, DATA, n), data))
-            return
         view = memoryview(data)
-        parts = []
-        for start in range(0, n, WRITE_CHUNK):
+        parts: list[Any] = []
+        for start in range(0, len(view), WRITE_CHUNK):
             chunk = view[start:start + WRITE_CHUNK]
             parts += (HEADER.pack(sid, DATA, len(chunk)), chunk)
         t.writelines(parts)

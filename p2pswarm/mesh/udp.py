@@ -59,7 +59,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from p2pswarm.mesh.proxy import CounterSet, TableError, bind_error, parse_addr
+from p2pswarm.mesh.proxy import CounterSet, TableError, bind_error, bound_socket, parse_addr
 from p2pswarm.mesh.routes import Backend, candidates
 
 SESSION_IDLE = 30.0
@@ -347,9 +347,14 @@ class UdpPort(asyncio.DatagramProtocol):
         if sess.sock is None:
             c.no_backend += 1
             return
+        self._deliver(sess, data)
+
+    def _deliver(self, sess: Session, data: Any) -> None:
+        """Send ``data`` on the session's socket; on an error, once more on another backend if any."""
+        c = self.c
         for attempt in (0, 1):
             try:
-                sess.sock.send(sess.prefix + data if sess.prefix else data)
+                sess.sock.send(sess.prefix + data if sess.prefix else data)  # type: ignore[union-attr]
             except (BlockingIOError, InterruptedError):
                 c.dropped += 1
                 return
@@ -516,17 +521,7 @@ class UdpRelay(UdpPort):
         else:
             self.sessions.move_to_end(addr)
         sess.last = time.monotonic()
-        try:
-            sess.sock.send(memoryview(data)[offset:])  # type: ignore[union-attr]
-        except (BlockingIOError, InterruptedError):
-            c.dropped += 1
-            return
-        except OSError:
-            self.backend_failed(sess)
-            c.dropped += 1
-            return
-        c.datagrams_in += 1
-        c.bytes_in += len(data) - offset
+        self._deliver(sess, memoryview(data)[offset:])  # (no other backend: an error is told the sender)
 
     def reply(self, sess: Session, data: bytes) -> None:
         super().reply(sess, RELAY_REPLY + data)
@@ -549,17 +544,6 @@ class UdpRelay(UdpPort):
             self.c.errors += 1
             return None
         return self._add(sess)
-
-
-def _udp_socket(host: str, port: int) -> socket.socket:
-    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.bind((host, port))
-        s.setblocking(False)
-    except BaseException:
-        s.close()
-        raise
-    return s
 
 
 class UdpMesh:
@@ -634,7 +618,7 @@ class UdpMesh:
                 if port.transport is not None:
                     continue
                 try:
-                    sock = _udp_socket(self.host, port.number)
+                    sock = bound_socket(self.host, port.number, socket.SOCK_DGRAM)
                 except OSError as e:
                     port.error = bind_error(e, self.host, port.number)
                     continue

@@ -28,6 +28,7 @@ import base64
 import hashlib
 import os
 import secrets
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -113,7 +114,10 @@ def parse_unlock_key(text: str) -> bytes:
 
 
 def read_unlock_key_file(path: str | os.PathLike[str]) -> str:
-    """The unlock key text from a file (its first non-empty line), checked; one line on failure."""
+    """The unlock key text from a file (its first non-empty line; ``-``: standard input), checked;
+    one line on failure."""
+    if str(path) == "-":
+        return check_key_text(sys.stdin.read(4096), "the unlock key on stdin")
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read(4096)
