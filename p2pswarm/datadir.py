@@ -1,13 +1,13 @@
 """A node's data directory: its identity, its lock, its pid and its API socket.
 
 Layout of ``<data dir>`` (default ``$P2PSWARM_DATA_DIR``, else
-``~/.local/share/p2pswarm``)::
+``~/.local/share/p2pswarm``; mode 0700, set at every start)::
 
     node.json   {"id": "<16 hex>", "name": ..., "incarnation": N}; the id is made once and never reused
     node.lock   held with an exclusive fcntl lock while a node runs on this dir
     node.pid    the running node's pid (informational; the lock is the truth)
-    api.sock    the local control API (unix socket, mode 0600)
-    node.log    output of a node started with ``p2pswarm up --detach``
+    api.sock    the local control API (unix socket, mode 0600 from its bind)
+    node.log    output of a node started with ``p2pswarm up --detach`` (mode 0600; never holds a secret)
     security/   (0700) a secure cluster's key material, every file mode 0600
                 (see :mod:`p2pswarm.security.host`): ``curve.key`` (this node's CURVE key
                 pair), ``cluster.key`` (the 32-byte cluster key), ``state`` (this node's
@@ -24,7 +24,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 ENV_VAR = "P2PSWARM_DATA_DIR"
 MAX_SOCKET_PATH = 107
@@ -66,7 +66,11 @@ class DataDir:
     # ------------------------------------------------------------ setup
 
     def prepare(self) -> None:
-        """Create the dir (mode 0700) and prove it is writable, or raise one clear line."""
+        """Create the dir, make it private (0700, at every start: a dir made by hand or by an older
+        version may be 0755) and prove it is writable, or raise one clear line.
+
+        Private means tasks and other users can read no key, no log and cannot open ``api.sock``;
+        ``node.log`` (which may predate this rule) is tightened to 0600 too."""
         try:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -74,6 +78,13 @@ class DataDir:
                                f"pass a writable --data-dir or set {ENV_VAR}") from None
         if not self.path.is_dir():
             raise DataDirError(f"data dir {self.path} is not a directory; pass another --data-dir")
+        for path, mode in ((self.path, 0o700), (self.security_path, 0o700), (self.log_path, 0o600)):
+            try:
+                if path == self.path or path.exists():
+                    os.chmod(path, mode)
+            except OSError as exc:
+                raise DataDirError(f"cannot make {path} private (mode {mode:o}): {exc.strerror or exc}; "
+                                   f"pass a --data-dir owned by the user running p2pswarm") from None
         probe = self.path / f".write-test-{os.getpid()}"
         try:
             probe.write_bytes(b"")
@@ -123,6 +134,10 @@ class DataDir:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def open_log(self) -> BinaryIO:
+        """``node.log`` for appending, mode 0600 (see :func:`open_private_append`)."""
+        return open_private_append(self.log_path)
 
     def write_pid(self) -> None:
         _atomic_write(self.pid_path, f"{os.getpid()}\n")
@@ -209,6 +224,18 @@ class DataDir:
 
     def has_private(self, name: str) -> bool:
         return (self.security_path / name).exists()
+
+
+def open_private_append(path: Path) -> BinaryIO:
+    """``path`` opened for appending bytes with mode 0600, made so before any byte is written
+    (an existing looser file too): logs name addresses, tasks and errors only their owner should read."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "ab")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def fsync_dirs(*dirs: Path) -> None:

@@ -74,13 +74,19 @@ class NodeOptions:
     """A secure cluster: CA, certificates, CURVE (``p2pswarm up`` sets it unless --insecure)."""
     insecure: bool = False
     """Plaintext chosen explicitly (``up --insecure``): refuse, with one line, to join a secure cluster."""
-    token: str | None = None
-    """The join token (``P2PS-1-...``) a secure node needs to join a cluster."""
+    token: str | None = dataclass_field(default=None, repr=False)
+    """The join token (``P2PS-1-...``) a secure node needs to join a cluster (a secret: kept out of repr)."""
     autolock: bool = False
     """Encryption at rest (``up --autolock``): the data dir must hold ``security/autolock`` (the CLI makes it)."""
+    api_addr: str | None = None
+    """``HOST:PORT`` of the remote API (``up --api-addr``: TLS 1.3 with client certificates, secure clusters
+    only; :mod:`p2pswarm.api.remote`); None serves the unix socket only."""
     unlock_key: str | None = dataclass_field(default=None, repr=False)
     """The unlock key text (``P2PSU-1-...``) to unlock at start; without it a locked data dir waits for
     ``p2pswarm unlock`` (:meth:`Node._wait_unlocked`)."""
+    task_user: str | None = None
+    """The user a root node runs tasks as (``up --task-user``); None: a dedicated system user
+    (:mod:`p2pswarm.runtime.taskuser`). A node that is not root runs tasks as itself."""
 
 
 SECURE_PROBE_INTERVAL = 2.0
@@ -168,11 +174,18 @@ class Node:
         self._background: set[asyncio.Task] = set()
         self._next_refused_scan = 0.0
         self._introduced: set[str] = set()
+        self.api_handler: Any = None
+        """The router wrapped by the audit log (:class:`p2pswarm.api.audit.Audited`), for both listeners."""
+        self.remote_api: Any = None
+        """The remote API listener (``--api-addr``), else None."""
+        self.api_ca: Any = None
+        """The API CA keeper (:class:`p2pswarm.security.apicahost.ApiCAHost`) in a secure cluster, else None."""
 
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> int:
         """Run until shut down; raises DataDirError / TransportError / ValueError with one-line reasons."""
+        from p2pswarm.api.audit import Audited
         from p2pswarm.api.routes import Router
         from p2pswarm.api.server import ApiServer
         from p2pswarm.transport.faults import FaultyTransport
@@ -190,7 +203,8 @@ class Node:
             self._prepare_security()
             self.transport = FaultyTransport(self._make_transport(), random.Random(self.seed + 1))
             await self.transport.start()
-            api = ApiServer(str(self.datadir.api_sock), Router(self))
+            self.api_handler = Audited(Router(self))
+            api = ApiServer(str(self.datadir.api_sock), self.api_handler)
             try:
                 meta = await self._start_security(meta)
                 self._meta = meta
@@ -199,6 +213,7 @@ class Node:
                                  random.Random(self.seed), now, incarnation=incarnation)
                 self.datadir.write_pid()
                 await api.start()
+                await self._start_remote_api()  # before joining: a port in use fails the start at once
                 self._install_signals()
                 self._start_cluster(now)
                 self.raft = RaftHost(self.node_id, self.datadir.path, self.options.preset, bool(self._peers()),
@@ -211,6 +226,9 @@ class Node:
             finally:
                 self._remove_signals()
                 await api.close()
+                if self.remote_api is not None:
+                    await self.remote_api.close()
+                await self.api_handler.close()
                 for task in list(self._background):
                     task.cancel()
                 await asyncio.gather(*self._background, return_exceptions=True)
@@ -219,6 +237,8 @@ class Node:
                     await self.raft.close()
                 if self.security is not None:
                     await self.security.close()
+                if self.api_ca is not None:
+                    await self.api_ca.close()
                 await asyncio.sleep(FLUSH_GRACE)
                 await self.transport.close()
                 self.datadir.remove_pid()
@@ -239,7 +259,8 @@ class Node:
         from p2pswarm.scheduler_driver import PRESETS, SchedulerDriver
 
         host = self.swim_addr.rsplit(":", 1)[0].strip("[]")
-        self.agent = AgentHost(self.node_id, self.datadir.path, self.raft, incarnation, task_host=host)
+        self.agent = AgentHost(self.node_id, self.datadir.path, self.raft, incarnation, task_host=host,
+                               task_user=self.options.task_user)
         await self.agent.start()
         relay_port = self.options.relay_port or pick_relay_port(host, int(self.swim_addr.rsplit(":", 1)[1]))
         self.mesh = MeshHost(self.node_id, self.swim, self.transport, self.raft, relay_port=relay_port,
@@ -249,6 +270,28 @@ class Node:
         self._scheduler_task = asyncio.ensure_future(self.scheduler.run())
         from p2pswarm.api.logs import LogsService
         self.logs = LogsService(self)  # answers other nodes' `service logs` requests (wire kinds 48-55)
+
+    async def _start_remote_api(self) -> None:
+        if self.options.api_addr is None:
+            return
+        from p2pswarm.api.remote import RemoteApiServer, parse_api_addr
+        if self.security is None:
+            raise ValueError("--api-addr serves the API with client certificates of the cluster, and this "
+                             "cluster is plaintext (--insecure): drop --api-addr or run a secure cluster")
+
+        def record() -> Any:
+            driver = self.raft_driver()
+            return driver.sm.access if driver is not None else None
+        self.remote_api = RemoteApiServer(parse_api_addr(self.options.api_addr), self.api_handler, self.api_ca,
+                                          record)
+        await self.remote_api.start()
+
+    def remote_api_stats(self) -> dict[str, int]:
+        """The remote listener's refusals and requests, and the audit log writer's counters."""
+        out = dict(self.api_handler.counters) if self.api_handler is not None else {}
+        if self.remote_api is not None:
+            out.update({f"remote_api_{k}": v for k, v in self.remote_api.stats().items()})
+        return out
 
     async def _stop_services(self) -> None:
         if self.mesh is not None:
@@ -359,6 +402,8 @@ class Node:
             return
         self.security = SecurityHost(self.datadir, self.node_id, self.name)
         self.security.prepare(tuple(self._peers()), self.options.token)
+        from p2pswarm.security.apicahost import ApiCAHost
+        self.api_ca = ApiCAHost(self.security, serve=self.options.api_addr is not None)
 
     def _make_transport(self) -> Transport:
         if self.security is None:
@@ -384,12 +429,18 @@ class Node:
         return meta
 
     def _log_join_token(self) -> None:
+        """Say how to add nodes. The token is a secret and never goes into a log line (logs are
+        files that get copied around): it is shown on the operator's terminal when the node runs
+        on one, else `p2pswarm cluster join-token` prints it (`up --detach` prints the command)."""
+        log.info("created secure cluster %s; `p2pswarm cluster join-token --data-dir %s` prints its join token",
+                 self.security.cluster_id, self.datadir.path)
+        if not sys.stdout.isatty():
+            return
         try:
             token = self.security.join_token()["token"]
         except SecurityError:
             return
-        log.info("created secure cluster %s; join token: %s", self.security.cluster_id, token)
-        log.info("add nodes with: p2pswarm up --peers %s --token %s", self.swim_addr, token)
+        print(f"add nodes with: p2pswarm up --peers {self.swim_addr} --token {token}", flush=True)
 
     def _spawn(self, coro: Any) -> None:
         """A background task of the node; an exception in it is counted and logged, never lost."""
@@ -607,6 +658,7 @@ class Node:
             sec.meta_changed = False
             self._meta = sec.meta(self._meta)
             self.swim.update_meta(now, self._meta)
+        self.api_ca.step(self.raft_driver(), now)
 
     def _finished(self, now: float) -> bool:
         if self._force_stop:
@@ -727,7 +779,8 @@ class Node:
         return {"members_by_status": info["members_by_status"], "joined": info["joined"],
                 "swim": dict(self.swim.counters),
                 "transport": dict(self.transport.stats()),
-                "node": {**self.counters, **{f"security_{k}": v for k, v in self.security_stats().items()}},
+                "node": {**self.counters, **{f"security_{k}": v for k, v in self.security_stats().items()},
+                         **self.remote_api_stats()},
                 "raft": driver.metrics() if driver is not None else {}}
 
     def security_stats(self) -> dict[str, int]:

@@ -22,7 +22,9 @@ module is the only code that makes them real for a running node:
   ("lane") has one write outstanding, as the KV store's session table expects.
 * **Reads** go through ReadIndex and wait until the local state machine has
   applied the read index; stale reads use local state.
-* **Snapshots** every ``snapshot_every`` applied entries keep the log bounded.
+* **Snapshots** every ``snapshot_every`` applied entries keep the log bounded.  A follower's
+  core assembles a leader's snapshot from its chunks and hands it over in one Ready, which is
+  saved and restored like a local one.
 * **Bad peers.** A Raft message from outside the group or with impossible fields
   is dropped and counted; a full disk (StorageError) stops Raft on this node,
   fails writes with the storage's one-line reason, and leaves gossip running.
@@ -48,7 +50,7 @@ from p2pswarm.consensus.messages import (MAX_BATCH_BYTES, MAX_ENTRIES, MAX_ENTRY
 from p2pswarm.consensus.raft import LEADER, ConfChangeRejected, Envelope, NotLeader, Raft, RaftError
 from p2pswarm.consensus.storage import FileStorage, StorageError
 from p2pswarm.raftfacts import Facts, decode_facts
-from p2pswarm.statemachine import StateMachines, encode_cluster, encode_security
+from p2pswarm.statemachine import StateMachines, encode_access, encode_cluster, encode_security
 
 log = logging.getLogger("p2pswarm.raft")
 
@@ -377,6 +379,12 @@ class RaftDriver:
             raise RaftUnavailable(self.failed)
         return await self._propose(command["id"], encode_security(command), timeout)
 
+    async def write_access(self, command: dict, timeout: float | None = None) -> Any:
+        """Commit and apply one access-record command (:mod:`p2pswarm.security.access`); returns its ``Result``."""
+        if self.failed is not None:
+            raise RaftUnavailable(self.failed)
+        return await self._propose(command["id"], encode_access(command), timeout)
+
     async def _propose(self, key: Any, data: bytes, timeout: float | None) -> Any:
         if len(data) > MAX_ENTRY_BYTES:
             raise ValueError(f"the command is {len(data)} bytes; the limit is {MAX_ENTRY_BYTES}")
@@ -677,7 +685,7 @@ def _impossible(msg: Any) -> bool:
     if isinstance(msg, AppendEntries):
         return msg.prev_term > term or any(e.term > term for e in msg.entries)
     if isinstance(msg, InstallSnapshot):
-        return msg.snapshot.term > term
+        return msg.snap_term > term
     if isinstance(msg, RequestVote):
         return msg.last_term > term
     if isinstance(msg, AppendResp):

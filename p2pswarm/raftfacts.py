@@ -24,10 +24,16 @@ from dataclasses import dataclass
 
 import msgpack
 
-from p2pswarm.wire import MAX_ID_LEN
+from p2pswarm.wire import MAX_ID_LEN, MAX_RECORD_BYTES, Bounds, unpack
 
 ROLE_CODES = {"leader": "L", "voter": "V", "learner": "l", "-": ""}
 ROLE_NAMES = {code: name for name, code in ROLE_CODES.items()}
+MIN_ITEM_BYTES = 16
+"""Fewest bytes one task of a digest takes (its id and ``{"s": .., "v": ..}``); no list or map
+in a record can hold more than MAX_RECORD_BYTES / MIN_ITEM_BYTES items."""
+FACTS_BOUNDS = Bounds(array=MAX_RECORD_BYTES // MIN_ITEM_BYTES, map=MAX_RECORD_BYTES // MIN_ITEM_BYTES,
+                      str=MAX_RECORD_BYTES, bin=MAX_RECORD_BYTES)
+"""What decoding a peer's record may build (its payload is at most wire.MAX_RECORD_BYTES)."""
 CLUSTER_FILE = "CLUSTER"
 """Written by consensus.storage.FileStorage in the raft dir: a magic line, then the cluster id."""
 
@@ -56,7 +62,7 @@ def decode_facts(payload: bytes) -> Facts | None:
     if not payload:
         return None
     try:
-        fields = msgpack.unpackb(payload, raw=False)
+        fields = unpack(payload, FACTS_BOUNDS, "facts record", use_list=True)
         cluster_id, role, term = fields[:3]
         digest = _digest(fields[3]) if len(fields) >= 4 and fields[3] is not None else None
         mesh = _mesh(fields[4]) if len(fields) == 5 else None

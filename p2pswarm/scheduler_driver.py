@@ -13,7 +13,16 @@ digest) or a reconciler deadline (``wake_at``) passed, or every
    only for tasks whose state, port or health differ from the applied state: a task
    costs Raft traffic when it changes, not while it runs.
 3. **Reconcile.** If steps 1-2 proposed nothing, :func:`reconcile` plans against the
-   applied state and its commands are proposed, one after the other.
+   applied state; its orphan reports are proposed first, then each service's commands
+   (in order within a service, services side by side, each command under the Raft
+   entry limit).
+
+**Failures.**  A service whose proposal fails (refused for another reason than a stale
+plan, too large, timed out) is logged as one WARNING line naming it, noted in the
+cluster state (``service ps`` and ``service inspect`` show ``scheduling: ...``) and left
+alone for a back-off that doubles per consecutive failure; the other services are
+scheduled meanwhile.  A round that fails as a whole (no quorum) backs off the same way
+instead of planning again every ``interval``.
 
 Timestamps (``at``) and the reconciler's ``now`` are wall-clock time, read here: the
 commands are applied on every node, and a later leader compares them with its own
@@ -51,10 +60,24 @@ class SchedulerConfig:
     """Seconds between checks for a change (a check that finds none costs a few comparisons)."""
     resync: float = 5.0
     """Seconds after which a round runs even if nothing seems to have changed."""
+    backoff: float = 1.0
+    """Seconds before a failed service (or a failed round) is tried again; doubled per consecutive failure
+    up to ``backoff_max``: wait = min(backoff_max, backoff x 2^(failures - 1)).  Re-planning at once would
+    repeat the same failure every ``interval`` and keep the leader's CPU busy."""
+    backoff_max: float = 30.0
+    """Longest wait between two attempts (a persistent failure is retried, and warned about, this often)."""
 
 
-PRESETS = {"lan": SchedulerConfig(), "wan": SchedulerConfig(interval=0.5, resync=15.0),
-           "local": SchedulerConfig(), "test": SchedulerConfig(interval=0.05, resync=2.0)}
+PRESETS = {"lan": SchedulerConfig(), "wan": SchedulerConfig(interval=0.5, resync=15.0, backoff=2.0, backoff_max=60.0),
+           "local": SchedulerConfig(), "test": SchedulerConfig(interval=0.05, resync=2.0, backoff=0.5, backoff_max=5.0)}
+
+
+@dataclass
+class _Failure:
+    """A service's consecutive failed attempts: what went wrong last and when to try again."""
+    error: str
+    count: int
+    retry_at: float
 
 
 class SchedulerDriver:
@@ -67,21 +90,31 @@ class SchedulerDriver:
         self._next_round = 0.0
         self._refused: set[tuple] = set()
         """Observations the state machine refused: not proposed again (each round would repeat them)."""
+        self.failures: dict[str, _Failure] = {}
+        """Services whose last scheduling proposal failed (name -> failure), until one succeeds."""
+        self._round_failures = 0
+        self._hold_until = 0.0
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.interval)
             driver = self.host.driver
             if driver is None or driver.failed is not None or driver.raft.role != LEADER:
-                self._seen = None
+                self._seen, self.failures, self._round_failures = None, {}, 0
+                continue
+            if self.clock() < self._hold_until:
                 continue
             try:
                 await self._round(driver)
+                self._round_failures = 0
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # no quorum, a lost leadership: plan again on the next change
+            except Exception as exc:  # no quorum, a lost leadership: plan again after a back-off
                 self._seen = None
-                log.debug("scheduler round failed: %s", exc)
+                self._round_failures += 1
+                wait = self._backoff(self._round_failures)
+                self._hold_until = self.clock() + wait
+                log.warning("scheduler round failed: %s; retrying in %g s", _line(exc), wait)
 
     async def _round(self, driver: Any) -> None:
         members = self.swim.members()
@@ -102,10 +135,58 @@ class SchedulerDriver:
             return
         plan = reconcile(state, {m.node: m.status for m in members}, wall, driver.raft.term)
         self.rounds += 1
-        for command in plan.commands:
+        groups: dict[str, list[dict]] = {}
+        for command, service in zip(plan.commands, plan.about, strict=True):
+            groups.setdefault(service, []).append(command)
+        for command in groups.pop("", []):
             await self._propose(driver, command)
+        self.failures = {name: f for name, f in self.failures.items() if name in state.services}
+        due = [name for name in groups if name not in self.failures or self.failures[name].retry_at <= now]
+        await asyncio.gather(*(self._schedule(driver, name, groups[name]) for name in due))
+        errors = {name: f.error for name, f in self.failures.items()}
+        await asyncio.gather(*(self._note(driver, name, errors.get(name, ""))
+                               for name, svc in sorted(state.services.items())
+                               if svc.scheduling_error != errors.get(name, "")))
+        if self.failures:
+            self._next_round = min([self._next_round] + [f.retry_at for f in self.failures.values()])
         if plan.wake_at is not None:
             self._next_round = min(self._next_round, now + max(0.0, plan.wake_at - wall))
+
+    async def _schedule(self, driver: Any, service: str, commands: list[dict]) -> None:
+        """Propose one service's commands in order; stop at the first failure and back off."""
+        for command in commands:
+            try:
+                result = await driver.write_cluster(command)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # too large, no quorum, timed out, leadership lost
+                error = f"scheduling: proposal failed: {_line(exc)}"
+            else:
+                if result.ok or result.stale:  # a stale plan is simply made again on the newer state
+                    if not result.ok:
+                        log.debug("%s %s refused: %s", command["op"], command["id"], result.error)
+                    continue
+                error = f"scheduling: refused: {result.error}"
+            failure = self.failures.get(service)
+            count = failure.count + 1 if failure is not None else 1
+            wait = self._backoff(count)
+            self.failures[service] = _Failure(error[:cmd.MAX_MESSAGE], count, self.clock() + wait)
+            log.warning("service %s: %s (%s %s); retrying in %g s", service, error, command["op"], command["id"],
+                        wait)
+            return
+        self.failures.pop(service, None)
+
+    async def _note(self, driver: Any, service: str, error: str) -> None:
+        """Record (or clear) ``service``'s scheduling error in the cluster state, best effort."""
+        try:
+            await driver.write_cluster(cmd.set_scheduling_error(_cid("se"), self.wall(), service, error))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the failure is already logged; the next round tries again
+            log.debug("could not note the scheduling error of %s: %s", service, exc)
+
+    def _backoff(self, failures: int) -> float:
+        return min(self.cfg.backoff_max, self.cfg.backoff * 2 ** min(failures - 1, 32))
 
     @staticmethod
     async def _propose(driver: Any, command: dict) -> bool:
@@ -166,6 +247,12 @@ def _report(rec: dict) -> tuple | None:
         code = -rec["g"]  # killed by a signal, as Popen reports it
     error = error[:MAX_ERROR] if isinstance(error, str) else ""
     return new, port, health, code, error
+
+
+def _line(exc: BaseException) -> str:
+    """An exception as one line (its first), named by its type when it says nothing."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _gist(command: dict) -> tuple:

@@ -39,8 +39,36 @@ UPDATE_KEYS = {"parallelism": None, "delay": "d", "failure_action": None, "order
 RESTART_KEYS = {"condition": None, "delay": "d", "max_attempts": None, "window": "d"}
 
 
+MAX_YAML_NODES = 100_000
+"""Nodes a compose document may hold once its aliases are expanded. A large real stack (100
+services × ~100 scalars each) is ~10,000; a "billion laughs" file (9 aliases per level × 9
+levels = 9^9 ≈ 387 million nodes) is refused before anything expands or prints it."""
+MAX_QUOTE = 60
+"""Characters of a document value quoted in a warning or an error (a value can be megabytes)."""
+MAX_MESSAGE = 300
+"""Characters of one warning or error line at most, whatever the values it names."""
+
+
 class StackError(Exception):
-    """A compose file that cannot be deployed (one line)."""
+    """A compose file that cannot be deployed (one line, cut to ``MAX_MESSAGE`` characters)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(cut(message, MAX_MESSAGE))
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` on one line, at most ``limit`` characters (a cut one ends in '...')."""
+    text = " ".join(text.splitlines())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def quote(value: Any) -> str:
+    """``repr(value)`` for a message, at most ``MAX_QUOTE`` characters (built from a bounded part only)."""
+    if isinstance(value, str):
+        return cut(repr(value[:MAX_QUOTE]), MAX_QUOTE)
+    if isinstance(value, (dict, list)):
+        return f"<a {type(value).__name__} of {len(value)} entries>"
+    return cut(repr(value), MAX_QUOTE)
 
 
 @dataclass
@@ -61,7 +89,7 @@ def stack_of(spec: ServiceSpec) -> str | None:
 
 def check_stack_name(name: str) -> str:
     if not isinstance(name, str) or not STACK_NAME.fullmatch(name):
-        raise StackError(f"stack name {name!r} {STACK_NAME_WHAT}")
+        raise StackError(f"stack name {quote(name)} {STACK_NAME_WHAT}")
     return name
 
 
@@ -75,13 +103,59 @@ def load(path: str | Path) -> Any:
 
 
 def parse_yaml(text: str, source: str = "stack.yml") -> Any:
+    """``yaml.safe_load`` that refuses documents expanding (through aliases) to over ``MAX_YAML_NODES``."""
+    loader = yaml.SafeLoader(text)
     try:
-        return yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = expanded_size(node, MAX_YAML_NODES)
+        if size > MAX_YAML_NODES:
+            raise StackError(f"{source}: refused: its aliases expand to over {MAX_YAML_NODES:,} YAML nodes "
+                             f"(an alias bomb?); write the values out or use fewer nested aliases")
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise StackError(f"{where}: malformed YAML: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+def expanded_size(root: yaml.Node, limit: int) -> int:
+    """Nodes of ``root`` with every alias expanded, counted without expanding (each distinct node
+    once, memoised); stops early above ``limit``. A recursive alias counts as over the limit."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        kids = _children(node)
+        if not children_done:
+            if id(node) in open_:
+                return limit + 1  # a node inside itself: infinite once expanded
+            open_.add(id(node))
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids if id(k) not in sizes)
+            continue
+        if any(id(k) not in sizes for k in kids):
+            return limit + 1  # a child still open: a cycle
+        open_.discard(id(node))
+        sizes[id(node)] = 1 + sum(sizes[id(k)] for k in kids)
+        if sizes[id(node)] > limit:
+            return sizes[id(node)]
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 def translate(doc: Any, stack: str, source: str = "stack.yml") -> Stack:
@@ -92,9 +166,10 @@ def translate(doc: Any, stack: str, source: str = "stack.yml") -> Stack:
     out = Stack(stack)
     for key in doc:
         if key not in TOP_KEYS and not str(key).startswith("x-"):
-            out.warnings.append(f"{source}: top-level key {key!r} is not supported; ignored")
+            out.warnings.append(f"{source}: top-level key {quote(key)} is not supported; ignored")
     for name in sorted(doc["services"], key=str):
         out.specs.append(_service(stack, str(name), doc["services"][name], out.warnings))
+    out.warnings = [cut(w, MAX_MESSAGE) for w in out.warnings]
     return out
 
 
@@ -106,13 +181,14 @@ def _service(stack: str, name: str, svc: Any, warnings: list[str]) -> ServiceSpe
         raise StackError(f"{where}: must be a mapping")
     for key in svc:
         if key not in SERVICE_KEYS and not str(key).startswith("x-"):
-            warnings.append(f"{where}: key {key!r} is not supported; ignored")
+            warnings.append(f"{where}: key {quote(key)} is not supported; ignored")
     try:
         argv = _command(svc.get("command"))
         if not argv:
             raise StackError(f"{where}: {IMAGE_ONLY}" if svc.get("image") else f"{where}: needs a command")
         if svc.get("image"):
-            warnings.append(f"{where}: image {svc['image']!r} is ignored (the process runtime runs the command)")
+            warnings.append(f"{where}: image {quote(svc['image'])} is ignored "
+                            f"(the process runtime runs the command)")
         env = {**_environment(svc.get("environment"), where, warnings), STACK_ENV: stack}
         spec: dict[str, Any] = {
             "name": service_name(stack, name), "command": argv[0], "args": tuple(argv[1:]),
@@ -188,16 +264,16 @@ def _port(value: Any) -> PortSpec:
     if isinstance(value, str):
         text, _, proto = value.partition("/")
         if proto not in ("", "tcp", "udp"):
-            raise SpecError(f"ports: the protocol must be tcp or udp, got {value!r}")
+            raise SpecError(f"ports: the protocol must be tcp or udp, got {quote(value)}")
         if text.count(":") > 1:
-            raise SpecError(f"ports: a host address is not supported, got {value!r}")
+            raise SpecError(f"ports: a host address is not supported, got {quote(value)}")
         return parse_port(text + (f"/{proto}" if proto else ""))
     port = _mapping(value, "ports")
     unknown = sorted(set(port) - {"target", "published", "protocol", "mode"})
     if unknown:
-        raise SpecError(f"ports: unsupported field {unknown[0]!r} (allowed: target, published, protocol, mode)")
+        raise SpecError(f"ports: unsupported field {quote(unknown[0])} (allowed: target, published, protocol, mode)")
     if port.get("protocol", "tcp") not in ("tcp", "udp"):
-        raise SpecError(f"ports: the protocol must be tcp or udp, got {port['protocol']!r}")
+        raise SpecError(f"ports: the protocol must be tcp or udp, got {quote(port['protocol'])}")
     if port.get("published") is None:
         raise SpecError("ports: the long syntax needs 'published'")
     published = port["published"]
@@ -287,7 +363,7 @@ def _deploy(value: Any, where: str, warnings: list[str]) -> dict[str, Any]:
         try:
             out["reserve_cpu"] = float(reservations["cpus"])
         except (TypeError, ValueError):
-            raise SpecError(f"reserve_cpu: must be a number of cores, got {reservations['cpus']!r}") from None
+            raise SpecError(f"reserve_cpu: must be a number of cores, got {quote(reservations['cpus'])}") from None
     if reservations.get("memory") is not None:
         out["reserve_memory"] = parse_memory(reservations["memory"])
     return out

@@ -26,10 +26,19 @@ Inputs, by family (fractions of ``--count``):
 * ``grant``    join grants with mutated certificates, chains, ids, versions and
                sealed keys, *re-MACed with the real secret*, so they reach pinning,
                certificate parsing and verification and unsealing on the joiner
-               (half of them are left with the stale MAC).
+               (half of them are left with the stale MAC);
+* ``oversized`` hostile containers (up to wire.MAX_MESSAGE_BYTES, one in OVERSIZED_FULL
+               of them the whole 4 MiB): floods of empty maps, one-element arrays and
+               array headers, huge declared counts, and such a container spliced into a
+               valid message at any field, so decoding must refuse them unbuilt.
+
+``rss_growth_mb`` is how much the resident set of this process grew over the run (from
+/proc/self/status after the setup to the end; at most RSS_GROWTH_LIMIT_MB), and
+``peak_rss_mb`` its high-water mark: hostile inputs must not make decoding hold memory.
 
 Progress goes to stderr; the last line of stdout is one JSON object.  Exit
-status 1 if anything else escaped (each such input is printed, hex, to stderr).
+status 1 if anything else escaped (each such input is printed, hex, to stderr) or
+the resident set grew by more than RSS_GROWTH_LIMIT_MB.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import argparse
 import dataclasses
 import json
 import random
+import resource
 import sys
 import time
 import traceback
@@ -60,7 +70,16 @@ from p2pswarm.security.pki import CertAuthority, RevocationList, TrustBundle  # 
 from p2pswarm.security.tokens import TokenState  # noqa: E402
 from p2pswarm.testing.msgtree import paths, replaced  # noqa: E402
 
-MIX = (("random", 0.25), ("mutated", 0.40), ("struct", 0.20), ("join_req", 0.08), ("grant", 0.07))
+MIX = (("random", 0.20), ("mutated", 0.35), ("struct", 0.20), ("join_req", 0.08), ("grant", 0.07),
+       ("oversized", 0.10))
+OVERSIZED_SIZES = (16, 256, 4096, 65536)
+"""Bytes of most hostile containers (cheap to make, so a million inputs stay a minute's run)."""
+OVERSIZED_FULL = 2000
+"""One oversized input in this many is a whole wire.MAX_MESSAGE_BYTES frame (~50 per million)."""
+FLOODS = (b"\x80", b"\x90", b"\x91", b"\x91\xc0", b"\xc0", b"\xdc\xff\xff", b"\xdd\x00\x01\x00\x00", b"\xa0",
+          b"\xc4\x00", b"\x81\xa0\x80", b"\xcd\x01\x00")
+"""One-to-five-byte msgpack values that each build a container or an object when decoded."""
+RSS_GROWTH_LIMIT_MB = 20
 HOSTILE = [b"\xc1", b"\xc0", b"\xdb\xff\xff\xff\xff", b"\xdd\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff",
            b"\xc6\x7f\xff\xff\xff", b"\xd9\xff", b"\xc7\x05\x01", b"\xd4\x00\x00", b"\xcf" + b"\xff" * 8,
            b"\xd3" + b"\x80" + b"\x00" * 7, b"\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00", b"\x9f", b"\x90", b"\xa0"]
@@ -107,7 +126,7 @@ class World:
             raft.AppendEntries(5, "a", 10, 4, 9, (raft.Entry(5, 11, "normal", b"x"), raft.Entry(5, 12, "noop"))),
             raft.AppendResp(5, "b", 12, False, 0, 0), raft.RequestVote(6, "c", 12, 5, True, False),
             raft.VoteResp(6, "a", True), raft.Heartbeat(5, "a", 9, 3), raft.HeartbeatResp(5, "b", 3),
-            raft.InstallSnapshot(5, "a", raft.Snapshot(100, 4, conf, b"snap")), raft.SnapshotResp(5, "b", 100),
+            raft.InstallSnapshot(5, "a", 100, 4, conf, 8, 4, b"snap", True), raft.SnapshotResp(5, "b", 3, 100, 4),
             req, grant, JoinRefused(req.nonce, "bad_token", 1, 1, 5), KeyRequest(self.ca.digest, req.nonce),
             KeyReply(req.nonce, self.sponsor_cert, (self.ca.cert_der,)),
         )]
@@ -144,6 +163,37 @@ def mutate_bytes(rng: random.Random, data: bytes, others: list[bytes]) -> bytes:
         else:
             b[i] = rng.choice((0x00, 0x7f, 0x80, 0xff, 0x90, 0x91, 0xa0, 0xc0, 0xc2, 0xc3, 0xcc, 0xdc))
     return bytes(b)
+
+
+def hostile_container(rng: random.Random, size: int) -> bytes:
+    """About ``size`` bytes: an array or map header (often declaring more than follows) then a flood."""
+    fill = rng.choice(FLOODS)
+    n = max(1, size // len(fill))
+    count = rng.choice((n, n, 2**16 - 1, 2**32 - 1, rng.randrange(2**32)))
+    header = rng.choice((b"\xdd" + count.to_bytes(4, "big"), b"\xdf" + count.to_bytes(4, "big"),
+                         b"\xdc" + min(count, 2**16 - 1).to_bytes(2, "big"), b"\x91" * rng.randint(1, 64), b""))
+    return header + fill * n
+
+
+def oversized(rng: random.Random, samples: list[bytes]) -> bytes:
+    """A hostile container alone, or spliced into a valid message in place of one of its fields."""
+    size = wire.MAX_MESSAGE_BYTES - 64 if rng.randrange(OVERSIZED_FULL) == 0 else rng.choice(OVERSIZED_SIZES)
+    hostile = hostile_container(rng, size)
+    if rng.random() < 0.3:
+        return hostile[:wire.MAX_MESSAGE_BYTES]
+    marker = b"\x00<hostile>\xff"
+    tree = msgpack.unpackb(rng.choice(samples), raw=False, use_list=True)
+    tree = replaced(tree, rng.choice([p for p in paths(tree) if p]), marker)
+    before, after = msgpack.packb(tree, use_bin_type=True).split(msgpack.packb(marker, use_bin_type=True), 1)
+    return (before + hostile + after)[:wire.MAX_MESSAGE_BYTES]
+
+
+def rss_mb() -> float:
+    """This process's resident set now (VmRSS), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def random_value(rng: random.Random, depth: int = 0):
@@ -249,6 +299,7 @@ def fuzz(count: int, seed: int = 1, progress=None) -> dict:
     outcome: Counter[str] = Counter()
     unexpected: list[dict] = []
     now = w.now
+    rss_start = rss_mb()
     started = time.perf_counter()
 
     def record(family: str, data: bytes | None, exc: BaseException) -> None:
@@ -274,6 +325,8 @@ def fuzz(count: int, seed: int = 1, progress=None) -> dict:
                     data = bytes([rng.choice((0x92, 0x93, 0x94, 0x95, 0x9a, 0xdc))]) + b"\x01" + data
             elif family == "mutated":
                 data = mutate_bytes(rng, rng.choice(w.samples), w.samples)
+            elif family == "oversized":
+                data = oversized(rng, w.samples)
             elif family == "struct":
                 data = mutate_struct(rng, rng.choice(w.samples))
             elif family == "join_req":
@@ -327,6 +380,8 @@ def fuzz(count: int, seed: int = 1, progress=None) -> dict:
 
     seconds = time.perf_counter() - started
     return {"inputs": count, "seed": seed, "seconds": round(seconds, 1),
+            "rss_growth_mb": round(rss_mb() - rss_start, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "inputs_per_s": round(count / seconds) if seconds else None,
             "by_family": dict(sorted(by_family.items())), "outcomes": dict(sorted(outcome.items())),
             "unexpected": outcome["unexpected"], "unexpected_examples": unexpected}
@@ -346,7 +401,7 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     print(line)
-    return 1 if result["unexpected"] else 0
+    return 1 if result["unexpected"] or result["rss_growth_mb"] > RSS_GROWTH_LIMIT_MB else 0
 
 
 if __name__ == "__main__":

@@ -131,3 +131,32 @@ def test_metrics_text_format():
             float(value)
             assert name.replace("{", " ").split()[0].replace("_", "a").isalnum()
     json.dumps(text)
+
+
+def test_socket_is_private_from_its_bind(tmp_path, monkeypatch):
+    """The socket file must never exist with a mode others could connect through, not even between
+    bind() and a chmod: the mode is read at the first chmod of it (what a racing task would see)."""
+    path = str(tmp_path / "api.sock")
+    seen = []
+    chmod = os.chmod
+
+    def spy(target, mode, *args, **kwargs):
+        if os.fspath(target) == path and not seen:
+            seen.append(stat.S_IMODE(os.stat(path).st_mode))
+        return chmod(target, mode, *args, **kwargs)
+    monkeypatch.setattr(os, "chmod", spy)
+
+    async def main():
+        server = ApiServer(path, Router(FakeNode()))
+        await server.start()
+        try:
+            return stat.S_IMODE(os.stat(path).st_mode), os.umask(0o022)
+        finally:
+            await server.close()
+    old = os.umask(0o022)  # a usual umask: a plain bind makes the socket 0755
+    try:
+        final, umask_after = asyncio.run(main())
+    finally:
+        os.umask(old)
+    assert [oct(m) for m in seen] in ([], [oct(0o600)]) and oct(final) == oct(0o600)
+    assert umask_after == 0o022  # the process umask is restored after the bind

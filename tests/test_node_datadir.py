@@ -79,3 +79,36 @@ def test_default_from_env(monkeypatch, tmp_path):
     assert default_data_dir() == tmp_path
     monkeypatch.delenv("P2PSWARM_DATA_DIR")
     assert str(default_data_dir()).endswith(".local/share/p2pswarm")
+
+
+def test_prepare_makes_an_existing_dir_and_its_log_private(tmp_path):
+    """A data dir made 0755 (by hand, or by a version that set 0700 only at creation) and an old
+    0644 node.log and security dir become 0700/0600/0700 at the next start."""
+    path = tmp_path / "d"
+    (path / "security").mkdir(parents=True)
+    for d in (path, path / "security"):
+        os.chmod(d, 0o755)
+    (path / "node.log").write_text("old\n")
+    os.chmod(path / "node.log", 0o644)
+    dd = DataDir(path)
+    dd.prepare()
+    modes = {p: oct(os.stat(path / p).st_mode & 0o777) for p in (".", "security", "node.log")}
+    assert modes == {".": oct(0o700), "security": oct(0o700), "node.log": oct(0o600)}
+    with dd.open_log() as log:
+        log.write(b"new\n")
+    assert (path / "node.log").read_text() == "old\nnew\n"
+
+
+def test_open_log_creates_and_keeps_node_log_0600(tmp_path):
+    dd = DataDir(tmp_path / "d")
+    dd.prepare()
+    old = os.umask(0o022)  # a usual umask would make open() files 0644
+    try:
+        with dd.open_log() as log:
+            log.write(b"line\n")
+        os.chmod(dd.log_path, 0o644)
+        with dd.open_log() as log:  # `up --detach` on a log an older version left 0644
+            log.write(b"more\n")
+    finally:
+        os.umask(old)
+    assert os.stat(dd.log_path).st_mode & 0o777 == 0o600

@@ -47,6 +47,8 @@ CORES = [
     "p2pswarm/security/join.py",
     "p2pswarm/security/meshtls.py",
     "p2pswarm/security/record.py",
+    "p2pswarm/security/access.py",
+    "p2pswarm/security/apica.py",
     "p2pswarm/ratelimit.py",
 ]
 FORBIDDEN = frozenset({"asyncio", "zmq", "socket", "time", "random", "os", "threading", "select",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tracemalloc
 
 import msgpack
 import pytest
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from p2pswarm import wire
 from p2pswarm.membership.messages import (SWIM_MESSAGES, Ack, Alive, Dead, Gossip, MemberState, Meta,
                                           Nack, Ping, PingReq, PushPull, Record, Suspect)
+from p2pswarm.testing import hostile
 from p2pswarm.testing.msgtree import paths, replaced
 from p2pswarm.wire import WireError, decode, encode
 
@@ -479,3 +481,64 @@ def structurally_mutated(draw):
 @example(pack(with_field(PUSHPULL, 4, [["a", "h:1", 0, {"alive": None}, ["a", [], [], "", 0]]])))
 def test_structurally_mutated_messages_only_raise_wire_error(data):
     only_wire_error(data)
+
+
+# ------------------------------------------------------------------ hostile containers (bounded decoding)
+# Finding: one 4 MiB frame of 0x80 bytes cost 0.35 s and ~330 MB to decode, because unpackb built
+# every container before the schema saw it.  Decoding is now guided by the schema: a container
+# where the schema has none, or larger than the schema allows, is refused before it is built.
+
+HOSTILE_PEAK_BYTES = 32 * 1024 * 1024
+"""Generous: the decoder copies the 4 MiB frame once; building the hostile tree cost ~300 MB."""
+
+
+HOSTILE_FRAMES = hostile.frames()
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_FRAMES))
+def test_hostile_containers_are_refused_with_little_memory(name):
+    data = HOSTILE_FRAMES[name]
+    assert len(data) <= wire.MAX_MESSAGE_BYTES
+    tracemalloc.start()
+    try:
+        with pytest.raises(WireError):
+            decode(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < HOSTILE_PEAK_BYTES, f"{name}: decoding took {peak / 1e6:.0f} MB"
+
+
+def test_bounds_come_from_the_schema():
+    assert Ping.BOUNDS.bin == wire.MAX_RECORD_BYTES  # the largest byte string a Ping can carry: a record
+    assert Nack.BOUNDS.bin == 0 and Nack.BOUNDS.str == wire.UTF8_MAX_BYTES * wire.MAX_ID_LEN
+    assert PushPull.BOUNDS.array >= wire.MAX_MEMBERS and Ping.BOUNDS.map == Ping.BOUNDS.ext == 0
+
+
+def test_a_string_or_list_over_its_bound_is_refused_before_it_is_built():
+    too_long = msgpack.packb([1, Nack.KIND, 5, "x" * (wire.UTF8_MAX_BYTES * wire.MAX_ID_LEN + 1)])
+    with pytest.raises(WireError, match="undecodable"):  # refused by the unpacker, not by the checker
+        decode(too_long)
+    members = [["a", "10.0.0.1:7946", 1, "alive", [""] * 7]] * (wire.MAX_MEMBERS + 1)
+    with pytest.raises(WireError, match=f"0..{wire.MAX_MEMBERS}"):
+        decode(msgpack.packb([1, PushPull.KIND, "a", "10.0.0.1:7946", True, False, members, []]))
+
+
+def test_multibyte_text_up_to_its_character_limit_still_decodes():
+    msg = Ping(1, "\U0001f600" * wire.MAX_ID_LEN, "10.0.0.1:7946", "b")
+    assert decode(encode(msg)) == msg
+
+
+def test_trailing_bytes_after_a_message_are_refused():
+    with pytest.raises(WireError, match="after its end"):
+        decode(encode(Nack(1, "a")) + b"\xc0")
+
+
+def test_unpack_helper_bounds_schemaless_payloads():
+    bounds = wire.Bounds(array=3, map=2, str=8, bin=4)
+    assert wire.unpack(msgpack.packb([1, {"a": b"xy"}, "abc"]), bounds) == (1, {"a": b"xy"}, "abc")
+    for bad in ([1, 2, 3, 4], {"a": 1, "b": 2, "c": 3}, "x" * 9, b"x" * 5, msgpack.ExtType(1, b"x")):
+        with pytest.raises(WireError):
+            wire.unpack(msgpack.packb(bad), bounds)
+    with pytest.raises(WireError, match="after its end"):
+        wire.unpack(b"\x01\x02", bounds)

@@ -130,7 +130,7 @@ class AgentDriver:
 
         port = handle.ports[0] if handle.ports else None
         await monitor(spec.health, port, report, host=self.health_host,
-                      env=task_env(spec, handle.ports, self.health_host), clock=self.clock)
+                      env=task_env(spec, handle.ports, self.health_host), run_as=handle.run_as, clock=self.clock)
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)

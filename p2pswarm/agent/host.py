@@ -22,7 +22,7 @@ from typing import Any
 from p2pswarm.agent.core import AgentCore, Assignment, RestartPolicy
 from p2pswarm.agent.driver import AgentDriver
 from p2pswarm.cluster.model import TERMINAL
-from p2pswarm.runtime import base
+from p2pswarm.runtime import base, taskuser
 from p2pswarm.runtime.process import ProcessConfig, ProcessRuntime
 
 log = logging.getLogger("p2pswarm.agent")
@@ -53,9 +53,14 @@ def assignments(state: Any, node_id: str) -> list[Assignment]:
 
 class AgentHost:
     def __init__(self, node_id: str, data_dir: Path, raft_host: Any, incarnation: int,
-                 task_host: str | None = None) -> None:
+                 task_host: str | None = None, task_user: str | None = None) -> None:
+        """``task_user``: the user a root node runs tasks as (None: the default, see
+        :func:`p2pswarm.runtime.taskuser.resolve`); raises TaskUserError with one line."""
         self.node_id, self.raft_host = node_id, raft_host
-        self.runtime = ProcessRuntime(data_dir, ProcessConfig(task_host=task_host))
+        user, why = taskuser.resolve(task_user)
+        (log.info if user is not None else log.warning)("%s", why)
+        self.runtime = ProcessRuntime(data_dir, ProcessConfig(task_host=task_host, task_user=user,
+                                                              task_homes=taskuser.HOMES / node_id))
         self.driver = AgentDriver(self.runtime, AgentCore(digest_version=incarnation * DIGEST_LIFE),
                                   on_digest=self._on_digest, health_host=task_host or "127.0.0.1")
         self._digest: tuple[int, dict] | None = None

@@ -1,5 +1,7 @@
-"""The CLI's way to the local node: http.client over the data dir's unix socket.
+"""The CLI's way to a node: http.client over the data dir's unix socket, or HTTPS to a remote one.
 
+A remote target (``--host``/``--context``, :func:`use_remote`; :mod:`p2pswarm.api.remote_client`)
+replaces the default data dir; an explicit ``--data-dir`` other than the default wins over it.
 Every failure becomes :class:`ApiError` with one line a person can act on.
 """
 
@@ -11,7 +13,17 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from p2pswarm.api.remote_client import Remote, RemoteConnection, RemoteError, explain
+from p2pswarm.api.server import MAX_BODY_BYTES
 from p2pswarm.datadir import DataDir
+
+_remote: list[Remote | None] = [None]
+"""The remote target the CLI chose for this run (None: the local node)."""
+
+
+def use_remote(target: Remote | None) -> None:
+    """Send this process's API calls to ``target`` instead of the default data dir's node."""
+    _remote[0] = target
 
 
 class ApiError(Exception):
@@ -46,6 +58,7 @@ class ApiClient:
     def __init__(self, data_dir: str | Path | DataDir | None = None, timeout: float = 5.0) -> None:
         self.datadir = data_dir if isinstance(data_dir, DataDir) else DataDir(data_dir)
         self.timeout = timeout
+        self.remote = _remote[0] if _remote[0] is not None and self.datadir.path == DataDir().path else None
 
     def not_running(self) -> NodeNotRunning:
         return NodeNotRunning(f"no p2pswarm node is running with data dir {self.datadir.path} "
@@ -53,9 +66,25 @@ class ApiClient:
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """Send one request; returns the decoded JSON (or text for non-JSON replies)."""
-        conn = _UnixConnection(str(self.datadir.api_sock), self.timeout)
         payload = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if payload is not None else {}
+        if payload is not None and len(payload) > MAX_BODY_BYTES:
+            raise ApiError(f"the request is {len(payload)} bytes; the API takes at most {MAX_BODY_BYTES} "
+                           f"(make it smaller, e.g. split a stack file)")
+        if self.remote is not None:
+            remote = None
+            try:
+                remote = RemoteConnection(self.remote, self.timeout)
+                remote.request(method, path, body=payload, headers=headers)
+                resp = remote.getresponse()
+                raw = resp.read()
+            except (RemoteError, OSError, http.client.HTTPException) as exc:
+                raise ApiError(explain(self.remote, exc)) from None
+            finally:
+                if remote is not None:
+                    remote.close()
+            return self._reply(resp, raw, method, path)
+        conn = _UnixConnection(str(self.datadir.api_sock), self.timeout)
         try:
             conn.request(method, path, body=payload, headers=headers)
             resp = conn.getresponse()
@@ -70,6 +99,10 @@ class ApiClient:
                            f"{exc or type(exc).__name__}") from None
         finally:
             conn.close()
+        return self._reply(resp, raw, method, path)
+
+    @staticmethod
+    def _reply(resp: http.client.HTTPResponse, raw: bytes, method: str, path: str) -> Any:
         is_json = resp.getheader("Content-Type", "").startswith("application/json")
         data = _decode(raw) if is_json else raw.decode("utf-8", "replace")
         if resp.status >= 400:

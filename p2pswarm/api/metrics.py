@@ -66,6 +66,7 @@ MESH_HELP = {
     "retried": "Client connections the routing mesh retried on another replica.",
     "relayed_out": "Connections this node sent through a relay node.",
     "relayed_in": "Connections other nodes relayed through this node.",
+    "relay_refused": "Relay connections and datagrams refused: not from a member's host, or to a target not allowed.",
     "refused_limit": "Client connections refused because a connection limit was reached.",
     "errors": "Routing mesh forwarding errors.",
     "bind_errors": "Published ports the routing mesh cannot listen on now.",

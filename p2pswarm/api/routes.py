@@ -53,10 +53,30 @@ class Router:
         self.services = ServiceRoutes(self)
         from p2pswarm.api.top_routes import TopRoutes
         self.routes["/v1/top"] = {"GET": TopRoutes(self).top}
+        from p2pswarm.api.access_routes import AccessRoutes
+        self.groups = (self.services, AccessRoutes(self))
+        """Route groups dispatched by pattern (:mod:`p2pswarm.api.paths`)."""
+
+    def endpoints(self) -> list[str]:
+        """Every endpoint this router serves, as ``"METHOD /pattern"`` (the keys of :mod:`p2pswarm.api.roles`)."""
+        static = [f"{method} {path}" for path, methods in self.routes.items() for method in methods]
+        kv = [f"{method} {KV_PREFIX}{{key}}" for method in self.kv_routes]
+        return static + kv + [e for group in self.groups for e in group.table]
+
+    def endpoint(self, request: Request) -> str | None:
+        """The endpoint a request is for, or None when no route serves it (a 404 or 405)."""
+        for group in self.groups:
+            if group.handles(request.path):
+                return group.endpoint(request)
+        if request.path.startswith(KV_PREFIX):
+            return f"{request.method} {KV_PREFIX}{{key}}" if request.method in self.kv_routes else None
+        methods = self.routes.get(request.path.rstrip("/") or "/", {})
+        return f"{request.method} {request.path.rstrip('/') or '/'}" if request.method in methods else None
 
     def __call__(self, request: Request) -> Response:
-        if self.services.handles(request.path):
-            return self.services(request)
+        for group in self.groups:
+            if group.handles(request.path):
+                return group(request)
         if request.path.startswith(KV_PREFIX):
             handler = self.kv_routes.get(request.method)
             if handler is None:

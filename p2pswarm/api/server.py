@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -21,8 +22,8 @@ log = logging.getLogger("p2pswarm.api")
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 READ_TIMEOUT = 10.0
-REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           408: "Request Timeout", 411: "Length Required", 413: "Payload Too Large",
+REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+           405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required", 413: "Payload Too Large",
            500: "Internal Server Error", 503: "Service Unavailable"}
 
 
@@ -34,6 +35,11 @@ class Request:
     body: bytes = b""
     query: str = ""
     """The raw query string (after ``?``), for handlers that take options."""
+    caller: str = "local"
+    """Who calls: ``local`` on the unix socket, the client certificate's name and serial on the
+    remote listener (:mod:`p2pswarm.api.remote`); for the audit log."""
+    role: str = "local"
+    """The caller's role (:mod:`p2pswarm.api.roles`): ``local`` (the node's owner) or the certificate's."""
 
 
 @dataclass
@@ -70,12 +76,8 @@ class ApiServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        # We hold the data dir lock, so any socket file left here is from a dead node.
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-        self._server = await asyncio.start_unix_server(self._serve, path=self.path,
+        self._server = await asyncio.start_unix_server(self._serve, sock=bind_private(self.path),
                                                        limit=MAX_HEADER_BYTES)
-        os.chmod(self.path, 0o600)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -114,6 +116,33 @@ class ApiServer:
         except Exception as exc:
             log.error("API %s %s failed", request.method, request.path, exc_info=True)
             return Response.error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+SOCKET_UMASK = 0o177
+"""The umask around the socket's bind: the file is born 0600 (owner read/write), never open to others."""
+
+
+def bind_private(path: str) -> socket.socket:
+    """A unix socket bound at ``path`` with mode 0600 from its first moment.
+
+    bind() creates the file with mode 0777 minus the umask, so it is made under
+    ``SOCKET_UMASK`` (a chmod after the bind would leave a window where anyone can connect).
+    We hold the data dir lock, so any socket file left at ``path`` is from a dead node.
+    """
+    if os.path.exists(path):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old = os.umask(SOCKET_UMASK)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)  # the umask only takes bits away; say exactly what we want
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def read_request(reader: asyncio.StreamReader) -> Request:

@@ -12,40 +12,36 @@ from __future__ import annotations
 import secrets
 import time
 import urllib.parse
+from functools import partial
 from typing import Any
 
+from p2pswarm.api import paths
 from p2pswarm.api.server import HttpError, Request, Response
 from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.checks import SpecError
-from p2pswarm.cluster.spec import ServiceSpec
+from p2pswarm.cluster.spec import MAX_REPLICAS, ServiceSpec
 from p2pswarm.stack import stack_of
 
 SERVICES = "/v1/services"
 NODES = "/v1/nodes/"
 
 
-class ServiceRoutes:
+class ServiceRoutes(paths.PatternRoutes):
     def __init__(self, router: Any) -> None:
         self.router, self.node = router, router.node
+        self.table: dict[str, Any] = {
+            f"GET {SERVICES}": self.ls, f"POST {SERVICES}": self.create,
+            f"GET {SERVICES}/{{name}}": self.inspect, f"DELETE {SERVICES}/{{name}}": self.rm,
+            **{f"GET {SERVICES}/{{name}}/{what}": partial(self.sub_get, what=what) for what in ("tasks", "logs")},
+            **{f"POST {SERVICES}/{{name}}/{what}": partial(self.sub_post, what=what)
+               for what in ("update", "scale", "rollback", "logs")},
+            f"GET {NODES}{{node}}": self.node_inspect, f"DELETE {NODES}{{node}}": self.node_rm,
+            f"POST {NODES}{{node}}/update": partial(self.node_update, what="update"),
+        }
+        """Every endpoint (:mod:`p2pswarm.api.paths`) and its handler."""
 
     def handles(self, path: str) -> bool:
         return path == SERVICES or path.startswith(SERVICES + "/") or path.startswith(NODES)
-
-    def __call__(self, request: Request) -> Any:
-        parts = [urllib.parse.unquote(p) for p in request.path.strip("/").split("/")[2:]]
-        routes: dict[tuple[str, int, str], Any] = {
-            ("services", 0, "GET"): self.ls, ("services", 0, "POST"): self.create,
-            ("services", 1, "GET"): self.inspect, ("services", 1, "DELETE"): self.rm,
-            ("services", 2, "GET"): self.sub_get, ("services", 2, "POST"): self.sub_post,
-            ("nodes", 2, "POST"): self.node_update, ("nodes", 1, "GET"): self.node_inspect,
-            ("nodes", 1, "DELETE"): self.node_rm,
-        }
-        kind = request.path.strip("/").split("/")[1]
-        handler = routes.get((kind, len(parts), request.method))
-        if handler is None:
-            raise HttpError(404 if (kind, len(parts)) not in {(k, n) for k, n, _ in routes} else 405,
-                            f"no such endpoint: {request.method} {request.path}")
-        return handler(request, *parts)
 
     # ------------------------------------------------------------ helpers
 
@@ -59,6 +55,10 @@ class ServiceRoutes:
         return svc
 
     async def _write(self, command: dict) -> Any:
+        try:
+            cmd.check_size(command)  # refused here in one line, not by the Raft leader
+        except SpecError as exc:
+            raise HttpError(400, str(exc)) from None
         result = await self.router._raft_call(self.router._driver().write_cluster(command))
         if not result.ok:
             raise HttpError(400, result.error)
@@ -98,7 +98,7 @@ class ServiceRoutes:
             "name": name, "version": svc.version, "spec": svc.spec.to_dict(),
             "previous": None if svc.previous is None else svc.previous.to_dict(),
             "created_at": svc.created_at, "updated_at": svc.updated_at, "update_state": svc.update_state,
-            "update_message": svc.update_message, "desired": desired,
+            "update_message": svc.update_message, "scheduling_error": svc.scheduling_error, "desired": desired,
             "running": sum(1 for r in current if r["state"] == "running"),
             "running_current": sum(1 for r in current if r["state"] == "running" and self._runs_current(svc, r)),
         })
@@ -123,7 +123,7 @@ class ServiceRoutes:
                 task = state.tasks.get(row["id"])
                 row["slot"] = task.slot if task is not None else 0
                 row["current_spec"] = self._runs_current(svc, row)
-            return Response.json({"tasks": rows})
+            return Response.json({"tasks": rows, "scheduling_error": svc.scheduling_error})
         if what == "logs":
             query = urllib.parse.parse_qs(request.query)
             return self._logs({k: v[-1] for k, v in query.items()}, name)
@@ -143,8 +143,8 @@ class ServiceRoutes:
                                                          else None))
         elif what == "scale":
             replicas = body.get("replicas")
-            if type(replicas) is not int or replicas < 0:
-                raise HttpError(400, f"replicas: must be a whole number from 0, got {replicas!r}")
+            if type(replicas) is not int or not 0 <= replicas <= MAX_REPLICAS:
+                raise HttpError(400, f"replicas: must be a whole number from 0 to {MAX_REPLICAS}, got {replicas!r}")
             value = await self._write(cmd.scale_service(_cid(), now, name, replicas))
         elif what == "rollback":
             value = await self._write(cmd.rollback_service(_cid(), now, name, message="manual rollback"))
@@ -253,7 +253,8 @@ class ServiceRoutes:
         role = getattr(driver, "role_of", lambda n: "-")(nid)
         running = sum(1 for t in state.tasks_on(nid) if t.desired == "running")
         await self._write(cmd.remove_node(_cid(), time.time(), nid))
-        return Response.json({"node": nid, "name": record.name, "tasks": running, "raft": role})
+        secure = getattr(self.router.node, "security", None) is not None
+        return Response.json({"node": nid, "name": record.name, "tasks": running, "raft": role, "secure": secure})
 
 
 def _cid() -> str:

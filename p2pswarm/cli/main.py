@@ -1,6 +1,7 @@
 """The `p2pswarm` command line: a click group whose every error is one line on stderr.
 
-Commands only talk to the local node's API (except `up`, which starts the node).
+Commands talk to a node's API: the local node's unix socket, or a remote node over TLS with a
+client bundle (`--host`/`P2PSWARM_HOST`, `--context`, `p2pswarm context use`); `up` starts a node.
 `--debug` (or P2PSWARM_DEBUG=1) shows tracebacks instead of one-line errors.
 """
 
@@ -44,10 +45,25 @@ class OneLineErrors(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+LOCAL_ONLY = frozenset({"up", "down", "unlock", "unlock-key", "lab", "sim", "context"})
+"""Commands that act on this machine only: a remote target (--host, a context) does not apply."""
+
+
 @click.group(cls=OneLineErrors, no_args_is_help=True)
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-def main(debug: bool) -> None:
+@click.option("--host", envvar="P2PSWARM_HOST", default=None, metavar="https://HOST:PORT",
+              help="Talk to a remote node's --api-addr (with --bundle) [env: P2PSWARM_HOST].")
+@click.option("--bundle", envvar="P2PSWARM_BUNDLE", default=None, metavar="DIR",
+              help="Client bundle for --host (`p2pswarm cluster client-cert`) [env: P2PSWARM_BUNDLE].")
+@click.option("--context", "context_name", envvar="P2PSWARM_CONTEXT", default=None, metavar="NAME",
+              help="Use this context for one command (`p2pswarm context ls`) [env: P2PSWARM_CONTEXT].")
+@click.pass_context
+def main(ctx: click.Context, debug: bool, host: str | None, bundle: str | None, context_name: str | None) -> None:
     """p2pswarm: a peer-to-peer cluster orchestrator (every node is equal)."""
+    if ctx.invoked_subcommand not in LOCAL_ONLY:
+        from p2pswarm.api.client import use_remote
+        from p2pswarm.cli.context_cmds import target
+        use_remote(target(host, bundle, context_name))
 
 
 # ---- command groups: add new ones here with main.add_command(...)
@@ -95,6 +111,15 @@ from p2pswarm.cli.lock_cmds import unlock, unlock_key  # noqa: E402
 
 main.add_command(unlock)
 main.add_command(unlock_key)
+
+from p2pswarm.cli.access_cmds import api_ca, audit, client_cert, client_certs  # noqa: E402
+from p2pswarm.cli.context_cmds import context  # noqa: E402
+
+cluster.add_command(client_cert)
+cluster.add_command(client_certs)
+cluster.add_command(api_ca)
+main.add_command(audit)
+main.add_command(context)
 
 
 if __name__ == "__main__":

@@ -58,10 +58,17 @@ def node_rm(node, force, data_dir):
     `p2pswarm node update --availability drain NODE`), and for a voter whose removal would leave
     the other voters without a quorum (autopilot replaces dead voters first).  Its id is never
     reused: a node restarted with the same data dir gets no tasks and no Raft membership
-    (start it with a fresh data dir)."""
+    (start it with a fresh data dir).
+
+    In a secure cluster the removed node's data dir is treated as lost to an attacker: the
+    cluster key, the CA and the join token are rotated (new nodes need the new token from
+    `p2pswarm cluster join-token`)."""
     done = _client(data_dir).request("DELETE", _path(node) + ("?force=1" if force else ""))
     role = done.get("raft", "-")
     raft = f"; it leaves the Raft group (it was {'the leader' if role == 'leader' else 'a ' + role})" \
         if role in ("leader", "voter", "learner") else ""
     click.echo(f"{done['name']} ({done['node']}) removed; {done['tasks']} of its tasks will be replaced{raft}")
+    if done.get("secure"):
+        click.echo("the cluster key, the CA and the join token are being rotated: new nodes need the new token "
+                   "(`p2pswarm cluster join-token`)")
     return 0

@@ -66,6 +66,17 @@ def _labels_option(ctx: click.Context, param: click.Parameter,
     return tuple(sorted(labels.items()))
 
 
+def _api_addr_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from p2pswarm.api.remote import parse_api_addr
+    if value is None:
+        return None
+    try:
+        parse_api_addr(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 def data_dir_option(fn):
     return click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                         help=f"Node data dir [default: ${ENV_VAR} or ~/.local/share/p2pswarm].")(fn)
@@ -94,7 +105,7 @@ def _datadir(path: Path | None) -> DataDir:
               help="TCP port for routing-mesh relays from other nodes [default: the --bind port + 2 if free].")
 @click.option("--token", default=None, envvar="P2PSWARM_TOKEN", metavar="P2PS-1-...",
               help="Join token of the secure cluster to join (`p2pswarm cluster join-token` on a member prints "
-                   "it) [env: P2PSWARM_TOKEN].")
+                   "it) [env: P2PSWARM_TOKEN; prefer it: a command line is visible to every user in `ps`].")
 @click.option("--insecure", is_flag=True,
               help="Plaintext: no CA, no certificates, no encryption (a cluster of --insecure nodes only).")
 @click.option("--autolock", "autolock_on", is_flag=True,
@@ -103,10 +114,16 @@ def _datadir(path: Path | None) -> DataDir:
 @click.option("--unlock-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PATH",
               help="With --autolock: use the unlock key in PATH (e.g. one key for several nodes) instead of making "
                    "one; on a locked node: unlock at start. '-' reads it from stdin.")
+@click.option("--api-addr", default=None, callback=_api_addr_option, metavar="HOST:PORT",
+              help="Also serve the API here over TLS 1.3 to remote CLIs holding a client certificate "
+                   "(`p2pswarm cluster client-cert`) [default: off].")
+@click.option("--task-user", default=None, metavar="USER",
+              help="When the node runs as root: the user its tasks run as [default: p2pswarm-task, created if "
+                   "missing, else nobody]; `root` turns task isolation off.")
 @click.option("--detach", is_flag=True, help="Run in the background; logs go to <data-dir>/node.log.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 def up(peers, bind, advertise, name, data_dir, labels, preset, relay_port, token, insecure, autolock_on,
-       unlock_key_file, detach, log_level):
+       unlock_key_file, api_addr, task_user, detach, log_level):
     """Start a node: create a new cluster, or join one with --peers (and --token).
 
     Clusters are secure by default: the first node creates the cluster CA and prints
@@ -124,10 +141,14 @@ def up(peers, bind, advertise, name, data_dir, labels, preset, relay_port, token
     if insecure and token:
         raise click.BadParameter("a join token is for secure clusters; drop --insecure to join with it",
                                  param_hint="--token")
+    if insecure and api_addr:
+        raise click.BadParameter("the remote API needs the cluster CA's client certificates; drop --insecure",
+                                 param_hint="--api-addr")
     unlock_key = _prepare_autolock(datadir, autolock_on, unlock_key_file)
     options = NodeOptions(data_dir=str(datadir.path), bind=bind, advertise=advertise, peers=peers,
                           name=name, labels=labels, preset=preset, relay_port=relay_port, secure=not insecure,
-                          insecure=insecure, token=token, autolock=autolock_on, unlock_key=unlock_key)
+                          insecure=insecure, token=token, autolock=autolock_on, unlock_key=unlock_key,
+                          api_addr=api_addr, task_user=task_user)
     if detach:
         return _up_detached(options, log_level)
     configure_logging(log_level)
@@ -196,6 +217,10 @@ def _child_argv(options: NodeOptions, log_level: str) -> list[str]:
         argv += ["--insecure"]
     if options.autolock:
         argv += ["--autolock"]
+    if options.task_user:
+        argv += ["--task-user", options.task_user]
+    if options.api_addr:
+        argv += ["--api-addr", options.api_addr]
     if options.unlock_key:
         argv += ["--unlock-key-file", "-"]  # the key goes through a pipe: not in argv, env or the log
     return argv
@@ -217,7 +242,7 @@ def _up_detached(options: NodeOptions, log_level: str, quiet: bool = False) -> i
         pid = datadir.read_pid()
         raise DataDirError(f"a p2pswarm node{f' (pid {pid})' if pid else ''} is already running with data dir "
                            f"{datadir.path}; stop it with `p2pswarm down --data-dir {datadir.path}`")
-    with open(datadir.log_path, "ab") as log_file:
+    with datadir.open_log() as log_file:
         offset = log_file.tell()
         proc = subprocess.Popen(_child_argv(options, log_level),
                                 stdin=subprocess.PIPE if options.unlock_key else subprocess.DEVNULL, stdout=log_file,

@@ -145,6 +145,9 @@ FAIL_LIMIT = 3
 the restart policy allows fewer attempts)."""
 VERIFY_MAX = 30.0
 """The verify phase lasts the update config's ``monitor`` seconds, at most this long."""
+MAX_SLOT_LINES = 20
+"""Above this many wanted tasks only the overall line is shown (as Docker does): 100,000 slot lines
+would be redrawn every ``POLL``."""
 
 
 class _Board:
@@ -256,7 +259,10 @@ def converge(client: ApiClient, name: str, version: int | None = None) -> None:
         verify = min(VERIFY_MAX, float(info["spec"]["update"]["monitor"]))
         lines = [("overall", f"overall progress: {running} out of {desired} tasks",
                   f"overall progress: {running} out of {desired} tasks")]
-        for label, state, detail in _slots(info, rows):
+        if info.get("scheduling_error"):
+            lines.append(("scheduling", info["scheduling_error"], info["scheduling_error"]))
+        slots = _slots(info, rows)
+        for label, state, detail in slots if len(slots) <= MAX_SLOT_LINES else ():
             lines.append((label, f"{label}: {state:<9} [{_bar(state)}] {detail}".rstrip(),
                           f"{label}: {state}" + (f" ({detail})" if detail else "")))
         if verified_since is not None:
@@ -395,10 +401,13 @@ def ls(fmt, data_dir):
 @data_dir_option
 def ps(name, fmt, data_dir):
     """List the tasks of service NAME (each slot's current task, then its history)."""
-    rows = _client(data_dir).get(_path(name, "tasks"))["tasks"]
+    answer = _client(data_dir).get(_path(name, "tasks"))
+    rows = answer["tasks"]
     if fmt == "json":
         click.echo(to_json(rows))
         return 0
+    if answer.get("scheduling_error"):
+        click.echo(f"{name}: {answer['scheduling_error']}", err=True)
     click.echo(table(["ID", "NAME", "NODE", "VERSION", "DESIRED", "CURRENT", "PORT", "ERROR"],
                      [[r["id"], r["name"] if r["current"] else " \\_ " + r["name"], r.get("node_name") or "-",
                        r["version"], r["desired"], r["state"] + (f" ({r['health']})" if r["health"] else ""),

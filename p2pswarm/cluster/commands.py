@@ -15,15 +15,24 @@ only as trustworthy as the node that proposed it.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
+
+import msgpack
 
 from p2pswarm.cluster.checks import (LABEL_KEY, LABEL_KEY_WHAT, SpecError, choice, fail, integer, number, pairs,
                                      strings, text)
 from p2pswarm.cluster.model import AVAILABILITY, DESIRED, TASK_STATES, UPDATE_STATES
 from p2pswarm.cluster.spec import MAX_MEMORY, MAX_REPLICAS, NAME, NAME_WHAT, ServiceSpec
+from p2pswarm.consensus.messages import MAX_ENTRY_BYTES
 
 MAX_BATCH = 10_000
 """Placements (or task ids) in one command."""
+ENTRY_HEADROOM = 64
+"""Bytes of a Raft entry that are not the command: the state machine's envelope ``{"sm": "cluster",
+"cmd": ...}`` (:func:`p2pswarm.statemachine.encode_cluster`: 1 + 3 + 8 + 4 = 16 bytes) plus the growth of
+a batch's two msgpack array headers from 1 to 3 bytes (2 x 2 = 4); 64 leaves room for a longer envelope."""
+MAX_COMMAND_BYTES = MAX_ENTRY_BYTES - ENTRY_HEADROOM
+"""Encoded size of one command, at most: the leader refuses a larger Raft entry (``MAX_ENTRY_BYTES``)."""
 MAX_ID = 128
 MAX_MESSAGE = 1024
 MAX_TIME = 1e12
@@ -76,6 +85,49 @@ def assign_tasks(cid: str, at: float, basis: Iterable[int], place: Iterable[dict
     """Stops ``stop`` (``(task id, reason)``: desired shutdown) then applies ``place``, so that a
     move (or a restart, or an update of a slot) is one decision."""
     return _command("assign_tasks", cid, at, basis, place=list(place), stop=[list(s) for s in stop])
+
+
+def assign_batches(next_id: Callable[[], str], at: float, basis: Iterable[int], place: Iterable[dict],
+                   stop: Iterable[tuple[str, str]] = (), limit: int = MAX_COMMAND_BYTES) -> Iterator[dict]:
+    """``assign_tasks`` commands that together stop ``stop`` and apply ``place``, each at most ``limit``
+    bytes encoded and ``MAX_BATCH`` entries per list, packed in order (stops first, so that a slot is
+    freed no later than it is filled again).  Sizes are measured, not estimated: the command's fixed part
+    is encoded once and each entry once.  ``next_id`` names each command."""
+    basis = list(basis)
+    fixed = encoded_size(assign_tasks("x" * MAX_ID, at, basis, ()))
+    entries = [("stop", list(s)) for s in stop] + [("place", p) for p in place]
+    batch: dict[str, list] = {"stop": [], "place": []}
+    size = fixed
+    for kind, entry in entries:
+        cost = encoded_size(entry)
+        if fixed + cost > limit:
+            raise ValueError(f"one {kind} entry is {cost} bytes: no command of {limit} bytes can carry it")
+        if size + cost > limit or len(batch[kind]) >= MAX_BATCH:
+            yield assign_tasks(next_id(), at, basis, batch["place"], batch["stop"])
+            batch, size = {"stop": [], "place": []}, fixed
+        batch[kind].append(entry)
+        size += cost
+    if batch["stop"] or batch["place"]:
+        yield assign_tasks(next_id(), at, basis, batch["place"], batch["stop"])
+
+
+def encoded_size(value: Any) -> int:
+    """Bytes of ``value`` in msgpack, as the Raft log carries it."""
+    return len(msgpack.packb(value, use_bin_type=True))
+
+
+def check_size(command: dict) -> None:
+    """SpecError (one line) if ``command`` cannot travel in one Raft entry."""
+    size = encoded_size(command)
+    if size > MAX_COMMAND_BYTES:
+        what = "the service spec" if "spec" in command else "the command"
+        raise SpecError(f"{what} encodes to {size} bytes, over the {MAX_COMMAND_BYTES}-byte limit of one cluster "
+                        "command: shorten its args, env or health command")
+
+
+def set_scheduling_error(cid: str, at: float, name: str, message: str) -> dict:
+    """The leader's note on why scheduling ``name`` failed, for ``service ps`` and ``inspect`` ('' clears it)."""
+    return _command("set_scheduling_error", cid, at, name=name, message=message)
 
 
 def set_task_desired(cid: str, at: float, tasks: Iterable[str], desired: str, reason: str = "",
@@ -206,6 +258,7 @@ SCHEMAS: dict[str, dict[str, Check]] = {
     "remove_node": {"node": _ident},
     "set_update_state": {"name": _name, "version": _version,
                          "state": lambda f, v: choice(f, v, UPDATE_STATES), "message": _message},
+    "set_scheduling_error": {"name": _name, "message": _message},
 }
 DECISIONS = frozenset({"assign_tasks"})
 """Commands that must carry a basis: they are only right for the state they were planned on."""
@@ -247,5 +300,5 @@ def check(command: Any) -> tuple[str, dict[str, Any]]:
 
 
 __all__ = ["create_service", "update_service", "rollback_service", "scale_service", "remove_service", "placement",
-           "assign_tasks", "set_task_desired", "report_task_status", "update_node", "remove_node",
-           "set_update_state", "check", "SCHEMAS"]
+           "assign_tasks", "assign_batches", "set_task_desired", "report_task_status", "update_node", "remove_node",
+           "set_update_state", "set_scheduling_error", "encoded_size", "check_size", "check", "SCHEMAS"]

@@ -96,6 +96,8 @@ class Service:
     update_state: str = ""
     update_started_at: float = 0.0
     update_message: str = ""
+    scheduling_error: str = ""
+    """Why the leader's last attempt to schedule this service failed ('' = it did not)."""
     changed: int = 0
 
     @property

@@ -36,6 +36,9 @@ DEDUP_MEMORY = 4096
 TASK_HISTORY = 5
 """Ended, superseded tasks kept per slot for ``service ps`` (Docker's task history limit)."""
 SNAPSHOT_VERSION = 1
+STALE = "stale decision"
+"""Every refusal of a decision planned on outdated state says this: the leader plans again from the
+newer state, so such a refusal is routine, not a scheduling failure."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,12 @@ class Result:
     error: str = ""
     value: Any = None
     """msgpack-able: a retried command gets the same value back, also after a restore."""
+
+    @property
+    def stale(self) -> bool:
+        """Refused only because the decision was planned on outdated state (see ``STALE``)."""
+        reasons = (self.value or {}).get("rejected") if isinstance(self.value, dict) else None
+        return not self.ok and all(STALE in r for r in (reasons or [self.error]))
 
 
 class Rejected(Exception):
@@ -61,6 +70,9 @@ class ClusterState:
         self._seen: dict[str, list] = {}
         self._by_service: dict[str, dict[str, None]] = {}
         self._by_node: dict[str, dict[str, None]] = {}
+        self._by_slot: dict[tuple[str, int | str | None], dict[str, None]] = {}
+        """(service, slot key) -> its tasks: a placement checks its slot without scanning the service
+        (a 100,000-replica service would make every batch quadratic)."""
 
     # -------------------------------------------------------------- applying
 
@@ -130,7 +142,7 @@ class ClusterState:
         self.services[svc.name] = dataclasses.replace(
             svc, spec=spec, version=version, previous=svc.spec, specs=specs, updated_at=at, update_state=state,
             update_started_at=at if fresh else svc.update_started_at, update_message="" if fresh else
-            svc.update_message, changed=index)
+            svc.update_message, scheduling_error="", changed=index)
         return Result(True, value={"version": version})
 
     def _create_service(self, f: dict, index: int) -> Result:
@@ -186,17 +198,33 @@ class ClusterState:
         self.services[svc.name] = dataclasses.replace(svc, update_state=f["state"], update_message=f["message"])
         return Result(True)
 
+    def _set_scheduling_error(self, f: dict, index: int) -> Result:
+        """The leader's note on why it cannot schedule the service ('' clears it); not a change of the
+        service (``changed`` stays), so it never makes a decision stale."""
+        svc = self._service(f["name"])
+        if svc.scheduling_error != f["message"]:
+            self.services[svc.name] = dataclasses.replace(svc, scheduling_error=f["message"])
+        return Result(True)
+
     # -------------------------------------------------------------- tasks
 
     def _put(self, task: Task) -> None:
+        old = self.tasks.get(task.id)
+        if old is not None:
+            self._unindex(old)
         self.tasks[task.id] = task
         self._by_service.setdefault(task.service, {})[task.id] = None
+        self._by_slot.setdefault((task.service, task.slot_key), {})[task.id] = None
         if task.node is not None:
             self._by_node.setdefault(task.node, {})[task.id] = None
 
     def _drop(self, task: Task) -> None:
         del self.tasks[task.id]
-        for index, key in ((self._by_service, task.service), (self._by_node, task.node)):
+        self._unindex(task)
+
+    def _unindex(self, task: Task) -> None:
+        for index, key in ((self._by_service, task.service), (self._by_node, task.node),
+                           (self._by_slot, (task.service, task.slot_key))):
             if key in index:
                 index[key].pop(task.id, None)
                 if not index[key]:
@@ -218,7 +246,7 @@ class ClusterState:
                 continue  # already gone or stopped: the goal is met
             svc = self.services.get(task.service)
             if svc is not None and self._stale(svc.changed, basis):
-                rejected.append(f"stop {tid}: service {svc.name} changed after the plan")
+                rejected.append(f"stop {tid}: {STALE}: service {svc.name} changed after the plan")
             else:
                 self._set_desired(task, "shutdown", reason, at)
         placed: list[str] = []
@@ -257,7 +285,7 @@ class ClusterState:
                     or not pending.live:
                 raise Rejected(f"task {item['task']} is not a pending task of this slot")
         key = slot or node
-        for other in self.tasks_of(svc.name):
+        for other in self.tasks_in_slot(svc.name, key):
             # Two live tasks share a slot only while one replaces the other with a different spec
             # (a start-first update); anything else is a double placement.
             if other.live and other.slot_key == key and other is not pending \
@@ -275,7 +303,7 @@ class ClusterState:
         return task.id
 
     def _prune_history(self, service: str, key: int | str | None) -> None:
-        old = sorted((t for t in self.tasks_of(service) if t.slot_key == key and t.desired != "running"
+        old = sorted((t for t in self.tasks_in_slot(service, key) if t.desired != "running"
                       and t.state in TERMINAL), key=lambda t: (t.created, t.id))
         for task in old[:-TASK_HISTORY]:
             self._drop(task)
@@ -364,6 +392,10 @@ class ClusterState:
         tasks = [self.tasks[t] for t in self._by_service.get(service, ())]
         return sorted(tasks, key=lambda t: (t.slot, "" if t.slot else t.node or "", -t.created, t.id))
 
+    def tasks_in_slot(self, service: str, key: int | str | None) -> list[Task]:
+        """The tasks of one slot (replicated) or node (global) of ``service``, current and history."""
+        return [self.tasks[t] for t in self._by_slot.get((service, key), ())]
+
     def tasks_on(self, node: str) -> list[Task]:
         return sorted((self.tasks[t] for t in self._by_node.get(node, ())), key=lambda t: t.id)
 
@@ -382,7 +414,7 @@ class ClusterState:
             rows.append({"name": name, "mode": svc.spec.mode, "version": svc.version,
                          "running": sum(1 for t in tasks if t.state == "running"), "desired": desired,
                          "ports": [str(p) for p in svc.spec.ports], "update_state": svc.update_state,
-                         "update_message": svc.update_message})
+                         "update_message": svc.update_message, "scheduling_error": svc.scheduling_error})
         return rows
 
     def service_ps(self, name: str) -> list[dict[str, Any]]:

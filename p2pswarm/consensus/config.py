@@ -11,6 +11,9 @@ Times are seconds, sizes bytes.  Formulas (as implemented in :mod:`p2pswarm.cons
 * appends in flight per follower ≤ max_inflight (pipelining), each ≤ max_batch_entries entries
   and ≤ max_batch_bytes payload bytes (one oversized entry still travels alone)
 * leadership transfer aborts after election_timeout if the target never caught up
+* a snapshot travels in chunks of snapshot_chunk_bytes, one in flight per follower (the follower
+  acknowledges each), so installing S bytes takes ⌈S / snapshot_chunk_bytes⌉ round trips; a
+  transfer is abandoned and restarted when no chunk was acknowledged for an election_timeout
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from p2pswarm.consensus.messages import MAX_BATCH_BYTES, MAX_ENTRIES
+from p2pswarm.consensus.messages import MAX_BATCH_BYTES, MAX_ENTRIES, MAX_SNAPSHOT_CHUNK
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,9 @@ class RaftConfig:
     """Entries in one AppendEntries."""
     max_batch_bytes: int = 1024 * 1024
     """Entry payload bytes in one AppendEntries."""
+    snapshot_chunk_bytes: int = 1024 * 1024
+    """Snapshot bytes per InstallSnapshot chunk: big enough that a 50 MB state needs only 50 round
+    trips, half the wire limit (MAX_SNAPSHOT_CHUNK) so a chunk never nears a message's size cap."""
     pre_vote: bool = True
     """Campaign only after a pre-vote round shows a quorum would elect us (Raft thesis §9.6)."""
     check_quorum: bool = True
@@ -45,6 +51,8 @@ class RaftConfig:
             raise ValueError(f"max_batch_entries must be within 1..{MAX_ENTRIES}")
         if not 1 <= self.max_batch_bytes <= MAX_BATCH_BYTES:
             raise ValueError(f"max_batch_bytes must be within 1..{MAX_BATCH_BYTES}")
+        if not 1 <= self.snapshot_chunk_bytes <= MAX_SNAPSHOT_CHUNK:
+            raise ValueError(f"snapshot_chunk_bytes must be within 1..{MAX_SNAPSHOT_CHUNK}")
         if self.max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
 

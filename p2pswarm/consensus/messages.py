@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import msgpack
 
-from p2pswarm.wire import (NODE_ID, WireError, WireStruct, blob, boolean, message, nested, one_of,
-                           seq, struct, uint)
+from p2pswarm.wire import (NODE_ID, WireError, WireStruct, blob, boolean, decode_struct, message, nested,
+                           one_of, refine, seq, struct, uint)
 
 MAX_ENTRIES = 1024
 """Entries in one AppendEntries (config.max_batch_entries must not exceed it)."""
@@ -21,8 +21,11 @@ MAX_ENTRY_BYTES = 1024 * 1024
 """Payload of one log entry; larger proposals are refused by the leader."""
 MAX_BATCH_BYTES = 3 * 1024 * 1024
 """Entry payload bytes in one AppendEntries; leaves headroom under wire.MAX_MESSAGE_BYTES."""
-MAX_SNAPSHOT_BYTES = 3 * 1024 * 1024
-"""A snapshot travels in one InstallSnapshot message, so it must fit one wire message."""
+MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
+"""Largest state machine image a node stores or assembles from chunks: what a leader can make a
+follower buffer (64 × the 4 MiB wire message; the state machine lives in memory anyway)."""
+MAX_SNAPSHOT_CHUNK = 2 * 1024 * 1024
+"""Snapshot bytes in one InstallSnapshot: half of wire.MAX_MESSAGE_BYTES, the rest is headroom."""
 MAX_VOTERS = 9
 MAX_LEARNERS = 64
 
@@ -43,9 +46,8 @@ class Entry(WireStruct):
               ("data", blob(MAX_ENTRY_BYTES)))
 
 
-def _checked_entries(value: object) -> tuple:
+def _entries_in_order(entries: tuple) -> None:
     """Entries of one message: consecutive indexes, non-decreasing terms, bounded bytes."""
-    entries = seq(nested(Entry), MAX_ENTRIES)(value)
     total = 0
     for prev, cur in zip(entries, entries[1:]):
         if cur.index != prev.index + 1 or cur.term < prev.term:
@@ -54,7 +56,9 @@ def _checked_entries(value: object) -> tuple:
         total += len(e.data)
     if total > MAX_BATCH_BYTES:
         raise WireError(f"entries carry {total} bytes, over {MAX_BATCH_BYTES}")
-    return entries
+
+
+_checked_entries = refine(seq(nested(Entry), MAX_ENTRIES), _entries_in_order)
 
 
 @struct
@@ -99,19 +103,15 @@ def encode_conf(change: ConfChange) -> bytes:
 
 def decode_conf(data: bytes) -> ConfChange:
     """Decode a config entry's payload; raises WireError on anything malformed."""
-    try:
-        raw = msgpack.unpackb(data, raw=False, use_list=False)
-    except Exception as exc:
-        raise WireError(f"undecodable config change: {type(exc).__name__}") from None
-    if type(raw) is not tuple or len(raw) != 3:
-        raise WireError("config change is not [op, node, result]")
-    return ConfChange(*(check(v) for (_, check), v in zip(ConfChange.SCHEMA, raw)))
+    return decode_struct(ConfChange, data, "config change")
 
 
 @struct
 @dataclass(frozen=True, slots=True)
 class Snapshot(WireStruct):
-    """State machine image at ``index`` (whose entry had ``term``), with the config then in force."""
+    """State machine image at ``index`` (whose entry had ``term``), with the config then in force.
+
+    Stored by storage (checked when read back); it travels as InstallSnapshot chunks."""
 
     index: int
     term: int
@@ -190,21 +190,49 @@ class VoteResp(WireStruct):
 @message(36)
 @dataclass(frozen=True, slots=True)
 class InstallSnapshot(WireStruct):
+    """One chunk of the leader's snapshot (``index``/``snap_term``/``conf``, ``size`` bytes in all):
+    ``data`` is its bytes from ``offset``; ``done`` marks the last chunk.  The follower assembles
+    the chunks in order and installs the snapshot once it holds all ``size`` bytes."""
+
     term: int
     source: str
-    snapshot: Snapshot
-    SCHEMA = (("term", U64), ("source", NODE_ID), ("snapshot", nested(Snapshot)))
+    index: int
+    snap_term: int
+    conf: ConfState
+    size: int
+    offset: int
+    data: bytes
+    done: bool
+    SCHEMA = (("term", U64), ("source", NODE_ID), ("index", U64), ("snap_term", U64),
+              ("conf", nested(ConfState)), ("size", U64), ("offset", U64),
+              ("data", blob(MAX_SNAPSHOT_CHUNK)), ("done", boolean))
+
+    def __post_init__(self) -> None:
+        end = self.offset + len(self.data)
+        if self.size > MAX_SNAPSHOT_BYTES:
+            raise WireError(f"snapshot of {self.size} bytes is over {MAX_SNAPSHOT_BYTES}")
+        if end > self.size or (not self.data and self.size):
+            raise WireError("snapshot chunk is empty or reaches past the snapshot's size")
+        if self.done != (end == self.size):
+            raise WireError("snapshot chunk's done flag disagrees with its offset and size")
 
 
 @message(37)
 @dataclass(frozen=True, slots=True)
 class SnapshotResp(WireStruct):
-    """``index``: the follower's last index after handling the snapshot."""
+    """``index``: where the follower's log surely matches the leader's (its commit index; the
+    snapshot's index once installed).
+
+    While chunks are arriving, ``snapshot`` names the snapshot being assembled and ``received``
+    how many of its bytes the follower holds, i.e. the offset of the chunk it wants next (0 asks
+    the leader to start over); ``snapshot`` is 0 once it is installed or not needed."""
 
     term: int
     source: str
     index: int
-    SCHEMA = (("term", U64), ("source", NODE_ID), ("index", U64))
+    snapshot: int = 0
+    received: int = 0
+    SCHEMA = (("term", U64), ("source", NODE_ID), ("index", U64), ("snapshot", U64), ("received", U64))
 
 
 @message(38)

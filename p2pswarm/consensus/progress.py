@@ -6,18 +6,20 @@ A follower is in one of three states (the etcd-io/raft model):
   and wait for the answer (or a heartbeat answer) before the next.
 * ``replicate``: logs match up to ``match``; stream appends optimistically, at most
   ``max_inflight`` unacknowledged ones (pipelining with a bounded window).
-* ``snapshot``: it needs a snapshot we sent; send nothing else until it answers.
+* ``snapshot``: it needs a snapshot; we send it chunk by chunk (``sending``, kept until the
+  transfer ends even if we compact again meanwhile) and nothing else until it is installed.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 PROBE, REPLICATE, SNAPSHOT = "probe", "replicate", "snapshot"
 
 
 class Progress:
-    __slots__ = ("match", "next", "state", "probe_sent", "inflight", "pending_snapshot",
+    __slots__ = ("match", "next", "state", "probe_sent", "inflight", "pending_snapshot", "sending",
                  "snapshot_sent_at", "recent_active", "last_active")
 
     def __init__(self, next_index: int, now: float | None = None) -> None:
@@ -27,6 +29,7 @@ class Progress:
         self.probe_sent = False
         self.inflight: deque[int] = deque()
         self.pending_snapshot = 0
+        self.sending = None
         self.snapshot_sent_at = 0.0
         self.recent_active = False
         self.last_active = now
@@ -36,15 +39,17 @@ class Progress:
             self.next = max(self.match + 1, self.pending_snapshot + 1)
         else:
             self.next = self.match + 1
-        self.state, self.probe_sent, self.pending_snapshot = PROBE, False, 0
+        self.state, self.probe_sent, self.pending_snapshot, self.sending = PROBE, False, 0, None
         self.inflight.clear()
 
     def become_replicate(self) -> None:
-        self.state, self.next, self.probe_sent = REPLICATE, self.match + 1, False
+        self.state, self.next, self.probe_sent, self.sending = REPLICATE, self.match + 1, False, None
         self.inflight.clear()
 
-    def become_snapshot(self, index: int, now: float) -> None:
-        self.state, self.pending_snapshot, self.snapshot_sent_at = SNAPSHOT, index, now
+    def become_snapshot(self, snapshot: Any, now: float) -> None:
+        """Start sending ``snapshot`` (a messages.Snapshot); ``snapshot_sent_at`` moves with every chunk."""
+        self.state, self.pending_snapshot, self.snapshot_sent_at = SNAPSHOT, snapshot.index, now
+        self.sending = snapshot
         self.inflight.clear()
 
     def paused(self, max_inflight: int) -> bool:

@@ -18,7 +18,8 @@ the hand-off simple and is checked.
 
 Implemented: randomized election timeouts, PreVote, CheckQuorum with leases,
 pipelined replication with bounded in-flight appends, the §5.4.2 commit rule,
-a no-op entry at the start of each term, snapshots and InstallSnapshot, learners,
+a no-op entry at the start of each term, snapshots sent in acknowledged chunks (InstallSnapshot;
+the follower assembles them in memory, bounded by MAX_SNAPSHOT_BYTES), learners,
 single-server membership changes via config entries (in force once appended),
 leadership transfer (TimeoutNow) and ReadIndex reads.
 """
@@ -108,6 +109,16 @@ class _PendingRead:
     seq: int
 
 
+class _Incoming:
+    """A snapshot being received: which one (leader, term, index, term, conf, size) and its bytes so far."""
+
+    __slots__ = ("key", "data")
+
+    def __init__(self, key: tuple) -> None:
+        self.key = key
+        self.data = bytearray()
+
+
 class Raft:
     def __init__(self, node_id: str, config: RaftConfig, rng: RandomSource, now: float, *,
                  hard_state: HardState | None = None, snapshot: Snapshot | None = None,
@@ -154,6 +165,8 @@ class Raft:
         self._read_seq = 0
         self._read_acks: dict[str, int] = {}
         self._in_ready = False
+        self._incoming: _Incoming | None = None
+        """The snapshot a leader is sending us, while its chunks arrive."""
         self._reset_election(now)
 
     # ================================================================ public API
@@ -338,6 +351,7 @@ class Raft:
     def _become_follower(self, now: float, term: int, lead: str | None) -> None:
         if term != self.term:
             self.term, self.vote = term, None
+            self._incoming = None  # a new term's leader sends its own snapshot
         self.role, self.lead = FOLLOWER, lead
         if lead is not None:
             self._leader_contact = now
@@ -461,17 +475,37 @@ class Raft:
         self._send(m.source, HeartbeatResp(self.term, self.id, m.read_seq))
 
     def _on_snapshot(self, now: float, m: InstallSnapshot) -> None:
+        """Assemble the leader's snapshot chunk by chunk; install it once all its bytes are here.
+
+        A chunk that does not continue the assembly (out of order, a duplicate, another snapshot,
+        leader or term) changes nothing: the reply names the offset we need, 0 to start over."""
         self._heard_from_leader(now, m)
-        snap = m.snapshot
-        if snap.index <= self.log.committed:
+        if m.index <= self.log.committed:
+            self._incoming = None
             self._send(m.source, SnapshotResp(self.term, self.id, self.log.committed))
             return
-        if self.log.match_term(snap.index, snap.term):
-            self.log.commit_to(snap.index)  # we already hold that prefix: just fast-forward
-        else:
-            self.log.restore(snap)
-            self._snapshot = self._unsaved_snapshot = snap
-            self._refresh_conf()
+        if self.log.match_term(m.index, m.snap_term):
+            self._incoming = None
+            self.log.commit_to(m.index)  # we already hold that prefix: just fast-forward
+            self._send(m.source, SnapshotResp(self.term, self.id, m.index))
+            return
+        key = (m.source, m.term, m.index, m.snap_term, m.conf, m.size)
+        inc = self._incoming
+        if inc is None or inc.key != key:
+            inc = self._incoming = _Incoming(key) if m.offset == 0 else None
+        if inc is None or m.offset != len(inc.data):
+            self._send(m.source, SnapshotResp(self.term, self.id, self.log.committed, m.index,
+                                              len(inc.data) if inc else 0))
+            return
+        inc.data += m.data
+        if len(inc.data) < m.size:
+            self._send(m.source, SnapshotResp(self.term, self.id, self.log.committed, m.index, len(inc.data)))
+            return
+        self._incoming = None
+        snap = Snapshot(m.index, m.snap_term, m.conf, bytes(inc.data))
+        self.log.restore(snap)
+        self._snapshot = self._unsaved_snapshot = snap
+        self._refresh_conf()
         self._send(m.source, SnapshotResp(self.term, self.id, snap.index))
 
     def _on_timeout_now(self, now: float, m: TimeoutNow) -> None:
@@ -528,9 +562,14 @@ class Raft:
         pr = self._active_progress(now, m.source)
         if pr is None or pr.state != SNAPSHOT:
             return
-        pr.maybe_update(min(m.index, self.log.last_index()))
-        pr.become_probe()
-        self._send_append(m.source, now)
+        snap = pr.sending
+        if not m.snapshot and m.index >= snap.index:  # installed (or the follower already had it)
+            pr.maybe_update(min(m.index, self.log.last_index()))
+            pr.become_probe()
+            self._send_append(m.source, now)
+            return
+        resume = m.snapshot == snap.index and m.received < len(snap.data)
+        self._send_snapshot_chunk(m.source, pr, m.received if resume else 0, now)
 
     def _on_heartbeat_resp(self, now: float, m: HeartbeatResp) -> None:
         pr = self._active_progress(now, m.source)
@@ -598,9 +637,8 @@ class Raft:
         prev = pr.next - 1
         prev_term = self.log.term(prev)
         if prev_term is None:
-            snap = self._snapshot
-            pr.become_snapshot(snap.index, now)
-            self._send(peer, InstallSnapshot(self.term, self.id, snap))
+            pr.become_snapshot(self._snapshot, now)
+            self._send_snapshot_chunk(peer, pr, 0, now)
             return True
         entries = self.log.slice(pr.next, self.cfg.max_batch_entries, self.cfg.max_batch_bytes)
         if not entries and not empty_ok:
@@ -608,6 +646,15 @@ class Raft:
         self._send(peer, AppendEntries(self.term, self.id, prev, prev_term, self.log.committed, entries))
         pr.sent(entries[-1].index if entries else None)
         return bool(entries)
+
+    def _send_snapshot_chunk(self, peer: str, pr: Progress, offset: int, now: float) -> None:
+        """Send the chunk of ``pr.sending`` at ``offset``; the follower's answer asks for the next one."""
+        snap = pr.sending
+        size = len(snap.data)
+        end = min(size, offset + self.cfg.snapshot_chunk_bytes)
+        pr.snapshot_sent_at = now
+        self._send(peer, InstallSnapshot(self.term, self.id, snap.index, snap.term, snap.conf, size, offset,
+                                         snap.data[offset:end], end == size))
 
     def _append_local(self, kind: str, data: bytes, now: float) -> tuple[int, int]:
         entry = Entry(self.term, self.log.last_index() + 1, kind, data)

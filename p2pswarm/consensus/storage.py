@@ -15,13 +15,20 @@ Data directory::
     snapshot  the latest snapshot in one record, replaced atomically
 
 A record is a 12-byte header ``len, crc32(payload), crc32(first 8 header bytes)``
-followed by a msgpack payload.  At open the wal is scanned: a header that fails
-its checksum, a payload cut short, or a bad payload checksum on the *final*
-record is a torn tail (the crash hit an un-fsynced write); the file is truncated
-back to the end of the last complete batch.  A bad record followed by more data
-is corruption of something that was durable, possibly committed: opening fails
-with :class:`CorruptLogError`.  (A flipped bit in the very last record cannot be
-told from a torn write; that batch is dropped, as a crash before its fsync would.)
+followed by a msgpack payload.  At open the wal is scanned.  Damage (a header that
+fails its checksum, a payload cut short or with a bad checksum) inside the *final*
+batch is a torn tail: the crash hit a write that was never fsynced, so never
+acknowledged, and the disk may have kept any subset of its pages.  The file is
+truncated back to the end of the last complete batch, with a warning.  Damage
+followed by a complete batch and then more records (so that a later save had begun
+after that batch's fsync) is corruption of something that was durable, possibly
+committed: opening fails with :class:`CorruptLogError`.  (Damage that leaves one
+intact hard-state record at the very end cannot be told from a torn final batch;
+that data is dropped, as a crash before its fsync would.)
+
+New files and renames are made durable by an fsync of the directory too: without
+it a crash can lose the wal's (or snapshot's) directory entry even though its
+contents were fsynced.
 
 Saving a snapshot rewrites the wal without the entries it covers (write a new
 file, fsync, rename), so the log stays as short as the snapshot policy keeps it.
@@ -39,6 +46,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import struct
 import zlib
@@ -47,12 +55,18 @@ from typing import Any
 
 import msgpack
 
-from p2pswarm.consensus.messages import Entry, Snapshot
+from p2pswarm.consensus.messages import MAX_SNAPSHOT_BYTES, Entry, Snapshot
 from p2pswarm.consensus.raft import HardState
 from p2pswarm.wire import WireError, nested
 
+logger = logging.getLogger("p2pswarm.raft")
+
 _HEADER = struct.Struct("<III")
 _MAX_RECORD = 64 * 1024 * 1024
+"""Largest wal record (an entry is at most 1 MiB; anything larger is a damaged header)."""
+_MAX_SNAPSHOT_RECORD = MAX_SNAPSHOT_BYTES + 1024 * 1024
+"""The snapshot file's one record: the image plus its index, term and configuration (≤ 73 ids of
+64 bytes) and the AEAD overhead, which 1 MiB covers many times over."""
 _MAGIC = "p2pswarm-raft 1"
 _MAGIC_ENCRYPTED = _MAGIC + " encrypted"
 
@@ -157,7 +171,9 @@ class FileStorage:
         self._ad = {what: f"p2pswarm-raft|{what}|{cluster_id}".encode() for what in ("wal", "snapshot")}
         self._failed: str | None = None
         self._fd = -1
-        os.makedirs(path, exist_ok=True)
+        if not os.path.isdir(path):
+            os.makedirs(path)
+            _fsync_dir(os.path.dirname(os.path.abspath(path)))  # the new dir's own entry
         self._lock = os.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -266,14 +282,7 @@ class FileStorage:
         finally:
             os.close(fd)
         os.replace(tmp, os.path.join(self.path, name))
-        self._fsync_dir()
-
-    def _fsync_dir(self) -> None:
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_dir(self.path)
 
     # ------------------------------------------------------------ reading
 
@@ -312,7 +321,7 @@ class FileStorage:
         with open(name, "rb") as f:
             data = f.read()
         try:
-            records, end, bad = _scan(data, self._open("snapshot"))
+            records, end, bad = _scan(data, self._open("snapshot"), _MAX_SNAPSHOT_RECORD)
         except _Undecryptable as exc:
             raise self._undecryptable(f"snapshot file {name}", exc.pos) from None
         if bad is not None or len(records) != 1 or end != len(data):
@@ -325,16 +334,20 @@ class FileStorage:
 
     def _recover_wal(self) -> None:
         name = os.path.join(self.path, "wal")
+        created = not os.path.exists(name)
         self._fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        if created:
+            _fsync_dir(self.path)
         with open(name, "rb") as f:
             data = f.read()
         try:
             records, _, bad = _scan(data, self._open("wal"))
+            corrupt = bad is not None and _later_batch(data, bad, self._open("wal"))
         except _Undecryptable as exc:
             raise self._undecryptable(f"raft log {name}", exc.pos) from None
-        if bad is not None and _more_records_after(data, bad):
-            raise CorruptLogError(f"raft log {name} is corrupt at byte {bad}; data that was durable "
-                                  f"is damaged: restore this node from a peer")
+        if corrupt:
+            raise CorruptLogError(f"raft log {name} is corrupt at byte {bad}, before later complete saves: "
+                                  f"data that was durable is damaged; restore this node from a peer")
         keep, log, batch, marker = 0, [], [], None
         for offset, payload in records:
             try:
@@ -368,6 +381,9 @@ class FileStorage:
             raise CorruptLogError(f"raft log {name} does not continue its snapshot at {base}")
         self._image.entries = log
         if keep != len(data):
+            if bad is not None:
+                logger.warning("raft log %s: dropped a torn final batch (bytes %d-%d, damaged at %d) that a "
+                               "crash left half-written; it was never acknowledged", name, keep, len(data), bad)
             os.ftruncate(self._fd, keep)  # torn tail: drop the incomplete batch
             os.fsync(self._fd)
 
@@ -406,18 +422,20 @@ def _hs_payload(hs: HardState) -> list:
     return ["H", hs.term, hs.vote or "", hs.commit]
 
 
-def _scan(data: bytes, open_body: Any = None) -> tuple[list, int, int | None]:
-    """Records as (end offset, payload); the end of the good prefix; the offset of a bad record or None.
+def _scan(data: bytes, open_body: Any = None, max_record: int = _MAX_RECORD,
+          start: int = 0) -> tuple[list, int, int | None]:
+    """Records from ``start`` as (end offset, payload); the end of the good prefix; the offset of a bad
+    record or None.
 
     ``open_body`` decrypts a body whose CRC passed; when it fails, :class:`_Undecryptable` is raised
     (a whole record that does not open is a wrong key or tampering, never a torn write).
     """
-    records, pos = [], 0
+    records, pos = [], start
     while pos < len(data):
         if len(data) - pos < _HEADER.size:
             return records, pos, pos
         length, crc, hcrc = _HEADER.unpack_from(data, pos)
-        if zlib.crc32(data[pos:pos + 8]) != hcrc or length > _MAX_RECORD:
+        if zlib.crc32(data[pos:pos + 8]) != hcrc or length > max_record:
             return records, pos, pos
         body = data[pos + _HEADER.size:pos + _HEADER.size + length]
         if len(body) < length or zlib.crc32(body) != crc:
@@ -436,13 +454,41 @@ def _scan(data: bytes, open_body: Any = None) -> tuple[list, int, int | None]:
     return records, pos, None
 
 
-def _more_records_after(data: bytes, bad: int) -> bool:
-    """Does any intact record start after the damaged one at ``bad``? Then it is not a torn tail."""
-    for pos in range(bad + 1, len(data) - _HEADER.size + 1):
-        length, _, hcrc = _HEADER.unpack_from(data, pos)
-        if zlib.crc32(data[pos:pos + 8]) == hcrc and length <= len(data) - pos - _HEADER.size:
+def _later_batch(data: bytes, bad: int, open_body: Any) -> bool:
+    """Is the damage at ``bad`` followed by a complete batch and then more data?
+
+    Each save appends one batch (entries, then a hard-state record) and fsyncs it before the next
+    save starts; so bytes after an intact hard-state record mean that its batch, and the damage
+    before it, were durable.  Otherwise the damage lies in the final batch: a torn write."""
+    pos = bad + 1
+    while (pos := _next_record(data, pos)) is not None:
+        records, _, again = _scan(data, open_body, start=pos)
+        if any(isinstance(p, list) and p[:1] == ["H"] and end < len(data) for end, p in records):
             return True
+        if again is None:
+            return False
+        pos = again + 1
     return False
+
+
+def _next_record(data: bytes, pos: int) -> int | None:
+    """The first offset at or after ``pos`` where a whole record with good checksums starts."""
+    for at in range(pos, len(data) - _HEADER.size + 1):
+        length, crc, hcrc = _HEADER.unpack_from(data, at)
+        body = at + _HEADER.size
+        if (zlib.crc32(data[at:at + 8]) == hcrc and length <= min(_MAX_RECORD, len(data) - body)
+                and zlib.crc32(data[body:body + length]) == crc):
+            return at
+    return None
+
+
+def _fsync_dir(path: str) -> None:
+    """Make the names in directory ``path`` (a new or renamed file) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, buf: bytes) -> None:

@@ -34,6 +34,7 @@ from p2pswarm.consensus.autopilot import target_voters
 from p2pswarm.datadir import DataDir
 from p2pswarm.lab import netns
 from p2pswarm.runtime import procfs
+from p2pswarm.runtime.taskuser import own_interpreter_args, remove_homes_of
 
 STATE_FILE = "lab.json"
 DEMO_SERVICE = "demo"
@@ -164,6 +165,7 @@ class Lab:
         """Create the lab dir; remove node dirs left by a previous (stopped) lab: a lab starts fresh."""
         self.path.mkdir(parents=True, exist_ok=True)
         for d in node_dirs(self.path):
+            remove_homes_of(d)
             shutil.rmtree(d, ignore_errors=True)
         (self.path / STATE_FILE).unlink(missing_ok=True)
 
@@ -200,7 +202,8 @@ class Lab:
         datadir.prepare()
         argv = [sys.executable, "-m", "p2pswarm.cli.main", "up", "--data-dir", str(datadir.path),
                 "--bind", node.addr, "--name", node.name, "--preset", self.preset, "--log-level", "info",
-                "--label", "lab=1", "--label", f"zone={'abc'[(node.index - 1) % 3]}"]
+                "--label", "lab=1", "--label", f"zone={'abc'[(node.index - 1) % 3]}",
+                *own_interpreter_args(sys.executable)]  # the demo service runs this interpreter
         if peers:
             argv += ["--peers", ",".join(peers)]
         if node.netns:
@@ -212,7 +215,7 @@ class Lab:
         env.pop("P2PSWARM_TOKEN", None)
         if token:
             env["P2PSWARM_TOKEN"] = token
-        with open(datadir.log_path, "ab") as log:
+        with datadir.open_log() as log:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True, cwd=str(datadir.path), env=env)
 

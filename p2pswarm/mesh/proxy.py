@@ -31,6 +31,14 @@ The relay answers one byte: ``0`` connected (then both sides pipe bytes), ``1`` 
 ASCII then close (target not in its ``relay_allow``), ``2`` then close (connect failed or the
 target's host is blocked), so the first node can try another candidate transparently.
 
+The plaintext relay listener admits connections only from the other members' hosts (the table's
+``relay_from``, compared as canonical IP addresses, as the UDP relay does); anyone else is closed
+at once without an answer and counted in ``relay_refused``. The PROXY header a relay forwards is
+therefore one a member's mesh wrote (from its own client's address): a stranger cannot make a
+``proxy-protocol`` backend log an address of its choosing. The opening side sends from its own
+member address (it binds to the table's ``host``). As for UDP, any process on a member host can
+still open a relay connection from that address; the TLS relay authenticates the member instead.
+
 ENCRYPTED ports (``--publish 8080:80,encrypted``): the same relay protocol inside TLS 1.3 with
 mutual certificates (:mod:`p2pswarm.mesh.tlsctx`), on the TLS relay listener (relay port + 1).
 A remote backend of such a port has ``tls`` and ``via`` = the TLS relay of its own node (or of a
@@ -46,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import ipaddress
 import os
 import random
 import socket
@@ -171,6 +180,16 @@ class Table:
     """The raw ``tls`` section (contexts are made in :meth:`Mesh.apply`, reusing unchanged ones)."""
     tls_next: Mapping[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
     """Backend address -> the TLS relay of its node, for relayed encrypted connections."""
+    relay_from: frozenset[str] = frozenset()
+    """The other members' hosts (canonical): the only sources the plaintext relay listener admits."""
+
+
+def canonical_host(host: str) -> str:
+    """An IP address as the socket layer writes it (``0:0::1`` → ``::1``), to compare senders."""
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        return host
 
 
 def parse_addr(value: Any, what: str) -> tuple[str, int]:
@@ -222,6 +241,8 @@ def parse_table(t: Any) -> Table:
                       for i, a in enumerate(_list(t.get("relay_allow"), "table.relay_allow")))
     blocked = frozenset(_str(h, f"table.blocked_hosts[{i}]", 100)
                         for i, h in enumerate(_list(t.get("blocked_hosts"), "table.blocked_hosts")))
+    relay_from = frozenset(canonical_host(_str(h, f"table.relay_from[{i}]", 100))
+                           for i, h in enumerate(_list(t.get("relay_from"), "table.relay_from")))
     raw_limits = t.get("limits") or {}
     if not isinstance(raw_limits, Mapping):
         raise TableError("table.limits: expected a map")
@@ -264,7 +285,8 @@ def parse_table(t: Any) -> Table:
     if not isinstance(raw_next, Mapping):
         raise TableError("table.tls_next: expected a map")
     tls_next = {parse_addr(k, "table.tls_next key"): parse_addr(v, f"table.tls_next[{k}]") for k, v in raw_next.items()}
-    return Table(version, host, relay_port, allow, blocked, tuple(ports), limits, t.get("tls"), tls_next)
+    return Table(version, host, relay_port, allow, blocked, tuple(ports), limits, t.get("tls"), tls_next,
+                 relay_from)
 
 
 # -- connections -------------------------------------------------------------------------------
@@ -564,7 +586,9 @@ class Conn(asyncio.Protocol):
         header = RELAY_MAGIC + bytes((RELAY_VERSION,)) + struct.pack(">H", len(name)) + name
         header += b"\x01" + pp if pp else b"\x00"
         if not tls:
-            await mesh.loop.create_connection(lambda: far, relay[0], relay[1])
+            host = mesh.host
+            local = (host, 0) if host and (":" in host) == (":" in relay[0]) else None  # relays admit members' hosts
+            await mesh.loop.create_connection(lambda: far, relay[0], relay[1], local_addr=local)
             code = await self._ask(far, header)
         else:
             far, code = await self._ask_over_tls(far, relay, header)
@@ -873,6 +897,25 @@ class RelayIn(Conn):
 
     def key_valid(self, mesh: "Mesh") -> bool:
         return self.target is None or self.target in mesh.relay_allow
+
+
+class PlainRelayIn(RelayIn):
+    """A connection on the plaintext relay listener: admitted only from another member's host."""
+
+    __slots__ = ("source",)
+
+    def connection_made(self, transport: Any) -> None:
+        peer = transport.get_extra_info("peername")
+        self.source = canonical_host(peer[0]) if peer else ""
+        if self.source not in self.mesh.relay_from:
+            self.mesh.relay_c.relay_refused += 1  # not a member's host: closed before reading a byte
+            self.done = True
+            transport.abort()
+            return
+        super().connection_made(transport)
+
+    def key_valid(self, mesh: "Mesh") -> bool:
+        return self.source in mesh.relay_from and super().key_valid(mesh)
 
 
 class TlsRelaySession(Session):
@@ -1317,6 +1360,7 @@ class Mesh:
         self.relay_server: Any = None
         self.relay_error: str | None = None
         self.relay_allow: frozenset[tuple[str, int]] = frozenset()
+        self.relay_from: frozenset[str] = frozenset()
         self.blocked_hosts: frozenset[str] = frozenset()
         self.tls: TlsConfig | None = None
         self.tls_next: Mapping[tuple[str, int], tuple[str, int]] = {}
@@ -1349,7 +1393,7 @@ class Mesh:
         self.tables_applied += 1
         self.version = table.version
         self.limits = table.limits
-        self.relay_allow = table.relay_allow
+        self.relay_allow, self.relay_from = table.relay_allow, table.relay_from
         self.blocked_hosts = table.blocked_hosts
         if table.host != self.host:
             for port in self.ports.values():
@@ -1450,7 +1494,7 @@ class Mesh:
                 self.relay_error = bind_error(e, self.host, self.relay_port)
             else:
                 self.relay_error = None
-                self.relay_server = await self.loop.create_server(lambda: RelayIn(self), sock=sock)
+                self.relay_server = await self.loop.create_server(lambda: PlainRelayIn(self), sock=sock)
         elif not self.relay_port:
             self.relay_error = None
         if self.relay_port and self.tls is not None and self.tls_server is None:

@@ -24,8 +24,9 @@ backend reachable only over longer paths is reported unreachable.
 **UDP.** Published UDP ports go to a separate ``udp`` list of the table (present only when
 there is one, so TCP-only tables are unchanged; a number may be published once per protocol).
 A UDP backend on a node without a direct link is relayed like TCP, through the relay node's
-UDP relay listener (``udp_relay_allow``: the UDP targets this node's relay forwards to;
-``udp_relay_from``: the member hosts it takes relayed datagrams from; see :mod:`p2pswarm.mesh.udp`).
+UDP relay listener (``udp_relay_allow``: the UDP targets this node's relay forwards to; see
+:mod:`p2pswarm.mesh.udp`). Both relay listeners, TCP and UDP, take connections and datagrams only
+from the other members' hosts (``relay_from``).
 """
 
 from __future__ import annotations
@@ -152,12 +153,12 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
             routes.append(Route(published, service, task, peer.node, peer.name, addr, route, why, proto))
     table = {"version": version, "host": host, "relay_port": own.relay_port if own is not None else 0,
              "relay_allow": sorted(relay_allow), "blocked_hosts": sorted(set(blocked_hosts)),
+             "relay_from": sorted({p.host for p in peers.values()
+                                   if p.node != me and p.status in ("alive", "suspect")}),
              "ports": [ports[p] for p in sorted(ports)], "limits": dict(limits or DEFAULT_LIMITS)}
     if udp:  # only when there is one: a TCP-only table is exactly what it was before UDP
         table["udp"] = [udp[p] for p in sorted(udp)]
         table["udp_relay_allow"] = sorted(udp_relay_allow)
-        table["udp_relay_from"] = sorted({p.host for p in peers.values()
-                                          if p.node != me and p.status in ("alive", "suspect")})
     if tls_next:
         table["tls_next"] = dict(sorted(tls_next.items()))
     return table, routes

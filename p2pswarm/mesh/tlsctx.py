@@ -68,6 +68,14 @@ def _context(side: int, cert: str, key: str, anchors: str) -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.set_alpn_protocols([ALPN])
+    load_pem_chain(ctx, cert, key)
+    ctx.load_verify_locations(cadata=anchors)
+    return ctx
+
+
+def load_pem_chain(ctx: ssl.SSLContext, cert: str, key: str) -> None:
+    """``ctx.load_cert_chain`` from PEM text (it reads only files: they live in a 0700 directory
+    only while they are loaded)."""
     with tempfile.TemporaryDirectory(prefix="p2pswarm-tls-") as tmp:
         os.chmod(tmp, 0o700)
         cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
@@ -76,8 +84,6 @@ def _context(side: int, cert: str, key: str, anchors: str) -> ssl.SSLContext:
             with os.fdopen(fd, "w") as f:
                 f.write(text)
         ctx.load_cert_chain(cert_path, key_path)
-    ctx.load_verify_locations(cadata=anchors)
-    return ctx
 
 
 def parse_tls(section: Any, previous: TlsConfig | None = None) -> TlsConfig | None:

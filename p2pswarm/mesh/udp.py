@@ -35,7 +35,7 @@ datagrams the backend sends back on it go to the client from the published port.
   the session's). A lone ``1`` byte says the target failed (an ICMP error on the relay's
   socket, or a target the relay refuses): the sender treats it as its own socket's error and
   moves the session, so a relayed backend fails over like a direct one. A relay takes
-  datagrams only from cluster members' hosts (``udp_relay_from``: a spoofed source elsewhere
+  datagrams only from cluster members' hosts (``relay_from``: a spoofed source elsewhere
   would make it reflect traffic; within a member host any process can send from its address,
   as it can to any published port) for targets it reaches itself (``udp_relay_allow``);
   others are dropped and counted (``relay_refused``). The header makes the largest relayed
@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import random
 import socket
 import time
@@ -59,7 +58,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from p2pswarm.mesh.proxy import CounterSet, TableError, bind_error, bound_socket, parse_addr
+from p2pswarm.mesh.proxy import CounterSet, TableError, bind_error, bound_socket, canonical_host, parse_addr
 from p2pswarm.mesh.routes import Backend, candidates
 
 SESSION_IDLE = 30.0
@@ -181,21 +180,13 @@ def parse_udp(t: Any) -> UdpTable:
     relay_port = t.get("relay_port") or 0
     _check(_is_int(relay_port, 0, 65535), "table.relay_port: expected an integer 0..65535")
     allow = t.get("udp_relay_allow") or []
-    members = t.get("udp_relay_from") or []
+    members = t.get("relay_from") or []
     _check(isinstance(allow, (list, tuple)) and isinstance(members, (list, tuple)),
-           "table.udp_relay_allow / udp_relay_from: expected lists")
-    _check(all(isinstance(h, str) for h in members), "table.udp_relay_from: expected host strings")
+           "table.udp_relay_allow / relay_from: expected lists")
+    _check(all(isinstance(h, str) for h in members), "table.relay_from: expected host strings")
     return UdpTable(host, tuple(ports), None if idle is None else float(idle), cap, relay_port,
                     frozenset(parse_addr(a, "table.udp_relay_allow[]") for a in allow),
-                    frozenset(_canonical(h) for h in members))
-
-
-def _canonical(host: str) -> str:
-    """An IP address as the socket layer writes it (``0:0::1`` → ``::1``), to compare senders."""
-    try:
-        return ipaddress.ip_address(host).compressed
-    except ValueError:
-        return host
+                    frozenset(canonical_host(h) for h in members))
 
 
 def relay_header(target: tuple[str, int]) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
 # The service spec's health check is exactly what the runtime runs: one type, one validation.
 from p2pswarm.cluster.spec import HealthCheck, PortSpec  # noqa: F401  (re-exported)
@@ -108,6 +108,9 @@ class TaskHandle:
     ports: tuple[int, ...]
     log_dir: Path
     error: str | None = None
+    run_as: Mapping[str, Any] = field(default_factory=dict)
+    """``subprocess`` keyword arguments that run a command as this task runs (its ``env``, ``cwd``,
+    ``user``, ``group``...): exec health probes use them. Empty: the runtime did not say."""
 
 
 class Runtime(Protocol):

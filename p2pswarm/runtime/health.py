@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import time
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from p2pswarm.runtime import procfs
 from p2pswarm.runtime.base import HealthCheck, substitute
@@ -47,10 +47,11 @@ class HealthTracker:
 
 
 async def probe(check: HealthCheck, port: int | None, host: str = "127.0.0.1",
-                env: Mapping[str, str] | None = None) -> tuple[bool, str]:
-    """Run one probe within ``check.timeout``; returns (passed, a one-line detail)."""
+                env: Mapping[str, str] | None = None, run_as: Mapping[str, Any] | None = None) -> tuple[bool, str]:
+    """Run one probe within ``check.timeout``; returns (passed, a one-line detail). An exec probe
+    runs with ``run_as`` (subprocess options: the task's env, cwd and user) when given, else ``env``."""
     if check.kind == "exec":
-        return await _exec(check, port, env)
+        return await _exec(check, port, dict(run_as) if run_as else {"env": env})
     try:
         return await asyncio.wait_for(_tcp_or_http(check, host, port), check.timeout)
     except asyncio.TimeoutError:
@@ -78,12 +79,12 @@ async def _tcp_or_http(check: HealthCheck, host: str, port: int | None) -> tuple
             pass
 
 
-async def _exec(check: HealthCheck, port: int | None, env: Mapping[str, str] | None) -> tuple[bool, str]:
+async def _exec(check: HealthCheck, port: int | None, options: dict[str, Any]) -> tuple[bool, str]:
     argv = substitute(check.command, (port,) if port else ())
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None, start_new_session=True)
+            start_new_session=True, **options)
     except OSError as exc:
         return False, f"cannot run {argv[0]}: {exc.strerror or exc}"
     try:
@@ -98,13 +99,13 @@ async def _exec(check: HealthCheck, port: int | None, env: Mapping[str, str] | N
 
 async def monitor(check: HealthCheck, port: int | None, on_change: Callable[[str, str], None], *,
                   host: str = "127.0.0.1", env: Mapping[str, str] | None = None,
-                  clock: Callable[[], float] = time.monotonic) -> None:
+                  run_as: Mapping[str, Any] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
     """Probe every ``check.interval`` seconds (after the previous probe ends, as Docker
     does) until cancelled; call ``on_change(status, detail)`` on every status change."""
     tracker = HealthTracker(check, clock())
     while True:
         await asyncio.sleep(check.interval)
-        passed, detail = await probe(check, port, host, env)
+        passed, detail = await probe(check, port, host, env, run_as)
         changed = tracker.record(passed, clock())
         if changed:
             on_change(changed, detail)

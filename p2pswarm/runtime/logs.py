@@ -5,7 +5,8 @@ Why pipes and not "the child writes to a file, we copy-truncate": the node sees 
 byte, so rotation is exact (no bytes lost between copy and truncate, no polling of file
 sizes) and files never outgrow ``max_bytes``. Writes go to the page cache (no fsync), so
 they do not stall the loop. If the node dies, the pipe breaks, but the task dies with it
-anyway (PR_SET_PDEATHSIG).
+anyway (PR_SET_PDEATHSIG). Files are 0600 and the node's: a task running as another user
+neither reads nor rewrites its logs (the node writes them for it).
 
 Files: ``<name>.log`` (current), ``<name>.log.1`` (previous) ... ``<name>.log.<keep-1>``, each
 with a small time index beside it (``<name>.idx``, ``<name>.idx.1`` ...) so the log files
@@ -27,6 +28,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from p2pswarm.datadir import open_private_append
 
 MARK_INTERVAL = 0.01
 """Seconds between two time marks of one log (a line's arrival time is exact to this)."""
@@ -50,9 +53,9 @@ class RotatingLog:
         self._open(_base_of_new(path, keep))
 
     def _open(self, base: int) -> None:
-        self._file = open(self.path, "ab")
+        self._file = open_private_append(self.path)
         self._size = self._file.tell()
-        self._index = open(self.index_path, "ab")
+        self._index = open_private_append(self.index_path)
         self._index_size = self._index.tell()
         if self._index_size == 0:
             self._index_write(f"B {base}\n")

@@ -5,6 +5,7 @@ it forked: SIGTERM to the group, ``grace`` seconds, SIGKILL to the group. When t
 exits on its own, the rest of its group is killed too: a task is over when its leader is.
 The leader gets SIGKILL if the node dies (:mod:`.procfs`); its group id is recorded in
 ``<data-dir>/tasks/<task-id>/pid`` so a restarted node can stop what was left behind.
+With a task user (:mod:`.taskuser`, a root node) the task runs as that user, in its own home.
 
 Output arrives through pipes on the node's loop via an :class:`asyncio.SubprocessProtocol`
 (the public layer under ``create_subprocess_exec``). We use the protocol because it tells
@@ -24,10 +25,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from p2pswarm.datadir import open_private_append
 from p2pswarm.runtime import procfs
 from p2pswarm.runtime.base import STDERR, STDOUT, TaskExit, TaskHandle, TaskSpec, port_env, substitute
 from p2pswarm.runtime.logs import RotatingLog, log_files
 from p2pswarm.runtime.ports import PortAllocator, PortsExhausted
+from p2pswarm.runtime.taskuser import Homes, TaskUser
 
 log = logging.getLogger("p2pswarm.runtime")
 
@@ -49,6 +52,10 @@ class ProcessConfig:
     task_host: str | None = None
     """The node's own address, given to tasks as ``P2PSWARM_HOST``: where they should listen
     so that other nodes' meshes reach them (several nodes may share a machine)."""
+    task_user: TaskUser | None = None
+    """The user tasks run as (:mod:`.taskuser`); None: the node's own user (no isolation)."""
+    task_homes: Path | None = None
+    """With ``task_user``: where each task's home is made (``<task_homes>/<task id>``)."""
 
 
 def task_env(spec: TaskSpec, ports: tuple[int, ...], host: str | None = None) -> dict[str, str]:
@@ -64,10 +71,13 @@ def task_env(spec: TaskSpec, ports: tuple[int, ...], host: str | None = None) ->
     return env
 
 
-def launch_error(exc: OSError, argv0: str) -> str:
+def launch_error(exc: OSError, argv0: str, user: TaskUser | None = None) -> str:
     if isinstance(exc, FileNotFoundError):
         return f"executable not found: {argv0}"
     if isinstance(exc, PermissionError):
+        if user is not None:
+            return (f"permission denied: {argv0} (tasks run as user {user.name}, who must be able to reach and "
+                    f"execute it)")
         return f"permission denied: {argv0}"
     return f"cannot start {argv0}: {exc.strerror or exc}"
 
@@ -122,6 +132,11 @@ class ProcessRuntime:
         self.tasks_dir = Path(data_dir) / "tasks"
         self.ports = PortAllocator(config.port_low, config.port_high, rng)
         self.live: dict[str, ProcessHandle] = {}
+        self.homes: Homes | None = None
+        if config.task_user is not None:
+            if config.task_homes is None:
+                raise ValueError("a task user needs task_homes")  # the caller's bug
+            self.homes = Homes(config.task_homes, config.task_user)
 
     def task_dir(self, task_id: str) -> Path:
         return self.tasks_dir / task_id
@@ -135,25 +150,36 @@ class ProcessRuntime:
             return self._failed(spec, folder, "empty command")
         if spec.workdir and not Path(spec.workdir).is_dir():
             return self._failed(spec, folder, f"working directory not found: {spec.workdir}")
+        user, home = self.config.task_user, None
+        if self.homes is not None:
+            try:
+                home = self.homes.prepare(spec.task_id)
+            except OSError as exc:
+                return self._failed(spec, folder, f"cannot make the task's home {self.homes.path(spec.task_id)}: "
+                                                  f"{exc.strerror or exc}")
         try:
             ports = self.ports.take(spec.ports)
         except PortsExhausted as exc:
             return self._failed(spec, folder, str(exc))
         argv = substitute(spec.command, ports)
+        env = task_env(spec, ports, self.config.task_host)
+        run_as: dict = {"env": env, "cwd": spec.workdir}
+        if user is not None and home is not None:
+            env.update(user.env(home))
+            run_as.update(user.popen_options(), cwd=spec.workdir or str(home))
         logs = {fd: RotatingLog(folder / f"{name}.log", self.config.log_max_bytes, self.config.log_keep)
                 for fd, name in ((1, STDOUT), (2, STDERR))}
         pipes = _Pipes(dict(logs))
         try:
             transport, _ = await asyncio.get_running_loop().subprocess_exec(
-                lambda: pipes, *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, env=task_env(spec, ports, self.config.task_host), cwd=spec.workdir,
-                start_new_session=True, preexec_fn=procfs.die_with_parent_hook())
+                lambda: pipes, *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                start_new_session=True, preexec_fn=procfs.die_with_parent_hook(), **run_as)
         except OSError as exc:
             for stream in logs.values():
                 stream.close()
             self.ports.release(ports)
-            return self._failed(spec, folder, launch_error(exc, argv[0]))
-        handle = ProcessHandle(spec, transport.get_pid(), ports, folder)
+            return self._failed(spec, folder, launch_error(exc, argv[0], user))
+        handle = ProcessHandle(spec, transport.get_pid(), ports, folder, run_as=run_as)
         (folder / "pid").write_text(f"{handle.pid}\n")
         self.live[spec.task_id] = handle
         handle.done = asyncio.ensure_future(self._watch(handle, transport, pipes))
@@ -164,8 +190,8 @@ class ProcessRuntime:
         handle = ProcessHandle(spec, None, (), folder, error)
         handle.done = asyncio.get_running_loop().create_future()
         handle.done.set_result(TaskExit(error=error))
-        with open(folder / f"{STDERR}.log", "a") as stderr:  # so that `service logs` shows it too
-            stderr.write(f"p2pswarm: {error}\n")
+        with open_private_append(folder / f"{STDERR}.log") as stderr:  # so that `service logs` shows it too
+            stderr.write(f"p2pswarm: {error}\n".encode())
         log.info("task %s did not start: %s", spec.task_id, error)
         return handle
 
@@ -217,6 +243,8 @@ class ProcessRuntime:
             for f in folder.iterdir():
                 f.unlink()
             folder.rmdir()
+        if self.homes is not None:
+            self.homes.remove(task_id)
 
     async def adopt_or_stop_leftovers(self) -> list[str]:
         """Stop the task groups a previous life of this node left running; returns their
@@ -244,4 +272,6 @@ class ProcessRuntime:
         for task_id, pgid in groups.items():
             if procfs.kill_group(pgid, signal.SIGKILL):
                 log.warning("leftover task %s (group %s) ignored SIGTERM: killed", task_id, pgid)
+        if self.homes is not None:
+            self.homes.remove_all_but({p.name for p in self.tasks_dir.glob("*")} | set(self.live))
         return sorted(groups)

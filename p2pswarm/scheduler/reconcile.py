@@ -16,10 +16,14 @@ One round:
    bounded number of rebalancing moves; suspect nodes keep their tasks but get no new
    ones;
 4. new tasks get slots (pending ones first, then restarts, then the lowest free
-   number); tasks that cannot be placed are recorded as pending with the reason.
+   number); tasks that cannot be placed are recorded as pending with the reason (at most
+   ``MAX_PENDING`` per service).
 
-Everything is returned as one ``assign_tasks`` batch (a move is one decision) plus
-the update-state changes; ``wake_at`` says when a delay ends.
+Each service's decisions become ``assign_tasks`` commands of its own (a move is one
+decision), split so that each fits one Raft entry (:func:`commands.assign_batches`):
+a service too large for one entry converges over several, and a service whose
+proposal fails holds up no other.  ``about`` names the service of each command;
+``wake_at`` says when a delay ends.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ UP = frozenset({"alive", "suspect"})
 GONE = frozenset({"dead", "left"})
 MAX_RESTART_TIMES = 64
 """Restart times a task remembers (older ones cannot matter to ``max_attempts`` beyond that)."""
+MAX_PENDING = 100
+"""Unplaceable tasks recorded per service (``service ps`` shows them with the reason); further slots wait
+unrecorded and are planned again each round.  A task record costs about 250 bytes of every snapshot, which
+each replica encodes on its event loop: 100,000 unsatisfiable replicas as records would make a 25 MB
+snapshot (measured: 1.2 s to encode) for nothing a person reads; 100 rows say it all, at ~25 KB."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +62,8 @@ class Reconciliation:
     wake_at: float | None
     """Reconcile again by then even if nothing changes (a restart or update delay ends)."""
     unplaced: Mapping[str, tuple[int, str]]
+    about: tuple[str, ...]
+    """Per command, the service it decides about ('' for orphan reports, which must be applied first)."""
 
 
 def restart_decision(policy: RestartPolicy, task: Task, now: float) -> tuple[str, float | tuple[float, ...] | None]:
@@ -97,6 +108,7 @@ class _Round:
         self._ids = count()
         self.term = term
         self.commands: list[dict] = []
+        self.about: list[str] = []
         self.wakes: list[float] = []
 
     def cid(self) -> str:
@@ -117,27 +129,33 @@ class _Round:
         placed: dict[str, list[str]] = {r.service.name: [] for r in rounds}
         for service, node in result.place:
             placed[service].append(node)
-        items: list[dict] = []
-        stops: list[tuple[str, str]] = list(result.stop)
+        stopped = {t for t, _ in result.stop}
+        moved: dict[str, list[tuple[str, str]]] = {}
+        for task, reason in result.stop:
+            moved.setdefault(self.state.tasks[task].service, []).append((task, reason))
         for r in rounds:
-            stops += r.stops
-            unplaced = result.unplaced.get(r.service.name, (0, ""))
+            name = r.service.name
+            stops = moved.get(name, []) + r.stops
             if r.service.spec.mode == "global":
-                items += self._global_items(r, placed[r.service.name], stops)
+                items = self._global_items(r, placed[name], stops)
             else:
-                items += self._replicated_items(r, placed[r.service.name], unplaced, {t for t, _ in result.stop},
-                                                stops)
-        if items or stops:
-            self.commands.append(cmd.assign_tasks(self.cid(), self.now, self.basis, items, _unique(stops)))
-        return Reconciliation(tuple(self.commands), min(self.wakes, default=None), result.unplaced)
+                items = self._replicated_items(r, placed[name], result.unplaced.get(name, (0, "")), stopped, stops)
+            for command in cmd.assign_batches(self.cid, self.now, self.basis, items, _unique(stops)):
+                self._emit(command, name)
+        return Reconciliation(tuple(self.commands), min(self.wakes, default=None), result.unplaced,
+                              tuple(self.about))
+
+    def _emit(self, command: dict, service: str = "") -> None:
+        self.commands.append(command)
+        self.about.append(service)
 
     # -------------------------------------------------------------- decisions
 
     def _orphan(self) -> None:
         for task in sorted(self.state.tasks.values(), key=lambda t: t.id):
             if task.node is not None and task.state not in TERMINAL and self.members.get(task.node) in GONE:
-                self.commands.append(cmd.report_task_status(self.cid(), self.now, task.id, "orphaned", node=None,
-                                                            error=f"node {task.node} is down"))
+                self._emit(cmd.report_task_status(self.cid(), self.now, task.id, "orphaned", node=None,
+                                                  error=f"node {task.node} is down"))
 
     def _decide(self, svc: Service) -> _ServiceRound | None:
         tasks = self.state.tasks_of(svc.name)
@@ -145,11 +163,11 @@ class _Round:
         if step.wake_at is not None:
             self.wakes.append(step.wake_at)
         if step.rollback:
-            self.commands.append(cmd.rollback_service(self.cid(), self.now, svc.name, self.basis, step.message))
+            self._emit(cmd.rollback_service(self.cid(), self.now, svc.name, self.basis, step.message), svc.name)
             return None  # the service changes: plan it next round, on the rolled back spec
         if step.new_state is not None:
-            self.commands.append(cmd.set_update_state(self.cid(), self.now, svc.name, svc.version, step.new_state,
-                                                      step.message, self.basis))
+            self._emit(cmd.set_update_state(self.cid(), self.now, svc.name, svc.version, step.new_state,
+                                            step.message, self.basis), svc.name)
         replaced = set(step.replace)
         live = [t for t in tasks if t.live and t.node is not None and t.id not in replaced]
         live_keys = {t.slot_key for t in live}
@@ -205,10 +223,15 @@ class _Round:
         free = [s for s in range(1, svc.spec.replicas + 1) if s not in occupied]
         free.sort(key=lambda s: (s not in r.pending, s not in r.ready, s))
         items = []
+        recorded = len(r.pending)
         for i, slot in enumerate(free[:len(nodes) + unplaced[0]]):
             node = nodes[i] if i < len(nodes) else None
             message = "" if node is not None else unplaced[1]
             pending = r.pending.get(slot)
+            if node is None and pending is None:
+                if recorded >= MAX_PENDING:
+                    break  # the rest of the free slots are unplaced too (nodes come first)
+                recorded += 1
             restarts: tuple = ()
             if slot in r.ready:
                 old, restarts = r.ready[slot]

@@ -38,6 +38,13 @@ that node's own authenticated messages (``source_addr``) or by gossip of its
 certificate-bearing Alive.  Revoked: the signed list in the Raft state plus every node
 ``node rm`` removed (the cluster state's ``removed_nodes``, applied on each replica),
 so a removed node's traffic is refused as soon as each member applies the removal.
+Once a member has applied the security record it admits only certificates the record
+holds (or that it granted itself a moment ago): a certificate minted with a stolen CA key
+is refused even while that CA is trusted.
+
+**After ``node rm``** the leader rotates the cluster key, the CA and the join token in one
+entry (:mod:`.rekey`); each member opens its share of the new key with its CURVE key.
+Joins are answered ``busy`` until that entry is applied.
 
 **Introductions.**  A member admits a newcomer's key once gossip brings it the
 newcomer's certificate; until then it refuses the newcomer's connections (and a
@@ -80,9 +87,11 @@ from p2pswarm.security.keys import (CurveKeys, format_cluster_key_file, format_k
                                     parse_key_file, z85_encode)
 from p2pswarm.security.meshtls import MeshTLS
 from p2pswarm.security.messages import JOIN_MESSAGES, JoinGrant, JoinRefused, JoinRequest, KeyReply, KeyRequest
-from p2pswarm.security.pki import (CertAuthority, NodeIdentity, RevocationList, TrustBundle, cert_digest,
-                                   finish_rotation, fingerprint, read_node_certificate, rotate_ca, seal, unseal)
+from p2pswarm.security.pki import (CertAuthority, NodeIdentity, RevocationList, TrustBundle, cert_digest, fingerprint,
+                                   finish_rotation, read_node_certificate, rotate_ca, seal, unseal)
+from p2pswarm.security.proposals import Proposals
 from p2pswarm.security.record import TOKEN_CONTEXT, init_command
+from p2pswarm.security.rekey import SHARES_PER_COMMAND, missing_shares, open_share, rekey_command, shares_for
 from p2pswarm.security.tokens import JoinToken, TokenState, parse_token
 from p2pswarm.transport.base import TransportError
 from p2pswarm.transport.zmq import format_addr, parse_addr
@@ -114,7 +123,8 @@ RENEW_CHECK_INTERVAL = 60.0
 """Seconds between the leader's scans for certificates due for renewal."""
 RETRY_REFUSED_INTERVAL = 60.0
 """Seconds before a refused certificate is verified again (e.g. one that was not valid yet)."""
-PROPOSE_TIMEOUT = 10.0
+MAX_GRANTED = 1024
+"""Certificates a sponsor remembers having granted until the Raft state records them."""
 MAX_ISSUER_CACHE = 1024
 """Certificates whose issuer a rotation remembers (the cache starts over when full)."""
 
@@ -139,10 +149,6 @@ def inspect(datadir: DataDir) -> str:
     if stored_cluster_id(str(datadir.path / "raft")) is not None:
         return "plaintext"
     return "fresh"
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 class SecurityHost:
@@ -183,7 +189,15 @@ class SecurityHost:
         self._record_seen = -1
         self._removed_seen: frozenset[str] = frozenset()
         self._sealed_ca_seen = b""
+        self._ca_opened = False
+        """True when ``self.ca`` was unsealed from the record's current ``sealed_ca`` (our cluster key is current)."""
         self._tokens_seen = b""
+        self._share_seen = b""
+        self._rekeyed: frozenset[str] = frozenset()
+        """Removed nodes the record's current cluster key shuts out (:mod:`.rekey`)."""
+        self.key_generation = 0
+        self._granted: dict[str, bytes] = {}
+        """node -> the certificate this node granted it, admitted before the Raft state records it."""
         self._refused: dict[str, bytes] = {}
         """node -> the certificate refused last (not verified again until the bundle, the revocations
         or a minute changes: a not-yet-valid certificate becomes valid, an expired one never)."""
@@ -191,8 +205,8 @@ class SecurityHost:
         self._next_persist = 0.0
         self._next_retry_refused = 0.0
         self._dirty = False
-        self._inflight: set[str] = set()
-        self._tasks: set[asyncio.Task] = set()
+        self.proposals = Proposals("security command", lambda driver, cmd, timeout: driver.write_security(
+            cmd, timeout=timeout))
         self._warned: set[str] = set()
         self._issuers: dict[tuple[bytes, bytes], bytes] = {}
         self.mesh_tls = MeshTLS(node_id)
@@ -309,14 +323,22 @@ class SecurityHost:
             tokens=seal(cluster_key, self.entropy(12), tokens.encode(), TOKEN_CONTEXT), token_generation=1,
             revocations=revocations.sign(ca), revocations_version=0, certs={self.node_id: cert})
         self.cluster_id, self.bundle, self.cert, self.chain = cluster_id, bundle, cert, ()
-        self.cluster_key, self.ca, self.tokens = cluster_key, ca, tokens
+        self.ca, self.tokens = ca, tokens
         self.identity = bundle.verify(cert, now)
-        self.datadir.write_private(CLUSTER_KEY_FILE, autolock.seal_file(
-            self.datadir, CLUSTER_KEY_FILE, format_cluster_key_file(cluster_key).encode()))
+        self._set_cluster_key(cluster_key)
         self._save()
         # the Raft group starts with this cluster id (encrypted with --autolock)
         FileStorage(raft_dir, cluster_id, cipher=autolock.cipher_for(raft_dir)).close()
         self.mode = "restart"
+
+    def _set_cluster_key(self, key: bytes) -> None:
+        """Use ``key`` from now on and keep it in the data dir (sealed under the data key with autolock)."""
+        self.datadir.write_private(CLUSTER_KEY_FILE, autolock.seal_file(
+            self.datadir, CLUSTER_KEY_FILE, format_cluster_key_file(key).encode()))
+        self.cluster_key = key
+        self._sealed_ca_seen = self._tokens_seen = b""  # unseal the record's secrets again with it
+        if self.sponsor is not None:
+            self.sponsor.cluster_key = key
 
     def activate(self) -> None:
         """Start admitting: this node's own certificate and the peers remembered in the data dir."""
@@ -388,9 +410,15 @@ class SecurityHost:
             nonce = getattr(msg, "nonce", bytes(16))
             return wire.encode(self._refusal(nonce if isinstance(nonce, bytes) and len(nonce) == 16 else bytes(16),
                                              "unavailable", now))
+        if isinstance(msg, JoinRequest) and self.rekey_pending:
+            self.counters["join_busy_rekey"] += 1  # the old token may be in a removed node's hands
+            return wire.encode(self._refusal(msg.nonce, "busy", now))
         reply = sponsor.handle(msg, key, now, self.entropy(SPONSOR_ENTROPY))
         if isinstance(reply, JoinGrant) and isinstance(msg, JoinRequest):
             log.info("granted a certificate to node %s (%s)", msg.name, msg.node_id)
+            if len(self._granted) >= MAX_GRANTED:
+                self._granted.clear()
+            self._granted[msg.node_id] = reply.node_cert
             self._try_admit(msg.node_id, reply.node_cert, self.chain, None, now)
             self._want_cert_recorded(msg.node_id, reply.node_cert)
         elif isinstance(reply, JoinRefused) and isinstance(msg, JoinRequest):
@@ -495,10 +523,9 @@ class SecurityHost:
             raise JoinFailed(f"the sponsor at {peer} did not share the cluster key; run the same p2pswarm version "
                              f"as the cluster", "bad_grant")
         self.cluster_id, self.bundle, self.cert = result.cluster_id, result.bundle, result.cert
-        self.chain, self.identity, self.cluster_key = result.chain, result.identity, result.cluster_key
+        self.chain, self.identity = result.chain, result.identity
         self._peers_cache[result.sponsor.node_id] = (result.sponsor_cert, result.chain, (peer,))
-        self.datadir.write_private(CLUSTER_KEY_FILE, autolock.seal_file(
-            self.datadir, CLUSTER_KEY_FILE, format_cluster_key_file(result.cluster_key).encode()))
+        self._set_cluster_key(result.cluster_key)
         self._save()
         self.activate()
         assert self.admission is not None
@@ -562,8 +589,23 @@ class SecurityHost:
             return
         self._try_admit(node, meta.cert, meta.chain, addr, now)
 
+    @property
+    def rekey_pending(self) -> frozenset[str]:
+        """Removed nodes whose removal the cluster key, CA and token have not been rotated for yet."""
+        return self._removed_seen - self._rekeyed
+
+    def _recorded(self, node: str, cert: bytes) -> bool:
+        """Whether ``cert`` may be admitted for ``node``: once this node has applied the security record,
+        only a certificate the Raft state records (or that this node granted a moment ago) is, so a
+        certificate minted outside the cluster's own paths (by a removed node that knew the CA key)
+        is never admitted.  Before that (a restart, a joiner) gossip and the data dir must do."""
+        return self._record_seen < 0 or self._record_certs.get(node) == cert or self._granted.get(node) == cert
+
     def _try_admit(self, node: str, cert: bytes, chain: tuple, addr: str | None, now: float) -> bool:
         if self.admission is None or self._refused.get(node) == cert:
+            return False
+        if not self._recorded(node, cert):
+            self.counters["refused_cert_unrecorded"] += 1  # not cached: the record may bring it in a moment
             return False
         try:
             self.admission.admit(cert, now, tuple(chain), addr=addr, expected_node=node)
@@ -637,6 +679,7 @@ class SecurityHost:
                 self.genesis = None
                 self._dirty = True
             self._adopt_bundle(rec.bundle, now)
+            self._adopt_share(rec)
             self._adopt_secrets(rec.sealed_ca, rec.tokens)
             if rec.revocations and self.bundle is not None:
                 try:
@@ -646,6 +689,7 @@ class SecurityHost:
                 except CertificateError as exc:
                     self._warn("revocations", f"the revocation list in the Raft state is not usable: {exc}")
             self._record_certs = dict(rec.certs)
+            self._granted = {n: c for n, c in self._granted.items() if n not in rec.certs}
             for node, cert in rec.certs.items():
                 if node == self.node_id:
                     self._adopt_own_cert(cert, now)
@@ -683,8 +727,10 @@ class SecurityHost:
             return
         if sealed_ca and sealed_ca != self._sealed_ca_seen:
             self._sealed_ca_seen = sealed_ca
+            self._ca_opened = False
             try:
                 self.ca = CertAuthority.unseal(self.bundle.current, sealed_ca, self.cluster_key)
+                self._ca_opened = True
             except (KeyFileError, CertificateError) as exc:
                 self._warn("ca", f"cannot unseal the CA key, this node cannot sponsor joins: {exc}")
         if sealed_tokens and sealed_tokens != self._tokens_seen:
@@ -696,6 +742,24 @@ class SecurityHost:
                 self._warn("tokens", f"cannot read the join-token state, this node cannot sponsor joins: {exc}")
         if self.sponsor is not None:
             self.sponsor.ca, self.sponsor.tokens = self.ca, self.tokens or self.sponsor.tokens
+
+    def _adopt_share(self, rec: Any) -> None:
+        """After a rekey: open this node's share of the new cluster key and use that key from now on."""
+        self._rekeyed = rec.rekeyed
+        share = rec.key_shares.get(self.node_id)
+        if share is None or share == self._share_seen or self.keys is None:
+            return
+        self._share_seen = share
+        try:
+            key = open_share(self.keys, share)
+        except KeyFileError as exc:
+            self._warn("share", f"cannot open this node's share of the new cluster key, it cannot sponsor joins: "
+                                f"{exc}")
+            return
+        self.key_generation = rec.key_generation
+        if key != self.cluster_key:
+            self._set_cluster_key(key)
+            log.info("now using cluster key generation %d (rotated after node rm)", rec.key_generation)
 
     def _adopt_own_cert(self, cert: bytes, now: float) -> None:
         if cert == self.cert or self.bundle is None or self.keys is None:
@@ -737,16 +801,18 @@ class SecurityHost:
         rec = driver.security
         if not rec.ready:
             if self.genesis is not None:
-                self._propose(driver, "init", dict(self.genesis))
+                self.proposals.propose(driver, "init", dict(self.genesis))
             return
         if driver.raft.role != "leader" or self.ca is None:
             return
+        self._rekey_duties(driver, rec, now)
         base = self.signed_revocations or RevocationList(rec.cluster_id)
         missing = self._removed_seen - base.nodes
-        if missing and "revocations" not in self._inflight:
+        if missing and not self.proposals.busy("revocations"):
             new = base.revoke(nodes=missing)
-            self._propose(driver, "revocations", {"id": f"security.rl.{secrets.token_hex(6)}", "op": "revocations",
-                                                  "signed": new.sign(self.ca), "version": new.version})
+            self.proposals.propose(driver, "revocations", {
+                "id": f"security.rl.{secrets.token_hex(6)}", "op": "revocations", "signed": new.sign(self.ca),
+                "version": new.version})
         self._record_unrecorded(driver, rec)
         if now >= self._next_renew:
             self._next_renew = now + RENEW_CHECK_INTERVAL
@@ -754,13 +820,36 @@ class SecurityHost:
         if self.bundle is not None and len(self.bundle.roots) > 1:
             self._rotation_duties(driver, swim, rec, now)
 
+    def _rekey_duties(self, driver: Any, rec: Any, now: float) -> None:
+        """Leader: shut removed nodes out (new cluster key, CA and token: :mod:`.rekey`), and give a share of
+        the current key to every member that has none (it joined while a rekey was being committed)."""
+        if not self._ca_opened or self.cluster_key is None or self.bundle is None or self.tokens is None:
+            return  # our cluster key is not the record's current one (yet): another leader's job, or later
+        removed = self._removed_seen
+        if removed - rec.rekeyed and len(self.bundle.roots) == 1 and not self.proposals.busy("rekey"):
+            cmd, _ = rekey_command(f"security.rekey.{secrets.token_hex(6)}", ca=self.ca, bundle=self.bundle,
+                                   tokens=self.tokens, certs=rec.certs, removed=removed,
+                                   key_generation=rec.key_generation, ca_generation=rec.ca_generation, now=now,
+                                   entropy=self.entropy)
+            names = ", ".join(sorted(removed - rec.rekeyed))
+            log.warning("rotating the cluster key, the CA and the join token: node(s) %s were removed", names)
+            self.proposals.propose(driver, "rekey", cmd)
+            return
+        if rec.key_generation and not self.proposals.busy("key_shares"):
+            missing = missing_shares(rec.certs, rec.key_shares, removed)[:SHARES_PER_COMMAND]
+            if missing:
+                shares = shares_for({n: rec.certs[n] for n in missing}, self.cluster_key, self.entropy)
+                self.proposals.propose(driver, "key_shares", {"id": f"security.shares.{secrets.token_hex(6)}",
+                                                              "op": "key_shares", "key_generation": rec.key_generation,
+                                                              "shares": shares})
+
     def _record_unrecorded(self, driver: Any, rec: Any) -> None:
         """Leader: record the certificate of every admitted member the Raft state lacks (a sponsor's own
         proposal can be lost), since renewal and CA rotation work from the recorded certificates."""
         assert self.admission is not None
         for ident in self.admission.identities():
             node = ident.node_id
-            if node not in rec.certs and node not in self._removed_seen and f"cert:{node}" not in self._inflight:
+            if node not in rec.certs and node not in self._removed_seen and not self.proposals.busy(f"cert:{node}"):
                 entry = self.admission.certificate(node)
                 if entry is not None:
                     self._want_cert_recorded(node, entry[0], driver)
@@ -768,7 +857,7 @@ class SecurityHost:
     def _renew_due(self, driver: Any, rec: Any, now: float) -> None:
         assert self.ca is not None
         for node, cert in sorted(rec.certs.items()):
-            if node in self._removed_seen or f"cert:{node}" in self._inflight:
+            if node in self._removed_seen or self.proposals.busy(f"cert:{node}"):
                 continue
             try:
                 ident = read_node_certificate(cert)
@@ -871,15 +960,16 @@ class SecurityHost:
         assert self.bundle is not None
         if self.ca is None or self.ca.digest != cert_digest(self.bundle.current):
             return  # the new CA key is not unsealed here yet
-        if RevocationList.signer(rec.revocations) != self.ca.digest and "revocations" not in self._inflight:
+        if RevocationList.signer(rec.revocations) != self.ca.digest and not self.proposals.busy("revocations"):
             base = self.signed_revocations or RevocationList(rec.cluster_id)
             resigned = RevocationList(base.cluster_id, max(base.version, rec.revocations_version) + 1, base.serials,
                                       base.nodes | self._removed_seen)
-            self._propose(driver, "revocations", {"id": f"security.rl.{secrets.token_hex(6)}", "op": "revocations",
-                                                  "signed": resigned.sign(self.ca), "version": resigned.version})
+            self.proposals.propose(driver, "revocations", {
+                "id": f"security.rl.{secrets.token_hex(6)}", "op": "revocations", "signed": resigned.sign(self.ca),
+                "version": resigned.version})
         pending = self.rotation_pending(swim, rec.certs, now)
         for node, why in sorted(pending.items()):
-            if why == "reissue" and f"cert:{node}" not in self._inflight:
+            if why == "reissue" and not self.proposals.busy(f"cert:{node}"):
                 try:
                     ident = read_node_certificate(rec.certs[node])
                 except CertificateError:
@@ -889,37 +979,18 @@ class SecurityHost:
         if not pending and RevocationList.signer(rec.revocations) == self.ca.digest:
             log.warning("CA rotation finished: every member holds a certificate from CA %s; the old CA is no "
                         "longer trusted", fingerprint(self.bundle.current))
-            self._propose(driver, "ca", {"id": f"security.ca.{secrets.token_hex(6)}", "op": "ca",
-                                         "bundle": finish_rotation(self.bundle).encode(),
-                                         "generation": rec.ca_generation + 1})
+            self.proposals.propose(driver, "ca", {"id": f"security.ca.{secrets.token_hex(6)}", "op": "ca",
+                                                  "bundle": finish_rotation(self.bundle).encode(),
+                                                  "generation": rec.ca_generation + 1})
 
     def _want_cert_recorded(self, node: str, cert: bytes, driver: Any = None) -> None:
         driver = driver or self._driver_hint
         if driver is not None:
-            self._propose(driver, f"cert:{node}", {"id": f"security.cert.{secrets.token_hex(6)}", "op": "cert",
-                                                   "node": node, "cert": cert})
+            self.proposals.propose(driver, f"cert:{node}", {"id": f"security.cert.{secrets.token_hex(6)}",
+                                                            "op": "cert", "node": node, "cert": cert})
 
     _driver_hint: Any = None
     """The node's Raft driver, for proposals made outside step() (after a grant)."""
-
-    def _propose(self, driver: Any, key: str, cmd: dict) -> None:
-        if key in self._inflight:
-            return
-        self._inflight.add(key)
-
-        async def run() -> None:
-            try:
-                result = await driver.write_security(cmd, timeout=PROPOSE_TIMEOUT)
-                if not getattr(result, "ok", False):
-                    log.debug("security command %s refused: %s", key, getattr(result, "error", result))
-            except Exception as exc:
-                log.debug("security command %s not committed: %s", key, _reason(exc))
-            finally:
-                self._inflight.discard(key)
-
-        task = asyncio.ensure_future(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _warn(self, what: str, message: str) -> None:
         if what not in self._warned:
@@ -969,6 +1040,7 @@ class SecurityHost:
             "sponsor": self.sponsor is not None and self.ca is not None,
             "join_endpoint": self.join_server.addr if self.join_server is not None else None,
             "token_generation": self.tokens.generation if self.tokens is not None else None,
+            "key_generation": self.key_generation, "rekey_pending": sorted(self.rekey_pending),
             "join_attempts": self.join_attempts, "last_error": self.last_error,
             "counters": self.stats(),
         }
@@ -999,9 +1071,7 @@ class SecurityHost:
         self.datadir.write_private(STATE_FILE, msgpack.packb(state, use_bin_type=True))
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.proposals.close()
         if self.join_server is not None:
             await self.join_server.close()
             self.join_server = None

@@ -9,10 +9,9 @@ cannot make a sponsor hash or parse anything larger than a certificate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from p2pswarm.wire import (MAX_ID_LEN, MAX_NAME_LEN, NODE_ID, Checker, WireError, WireStruct, blob, message,
-                           one_of, seq, text, uint)
+                           one_of, refine, seq, text, uint)
 
 MAX_CERT_BYTES = 4096
 """As :data:`p2pswarm.security.pki.MAX_CERT_BYTES` (kept here so the codec needs no crypto import)."""
@@ -28,11 +27,10 @@ REFUSAL_CODES = ("version", "other_cluster", "bad_token", "token_rotated", "toke
 
 
 def exact(size: int) -> Checker:
-    def check(value: Any) -> bytes:
-        if type(value) is not bytes or len(value) != size:
+    def check(value: bytes) -> None:
+        if len(value) != size:
             raise WireError(f"expected exactly {size} bytes")
-        return value
-    return check
+    return refine(blob(size), check)
 
 
 U16 = uint(16)

@@ -14,6 +14,9 @@ state (:mod:`p2pswarm.statemachine` routes ``{"sm": "security", "cmd": {...}}`` 
 * ``certs``       every issued node certificate (DER) by node id (the latest one per node)
 * ``ca_generation`` bumped by each ``ca`` command (a rotation starting or finishing), so that two
                   concurrent rotations, or a finish computed from an older bundle, cannot both win
+* ``key_generation``, ``key_shares``, ``rekeyed``  after ``node rm`` (:mod:`p2pswarm.security.rekey`): the
+                  cluster key's generation (0: the key made at creation), the current key sealed to each
+                  member's CURVE key (node id -> share), and the removed nodes the current key shuts out
 
 The cluster key itself is never here: it is in each member's data dir (0600).  So a
 replica, a snapshot or a Raft log on disk holds no usable secret without it.
@@ -31,8 +34,12 @@ from typing import Any
 MAX_CERT = 4096
 MAX_BLOB = 64 * 1024
 MAX_CERTS = 10_000
+MAX_SHARE = 256
+"""A share is 32 + 4 + 12 + 32 + 16 = 96 bytes (ephemeral key, seal magic, nonce, key, tag)."""
+MAX_REKEYED = 100_000
+"""Removed node ids a record remembers as rekeyed (as many as a revocation list holds)."""
 TOKEN_CONTEXT = b"join-token"
-OPS = ("init", "tokens", "revocations", "cert", "ca")
+OPS = ("init", "tokens", "revocations", "cert", "ca", "rekey", "key_shares")
 
 
 def _blob(value: Any, hi: int = MAX_BLOB, lo: int = 1) -> bool:
@@ -47,9 +54,14 @@ def _count(value: Any) -> bool:
     return type(value) is int and value >= 0
 
 
+def _shares(value: Any) -> bool:
+    return (isinstance(value, dict) and len(value) <= MAX_CERTS
+            and all(_node(k) and _blob(v, MAX_SHARE) for k, v in value.items()))
+
+
 class SecurityRecord:
     __slots__ = ("cluster_id", "bundle", "sealed_ca", "tokens", "token_generation", "revocations",
-                 "revocations_version", "certs", "ca_generation", "version")
+                 "revocations_version", "certs", "ca_generation", "key_generation", "key_shares", "rekeyed", "version")
 
     def __init__(self) -> None:
         self.cluster_id: str | None = None
@@ -61,6 +73,9 @@ class SecurityRecord:
         self.revocations_version = 0
         self.certs: dict[str, bytes] = {}
         self.ca_generation = 0
+        self.key_generation = 0
+        self.key_shares: dict[str, bytes] = {}
+        self.rekeyed: frozenset[str] = frozenset()
         self.version = 0
 
     @property
@@ -97,6 +112,17 @@ class SecurityRecord:
             self.bundle, self.ca_generation = bundle, generation
             if sealed is not None:
                 self.sealed_ca = sealed
+        elif op == "rekey":
+            ok, error = self._rekey(cmd)
+            if not ok:
+                return ok, error
+        elif op == "key_shares":
+            shares = cmd.get("shares")
+            if cmd.get("key_generation") != self.key_generation or not _shares(shares):
+                return False, "stale or bad key-share command"
+            if len(set(self.key_shares) | set(shares)) > MAX_CERTS:
+                return False, f"the security record holds at most {MAX_CERTS} key shares"
+            self.key_shares.update(shares)
         elif op == "revocations":
             signed, version = cmd.get("signed"), cmd.get("version")
             if not _blob(signed, 8 * 1024 * 1024) or not _count(version):
@@ -114,6 +140,22 @@ class SecurityRecord:
                 return True, ""
             self.certs[node] = cert
         self.version += 1
+        return True, ""
+
+    def _rekey(self, cmd: dict) -> tuple[bool, str]:
+        """A new cluster key (as shares), CA and token secret at once: each generation must be the next one."""
+        bundle, sealed, tokens = cmd.get("bundle"), cmd.get("sealed_ca"), cmd.get("tokens")
+        excluded, shares = cmd.get("excluded"), cmd.get("shares")
+        if (not _blob(bundle) or not _blob(sealed) or not _blob(tokens) or not _shares(shares)
+                or not isinstance(excluded, list) or len(excluded) > MAX_REKEYED or not all(map(_node, excluded))):
+            return False, "bad rekey command"
+        if (cmd.get("key_generation") != self.key_generation + 1 or cmd.get("ca_generation") != self.ca_generation + 1
+                or cmd.get("token_generation") != self.token_generation + 1):
+            return False, "the cluster key, CA or join token changed meanwhile; the leader computes the rekey again"
+        self.bundle, self.sealed_ca, self.tokens = bundle, sealed, tokens
+        self.key_generation, self.ca_generation, self.token_generation = (
+            cmd["key_generation"], cmd["ca_generation"], cmd["token_generation"])
+        self.key_shares, self.rekeyed = dict(shares), frozenset(excluded)
         return True, ""
 
     def _init(self, cmd: dict) -> tuple[bool, str]:
@@ -134,6 +176,11 @@ class SecurityRecord:
         self.certs = dict(certs)
         generation = cmd.get("ca_generation", 0)
         self.ca_generation = generation if _count(generation) else 0
+        # a snapshot's rekey state (an init command never carries one)
+        key_generation, shares = cmd.get("key_generation", 0), cmd.get("key_shares", {})
+        rekeyed = cmd.get("rekeyed", [])
+        if _count(key_generation) and _shares(shares) and isinstance(rekeyed, list) and all(map(_node, rekeyed)):
+            self.key_generation, self.key_shares, self.rekeyed = key_generation, dict(shares), frozenset(rekeyed)
         self.version += 1
         return True, ""
 
@@ -145,7 +192,9 @@ class SecurityRecord:
         return {"cluster_id": self.cluster_id, "bundle": self.bundle, "sealed_ca": self.sealed_ca,
                 "tokens": self.tokens, "token_generation": self.token_generation,
                 "revocations": self.revocations, "revocations_version": self.revocations_version,
-                "certs": dict(self.certs), "ca_generation": self.ca_generation, "version": self.version}
+                "certs": dict(self.certs), "ca_generation": self.ca_generation,
+                "key_generation": self.key_generation, "key_shares": dict(self.key_shares),
+                "rekeyed": sorted(self.rekeyed), "version": self.version}
 
     def restore(self, data: Any) -> None:
         """Replace the state in place (a snapshot, or None for an empty record)."""

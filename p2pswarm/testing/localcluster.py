@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from p2pswarm.api.client import ApiClient, ApiError
+from p2pswarm.runtime.taskuser import own_interpreter_args, remove_homes_of
 
 REPO = Path(__file__).resolve().parents[2]
 """The source tree, put on PYTHONPATH of the children so they run this checkout."""
@@ -92,9 +93,13 @@ class LocalNode:
 
 
 class LocalCluster:
-    def __init__(self, tmp: Path, preset: str = "test") -> None:
+    def __init__(self, tmp: Path, preset: str = "test", isolate_tasks: bool | None = None) -> None:
+        """``isolate_tasks`` (root only): True runs tasks as the nodes' default task user, False as root;
+        None as the default unless the tests' interpreter (what their tasks run) is closed to it."""
         self.tmp = tmp
         self.preset = preset
+        self.task_args = (own_interpreter_args(sys.executable) if isolate_tasks is None
+                          else [] if isolate_tasks or os.geteuid() != 0 else ["--task-user", "root"])
         self.nodes: dict[int, LocalNode] = {}
         self.pids: set[int] = set()
         self._procs: list[subprocess.Popen] = []
@@ -111,17 +116,18 @@ class LocalCluster:
         """Start `p2pswarm up` in the foreground (as a child we own) with the cluster's preset."""
         node = self.node(index)
         args = ["up", "--data-dir", str(node.data_dir), "--bind", node.addr, "--name", node.name,
-                "--preset", self.preset, *extra]
+                "--preset", self.preset, *self.task_args, *extra]
+        env = cli_env()
         if peers:
             args += ["--peers", ",".join(peers)]
             if "--token" not in extra and "--insecure" not in extra and not (node.data_dir / "security" /
                                                                              "state").exists():
                 token = self.join_token(peers, exclude=index)
                 if token is not None:
-                    args += ["--token", token]
+                    env["P2PSWARM_TOKEN"] = token  # not in argv: /proc/PID/cmdline is readable by all
         with open(node.log_path, "ab") as log:
             node.proc = subprocess.Popen(self.command(*args), stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=REPO, env=cli_env())
+                                         stderr=subprocess.STDOUT, cwd=REPO, env=env)
         self._procs.append(node.proc)
         self.pids.add(node.proc.pid)
         return node
@@ -137,15 +143,22 @@ class LocalCluster:
                 continue
         return None
 
+    def start_joined(self, n: int, timeout: float = 30) -> list[LocalNode]:
+        """Nodes 0..n-1: node 0 creates the cluster, the others join through it with its join token.
+
+        Waits until node 0 gives the token: a joiner started before that gets none (``start``
+        then passes none) and a secure cluster refuses it."""
+        first = self.start(0)
+        wait_until(lambda: self.join_token((first.addr,)), timeout, "the first node's join token")
+        return [first] + [self.start(i, (first.addr,)) for i in range(1, n)]
+
     def start_group(self, n: int, timeout: float = 60) -> list[LocalNode]:
         """Nodes 0..n-1, joined through node 0, once all n are in its Raft group and autopilot has
         promoted as many voters as it wants for n members. Until then a group growing from one
         voter passes through two, where losing either loses quorum: a test that kills a node
         must not start in that window."""
         from p2pswarm.consensus.autopilot import target_voters
-        first = self.start(0)
-        wait_until(first.info, 30, "the first node's API")
-        nodes = [first] + [self.start(i, (first.addr,)) for i in range(1, n)]
+        nodes = self.start_joined(n)
         voters = target_voters(n)
 
         def in_group() -> bool:
@@ -187,3 +200,5 @@ class LocalCluster:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        for node in self.nodes.values():
+            remove_homes_of(node.data_dir)  # the tasks' homes live outside the (temporary) data dirs

@@ -12,7 +12,9 @@ import random
 from p2pswarm.consensus.config import RaftConfig
 from p2pswarm.consensus.raft import LEADER, HardState, Raft
 
-CFG = RaftConfig(election_timeout=1.0, heartbeat_interval=0.1, max_inflight=4, max_batch_entries=8)
+CFG = RaftConfig(election_timeout=1.0, heartbeat_interval=0.1, max_inflight=4, max_batch_entries=8,
+                 snapshot_chunk_bytes=4)
+"""Tiny snapshot chunks: the test snapshots ("state@N") travel in several, under every fault the tests inject."""
 
 
 class Disk:

@@ -5,7 +5,7 @@ import pytest
 
 from p2pswarm.consensus.messages import (MAX_ENTRIES, RAFT_MESSAGES, AppendEntries, AppendResp,
                                          ConfChange, ConfState, Entry, InstallSnapshot, Propose,
-                                         RequestVote, Snapshot, decode_conf, encode_conf)
+                                         RequestVote, SnapshotResp, decode_conf, encode_conf)
 from p2pswarm.wire import PROTOCOL_VERSION, WireError, decode, encode
 
 
@@ -18,7 +18,8 @@ def test_kinds_are_in_the_raft_range():
     AppendResp(3, "b", 6),
     AppendResp(3, "b", 9, True, 7, 2),
     RequestVote(4, "c", 10, 3, pre_vote=True),
-    InstallSnapshot(3, "a", Snapshot(9, 3, ConfState(("a", "b"), ("c",)), b"img")),
+    InstallSnapshot(3, "a", 9, 3, ConfState(("a", "b"), ("c",)), 5, 2, b"img", True),
+    SnapshotResp(3, "b", 4, 9, 2),
     Propose(3, "b", (b"p1", b"p2")),
 ])
 def test_round_trip(msg):

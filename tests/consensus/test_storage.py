@@ -340,3 +340,76 @@ def test_encrypted_records_use_fresh_nonces(tmp_path):
     st.save(HardState(1, "a", 1), entries(1, 3))
     st.close()
     assert len(nonces) == 4 and len(set(nonces)) == 4  # 3 entries + the hard state
+
+
+def _batches(path, *ranges):
+    """Save one batch per (lo, hi) range; returns the wal's size before each batch and at the end."""
+    st = FileStorage(str(path), "c1")
+    sizes = []
+    for lo, hi in ranges:
+        sizes.append((path / "wal").stat().st_size)
+        st.save(HardState(1, "a", lo - 1), entries(lo, hi))
+    st.close()
+    return sizes + [(path / "wal").stat().st_size]
+
+
+@pytest.mark.parametrize("damage", ["flipped byte in its first record", "lost page in its middle"])
+def test_a_torn_final_batch_that_is_not_a_clean_prefix_is_dropped_with_a_warning(tmp_path, caplog, damage):
+    start, end = _batches(tmp_path, (1, 3), (4, 6))[1:]
+    wal = tmp_path / "wal"
+    data = bytearray(wal.read_bytes())
+    if damage.startswith("flipped"):
+        data[data.index(b"data-4")] ^= 0xFF  # its later records and hard state reached the disk intact
+    else:
+        data[start + 20:start + 40] = bytes(20)  # a block of zeros the crash left inside the batch
+    wal.write_bytes(bytes(data))
+    got = reopen(tmp_path)
+    assert [e.index for e in got.entries] == [1, 2, 3] and got.hard_state.commit == 0
+    assert wal.stat().st_size == start < end  # repaired on disk, so appends continue cleanly
+    assert "torn final batch" in caplog.text
+    st = FileStorage(str(tmp_path), "c1")
+    st.save(None, entries(4, 4))
+    st.close()
+    assert [e.index for e in reopen(tmp_path).entries] == [1, 2, 3, 4]
+
+
+def test_damage_before_later_complete_saves_stops_with_one_line(tmp_path):
+    _batches(tmp_path, (1, 3), (4, 6), (7, 7))
+    wal = tmp_path / "wal"
+    data = bytearray(wal.read_bytes())
+    data[data.index(b"data-5")] ^= 0xFF  # the middle batch: the last one was saved after its fsync
+    wal.write_bytes(bytes(data))
+    with pytest.raises(CorruptLogError) as err:
+        FileStorage(str(tmp_path), "c1")
+    assert "\n" not in str(err.value) and "restore this node from a peer" in str(err.value)
+    assert wal.read_bytes() == bytes(data)  # nothing durable is thrown away
+
+
+def test_new_files_are_made_durable_by_a_directory_fsync(tmp_path, monkeypatch):
+    raft_dir = tmp_path / "raft"
+    synced = []
+    real = os.fsync
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            synced.append((st.st_ino, sorted(os.listdir(f"/proc/self/fd/{fd}"))))
+        real(fd)
+    monkeypatch.setattr(storage_mod.os, "fsync", fsync)
+    st = FileStorage(str(raft_dir), "c1")
+    st.save(HardState(1, "a", 0), entries(1, 2))
+    st.save(None, (), Snapshot(2, 1, ConfState(("a",), ()), b"image"))
+    st.close()
+    parent, own = tmp_path.stat().st_ino, raft_dir.stat().st_ino
+    assert any(ino == parent and "raft" in names for ino, names in synced)  # the new raft dir's entry
+    assert any(ino == own and "wal" in names and "snapshot" not in names for ino, names in synced)  # wal created
+    assert any(ino == own and "snapshot" in names for ino, names in synced)  # snapshot renamed in
+
+
+def test_a_snapshot_larger_than_a_wal_record_is_stored_and_read_back(tmp_path):
+    image = os.urandom(storage_mod._MAX_RECORD + 1024)
+    st = FileStorage(str(tmp_path), "c1")
+    st.save(HardState(1, "a", 2), entries(1, 2))
+    st.save(None, (), Snapshot(2, 1, ConfState(("a",), ()), image))
+    st.close()
+    assert reopen(tmp_path).snapshot.data == image

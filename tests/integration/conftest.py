@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -24,3 +26,15 @@ def cluster(tmp_path_factory):
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture
+def task_pids():
+    """Task processes a test saw; killed at the end whatever happened (the node may be gone)."""
+    pids: set[int] = set()
+    yield pids
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -11,7 +11,7 @@ from p2pswarm.api.client import ApiError
 from p2pswarm.scheduler.reconcile import ReconcileConfig
 from p2pswarm.testing.localcluster import wait_until
 
-from test_services import APP, ok, one_line_error, record_pids, start, task_pids  # noqa: F401  (a fixture)
+from test_services import APP, ok, one_line_error, record_pids, start
 
 MAX_MOVES = ReconcileConfig().max_moves
 

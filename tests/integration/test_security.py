@@ -93,7 +93,8 @@ def test_a_three_node_cluster_forms_with_the_token(secure):
         assert {a["id"] for a in v["admitted"]} == ids  # every node admitted exactly the three certificates
     out = c.cli("cluster", "join-token", "--data-dir", str(nodes[1].data_dir))
     assert out.returncode == 0 and f"p2pswarm up --peers {nodes[1].addr} --token P2PS-1-" in out.stdout, out.stderr
-    assert "join token: P2PS-1-" in nodes[0].log()  # printed when the cluster was created
+    assert "cluster join-token --data-dir" in nodes[0].log()  # said when the cluster was created...
+    assert "P2PS-1-" not in nodes[0].log()  # ...without the token: a secret never goes into a log
     for name in ("curve.key", "cluster.key", "state"):
         assert (nodes[1].data_dir / "security" / name).stat().st_mode & 0o777 == 0o600
 
@@ -197,8 +198,12 @@ def test_rotated_token_is_refused_and_node_rm_cuts_a_node_off(secure):
     wait_until(lambda: "n3" in member_names(nodes[0]) and security(fourth)["state"] == "member", 30, "n3 to join")
     n3_id = fourth.info()["id"]
     wait_until(lambda: any(a["id"] == n3_id for a in security(nodes[0])["admitted"]), 30, "n0 to admit n3")
-    dropped_before = metric(nodes[0], "p2pswarm_transport_unauthorized_dropped")
+    def refusals() -> float:  # n3's messages on an open connection, or its connections themselves
+        return (metric(nodes[0], "p2pswarm_transport_unauthorized_dropped")
+                + metric(nodes[0], "p2pswarm_transport_refused_connections"))
+    refused_before = refusals()
 
+    ca_before = security(nodes[0])["ca_fingerprint"]
     rm = c.cli("node", "rm", "--force", "n3", "--data-dir", str(nodes[2].data_dir))
     assert rm.returncode == 0, rm.stderr
 
@@ -206,13 +211,22 @@ def test_rotated_token_is_refused_and_node_rm_cuts_a_node_off(secure):
         views = [security(n) for n in nodes]
         return all(n3_id in v["revoked_nodes"] and all(a["id"] != n3_id for a in v["admitted"]) for v in views)
     wait_until(cut_off, 20, "every node to revoke n3")
-    wait_until(lambda: metric(nodes[0], "p2pswarm_transport_unauthorized_dropped") > dropped_before, 20,
-               "n3's traffic to be refused")
+    wait_until(lambda: refusals() > refused_before, 20, "n3's traffic to be refused")
     wait_until(lambda: all({m["name"]: m["status"] for m in n.api.get("/v1/members")["members"]}.get("n3")
                            in ("suspect", "dead") for n in nodes), 30, "n3 to be suspect or dead everywhere")
-    # the removed node cannot come back with the token either
+    # what n3's data dir holds is rotated: the cluster key (every member opens its share), the CA (a rotation
+    # that ends once every member presents a new certificate) and the join token
+    wait_until(lambda: all(security(n)["key_generation"] == 1 and not security(n)["rekey_pending"] for n in nodes),
+               30, "every member to use the new cluster key")
+    wait_until(lambda: all(not n.api.get("/v1/security/ca")["rotating"] for n in nodes), 60,
+               "the CA rotation after node rm to finish")
+    assert security(nodes[0])["ca_fingerprint"] != ca_before
+    newest = wait_until(lambda: (t := c.join_token((nodes[0].addr,))) not in (old, new) and t, 30, "a new token")
+    stale = c.start(14, (nodes[0].addr,), "--token", new)  # the token n3 knew no longer admits a fresh data dir
+    assert stale.proc.wait(timeout=40) == 1 and "another cluster" in last_error(stale), last_error(stale)
+    # the removed node cannot come back with the new token either
     fourth.proc.send_signal(signal.SIGKILL)
     fourth.proc.wait(timeout=30)
     (fourth.data_dir / "security" / "state").unlink()  # as if its join had never finished: it asks again
-    back = c.start(3, (nodes[0].addr,), "--token", new)
+    back = c.start(3, (nodes[0].addr,), "--token", newest)
     assert back.proc.wait(timeout=40) == 1 and "was removed from the cluster" in last_error(back)

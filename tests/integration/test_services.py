@@ -11,8 +11,6 @@ import sys
 import threading
 import urllib.request
 
-import pytest
-
 from p2pswarm.testing.localcluster import REPO, cli_env, wait_until
 
 APP = str(REPO / "tests" / "apps" / "http_server.py")
@@ -29,17 +27,6 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-@pytest.fixture
-def task_pids():
-    pids: set[int] = set()
-    yield pids
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def start(cluster, n: int):

@@ -124,7 +124,7 @@ def test_relay_across_two_dataplane_processes() -> None:
         await a.start()
         await b.start()
         try:
-            b.push(table(HOST_B, {}, relay_port=relay_port, relay_allow=[f"{BACK}:{bport}"]))
+            b.push(table(HOST_B, {}, relay_port=relay_port, relay_allow=[f"{BACK}:{bport}"], relay_from=[HOST_A]))
             t = table(HOST_A, {front_port: f"{BACK}:{bport}"}, blocked_hosts=[BACK])
             t["ports"][0]["backends"][0].update(local=False, via=f"{HOST_B}:{relay_port}")
             a.push(t)

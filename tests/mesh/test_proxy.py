@@ -24,6 +24,8 @@ MESH_B = "127.0.7.2"
 BACK_1 = "127.0.7.11"
 BACK_2 = "127.0.7.12"
 CLIENT = "127.0.7.50"
+STRANGER = "127.0.7.66"
+"""Not a member's host: the relay listener must not admit it."""
 
 
 
@@ -258,7 +260,7 @@ def test_relay_end_to_end_and_refusal(loop: str) -> None:
         other = await Backend("other", BACK_2).start()
         relay_port = free_port(MESH_B)
         relay = Mesh()  # node B: may reach `target` for others, not `other`
-        await relay.apply(table(MESH_B, {}, relay_port=relay_port, relay_allow=[target.addr]))
+        await relay.apply(table(MESH_B, {}, relay_port=relay_port, relay_allow=[target.addr], relay_from=[MESH_A]))
         front = Mesh()  # node A: its link to BACK_1 is cut, so it goes via B
         port, port2 = free_port(MESH_A), free_port(MESH_A)
         via = f"{MESH_B}:{relay_port}"
@@ -290,19 +292,20 @@ def test_relay_rejects_garbage_and_unknown_targets() -> None:
         target = await Backend("t", BACK_1).start()
         relay_port = free_port(MESH_B)
         relay = Mesh()
-        await relay.apply(table(MESH_B, {}, relay_port=relay_port, relay_allow=[target.addr],
+        await relay.apply(table(MESH_B, {}, relay_port=relay_port, relay_allow=[target.addr], relay_from=[MESH_A],
                                 limits={"connect_timeout": 0.3}))
-        r, w = await asyncio.open_connection(MESH_B, relay_port)
+        member = (MESH_A, 0)  # a member's host sends these
+        r, w = await asyncio.open_connection(MESH_B, relay_port, local_addr=member)
         w.write(b"GET / HTTP/1.0\r\n\r\n")
         assert await r.read() == b""  # closed, no answer
         w.close()
-        r, w = await asyncio.open_connection(MESH_B, relay_port)
+        r, w = await asyncio.open_connection(MESH_B, relay_port, local_addr=member)
         tgt = f"{BACK_2}:80".encode()
         w.write(b"P2PR\x01" + len(tgt).to_bytes(2, "big") + tgt + b"\x00")
         reply = await r.read()
         assert reply[:1] == b"\x01" and b"not allowed" in reply
         w.close()
-        r, w = await asyncio.open_connection(MESH_B, relay_port)  # silent: closed after connect_timeout
+        r, w = await asyncio.open_connection(MESH_B, relay_port, local_addr=member)  # silent: closed after timeout
         assert await r.read() == b""
         w.close()
         st = relay.status()["relay"]
@@ -316,7 +319,7 @@ def test_proxy_protocol_carries_the_client_address_direct_and_relayed() -> None:
         b = await Backend("pp", BACK_1, proxy_protocol=True).start()
         relay_port = free_port(MESH_B)
         relay = Mesh()
-        await relay.apply(table(MESH_B, {}, relay_port=relay_port, relay_allow=[b.addr]))
+        await relay.apply(table(MESH_B, {}, relay_port=relay_port, relay_allow=[b.addr], relay_from=[MESH_A]))
         front = Mesh()
         direct, relayed = free_port(MESH_A), free_port(MESH_A)
         await front.apply(table(MESH_A, {direct: [backend("t1", b, local=True)],
@@ -331,6 +334,46 @@ def test_proxy_protocol_carries_the_client_address_direct_and_relayed() -> None:
         assert [h.dst for h in b.headers] == [(MESH_A, direct), (MESH_A, relayed)]
         await front.close()
         await relay.close()
+    arun(main())
+
+
+def relay_request(target: str, pp: bytes | None) -> bytes:
+    tgt = target.encode()
+    return b"P2PR\x01" + len(tgt).to_bytes(2, "big") + tgt + (b"\x01" + pp if pp else b"\x00")
+
+
+def test_relay_admits_only_members_so_a_stranger_cannot_forge_the_client_address() -> None:
+    """Finding: a non-member sent a PROXY header with source 6.6.6.6 through the relay port and the
+    proxy-protocol backend logged it. Now the stranger is closed unanswered; a member still relays."""
+    async def main() -> None:
+        b = await Backend("pp", BACK_1, proxy_protocol=True).start()
+        relay_port = free_port(MESH_B)
+        relay = Mesh()
+        await relay.apply(table(MESH_B, {}, relay_port=relay_port, relay_allow=[b.addr], relay_from=[MESH_A]))
+        forged = proxyproto.encode(("6.6.6.6", 4444), (MESH_B, 80))
+        r, w = await asyncio.open_connection(MESH_B, relay_port, local_addr=(STRANGER, 0))
+        w.write(relay_request(b.addr, forged) + b"GET / HTTP/1.0\r\n\r\n")
+        assert await r.read() == b""  # closed without an answer byte
+        w.close()
+        await eventually(lambda: relay.status()["relay"]["relay_refused"] == 1)
+        assert b.accepted == 0 and b.headers == []
+        # a member's mesh (its own address) is admitted, and its header reaches the backend as written
+        genuine = proxyproto.encode((CLIENT, 5555), (MESH_A, 80))
+        r, w = await asyncio.open_connection(MESH_B, relay_port, local_addr=(MESH_A, 0))
+        w.write(relay_request(b.addr, genuine))
+        assert await r.readexactly(1) == b"\x00"
+        assert (await r.readline()).decode().strip() == f"pp {CLIENT}:5555"
+        w.close()
+        assert [h.src for h in b.headers] == [(CLIENT, 5555)]
+        # a member that left: its host is no longer admitted
+        await relay.apply(table(MESH_B, {}, version=2, relay_port=relay_port, relay_allow=[b.addr]))
+        r, w = await asyncio.open_connection(MESH_B, relay_port, local_addr=(MESH_A, 0))
+        w.write(relay_request(b.addr, genuine))
+        assert await r.read() == b""
+        w.close()
+        assert relay.status()["relay"]["relay_refused"] == 2 and b.accepted == 1
+        await relay.close()
+        await b.stop()
     arun(main())
 
 

@@ -364,7 +364,7 @@ def test_table_puts_udp_ports_in_their_own_list() -> None:
     assert {(r.port, r.protocol, r.task) for r in routes} == {(53, "tcp", "t1"), (53, "udp", "t1"),
                                                              (53, "udp", "t2")}
     assert table["udp_relay_allow"] == ["127.0.0.11:21002", "127.0.0.12:21003"]  # what a's relay forwards to
-    assert table["udp_relay_from"] == ["127.0.0.12", "127.0.0.13"]  # from whom (members' hosts)
+    assert table["relay_from"] == ["127.0.0.12", "127.0.0.13"]  # from whom (members' hosts)
     # with the link to b cut, its UDP backend is reached through c's relay, like TCP
     table, routes = build("a", peers, unreachable={"b"})
     assert {b["task"]: b["via"] for b in table["udp"][0]["backends"]} == {"t1": None, "t2": "127.0.0.13:7947"}
@@ -448,7 +448,7 @@ def test_a_backend_behind_a_cut_link_is_reached_through_a_relay_and_back(loop: s
         port, relay_port = free_udp_port(), free_port(RELAY_HOST, socket.SOCK_DGRAM)
         relay = UdpMesh()  # node R: a direct link to the task's node; A's link to it is cut
         await relay.apply({**table({port: [backend("t1", b1.port)]}), "host": RELAY_HOST, "relay_port": relay_port,
-                           "udp_relay_allow": [f"{HOST}:{b1.port}"], "udp_relay_from": [HOST]})
+                           "udp_relay_allow": [f"{HOST}:{b1.port}"], "relay_from": [HOST]})
         mesh = UdpMesh()
         via = f"{RELAY_HOST}:{relay_port}"
         await mesh.apply(table({port: [backend("t1", b1.port, via=via)]}))
@@ -488,7 +488,7 @@ def test_a_relayed_backend_that_is_down_fails_over_like_a_direct_one() -> None:
         port, relay_port = free_udp_port(), free_port(RELAY_HOST, socket.SOCK_DGRAM)
         relay = UdpMesh()
         await relay.apply({**table({port: []}), "host": RELAY_HOST, "relay_port": relay_port,
-                           "udp_relay_allow": [f"{HOST}:{dead}"], "udp_relay_from": [HOST]})
+                           "udp_relay_allow": [f"{HOST}:{dead}"], "relay_from": [HOST]})
         mesh = UdpMesh(rng=random.Random(3))
         via = f"{RELAY_HOST}:{relay_port}"
         await mesh.apply(table({port: [backend("gone", dead, via=via), backend("t1", b1.port)]}))
@@ -523,7 +523,7 @@ def test_relay_headers_name_any_target_or_refuse_it() -> None:
     with pytest.raises(ValueError):
         relay_header(("höst", 53))
     assert parse_relay_header(b"P2PU\x01\x20short") is None and parse_relay_header(b"P2PX\x01\x00") is None
-    assert parse_udp({"udp": [], "udp_relay_from": ["0:0:0:0:0:0:0:1"]}).relay_from == {"::1"}
+    assert parse_udp({"udp": [], "relay_from": ["0:0:0:0:0:0:0:1"]}).relay_from == {"::1"}
 
 
 def test_a_session_keeps_its_replica_when_only_the_route_to_it_changes() -> None:
@@ -532,7 +532,7 @@ def test_a_session_keeps_its_replica_when_only_the_route_to_it_changes() -> None
         port, relay_port = free_udp_port(), free_port(RELAY_HOST, socket.SOCK_DGRAM)
         relay = UdpMesh()
         await relay.apply({**table({port: []}), "host": RELAY_HOST, "relay_port": relay_port,
-                           "udp_relay_allow": [f"{HOST}:{b1.port}", f"{HOST}:{b2.port}"], "udp_relay_from": [HOST]})
+                           "udp_relay_allow": [f"{HOST}:{b1.port}", f"{HOST}:{b2.port}"], "relay_from": [HOST]})
         mesh = UdpMesh()
         via = f"{RELAY_HOST}:{relay_port}"
         await mesh.apply(table({port: [backend("t1", b1.port, via=via), backend("t2", b2.port, via=via)]}))

@@ -1,7 +1,8 @@
 """A small run of simulations/fuzz_security.py (the script runs the full million).
 
 Only WireError may leave wire.decode, the sponsor never raises, the joiner raises
-only JoinError and accepts only sound grants.  The run must also reach the deep
+only JoinError and accepts only sound grants; hostile oversized containers leave the
+process's memory where it was.  The run must also reach the deep
 paths (grants issued, grants accepted, certificates refused), or it proves little.
 """
 
@@ -25,8 +26,11 @@ def load():
 
 
 def test_twenty_thousand_inputs_raise_only_defined_errors():
-    result = load().fuzz(20_000, seed=11)
+    fuzz = load()
+    result = fuzz.fuzz(20_000, seed=11)
     assert result["unexpected"] == 0, result["unexpected_examples"][:3]
+    assert result["by_family"]["oversized"] > 1_000  # hostile containers were decoded (and refused)
+    assert result["rss_growth_mb"] <= fuzz.RSS_GROWTH_LIMIT_MB
     out = result["outcomes"]
     assert out["wire_error"] > 5_000 and out["decoded"] > 1_000
     assert out["sponsor_JoinGrant"] > 50 and out["joiner_accepted"] > 10

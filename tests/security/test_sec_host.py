@@ -312,7 +312,7 @@ def test_leader_duties_genesis_revocation_and_renewal(tmp_path):
             for _ in range(3):
                 a._next_sync = 0.0
                 a.step(driver, swim)
-                await asyncio.gather(*a._tasks)
+                await asyncio.gather(*a.proposals.tasks)
         await settle()
         assert driver.written == ["init"] and driver.security.ready and a.genesis is None
         assert a.sponsor is not None and a.join_token()["generation"] == 1
@@ -338,7 +338,7 @@ def test_rotate_token_through_the_record(tmp_path):
         driver = _FakeDriver()
         swim = type("Swim", (), {"members": lambda self: []})()
         a.step(driver, swim)
-        await asyncio.gather(*a._tasks)
+        await asyncio.gather(*a.proposals.tasks)
         before = a.join_token()["token"]
         out = await a.rotate_token(driver, 3600)
         assert out["generation"] == 2 and out["token"] != before and out["expires_at"] > time.time()
@@ -390,7 +390,7 @@ def test_ca_rotation_reissues_then_drops_the_old_ca_without_cutting_anyone_off(t
                 for h, d in ((a, leader), (b, follower)):
                     h._next_sync = 0.0
                     h.step(d, swim)
-                    await asyncio.gather(*h._tasks)
+                    await asyncio.gather(*h.proposals.tasks)
         leader.security.apply({**a.genesis})
         await settle()
         leader.security.apply({"op": "cert", "node": b.node_id, "cert": b.cert})

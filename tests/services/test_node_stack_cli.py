@@ -65,7 +65,8 @@ def test_node_errors_are_one_line(router, method, path, status, words):
 
 def test_node_rm_orphans_its_tasks_and_the_id_is_never_reused(router):
     tid = placed(router)
-    assert call(router, "DELETE", "/v1/nodes/c") == {"node": "ccc3", "name": "c", "tasks": 1, "raft": "-"}
+    assert call(router, "DELETE", "/v1/nodes/c") == {"node": "ccc3", "name": "c", "tasks": 1, "raft": "-",
+                                                      "secure": False}
     state = router.node.raft_driver().cluster
     assert "ccc3" not in state.nodes and state.tasks[tid].state == "orphaned"
     assert state.tasks[tid].desired == "shutdown"

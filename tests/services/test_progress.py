@@ -96,3 +96,14 @@ def test_on_a_terminal_the_block_is_redrawn_in_place(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("\x1b[2A") == 1 and err.endswith("1/1: running   [=====>]\n\x1b[J")
     assert service_cmds._bar("running") == "=" * 49 + ">" and service_cmds._bar("failed").strip() == ""
+
+
+def test_a_huge_service_shows_the_overall_line_and_its_scheduling_error(clock, capsys):
+    spec = {**SPEC, "replicas": 100_000, "update": {**SPEC["update"], "monitor": 0.0}}
+    note = "scheduling: proposal failed: this node is not the leader"
+    steps = [({**info(0, spec=spec, desired=100_000), "scheduling_error": note}, [row(1, "new")]),
+             (info(100_000, spec=spec, desired=100_000), [])]
+    converge(Script(steps), "web")
+    assert capsys.readouterr().err.splitlines() == [
+        "overall progress: 0 out of 100000 tasks", note, "overall progress: 100000 out of 100000 tasks",
+        "verify: Waiting 0 seconds to verify that tasks are stable...", "verify: Service converged"]

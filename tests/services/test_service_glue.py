@@ -13,6 +13,7 @@ from p2pswarm.cli.service_cmds import apply_flags
 from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.checks import SpecError
 from p2pswarm.cluster.spec import HealthCheck, ServiceSpec
+from p2pswarm.cluster.state import Result
 from p2pswarm.consensus.kv import KVStore, encode_command
 from p2pswarm.raftfacts import Facts, decode_facts
 from p2pswarm.scheduler_driver import SchedulerConfig, SchedulerDriver, _report
@@ -144,7 +145,7 @@ def test_a_refused_observation_is_not_proposed_again():
 
         async def write_cluster(self, command):
             self.writes.append(command["op"])
-            return SimpleNamespace(ok=False, error="no")
+            return Result(False, "no")
 
     driver = Driver()
     bad = SimpleNamespace(node="node-b", status="alive", record=b"", record_version=1,

@@ -12,7 +12,7 @@ import pytest
 from p2pswarm.api.routes import Router
 from p2pswarm.api.server import HttpError, Request
 from p2pswarm.cluster import commands as cmd
-from p2pswarm.cluster.spec import ServiceSpec
+from p2pswarm.cluster.spec import MAX_ARG_LEN, MAX_ARGS, MAX_REPLICAS, ServiceSpec
 from p2pswarm.cluster.state import ClusterState
 
 
@@ -55,7 +55,7 @@ def test_create_inspect_scale_update_rm(router):
     assert call(router, "POST", "/v1/services/web/update", {"spec": {**spec, "args": ["b.py"]}, "version": 2})
     assert call(router, "GET", "/v1/services")["services"][0]["desired"] == 2
     assert call(router, "POST", "/v1/services/web/rollback")["version"] == 4
-    assert call(router, "GET", "/v1/services/web/tasks") == {"tasks": []}
+    assert call(router, "GET", "/v1/services/web/tasks") == {"tasks": [], "scheduling_error": ""}
     assert call(router, "POST", "/v1/nodes/a/update", {"availability": "drain"}) == {"node": "node-a"}
     assert call(router, "DELETE", "/v1/services/web") == {"removed": "web"}
     assert call(router, "GET", "/v1/services") == {"services": []}
@@ -67,6 +67,7 @@ def test_create_inspect_scale_update_rm(router):
     ("GET", "/v1/services/ghost", None, 404, "does not exist"),
     ("POST", "/v1/services/ghost/scale", {"replicas": 1}, 400, "does not exist"),
     ("POST", "/v1/services/ghost/scale", {"replicas": -1}, 400, "replicas"),
+    ("POST", "/v1/services/ghost/scale", {"replicas": MAX_REPLICAS + 1}, 400, f"from 0 to {MAX_REPLICAS}"),
     ("POST", "/v1/nodes/zz/update", {"availability": "drain"}, 404, "unknown"),
     ("POST", "/v1/nodes/a/update", {"availability": "sleepy"}, 400, "availability"),
     ("PUT", "/v1/services", None, 405, "no such endpoint"),
@@ -75,3 +76,22 @@ def test_bad_requests_get_one_line(router, method, path, body, status, words):
     with pytest.raises(HttpError) as err:
         call(router, method, path, body)
     assert err.value.status == status and words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_spec_too_large_for_one_raft_entry_is_refused_in_one_line(router):
+    huge = ServiceSpec("web", "python", ("a" * MAX_ARG_LEN,) * MAX_ARGS).to_dict()
+    with pytest.raises(HttpError) as err:
+        call(router, "POST", "/v1/services", {"spec": huge})
+    assert err.value.status == 400 and "\n" not in str(err.value)
+    assert str(err.value).startswith("the service spec encodes to ")
+    assert f"bytes, over the {cmd.MAX_COMMAND_BYTES}-byte limit of one cluster command" in str(err.value)
+    assert call(router, "GET", "/v1/services") == {"services": []}
+
+
+def test_the_scheduling_error_shows_in_inspect_and_tasks(router):
+    spec = ServiceSpec("web", "python", replicas=2).to_dict()
+    call(router, "POST", "/v1/services", {"spec": spec})
+    driver = router.node.raft_driver()
+    asyncio.run(driver.write_cluster(cmd.set_scheduling_error("e", 2.0, "web", "scheduling: refused: boom")))
+    assert call(router, "GET", "/v1/services/web")["scheduling_error"] == "scheduling: refused: boom"
+    assert call(router, "GET", "/v1/services/web/tasks")["scheduling_error"] == "scheduling: refused: boom"
