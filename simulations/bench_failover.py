@@ -18,6 +18,8 @@ Prints progress on stderr and one JSON object as the last line of stdout:
 ``recover_p50_s``, ``recover_p99_s`` (nearest rank; with few runs that is the max),
 ``recover_s`` (every run), ``runs``, ``failed_runs`` (no recovery within the timeout).
 Everything it starts (nodes, and any task process it saw) is killed by pid at the end.
+The cluster is secure (the default): the joiners join with the first node's join token.
+``--quick`` is the short run tests/simulations/ makes.
 """
 
 from __future__ import annotations
@@ -36,10 +38,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from p2pswarm.sim.stats import percentile  # noqa: E402
+from p2pswarm.lab.cluster import last_log_line  # noqa: E402
 from p2pswarm.testing.localcluster import REPO, LocalCluster  # noqa: E402
 
 APP = str(REPO / "tests" / "apps" / "http_server.py")
 POLL = 0.05
+"""Seconds between two polls of ``service ps``: each poll is a CLI process, so not much smaller."""
+QUICK = {"nodes": 3, "replicas": 2, "runs": 1, "settle": 0.5}
+"""``--quick``: one kill in the smallest cluster where a voter can die and replicas move (≈ 20 s)."""
 
 
 def say(text: str) -> None:
@@ -85,6 +91,14 @@ def healthy(cluster: LocalCluster, node, count: int, avoid: str | None = None) -
     return rows
 
 
+def failed(cluster: LocalCluster, observer, what: str) -> SystemExit:
+    """The exit for a phase that did not finish: what, the tasks ``observer`` sees, each node's last log line."""
+    rows = [f"{r.get('id')} on {r.get('node_name')}: {r.get('state')}" for r in task_rows(cluster, observer)
+            if r.get("current")]
+    logs = [f"  {n.name}: {last_log_line(n.log_path)}" for n in cluster.nodes.values()]
+    return SystemExit("\n".join([f"bench_failover: {what}; tasks: {', '.join(rows) or 'none'}", *logs]))
+
+
 def task_pids(cluster: LocalCluster, rows: list[dict], into: set[int]) -> None:
     for r in rows:
         node = next((n for n in cluster.nodes.values() if n.name == r["node_name"]), None)
@@ -117,6 +131,9 @@ def main() -> None:
     parser.add_argument("--preset", default="test")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for recovery per run")
     parser.add_argument("--settle", type=float, default=2.0)
+    parser.add_argument("--quick", action="store_true", help=f"a short run for the smoke test: {QUICK}")
+    if parser.parse_known_args()[0].quick:
+        parser.set_defaults(**QUICK)
     args = parser.parse_args()
 
     seen_pids: set[int] = set()
@@ -125,10 +142,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="p2ps-fo-") as tmp:
         cluster = LocalCluster(Path(tmp), preset=args.preset)
         try:
-            first = cluster.start(0)
-            if wait(first.info, 30) is None:
-                raise SystemExit("the first node's API did not answer")
-            nodes = [first] + [cluster.start(i, (first.addr,)) for i in range(1, args.nodes)]
+            nodes = cluster.start_joined(args.nodes)
+            first = nodes[0]
 
             def in_group():
                 try:
@@ -136,7 +151,7 @@ def main() -> None:
                 except Exception:
                     return False
             if wait(in_group, 60) is None:
-                raise SystemExit("the nodes did not all join the Raft group")
+                raise failed(cluster, first, "the nodes did not all join the Raft group")
             say(f"{args.nodes} nodes up ({args.preset} preset)")
             created = cluster.cli("service", "create", "web", "--replicas", str(args.replicas), "--detach",
                                   "--data-dir", str(first.data_dir), "--", sys.executable, APP)
@@ -144,7 +159,7 @@ def main() -> None:
                 raise SystemExit(f"service create failed: {created.stderr.strip()}")
             rows = settled(cluster, first, args.replicas, args.settle, 90)
             if rows is None:
-                raise SystemExit(f"{args.replicas} tasks never ran")
+                raise failed(cluster, first, f"{args.replicas} tasks never ran")
             task_pids(cluster, rows, seen_pids)
             say(f"{args.replicas} replicas running and answering HTTP")
 
@@ -176,10 +191,10 @@ def main() -> None:
                 alive = wait(lambda: (first.statuses() or {}).get(victim.name) == "alive"
                              and victim.info() is not None, 60)
                 if alive is None:
-                    raise SystemExit(f"{victim.name} did not come back")
+                    raise failed(cluster, first, f"{victim.name} did not come back")
                 rows = settled(cluster, first, args.replicas, args.settle, 90)
                 if rows is None:
-                    raise SystemExit(f"{args.replicas} tasks did not settle after {victim.name} came back")
+                    raise failed(cluster, first, f"{args.replicas} tasks did not settle after {victim.name} came back")
                 task_pids(cluster, rows, seen_pids)
         finally:
             cluster.close()
@@ -190,7 +205,7 @@ def main() -> None:
                     pass
 
     report = {
-        "nodes": args.nodes, "replicas": args.replicas, "preset": args.preset, "runs": args.runs,
+        "nodes": args.nodes, "replicas": args.replicas, "preset": args.preset, "runs": args.runs, "quick": args.quick,
         "recover_p50_s": round(statistics.median(recover), 3) if recover else None,
         "recover_p99_s": round(percentile(recover, 99), 3) if recover else None,
         "recover_s": [round(t, 3) for t in recover],

@@ -10,6 +10,10 @@ default) and measures from the outside, through each node's API:
 * with --soak-nodes M: M nodes converge, then stay --soak-seconds with 0 false deaths
   (every node's view is sampled; any healthy member seen suspect/dead is counted).
 
+Clusters are secure (the default): the joiners join with the first node's join token.
+A node that exits ends the benchmark with its last log line (exit status 1) rather than a
+report of ``null`` figures. ``--quick`` is the short run tests/simulations/ makes.
+
 Prints a human summary on stderr and one JSON object as the last line of stdout.
 Everything it starts is killed by pid when it ends.
 """
@@ -28,9 +32,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from p2pswarm.lab.cluster import last_log_line  # noqa: E402
 from p2pswarm.testing.localcluster import LocalCluster  # noqa: E402
 
 POLL = 0.02
+"""Seconds between two looks at every node's view: small against the ~2 s being measured."""
+CONVERGE_TIMEOUT = 60.0
+"""Seconds a run may take to converge before it counts as failed (lan preset, loaded 2-core machine)."""
+QUICK = {"nodes": 3, "runs": 1, "idle_seconds": 1.0, "soak_nodes": 3, "soak_seconds": 2.0}
+"""``--quick``: every phase once at the smallest size that still has survivors to agree (≈ 15 s)."""
 
 
 def say(text: str) -> None:
@@ -45,24 +55,26 @@ def all_see(nodes, expected: dict[str, str]) -> bool:
     return True
 
 
-def wait(cond, timeout: float) -> float | None:
+def wait(cond, timeout: float, nodes=()) -> float | None:
+    """Seconds until ``cond()`` holds, None after ``timeout``; exits if one of ``nodes`` has exited."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if cond():
             return time.monotonic() - start
+        for node in nodes:
+            if node.proc.poll() is not None:
+                raise SystemExit(f"bench_membership: {node.name} exited with code {node.proc.returncode}: "
+                                 f"{last_log_line(node.log_path)}")
         time.sleep(POLL)
     return None
 
 
 def start_and_converge(cluster: LocalCluster, nodes: int, timeout: float) -> tuple[list, float | None]:
-    """Start ``nodes`` nodes joining through the first; seconds until all see all alive."""
+    """Start ``nodes`` nodes joining through the first; seconds from its start until all see all alive."""
     started = time.monotonic()
-    first = cluster.start(0)
-    for i in range(1, nodes):
-        cluster.start(i, (first.addr,))
-    members = [cluster.node(i) for i in range(nodes)]
+    members = cluster.start_joined(nodes)
     everyone = {m.name: "alive" for m in members}
-    ok = wait(lambda: all_see(members, everyone), timeout)
+    ok = wait(lambda: all_see(members, everyone), timeout, members)
     return members, (time.monotonic() - started if ok is not None else None)
 
 
@@ -82,8 +94,10 @@ def one_run(run: int, nodes: int, preset: str, idle_seconds: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="p2ps-bench-") as tmp:
         cluster = LocalCluster(Path(tmp), preset=preset)
         try:
-            members, converge = start_and_converge(cluster, nodes, 60)
-            result = {"converge_s": converge}
+            members, converge = start_and_converge(cluster, nodes, CONVERGE_TIMEOUT)
+            result = {"converge_s": converge, "detect_s": None}
+            if converge is None:
+                return result
             if run == 0 and idle_seconds > 0:
                 pids = [m.proc.pid for m in members]
                 cpu0 = [proc_cpu_seconds(p) for p in pids]
@@ -97,7 +111,7 @@ def one_run(run: int, nodes: int, preset: str, idle_seconds: float) -> dict:
             victim.proc.send_signal(signal.SIGKILL)
             victim.proc.wait(timeout=10)
             expect_dead = {victim.name: "dead"}
-            took = wait(lambda: all_see(survivors, expect_dead), 60)
+            took = wait(lambda: all_see(survivors, expect_dead), 60, survivors)
             result["detect_s"] = None if took is None else time.monotonic() - killed_at
             return result
         finally:
@@ -109,7 +123,9 @@ def soak(nodes: int, seconds: float, preset: str) -> dict:
         cluster = LocalCluster(Path(tmp), preset=preset)
         try:
             say(f"soak: starting {nodes} nodes and waiting for convergence...")
-            members, converge = start_and_converge(cluster, nodes, 120)
+            members, converge = start_and_converge(cluster, nodes, 2 * CONVERGE_TIMEOUT)
+            if converge is None:
+                raise SystemExit(f"bench_membership: the {nodes} soak nodes did not converge")
             say(f"soak: converged in {converge} s; watching for {seconds:g} s")
             false_dead: set[str] = set()
             suspect_views = 0
@@ -141,6 +157,9 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--soak-nodes", type=int, default=0)
     parser.add_argument("--soak-seconds", type=float, default=60.0)
+    parser.add_argument("--quick", action="store_true", help=f"a short run for the smoke test: {QUICK}")
+    if parser.parse_known_args()[0].quick:
+        parser.set_defaults(**QUICK)
     args = parser.parse_args()
 
     runs = []
@@ -151,7 +170,7 @@ def main() -> None:
     converge = [r["converge_s"] for r in runs if r["converge_s"] is not None]
     detect = [r["detect_s"] for r in runs if r["detect_s"] is not None]
     report = {
-        "nodes": args.nodes, "runs": args.runs, "preset": args.preset,
+        "nodes": args.nodes, "runs": args.runs, "preset": args.preset, "quick": args.quick,
         "converge_p50_s": round(statistics.median(converge), 3) if converge else None,
         "detect_p50_s": round(statistics.median(detect), 3) if detect else None,
         "detect_max_s": round(max(detect), 3) if detect else None,

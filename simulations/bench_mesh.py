@@ -32,6 +32,11 @@ back to back, so it is less sensitive to load that comes and goes). ``--bulk-onl
 the bulk part (≈ 15 s), ``--tls-only`` just ``direct``, ``mesh_relay`` and ``mesh_tls`` (the TLS
 sessions' counters of data plane B are in ``tls_sessions``).
 
+``--quick`` (the smoke test's run, ≈ 15 s, none of the tools needed) sends traffic through the same
+four mesh paths with Python's http.client (one connection) to Python's http.server in place of wrk
+and nginx, and through HAProxy only if it is installed (``skipped`` says what was left out). Its
+figures are not comparable with the headline run's; that every path forwards, every byte, is.
+
 ``--compare`` instead measures the implementation choices (asyncio streams, the Protocol API
 on asyncio and on uvloop, splice for everything, splicing on the event loop instead of in
 threads, and the shipped data plane).
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import re
@@ -55,7 +61,10 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
@@ -71,6 +80,10 @@ HAPROXY = "127.0.6.3"
 DP_A = "127.0.6.11"
 DP_B = "127.0.6.12"
 BARE = "127.0.6.20"
+SMALL = b"x" * 63 + b"\n"
+"""The small file nginx (or --quick's backend) serves: 64 bytes."""
+QUICK = {"rounds": 1, "seconds": 0.5, "transfers": 2, "bulk_mb": 16}
+"""``--quick``: one round of each path and mode, 16 MB transfers (4 reads of 64 KiB start a splice)."""
 
 
 def tls_sections(*nodes: str) -> list[dict]:
@@ -154,6 +167,13 @@ class DataPlaneProc:
         if st.get("bind_errors") or st.get("table_error"):
             raise RuntimeError(f"data plane: {st.get('bind_errors') or st.get('table_error')}")
         return st
+
+    def fresh_status(self, timeout: float = 5.0) -> dict:
+        """The next status the data plane sends: its counters as of now, not as of its last tick."""
+        with self.cond:
+            old = self.status
+            self.cond.wait_for(lambda: self.status is not old, timeout)
+            return self.status or {}
 
 
 def start_nginx(procs: Procs, tmp: Path, port: int, bulk_mb: int) -> None:
@@ -259,19 +279,20 @@ def med(xs: list[float]) -> float:
 
 
 def run_cases(cases: dict[str, str], rounds: int, seconds: float, conns: int,
-              modes: tuple[str, ...] = ("keepalive", "newconn", "latency")) -> dict[str, dict[str, dict]]:
-    """{case: {mode: {rps, p50_ms, p99_ms, errors}}} as medians over rounds (cases interleaved)."""
+              modes: tuple[str, ...] = ("keepalive", "newconn", "latency"), load=wrk) -> dict[str, dict[str, dict]]:
+    """{case: {mode: {rps, p50_ms, p99_ms, errors}}} as medians over rounds (cases interleaved);
+    ``load(url, conns, seconds, close)`` makes one measurement (wrk, or --quick's py_load)."""
     raw: dict[str, dict[str, list[dict]]] = {c: {m: [] for m in modes} for c in cases}
     for r in range(rounds):
         order = list(cases) if r % 2 == 0 else list(reversed(cases))
         for mode in modes:
             for case in order:
                 if mode == "keepalive":
-                    res = wrk(cases[case], conns, seconds, close=False)
+                    res = load(cases[case], conns, seconds, close=False)
                 elif mode == "newconn":
-                    res = wrk(cases[case], conns, seconds, close=True)
+                    res = load(cases[case], conns, seconds, close=True)
                 else:
-                    res = wrk(cases[case], 1, max(2.0, seconds / 2), close=False)
+                    res = load(cases[case], 1, max(2.0, seconds / 2), close=False)
                 raw[case][mode].append(res)
                 print(f"  round {r + 1} {mode:9} {case:12} {res['rps']:>10.0f} rps  p50 {res['p50_ms']} ms"
                       f"  p99 {res['p99_ms']} ms  errors {res['errors']}", file=sys.stderr, flush=True)
@@ -292,19 +313,20 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_bulk(cases: dict[str, str], transfers: int, pids: dict[str, list[int]] | None = None,
-             mb: int = 100) -> dict[str, dict]:
+             mb: int = 100, fetch=curl_mbps) -> dict[str, dict]:
     """{case: {"mbps": median MB/s, "cpu_s_per_gb": proxy CPU seconds per GB moved,
     "runs": every transfer's MB/s, in round order}}. One unmeasured warm-up transfer per case
-    first; then each round downloads once per case (order reversed every other round)."""
+    first; then each round downloads once per case (order reversed every other round).
+    ``fetch(url)`` makes one transfer and returns its MB/s (curl, or --quick's py_mbps)."""
     speeds: dict[str, list[float]] = {c: [] for c in cases}
     cpu: dict[str, float] = {c: 0.0 for c in cases}
     pids = pids or {}
     for url in cases.values():
-        curl_mbps(url)
+        fetch(url)
     for i in range(transfers):
         for case in (cases if i % 2 == 0 else list(reversed(cases))):
             before = sum(cpu_seconds(p) for p in pids.get(case, []))
-            speeds[case].append(curl_mbps(cases[case]))
+            speeds[case].append(fetch(cases[case]))
             cpu[case] += sum(cpu_seconds(p) for p in pids.get(case, [])) - before
     out = {}
     for case, xs in speeds.items():
@@ -361,10 +383,10 @@ def nginx_bench(prefix: str, bulk_mb: int) -> Iterator[tuple[Procs, Path, int]]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def headline_bulk(ngx: int, a_port: int, dpa: "DataPlaneProc", ha_urls: dict, ha_pids: dict,
+def headline_bulk(ngx: int, mesh_url: str, dpa: "DataPlaneProc", ha_urls: dict, ha_pids: dict,
                   args: argparse.Namespace) -> dict:
-    """Bulk direct, through data plane A (a local replica) and through the splicing HAProxies."""
-    return run_bulk({"direct": f"http://{NGINX}:{ngx}/big.bin", "mesh": f"http://{DP_A}:{a_port}/big.bin",
+    """Bulk direct, through data plane A (a local replica, at ``mesh_url``) and through the splicing HAProxies."""
+    return run_bulk({"direct": f"http://{NGINX}:{ngx}/big.bin", "mesh": f"{mesh_url}/big.bin",
                      **ha_urls}, args.transfers, pids={"mesh": [dpa.p.pid], **ha_pids}, mb=args.bulk_mb)
 
 
@@ -376,7 +398,7 @@ def bench_bulk(args: argparse.Namespace) -> dict:
         dpa = DataPlaneProc(procs, [], args.bulk_threads)
         sta = dpa.push(dp_table(1, DP_A, [{"port": a_port, "service": "web", "proxy_protocol": False,
                                            "backends": [backend_entry("t1", ngx, True)]}]))
-        bulk = headline_bulk(ngx, a_port, dpa, ha_urls, ha_pids, args)
+        bulk = headline_bulk(ngx, f"http://{DP_A}:{a_port}", dpa, ha_urls, ha_pids, args)
         time.sleep(1.5)  # one more status tick after the last transfer
         status = dpa.status or {}
     return {"bench": "mesh-bulk", "loop": sta.get("loop"), "bulk_threads": args.bulk_threads, **bulk_result(bulk, args),
@@ -389,11 +411,42 @@ def backend_entry(task: str, port: int, local: bool, via: str | None = None) -> 
 
 
 def dp_table(version: int, host: str, ports: list[dict], relay_port: int = 0, relay_allow=(),
-             blocked=()) -> dict:
+             blocked=(), relay_from=()) -> dict:
+    """A data plane's table; ``relay_from``: the member hosts its plaintext relay admits."""
     return {"version": version, "host": host, "relay_port": relay_port, "relay_allow": list(relay_allow),
-            "blocked_hosts": list(blocked), "ports": ports,
+            "relay_from": list(relay_from), "blocked_hosts": list(blocked), "ports": ports,
             "limits": {"max_conns": 4096, "connect_timeout": 1.0, "retries": 2, "idle_timeout": 300.0,
                        "drain_grace": 10.0}}
+
+
+def start_mesh(procs: Procs, backend: int, bulk_threads: int | None) -> tuple[DataPlaneProc, DataPlaneProc, dict,
+                                                                                dict[str, str]]:
+    """Data planes A and B in front of the backend on NGINX:``backend``, the four mesh paths of the
+    module's docstring: A, B, A's status and {mesh_local, mesh_remote, mesh_relay, mesh_tls: base URL}."""
+    a_port, a_relay, b_remote, b_relay = free_port(DP_A), free_port_pair(DP_A), free_port(DP_B), free_port(DP_B)
+    b_tls = free_port(DP_B)
+    tls_a, tls_b = tls_sections("bench-a", "bench-b")
+    dpa = DataPlaneProc(procs, [], bulk_threads)
+    dpb = DataPlaneProc(procs, [], bulk_threads)
+    sta = dpa.push({**dp_table(1, DP_A, [{"port": a_port, "service": "web", "proxy_protocol": False,
+                                          "backends": [backend_entry("t1", backend, True)]}],
+                               relay_port=a_relay, relay_allow=[f"{NGINX}:{backend}"], relay_from=[DP_B]),
+                    "tls": tls_a})
+    dpb.push({**dp_table(1, DP_B, [
+        {"port": b_remote, "service": "web", "proxy_protocol": False,
+         "backends": [backend_entry("t1", backend, False)]},
+        {"port": b_relay, "service": "web-relayed", "proxy_protocol": False,
+         "backends": [backend_entry("t1", backend, False, via=f"{DP_A}:{a_relay}")]},
+        {"port": b_tls, "service": "web-encrypted", "proxy_protocol": False,
+         "backends": [{**backend_entry("t1", backend, False, via=f"{DP_A}:{a_relay + 1}"), "tls": True}]}]),
+        "tls": tls_b})
+    return dpa, dpb, sta, {"mesh_local": f"http://{DP_A}:{a_port}", "mesh_remote": f"http://{DP_B}:{b_remote}",
+                           "mesh_relay": f"http://{DP_B}:{b_relay}", "mesh_tls": f"http://{DP_B}:{b_tls}"}
+
+
+def tls_sessions_of(dp: DataPlaneProc) -> dict:
+    """The TLS sessions' counters of a data plane's TLS relay side (from its last status)."""
+    return {k: v for k, v in ((dp.status or {}).get("tls_relay") or {}).items() if "sessions" in k}
 
 
 # -- the headline benchmark -------------------------------------------------------------------
@@ -405,27 +458,9 @@ def bench(args: argparse.Namespace) -> dict:
         start_haproxy(procs, tmp, "haproxy1", (HAPROXY, ha1), (NGINX, ngx), nbthread=1)
         start_haproxy(procs, tmp, "haproxymt", (HAPROXY, ha2), (NGINX, ngx), nbthread=None)
         ha_urls, ha_pids = start_bulk_haproxies(procs, tmp, ngx)
-        a_port, a_relay, b_remote, b_relay = free_port(DP_A), free_port_pair(DP_A), free_port(DP_B), free_port(DP_B)
-        b_tls = free_port(DP_B)
-        tls_a, tls_b = tls_sections("bench-a", "bench-b")
-        dpa = DataPlaneProc(procs, [], args.bulk_threads)
-        dpb = DataPlaneProc(procs, [], args.bulk_threads)
-        sta = dpa.push({**dp_table(1, DP_A, [{"port": a_port, "service": "web", "proxy_protocol": False,
-                                              "backends": [backend_entry("t1", ngx, True)]}],
-                                   relay_port=a_relay, relay_allow=[f"{NGINX}:{ngx}"]), "tls": tls_a})
-        dpb.push({**dp_table(1, DP_B, [
-            {"port": b_remote, "service": "web", "proxy_protocol": False,
-             "backends": [backend_entry("t1", ngx, False)]},
-            {"port": b_relay, "service": "web-relayed", "proxy_protocol": False,
-             "backends": [backend_entry("t1", ngx, False, via=f"{DP_A}:{a_relay}")]},
-            {"port": b_tls, "service": "web-encrypted", "proxy_protocol": False,
-             "backends": [{**backend_entry("t1", ngx, False, via=f"{DP_A}:{a_relay + 1}"), "tls": True}]}]),
-            "tls": tls_b})
+        dpa, dpb, sta, mesh = start_mesh(procs, ngx, args.bulk_threads)
         cases = {"direct": f"http://{NGINX}:{ngx}/small.txt",
-                 "mesh_local": f"http://{DP_A}:{a_port}/small.txt",
-                 "mesh_remote": f"http://{DP_B}:{b_remote}/small.txt",
-                 "mesh_relay": f"http://{DP_B}:{b_relay}/small.txt",
-                 "mesh_tls": f"http://{DP_B}:{b_tls}/small.txt",
+                 **{name: f"{url}/small.txt" for name, url in mesh.items()},
                  "haproxy": f"http://{HAPROXY}:{ha1}/small.txt",
                  "haproxy_mt": f"http://{HAPROXY}:{ha2}/small.txt"}
         for url in cases.values():  # every path answers before measuring
@@ -434,14 +469,14 @@ def bench(args: argparse.Namespace) -> dict:
         if args.tls_only:
             cases = {name: cases[name] for name in ("direct", "mesh_relay", "mesh_tls")}
         small = run_cases(cases, args.rounds, args.seconds, args.conns)
-        bulk = None if args.tls_only else headline_bulk(ngx, a_port, dpa, ha_urls, ha_pids, args)
-        tls_bulk = run_bulk({"mesh_relay": f"http://{DP_B}:{b_relay}/big.bin",
-                             "mesh_tls": f"http://{DP_B}:{b_tls}/big.bin"}, max(5, args.transfers // 3),
+        bulk = None if args.tls_only else headline_bulk(ngx, mesh["mesh_local"], dpa, ha_urls, ha_pids, args)
+        tls_bulk = run_bulk({"mesh_relay": f"{mesh['mesh_relay']}/big.bin",
+                             "mesh_tls": f"{mesh['mesh_tls']}/big.bin"}, max(5, args.transfers // 3),
                             pids={"mesh_relay": [dpa.p.pid, dpb.p.pid], "mesh_tls": [dpa.p.pid, dpb.p.pid]},
                             mb=args.bulk_mb)
         time.sleep(1.5)  # one more status tick after the last transfer
         status = dpa.status or {}
-        tls_sessions = {k: v for k, v in ((dpb.status or {}).get("tls_relay") or {}).items() if "sessions" in k}
+        tls_sessions = tls_sessions_of(dpb)
 
     def g(case: str, mode: str, key: str = "rps") -> float:
         return small[case][mode][key]
@@ -569,6 +604,143 @@ def compare(args: argparse.Namespace) -> dict:
                          for k in urls}}
 
 
+# -- the quick run (no external tools) --------------------------------------------------------
+
+
+class _Files(BaseHTTPRequestHandler):
+    """nginx's stand-in for --quick: the server's ``files`` by path, on HTTP/1.1 keep-alive."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms wait for the delayed ACK
+
+    def do_GET(self) -> None:
+        body = self.server.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def python_backend(bulk_mb: int) -> Iterator[int]:
+    """small.txt and big.bin (``bulk_mb`` MB) served on NGINX by a thread of this process; yields the port."""
+    server = ThreadingHTTPServer((NGINX, free_port(NGINX)), _Files)
+    server.daemon_threads = True
+    server.files = {"/small.txt": SMALL, "/big.bin": os.urandom(1 << 20) * bulk_mb}
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def py_load(url: str, conns: int, seconds: float, close: bool) -> dict:
+    """wrk's stand-in for --quick: GETs of small.txt one after another for ``seconds``, on one
+    connection or a new one per request (``conns`` is ignored). An error is a request that
+    failed or a body other than SMALL."""
+    parts = urllib.parse.urlsplit(url)
+    conn, times, errors = None, [], 0
+    end = time.perf_counter() + seconds
+    while (start := time.perf_counter()) < end:
+        try:
+            conn = conn or http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+            conn.request("GET", parts.path, headers={"Connection": "close"} if close else {})
+            resp = conn.getresponse()
+            ok = resp.status == 200 and resp.read() == SMALL
+        except (OSError, http.client.HTTPException):
+            ok = False
+        if ok:
+            times.append(time.perf_counter() - start)
+        else:
+            errors += 1
+        if close or not ok:
+            conn.close()
+            conn = None
+    if conn is not None:
+        conn.close()
+    p50 = round(statistics.median(times) * 1000, 3) if times else None
+    return {"rps": round(len(times) / seconds, 1), "p50_ms": p50, "p99_ms": None, "errors": errors}
+
+
+def py_mbps(url: str) -> float:
+    """curl's stand-in for --quick: one download, MB/s; raises if it is short."""
+    size, start = 0, time.perf_counter()
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        expected = int(resp.headers["Content-Length"])
+        while chunk := resp.read(1 << 20):
+            size += len(chunk)
+    secs = time.perf_counter() - start
+    if size != expected:
+        raise RuntimeError(f"got {size} of {expected} bytes from {url}")
+    return size / secs / 1e6
+
+
+def quick(args: argparse.Namespace) -> dict:
+    """The four mesh paths (and HAProxy, if installed) with Python's client and server; see the docstring."""
+    skipped = {"wrk, nginx": "--quick loads with Python's http.client (one connection) against Python's "
+                             "http.server; its figures are not comparable with the headline run's"}
+    procs = Procs()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-mesh-quick-"))
+    try:
+        with python_backend(args.bulk_mb) as backend:
+            dpa, dpb, sta, mesh = start_mesh(procs, backend, args.bulk_threads)
+            urls = {"direct": f"http://{NGINX}:{backend}", **mesh}
+            pids = {"mesh_local": [dpa.p.pid], "mesh_relay": [dpa.p.pid, dpb.p.pid],
+                    "mesh_tls": [dpa.p.pid, dpb.p.pid]}
+            if shutil.which("haproxy"):
+                ha = free_port(HAPROXY)
+                pids["haproxy"] = [start_haproxy(procs, tmp, "haproxy1", (HAPROXY, ha), (NGINX, backend), nbthread=1)]
+                urls["haproxy"] = f"http://{HAPROXY}:{ha}"
+            else:
+                skipped["haproxy"] = "not installed (apt-get install -y haproxy): no ratio_vs_haproxy*"
+            small = run_cases({k: f"{u}/small.txt" for k, u in urls.items()}, args.rounds, args.seconds, 1,
+                              modes=("keepalive", "newconn"), load=py_load)
+            bulk_cases = ("direct", "mesh_local", "mesh_relay", "mesh_tls", "haproxy")
+            bulk = run_bulk({k: f"{u}/big.bin" for k, u in urls.items() if k in bulk_cases}, args.transfers,
+                            pids=pids, mb=args.bulk_mb, fetch=py_mbps)
+            status = dpa.fresh_status()
+            tls_sessions = tls_sessions_of(dpb.fresh_status() and dpb)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def g(case: str, mode: str, key: str = "rps") -> float:
+        return small[case][mode][key]
+
+    def added(case: str) -> float:
+        return round(g(case, "keepalive", "p50_ms") - g("direct", "keepalive", "p50_ms"), 3)
+
+    result = {
+        "bench": "mesh-quick", "quick": True, "loop": sta.get("loop"), "rounds": args.rounds,
+        "load": f"python http.client, 1 connection, {args.seconds:g} s per case and mode; backend python http.server",
+        **{f"{c}_rps": g(c, "keepalive") for c in urls}, **{f"{c}_newconn_rps": g(c, "newconn") for c in urls},
+        "added_p50_ms": added("mesh_local"), "added_p50_ms_remote": added("mesh_remote"),
+        "added_p50_ms_relay": added("mesh_relay"), "added_p50_ms_tls": added("mesh_tls"),
+        "tls_ratio_vs_relay": round(g("mesh_tls", "keepalive") / g("mesh_relay", "keepalive"), 3),
+        "tls_ratio_vs_relay_newconn": round(g("mesh_tls", "newconn") / g("mesh_relay", "newconn"), 3),
+        "bulk_mb": args.bulk_mb, "bulk_transfers": args.transfers,
+        **{f"bulk_{c}_mbps": bulk[c]["mbps"] for c in bulk},
+        "bulk_tls_ratio_vs_relay": round(bulk["mesh_tls"]["mbps"] / bulk["mesh_relay"]["mbps"], 3),
+        "bulk_cpu_s_per_gb": {k: v["cpu_s_per_gb"] for k, v in bulk.items() if v["cpu_s_per_gb"] is not None},
+        "mesh_spliced_connections": (status.get("total") or {}).get("spliced"),
+        "tls_sessions": tls_sessions,
+        "errors": {c: {m: small[c][m]["errors"] for m in small[c]} for c in small},
+    }
+    if "haproxy" in urls:
+        result.update(ratio_vs_haproxy=round(g("mesh_local", "keepalive") / g("haproxy", "keepalive"), 3),
+                      ratio_vs_haproxy_newconn=round(g("mesh_local", "newconn") / g("haproxy", "newconn"), 3),
+                      bulk_ratio_vs_haproxy=round(bulk["mesh_local"]["mbps"] / bulk["haproxy"]["mbps"], 3))
+    result["skipped"] = skipped
+    return result
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -583,20 +755,24 @@ def main() -> int:
     ap.add_argument("--bulk-threads", type=int, metavar="N",
                     help="run the data planes with proxy.BULK_THREADS = N (0: splice on the event loop)")
     ap.add_argument("--out", help="also write the JSON to this file")
+    ap.add_argument("--quick", action="store_true", help=f"the smoke test's short run, no tools needed: {QUICK}")
     ap.add_argument("--bare-streams", nargs=2, metavar=("LISTEN", "BACKEND"), help=argparse.SUPPRESS)
     ap.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)
+    if ap.parse_known_args()[0].quick:
+        ap.set_defaults(**QUICK)
     args = ap.parse_args()
     if args.bare_streams:
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
         bare_streams(*args.bare_streams, args.uvloop)
         return 0
-    for tool in ("wrk", "nginx", "haproxy", "curl"):
+    for tool in () if args.quick else ("wrk", "nginx", "haproxy", "curl"):
         if shutil.which(tool) is None:
             print(f"bench_mesh: {tool} is not installed; run: apt-get install -y wrk nginx haproxy curl",
                   file=sys.stderr)
             return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still stops what it started
-    result = compare(args) if args.compare else bench_bulk(args) if args.bulk_only else bench(args)
+    result = quick(args) if args.quick else compare(args) if args.compare else bench_bulk(args) if args.bulk_only \
+        else bench(args)
     line = json.dumps(result, sort_keys=False)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

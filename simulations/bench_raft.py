@@ -18,6 +18,11 @@
 * autopilot_replace_s: 4 more nodes join (7 in all, 5 voters); a voter is
   SIGKILLed; the time until 5 voters without it are in place.
 
+Clusters are secure (the default): the joiners join with the first node's join token.
+``--quick`` is the short run tests/simulations/ makes: each phase once, the throughput
+measured on the failover cluster instead of a cluster of its own, PySyncObj and autopilot
+left out (``skipped`` says so, as it does when PySyncObj is not installed).
+
 Human progress on stderr; one JSON object as the last line of stdout.  Every
 process it starts is killed by pid when it ends.
 """
@@ -42,15 +47,17 @@ from p2pswarm.testing.localcluster import LocalCluster, free_port, wait_until  #
 from p2pswarm.testing.raftcluster import (client, crash_and_restart, leader, lost_writes, try_put,  # noqa: E402
                                           voters)
 
+QUICK = {"kills": 1, "restarts": 1, "restart_writes": 20, "writes": 400, "tput_runs": 1, "no_autopilot": True}
+"""``--quick``: each phase once with few writes, enough to prove it runs, not to measure it; without
+the autopilot phase (4 more node starts, ≈ 15 s here; tests/integration/test_raft_autopilot.py covers it)."""
+
 
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
 def start_voters(cluster: LocalCluster, count: int = 3):
-    first = cluster.start(0)
-    wait_until(first.info, 60, "the first node's API")
-    nodes = [first] + [cluster.start(i, (first.addr,)) for i in range(1, count)]
+    nodes = cluster.start_joined(count, timeout=60)
     names = sorted(n.name for n in nodes)
     wait_until(lambda: all(voters(n) == names for n in nodes), 120, f"{count} voters")
     return nodes
@@ -77,8 +84,7 @@ def failover(cluster: LocalCluster, nodes, kills: int) -> list[float]:
     return times
 
 
-def throughput(cluster: LocalCluster, writes: int, concurrency: int, runs: int) -> list[float]:
-    nodes = start_voters(cluster)
+def throughput(nodes, writes: int, concurrency: int, runs: int) -> list[float]:
     rates = []
     for run in range(runs + 1):
         lead = wait_until(lambda: leader(nodes), 60, "a leader")
@@ -200,34 +206,40 @@ def main() -> int:
     ap.add_argument("--preset", default="test", help="preset of the failover/restart/autopilot cluster")
     ap.add_argument("--tput-preset", default="lan", help="preset of the throughput cluster")
     ap.add_argument("--no-autopilot", action="store_true")
+    ap.add_argument("--quick", action="store_true", help=f"a short run for the smoke test: {QUICK}")
     # internal: one PySyncObj replica
     ap.add_argument("--pysyncobj-node", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--self-addr", "--partners", "--dir", "--result"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
     ap.add_argument("--count", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--batch", action="store_true", help=argparse.SUPPRESS)
+    if ap.parse_known_args()[0].quick:
+        ap.set_defaults(**QUICK)
     args = ap.parse_args()
     if args.pysyncobj_node:
         pysyncobj_node(args)
         return 0
 
-    out: dict = {"preset": args.preset, "tput_preset": args.tput_preset, "concurrency": args.concurrency,
-                 "cpus": os.cpu_count()}
+    out: dict = {"preset": args.preset, "tput_preset": args.preset if args.quick else args.tput_preset,
+                 "concurrency": args.concurrency, "cpus": os.cpu_count(), "quick": args.quick, "skipped": {}}
     with tempfile.TemporaryDirectory(prefix="bench-raft-", dir="/tmp") as tmp_name:
         tmp = Path(tmp_name)
-        tput = LocalCluster(tmp / "t", preset=args.tput_preset)
-        (tmp / "t").mkdir()
-        try:
-            rates = throughput(tput, args.writes, args.concurrency, args.tput_runs)
-        finally:
-            tput.close()
-        out["commits_per_s"] = round(statistics.median(rates), 1)
+        if not args.quick:
+            tput = LocalCluster(tmp / "t", preset=args.tput_preset)
+            (tmp / "t").mkdir()
+            try:
+                rates = throughput(start_voters(tput), args.writes, args.concurrency, args.tput_runs)
+            finally:
+                tput.close()
+            out["commits_per_s"] = round(statistics.median(rates), 1)
         try:
             import pysyncobj  # noqa: F401
-            have_pso = True
+            have_pso = not args.quick
+            if args.quick:
+                out["skipped"]["pysyncobj"] = "--quick leaves the PySyncObj comparison out"
         except ImportError:
             have_pso = False
-            out["pysyncobj"] = "not installed (pip install pysyncobj)"
+            out["skipped"]["pysyncobj"] = "not installed (pip install pysyncobj)"
         if have_pso:
             for key, batch in (("pysyncobj_default_commits_per_s", True), ("pysyncobj_nobatch_commits_per_s", False)):
                 res = pysyncobj_run(tmp, batch, args.writes, args.concurrency)
@@ -240,6 +252,9 @@ def main() -> int:
         (tmp / "m").mkdir()
         try:
             nodes = start_voters(main_cluster)
+            if args.quick:
+                out["commits_per_s"] = round(statistics.median(
+                    throughput(nodes, args.writes, args.concurrency, args.tput_runs)), 1)
             times = failover(main_cluster, nodes, args.kills)
             out.update(failover_kills=len(times), failover_p50_ms=round(percentile(times, 50), 1),
                        failover_p99_ms=round(percentile(times, 99), 1), failover_max_ms=round(max(times), 1))
@@ -256,6 +271,8 @@ def main() -> int:
                                              "seconds": round(time.monotonic() - started, 1)}
             if not args.no_autopilot:
                 out["autopilot_replace_s"] = round(autopilot_replace(main_cluster, nodes), 2)
+            else:
+                out["skipped"]["autopilot"] = "--quick leaves it out" if args.quick else "--no-autopilot"
         finally:
             main_cluster.close()
     say(json.dumps(out, indent=1))

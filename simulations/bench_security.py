@@ -29,6 +29,8 @@ CURVE trio whose Raft logs are encrypted (``up --autolock``: every wal record an
 sealed with ChaCha20-Poly1305), alternated the same way; ``autolock_commit_ratio`` =
 encrypted / not encrypted (in that section "plain" means "not encrypted at rest").
 
+``--quick`` is the short run tests/simulations/ makes (every section, 2 rounds).
+
 Human progress on stderr; one JSON object as the last line of stdout.
 """
 
@@ -66,6 +68,8 @@ SWIM_MESSAGE = wire.encode(Ping(123456, "a1b2c3d4e5f60718", "127.0.0.1:7946", "0
                                  Alive("0817f6e5d4c3b2a1", 3, "127.0.0.2:7946", META),
                                  Suspect("ffeeddccbbaa9988", 2, "a1b2c3d4e5f60718"),
                                  Alive("1122334455667788", 1, "127.0.0.3:7946", META))))
+QUICK = {"rounds": 2, "seconds": 0.3}
+"""``--quick``: two alternated rounds per section (AB BA), enough to prove each section runs (≈ 15 s)."""
 
 
 def say(text: str) -> None:
@@ -265,7 +269,7 @@ async def alternate(label: str, plain, curve, rounds: int, run) -> dict:
 
 async def bench(args) -> dict:
     out: dict = {"message_bytes": len(SWIM_MESSAGE), "rounds": args.rounds, "seconds_per_round": args.seconds,
-                 "burst": args.burst, "raft_writers": args.writers}
+                 "burst": args.burst, "raft_writers": args.writers, "quick": args.quick}
     plain, curve = GossipPair(False), GossipPair(True)
     try:
         await plain.start()
@@ -325,6 +329,9 @@ def main() -> int:
     ap.add_argument("--no-autolock", dest="autolock", action="store_false",
                     help="skip the encryption-at-rest comparison")
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--quick", action="store_true", help=f"a short run for the smoke test: {QUICK}")
+    if ap.parse_known_args()[0].quick:
+        ap.set_defaults(**QUICK)
     args = ap.parse_args()
     result = asyncio.run(bench(args))
     if args.out:
