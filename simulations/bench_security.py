@@ -54,9 +54,9 @@ from p2pswarm import wire  # noqa: E402
 from p2pswarm.consensus import autopilot  # noqa: E402
 from p2pswarm.consensus.messages import RAFT_MESSAGES  # noqa: E402
 from p2pswarm.membership.messages import Alive, Meta, Ping, Suspect  # noqa: E402
-from p2pswarm.raftdriver import RaftDriver  # noqa: E402
-from p2pswarm.datadir import DataDir  # noqa: E402
-from p2pswarm.raftfacts import new_cluster_id  # noqa: E402
+from p2pswarm.consensus.driver import RaftDriver  # noqa: E402
+from p2pswarm.node.datadir import DataDir  # noqa: E402
+from p2pswarm.consensus.facts import new_cluster_id  # noqa: E402
 from p2pswarm.security import autolock  # noqa: E402
 from p2pswarm.security.keys import CurveKeys  # noqa: E402
 from p2pswarm.transport.zmq import ZmqTransport  # noqa: E402

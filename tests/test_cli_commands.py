@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from p2pswarm.cli.main import main
 from p2pswarm.cli.output import fmt_labels, fmt_rtt, table
-from p2pswarm.node import Node, NodeOptions
+from p2pswarm.node.daemon import Node, NodeOptions
 from p2pswarm.transport.memory import MemoryNetwork, MemoryTransport
 
 pytestmark = pytest.mark.timeout(60)

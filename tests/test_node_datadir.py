@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from p2pswarm.datadir import DataDir, DataDirError, default_data_dir
+from p2pswarm.node.datadir import DataDir, DataDirError, default_data_dir
 
 
 def test_identity_is_created_once_and_kept(tmp_path):

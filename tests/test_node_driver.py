@@ -6,7 +6,7 @@ import functools
 import pytest
 
 from p2pswarm.api.client import ApiClient, ApiError
-from p2pswarm.node import Node, NodeOptions
+from p2pswarm.node.daemon import Node, NodeOptions
 from p2pswarm.transport.memory import MemoryNetwork, MemoryTransport
 
 pytestmark = pytest.mark.timeout(60)

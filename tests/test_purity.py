@@ -37,7 +37,7 @@ CORES = [
     "p2pswarm/cluster/state.py",
     "p2pswarm/scheduler/flow.py",
     "p2pswarm/mesh/routes.py",
-    "p2pswarm/api/logs_messages.py",
+    "p2pswarm/logs/messages.py",
     "p2pswarm/mesh/table.py",
     "p2pswarm/scheduler/placement.py",
     "p2pswarm/scheduler/reconcile.py",

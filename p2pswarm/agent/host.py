@@ -52,11 +52,11 @@ def assignments(state: Any, node_id: str) -> list[Assignment]:
 
 
 class AgentHost:
-    def __init__(self, node_id: str, data_dir: Path, raft_host: Any, incarnation: int,
+    def __init__(self, node_id: str, data_dir: Path, raft: Any, incarnation: int,
                  task_host: str | None = None, task_user: str | None = None) -> None:
         """``task_user``: the user a root node runs tasks as (None: the default, see
         :func:`p2pswarm.runtime.taskuser.resolve`); raises TaskUserError with one line."""
-        self.node_id, self.raft_host = node_id, raft_host
+        self.node_id, self.raft = node_id, raft
         user, why = taskuser.resolve(task_user)
         (log.info if user is not None else log.warning)("%s", why)
         self.runtime = ProcessRuntime(data_dir, ProcessConfig(task_host=task_host, task_user=user,
@@ -85,7 +85,7 @@ class AgentHost:
         applied, published = None, None
         while True:
             await asyncio.sleep(FOLLOW_INTERVAL)
-            raft = self.raft_host.driver
+            raft = self.raft.driver
             if raft is None:
                 continue
             if raft.cluster.applied != applied:
@@ -100,7 +100,7 @@ class AgentHost:
 
     def _on_digest(self, digest: dict[str, Any]) -> None:
         self._digest = (digest["v"], digest["tasks"])
-        raft = self.raft_host.driver
+        raft = self.raft.driver
         if raft is not None:  # publish at once; _follow catches up otherwise
             raft.publish_digest(self._digest)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from p2pswarm.api.remote_client import Remote, RemoteConnection, RemoteError, explain
 from p2pswarm.api.server import MAX_BODY_BYTES
-from p2pswarm.datadir import DataDir
+from p2pswarm.node.datadir import DataDir
 
 _remote: list[Remote | None] = [None]
 """The remote target the CLI chose for this run (None: the local node)."""

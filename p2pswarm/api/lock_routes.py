@@ -17,7 +17,7 @@ import json
 from typing import Any, Callable
 
 from p2pswarm.api.server import HttpError, Request, Response
-from p2pswarm.datadir import DataDirError
+from p2pswarm.node.datadir import DataDirError
 from p2pswarm.security.errors import SecurityError
 
 LOCKED = "this node is locked (encryption at rest): run `p2pswarm unlock` with its unlock key first"

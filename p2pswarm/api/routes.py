@@ -245,7 +245,7 @@ class Router:
 
     @staticmethod
     async def _raft_call(awaitable: Any) -> Any:
-        from p2pswarm.raftdriver import RaftUnavailable
+        from p2pswarm.consensus.driver import RaftUnavailable
         try:
             return await awaitable
         except RaftUnavailable as exc:

@@ -20,7 +20,7 @@ from p2pswarm.api.server import HttpError, Request, Response
 from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.checks import SpecError
 from p2pswarm.cluster.spec import MAX_REPLICAS, ServiceSpec
-from p2pswarm.stack import stack_of
+from p2pswarm.cluster.stack import stack_of
 
 SERVICES = "/v1/services"
 NODES = "/v1/nodes/"
@@ -155,9 +155,9 @@ class ServiceRoutes(paths.PatternRoutes):
         return Response.json({"name": name, **(value or {})})
 
     async def _logs(self, options: dict, name: str) -> Response:
-        """Lines of ``name``'s tasks from every node (see :mod:`p2pswarm.api.logs`); ``tail`` (a count or
+        """Lines of ``name``'s tasks from every node (see :mod:`p2pswarm.logs.service`); ``tail`` (a count or
         ``all``) and ``cursor`` (what the previous call returned) are optional."""
-        from p2pswarm.api.logs import ALL
+        from p2pswarm.logs.service import ALL
         self._service(name)
         logs = getattr(self.node, "logs", None)
         if logs is None:

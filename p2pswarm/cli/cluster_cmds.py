@@ -177,7 +177,7 @@ def status(data_dir, fmt):
 @click.option("--unlock-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PATH",
               help="The node's unlock key, if it uses --autolock ('-' reads it from stdin).")
 def recover(force_new_cluster, data_dir, unlock_key_file):
-    from p2pswarm.raftrecovery import force_new_cluster as rewrite
+    from p2pswarm.consensus.recovery import force_new_cluster as rewrite
     from p2pswarm.security.autolock import read_unlock_key_file
     if not force_new_cluster:
         raise click.UsageError("recover only knows --force-new-cluster; read `p2pswarm cluster recover --help` "

@@ -14,9 +14,9 @@ import click
 import p2pswarm
 from p2pswarm.api.client import ApiClient, ApiError
 from p2pswarm.cli.output import end_progress, fmt_labels, fmt_rtt, progress, table, to_json
-from p2pswarm.datadir import ENV_VAR, DataDir, DataDirError, default_data_dir
+from p2pswarm.node.datadir import ENV_VAR, DataDir, DataDirError, default_data_dir
 from p2pswarm.membership.config import PRESETS
-from p2pswarm.node import DEFAULT_BIND, Node, NodeOptions, configure_logging
+from p2pswarm.node.daemon import DEFAULT_BIND, Node, NodeOptions, configure_logging
 
 START_TIMEOUT = 15.0
 """Seconds `up --detach` waits for the new node's API to answer."""

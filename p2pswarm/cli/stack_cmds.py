@@ -1,4 +1,4 @@
-"""`p2pswarm stack deploy|ls|rm`: a compose file's services as one stack (see :mod:`p2pswarm.stack`).
+"""`p2pswarm stack deploy|ls|rm`: a compose file's services as one stack (see :mod:`p2pswarm.cluster.stack`).
 
 Deploy creates the stack's new services and updates the changed ones (``service update``:
 a change to what tasks run rolls out by the service's update config); unchanged ones are
@@ -16,7 +16,7 @@ from p2pswarm.cli.node_cmds import data_dir_option
 from p2pswarm.cli.output import table, to_json
 from p2pswarm.cli.service_cmds import _client, _path
 from p2pswarm.cluster.spec import ServiceSpec
-from p2pswarm.stack import StackError, check_stack_name, load, translate
+from p2pswarm.cluster.stack import StackError, check_stack_name, load, translate
 
 
 def _stack_services(client, name: str) -> list[str]:

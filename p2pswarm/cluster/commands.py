@@ -29,7 +29,7 @@ MAX_BATCH = 10_000
 """Placements (or task ids) in one command."""
 ENTRY_HEADROOM = 64
 """Bytes of a Raft entry that are not the command: the state machine's envelope ``{"sm": "cluster",
-"cmd": ...}`` (:func:`p2pswarm.statemachine.encode_cluster`: 1 + 3 + 8 + 4 = 16 bytes) plus the growth of
+"cmd": ...}`` (:func:`p2pswarm.node.statemachine.encode_cluster`: 1 + 3 + 8 + 4 = 16 bytes) plus the growth of
 a batch's two msgpack array headers from 1 to 3 bytes (2 x 2 = 4); 64 leaves room for a longer envelope."""
 MAX_COMMAND_BYTES = MAX_ENTRY_BYTES - ENTRY_HEADROOM
 """Encoded size of one command, at most: the leader refuses a larger Raft entry (``MAX_ENTRY_BYTES``)."""

@@ -25,7 +25,7 @@ __all__ = ["SpecError", "PortSpec", "Constraint", "RestartPolicy", "UpdateConfig
 
 NAME = re.compile(r"[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?")
 NAME_WHAT = "must be 1-63 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit"
-"""'_' is allowed for stack services (``STACK_SERVICE``, see :mod:`p2pswarm.stack`)."""
+"""'_' is allowed for stack services (``STACK_SERVICE``, see :mod:`p2pswarm.cluster.stack`)."""
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 MAX_REPLICAS = 100_000
 MAX_ARGS, MAX_ARG_LEN = 256, 4096

@@ -1,6 +1,6 @@
 """Pure SWIM failure detection and membership, with Lifeguard.
 
-A plain object in the sans-IO style: the driver (node.py or the simulator)
+A plain object in the sans-IO style: the driver (node/daemon.py or the simulator)
 hands it decoded messages and the current monotonic time, calls ``tick`` at
 ``next_deadline()``, and sends what ``drain_outbox()`` returns.  No clock, no
 sockets, no global randomness: the same inputs give the same outputs.

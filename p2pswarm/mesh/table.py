@@ -4,7 +4,7 @@ Every node runs this whenever membership or a task digest changes, never per
 connection. Inputs are what SWIM already knows: which members are alive, the
 round-trip time to each, which members this node cannot reach directly (its direct
 probes fail while indirect ones get through), and each member's gossiped facts
-(:mod:`p2pswarm.raftfacts`): its task digest, its relay port and the members *it*
+(:mod:`p2pswarm.consensus.facts`): its task digest, its relay port and the members *it*
 cannot reach directly. Nothing here reads Raft, so the mesh keeps working while
 Raft has no quorum.
 

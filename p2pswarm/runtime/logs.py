@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from p2pswarm.datadir import open_private_append
+from p2pswarm.node.datadir import open_private_append
 
 MARK_INTERVAL = 0.01
 """Seconds between two time marks of one log (a line's arrival time is exact to this)."""

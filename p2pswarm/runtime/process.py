@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from p2pswarm.datadir import open_private_append
+from p2pswarm.node.datadir import open_private_append
 from p2pswarm.runtime import procfs
 from p2pswarm.runtime.base import STDERR, STDOUT, TaskExit, TaskHandle, TaskSpec, port_env, substitute
 from p2pswarm.runtime.logs import RotatingLog, log_files

@@ -3,7 +3,7 @@
 Tasks are untrusted code. Running as the node's user, a task could read the node's keys
 (``<data-dir>/security``) and drive the cluster through ``api.sock``. So a root node runs
 every task as :data:`DEFAULT_USER` (a system user it creates, else :data:`FALLBACK_USER`),
-and its data dir is 0700 (:meth:`p2pswarm.datadir.DataDir.prepare`): the task's uid can
+and its data dir is 0700 (:meth:`p2pswarm.node.datadir.DataDir.prepare`): the task's uid can
 open nothing in it. The node still writes the task's logs (they are fed from pipes).
 
 A task's home and default working directory, ``HOMES/<node id>/<task id>`` (0700, the task

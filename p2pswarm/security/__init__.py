@@ -15,7 +15,7 @@ I/O edge: :mod:`.joinchannel` (the join endpoint over ZeroMQ CURVE, gossip port 
 The gossip/Raft transport itself is :class:`p2pswarm.transport.zmq.ZmqTransport`
 with ``curve=``, ``authorize=`` and ``peer_key=``.
 
-How a node uses them (the wiring ``node.py`` is to do):
+How a node uses them (the wiring ``node/daemon.py`` does):
 
 * **First node** (``up`` without ``--peers``, fresh data dir): make the cluster key
   (32 random bytes, the key-encryption key), ``CertAuthority.create``, its own

@@ -1,6 +1,6 @@
 """The access record: remote clients' certificates, their revocations and the audit log (pure, replicated).
 
-A third machine behind the one Raft log (:mod:`p2pswarm.statemachine` routes
+A third machine behind the one Raft log (:mod:`p2pswarm.node.statemachine` routes
 ``{"sm": "access", "cmd": {...}}`` here), applied alike on every replica:
 
 * ``clients``  every issued client certificate by serial (hex): name, role, issue time, expiry, issuer.

@@ -19,7 +19,7 @@ back to plaintext.
 The unlocked data key lives only in this process: :func:`unlock` registers a
 :class:`RecordCipher` for the data dir and the places that open the Raft log or
 the key files ask :func:`cipher_for` (None when the node does not use autolock).
-File I/O goes through :class:`~p2pswarm.datadir.DataDir` only.
+File I/O goes through :class:`~p2pswarm.node.datadir.DataDir` only.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Callable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from p2pswarm.datadir import DataDir, fsync_dirs
+from p2pswarm.node.datadir import DataDir, fsync_dirs
 from p2pswarm.security.errors import KeyFileError
 from p2pswarm.security.pki import seal, unseal
 

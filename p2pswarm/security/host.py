@@ -1,6 +1,6 @@
 """The node's security edge: key files, admission, the join endpoint and handshake, the security record.
 
-``node.py`` owns one :class:`SecurityHost` in a secure cluster (the default; ``up
+``node/daemon.py`` owns one :class:`SecurityHost` in a secure cluster (the default; ``up
 --insecure`` runs without).  It is an I/O edge like the transport: it reads the wall
 clock and the OS random source and touches the data dir; the decisions are made by
 the pure modules (:mod:`.pki`, :mod:`.tokens`, :mod:`.join`, :mod:`.admission`,
@@ -20,7 +20,7 @@ the pure modules (:mod:`.pki`, :mod:`.tokens`, :mod:`.join`, :mod:`.admission`,
                    Raft state holds it.
 
 A corrupt or unreadable file stops the node with one line (:class:`~p2pswarm.security.errors.KeyFileError`
-or :class:`~p2pswarm.datadir.DataDirError`); there is no fallback to plaintext.
+or :class:`~p2pswarm.node.datadir.DataDirError`); there is no fallback to plaintext.
 
 **Who sponsors.**  Every member whose Raft replica holds the security record and who
 has the cluster key (that is every member, once it has applied the record) unseals
@@ -74,9 +74,9 @@ import msgpack
 
 from p2pswarm import wire
 from p2pswarm.consensus.storage import FileStorage
-from p2pswarm.datadir import DataDir
+from p2pswarm.node.datadir import DataDir
 from p2pswarm.membership.messages import Alive, Meta
-from p2pswarm.raftfacts import new_cluster_id, stored_cluster_id
+from p2pswarm.consensus.facts import new_cluster_id, stored_cluster_id
 from p2pswarm.security import autolock
 from p2pswarm.security.admission import Admission
 from p2pswarm.security.errors import CertificateError, JoinError, KeyFileError, SecurityError, TokenError

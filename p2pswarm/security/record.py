@@ -1,7 +1,7 @@
 """The security record: the cluster's security state inside the Raft state (pure, deterministic).
 
 One record per cluster, applied on every replica like the KV store and the cluster
-state (:mod:`p2pswarm.statemachine` routes ``{"sm": "security", "cmd": {...}}`` here):
+state (:mod:`p2pswarm.node.statemachine` routes ``{"sm": "security", "cmd": {...}}`` here):
 
 * ``bundle``      the trust bundle (:meth:`~p2pswarm.security.pki.TrustBundle.encode`): the CA certificates
 * ``sealed_ca``   the current CA's private key, sealed under the 32-byte cluster key

@@ -6,7 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from p2pswarm.api.routes import MAX_VALUE_LEN
-from p2pswarm.raftdriver import PRESETS
+from p2pswarm.consensus.driver import PRESETS
 from p2pswarm.testing.localcluster import wait_until
 from p2pswarm.testing.raftcluster import cluster_status, get, put
 

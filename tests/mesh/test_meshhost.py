@@ -8,8 +8,8 @@ import os
 import time
 from types import SimpleNamespace
 
-from p2pswarm.meshhost import SAVED_MAX_AGE, SAVED_TABLE, WARM_LIMIT, MeshHost
-from p2pswarm.raftfacts import Facts, new_cluster_id
+from p2pswarm.mesh.host import SAVED_MAX_AGE, SAVED_TABLE, WARM_LIMIT, MeshHost
+from p2pswarm.consensus.facts import Facts, new_cluster_id
 
 
 class FakePlane:

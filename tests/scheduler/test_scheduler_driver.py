@@ -11,8 +11,8 @@ from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.spec import ServiceSpec
 from p2pswarm.cluster.state import ClusterState, Result
 from p2pswarm.consensus.raft import LEADER
-from p2pswarm.raftfacts import Facts
-from p2pswarm.scheduler_driver import SchedulerConfig, SchedulerDriver
+from p2pswarm.consensus.facts import Facts
+from p2pswarm.scheduler.driver import SchedulerConfig, SchedulerDriver
 
 CONFIG = SchedulerConfig(interval=0.01, resync=5.0, backoff=1.0, backoff_max=4.0)
 

@@ -10,7 +10,7 @@ import msgpack
 
 from p2pswarm.security import access
 from p2pswarm.security.access import AccessRecord
-from p2pswarm.statemachine import StateMachines, encode_access
+from p2pswarm.node.statemachine import StateMachines, encode_access
 from p2pswarm.testing.localcluster import REPO, cli_env
 
 

@@ -22,7 +22,7 @@ from p2pswarm.security.apicahost import ApiCAHost, ApiCAUnavailable
 from p2pswarm.security.errors import KeyFileError
 from p2pswarm.security.pki import fingerprint, seal
 from p2pswarm.security.record import TOKEN_CONTEXT
-from p2pswarm.statemachine import StateMachines, encode_access
+from p2pswarm.node.statemachine import StateMachines, encode_access
 
 
 def api_ca(cluster="c1"):

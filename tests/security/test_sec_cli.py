@@ -43,7 +43,7 @@ def test_a_joiner_without_a_token_stops_before_anything_starts(tmp_path):
 def test_rotating_the_unlock_key_keeps_the_data_key_and_retires_the_old_key(tmp_path):
     import re
 
-    from p2pswarm.datadir import DataDir
+    from p2pswarm.node.datadir import DataDir
     from p2pswarm.security import autolock
     d = DataDir(tmp_path / "d")
     d.prepare()

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from p2pswarm import wire
-from p2pswarm.datadir import DataDir, DataDirError
+from p2pswarm.node.datadir import DataDir, DataDirError
 from p2pswarm.membership.messages import Alive, Meta, Ping
-from p2pswarm.node import Node, NodeOptions
+from p2pswarm.node.daemon import Node, NodeOptions
 from p2pswarm.security.errors import KeyFileError, SecurityError
 from p2pswarm.security.host import JoinFailed, SecurityHost, inspect
 from p2pswarm.security.messages import KeyRequest

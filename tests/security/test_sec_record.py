@@ -7,7 +7,7 @@ import pytest
 from secworld import World
 
 from p2pswarm.security.record import SecurityRecord, init_command
-from p2pswarm.statemachine import StateMachines, encode_security
+from p2pswarm.node.statemachine import StateMachines, encode_security
 
 
 def init(w: World, cid: str = "i1") -> dict:

@@ -7,7 +7,7 @@ import pytest
 from p2pswarm.consensus.messages import ConfState, Entry, Snapshot
 from p2pswarm.consensus.raft import HardState
 from p2pswarm.consensus.storage import FileStorage, StorageError
-from p2pswarm.datadir import DataDir
+from p2pswarm.node.datadir import DataDir
 from p2pswarm.security import autolock, sealing
 from p2pswarm.security.errors import KeyFileError
 

@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pswarm import wire
-from p2pswarm.api import logs as logs_mod
-from p2pswarm.api.logs import LocalTask, LogsService, answer, decode_cursor, encode_cursor
-from p2pswarm.api.logs_messages import (ALL, MAX_REPLY_BYTES, LogChunk, LogCursor, LogLine, LogsReply,
+from p2pswarm.logs import service as logs_mod
+from p2pswarm.logs.service import LocalTask, LogsService, answer, decode_cursor, encode_cursor
+from p2pswarm.logs.messages import (ALL, MAX_REPLY_BYTES, LogChunk, LogCursor, LogLine, LogsReply,
                                         LogsRequest)
 from p2pswarm.api.routes import Router
 from p2pswarm.api.server import HttpError
@@ -373,7 +373,7 @@ def test_many_tasks_and_a_worst_case_line_still_page_within_the_limit(tmp_path):
 
 
 def test_the_wire_and_the_files_agree_on_line_sizes():
-    from p2pswarm.api import logs_messages
+    from p2pswarm.logs import messages as logs_messages
     from p2pswarm.runtime import logs as files
     assert logs_messages.MAX_LINE_CHARS == files.MAX_LINE_BYTES and logs_messages.LINE_OVERHEAD == files.LINE_OVERHEAD
     from test_purity import violations  # the messages are a pure module, as the other wire modules

@@ -11,7 +11,7 @@ import pytest
 from p2pswarm.api.server import HttpError
 from p2pswarm.cluster import commands as cmd
 from p2pswarm.consensus import autopilot
-from p2pswarm.raftdriver import RaftDriver
+from p2pswarm.consensus.driver import RaftDriver
 from services.test_node_stack_cli import router  # noqa: F401  (a fixture)
 from services.test_service_routes import call
 

@@ -15,9 +15,9 @@ from p2pswarm.cluster.checks import SpecError
 from p2pswarm.cluster.spec import HealthCheck, ServiceSpec
 from p2pswarm.cluster.state import Result
 from p2pswarm.consensus.kv import KVStore, encode_command
-from p2pswarm.raftfacts import Facts, decode_facts
-from p2pswarm.scheduler_driver import SchedulerConfig, SchedulerDriver, _report
-from p2pswarm.statemachine import StateMachines, encode_cluster
+from p2pswarm.consensus.facts import Facts, decode_facts
+from p2pswarm.scheduler.driver import SchedulerConfig, SchedulerDriver, _report
+from p2pswarm.node.statemachine import StateMachines, encode_cluster
 
 SPEC = ServiceSpec("web", "python", ("app.py",), env=(("A", "1"),), health=HealthCheck("http", "/health"))
 

@@ -1,10 +1,10 @@
-"""Compose-file translation (p2pswarm.stack): pure, no cluster."""
+"""Compose-file translation (p2pswarm.cluster.stack): pure, no cluster."""
 
 from __future__ import annotations
 
 import pytest
 
-from p2pswarm.stack import IMAGE_ONLY, STACK_ENV, StackError, load, parse_yaml, stack_of, translate
+from p2pswarm.cluster.stack import IMAGE_ONLY, STACK_ENV, StackError, load, parse_yaml, stack_of, translate
 
 FULL = """
 version: "3.8"

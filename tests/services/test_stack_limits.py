@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from p2pswarm.cli.main import main
-from p2pswarm.stack import MAX_MESSAGE, MAX_YAML_NODES, StackError, load, parse_yaml, translate
+from p2pswarm.cluster.stack import MAX_MESSAGE, MAX_YAML_NODES, StackError, load, parse_yaml, translate
 
 LAUGHS = "\n".join(
     ["x-l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]

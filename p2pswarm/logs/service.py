@@ -1,6 +1,6 @@
 """``service logs`` across the cluster.
 
-Every node runs one :class:`LogsService` (made by ``node.py``, which routes the log
+Every node runs one :class:`LogsService` (made by ``node/daemon.py``, which routes the log
 wire kinds to :meth:`LogsService.receive`):
 
 * **Answering.** A :class:`LogsRequest` from a live member is answered from this
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from p2pswarm import wire
-from p2pswarm.api.logs_messages import (ALL, CHUNK_OVERHEAD, LINE_OVERHEAD, MAX_CHUNKS, MAX_CURSORS,
+from p2pswarm.logs.messages import (ALL, CHUNK_OVERHEAD, LINE_OVERHEAD, MAX_CHUNKS, MAX_CURSORS,
                                         MAX_REPLY_BYTES, MAX_TAIL, STREAMS, LogChunk, LogCursor, LogLine,
                                         LogsReply, LogsRequest, reply_cost)
 from p2pswarm.ratelimit import TokenBucket

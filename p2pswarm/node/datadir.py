@@ -13,7 +13,7 @@ Layout of ``<data dir>`` (default ``$P2PSWARM_DATA_DIR``, else
                 pair), ``cluster.key`` (the 32-byte cluster key), ``state`` (this node's
                 certificate, the trust bundle, known peers' certificates)
 
-Only :mod:`p2pswarm.node` and the CLI touch this; protocol cores never see disk.
+Only :mod:`p2pswarm.node.daemon` and the CLI touch this; protocol cores never see disk.
 """
 
 from __future__ import annotations

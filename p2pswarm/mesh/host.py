@@ -32,7 +32,7 @@ from typing import Any, Callable, Protocol
 
 from p2pswarm.mesh.routes import DEFAULT_LIMITS
 from p2pswarm.mesh.table import TLS_RELAY_OFFSET, Peer, Route, build
-from p2pswarm.raftfacts import decode_facts
+from p2pswarm.consensus.facts import decode_facts
 from p2pswarm.transport.zmq import parse_addr
 
 log = logging.getLogger("p2pswarm.mesh")
@@ -90,12 +90,12 @@ def _free(family: int, host: str, port: int) -> bool:
 
 
 class MeshHost:
-    def __init__(self, node_id: str, swim: Any, transport: Any, raft_host: Any, *,
+    def __init__(self, node_id: str, swim: Any, transport: Any, raft: Any, *,
                  relay_port: int, unreachable: Callable[[], tuple[str, ...]],
                  data_plane_factory: Callable[[], DataPlaneLike] = default_data_plane,
                  limits: dict[str, Any] | None = None, security: Any = None,
                  state_dir: str | os.PathLike[str] | None = None) -> None:
-        self.node_id, self.swim, self.transport, self.raft_host = node_id, swim, transport, raft_host
+        self.node_id, self.swim, self.transport, self.raft = node_id, swim, transport, raft
         self.relay_port = relay_port
         self.limits = dict(limits or DEFAULT_LIMITS)
         self.security = security
@@ -128,7 +128,7 @@ class MeshHost:
             self._warm_until = None
             self._key = None  # build and push a table from gossip now
         unreachable = tuple(sorted(self._unreachable()))
-        driver = self.raft_host.driver if self.raft_host is not None else None
+        driver = self.raft.driver if self.raft is not None else None
         if driver is not None:
             driver.publish_mesh(self.relay_port, unreachable)
         faults = self.transport.describe() if hasattr(self.transport, "describe") else {}

@@ -9,7 +9,7 @@ dozen bytes, so they ride on gossip for free.
 A node running tasks appends its agent's task digest as a fourth element
 ``[version, {task_id: record}]`` (see :meth:`p2pswarm.agent.core.AgentCore.digest`);
 three-element records still decode (no digest).  The digest is only checked for
-shape here; whoever reads its records checks them (:mod:`p2pswarm.scheduler_driver`).
+shape here; whoever reads its records checks them (:mod:`p2pswarm.scheduler.driver`).
 
 The routing mesh appends a fifth element ``[relay_port, [unreachable member ids]]``
 (the digest is then nil if the node has none): where this node's relay listener is,

@@ -49,8 +49,8 @@ from p2pswarm.consensus.messages import (MAX_BATCH_BYTES, MAX_ENTRIES, MAX_ENTRY
                                          InstallSnapshot, Propose, RequestVote)
 from p2pswarm.consensus.raft import LEADER, ConfChangeRejected, Envelope, NotLeader, Raft, RaftError
 from p2pswarm.consensus.storage import FileStorage, StorageError
-from p2pswarm.raftfacts import Facts, decode_facts
-from p2pswarm.statemachine import StateMachines, encode_access, encode_cluster, encode_security
+from p2pswarm.consensus.facts import Facts, decode_facts
+from p2pswarm.node.statemachine import StateMachines, encode_access, encode_cluster, encode_security
 
 log = logging.getLogger("p2pswarm.raft")
 

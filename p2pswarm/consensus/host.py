@@ -17,8 +17,8 @@ import random
 from pathlib import Path
 from typing import Any, Callable
 
-from p2pswarm.raftdriver import RaftDriver
-from p2pswarm.raftfacts import decode_facts, new_cluster_id, stored_cluster_id
+from p2pswarm.consensus.driver import RaftDriver
+from p2pswarm.consensus.facts import decode_facts, new_cluster_id, stored_cluster_id
 
 log = logging.getLogger("p2pswarm.raft")
 

@@ -9,7 +9,7 @@ digest) or a reconciler deadline (``wake_at``) passed, or every
    gossiped name, labels or capacity differ, get an ``update_node`` (labels are
    added, so labels set with ``node update`` survive).
 2. **Observe tasks.** Each member's task digest (its SWIM record, see
-   :mod:`p2pswarm.raftfacts`) is translated into ``report_task_status`` commands,
+   :mod:`p2pswarm.consensus.facts`) is translated into ``report_task_status`` commands,
    only for tasks whose state, port or health differ from the applied state: a task
    costs Raft traffic when it changes, not while it runs.
 3. **Reconcile.** If steps 1-2 proposed nothing, :func:`reconcile` plans against the
@@ -41,7 +41,7 @@ from typing import Any, Callable
 from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.model import TERMINAL, state_rank
 from p2pswarm.consensus.raft import LEADER
-from p2pswarm.raftfacts import decode_facts
+from p2pswarm.consensus.facts import decode_facts
 from p2pswarm.scheduler.reconcile import reconcile
 
 log = logging.getLogger("p2pswarm.scheduler")
@@ -81,10 +81,10 @@ class _Failure:
 
 
 class SchedulerDriver:
-    def __init__(self, host: Any, swim: Any, config: SchedulerConfig, *,
+    def __init__(self, raft: Any, swim: Any, config: SchedulerConfig, *,
                  wall: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic) -> None:
-        """``host``: the node's RaftHost (its ``driver`` appears once the node knows its cluster)."""
-        self.host, self.swim, self.cfg, self.wall, self.clock = host, swim, config, wall, clock
+        """``raft``: the node's RaftHost (its ``driver`` appears once the node knows its cluster)."""
+        self.raft, self.swim, self.cfg, self.wall, self.clock = raft, swim, config, wall, clock
         self.rounds = 0
         self._seen: Any = None
         self._next_round = 0.0
@@ -98,7 +98,7 @@ class SchedulerDriver:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.interval)
-            driver = self.host.driver
+            driver = self.raft.driver
             if driver is None or driver.failed is not None or driver.raft.role != LEADER:
                 self._seen, self.failures, self._round_failures = None, {}, 0
                 continue

@@ -7,8 +7,8 @@ sent. Nothing a peer sends and no exception inside one step may stop the loop:
 each step is guarded, counted and logged. The local control API
 (:mod:`p2pswarm.api`) runs on the same loop and reads the core directly.
 
-Raft runs beside SWIM on the same loop and transport: :mod:`p2pswarm.raftnode`
-decides which cluster and when, :mod:`p2pswarm.raftdriver` drives the core
+Raft runs beside SWIM on the same loop and transport: :mod:`p2pswarm.consensus.host`
+decides which cluster and when, :mod:`p2pswarm.consensus.driver` drives the core
 (its fsyncs run in a worker thread, so they never delay a SWIM ack). This module
 only routes Raft messages to it and shows its views.
 
@@ -37,17 +37,17 @@ from importlib import metadata
 from typing import Any, Callable
 
 from p2pswarm import wire
-from p2pswarm.datadir import DataDir
+from p2pswarm.node.datadir import DataDir
 from p2pswarm.membership.config import preset
 from p2pswarm.membership.messages import STATUSES, Meta, PushPull
 from p2pswarm.membership.swim import Swim
 from p2pswarm.consensus.messages import RAFT_MESSAGES
-from p2pswarm.raftnode import ClusterMismatch, RaftHost
+from p2pswarm.consensus.host import ClusterMismatch, RaftHost
 from p2pswarm.security import messages as _join_messages  # noqa: F401  (registers kinds 64-68, dropped here)
 from p2pswarm.security.errors import SecurityError
 from p2pswarm.transport.base import Transport
 
-log = logging.getLogger("p2pswarm.node")
+log = logging.getLogger("p2pswarm.node.daemon")
 
 DEFAULT_PORT = 7946
 DEFAULT_BIND = f"127.0.0.1:{DEFAULT_PORT}"
@@ -255,8 +255,8 @@ class Node:
     async def _start_services(self, incarnation: int) -> None:
         """The agent (every node) and the scheduler (acts only while this node leads Raft)."""
         from p2pswarm.agent.host import AgentHost
-        from p2pswarm.meshhost import MeshHost, pick_relay_port
-        from p2pswarm.scheduler_driver import PRESETS, SchedulerDriver
+        from p2pswarm.mesh.host import MeshHost, pick_relay_port
+        from p2pswarm.scheduler.driver import PRESETS, SchedulerDriver
 
         host = self.swim_addr.rsplit(":", 1)[0].strip("[]")
         self.agent = AgentHost(self.node_id, self.datadir.path, self.raft, incarnation, task_host=host,
@@ -268,7 +268,7 @@ class Node:
                              state_dir=self.datadir.path)
         self.scheduler = SchedulerDriver(self.raft, self.swim, PRESETS[self.options.preset])
         self._scheduler_task = asyncio.ensure_future(self.scheduler.run())
-        from p2pswarm.api.logs import LogsService
+        from p2pswarm.logs.service import LogsService
         self.logs = LogsService(self)  # answers other nodes' `service logs` requests (wire kinds 48-55)
 
     async def _start_remote_api(self) -> None:
