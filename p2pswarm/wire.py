@@ -26,13 +26,21 @@ import dataclasses
 import io
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import msgpack
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Largest encoded message accepted (full-state push/pull of a large cluster)."""
+KINDS: dict[str, range] = {
+    "membership": range(1, 32),  # SWIM probes, gossip, push/pull (10-15) and news items (1-4)
+    "consensus": range(32, 48),  # Raft (32-43 in use)
+    "logs": range(48, 56),  # `service logs` between nodes (48-49 in use)
+    "security": range(64, 80),  # the join handshake, join endpoint only (64-68 in use)
+}
+"""The one table of wire kind ranges: each subsystem registers its messages (``<subsystem>/messages.py``)
+inside its own range, checked by :func:`message`; 56-63 and 80 up are free.  Other docstrings point here."""
 
 MAX_ID_LEN = 64
 MAX_ADDR_LEN = 255
@@ -217,7 +225,7 @@ def one_of(*choices: str) -> Checker:
     return _shaped(check, bounds=Bounds(str=max(len(c.encode()) for c in choices)))
 
 
-def _fields_reader(cls: type) -> Reader:
+def _fields_reader(cls: type[WireStruct]) -> Reader:
     """Read a structure's ``[field...]`` array."""
     readers = tuple(reader_of(check) for _, check in cls.SCHEMA)
     n = len(readers)
@@ -228,7 +236,7 @@ def _fields_reader(cls: type) -> Reader:
     return read
 
 
-def schema_bounds(cls: type) -> Bounds:
+def schema_bounds(cls: type[WireStruct]) -> Bounds:
     """What a structure's fields can need (its own array of fields included)."""
     out = Bounds(array=len(cls.SCHEMA) + 1)
     for _, check in cls.SCHEMA:
@@ -236,13 +244,13 @@ def schema_bounds(cls: type) -> Bounds:
     return out
 
 
-def nested(cls: type) -> Checker:
+def nested(cls: type[WireStruct]) -> Checker:
     def check(value: Any) -> Any:
         return _from_fields(cls, value)
     return _shaped(check, _fields_reader(cls), schema_bounds(cls))
 
 
-def any_message(*classes: type) -> Checker:
+def any_message(*classes: type[WireStruct]) -> Checker:
     """A tagged union: ``[kind, field...]`` restricted to the given classes."""
     by_kind = {c.KIND: c for c in classes}
     readers = {c.KIND: tuple(reader_of(check) for _, check in c.SCHEMA) for c in classes}
@@ -273,22 +281,29 @@ LABELS = pairs(text(MAX_LABEL_LEN, 1), text(MAX_LABEL_LEN), MAX_LABELS)
 
 # ---------------------------------------------------------------- registry
 
-_REGISTRY: dict[int, type] = {}
+_REGISTRY: dict[int, type[WireStruct]] = {}
+W = TypeVar("W", bound="type[WireStruct]")
+"""A wire class, as the registering decorators hand it back."""
 
 
-def _check_schema(cls: type) -> None:
+def _check_schema(cls: type[WireStruct]) -> None:
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__name__}: a wire class must be a dataclass")
     names = tuple(f.name for f in dataclasses.fields(cls))
     schema_names = tuple(name for name, _ in cls.SCHEMA)
     if names != schema_names:
         raise TypeError(f"{cls.__name__}: schema {schema_names} does not match fields {names}")
 
 
-def message(kind: int) -> Callable[[type], type]:
+def message(kind: int) -> Callable[[W], W]:
     """Register a frozen dataclass as top-level wire message ``kind``."""
-    def register(cls: type) -> type:
+    def register(cls: W) -> W:
         _check_schema(cls)
         if kind in _REGISTRY:
             raise TypeError(f"wire kind {kind} registered twice")
+        owner = cls.__module__.split(".")[1] if cls.__module__.startswith("p2pswarm.") else ""
+        if kind not in KINDS.get(owner, range(0)):
+            raise TypeError(f"wire kind {kind} of {cls.__name__} is outside {owner or cls.__module__}'s range in KINDS")
         cls.KIND = kind
         cls.READERS = tuple(reader_of(check) for _, check in cls.SCHEMA)
         cls.BOUNDS = schema_bounds(cls)
@@ -297,9 +312,9 @@ def message(kind: int) -> Callable[[type], type]:
     return register
 
 
-def item(kind: int) -> Callable[[type], type]:
+def item(kind: int) -> Callable[[W], W]:
     """Declare a nested, tagged item (e.g. one piece of gossip news) of ``kind``."""
-    def declare(cls: type) -> type:
+    def declare(cls: W) -> W:
         _check_schema(cls)
         cls.KIND = kind
         cls.TAGGED = True
@@ -307,13 +322,13 @@ def item(kind: int) -> Callable[[type], type]:
     return declare
 
 
-def struct(cls: type) -> type:
+def struct(cls: W) -> W:
     """Declare a nested, untagged structure."""
     _check_schema(cls)
     return cls
 
 
-def _from_fields(cls: type, values: Any) -> Any:
+def _from_fields(cls: type[WireStruct], values: Any) -> Any:
     if type(values) is not tuple or len(values) != len(cls.SCHEMA):
         raise WireError(f"{cls.__name__}: expected {len(cls.SCHEMA)} fields")
     return cls(*(check(v) for (_, check), v in zip(cls.SCHEMA, values)))
@@ -335,6 +350,9 @@ class WireStruct:
     KIND: ClassVar[int] = -1
     TAGGED: ClassVar[bool] = False
     SCHEMA: ClassVar[tuple] = ()
+    READERS: ClassVar[tuple[Reader, ...]]
+    BOUNDS: ClassVar[Bounds]
+    """READERS and BOUNDS: set by ``message`` on registered top-level messages only."""
     __slots__ = ()
 
 
@@ -368,7 +386,7 @@ def _strings_only(bounds: Bounds) -> Bounds:
     return Bounds(str=bounds.str, bin=bounds.bin)
 
 
-def _message_kind(u: msgpack.Unpacker) -> type:
+def _message_kind(u: msgpack.Unpacker) -> type[WireStruct]:
     """Read ``[version, kind`` and return the registered class (its field count checked)."""
     n = u.read_array_header()
     version = u.unpack()
@@ -405,7 +423,7 @@ def decode(data: bytes) -> Any:
     return _from_fields(cls, _read_all(data, _strings_only(cls.BOUNDS), read, "message"))
 
 
-def decode_struct(cls: type, data: bytes, what: str) -> Any:
+def decode_struct(cls: type[WireStruct], data: bytes, what: str) -> Any:
     """Decode an untagged structure (``[field...]``, e.g. a log entry's payload) as strictly as a message."""
     if type(data) is not bytes:
         raise WireError(f"{what} is not bytes")

@@ -37,8 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from p2pswarm.sim.stats import percentile  # noqa: E402
 from p2pswarm.lab.cluster import last_log_line  # noqa: E402
+from p2pswarm.sim.stats import percentile  # noqa: E402
 from p2pswarm.testing.localcluster import REPO, LocalCluster  # noqa: E402
 
 APP = str(REPO / "tests" / "apps" / "http_server.py")

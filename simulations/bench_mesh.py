@@ -497,8 +497,10 @@ def bench(args: argparse.Namespace) -> dict:
                 "latency_ms": {c: {m: [small[c][m]["p50_ms"], small[c][m]["p99_ms"]] for m in small[c]}
                                for c in small}}
     result = {
-        "bench": "mesh", "loop": sta.get("loop"), "bulk_threads": args.bulk_threads, "haproxy_nbthread": 1, "haproxy_options": "mode tcp, splice-auto",
-        "wrk": f"-t1 -c{args.conns} -d{int(args.seconds)}s (latency: -t1 -c1 -d{int(max(2, args.seconds / 2))}s)", "rounds": args.rounds,
+        "bench": "mesh", "loop": sta.get("loop"), "bulk_threads": args.bulk_threads, "haproxy_nbthread": 1,
+        "haproxy_options": "mode tcp, splice-auto",
+        "wrk": f"-t1 -c{args.conns} -d{int(args.seconds)}s (latency: -t1 -c1 -d{int(max(2, args.seconds / 2))}s)",
+        "rounds": args.rounds,
         "direct_rps": g("direct", "keepalive"), "mesh_local_rps": g("mesh_local", "keepalive"),
         "mesh_remote_rps": g("mesh_remote", "keepalive"), "mesh_relay_rps": g("mesh_relay", "keepalive"),
         "haproxy_rps": g("haproxy", "keepalive"), "haproxy_mt_rps": g("haproxy_mt", "keepalive"),

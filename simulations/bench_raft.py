@@ -44,8 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from p2pswarm.sim.stats import percentile  # noqa: E402
 from p2pswarm.testing.localcluster import LocalCluster, free_port, wait_until  # noqa: E402
-from p2pswarm.testing.raftcluster import (client, crash_and_restart, leader, lost_writes, try_put,  # noqa: E402
-                                          voters)
+from p2pswarm.testing.raftcluster import client, crash_and_restart, leader, lost_writes, try_put, voters  # noqa: E402
 
 QUICK = {"kills": 1, "restarts": 1, "restart_writes": 20, "writes": 400, "tput_runs": 1, "no_autopilot": True}
 """``--quick``: each phase once with few writes, enough to prove it runs, not to measure it; without

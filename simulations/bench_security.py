@@ -51,12 +51,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from p2pswarm import wire  # noqa: E402
-from p2pswarm.consensus import autopilot  # noqa: E402
+from p2pswarm.consensus.driver import RaftDriver  # noqa: E402
+from p2pswarm.consensus.facts import new_cluster_id  # noqa: E402
 from p2pswarm.consensus.messages import RAFT_MESSAGES  # noqa: E402
 from p2pswarm.membership.messages import Alive, Meta, Ping, Suspect  # noqa: E402
-from p2pswarm.consensus.driver import RaftDriver  # noqa: E402
 from p2pswarm.node.datadir import DataDir  # noqa: E402
-from p2pswarm.consensus.facts import new_cluster_id  # noqa: E402
+from p2pswarm.node.presets import TEST  # noqa: E402
+from p2pswarm.node.record import GossipRecord  # noqa: E402
 from p2pswarm.security import autolock  # noqa: E402
 from p2pswarm.security.keys import CurveKeys  # noqa: E402
 from p2pswarm.transport.zmq import ZmqTransport  # noqa: E402
@@ -179,13 +180,15 @@ class RaftTrio:
             member = self.members[node]
             d = RaftDriver(node, cluster, os.path.join(self.dir, node), "lan", swim=swim, transport=t,
                            clock=time.monotonic, rng=random.Random(i), bootstrap=i == 0,
-                           on_facts=lambda payload, m=member: setattr(m, "record", payload))
-            d.autopilot_cfg = autopilot.PRESETS["test"]  # add the other two voters quickly
+                           record=GossipRecord(lambda now, payload, m=member: setattr(m, "record", payload)))
+            d.autopilot_cfg = TEST.autopilot  # add the other two voters quickly
             d.start()
             self.drivers.append(d)
             self.tasks.append(asyncio.ensure_future(self._route(t, d)))
         end = time.monotonic() + 60
         while not self.ready():
+            for d in self.drivers:  # no node loop here: flush the Raft facts while the trio forms
+                d.record.flush(time.monotonic())
             if time.monotonic() > end:
                 raise RuntimeError("the Raft trio did not get 3 voters and a leader within 60 s")
             await asyncio.sleep(0.05)

@@ -62,10 +62,9 @@ from p2pswarm import wire  # noqa: E402
 from p2pswarm.consensus import messages as raft  # noqa: E402
 from p2pswarm.membership import messages as swim  # noqa: E402
 from p2pswarm.security.errors import JoinError  # noqa: E402
-from p2pswarm.security.join import (JOIN_CODES, JOIN_WINDOW, SPONSOR_ENTROPY, Joiner, Sponsor,  # noqa: E402
-                                    grant_mac, request_proof)
+from p2pswarm.security.join import JOIN_CODES, JOIN_WINDOW, SPONSOR_ENTROPY, Joiner, Sponsor, grant_mac, request_proof  # noqa: E402
 from p2pswarm.security.keys import CurveKeys  # noqa: E402
-from p2pswarm.security.messages import (JoinGrant, JoinRefused, JoinRequest, KeyReply, KeyRequest)  # noqa: E402
+from p2pswarm.security.messages import JoinGrant, JoinRefused, JoinRequest, KeyReply, KeyRequest  # noqa: E402
 from p2pswarm.security.pki import CertAuthority, RevocationList, TrustBundle  # noqa: E402
 from p2pswarm.security.tokens import TokenState  # noqa: E402
 from p2pswarm.testing.msgtree import paths, replaced  # noqa: E402
@@ -83,7 +82,8 @@ RSS_GROWTH_LIMIT_MB = 20
 HOSTILE = [b"\xc1", b"\xc0", b"\xdb\xff\xff\xff\xff", b"\xdd\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff",
            b"\xc6\x7f\xff\xff\xff", b"\xd9\xff", b"\xc7\x05\x01", b"\xd4\x00\x00", b"\xcf" + b"\xff" * 8,
            b"\xd3" + b"\x80" + b"\x00" * 7, b"\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00", b"\x9f", b"\x90", b"\xa0"]
-LOW_ORDER = [bytes(32), b"\x01" + bytes(31), bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+LOW_ORDER = [bytes(32), b"\x01" + bytes(31),
+             bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
              b"\xff" * 32]
 ODD_TEXT = ["", "x" * 128, "\u0000", "é" * 40, "\U0001f600" * 30, "a\nb", "-", "*", "CN=x,O=y", "../../etc"]
 
@@ -274,7 +274,8 @@ def odd_grant(rng: random.Random, w: World) -> tuple[Joiner, JoinGrant]:
             changes[field] = rng.choice(("x", "fuzzc1u5te400000", "other"))
         elif field in ("node_cert", "sponsor_cert"):
             pool = [grant.node_cert, grant.sponsor_cert, w.ca.cert_der, rng.choice(w.pairs)[2].node_cert]
-            changes[field] = mutate_bytes(rng, rng.choice(pool), pool)[:4096] if rng.random() < 0.8 else rng.choice(pool)
+            changes[field] = (mutate_bytes(rng, rng.choice(pool), pool)[:4096] if rng.random() < 0.8
+                              else rng.choice(pool))
         elif field == "chain":
             pool = [w.ca.cert_der, grant.node_cert, mutate_bytes(rng, w.ca.cert_der, [w.ca.cert_der])[:4096]]
             changes[field] = tuple(rng.choice(pool) for _ in range(rng.randint(0, 8)))

@@ -17,9 +17,18 @@ pytestmark = pytest.mark.timeout(30)
 
 
 class FakeNode:
+    """A node before Raft, without services or security (:class:`p2pswarm.node.view.NodeView`)."""
+    node_id, name, swim, security, api_ca, agent, logs = "abcd", "n", None, None, None, None, None
+
     def __init__(self):
         self.faults = {"drop_rate": 0.0}
         self.stopped = 0
+
+    def raft_driver(self):
+        return None
+
+    def mesh_metrics(self):
+        return {}
 
     def info(self):
         return {"id": "abcd", "name": "n"}

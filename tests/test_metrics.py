@@ -109,7 +109,7 @@ MESH = {"accepted": 12, "active": 2, "connect_failed": 1, "retried": 1, "relayed
 def full_node(mesh=MESH):
     driver = Driver()
     node = SimpleNamespace(metrics_snapshot=lambda: SNAPSHOT, raft_driver=lambda: driver,
-                           agent=Agent(["running", "running", "starting", "failed"]))
+                           agent=Agent(["running", "running", "starting", "failed"]), mesh_metrics=dict)
     if mesh is not None:
         node.mesh_metrics = mesh if callable(mesh) else (lambda: dict(mesh))
     return node
@@ -193,7 +193,8 @@ def test_labels_and_help_are_escaped_and_names_sanitised():
 def test_before_raft_and_without_a_node_only_the_snapshot():
     snapshot = {"members_by_status": {"alive": 1}, "joined": False, "swim": {}, "node": {}, "transport": {},
                 "raft": {}}
-    fam = parse_strict(render_metrics(snapshot, SimpleNamespace(raft_driver=lambda: None, agent=None)))
+    fam = parse_strict(render_metrics(snapshot, SimpleNamespace(raft_driver=lambda: None, agent=None,
+                                                                             mesh_metrics=dict)))
     assert value(fam, "p2pswarm_joined") == 0
     assert value(fam, "p2pswarm_swim_deaths_declared_total") == 0
     assert not [n for n in fam if n.startswith(("p2pswarm_raft", "p2pswarm_cluster", "p2pswarm_agent"))]

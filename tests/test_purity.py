@@ -39,6 +39,8 @@ CORES = [
     "p2pswarm/mesh/routes.py",
     "p2pswarm/logs/messages.py",
     "p2pswarm/mesh/table.py",
+    "p2pswarm/mesh/tablecheck.py",
+    "p2pswarm/mesh/relayproto.py",
     "p2pswarm/scheduler/placement.py",
     "p2pswarm/scheduler/reconcile.py",
     "p2pswarm/scheduler/updates.py",
@@ -50,6 +52,10 @@ CORES = [
     "p2pswarm/security/access.py",
     "p2pswarm/security/apica.py",
     "p2pswarm/ratelimit.py",
+    "p2pswarm/node/presets.py",
+    "p2pswarm/scheduler/config.py",
+    "p2pswarm/transport/addr.py",
+    "p2pswarm/node/record.py",
 ]
 FORBIDDEN = frozenset({"asyncio", "zmq", "socket", "time", "random", "os", "threading", "select",
                        "subprocess"})

@@ -18,8 +18,21 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from p2pswarm import wire
-from p2pswarm.membership.messages import (SWIM_MESSAGES, Ack, Alive, Dead, Gossip, MemberState, Meta,
-                                          Nack, Ping, PingReq, PushPull, Record, Suspect)
+from p2pswarm.membership.messages import (
+    SWIM_MESSAGES,
+    Ack,
+    Alive,
+    Dead,
+    Gossip,
+    MemberState,
+    Meta,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    Record,
+    Suspect,
+)
 from p2pswarm.testing import hostile
 from p2pswarm.testing.msgtree import paths, replaced
 from p2pswarm.wire import WireError, decode, encode

@@ -201,7 +201,8 @@ class AgentCore:
         error, ``r`` restarts so far, and for a run serving published ports ``n`` the
         service and ``m`` ``[[published, task port, proxy protocol], ...]``, a UDP port with a
         4th element ``"udp"`` (nodes that predate UDP skip those entries) (the mesh's
-        backends come from these alone, so the mesh works without Raft). Read-only: it is shared until the next change."""
+        backends come from these alone, so the mesh works without Raft). Read-only: it is shared until the
+        next change."""
         return {"v": self._version, "tasks": self._digest_tasks}
 
     # ------------------------------------------------------------------ decisions

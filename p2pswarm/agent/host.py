@@ -3,9 +3,10 @@
 Assignments are read from the cluster state this node applies itself: every live
 node is a Raft voter or learner (autopilot keeps up to 64 learners), so each has
 the state locally and no assignment protocol is needed; when Raft loses quorum the
-last applied assignments stay, and the tasks keep running.  The agent's digest goes
-into this node's gossip record (:meth:`RaftDriver.publish_digest`), which is how the
-leader's scheduler and every node's mesh learn where tasks run.
+last applied assignments stay, and the tasks keep running.  The agent's digest is the
+``tasks`` section of this node's gossip record (:mod:`p2pswarm.node.record`), set as soon as
+it changes, even before this node has a Raft driver: it is how the leader's scheduler and
+every node's mesh learn where tasks run.
 
 Restarts are the scheduler's decision (it makes a new task per restart, as Docker
 does, so ``service ps`` shows the history), hence each assignment carries the
@@ -22,6 +23,7 @@ from typing import Any
 from p2pswarm.agent.core import AgentCore, Assignment, RestartPolicy
 from p2pswarm.agent.driver import AgentDriver
 from p2pswarm.cluster.model import TERMINAL
+from p2pswarm.node.record import GossipRecord, TaskDigest
 from p2pswarm.runtime import base, taskuser
 from p2pswarm.runtime.process import ProcessConfig, ProcessRuntime
 
@@ -52,11 +54,14 @@ def assignments(state: Any, node_id: str) -> list[Assignment]:
 
 
 class AgentHost:
+    name = "agent"
+
     def __init__(self, node_id: str, data_dir: Path, raft: Any, incarnation: int,
-                 task_host: str | None = None, task_user: str | None = None) -> None:
+                 task_host: str | None = None, task_user: str | None = None, *, record: GossipRecord) -> None:
         """``task_user``: the user a root node runs tasks as (None: the default, see
-        :func:`p2pswarm.runtime.taskuser.resolve`); raises TaskUserError with one line."""
-        self.node_id, self.raft = node_id, raft
+        :func:`p2pswarm.runtime.taskuser.resolve`); raises TaskUserError with one line.
+        ``record``: the node's gossip record, whose ``tasks`` section this agent sets."""
+        self.node_id, self.raft, self.record = node_id, raft, record
         user, why = taskuser.resolve(task_user)
         (log.info if user is not None else log.warning)("%s", why)
         self.runtime = ProcessRuntime(data_dir, ProcessConfig(task_host=task_host, task_user=user,
@@ -81,8 +86,15 @@ class AgentHost:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def step(self, now: float) -> None:
+        """Nothing per loop turn: the agent follows the applied cluster state in its own task."""
+
+    def metrics(self) -> dict[str, Any]:
+        """The tasks this agent holds (``/metrics`` shows them by state from the digest)."""
+        return {"tasks": len(self._digest[1]) if self._digest is not None else 0}
+
     async def _follow(self) -> None:
-        applied, published = None, None
+        applied = None
         while True:
             await asyncio.sleep(FOLLOW_INTERVAL)
             raft = self.raft.driver
@@ -94,15 +106,10 @@ class AgentHost:
                     self.driver.assign(assignments(raft.cluster, self.node_id))
                 except Exception:  # a bug must not stop the agent from following later changes
                     log.error("cannot apply this node's assignments", exc_info=True)
-            if self._digest is not None and self._digest != published:
-                published = self._digest
-                raft.publish_digest(published)
 
     def _on_digest(self, digest: dict[str, Any]) -> None:
         self._digest = (digest["v"], digest["tasks"])
-        raft = self.raft.driver
-        if raft is not None:  # publish at once; _follow catches up otherwise
-            raft.publish_digest(self._digest)
+        self.record.set(TaskDigest(*self._digest))
 
     def log_paths(self, task_id: str) -> dict[str, list[Path]]:
         return self.runtime.log_paths(task_id)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import secrets
 import time
 import urllib.parse
-from typing import Any
 
 from p2pswarm.api import paths
+from p2pswarm.api.common import json_body, raft_call, require_driver, require_security
 from p2pswarm.api.server import HttpError, Request, Response
+from p2pswarm.node.statemachine import command_id
+from p2pswarm.node.view import NodeView
 from p2pswarm.security import access
 from p2pswarm.security.clientcerts import CLIENT_CERT_LIFETIME, client_identity, issue_client
 from p2pswarm.security.pki import CA_LIFETIME, to_pem
@@ -28,8 +30,8 @@ DEFAULT_AUDIT_LIMIT = 50
 
 
 class AccessRoutes(paths.PatternRoutes):
-    def __init__(self, router: Any) -> None:
-        self.router, self.node = router, router.node
+    def __init__(self, node: NodeView) -> None:
+        self.node = node
         self.table = {
             f"GET {CLIENT_CERTS}": self.ls, f"POST {CLIENT_CERTS}": self.issue,
             f"DELETE {CLIENT_CERTS}/{{name}}": self.revoke, f"GET {AUDIT}": self.audit,
@@ -37,10 +39,10 @@ class AccessRoutes(paths.PatternRoutes):
         }
 
     def _record(self) -> access.AccessRecord:
-        return self.router._driver().sm.access
+        return require_driver(self.node).sm.access
 
     async def _write(self, command: dict) -> None:
-        result = await self.router._raft_call(self.router._driver().write_access(command))
+        result = await raft_call(require_driver(self.node).write_access(command))
         if not result.ok:
             raise HttpError(400, result.error)
 
@@ -50,7 +52,6 @@ class AccessRoutes(paths.PatternRoutes):
         return Response.json({"client_certs": sorted(rows, key=lambda c: (c["name"], c["issued_at"]))})
 
     async def issue(self, request: Request) -> Response:
-        from p2pswarm.api.routes import json_body
         body = json_body(request)
         body = body if isinstance(body, dict) else {}
         ttl = body.get("ttl", CLIENT_CERT_LIFETIME)
@@ -60,10 +61,10 @@ class AccessRoutes(paths.PatternRoutes):
             public = bytes.fromhex(body.get("public_key") or "")
         except (TypeError, ValueError):
             public = b""
-        self.router._security_host()  # a plaintext cluster has no CA: one line saying so
+        require_security(self.node)  # a plaintext cluster has no CA: one line saying so
         from p2pswarm.security.apicahost import ApiCAUnavailable
         try:
-            ca = await self.router._raft_call(self.node.api_ca.ensure(self.router._driver()))
+            ca = await raft_call(self.node.api_ca.ensure(require_driver(self.node)))
         except ApiCAUnavailable as exc:
             raise HttpError(503, str(exc)) from None
         now = time.time()
@@ -74,7 +75,7 @@ class AccessRoutes(paths.PatternRoutes):
             raise HttpError(400, str(exc)) from None
         ident = client_identity(der)
         assert ident is not None  # we just made it
-        await self._write(access.client_command(f"access.{secrets.token_hex(8)}", serial=ident.serial,
+        await self._write(access.client_command(command_id("access"), serial=ident.serial,
                                                 name=ident.name, role=ident.role, issued_at=now,
                                                 not_after=ident.not_after, by=request.caller))
         return Response.json({"cert": to_pem(der), "ca": to_pem(ca.cert_der), "cluster_id": ident.cluster_id,
@@ -85,22 +86,21 @@ class AccessRoutes(paths.PatternRoutes):
         serials = self._record().serials_of(name)
         if not serials:
             raise HttpError(404, f"no client certificate is named {name} (see `p2pswarm cluster client-certs`)")
-        await self._write(access.revoke_command(f"access.{secrets.token_hex(8)}", serials))
+        await self._write(access.revoke_command(command_id("access"), serials))
         return Response.json({"revoked": serials, "name": name})
 
     def api_ca(self, request: Request) -> Response:
-        self.router._security_host()
-        return Response.json(self.node.api_ca.view(self.router._driver()))
+        require_security(self.node)
+        return Response.json(self.node.api_ca.view(require_driver(self.node)))
 
     async def rotate_api_ca(self, request: Request) -> Response:
-        from p2pswarm.api.routes import json_body
         from p2pswarm.security.apicahost import ApiCAUnavailable
         body = json_body(request)
         if not isinstance(body, dict) or body.get("rotate") is not True:
             raise HttpError(400, 'body must be {"rotate": true}')
-        self.router._security_host()
+        require_security(self.node)
         try:
-            return Response.json(await self.router._raft_call(self.node.api_ca.rotate(self.router._driver())))
+            return Response.json(await raft_call(self.node.api_ca.rotate(require_driver(self.node))))
         except ApiCAUnavailable as exc:
             raise HttpError(503, str(exc)) from None
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import secrets
 import time
 from collections import Counter
 from typing import Any
 
 from p2pswarm.api import roles
 from p2pswarm.api.server import HttpError, Request, Response
+from p2pswarm.node.statemachine import command_id
 from p2pswarm.security.access import audit_command
 
 log = logging.getLogger("p2pswarm.audit")
@@ -61,8 +61,8 @@ class Audited:
         """Record a call to ``endpoint`` when it mutates (unknown endpoints change nothing)."""
         if endpoint is None or not roles.mutating(endpoint):
             return
-        command = audit_command(f"audit.{secrets.token_hex(8)}", at=time.time(), who=request.caller,
-                                role=request.role, node=str(getattr(self.node, "name", "") or "-"),
+        command = audit_command(command_id("audit"), at=time.time(), who=request.caller,
+                                role=request.role, node=str(self.node.name or "-"),
                                 method=request.method, path=request.path, status=status)
         task = asyncio.ensure_future(self._write(command))
         self._tasks.add(task)

@@ -24,7 +24,7 @@ LOCKED = "this node is locked (encryption at rest): run `p2pswarm unlock` with i
 
 
 class LockRoutes:
-    def __init__(self, info: Callable[[], dict[str, Any]], unlock: Callable[[str], None],
+    def __init__(self, info: Callable[[], dict[str, Any]], unlock: Callable[[str], object],
                  on_unlocked: Callable[[], None], shutdown: Callable[[], None]) -> None:
         """``unlock(key_text)`` raises a one-line error (``code`` ``unlock_key`` for a malformed key)
         for a key that does not open this node's data; ``on_unlocked`` runs once the answer is sent."""
@@ -55,7 +55,7 @@ class LockRoutes:
         try:
             self._unlock(key)
         except (SecurityError, DataDirError) as exc:  # malformed key, wrong key, corrupt or unreadable lock file
-            code = getattr(exc, "code", "")
+            code = exc.code if isinstance(exc, SecurityError) else ""
             raise HttpError(400 if code == "unlock_key" else 403, str(exc).splitlines()[0]) from None
         return Response(200, (json.dumps({"unlocked": True}) + "\n").encode(), after=[self._on_unlocked])
 

@@ -44,6 +44,8 @@ import math
 import re
 from typing import Any, Iterable
 
+from p2pswarm.node.view import NodeView
+
 log = logging.getLogger("p2pswarm.api")
 
 PREFIX = "p2pswarm"
@@ -142,7 +144,7 @@ class Exposition:
         return "\n".join(self.lines) + "\n"
 
 
-def render_metrics(snapshot: dict[str, Any], node: Any = None) -> str:
+def render_metrics(snapshot: dict[str, Any], node: NodeView | None = None) -> str:
     """The text of ``/metrics``: the snapshot's families, then (given ``node``) those read from the node."""
     out = Exposition()
     out.family(f"{PREFIX}_members", "gauge", "Members this node knows, by status.",
@@ -183,9 +185,8 @@ def render_metrics(snapshot: dict[str, Any], node: Any = None) -> str:
     return out.text()
 
 
-def _agent(out: Exposition, node: Any) -> None:
-    agent = getattr(node, "agent", None)
-    driver = getattr(agent, "driver", None)
+def _agent(out: Exposition, node: NodeView) -> None:
+    driver = node.agent.driver if node.agent is not None else None
     if driver is None:
         return
     counts = dict.fromkeys(AGENT_STATES, 0)
@@ -197,10 +198,9 @@ def _agent(out: Exposition, node: Any) -> None:
                [({"state": s}, n) for s, n in counts.items()])
 
 
-def _cluster(out: Exposition, node: Any) -> None:
-    raft_driver = getattr(node, "raft_driver", None)
-    driver = raft_driver() if callable(raft_driver) else None
-    state = getattr(driver, "cluster", None)
+def _cluster(out: Exposition, node: NodeView) -> None:
+    driver = node.raft_driver()
+    state = driver.cluster if driver is not None else None
     if state is None:
         return
     from p2pswarm.cluster.model import AVAILABILITY, TASK_STATES
@@ -223,11 +223,8 @@ def _cluster(out: Exposition, node: Any) -> None:
                [({"service": r["name"]}, r["running"]) for r in rows])
 
 
-def _mesh(out: Exposition, node: Any) -> None:
-    mesh_metrics = getattr(node, "mesh_metrics", None)
-    if not callable(mesh_metrics):
-        return
-    values = mesh_metrics()
+def _mesh(out: Exposition, node: NodeView) -> None:
+    values = node.mesh_metrics()
     if not isinstance(values, dict):
         return
     for key, value in sorted((k, v) for k, v in values.items() if isinstance(k, str) and is_number(v)):

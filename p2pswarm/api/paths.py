@@ -63,7 +63,8 @@ class PatternRoutes:
         return resolve(self.table, request.method, request.path)[0]
 
     def __call__(self, request: Any) -> Any:
-        endpoint, handler, args = resolve(self.table, request.method, request.path)
-        if endpoint is None:
-            raise HttpError(args, f"no such endpoint: {request.method} {request.path}")
+        found = resolve(self.table, request.method, request.path)
+        if found[0] is None:
+            raise HttpError(found[2], f"no such endpoint: {request.method} {request.path}")
+        _, handler, args = found
         return handler(request, *args)

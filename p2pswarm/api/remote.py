@@ -38,11 +38,21 @@ import socket
 import ssl
 import time
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from p2pswarm.api import roles
-from p2pswarm.api.server import (MAX_BODY_BYTES, MAX_HEADER_BYTES, READ_TIMEOUT, ApiServer, HttpError, Response,
-                                 read_request, render)
+from p2pswarm.api.server import (
+    MAX_BODY_BYTES,
+    MAX_HEADER_BYTES,
+    READ_TIMEOUT,
+    ApiServer,
+    HttpError,
+    Reply,
+    Request,
+    Response,
+    read_request,
+    render,
+)
 from p2pswarm.mesh.tlsctx import load_pem_chain
 from p2pswarm.security.access import AccessRecord
 from p2pswarm.security.clientcerts import ClientIdentity, client_identity
@@ -75,11 +85,24 @@ def parse_api_addr(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class AuditedHandler(Protocol):
+    """The router as this listener uses it (:class:`p2pswarm.api.audit.Audited`): it also names a request's
+    endpoint (for the role check) and records the refusals."""
+
+    def __call__(self, request: Request) -> Reply: ...
+
+    def endpoint(self, request: Request) -> str | None: ...
+
+    def record(self, request: Request, endpoint: str | None, status: int) -> None: ...
+
+
 class RemoteApiServer(ApiServer):
     """The TLS listener; ``tls`` gives ``cluster_id`` and the server ``material``
     (:class:`~p2pswarm.security.apicahost.ApiCAHost`), ``record`` the access record (None before Raft runs)."""
 
-    def __init__(self, addr: tuple[str, int], handler: Any, tls: Any,
+    handler: AuditedHandler
+
+    def __init__(self, addr: tuple[str, int], handler: AuditedHandler, tls: Any,
                  record: Callable[[], AccessRecord | None]) -> None:
         super().__init__(f"{addr[0]}:{addr[1]}", handler)
         self.addr, self.tls, self.record = addr, tls, record
@@ -273,7 +296,11 @@ async def _peek(conn: socket.socket) -> bytes:
     """The first byte the client sent, left in the socket for the TLS layer (b"" when it closed)."""
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
-    loop.add_reader(conn.fileno(), lambda: ready.done() or ready.set_result(None))
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+    loop.add_reader(conn.fileno(), wake)
     try:
         await ready
     finally:

@@ -1,8 +1,7 @@
 """The API's endpoints: a thin mapping from HTTP requests to the node's views and controls.
 
-The node is duck-typed (``info``, ``member_views``, ``request_shutdown``,
-``fault_settings``, ``configure_faults``, ``heal_faults``, ``metrics_snapshot``,
-``raft_driver``) so that the routes can be tested without sockets.  Raft
+The routes read the node only through :class:`p2pswarm.node.view.NodeView`, so that
+they can be tested without sockets against a fake with the same members.  Raft
 endpoints (``/v1/cluster``, ``/v1/kv/KEY``) are coroutines: a write answers only
 once it is committed and applied.
 
@@ -16,13 +15,16 @@ is a unix socket of mode 0600, readable by the node's user only.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import urllib.parse
-from typing import Any, Callable
 
+from p2pswarm.api.access_routes import AccessRoutes
+from p2pswarm.api.common import json_body, one_line, query_flag, raft_call, require_driver, require_security
 from p2pswarm.api.metrics import render_metrics
-from p2pswarm.api.server import HttpError, Request, Response
+from p2pswarm.api.server import Handler, HttpError, Reply, Request, Response
+from p2pswarm.api.service_routes import ServiceRoutes
+from p2pswarm.api.top_routes import TopRoutes
+from p2pswarm.node.view import NodeView
 
 MAX_KEY_LEN = 256
 MAX_VALUE_LEN = 64 * 1024
@@ -33,9 +35,9 @@ MAX_TOKEN_TTL = 10 * 365 * 86400
 
 
 class Router:
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: NodeView) -> None:
         self.node = node
-        self.routes: dict[str, dict[str, Callable[[Request], Response]]] = {
+        self.routes: dict[str, dict[str, Handler]] = {
             "/v1/info": {"GET": self.info},
             "/v1/members": {"GET": self.members},
             "/v1/shutdown": {"POST": self.shutdown},
@@ -48,13 +50,10 @@ class Router:
             "/v1/security/join-token": {"GET": self.join_token, "POST": self.rotate_join_token},
             "/v1/security/ca": {"GET": self.ca, "POST": self.rotate_ca},
         }
-        self.kv_routes = {"GET": self.kv_get, "PUT": self.kv_put, "DELETE": self.kv_delete}
-        from p2pswarm.api.service_routes import ServiceRoutes
-        self.services = ServiceRoutes(self)
-        from p2pswarm.api.top_routes import TopRoutes
-        self.routes["/v1/top"] = {"GET": TopRoutes(self).top}
-        from p2pswarm.api.access_routes import AccessRoutes
-        self.groups = (self.services, AccessRoutes(self))
+        self.kv_routes: dict[str, Handler] = {"GET": self.kv_get, "PUT": self.kv_put, "DELETE": self.kv_delete}
+        self.services = ServiceRoutes(node)
+        self.routes["/v1/top"] = {"GET": TopRoutes(node).top}
+        self.groups = (self.services, AccessRoutes(node))
         """Route groups dispatched by pattern (:mod:`p2pswarm.api.paths`)."""
 
     def endpoints(self) -> list[str]:
@@ -73,7 +72,7 @@ class Router:
         methods = self.routes.get(request.path.rstrip("/") or "/", {})
         return f"{request.method} {request.path.rstrip('/') or '/'}" if request.method in methods else None
 
-    def __call__(self, request: Request) -> Response:
+    def __call__(self, request: Request) -> Reply:
         for group in self.groups:
             if group.handles(request.path):
                 return group(request)
@@ -128,20 +127,12 @@ class Router:
     # ------------------------------------------------------------ security
 
     def security(self, request: Request) -> Response:
-        view = getattr(self.node, "security_view", None)
-        return Response.json(view() if view is not None else {"secure": False, "state": "off"})
-
-    def _security_host(self) -> Any:
-        host = getattr(self.node, "security", None)
-        if host is None:
-            raise HttpError(409, "this cluster is plaintext (its nodes run with --insecure): it has no join token; "
-                                 "nodes join it with `p2pswarm up --peers ADDR --insecure`")
-        return host
+        return Response.json(self.node.security_view())
 
     def join_token(self, request: Request) -> Response:
         from p2pswarm.security.errors import SecurityError
         try:
-            return Response.json(self._security_host().join_token())
+            return Response.json(require_security(self.node).join_token())
         except SecurityError as exc:
             raise HttpError(503, one_line(exc)) from None
 
@@ -155,16 +146,16 @@ class Router:
         if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
                                 or not 1 <= ttl <= MAX_TOKEN_TTL):
             raise HttpError(400, "ttl must be a number of seconds from 1 to 10 years, or null for no expiry")
-        host = self._security_host()
+        host = require_security(self.node)
         try:
-            return Response.json(await self._raft_call(host.rotate_token(self.node.raft_driver(), ttl)))
+            return Response.json(await raft_call(host.rotate_token(self.node.raft_driver(), ttl)))
         except SecurityError as exc:
             raise HttpError(503 if exc.code == "unavailable" else 409, one_line(exc)) from None
 
     def ca(self, request: Request) -> Response:
         from p2pswarm.security.errors import SecurityError
         try:
-            return Response.json(self._security_host().ca_view(self.node.raft_driver(), self.node.swim))
+            return Response.json(require_security(self.node).ca_view(self.node.raft_driver(), self.node.swim))
         except SecurityError as exc:
             raise HttpError(503, one_line(exc)) from None
 
@@ -173,23 +164,16 @@ class Router:
         body = json_body(request)
         if not isinstance(body, dict) or body.get("rotate") is not True:
             raise HttpError(400, 'body must be {"rotate": true}')
-        host = self._security_host()
+        host = require_security(self.node)
         try:
-            return Response.json(await self._raft_call(host.rotate_ca(self.node.raft_driver())))
+            return Response.json(await raft_call(host.rotate_ca(self.node.raft_driver())))
         except SecurityError as exc:
             raise HttpError(503 if exc.code == "unavailable" else 409, one_line(exc)) from None
 
     # ------------------------------------------------------------ raft
 
-    def _driver(self) -> Any:
-        driver = self.node.raft_driver()
-        if driver is None:
-            raise HttpError(503, "this node has not joined a raft cluster yet (it learns the cluster from its "
-                                 "peers); retry in a moment or check `p2pswarm node ls`")
-        return driver
-
     def cluster(self, request: Request) -> Response:
-        return Response.json(self._driver().status())
+        return Response.json(require_driver(self.node).status())
 
     async def kv_put(self, request: Request) -> Response:
         key = kv_key(request)
@@ -197,19 +181,19 @@ class Router:
         value = body.get("value") if isinstance(body, dict) else None
         if not isinstance(value, str) or len(value) > MAX_VALUE_LEN:
             raise HttpError(400, f'body must be {{"value": "<text of at most {MAX_VALUE_LEN} characters>"}}')
-        await self._raft_call(self._driver().write("put", key, value))
+        await raft_call(require_driver(self.node).write("put", key, value))
         return Response.json({"key": key, "value": value})
 
     async def kv_delete(self, request: Request) -> Response:
         key = kv_key(request)
-        existed = await self._raft_call(self._driver().write("delete", key))
+        existed = await raft_call(require_driver(self.node).write("delete", key))
         return Response.json({"key": key, "deleted": bool(existed)})
 
     async def kv_get(self, request: Request) -> Response:
         key = kv_key(request)
-        driver = self._driver()
+        driver = require_driver(self.node)
         stale = query_flag(request, "stale")
-        value = driver.kv.get(key) if stale else await self._raft_call(driver.read(key))
+        value = driver.kv.get(key) if stale else await raft_call(driver.read(key))
         if value is None:
             raise HttpError(404, f"no such key: {key}")
         return Response.json({"key": key, "value": value, "stale": stale})
@@ -226,7 +210,7 @@ class Router:
                                    ("value_bytes", size, MAX_VALUE_LEN)):
             if type(value) is not int or not 1 <= value <= limit:
                 raise HttpError(400, f"{name} must be an integer from 1 to {limit}")
-        driver = self._driver()
+        driver = require_driver(self.node)
         value, todo, errors = "x" * size, iter(range(count)), []
 
         async def writer(w: int) -> None:
@@ -243,36 +227,9 @@ class Router:
         return Response.json({"writes": done, "errors": len(errors), "first_error": errors[0] if errors else None,
                               "seconds": round(seconds, 4), "commits_per_s": round(done / seconds, 1)})
 
-    @staticmethod
-    async def _raft_call(awaitable: Any) -> Any:
-        from p2pswarm.consensus.driver import RaftUnavailable
-        try:
-            return await awaitable
-        except RaftUnavailable as exc:
-            raise HttpError(503, one_line(exc)) from None
-        except ValueError as exc:
-            raise HttpError(400, one_line(exc)) from None
-
 
 def kv_key(request: Request) -> str:
     key = urllib.parse.unquote(request.path[len(KV_PREFIX):])
     if not 1 <= len(key) <= MAX_KEY_LEN or any(ord(c) < 32 for c in key):
         raise HttpError(400, f"a key is 1 to {MAX_KEY_LEN} printable characters, got {key[:40]!r}")
     return key
-
-
-def query_flag(request: Request, name: str) -> bool:
-    values = urllib.parse.parse_qs(request.query).get(name, [])
-    return bool(values) and values[-1].lower() not in ("0", "false", "no", "")
-
-
-def json_body(request: Request) -> Any:
-    try:
-        return json.loads(request.body.decode("utf-8") or "null")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise HttpError(400, f"body is not valid JSON: {one_line(exc)}") from None
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeAlias
 
 log = logging.getLogger("p2pswarm.api")
 
@@ -63,6 +64,12 @@ class Response:
         return cls(200, body.encode(), content_type)
 
 
+Reply: TypeAlias = "Response | Awaitable[Response]"
+"""What a handler returns: a response, or (for a handler that waits, e.g. for a Raft commit) an awaitable one."""
+
+Handler: TypeAlias = Callable[[Request], Reply]
+
+
 class HttpError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -70,7 +77,7 @@ class HttpError(Exception):
 
 
 class ApiServer:
-    def __init__(self, path: str, handler: Callable[[Request], Response]) -> None:
+    def __init__(self, path: str, handler: Handler) -> None:
         self.path = path
         self.handler = handler
         self._server: asyncio.AbstractServer | None = None

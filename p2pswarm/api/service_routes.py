@@ -9,26 +9,29 @@ node answers, possibly a moment behind the leader.
 
 from __future__ import annotations
 
-import secrets
 import time
 import urllib.parse
 from functools import partial
 from typing import Any
 
 from p2pswarm.api import paths
-from p2pswarm.api.server import HttpError, Request, Response
+from p2pswarm.api.common import json_body, query_flag, raft_call, require_driver
+from p2pswarm.api.server import HttpError, Reply, Request, Response
 from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.checks import SpecError
 from p2pswarm.cluster.spec import MAX_REPLICAS, ServiceSpec
 from p2pswarm.cluster.stack import stack_of
+from p2pswarm.membership.messages import LIVE
+from p2pswarm.node.statemachine import command_id
+from p2pswarm.node.view import NodeView
 
 SERVICES = "/v1/services"
 NODES = "/v1/nodes/"
 
 
 class ServiceRoutes(paths.PatternRoutes):
-    def __init__(self, router: Any) -> None:
-        self.router, self.node = router, router.node
+    def __init__(self, node: NodeView) -> None:
+        self.node = node
         self.table: dict[str, Any] = {
             f"GET {SERVICES}": self.ls, f"POST {SERVICES}": self.create,
             f"GET {SERVICES}/{{name}}": self.inspect, f"DELETE {SERVICES}/{{name}}": self.rm,
@@ -46,7 +49,7 @@ class ServiceRoutes(paths.PatternRoutes):
     # ------------------------------------------------------------ helpers
 
     def _state(self) -> Any:
-        return self.router._driver().cluster
+        return require_driver(self.node).cluster
 
     def _service(self, name: str) -> Any:
         svc = self._state().services.get(name)
@@ -59,7 +62,7 @@ class ServiceRoutes(paths.PatternRoutes):
             cmd.check_size(command)  # refused here in one line, not by the Raft leader
         except SpecError as exc:
             raise HttpError(400, str(exc)) from None
-        result = await self.router._raft_call(self.router._driver().write_cluster(command))
+        result = await raft_call(require_driver(self.node).write_cluster(command))
         if not result.ok:
             raise HttpError(400, result.error)
         return result.value
@@ -69,7 +72,7 @@ class ServiceRoutes(paths.PatternRoutes):
             spec = ServiceSpec.from_dict(body.get("spec") if isinstance(body, dict) else None)
         except SpecError as exc:
             raise HttpError(400, str(exc)) from None
-        if getattr(self.router.node, "security", None) is None and any(p.encrypted for p in spec.ports):
+        if self.node.security is None and any(p.encrypted for p in spec.ports):
             raise HttpError(400, "ports: encrypted forwarding uses the cluster's certificates, and this cluster "
                                  "is plaintext (--insecure): remove the encrypted option")
         return spec
@@ -84,7 +87,6 @@ class ServiceRoutes(paths.PatternRoutes):
         return Response.json({"services": rows})
 
     async def create(self, request: Request) -> Response:
-        from p2pswarm.api.routes import json_body
         spec = self._spec(json_body(request))
         value = await self._write(cmd.create_service(_cid(), time.time(), spec))
         return Response.json({"name": spec.name, "version": value["version"]})
@@ -112,7 +114,7 @@ class ServiceRoutes(paths.PatternRoutes):
         await self._write(cmd.remove_service(_cid(), time.time(), name))
         return Response.json({"removed": name})
 
-    def sub_get(self, request: Request, name: str, what: str) -> Response:
+    def sub_get(self, request: Request, name: str, what: str) -> Reply:
         if what == "tasks":
             svc = self._service(name)
             state = self._state()
@@ -130,7 +132,6 @@ class ServiceRoutes(paths.PatternRoutes):
         raise HttpError(404, f"no such endpoint: {request.path}")
 
     async def sub_post(self, request: Request, name: str, what: str) -> Response:
-        from p2pswarm.api.routes import json_body
         body = json_body(request)
         body = body if isinstance(body, dict) else {}
         now = time.time()
@@ -159,7 +160,7 @@ class ServiceRoutes(paths.PatternRoutes):
         ``all``) and ``cursor`` (what the previous call returned) are optional."""
         from p2pswarm.logs.service import ALL
         self._service(name)
-        logs = getattr(self.node, "logs", None)
+        logs = self.node.logs
         if logs is None:
             raise HttpError(503, "this node's log service is not running yet; retry in a moment")
         tail = options.get("tail", "all")
@@ -180,7 +181,6 @@ class ServiceRoutes(paths.PatternRoutes):
     # ------------------------------------------------------------ nodes
 
     async def node_update(self, request: Request, node: str, what: str) -> Response:
-        from p2pswarm.api.routes import json_body
         if what != "update":
             raise HttpError(404, f"no such endpoint: {request.path}")
         state = self._state()
@@ -226,36 +226,39 @@ class ServiceRoutes(paths.PatternRoutes):
                                                                 "rtt_ms", "incarnation", "role", "self")}
         cluster = None if record is None else {"availability": record.availability, "labels": record.label_map,
                                                "cpu": record.cpu, "memory": record.memory, "tasks": tasks}
-        name = record.name if record is not None else view["name"]
+        if record is not None:
+            name = record.name
+        else:
+            assert view is not None  # _resolve found nid among the SWIM views or the records: here the views
+            name = view["name"]
         return Response.json({"id": nid, "name": name, "swim": swim, "cluster": cluster})
 
     async def node_rm(self, request: Request, node: str) -> Response:
         """Remove a node from the cluster state (its tasks are replaced elsewhere) and, through the
         leader's autopilot, from the Raft configuration.  Refused for a live node that is not drained
         (unless ``force``), and for a voter whose removal would leave the others without a quorum."""
-        from p2pswarm.api.routes import query_flag
         nid, view = self._resolve(node)
         state = self._state()
         if nid not in state.nodes:
             raise HttpError(404, f"node {node} has no record in the cluster state (nothing to remove)")
         record = state.nodes[nid]
         status = view["status"] if view is not None else "unknown"
-        if status in ("alive", "suspect") and record.availability != "drain" and not query_flag(request, "force"):
+        if status in LIVE and record.availability != "drain" and not query_flag(request, "force"):
             raise HttpError(409, f"node {record.name} is {status} and not drained: drain it first (`p2pswarm node "
                                  f"update --availability drain {record.name}`), stop it (`p2pswarm down` on it) "
                                  "or use --force")
-        driver = self.router._driver()
-        blocker = getattr(driver, "removal_blocker", lambda n: None)(nid)
+        driver = require_driver(self.node)
+        blocker = driver.removal_blocker(nid)
         if blocker is not None:
             raise HttpError(409, f"node {record.name} is a Raft voter and removing it now would lose the quorum: "
                                  f"{blocker}; bring the dead voters back or wait until autopilot has replaced them "
                                  "(see `p2pswarm cluster status`), then retry")
-        role = getattr(driver, "role_of", lambda n: "-")(nid)
+        role = driver.role_of(nid)
         running = sum(1 for t in state.tasks_on(nid) if t.desired == "running")
         await self._write(cmd.remove_node(_cid(), time.time(), nid))
-        secure = getattr(self.router.node, "security", None) is not None
+        secure = self.node.security is not None
         return Response.json({"node": nid, "name": record.name, "tasks": running, "raft": role, "secure": secure})
 
 
 def _cid() -> str:
-    return f"api.{secrets.token_hex(8)}"
+    return command_id("api")

@@ -6,8 +6,7 @@ membership and the cluster state it has applied (every node is a Raft voter or
 learner, so any node answers; possibly a moment behind the leader).  A read only:
 nothing here waits for Raft, so it answers while the cluster has no quorum.
 
-The node is duck-typed as for :mod:`p2pswarm.api.routes` (``info``,
-``member_views``, ``raft_driver``).
+It reads the node's ``info``, ``member_views`` and ``raft_driver`` (:class:`p2pswarm.node.view.NodeView`).
 """
 
 from __future__ import annotations
@@ -17,24 +16,25 @@ from typing import Any
 
 from p2pswarm.api.server import Request, Response
 from p2pswarm.cluster.model import TERMINAL
+from p2pswarm.node.view import NodeView
 
 TOP_VERSION = 1
 """Bumped when a field changes meaning; ``p2pswarm top`` tolerates missing fields."""
 
 
 class TopRoutes:
-    def __init__(self, router: Any) -> None:
-        self.node = router.node
+    def __init__(self, node: NodeView) -> None:
+        self.node = node
 
     def top(self, request: Request) -> Response:
         return Response.json(top_payload(self.node))
 
 
-def top_payload(node: Any) -> dict[str, Any]:
+def top_payload(node: NodeView) -> dict[str, Any]:
     info = node.info()
     members = node.member_views()
     driver = node.raft_driver()
-    state = getattr(driver, "cluster", None) if driver is not None else None
+    state = driver.cluster if driver is not None else None
     out: dict[str, Any] = {
         "version": TOP_VERSION, "time": time.time(),
         "node": {k: info.get(k) for k in ("id", "name", "addr", "version", "joined", "leaving", "cluster_size",

@@ -16,7 +16,7 @@ from p2pswarm.api.client import ApiError
 from p2pswarm.cli.output import end_progress, progress, table
 from p2pswarm.lab.cluster import DEMO_PORT, DEMO_SERVICE, Lab, LabError, members
 from p2pswarm.lab.netns import NetnsError
-from p2pswarm.membership.config import PRESETS
+from p2pswarm.node.presets import PRESETS
 
 
 def default_lab_dir() -> Path:

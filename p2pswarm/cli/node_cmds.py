@@ -14,9 +14,10 @@ import click
 import p2pswarm
 from p2pswarm.api.client import ApiClient, ApiError
 from p2pswarm.cli.output import end_progress, fmt_labels, fmt_rtt, progress, table, to_json
-from p2pswarm.node.datadir import ENV_VAR, DataDir, DataDirError, default_data_dir
-from p2pswarm.membership.config import PRESETS
 from p2pswarm.node.daemon import DEFAULT_BIND, Node, NodeOptions, configure_logging
+from p2pswarm.node.datadir import ENV_VAR, DataDir, DataDirError, default_data_dir
+from p2pswarm.node.presets import PRESETS
+from p2pswarm.transport.addr import format_addr, parse_addr
 
 START_TIMEOUT = 15.0
 """Seconds `up --detach` waits for the new node's API to answer."""
@@ -29,18 +30,18 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # ------------------------------------------------------------ parameter parsing
 
-def parse_addr(value: str, what: str, allow_port_zero: bool = False) -> str:
-    """Check a ``host:port`` address; returns it normalised, or raises BadParameter with one line."""
-    host, sep, port = value.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not (0 if allow_port_zero else 1) <= int(port) <= 65535:
-        raise click.BadParameter(f"expected host:port (e.g. 10.0.0.5:7946), got {value!r}", param_hint=what)
-    if host.startswith("[") != host.endswith("]") or any(c.isspace() for c in host):
-        raise click.BadParameter(f"bad host in {value!r}", param_hint=what)
-    return f"{host}:{int(port)}"
+def addr_param(value: str, what: str, allow_port_zero: bool = False) -> str:
+    """Check a ``host:port`` address with the transport's own parser (so the node never starts with an address
+    its peers would drop); returns it normalised, or raises BadParameter with one line."""
+    parsed = parse_addr(value.strip(), allow_port_zero=allow_port_zero)
+    if parsed is None:
+        raise click.BadParameter(f"expected host:port with an IPv4 address, [IPv6] or DNS name "
+                                 f"(e.g. 10.0.0.5:7946), got {value!r}", param_hint=what)
+    return format_addr(*parsed)
 
 
 def _addr_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    return None if value is None else parse_addr(value, f"--{param.name}", allow_port_zero=param.name == "bind")
+    return None if value is None else addr_param(value, f"--{param.name}", allow_port_zero=param.name == "bind")
 
 
 def _peers_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -48,7 +49,7 @@ def _peers_option(ctx: click.Context, param: click.Parameter, values: tuple[str,
     for value in values:
         for part in value.split(","):
             if part.strip():
-                addr = parse_addr(part, "--peers")
+                addr = addr_param(part, "--peers")
                 if addr not in peers:
                     peers.append(addr)
     return tuple(peers)

@@ -21,8 +21,7 @@ import click
 from p2pswarm.api.client import ApiClient
 from p2pswarm.cli.node_cmds import _datadir, data_dir_option
 from p2pswarm.cli.output import table, to_json
-from p2pswarm.cluster.spec import (Constraint, HealthCheck, ServiceSpec, parse_duration, parse_memory,
-                                   parse_port)
+from p2pswarm.cluster.spec import Constraint, HealthCheck, ServiceSpec, parse_duration, parse_memory, parse_port
 
 API_TIMEOUT = 60.0
 """Seconds the CLI waits for one answer (the node's own write timeout is shorter)."""
@@ -45,9 +44,9 @@ def spec_options(fn):
     opts = [
         click.option("--replicas", type=int, help="Number of tasks (replicated mode)."),
         click.option("--mode", type=click.Choice(["replicated", "global"]), help="global: one task per node."),
-        click.option("--publish", "-p", multiple=True, help="Published port, e.g. 8080, 8080:80, 5353:53/udp; options after a comma: "
-                                                          "proxy-protocol (PROXY v2 header to the task), encrypted (TLS "
-                                                          "between nodes' meshes) (repeatable)."),
+        click.option("--publish", "-p", multiple=True,
+                     help="Published port, e.g. 8080, 8080:80, 5353:53/udp; options after a comma: proxy-protocol "
+                          "(PROXY v2 header to the task), encrypted (TLS between nodes' meshes) (repeatable)."),
         click.option("--env", "-e", multiple=True, help="K=V environment variable (repeatable; update merges)."),
         click.option("--workdir", help="Working directory of the task (absolute)."),
         click.option("--constraint", multiple=True, help="e.g. node.labels.zone==a, node.name!=n1 (repeatable)."),

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from p2pswarm.membership.config import PRESETS
+from p2pswarm.node.presets import PRESETS
 from p2pswarm.sim.raft_sim import BUGS as RAFT_BUGS
 
 

@@ -97,3 +97,31 @@ def pairs(field: str, value: Any, max_items: int, key: re.Pattern, key_what: str
 
 LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,126}[A-Za-z0-9])?")
 LABEL_KEY_WHAT = "label names are letters, digits, '_', '.', '-' (at most 128, alphanumeric at both ends)"
+
+
+# Predicates, for the replicated records (security, access) that refuse a command with a reason of their own
+# instead of raising: the same order as the checkers above (the value, then its bounds), minus the field name.
+
+def is_bytes(value: Any, hi: int, lo: int = 1) -> bool:
+    """A byte string of ``lo``..``hi`` bytes."""
+    return type(value) is bytes and lo <= len(value) <= hi
+
+
+def is_text(value: Any, hi: int, lo: int = 1) -> bool:
+    """A string of ``lo``..``hi`` characters."""
+    return type(value) is str and lo <= len(value) <= hi
+
+
+def is_count(value: Any) -> bool:
+    """An integer >= 0 (a generation, a version)."""
+    return type(value) is int and value >= 0
+
+
+def is_number(value: Any) -> bool:
+    """An int or a float that is not NaN (a time)."""
+    return type(value) in (int, float) and value == value
+
+
+def cut_text(value: Any, hi: int) -> str | None:
+    """A string cut to ``hi`` characters (a free-text field kept, never refused); None for a non-string."""
+    return value[:hi] if type(value) is str else None

@@ -19,8 +19,18 @@ from typing import Any, Callable, Iterable, Iterator
 
 import msgpack
 
-from p2pswarm.cluster.checks import (LABEL_KEY, LABEL_KEY_WHAT, SpecError, choice, fail, integer, number, pairs,
-                                     strings, text)
+from p2pswarm.cluster.checks import (
+    LABEL_KEY,
+    LABEL_KEY_WHAT,
+    SpecError,
+    choice,
+    fail,
+    integer,
+    number,
+    pairs,
+    strings,
+    text,
+)
 from p2pswarm.cluster.model import AVAILABILITY, DESIRED, TASK_STATES, UPDATE_STATES
 from p2pswarm.cluster.spec import MAX_MEMORY, MAX_REPLICAS, NAME, NAME_WHAT, ServiceSpec
 from p2pswarm.consensus.messages import MAX_ENTRY_BYTES

@@ -17,8 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from p2pswarm.cluster.checks import (LABEL_KEY, SpecError, choice, fail, flag, integer, number, pairs, strings,
-                                     text)
+from p2pswarm.cluster.checks import LABEL_KEY, SpecError, choice, fail, flag, integer, number, pairs, strings, text
 
 __all__ = ["SpecError", "PortSpec", "Constraint", "RestartPolicy", "UpdateConfig", "HealthCheck",
            "ServiceSpec", "parse_port", "parse_memory", "parse_duration"]

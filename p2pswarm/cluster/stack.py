@@ -23,8 +23,17 @@ from typing import Any
 import yaml
 
 from p2pswarm.cluster.checks import SpecError
-from p2pswarm.cluster.spec import (Constraint, HealthCheck, PortSpec, RestartPolicy, ServiceSpec, UpdateConfig,
-                                   parse_duration, parse_memory, parse_port)
+from p2pswarm.cluster.spec import (
+    Constraint,
+    HealthCheck,
+    PortSpec,
+    RestartPolicy,
+    ServiceSpec,
+    UpdateConfig,
+    parse_duration,
+    parse_memory,
+    parse_port,
+)
 
 STACK_ENV = "P2PSWARM_STACK"
 """The env variable that marks a service as part of a stack (its value: the stack name)."""

@@ -21,14 +21,24 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, TypeVar
 
 import msgpack
 
 from p2pswarm.cluster.checks import SpecError
 from p2pswarm.cluster.commands import check
-from p2pswarm.cluster.model import (DESIRED, TERMINAL, Node, Service, Task, decode_node, decode_service, decode_task,
-                                    encode_record, state_rank)
+from p2pswarm.cluster.model import (
+    DESIRED,
+    TERMINAL,
+    Node,
+    Service,
+    Task,
+    decode_node,
+    decode_service,
+    decode_task,
+    encode_record,
+    state_rank,
+)
 from p2pswarm.cluster.spec import ServiceSpec
 
 DEDUP_MEMORY = 4096
@@ -223,12 +233,9 @@ class ClusterState:
         self._unindex(task)
 
     def _unindex(self, task: Task) -> None:
-        for index, key in ((self._by_service, task.service), (self._by_node, task.node),
-                           (self._by_slot, (task.service, task.slot_key))):
-            if key in index:
-                index[key].pop(task.id, None)
-                if not index[key]:
-                    del index[key]
+        _unlink(self._by_service, task.service, task.id)
+        _unlink(self._by_node, task.node, task.id)
+        _unlink(self._by_slot, (task.service, task.slot_key), task.id)
 
     def _set_desired(self, task: Task, desired: str, reason: str, at: float) -> None:
         task = dataclasses.replace(task, desired=desired, message=reason or task.message, updated_at=at)
@@ -455,6 +462,17 @@ class ClusterState:
         for task in map(decode_task, data["tasks"]):
             self._put(task)
         self._seen = {cid: result for cid, *result in data["seen"]}
+
+
+K = TypeVar("K")
+
+
+def _unlink(index: dict[K, dict[str, None]], key: K | None, task_id: str) -> None:
+    """Drop ``task_id`` from ``index[key]``, and the key once no task is under it (None: never indexed)."""
+    if key is not None and key in index:
+        index[key].pop(task_id, None)
+        if not index[key]:
+            del index[key]
 
 
 def replay(commands: Iterable[dict | bytes], term: int = 1) -> ClusterState:

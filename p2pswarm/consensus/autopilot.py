@@ -35,8 +35,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-ALIVE, SUSPECT, DEAD, LEFT, UNKNOWN = "alive", "suspect", "dead", "left", "unknown"
-LIVE = (ALIVE, SUSPECT)
+from p2pswarm.consensus.raft import quorum_size
+from p2pswarm.membership.messages import ALIVE, DEAD, LEFT, LIVE
+
+UNKNOWN = "unknown"
+"""The status of a voter SWIM does not know (yet, or any more)."""
 
 
 @dataclass(frozen=True)
@@ -49,14 +52,6 @@ class AutopilotConfig:
     """Seconds between the leader's autopilot rounds (one change per round at most)."""
     max_learners: int = 64
     """Live non-voters kept as learners (standby replicas); at most the wire's MAX_LEARNERS."""
-
-
-PRESETS: dict[str, AutopilotConfig] = {
-    "lan": AutopilotConfig(),
-    "wan": AutopilotConfig(stabilization_time=15.0, max_lag=1024, interval=2.0),
-    "local": AutopilotConfig(stabilization_time=5.0, interval=1.0),
-    "test": AutopilotConfig(stabilization_time=1.0, max_lag=16, interval=0.2),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +116,7 @@ def next_change(now: float, peers: Iterable[Peer], voters: Iterable[str], learne
 
 def _quorum_safe(view: "_View", voters: list) -> bool:
     """Would the live members of ``voters`` still be a majority of them?"""
-    return bool(voters) and sum(1 for v in voters if view.live(v)) >= len(voters) // 2 + 1
+    return bool(voters) and sum(1 for v in voters if view.live(v)) >= quorum_size(len(voters))
 
 
 class _View:

@@ -1,4 +1,4 @@
-"""Raft timing and flow-control settings, with presets.
+"""Raft timing and flow-control settings (the presets: :mod:`p2pswarm.node.presets`).
 
 Times are seconds, sizes bytes.  Formulas (as implemented in :mod:`p2pswarm.consensus.raft`):
 
@@ -60,21 +60,13 @@ class RaftConfig:
         return dataclasses.replace(self, **changes)
 
 
-PRESETS: dict[str, RaftConfig] = {
-    # A LAN: elections in the Raft paper's 150-300 ms range; a failed leader is replaced in about 0.5 s.
-    "lan": RaftConfig(election_timeout=0.3, heartbeat_interval=0.05),
-    # Round trips of 100+ ms: keep heartbeats sparse and elections patient.
-    "wan": RaftConfig(election_timeout=5.0, heartbeat_interval=0.5, max_inflight=256),
-    # Many nodes on one busy host.
-    "local": RaftConfig(election_timeout=1.5, heartbeat_interval=0.15),
-    # Tests and simulation: fast.
-    "test": RaftConfig(election_timeout=0.3, heartbeat_interval=0.05, max_inflight=8,
-                       max_batch_entries=16, max_batch_bytes=64 * 1024),
-}
+@dataclass(frozen=True)
+class DriverConfig:
+    """The Raft driver's (consensus/driver.py) snapshot and write-retry settings."""
 
-
-def preset(name: str) -> RaftConfig:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+    snapshot_every: int = 10_000
+    """Applied entries between snapshots; the log on disk stays around this long."""
+    write_timeout: float = 10.0
+    """Seconds a write (or linearizable read) may wait for commit before failing with one line."""
+    retry_interval: float = 1.0
+    """Seconds between re-submissions of a write or read that has not completed (a lost forward)."""

@@ -37,19 +37,26 @@ import concurrent.futures
 import logging
 import secrets
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Callable
-
 
 from p2pswarm import wire
 from p2pswarm.consensus import autopilot
-from p2pswarm.consensus.config import preset as raft_preset
 from p2pswarm.consensus.kv import encode_command
-from p2pswarm.consensus.messages import (MAX_BATCH_BYTES, MAX_ENTRIES, MAX_ENTRY_BYTES, AppendEntries, AppendResp,
-                                         InstallSnapshot, Propose, RequestVote)
-from p2pswarm.consensus.raft import LEADER, ConfChangeRejected, Envelope, NotLeader, Raft, RaftError
+from p2pswarm.consensus.messages import (
+    MAX_BATCH_BYTES,
+    MAX_ENTRIES,
+    MAX_ENTRY_BYTES,
+    AppendEntries,
+    AppendResp,
+    InstallSnapshot,
+    Propose,
+    RequestVote,
+)
+from p2pswarm.consensus.raft import LEADER, ConfChangeRejected, Envelope, NotLeader, Raft, RaftError, quorum_size
 from p2pswarm.consensus.storage import FileStorage, StorageError
-from p2pswarm.consensus.facts import Facts, decode_facts
+from p2pswarm.membership.messages import LIVE
+from p2pswarm.node.presets import preset as load_preset
+from p2pswarm.node.record import GossipRecord, RaftFacts
 from p2pswarm.node.statemachine import StateMachines, encode_access, encode_cluster, encode_security
 
 log = logging.getLogger("p2pswarm.raft")
@@ -63,24 +70,6 @@ PROPOSE_BATCH = 64
 REMOVAL_WAIT = 10.0
 """Seconds the leader waits for a live node removed by `node rm` to replicate its removal before
 taking it out of the Raft configuration anyway."""
-
-
-@dataclass(frozen=True)
-class DriverConfig:
-    snapshot_every: int = 10_000
-    """Applied entries between snapshots; the log on disk stays around this long."""
-    write_timeout: float = 10.0
-    """Seconds a write (or linearizable read) may wait for commit before failing with one line."""
-    retry_interval: float = 1.0
-    """Seconds between re-submissions of a write or read that has not completed (a lost forward)."""
-
-
-PRESETS: dict[str, DriverConfig] = {
-    "lan": DriverConfig(),
-    "wan": DriverConfig(write_timeout=30.0, retry_interval=5.0),
-    "local": DriverConfig(retry_interval=1.5),
-    "test": DriverConfig(snapshot_every=64, write_timeout=4.0, retry_interval=0.3),
-}
 
 
 class RaftUnavailable(Exception):
@@ -109,14 +98,16 @@ class _Lane:
 class RaftDriver:
     def __init__(self, node_id: str, cluster_id: str, raft_dir: str, preset: str, *, swim: Any, transport: Any,
                  clock: Callable[[], float], rng: Any, bootstrap: bool,
-                 on_facts: Callable[[bytes], None] = lambda payload: None) -> None:
-        """Open (or create) the raft dir and rebuild the core and state machine from it."""
+                 record: GossipRecord | None = None) -> None:
+        """Open (or create) the raft dir and rebuild the core and state machine from it; ``record``: the
+        node's gossip record (this driver sets its ``raft`` section and reads the others'; None: one that
+        nobody flushes, for tests of the driver alone)."""
         self.id = node_id
         self.cluster_id = cluster_id
-        self.cfg = PRESETS[preset]
-        self.autopilot_cfg = autopilot.PRESETS[preset]
+        settings = load_preset(preset)
+        self.cfg, self.autopilot_cfg = settings.raft_driver, settings.autopilot
         self.swim, self.transport, self.clock = swim, transport, clock
-        self.on_facts = on_facts
+        self.record = record if record is not None else GossipRecord()
         self.counters: Counter[str] = Counter()
         from p2pswarm.security.autolock import cipher_for
         self.storage = FileStorage(raft_dir, cluster_id, cipher=cipher_for(raft_dir))  # None without --autolock
@@ -124,13 +115,11 @@ class RaftDriver:
         self.sm = StateMachines()
         self.kv, self.cluster, self.security = self.sm.kv, self.sm.cluster, self.sm.security
         self.applied = 0
-        self.digest: tuple[int, dict] | None = None
-        self.mesh: tuple[int, tuple[str, ...]] | None = None
         if stored.snapshot is not None:
             self.sm.restore(stored.snapshot.data)
             self.applied = stored.snapshot.index
         now = clock()
-        self.raft = Raft(node_id, raft_preset(preset), rng, now, hard_state=stored.hard_state,
+        self.raft = Raft(node_id, settings.raft, rng, now, hard_state=stored.hard_state,
                          snapshot=stored.snapshot, entries=tuple(stored.entries),
                          bootstrap=(node_id,) if bootstrap else ())
         self.failed: str | None = None
@@ -450,8 +439,8 @@ class RaftDriver:
         if self.failed is not None:
             return self.failed
         voters = self.raft.conf.voters
-        live = sum(1 for v in voters if v == self.id or self._status(v) in ("alive", "suspect"))
-        quorum = len(voters) // 2 + 1
+        live = sum(1 for v in voters if v == self.id or self._status(v) in LIVE)
+        quorum = quorum_size(len(voters))
         leader = self.leader_hint()
         if leader is None and voters:
             return (f"no Raft quorum: the {what} was not committed within {timeout:g} s, no leader is elected "
@@ -504,7 +493,7 @@ class RaftDriver:
             # stops its tasks), then leaves the group: its replica would not hear of it afterwards.
             seen, since = self._removals.setdefault(node, (self.applied, now))
             progress = self.raft.progress.get(node)
-            if node != self.id and self._status(node) in ("alive", "suspect") and now < since + REMOVAL_WAIT and (
+            if node != self.id and self._status(node) in LIVE and now < since + REMOVAL_WAIT and (
                     progress is None or progress.match < seen):
                 log.debug("removal of %s from the raft group waits until it has index %d", node, seen)
                 return True
@@ -529,8 +518,8 @@ class RaftDriver:
         rest = [v for v in voters if v != node]
         if not rest:
             return "it is the only voter"
-        live = sum(1 for v in rest if self._status(v) in ("alive", "suspect") and v not in self.cluster.removed_nodes)
-        quorum = len(rest) // 2 + 1
+        live = sum(1 for v in rest if self._status(v) in LIVE and v not in self.cluster.removed_nodes)
+        quorum = quorum_size(len(rest))
         if live < quorum:
             return f"{live} of the other {len(rest)} voters are reachable, a quorum of them is {quorum}"
         return None
@@ -551,26 +540,12 @@ class RaftDriver:
         role = (self.role_of(self.id), self.raft.term)
         if role != self._facts:
             self._facts = role
-            self._publish()
+            self.record.set(RaftFacts(self.cluster_id, *role))
 
-    def publish_digest(self, digest: tuple[int, dict]) -> None:
-        """Gossip this node's task digest in its record, beside its Raft facts."""
-        self.digest = digest
-        self._publish()
-
-    def publish_mesh(self, relay_port: int, unreachable: tuple[str, ...]) -> None:
-        """Gossip where this node's mesh relay listens and which members it cannot reach directly."""
-        if (relay_port, unreachable) != self.mesh:
-            self.mesh = (relay_port, unreachable)
-            self._publish()
-
-    def _publish(self) -> None:
-        if self._facts:
-            self.on_facts(Facts(self.cluster_id, *self._facts, self.digest, self.mesh).encode())
-
-    def facts_of(self, node: str) -> Facts | None:
+    def facts_of(self, node: str) -> RaftFacts | None:
+        """The ``raft`` section ``node`` gossips, if any."""
         member = self.swim.member(node)
-        return decode_facts(member.record) if member is not None else None
+        return self.record.of(member).raft if member is not None else None
 
     def leader_hint(self) -> str | None:
         """The leader Raft knows; else (a non-member) the live member gossiping leadership in the highest term."""
@@ -578,7 +553,7 @@ class RaftDriver:
             return self.raft.lead
         best: tuple[int, str] | None = None
         for m in self.swim.members():
-            facts = decode_facts(m.record)
+            facts = self.record.of(m).raft
             if (m.status == "alive" and facts is not None and facts.role == "leader"
                     and facts.cluster_id == self.cluster_id and (best is None or facts.term > best[0])):
                 best = (facts.term, m.node)

@@ -3,7 +3,7 @@
 * A node started without ``--peers`` on a fresh data dir creates a cluster: a new
   cluster id and a one-voter configuration (itself).
 * A joiner on a fresh data dir starts Raft only once gossip tells it the cluster
-  id (from any member's record); it then waits, outside the configuration, until
+  id (from any member's ``raft`` record section); it then waits, outside the configuration, until
   the leader's autopilot adds it.
 * A data dir that already holds a Raft log keeps its cluster id.  If it was started
   with ``--peers`` and the live peers all gossip another cluster id, the node
@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from p2pswarm.consensus.driver import RaftDriver
-from p2pswarm.consensus.facts import decode_facts, new_cluster_id, stored_cluster_id
+from p2pswarm.consensus.facts import new_cluster_id, stored_cluster_id
+from p2pswarm.node.record import GossipRecord
 
 log = logging.getLogger("p2pswarm.raft")
 
@@ -31,8 +32,12 @@ class ClusterMismatch(Exception):
 
 
 class RaftHost:
+    name = "raft"
+
     def __init__(self, node_id: str, data_dir: Path, preset: str, joining: bool, *, swim: Any, transport: Any,
-                 clock: Callable[[], float], seed: int, fatal: Callable[[Exception], None]) -> None:
+                 clock: Callable[[], float], seed: int, fatal: Callable[[Exception], None],
+                 record: GossipRecord) -> None:
+        self.record = record
         self.node_id, self.preset, self.joining = node_id, preset, joining
         self.raft_dir = str(Path(data_dir) / "raft")
         self.swim, self.transport, self.clock, self.seed = swim, transport, clock, seed
@@ -41,7 +46,7 @@ class RaftHost:
         self._confirmed = not joining
         self._next_check = 0.0
 
-    def start(self, now: float) -> None:
+    async def start(self) -> None:
         cluster_id = stored_cluster_id(self.raft_dir)
         if cluster_id is None and not self.joining:
             cluster_id = new_cluster_id()
@@ -58,7 +63,7 @@ class RaftHost:
         self._next_check = now + CHECK_INTERVAL
         theirs = set()
         for m in self.swim.members():
-            facts = decode_facts(m.record) if m.node != self.node_id and m.status == "alive" else None
+            facts = self.record.of(m).raft if m.node != self.node_id and m.status == "alive" else None
             if facts is not None:
                 theirs.add(facts.cluster_id)
         if not theirs:
@@ -76,7 +81,7 @@ class RaftHost:
 
     def _leaders_cluster(self, ids: set) -> str:
         for m in self.swim.members():
-            facts = decode_facts(m.record)
+            facts = self.record.of(m).raft
             if facts is not None and facts.role == "leader" and m.status == "alive":
                 return facts.cluster_id
         return sorted(ids)[0]
@@ -85,8 +90,7 @@ class RaftHost:
         try:
             self.driver = RaftDriver(self.node_id, cluster_id, self.raft_dir, self.preset, swim=self.swim,
                                      transport=self.transport, clock=self.clock, rng=random.Random(self.seed + 2),
-                                     bootstrap=not self.joining,
-                                     on_facts=lambda payload: self.swim.set_record(self.clock(), payload))
+                                     bootstrap=not self.joining, record=self.record)
         except Exception as exc:
             self.fatal(exc)
             return
@@ -102,3 +106,7 @@ class RaftHost:
     async def close(self) -> None:
         if self.driver is not None:
             await self.driver.close()
+
+    def metrics(self) -> dict[str, Any]:
+        """The driver's gauges and counters; none while this node has not learned its cluster."""
+        return self.driver.metrics() if self.driver is not None else {}

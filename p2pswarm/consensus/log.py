@@ -59,7 +59,8 @@ class RaftLog:
     def slice(self, lo: int, max_entries: int, max_bytes: int) -> tuple:
         """Entries from ``lo`` on, at most max_entries and max_bytes (but at least one)."""
         start = lo - self.snap_index - 1
-        out, size = [], 0
+        out: list[Entry] = []
+        size = 0
         for e in self.entries[start:start + max_entries]:
             size += len(e.data)
             if out and size > max_bytes:
@@ -79,7 +80,7 @@ class RaftLog:
         differs from the leader's, so the leader can skip them all at once.
         """
         index = min(index, self.last_index())
-        while index > self.snap_index and self.term(index) > term:
+        while index > self.snap_index and self.entry(index).term > term:  # (in the log: never None)
             index -= 1
         return index, self.term(index) or 0
 

@@ -1,4 +1,4 @@
-"""Raft wire messages (wire kinds 32-47; 48-55 are the logs messages, 64-79 the security ones) and the structures they carry.
+"""Raft wire messages (their kind range: :data:`p2pswarm.wire.KINDS`) and the structures they carry.
 
 Log entries, snapshots and configuration changes are wire structs too, so the
 core, the storage and the network all share one strictly checked definition:
@@ -12,8 +12,21 @@ from dataclasses import dataclass
 
 import msgpack
 
-from p2pswarm.wire import (NODE_ID, WireError, WireStruct, blob, boolean, decode_struct, message, nested,
-                           one_of, refine, seq, struct, uint)
+from p2pswarm.wire import (
+    NODE_ID,
+    WireError,
+    WireStruct,
+    blob,
+    boolean,
+    decode_struct,
+    message,
+    nested,
+    one_of,
+    refine,
+    seq,
+    struct,
+    uint,
+)
 
 MAX_ENTRIES = 1024
 """Entries in one AppendEntries (config.max_batch_entries must not exceed it)."""

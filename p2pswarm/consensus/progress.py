@@ -13,7 +13,8 @@ A follower is in one of three states (the etcd-io/raft model):
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+
+from p2pswarm.consensus.messages import Snapshot
 
 PROBE, REPLICATE, SNAPSHOT = "probe", "replicate", "snapshot"
 
@@ -29,7 +30,7 @@ class Progress:
         self.probe_sent = False
         self.inflight: deque[int] = deque()
         self.pending_snapshot = 0
-        self.sending = None
+        self.sending: Snapshot | None = None
         self.snapshot_sent_at = 0.0
         self.recent_active = False
         self.last_active = now
@@ -46,8 +47,8 @@ class Progress:
         self.state, self.next, self.probe_sent, self.sending = REPLICATE, self.match + 1, False, None
         self.inflight.clear()
 
-    def become_snapshot(self, snapshot: Any, now: float) -> None:
-        """Start sending ``snapshot`` (a messages.Snapshot); ``snapshot_sent_at`` moves with every chunk."""
+    def become_snapshot(self, snapshot: Snapshot, now: float) -> None:
+        """Start sending ``snapshot``; ``snapshot_sent_at`` moves with every chunk."""
         self.state, self.pending_snapshot, self.snapshot_sent_at = SNAPSHOT, snapshot.index, now
         self.sending = snapshot
         self.inflight.clear()

@@ -27,20 +27,44 @@ leadership transfer (TimeoutNow) and ReadIndex reads.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 from p2pswarm.consensus.config import RaftConfig
 from p2pswarm.consensus.log import RaftLog
-from p2pswarm.consensus.messages import (MAX_ENTRY_BYTES, MAX_LEARNERS, MAX_VOTERS, AppendEntries,
-                                         AppendResp, ConfChange, ConfState, Entry, Heartbeat,
-                                         HeartbeatResp, InstallSnapshot, Propose, ReadIndexReq,
-                                         ReadIndexResp, RequestVote, Snapshot, SnapshotResp,
-                                         TimeoutNow, VoteResp, decode_conf, encode_conf)
+from p2pswarm.consensus.messages import (
+    MAX_ENTRY_BYTES,
+    MAX_LEARNERS,
+    MAX_VOTERS,
+    AppendEntries,
+    AppendResp,
+    ConfChange,
+    ConfState,
+    Entry,
+    Heartbeat,
+    HeartbeatResp,
+    InstallSnapshot,
+    Propose,
+    ReadIndexReq,
+    ReadIndexResp,
+    RequestVote,
+    Snapshot,
+    SnapshotResp,
+    TimeoutNow,
+    VoteResp,
+    decode_conf,
+    encode_conf,
+)
 from p2pswarm.consensus.progress import REPLICATE, SNAPSHOT, Progress
 from p2pswarm.wire import WireError
 
 FOLLOWER, PRE_CANDIDATE, CANDIDATE, LEADER = "follower", "pre_candidate", "candidate", "leader"
 _FROM_LEADER = (AppendEntries, Heartbeat, InstallSnapshot)
+
+
+def quorum_size(voters: int) -> int:
+    """Votes (or acknowledgements) that make a quorum of ``voters``: a strict majority, ⌊n / 2⌋ + 1, so any
+    two quorums share a voter; n - quorum_size(n) = ⌊(n - 1) / 2⌋ voters may fail."""
+    return voters // 2 + 1
 
 
 class RandomSource(Protocol):
@@ -147,7 +171,8 @@ class Raft:
         self._unsaved_snapshot: Snapshot | None = None
         self.conf, self.conf_index = ConfState(), 0
         self._refresh_conf()
-        self.role, self.lead = FOLLOWER, None
+        self.role = FOLLOWER
+        self.lead: str | None = None
         self.msgs: list[Envelope] = []
         self._append_pending_at: float | None = None
         """Set by proposals: their appends go out together at the next ready()."""
@@ -284,7 +309,7 @@ class Raft:
             return None
         if index > self.log.applied:
             raise ValueError(f"cannot snapshot at {index}: only {self.log.applied} applied")
-        snap = Snapshot(index, self.log.term(index), self._conf_at(index)[0], data)
+        snap = Snapshot(index, self.log.entry(index).term, self._conf_at(index)[0], data)  # (in the log)
         self.log.compact(index, snap.term)
         self._snapshot = self._unsaved_snapshot = snap
         return snap
@@ -403,7 +428,7 @@ class Raft:
         return None
 
     def _quorum(self) -> int:
-        return len(self.conf.voters) // 2 + 1
+        return quorum_size(len(self.conf.voters))
 
     def _become_leader(self, now: float) -> None:
         self._clear_leader_state()
@@ -560,9 +585,8 @@ class Raft:
 
     def _on_snapshot_resp(self, now: float, m: SnapshotResp) -> None:
         pr = self._active_progress(now, m.source)
-        if pr is None or pr.state != SNAPSHOT:
+        if pr is None or pr.state != SNAPSHOT or (snap := pr.sending) is None:  # (set in that state)
             return
-        snap = pr.sending
         if not m.snapshot and m.index >= snap.index:  # installed (or the follower already had it)
             pr.maybe_update(min(m.index, self.log.last_index()))
             pr.become_probe()
@@ -637,6 +661,7 @@ class Raft:
         prev = pr.next - 1
         prev_term = self.log.term(prev)
         if prev_term is None:
+            assert self._snapshot is not None, "entries before the log's start are in the snapshot"
             pr.become_snapshot(self._snapshot, now)
             self._send_snapshot_chunk(peer, pr, 0, now)
             return True
@@ -650,6 +675,7 @@ class Raft:
     def _send_snapshot_chunk(self, peer: str, pr: Progress, offset: int, now: float) -> None:
         """Send the chunk of ``pr.sending`` at ``offset``; the follower's answer asks for the next one."""
         snap = pr.sending
+        assert snap is not None, "a snapshot chunk is only sent in the snapshot state"
         size = len(snap.data)
         end = min(size, offset + self.cfg.snapshot_chunk_bytes)
         pr.snapshot_sent_at = now
@@ -762,7 +788,7 @@ class Raft:
         if self._in_ready:
             raise RuntimeError("call advance() before feeding the core again")
 
-    _HANDLERS = {
+    _HANDLERS: ClassVar[dict[type, Callable[[Raft, float, Any], None]]] = {
         RequestVote: _on_vote, VoteResp: _on_vote_resp, AppendEntries: _on_append,
         AppendResp: _on_append_resp, Heartbeat: _on_heartbeat, HeartbeatResp: _on_heartbeat_resp,
         InstallSnapshot: _on_snapshot, SnapshotResp: _on_snapshot_resp, TimeoutNow: _on_timeout_now,

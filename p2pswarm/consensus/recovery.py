@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from p2pswarm.consensus.facts import stored_cluster_id
 from p2pswarm.consensus.messages import ConfChange, ConfState, Entry, decode_conf, encode_conf
 from p2pswarm.consensus.raft import HardState
 from p2pswarm.consensus.storage import FileStorage
 from p2pswarm.node.datadir import DataDir
-from p2pswarm.consensus.facts import stored_cluster_id
 
 
 class RecoveryError(Exception):

@@ -348,7 +348,9 @@ class FileStorage:
         if corrupt:
             raise CorruptLogError(f"raft log {name} is corrupt at byte {bad}, before later complete saves: "
                                   f"data that was durable is damaged; restore this node from a peer")
-        keep, log, batch, marker = 0, [], [], None
+        keep, marker = 0, None
+        log: list[Entry] = []
+        batch: list[Entry] = []
         for offset, payload in records:
             try:
                 kind = payload[0]
@@ -430,7 +432,8 @@ def _scan(data: bytes, open_body: Any = None, max_record: int = _MAX_RECORD,
     ``open_body`` decrypts a body whose CRC passed; when it fails, :class:`_Undecryptable` is raised
     (a whole record that does not open is a wrong key or tampering, never a torn write).
     """
-    records, pos = [], start
+    records: list[tuple[int, Any]] = []
+    pos = start
     while pos < len(data):
         if len(data) - pos < _HEADER.size:
             return records, pos, pos
@@ -460,14 +463,14 @@ def _later_batch(data: bytes, bad: int, open_body: Any) -> bool:
     Each save appends one batch (entries, then a hard-state record) and fsyncs it before the next
     save starts; so bytes after an intact hard-state record mean that its batch, and the damage
     before it, were durable.  Otherwise the damage lies in the final batch: a torn write."""
-    pos = bad + 1
-    while (pos := _next_record(data, pos)) is not None:
+    after = bad + 1
+    while (pos := _next_record(data, after)) is not None:
         records, _, again = _scan(data, open_body, start=pos)
         if any(isinstance(p, list) and p[:1] == ["H"] and end < len(data) for end, p in records):
             return True
         if again is None:
             return False
-        pos = again + 1
+        after = again + 1
     return False
 
 

@@ -31,8 +31,8 @@ from typing import Callable
 import p2pswarm
 from p2pswarm.api.client import ApiClient, ApiError
 from p2pswarm.consensus.autopilot import target_voters
-from p2pswarm.node.datadir import DataDir
 from p2pswarm.lab import netns
+from p2pswarm.node.datadir import DataDir
 from p2pswarm.runtime import procfs
 from p2pswarm.runtime.taskuser import own_interpreter_args, remove_homes_of
 

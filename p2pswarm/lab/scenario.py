@@ -47,13 +47,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pswarm.node.presets import PRESETS
+
 ACTIONS = ("kill", "restart", "partition", "heal", "loss", "slow")
 WRITE_KINDS = ("kv", "service", "env")
 MAX_NODES = 20
 MAX_DURATION = 600.0
 MAX_RATE = 200.0
 MAX_WRITE_RATE = 20.0
-PRESETS = ("lan", "wan", "local", "test")
 
 
 class ScenarioError(ValueError):

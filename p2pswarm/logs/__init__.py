@@ -1,1 +1,1 @@
-"""`service logs` across the cluster: the node-to-node protocol (wire kinds 48-55) and its service."""
+"""`service logs` across the cluster: the node-to-node protocol (kinds: :data:`p2pswarm.wire.KINDS`) and its service."""

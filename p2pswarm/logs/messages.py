@@ -1,4 +1,4 @@
-"""Task-log messages between nodes (wire kinds 48-55): ``service logs`` from every node.
+"""Task-log messages between nodes (kinds: :data:`p2pswarm.wire.KINDS`): ``service logs`` from every node.
 
 The node a CLI talks to asks each node that holds tasks of the service with a
 :class:`LogsRequest` (bulk channel) and gets one :class:`LogsReply`, whose lines are
@@ -14,8 +14,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from p2pswarm.wire import NODE_ID, WireError, WireStruct, boolean, message, nested, number, one_of, seq, struct, \
-    text, uint
+from p2pswarm.wire import (
+    NODE_ID,
+    WireError,
+    WireStruct,
+    boolean,
+    message,
+    nested,
+    number,
+    one_of,
+    seq,
+    struct,
+    text,
+    uint,
+)
 
 STREAMS = ("stdout", "stderr")
 MAX_TASK_ID = 64

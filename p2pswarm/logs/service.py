@@ -32,9 +32,23 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from p2pswarm import wire
-from p2pswarm.logs.messages import (ALL, CHUNK_OVERHEAD, LINE_OVERHEAD, MAX_CHUNKS, MAX_CURSORS,
-                                        MAX_REPLY_BYTES, MAX_TAIL, STREAMS, LogChunk, LogCursor, LogLine,
-                                        LogsReply, LogsRequest, reply_cost)
+from p2pswarm.logs.messages import (
+    ALL,
+    CHUNK_OVERHEAD,
+    LINE_OVERHEAD,
+    MAX_CHUNKS,
+    MAX_CURSORS,
+    MAX_REPLY_BYTES,
+    MAX_TAIL,
+    STREAMS,
+    LogChunk,
+    LogCursor,
+    LogLine,
+    LogsReply,
+    LogsRequest,
+    reply_cost,
+)
+from p2pswarm.membership.messages import LIVE
 from p2pswarm.ratelimit import TokenBucket
 from p2pswarm.runtime.logs import MAX_LINE_BYTES, LogReader, line_cost
 
@@ -54,7 +68,6 @@ WORST_LINE = 3 * MAX_LINE_BYTES + LINE_OVERHEAD
 """The most one line can cost (a piece of invalid UTF-8: every byte becomes U+FFFD, 3 bytes)."""
 MAX_WAITING = 1024
 MAX_CURSOR_TOKEN = 64 * 1024
-LIVE = ("alive", "suspect")
 
 
 @dataclass(frozen=True)

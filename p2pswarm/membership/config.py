@@ -1,4 +1,4 @@
-"""SWIM + Lifeguard timing and size settings, with presets.
+"""SWIM + Lifeguard timing and size settings (the presets: :mod:`p2pswarm.node.presets`).
 
 Every field is in seconds or counts. ``n`` below is the number of members this
 node currently knows as alive or suspect (itself included).
@@ -98,27 +98,3 @@ class SwimConfig:
 
     def reconnect_period(self, n: int) -> float:
         return self.reconnect_interval * self.full_state_scale(n)
-
-
-PRESETS: dict[str, SwimConfig] = {
-    # A LAN or one machine: detect a crash in about two seconds.
-    "lan": SwimConfig(),
-    # Links with tens to hundreds of milliseconds of latency.
-    "wan": SwimConfig(probe_interval=3.0, probe_timeout=1.5, suspicion_mult=6.0, gossip_interval=0.5,
-                      gossip_fanout=4, push_pull_interval=60.0, reconnect_interval=30.0),
-    # Many nodes on one host (lab clusters): a little more patience for a busy CPU.
-    "local": SwimConfig(probe_interval=0.5, probe_timeout=0.3, suspicion_mult=3.0,
-                        push_pull_interval=15.0, reconnect_interval=5.0),
-    # Tests: fast and short-lived.
-    "test": SwimConfig(probe_interval=0.2, probe_timeout=0.1, suspicion_mult=3.0, gossip_interval=0.05,
-                       push_pull_interval=5.0, reconnect_interval=1.0, dead_reap_after=60.0,
-                       left_reap_after=30.0, gossip_to_dead=5.0, join_retry_initial=0.1,
-                       join_retry_max=1.0),
-}
-
-
-def preset(name: str) -> SwimConfig:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

@@ -1,15 +1,40 @@
-"""SWIM messages: probes, gossip news and full-state push/pull (wire kinds 1-31)."""
+"""SWIM messages: probes, gossip news and full-state push/pull (kinds: :data:`p2pswarm.wire.KINDS`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from p2pswarm.wire import (ADDR, LABELS, MAX_LABEL_LEN, MAX_LABELS, MAX_MEMBERS, MAX_NAME_LEN,
-                           MAX_RECORD_BYTES, MAX_UPDATES, NODE_ID, WireStruct, any_message, blob,
-                           boolean, item, message, nested, number, one_of, pairs, seq, struct,
-                           text, uint)
+from p2pswarm.wire import (
+    ADDR,
+    LABELS,
+    MAX_LABEL_LEN,
+    MAX_LABELS,
+    MAX_MEMBERS,
+    MAX_NAME_LEN,
+    MAX_RECORD_BYTES,
+    MAX_UPDATES,
+    NODE_ID,
+    WireStruct,
+    any_message,
+    blob,
+    boolean,
+    item,
+    message,
+    nested,
+    number,
+    one_of,
+    pairs,
+    seq,
+    struct,
+    text,
+    uint,
+)
 
-STATUSES = ("alive", "suspect", "dead", "left")
+ALIVE, SUSPECT, DEAD, LEFT = "alive", "suspect", "dead", "left"
+STATUSES = (ALIVE, SUSPECT, DEAD, LEFT)
+LIVE = (ALIVE, SUSPECT)
+"""The statuses of a member that is up: a suspect still answers, votes and serves until SWIM declares it
+dead.  Every layer (Raft, autopilot, scheduler, mesh, logs, security) counts live members with this."""
 MAX_CERT_BYTES = 4096
 """A node certificate (DER) in a member's metadata; ours are ~430 bytes (see p2pswarm.security.pki)."""
 MAX_CHAIN = 4

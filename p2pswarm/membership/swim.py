@@ -28,13 +28,28 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, Sequence
 
 from p2pswarm.membership.config import SwimConfig
-from p2pswarm.membership.messages import (Ack, Alive, Dead, Gossip, MemberState, Meta, Nack, Ping,
-                                          PingReq, PushPull, Record, Suspect)
+from p2pswarm.membership.messages import (
+    ALIVE,
+    DEAD,
+    LEFT,
+    LIVE,
+    SUSPECT,
+    Ack,
+    Alive,
+    Dead,
+    Gossip,
+    MemberState,
+    Meta,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    Record,
+    Suspect,
+)
 from p2pswarm.membership.news import NewsQueue
 from p2pswarm.membership.suspicion import Suspicion
 
-ALIVE, SUSPECT, DEAD, LEFT = "alive", "suspect", "dead", "left"
-LIVE = (ALIVE, SUSPECT)
 GONE = (DEAD, LEFT)
 SEQ_MOD = 1 << 32
 DIRECT_RETRIES = 3
@@ -121,6 +136,10 @@ class _Probe:
         self.failed = False
 
 
+_Relay = tuple[str, int, float, bool, float]
+"""A probe we make for another member: (its address, its seq, next deadline, nack still due, expiry)."""
+
+
 class Swim:
     # A simulator holds thousands of cores and touches a different one at every event:
     # slots keep a core's state in one compact object (~10 % faster at 10,000 members),
@@ -173,7 +192,7 @@ class Swim:
         self._probe_due = INF
         """When the probe next needs a tick (INF: none, or done); kept here, next to the other
         deadlines, so that next_deadline reads one object."""
-        self._relays: dict[int, list] = {}
+        self._relays: dict[int, _Relay] = {}
         self._confirm_queue: list[str] = []
         self._suspicion_due = INF
         """Earliest suspicion deadline (INF: none), kept where suspicions change."""
@@ -318,8 +337,7 @@ class Swim:
     # ------------------------------------------------------------ timers
 
     def tick(self, now: float) -> None:
-        if now >= self._probe_due:
-            probe = self._probe
+        if now >= self._probe_due and (probe := self._probe) is not None:  # (never None then)
             if not probe.indirect:
                 self._start_indirect(now, probe)
             if now >= probe.retry_at:
@@ -432,7 +450,7 @@ class Swim:
             if nack_pending:
                 self._count("nacks_sent")
                 self._send(origin_addr, Nack(origin_seq, self.id))
-                self._relays[seq] = [origin_addr, origin_seq, expires, False, expires]
+                self._relays[seq] = (origin_addr, origin_seq, expires, False, expires)
             else:
                 del self._relays[seq]
         self._refresh_relay_due()
@@ -561,8 +579,8 @@ class Swim:
         expires = now + self.config.probe_interval * scale
         nack_at = now + NACK_FRACTION * self.config.probe_timeout * scale
         want_nack = self.config.lifeguard
-        self._relays[self._seq] = relay = [msg.source_addr, msg.seq, nack_at if want_nack else expires,
-                                           want_nack, expires]
+        self._relays[self._seq] = relay = (msg.source_addr, msg.seq, nack_at if want_nack else expires,
+                                           want_nack, expires)
         if relay[2] < self._relay_due:
             self._relay_due = relay[2]
         self._send(msg.target_addr, Ping(self._seq, self.id, self.addr, msg.target, self._piggyback()))
@@ -609,8 +627,8 @@ class Swim:
             kind = type(item)
             node = item.node
             if kind is Record:
-                cur = self._records.get(node)
-                if cur is None or item.version > cur.version or node == me:
+                held = self._records.get(node)
+                if held is None or item.version > held.version or node == me:
                     self._on_record(now, item)
                 continue
             if kind is not Alive and item.incarnation < MAX_INCARNATION:

@@ -22,8 +22,9 @@ import signal
 import sys
 from typing import Any
 
+from p2pswarm.mesh.conn import SPLICE_AFTER
 from p2pswarm.mesh.control import STATUS_INTERVAL, FrameDecoder, FrameError, encode_frame
-from p2pswarm.mesh.proxy import SPLICE_AFTER, Mesh
+from p2pswarm.mesh.proxy import Mesh
 from p2pswarm.mesh.udp import UdpMesh
 
 log = logging.getLogger("p2pswarm.mesh.dataplane")

@@ -8,8 +8,8 @@ node cannot use directly, injected faults — and at least every ``REFRESH`` sec
 that round-trip times stay current, then pushes the whole table to the data plane.
 The data plane starts with the first table that has a published port (TCP or UDP).
 
-It also gossips this node's relay port and the members it cannot reach directly
-(through the Raft driver's facts record), which other nodes need to choose relays.
+It also gossips this node's relay port and the members it cannot reach directly (the ``mesh``
+section of the node's record, :mod:`p2pswarm.node.record`), which other nodes need to choose relays.
 
 **Restarts.** The last table pushed is saved in the data dir (``mesh-table.json``, without
 the TLS material). A restarted node serves it at once, before gossip has told it anything,
@@ -32,7 +32,7 @@ from typing import Any, Callable, Protocol
 
 from p2pswarm.mesh.routes import DEFAULT_LIMITS
 from p2pswarm.mesh.table import TLS_RELAY_OFFSET, Peer, Route, build
-from p2pswarm.consensus.facts import decode_facts
+from p2pswarm.node.record import GossipRecord, MeshFacts
 from p2pswarm.transport.zmq import parse_addr
 
 log = logging.getLogger("p2pswarm.mesh")
@@ -90,12 +90,16 @@ def _free(family: int, host: str, port: int) -> bool:
 
 
 class MeshHost:
+    name = "mesh"
+
     def __init__(self, node_id: str, swim: Any, transport: Any, raft: Any, *,
                  relay_port: int, unreachable: Callable[[], tuple[str, ...]],
                  data_plane_factory: Callable[[], DataPlaneLike] = default_data_plane,
                  limits: dict[str, Any] | None = None, security: Any = None,
-                 state_dir: str | os.PathLike[str] | None = None) -> None:
+                 state_dir: str | os.PathLike[str] | None = None, record: GossipRecord) -> None:
+        """``record``: the node's gossip record (this host sets its ``mesh`` section, reads every member's)."""
         self.node_id, self.swim, self.transport, self.raft = node_id, swim, transport, raft
+        self.record = record
         self.relay_port = relay_port
         self.limits = dict(limits or DEFAULT_LIMITS)
         self.security = security
@@ -119,6 +123,9 @@ class MeshHost:
 
     # ------------------------------------------------------------ the node loop calls these
 
+    async def start(self) -> None:
+        """Nothing yet: ``step`` starts the data plane once it has a table to push (or the saved one)."""
+
     def step(self, now: float) -> None:
         """Rebuild and push the table if its inputs changed (cheap to call every loop turn)."""
         if not self._loaded:
@@ -128,9 +135,7 @@ class MeshHost:
             self._warm_until = None
             self._key = None  # build and push a table from gossip now
         unreachable = tuple(sorted(self._unreachable()))
-        driver = self.raft.driver if self.raft is not None else None
-        if driver is not None:
-            driver.publish_mesh(self.relay_port, unreachable)
+        self.record.set(MeshFacts(self.relay_port, unreachable))
         faults = self.transport.describe() if hasattr(self.transport, "describe") else {}
         tls_version = self.security.mesh_tls_version if self.security is not None else -1
         key = (tuple((m.node, m.status, m.record_version) for m in self.swim.members()), unreachable,
@@ -228,9 +233,9 @@ class MeshHost:
             parsed = parse_addr(m.addr)
             if parsed is None:
                 continue
-            facts = decode_facts(m.record) if m.record else None
-            tasks = facts.digest[1] if facts is not None and facts.digest is not None else {}
-            relay_port, unreachable = facts.mesh if facts is not None and facts.mesh is not None else (0, ())
+            record = self.record.of(m)
+            tasks = record.tasks.tasks if record.tasks is not None else {}
+            relay_port, unreachable = (record.mesh.relay_port, record.mesh.unreachable) if record.mesh else (0, ())
             if m.node == self.node_id:
                 relay_port, unreachable = self.relay_port, ()
             out.append(Peer(m.node, m.meta.name, parsed[0], m.status, m.rtt, relay_port,

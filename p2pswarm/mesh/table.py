@@ -37,8 +37,8 @@ from typing import Any, Iterable, Mapping
 
 import networkx as nx
 
+from p2pswarm.membership.messages import LIVE
 from p2pswarm.mesh.routes import DEFAULT_LIMITS, RTT_FLOOR
-
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
     udp_relay_allow: set[str] = set()
     tls_next: dict[str, str] = {}
     for peer in sorted(peers.values(), key=lambda p: p.node):
-        if peer.status not in ("alive", "suspect"):
+        if peer.status not in LIVE:
             continue  # a dead member's last digest is history, not a backend
         for task, published, target, proxy, service, reason, proto, encrypted in _served(peer):
             addr = f"{peer.host}:{target}"
@@ -154,7 +154,7 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
     table = {"version": version, "host": host, "relay_port": own.relay_port if own is not None else 0,
              "relay_allow": sorted(relay_allow), "blocked_hosts": sorted(set(blocked_hosts)),
              "relay_from": sorted({p.host for p in peers.values()
-                                   if p.node != me and p.status in ("alive", "suspect")}),
+                                   if p.node != me and p.status in LIVE}),
              "ports": [ports[p] for p in sorted(ports)], "limits": dict(limits or DEFAULT_LIMITS)}
     if udp:  # only when there is one: a TCP-only table is exactly what it was before UDP
         table["udp"] = [udp[p] for p in sorted(udp)]

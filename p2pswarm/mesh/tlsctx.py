@@ -22,7 +22,6 @@ from typing import Any, Mapping
 
 from p2pswarm.security.meshtls import peer_identity
 
-
 ALPN = "p2pswarm-mesh/1"
 """What runs inside the TLS connection (:mod:`p2pswarm.mesh.tlsmux` framing), agreed in the
 handshake: a peer speaking anything else is refused after it (:func:`peer_of` gives None)."""

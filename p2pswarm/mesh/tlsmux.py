@@ -7,7 +7,7 @@ after a client connection ends and the next one to the same relay reuses it
 (:class:`SessionPool`); only the first pays for a handshake.
 
 Each client connection is a *stream* of the session, with the relay protocol of
-:mod:`p2pswarm.mesh.proxy` inside it as before.  Frames (inside TLS)::
+:mod:`p2pswarm.mesh.relayproto` inside it as before.  Frames (inside TLS)::
 
     stream id (4 bytes) | kind (1 byte) | length (4 bytes) | payload (length bytes)
 
@@ -23,7 +23,7 @@ an end, a new stream before the last one ended, a stream the accepting side did 
 is a protocol error: the session is closed and counted.
 
 A :class:`Stream` looks like an asyncio transport to the connection objects of
-:mod:`p2pswarm.mesh.proxy` (write, write_eof, close, abort, pause/resume_reading, ...), so
+:mod:`p2pswarm.mesh.conn` (write, write_eof, close, abort, pause/resume_reading, ...), so
 they do not know whether their far side is a socket or a stream.
 """
 

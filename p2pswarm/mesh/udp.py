@@ -58,8 +58,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from p2pswarm.mesh.proxy import CounterSet, TableError, bind_error, bound_socket, canonical_host, parse_addr
+from p2pswarm.mesh.counters import CounterSet
 from p2pswarm.mesh.routes import Backend, candidates
+from p2pswarm.mesh.sockets import bind_error, bound_socket
+from p2pswarm.mesh.tablecheck import TableError, canonical_host, parse_addr
 
 SESSION_IDLE = 30.0
 """Seconds without a datagram either way after which a UDP session is closed (its backend

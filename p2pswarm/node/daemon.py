@@ -31,18 +31,20 @@ import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from importlib import metadata
 from typing import Any, Callable
 
 from p2pswarm import wire
-from p2pswarm.node.datadir import DataDir
-from p2pswarm.membership.config import preset
-from p2pswarm.membership.messages import STATUSES, Meta, PushPull
-from p2pswarm.membership.swim import Swim
+from p2pswarm.consensus.host import RaftHost
 from p2pswarm.consensus.messages import RAFT_MESSAGES
-from p2pswarm.consensus.host import ClusterMismatch, RaftHost
+from p2pswarm.membership.messages import LIVE, Meta, PushPull
+from p2pswarm.membership.swim import Swim
+from p2pswarm.node.component import Component
+from p2pswarm.node.datadir import DataDir
+from p2pswarm.node.presets import preset
+from p2pswarm.node.record import GossipRecord
+from p2pswarm.node.view import NodeViews, software_version
 from p2pswarm.security import messages as _join_messages  # noqa: F401  (registers kinds 64-68, dropped here)
 from p2pswarm.security.errors import SecurityError
 from p2pswarm.transport.base import Transport
@@ -91,14 +93,6 @@ class NodeOptions:
 
 SECURE_PROBE_INTERVAL = 2.0
 """Seconds between an --insecure joiner's checks for a secure cluster at its peers' join endpoints."""
-SEED_KEYS_INTERVAL = 2.0
-"""Seconds between a restarted secure node's key requests and introductions to its seeds while it has not
-joined (a seed that restarted too may have lost our key)."""
-INTRODUCE_WINDOW = 30.0
-"""Seconds after a secure join (or restart) during which the node introduces itself to each member it sees."""
-INTRODUCE_PARALLEL = 16
-REFUSED_SCAN_INTERVAL = 0.5
-"""Seconds between scans for connections a peer refused (it did not know our key yet): they reconnect."""
 
 
 def zmq_transport(options: NodeOptions, security: Any = None) -> Transport:
@@ -107,13 +101,6 @@ def zmq_transport(options: NodeOptions, security: Any = None) -> Transport:
         return ZmqTransport(options.bind, options.advertise)
     return ZmqTransport(options.bind, options.advertise, curve=security.keys, authorize=security.authorize,
                         peer_key=security.peer_key)
-
-
-def software_version() -> str:
-    try:
-        return metadata.version("p2pswarm")
-    except metadata.PackageNotFoundError:
-        return "dev"
 
 
 def host_capacity() -> tuple[tuple[str, float], ...]:
@@ -139,18 +126,20 @@ def configure_logging(level: str = "info") -> None:
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
 
 
-class Node:
+class Node(NodeViews):
     def __init__(self, options: NodeOptions,
                  transport_factory: Callable[[NodeOptions], Transport] = zmq_transport,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.options = options
-        self.config = preset(options.preset)
+        self.config = preset(options.preset).membership
         self.datadir = DataDir(options.data_dir)
         self.clock = clock
         self.seed = options.seed if options.seed is not None else secrets.randbits(64)
         self.counters: Counter[str] = Counter()
         self.transport: Any = None
         self.swim: Swim | None = None
+        self.record = GossipRecord()
+        """This node's gossip record: each component sets its section, the loop flushes it to SWIM."""
         self.node_id = ""
         self.name = ""
         self.started = asyncio.Event()
@@ -162,18 +151,21 @@ class Node:
         self._join_attempts_seen = 0
         self._joined_logged = False
         self._saved_incarnation = -1
+        self.components: list[Component] = []
+        """Started in this order, stepped after every loop turn, closed in reverse (:mod:`p2pswarm.node.component`)."""
         self.raft: RaftHost | None = None
         self.agent: Any = None
         self.scheduler: Any = None
         self.mesh: Any = None
-        self._scheduler_task: asyncio.Task | None = None
+        self.logs: Any = None
+        """The :class:`p2pswarm.logs.service.LogsService` once the services started."""
         self._fatal: Exception | None = None
         self.security: Any = None
         """The SecurityHost in a secure cluster, else None."""
         self._meta: Meta | None = None
         self._background: set[asyncio.Task] = set()
-        self._next_refused_scan = 0.0
-        self._introduced: set[str] = set()
+        self._secure: Any = None
+        """The security component (:class:`p2pswarm.node.secure.SecurityComponent`) in a secure cluster."""
         self.api_handler: Any = None
         """The router wrapped by the audit log (:class:`p2pswarm.api.audit.Audited`), for both listeners."""
         self.remote_api: Any = None
@@ -211,6 +203,7 @@ class Node:
                 now = self.clock()
                 self.swim = Swim(self.node_id, self.transport.local_addr, meta, self.config,
                                  random.Random(self.seed), now, incarnation=incarnation)
+                self.record = GossipRecord(self.swim.set_record, on_change=self._wake.set)
                 self.datadir.write_pid()
                 await api.start()
                 await self._start_remote_api()  # before joining: a port in use fails the start at once
@@ -218,8 +211,8 @@ class Node:
                 self._start_cluster(now)
                 self.raft = RaftHost(self.node_id, self.datadir.path, self.options.preset, bool(self._peers()),
                                      swim=self.swim, transport=self.transport, clock=self.clock, seed=self.seed,
-                                     fatal=self.fail)
-                self.raft.start(now)
+                                     fatal=self.fail, record=self.record)
+                await self._start_component(self.raft)
                 await self._start_services(incarnation)
                 self.started.set()
                 await self._loop()
@@ -232,13 +225,7 @@ class Node:
                 for task in list(self._background):
                     task.cancel()
                 await asyncio.gather(*self._background, return_exceptions=True)
-                await self._stop_services()
-                if self.raft is not None:
-                    await self.raft.close()
-                if self.security is not None:
-                    await self.security.close()
-                if self.api_ca is not None:
-                    await self.api_ca.close()
+                await self._close_components()
                 await asyncio.sleep(FLUSH_GRACE)
                 await self.transport.close()
                 self.datadir.remove_pid()
@@ -256,18 +243,20 @@ class Node:
         """The agent (every node) and the scheduler (acts only while this node leads Raft)."""
         from p2pswarm.agent.host import AgentHost
         from p2pswarm.mesh.host import MeshHost, pick_relay_port
-        from p2pswarm.scheduler.driver import PRESETS, SchedulerDriver
+        from p2pswarm.scheduler.driver import SchedulerDriver
 
         host = self.swim_addr.rsplit(":", 1)[0].strip("[]")
         self.agent = AgentHost(self.node_id, self.datadir.path, self.raft, incarnation, task_host=host,
-                               task_user=self.options.task_user)
-        await self.agent.start()
+                               task_user=self.options.task_user, record=self.record)
+        await self._start_component(self.agent)
         relay_port = self.options.relay_port or pick_relay_port(host, int(self.swim_addr.rsplit(":", 1)[1]))
         self.mesh = MeshHost(self.node_id, self.swim, self.transport, self.raft, relay_port=relay_port,
-                             unreachable=self.swim.unreachable, security=self.security,
-                             state_dir=self.datadir.path)
-        self.scheduler = SchedulerDriver(self.raft, self.swim, PRESETS[self.options.preset])
-        self._scheduler_task = asyncio.ensure_future(self.scheduler.run())
+                             unreachable=self.swim_core().unreachable, security=self.security,
+                             state_dir=self.datadir.path, record=self.record)
+        self.scheduler = SchedulerDriver(self.raft, self.swim, preset(self.options.preset).scheduler,
+                                         record=self.record)
+        await self._start_component(self.scheduler)
+        await self._start_component(self.mesh)
         from p2pswarm.logs.service import LogsService
         self.logs = LogsService(self)  # answers other nodes' `service logs` requests (wire kinds 48-55)
 
@@ -293,17 +282,19 @@ class Node:
             out.update({f"remote_api_{k}": v for k, v in self.remote_api.stats().items()})
         return out
 
-    async def _stop_services(self) -> None:
-        if self.mesh is not None:
-            await self.mesh.close()
-        if self._scheduler_task is not None:
-            self._scheduler_task.cancel()
-            await asyncio.gather(self._scheduler_task, return_exceptions=True)
-        if self.agent is not None:
+    async def _start_component(self, component: Component) -> None:
+        """Start ``component``; from now on the loop steps it and the stop closes it (even if its start fails)."""
+        self.components.append(component)
+        await component.start()
+
+    async def _close_components(self) -> None:
+        """Close the components in reverse start order; one that fails to close is logged, the others close."""
+        while self.components:
+            component = self.components.pop()
             try:
-                await self.agent.close()
+                await component.close()
             except Exception:
-                log.error("stopping tasks failed", exc_info=True)
+                log.error("stopping the %s failed", component.name, exc_info=True)
 
     def fail(self, exc: Exception) -> None:
         """Stop at once because of ``exc``; ``run`` raises it (one line) after cleaning up."""
@@ -332,13 +323,13 @@ class Node:
             log.info("node %s (%s) at %s joining via %s (preset %s%s)", self.name, self.node_id, self.swim_addr,
                      ", ".join(peers), self.options.preset, ", secure" if sec is not None else ", plaintext")
             if sec is None:
-                self.swim.join(now, peers)
+                self.swim_core().join(now, peers)
                 if self.options.insecure:
                     self._spawn(self._refuse_secure_cluster(tuple(peers)))
             else:
-                self.swim.joined = False  # until the handshake (or the seeds' keys) let the gossip join begin
-                self._spawn(self._secure_join(tuple(peers)) if sec.mode == "join"
-                            else self._secure_rejoin(tuple(peers)))
+                self.swim_core().joined = False  # until the handshake (or the seeds' keys) let the gossip join begin
+                self._spawn(self._secure.join(tuple(peers)) if sec.mode == "join"
+                            else self._secure.rejoin(tuple(peers)))
         else:
             log.info("node %s (%s) at %s started a new cluster (preset %s%s)", self.name, self.node_id,
                      self.swim_addr, self.options.preset, ", secure" if sec is not None else ", plaintext")
@@ -348,49 +339,10 @@ class Node:
     # ------------------------------------------------------------ security
 
     async def _wait_unlocked(self) -> bool:
-        """With encryption at rest, unlock the data key before anything reads the data dir.
-
-        The key given at start (``up --unlock-key-file``) unlocks at once (a wrong one stops the
-        node with one line).  Without it only the locked API runs (:mod:`p2pswarm.api.lock_routes`)
-        until ``p2pswarm unlock`` sends the right key; False if the node is stopped meanwhile.
-        """
-        from p2pswarm.api.lock_routes import LockRoutes
-        from p2pswarm.api.server import ApiServer
-        from p2pswarm.security import autolock, sealing
-        if not autolock.has_lock(self.datadir):
-            if self.options.autolock:
-                raise SecurityError(f"--autolock: {self.datadir.security_path / autolock.LOCK_FILE} is missing; "
-                                    f"restore it from a backup (start with `p2pswarm up --autolock`)", "autolock")
-            return True
-        sealing.finish(self.datadir)  # an `up --autolock` of a used data dir that stopped half way
-        if self.options.unlock_key:
-            autolock.unlock(self.datadir, self.options.unlock_key)
-            return True
-        unlocked = asyncio.Event()
-        info = {"id": self.node_id, "name": self.name, "pid": os.getpid(), "data_dir": str(self.datadir.path),
-                "version": software_version(), "addr": self.options.bind, "secure": self.options.secure}
-        api = ApiServer(str(self.datadir.api_sock), LockRoutes(lambda: info, lambda key: autolock.unlock(
-            self.datadir, key), unlocked.set, self.request_shutdown))
-        self.datadir.write_pid()
-        await api.start()
-        self._install_signals()
-        log.warning("this node is locked: run `p2pswarm unlock --data-dir %s` with its unlock key", self.datadir.path)
-        waits = [asyncio.ensure_future(unlocked.wait()), asyncio.ensure_future(self._wake.wait())]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-            self._remove_signals()
-            await api.close()
-        if not unlocked.is_set():
-            self.datadir.remove_pid()
-            self.datadir.api_sock.unlink(missing_ok=True)
-            log.info("node %s (%s) stopped while locked", self.name, self.node_id)
-            return False
-        self._wake.clear()
-        log.info("unlocked: starting the node")
-        return True
+        """Unlock the data key (encryption at rest) before anything reads the data dir; False if stopped
+        meanwhile (:func:`p2pswarm.node.unlock.wait_unlocked`)."""
+        from p2pswarm.node.unlock import wait_unlocked
+        return await wait_unlocked(self)
 
     def _prepare_security(self) -> None:
         """Decide secure create / join / restart (nothing is logged yet: a bind error must stay the only line)."""
@@ -417,6 +369,9 @@ class Node:
         sec = self.security
         if sec is None:
             return meta
+        from p2pswarm.node.secure import SecurityComponent
+        self._secure = SecurityComponent(sec, self.api_ca, self)
+        await self._start_component(self._secure)
         for path in self.datadir.loosened:
             log.warning("key file %s was readable by others: its mode is now 0600", path)
         if sec.mode == "create":
@@ -454,77 +409,15 @@ class Node:
             self.counters["handler_errors"] += 1
             log.error("error in a background task (counted, node keeps running)", exc_info=task.exception())
 
-    async def _secure_join(self, peers: tuple[str, ...]) -> None:
-        """The join handshake (retried while nobody answers), then the gossip join with our certificate."""
-        sec = self.security
-
-        def on_attempt(attempt: int, why: str) -> None:
-            log.warning("%s; retrying join with backoff (attempt %d)", why, attempt)
-        try:
-            await sec.join(peers, on_attempt)
-            await sec.start_endpoint(self.options.bind, self.swim_addr)
-        except Exception as exc:  # one line: refused token, clock, join endpoint port in use...
-            self.fail(exc if isinstance(exc, SecurityError) else SecurityError(str(exc)))
-            return
-        self._meta = sec.meta(self._meta)
-        self.swim.update_meta(self.clock(), self._meta)
-        self._gossip_join(peers)
-        await self._introduce()
-
     def _gossip_join(self, peers: tuple[str, ...]) -> None:
         """Start SWIM's join; the loop sends the push/pull (and handles the reply) at its next step."""
-        self.swim.join(self.clock(), list(peers))
+        self.swim_core().join(self.clock(), list(peers))
         self._wake.set()
-
-    async def _secure_rejoin(self, peers: tuple[str, ...]) -> None:
-        """A restart with --peers: learn the seeds' keys we do not know, then join the gossip."""
-        sec = self.security
-        other = await sec.learn_keys(peers)
-        if other and not any(sec.peer_key(p) for p in peers):
-            self.fail(ClusterMismatch(
-                f"data dir {self.datadir.path} holds raft cluster {sec.cluster_id}, but the peer at {other[0]} is "
-                f"in another cluster (its CA is not this data dir's); use another --data-dir to join it (or move "
-                f"{self.datadir.path} away to leave the old cluster)"))
-            return
-        await asyncio.gather(*(sec.introduce(None, p) for p in peers))  # they may have forgotten our key
-        self.transport.drop_refused()
-        self._gossip_join(peers)
-        while not self.swim.joined and not self._stop_requested:
-            await asyncio.sleep(SEED_KEYS_INTERVAL)
-            if not self.swim.joined:  # a seed that was down, or restarted and forgot us: tell it again
-                await sec.learn_keys(peers)
-                if any(await asyncio.gather(*(sec.introduce(None, p) for p in peers))):
-                    self.transport.drop_refused()
-        await self._introduce()
-
-    async def _introduce(self) -> None:
-        """For INTRODUCE_WINDOW seconds, introduce ourselves to each member we see (so that it admits our key
-        before gossip tells it about us), then reconnect whatever those members had refused."""
-        deadline = self.clock() + INTRODUCE_WINDOW
-        while self.clock() < deadline and not self._stop_requested:
-            await self._introduce_to([(m.node, m.addr) for m in self.swim.members()
-                                      if m.status in ("alive", "suspect")])
-            await asyncio.sleep(0.1)
-
-    async def _introduce_to(self, members: list[tuple[str, str]]) -> None:
-        """Introduce ourselves to those of ``members`` (node, addr) we have not introduced ourselves to yet."""
-        todo = [(node, addr) for node, addr in members if node != self.node_id and node not in self._introduced]
-        if not todo:
-            return
-        self._introduced.update(node for node, _ in todo)
-        gate = asyncio.Semaphore(INTRODUCE_PARALLEL)
-
-        async def one(node: str, addr: str) -> bool:
-            async with gate:
-                return await self.security.introduce(node, addr)
-        if any(await asyncio.gather(*(one(node, addr) for node, addr in todo))):
-            self.transport.drop_refused()
-            self._wake.set()
 
     async def _refuse_secure_cluster(self, peers: tuple[str, ...]) -> None:
         """An --insecure joiner: a peer whose join endpoint answers is in a secure cluster; stop with one line."""
         from p2pswarm.security.host import probe_secure
-        while not self.swim.joined:
+        while not self.swim_core().joined:
             peer = await probe_secure(peers)
             if peer is not None:
                 self.fail(SecurityError(
@@ -564,9 +457,10 @@ class Node:
                 now = self.clock()
                 ticked = False
                 if now >= self._guard("deadline", self._deadline, default=now):
-                    self._guard("tick", self.swim.tick, now)
+                    self._guard("tick", self.swim_core().tick, now)
                     ticked = True
                 self._after_step(now)
+                self._guard("record", self.record.flush, now)  # once per turn, after every component set its part
                 if self._finished(now):
                     break
                 delay = max(0.0, self._guard("deadline", self._deadline, default=now + 0.1) - self.clock())
@@ -589,7 +483,7 @@ class Node:
             wake.cancel()
 
     def _deadline(self) -> float:
-        return self.swim.next_deadline()
+        return self.swim_core().next_deadline()
 
     def _on_recv(self, fut: asyncio.Future) -> None:
         exc = fut.exception()
@@ -621,53 +515,44 @@ class Node:
                 return
             self._guard("security observe", self.security.observe, msg, sender)
         if isinstance(msg, RAFT_MESSAGES):
+            assert self.raft is not None  # made in run() before the loop that calls this starts
             if not self._guard("raft receive", self.raft.receive, msg):
                 self.counters["raft_not_started"] += 1
             return
         if isinstance(msg, PushPull) and msg.reply and self.security is not None:
-            self._spawn(self._introduce_to([(m.node, m.addr) for m in msg.members
-                                            if m.status in ("alive", "suspect") and m.meta.cert]))
-        logs = getattr(self, "logs", None)
+            self._spawn(self._secure.introduce_to([(m.node, m.addr) for m in msg.members
+                                                   if m.status in LIVE and m.meta.cert]))
+        logs = self.logs
         if logs is not None and isinstance(msg, logs.MESSAGES):
             self._guard("logs", logs.receive, msg)
             return
-        self._guard("receive", self.swim.receive, self.clock(), msg)
+        self._guard("receive", self.swim_core().receive, self.clock(), msg)
 
     def _after_step(self, now: float) -> None:
         if self._stop_requested and self._leave_started is None:
             self._leave_started = now
-            self._guard("leave", self.swim.leave, now)
+            self._guard("leave", self.swim_core().leave, now)
         self._guard("flush", self._flush)
         self._guard("events", self._handle_events)
         self._guard("join progress", self._report_join)
         self._guard("persist", self._persist_incarnation)
-        if self.raft is not None:
-            self._guard("raft membership", self.raft.step, now)
-        if self.mesh is not None:
-            self._guard("mesh", self.mesh.step, now)
-        if self.security is not None:
-            self._guard("security", self._security_step, now)
+        for component in self.components:
+            self._guard(component.name, component.step, now)
 
-    def _security_step(self, now: float) -> None:
-        sec = self.security
-        sec.step(self.raft_driver(), self.swim)
-        if now >= self._next_refused_scan:
-            self._next_refused_scan = now + REFUSED_SCAN_INTERVAL
-            self.transport.drop_refused()
-        if sec.meta_changed and self._meta is not None:
-            sec.meta_changed = False
-            self._meta = sec.meta(self._meta)
-            self.swim.update_meta(now, self._meta)
-        self.api_ca.step(self.raft_driver(), now)
+    def refresh_meta(self, now: float) -> None:
+        """Gossip the security host's current metadata (our certificate) in place of ours."""
+        if self._meta is not None:
+            self._meta = self.security.meta(self._meta)
+            self.swim_core().update_meta(now, self._meta)
 
     def _finished(self, now: float) -> bool:
         if self._force_stop:
             return True
         if self._leave_started is None:
             return False
-        if self.swim.leave_done or now >= self._leave_started + LEAVE_GRACE:
+        if self.swim_core().leave_done or now >= self._leave_started + LEAVE_GRACE:
             return True
-        return not any(m.status in ("alive", "suspect") and m.node != self.node_id for m in self.swim.members())
+        return not any(m.status in LIVE and m.node != self.node_id for m in self.swim_core().members())
 
     def _guard(self, what: str, fn: Callable[..., Any], *args: Any, default: Any = None) -> Any:
         """Run one step; an exception is counted and logged, never fatal."""
@@ -679,7 +564,7 @@ class Node:
             return default
 
     def _flush(self) -> None:
-        for out in self.swim.drain_outbox():
+        for out in self.swim_core().drain_outbox():
             try:
                 data = wire.encode(out.msg)
             except ValueError:
@@ -693,8 +578,8 @@ class Node:
                 log.debug("send to %s failed: %s", out.addr, exc)
 
     def _handle_events(self) -> None:
-        for ev in self.swim.drain_events():
-            member = self.swim.member(ev.node)
+        for ev in self.swim_core().drain_events():
+            member = self.swim_core().member(ev.node)
             name = member.meta.name if member else "?"
             addr = member.addr if member else "?"
             if ev.old is None:
@@ -705,111 +590,28 @@ class Node:
     def _report_join(self) -> None:
         if not self.options.peers or self._leave_started is not None:
             return
-        if self.swim.joined:
+        if self.swim_core().joined:
             if not self._joined_logged:
                 self._joined_logged = True
                 log.info("joined the cluster: %d members", self.cluster_size())
             return
-        attempts = self.swim.join_attempts
+        attempts = self.swim_core().join_attempts
         if attempts > self._join_attempts_seen and attempts >= 2:
             log.warning("no answer yet from %s; retrying join with backoff (attempt %d)",
                         ", ".join(self.options.peers), attempts)
         self._join_attempts_seen = attempts
 
     def _persist_incarnation(self) -> None:
-        me = self.swim.member(self.node_id)
+        me = self.swim_core().member(self.node_id)
         if me is not None and me.incarnation > self._saved_incarnation:
             self.datadir.save_incarnation(me.incarnation)
             self._saved_incarnation = me.incarnation
 
-    # ------------------------------------------------------------ views for the API
+    # ------------------------------------------------------------ what the loop and the views share
 
     @property
     def swim_addr(self) -> str:
         return self.transport.local_addr if self.transport is not None else self.options.bind
 
     def cluster_size(self) -> int:
-        return sum(1 for m in self.swim.members() if m.status in ("alive", "suspect"))
-
-    def info(self) -> dict[str, Any]:
-        members = self.swim.members()
-        by_status = {s: 0 for s in STATUSES}
-        for m in members:
-            by_status[m.status] = by_status.get(m.status, 0) + 1
-        return {
-            "id": self.node_id, "name": self.name, "addr": self.swim_addr, "pid": os.getpid(),
-            "data_dir": str(self.datadir.path), "preset": self.options.preset, "version": software_version(),
-            "cluster_size": by_status["alive"] + by_status["suspect"], "members_by_status": by_status,
-            "peers": list(self.options.peers), "joined": self.swim.joined,
-            "join_attempts": max(self.swim.join_attempts, getattr(self.security, "join_attempts", 0)),
-            "leaving": self._stop_requested, "secure": self.security is not None,
-            "security": self.security.state if self.security is not None else "off",
-            "join_error": getattr(self.security, "last_error", None), "state": "running",
-        }
-
-    def member_views(self) -> list[dict[str, Any]]:
-        now = self.clock()
-        views = []
-        for m in self.swim.members():
-            views.append({
-                "id": m.node, "name": m.meta.name, "addr": m.addr, "status": m.status,
-                "incarnation": m.incarnation, "labels": dict(m.meta.labels), "capacity": dict(m.meta.capacity),
-                "version": m.meta.version, "rtt_ms": None if m.rtt is None else round(m.rtt * 1000, 3),
-                "status_for_s": round(max(0.0, now - m.status_since), 3), "self": m.node == self.node_id,
-                "role": self.raft_role(m.node),
-            })
-        return sorted(views, key=lambda v: (v["name"], v["id"]))
-
-    def fault_settings(self) -> dict[str, Any]:
-        return self.transport.describe()
-
-    def configure_faults(self, settings: dict[str, Any]) -> dict[str, Any]:
-        self.transport.configure(settings)
-        log.warning("fault injection configured: %s", self.transport.describe())
-        return self.transport.describe()
-
-    def heal_faults(self) -> dict[str, Any]:
-        self.transport.heal()
-        log.info("fault injection cleared")
-        return self.transport.describe()
-
-    def metrics_snapshot(self) -> dict[str, Any]:
-        info = self.info()
-        driver = self.raft_driver()
-        return {"members_by_status": info["members_by_status"], "joined": info["joined"],
-                "swim": dict(self.swim.counters),
-                "transport": dict(self.transport.stats()),
-                "node": {**self.counters, **{f"security_{k}": v for k, v in self.security_stats().items()},
-                         **self.remote_api_stats()},
-                "raft": driver.metrics() if driver is not None else {}}
-
-    def security_stats(self) -> dict[str, int]:
-        return self.security.stats() if self.security is not None else {}
-
-    def security_view(self) -> dict[str, Any]:
-        if self.security is None:
-            return {"secure": False, "state": "off"}
-        return self.security.view()
-
-    def mesh_view(self) -> dict[str, Any]:
-        if self.mesh is None:
-            return {"running": False, "routes": [], "ports": []}
-        status = self.mesh.status()
-        plane = status["data_plane"]
-        status["routes"] = [asdict(r) for r in self.mesh.routes]
-        status["ports"] = sorted({r.port for r in self.mesh.routes})
-        status["bind_errors"] = plane.get("bind_errors", {})
-        return status
-
-    def mesh_metrics(self) -> dict[str, int]:
-        return self.mesh.metrics() if self.mesh is not None else {}
-
-    # ------------------------------------------------------------ raft views for the API
-
-    def raft_driver(self):
-        """The running Raft driver, or None while this node has not learned its cluster yet."""
-        return self.raft.driver if self.raft is not None else None
-
-    def raft_role(self, node: str) -> str:
-        driver = self.raft_driver()
-        return driver.role_of(node) if driver is not None else "-"
+        return sum(1 for m in self.swim_core().members() if m.status in LIVE)

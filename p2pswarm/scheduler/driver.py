@@ -9,7 +9,7 @@ digest) or a reconciler deadline (``wake_at``) passed, or every
    gossiped name, labels or capacity differ, get an ``update_node`` (labels are
    added, so labels set with ``node update`` survive).
 2. **Observe tasks.** Each member's task digest (its SWIM record, see
-   :mod:`p2pswarm.consensus.facts`) is translated into ``report_task_status`` commands,
+   section ``tasks``, see :mod:`p2pswarm.node.record`) is translated into ``report_task_status`` commands,
    only for tasks whose state, port or health differ from the applied state: a task
    costs Raft traffic when it changes, not while it runs.
 3. **Reconcile.** If steps 1-2 proposed nothing, :func:`reconcile` plans against the
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -41,7 +40,10 @@ from typing import Any, Callable
 from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.model import TERMINAL, state_rank
 from p2pswarm.consensus.raft import LEADER
-from p2pswarm.consensus.facts import decode_facts
+from p2pswarm.membership.messages import LIVE
+from p2pswarm.node.record import GossipRecord
+from p2pswarm.node.statemachine import command_id
+from p2pswarm.scheduler.config import SchedulerConfig
 from p2pswarm.scheduler.reconcile import reconcile
 
 log = logging.getLogger("p2pswarm.scheduler")
@@ -54,24 +56,6 @@ MAX_REFUSED = 10_000
 MAX_ERROR = 200
 
 
-@dataclass(frozen=True)
-class SchedulerConfig:
-    interval: float = 0.1
-    """Seconds between checks for a change (a check that finds none costs a few comparisons)."""
-    resync: float = 5.0
-    """Seconds after which a round runs even if nothing seems to have changed."""
-    backoff: float = 1.0
-    """Seconds before a failed service (or a failed round) is tried again; doubled per consecutive failure
-    up to ``backoff_max``: wait = min(backoff_max, backoff x 2^(failures - 1)).  Re-planning at once would
-    repeat the same failure every ``interval`` and keep the leader's CPU busy."""
-    backoff_max: float = 30.0
-    """Longest wait between two attempts (a persistent failure is retried, and warned about, this often)."""
-
-
-PRESETS = {"lan": SchedulerConfig(), "wan": SchedulerConfig(interval=0.5, resync=15.0, backoff=2.0, backoff_max=60.0),
-           "local": SchedulerConfig(), "test": SchedulerConfig(interval=0.05, resync=2.0, backoff=0.5, backoff_max=5.0)}
-
-
 @dataclass
 class _Failure:
     """A service's consecutive failed attempts: what went wrong last and when to try again."""
@@ -81,10 +65,15 @@ class _Failure:
 
 
 class SchedulerDriver:
+    name = "scheduler"
+
     def __init__(self, raft: Any, swim: Any, config: SchedulerConfig, *,
-                 wall: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic) -> None:
-        """``raft``: the node's RaftHost (its ``driver`` appears once the node knows its cluster)."""
+                 wall: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic,
+                 record: GossipRecord | None = None) -> None:
+        """``raft``: the node's RaftHost (its ``driver`` appears once the node knows its cluster);
+        ``record``: the node's gossip record, which reads members' task digests (None: a fresh reader)."""
         self.raft, self.swim, self.cfg, self.wall, self.clock = raft, swim, config, wall, clock
+        self.record = record if record is not None else GossipRecord()
         self.rounds = 0
         self._seen: Any = None
         self._next_round = 0.0
@@ -94,6 +83,24 @@ class SchedulerDriver:
         """Services whose last scheduling proposal failed (name -> failure), until one succeeds."""
         self._round_failures = 0
         self._hold_until = 0.0
+        self._task: asyncio.Task | None = None
+
+    # ------------------------------------------------------------ the node's component protocol
+
+    async def start(self) -> None:
+        """Run the rounds in a task of their own (a round awaits Raft commits)."""
+        self._task = asyncio.ensure_future(self.run())
+
+    def step(self, now: float) -> None:
+        """Nothing per loop turn: ``run`` checks for changes every ``interval``."""
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def metrics(self) -> dict[str, Any]:
+        return {"rounds": self.rounds, "failing_services": len(self.failures)}
 
     async def run(self) -> None:
         while True:
@@ -217,10 +224,10 @@ class SchedulerDriver:
     def _observe(self, state: Any, members: list, wall: float) -> list[dict]:
         out = []
         for m in members:
-            facts = decode_facts(m.record) if m.status in ("alive", "suspect") else None
-            if facts is None or facts.digest is None:
+            digest = self.record.of(m).tasks if m.status in LIVE else None
+            if digest is None:
                 continue
-            for tid, rec in sorted(facts.digest[1].items()):
+            for tid, rec in sorted(digest.tasks.items()):
                 task = state.tasks.get(tid)
                 report = _report(rec)
                 if task is None or task.node != m.node or task.state in TERMINAL or report is None:
@@ -236,7 +243,8 @@ class SchedulerDriver:
 
 def _report(rec: dict) -> tuple | None:
     """(state, port, health, exit code, error) from one digest record, None if unusable (peers are not trusted)."""
-    new = AGENT_STATES.get(rec.get("s")) if isinstance(rec.get("s"), str) else None
+    state = rec.get("s")
+    new = AGENT_STATES.get(state) if isinstance(state, str) else None
     if new is None:
         return None
     port, health, code, error = rec.get("p"), rec.get("h"), rec.get("x"), rec.get("e")
@@ -261,4 +269,4 @@ def _gist(command: dict) -> tuple:
 
 
 def _cid(kind: str) -> str:
-    return f"{kind}.{secrets.token_hex(8)}"
+    return command_id(kind)

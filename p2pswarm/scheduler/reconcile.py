@@ -30,16 +30,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import count
-from typing import Mapping
+from typing import Literal, Mapping, cast
 
 from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.model import TERMINAL, Service, Task
 from p2pswarm.cluster.spec import RestartPolicy
 from p2pswarm.cluster.state import ClusterState
+from p2pswarm.membership.messages import LIVE
 from p2pswarm.scheduler import updates
 from p2pswarm.scheduler.placement import Demand, NodeInfo, plan
 
-UP = frozenset({"alive", "suspect"})
 GONE = frozenset({"dead", "left"})
 MAX_RESTART_TIMES = 64
 """Restart times a task remembers (older ones cannot matter to ``max_attempts`` beyond that)."""
@@ -66,7 +66,12 @@ class Reconciliation:
     """Per command, the service it decides about ('' for orphan reports, which must be applied first)."""
 
 
-def restart_decision(policy: RestartPolicy, task: Task, now: float) -> tuple[str, float | tuple[float, ...] | None]:
+RestartDecision = (tuple[Literal["now"], tuple[float, ...]] | tuple[Literal["wait"], float]
+                   | tuple[Literal["never"], None])
+"""What :func:`restart_decision` says, and what goes with it: the successor's restart times, the wake time, nothing."""
+
+
+def restart_decision(policy: RestartPolicy, task: Task, now: float) -> RestartDecision:
     """For a task that ended while meant to run: ``("now", restart times for its successor)``,
     ``("wait", when)`` or ``("never", None)``.  A task that went away without exiting (its node
     shut it down or died) is replaced at once and does not count as an attempt."""
@@ -117,7 +122,7 @@ class _Round:
         return f"rc.{self.term}.{self.state.applied}.{next(self._ids)}"
 
     def up(self, node: str | None) -> bool:
-        return node is not None and node in self.state.nodes and self.members.get(node) in UP
+        return node is not None and node in self.state.nodes and self.members.get(node) in LIVE
 
     def run(self) -> Reconciliation:
         self._orphan()
@@ -178,30 +183,32 @@ class _Round:
             if task.desired != "running" or task.state not in TERMINAL or key in live_keys or key in pending \
                     or key in ready or key in held:
                 continue
-            if svc.spec.mode == "replicated" and key > svc.spec.replicas:
+            # a replicated service's tasks have slots 1..n, so their slot key is that number
+            if svc.spec.mode == "replicated" and cast(int, key) > svc.spec.replicas:
                 stops.append((task.id, "scaled down"))
                 continue
-            verdict, detail = restart_decision(svc.spec.restart, task, self.now)
-            if verdict == "now":
-                ready[key] = (task, detail)
+            decision = restart_decision(svc.spec.restart, task, self.now)
+            if decision[0] == "now":
+                ready[key] = (task, decision[1])
             else:
                 held.add(key)
-                if verdict == "wait":
-                    self.wakes.append(detail)
+                if decision[0] == "wait":
+                    self.wakes.append(decision[1])
         return _ServiceRound(svc, live, pending, ready, held, stops)
 
     def _demand(self, r: _ServiceRound) -> Demand:
         spec = r.service.spec
         ordered = sorted(r.live, key=lambda t: (t.state != "running", t.slot, t.id))
+        placed = tuple((t.id, t.node) for t in ordered if t.node is not None)  # all of them: live tasks are placed
         if spec.mode == "global":
-            return Demand(spec, tuple((t.id, t.node) for t in ordered), hold=frozenset(r.held))
+            return Demand(spec, placed, hold=frozenset(r.held))
         want = spec.replicas - len(r.held)
         # Only a calm service is rebalanced: a move starts a task of the current spec, which must
         # not sneak a paused update forward or stir a service whose tasks keep failing.
         converged = (r.service.update_state not in updates.ACTIVE and not r.pending and not r.ready
                      and not r.held and len(r.live) == want
                      and all(t.state == "running" and not updates.outdated(r.service, t) for t in r.live))
-        return Demand(spec, tuple((t.id, t.node) for t in ordered), want, rebalance=spec.rebalance and converged)
+        return Demand(spec, placed, want, rebalance=spec.rebalance and converged)
 
     def _reserved(self, demands: list[Demand]) -> dict[str, tuple[float, int]]:
         """cpu and memory held by live tasks placement is not deciding about (start-first overlaps)."""

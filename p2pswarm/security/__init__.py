@@ -7,7 +7,7 @@ and entropy bytes are passed in by the driver):
 * :mod:`.pki`       the cluster CA (Ed25519), node certificates, trust bundles, CA rotation
                     with cross-signing, revocation lists, sealing secrets under the cluster key
 * :mod:`.tokens`    ``P2PS-1-<ca-digest>-<secret>`` join tokens and their rotation state
-* :mod:`.messages`  the join handshake's wire messages (kinds 64-68 of the reserved 64-79)
+* :mod:`.messages`  the join handshake's wire messages (kinds: :data:`p2pswarm.wire.KINDS`)
 * :mod:`.join`      the join handshake: the joiner's and the sponsor's side
 * :mod:`.admission` which CURVE keys the transport admits, and which key each address has
 

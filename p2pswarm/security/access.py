@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from p2pswarm.cluster.checks import cut_text, is_bytes, is_number
 from p2pswarm.security.pki import MAX_CERT_BYTES
 
 ROLES = ("read-only", "operator", "admin")
@@ -50,20 +51,8 @@ MAX_SEALED_KEY = 256
 OPS = ("client", "revoke", "audit", "api_ca")
 
 
-def _text(value: Any, hi: int = MAX_TEXT) -> str | None:
-    return value[:hi] if type(value) is str else None
-
-
 def _serial(value: Any) -> bool:
     return type(value) is str and 0 < len(value) <= 40 and all(c in "0123456789abcdef" for c in value)
-
-
-def _blob(value: Any, hi: int) -> bool:
-    return type(value) is bytes and 0 < len(value) <= hi
-
-
-def _number(value: Any) -> bool:
-    return type(value) in (int, float) and value == value
 
 
 class AccessRecord:
@@ -87,14 +76,14 @@ class AccessRecord:
         if op not in OPS:
             return False, f"unknown access command {str(op)[:20]!r}"
         if op == "client":
-            serial, name, role = cmd.get("serial"), _text(cmd.get("name"), 64), cmd.get("role")
-            if not _serial(serial) or not name or role not in ROLES or not _number(cmd.get("not_after")) \
-                    or not _number(cmd.get("issued_at")):
+            serial, name, role = cmd.get("serial"), cut_text(cmd.get("name"), 64), cmd.get("role")
+            if not _serial(serial) or not name or role not in ROLES or not is_number(cmd.get("not_after")) \
+                    or not is_number(cmd.get("issued_at")):
                 return False, "bad client certificate command"
             if serial not in self.clients and len(self.clients) >= MAX_CLIENTS:
                 return False, f"the cluster remembers at most {MAX_CLIENTS} client certificates; revoke unused ones"
             self.clients[serial] = {"serial": serial, "name": name, "role": role, "issued_at": cmd["issued_at"],
-                                    "not_after": cmd["not_after"], "by": _text(cmd.get("by")) or "-"}
+                                    "not_after": cmd["not_after"], "by": cut_text(cmd.get("by"), MAX_TEXT) or "-"}
         elif op == "revoke":
             serials = cmd.get("serials")
             if not isinstance(serials, list) or not serials or not all(_serial(s) for s in serials):
@@ -105,7 +94,8 @@ class AccessRecord:
             self.revoked |= new
         elif op == "api_ca":
             cert, sealed, generation = cmd.get("cert"), cmd.get("sealed"), cmd.get("generation")
-            if not _blob(cert, MAX_CERT_BYTES) or not _blob(sealed, MAX_SEALED_KEY) or type(generation) is not int:
+            if (not is_bytes(cert, MAX_CERT_BYTES) or not is_bytes(sealed, MAX_SEALED_KEY)
+                    or type(generation) is not int):
                 return False, "bad API CA command"
             if generation != self.api_generation + 1:
                 return False, f"the API CA changed meanwhile (generation {self.api_generation}); it is used as it is"
@@ -114,11 +104,12 @@ class AccessRecord:
             self.api_ca, self.sealed_api_key, self.api_generation = cert, sealed, generation
         else:
             entry = cmd.get("entry")
-            if not isinstance(entry, dict) or not _number(entry.get("at")):
+            if not isinstance(entry, dict) or not is_number(entry.get("at")):
                 return False, "bad audit command"
             self.audit_total += 1
             self.audit.append({"seq": self.audit_total, "at": entry["at"],
-                               **{k: _text(entry.get(k)) or "-" for k in ("who", "role", "node", "method", "path")},
+                               **{k: cut_text(entry.get(k), MAX_TEXT) or "-"
+                                  for k in ("who", "role", "node", "method", "path")},
                                "status": entry.get("status") if type(entry.get("status")) is int else 0})
         self.version += 1
         return True, ""
@@ -152,7 +143,7 @@ class AccessRecord:
             self.audit.extend(e for e in audit if isinstance(e, dict))
         self.audit_total = data["audit_total"] if type(data.get("audit_total")) is int else len(self.audit)
         cert, sealed, generation = data.get("api_ca"), data.get("sealed_api_key"), data.get("api_generation")
-        if _blob(cert, MAX_CERT_BYTES) and _blob(sealed, MAX_SEALED_KEY) and type(generation) is int:
+        if is_bytes(cert, MAX_CERT_BYTES) and is_bytes(sealed, MAX_SEALED_KEY) and type(generation) is int:
             self.api_ca, self.sealed_api_key, self.api_generation = cert, sealed, generation
         self.version = data["version"] if type(data.get("version")) is int else 1
 

@@ -30,8 +30,20 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from p2pswarm.security.errors import KeyFileError
-from p2pswarm.security.pki import (BACKDATE, CA_LIFETIME, DAY, KEY_ENTROPY, MAX_CERT_BYTES, RENEW_FRACTION, _dt,
-                                   _serial, _validity, cert_digest, seal, unseal)
+from p2pswarm.security.pki import (
+    BACKDATE,
+    CA_LIFETIME,
+    DAY,
+    KEY_ENTROPY,
+    MAX_CERT_BYTES,
+    RENEW_FRACTION,
+    _dt,
+    _serial,
+    _validity,
+    cert_digest,
+    seal,
+    unseal,
+)
 
 API_ORG = "p2pswarm api "
 """Prefix of the organisation of the API CA and of API server certificates; the cluster id follows."""

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from cryptography import x509
 
+from p2pswarm.node.statemachine import command_id
 from p2pswarm.security import access
 from p2pswarm.security.apica import ApiCA, issue_server, server_due
 from p2pswarm.security.errors import KeyFileError
@@ -90,7 +91,7 @@ class ApiCAHost:
               and driver.raft.role == "leader"):
             log.warning("re-sealing the API CA key under the current cluster key (it was rotated)")
             self.proposals.propose(driver, "reseal", access.api_ca_command(
-                f"access.apica.{secrets.token_hex(6)}", cert=self.ca.cert_der, generation=rec.api_generation + 1,
+                command_id("access", "apica"), cert=self.ca.cert_der, generation=rec.api_generation + 1,
                 sealed=self.ca.seal(self.security.cluster_key, self.entropy(NONCE_BYTES))))
         if self.serve:
             self._refresh_server(self.wall())
@@ -137,7 +138,7 @@ class ApiCAHost:
     def _create_command(self, rec: access.AccessRecord) -> dict:
         assert self.cluster_id is not None and self.security.cluster_key is not None
         ca = ApiCA.create(self.cluster_id, self.wall(), self.entropy(32), self.entropy(16))
-        return access.api_ca_command(f"access.apica.{secrets.token_hex(6)}", cert=ca.cert_der,
+        return access.api_ca_command(command_id("access", "apica"), cert=ca.cert_der,
                                      sealed=ca.seal(self.security.cluster_key, self.entropy(NONCE_BYTES)),
                                      generation=rec.api_generation + 1)
 

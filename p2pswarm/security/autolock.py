@@ -52,7 +52,7 @@ _DEK_CONTEXT = b"autolock-dek"
 _FILE_MAGIC = b"p2pswarm-sealed 1\n"
 """Prefix of a key file sealed under the data key."""
 KEY_FILES = ("curve.key", "cluster.key")
-"""The key files under ``security/`` sealed with autolock (:mod:`p2pswarm.security.host` writes them)."""
+"""The key files under ``security/`` sealed with autolock (:mod:`p2pswarm.security.keystore` writes them)."""
 
 WRONG_KEY = "wrong unlock key for this node's data (or the lock file is corrupt)"
 

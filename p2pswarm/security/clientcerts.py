@@ -65,9 +65,10 @@ def check_name(name: Any) -> str:
     return name
 
 
-def issue_client(ca: ApiCA, name: str, role: str, public_key: bytes, now: float, serial_entropy: bytes, *,
+def issue_client(ca: ApiCA, name: Any, role: Any, public_key: bytes, now: float, serial_entropy: bytes, *,
                  lifetime: float = CLIENT_CERT_LIFETIME) -> bytes:
-    """A client certificate (DER) for the 32-byte Ed25519 ``public_key``; ValueError (one line) for bad input."""
+    """A client certificate (DER) for the 32-byte Ed25519 ``public_key``; ValueError (one line) for bad input
+    (``name`` and ``role`` come from a request body as they are, and are checked here)."""
     check_name(name)
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {str(role)[:20]!r}")

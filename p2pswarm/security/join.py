@@ -42,10 +42,19 @@ from typing import Any, Callable
 from p2pswarm import wire
 from p2pswarm.security.errors import CertificateError, JoinError, KeyFileError, TokenError
 from p2pswarm.security.keys import CurveKeys
-from p2pswarm.security.messages import (DIGEST_BYTES, MAC_BYTES, NONCE_BYTES, REFUSAL_CODES, JoinGrant,
-                                        JoinRefused, JoinRequest, KeyReply, KeyRequest)
-from p2pswarm.security.pki import (NONCE_BYTES as SEAL_NONCE_BYTES, SERIAL_ENTROPY, CertAuthority, NodeIdentity,
-                                   RevocationList, TrustBundle, seal, unseal)
+from p2pswarm.security.messages import (
+    DIGEST_BYTES,
+    MAC_BYTES,
+    NONCE_BYTES,
+    REFUSAL_CODES,
+    JoinGrant,
+    JoinRefused,
+    JoinRequest,
+    KeyReply,
+    KeyRequest,
+)
+from p2pswarm.security.pki import NONCE_BYTES as SEAL_NONCE_BYTES
+from p2pswarm.security.pki import SERIAL_ENTROPY, CertAuthority, NodeIdentity, RevocationList, TrustBundle, seal, unseal
 from p2pswarm.security.tokens import JoinToken, TokenState
 
 PROTOCOL_MIN = 1

@@ -34,8 +34,7 @@ from p2pswarm.security.errors import JoinError
 from p2pswarm.security.join import SPONSOR_ENTROPY, Sponsor
 from p2pswarm.security.keys import CurveKeys, join_endpoint_keys
 from p2pswarm.transport.base import TransportError
-from p2pswarm.transport.zmq import (ZapHandler, _reason, format_addr, frame_key, parse_addr, secure_client,
-                                    secure_server)
+from p2pswarm.transport.zmq import ZapHandler, _reason, format_addr, frame_key, parse_addr, secure_client, secure_server
 
 log = logging.getLogger("p2pswarm.security")
 

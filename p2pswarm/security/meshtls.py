@@ -30,8 +30,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from p2pswarm.security.pki import (BACKDATE, NODE_CERT_LIFETIME, RENEW_FRACTION, CertAuthority, TrustBundle,
-                                   _dt, _serial, _validity, to_pem)
+from p2pswarm.security.pki import (
+    BACKDATE,
+    NODE_CERT_LIFETIME,
+    RENEW_FRACTION,
+    CertAuthority,
+    TrustBundle,
+    _dt,
+    _serial,
+    _validity,
+    to_pem,
+)
 
 MESH_ORG = "p2pswarm mesh "
 """Prefix of a mesh leaf's organisation; the cluster id follows."""

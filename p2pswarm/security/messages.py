@@ -1,4 +1,4 @@
-"""Wire messages of the join handshake (wire kinds 64-79).
+"""Wire messages of the join handshake (kinds: :data:`p2pswarm.wire.KINDS`).
 
 They travel only on the join endpoint (:mod:`.joinchannel`), a request/reply
 channel under CURVE; the node's gossip and Raft socket never accepts them.
@@ -10,8 +10,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from p2pswarm.wire import (MAX_ID_LEN, MAX_NAME_LEN, NODE_ID, Checker, WireError, WireStruct, blob, message,
-                           one_of, refine, seq, text, uint)
+from p2pswarm.wire import (
+    MAX_ID_LEN,
+    MAX_NAME_LEN,
+    NODE_ID,
+    Checker,
+    WireError,
+    WireStruct,
+    blob,
+    message,
+    one_of,
+    refine,
+    seq,
+    text,
+    uint,
+)
 
 MAX_CERT_BYTES = 4096
 """As :data:`p2pswarm.security.pki.MAX_CERT_BYTES` (kept here so the codec needs no crypto import)."""

@@ -31,6 +31,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from p2pswarm.cluster.checks import is_bytes, is_count, is_text
+from p2pswarm.wire import MAX_ID_LEN
+
 MAX_CERT = 4096
 MAX_BLOB = 64 * 1024
 MAX_CERTS = 10_000
@@ -42,21 +45,9 @@ TOKEN_CONTEXT = b"join-token"
 OPS = ("init", "tokens", "revocations", "cert", "ca", "rekey", "key_shares")
 
 
-def _blob(value: Any, hi: int = MAX_BLOB, lo: int = 1) -> bool:
-    return type(value) is bytes and lo <= len(value) <= hi
-
-
-def _node(value: Any) -> bool:
-    return type(value) is str and 0 < len(value) <= 64
-
-
-def _count(value: Any) -> bool:
-    return type(value) is int and value >= 0
-
-
 def _shares(value: Any) -> bool:
     return (isinstance(value, dict) and len(value) <= MAX_CERTS
-            and all(_node(k) and _blob(v, MAX_SHARE) for k, v in value.items()))
+            and all(is_text(k, MAX_ID_LEN) and is_bytes(v, MAX_SHARE) for k, v in value.items()))
 
 
 class SecurityRecord:
@@ -96,7 +87,7 @@ class SecurityRecord:
             return False, "the cluster's security record is not initialised yet; retry in a moment"
         if op == "tokens":
             sealed, generation = cmd.get("sealed"), cmd.get("generation")
-            if not _blob(sealed) or type(generation) is not int:
+            if not is_bytes(sealed, MAX_BLOB) or type(generation) is not int:
                 return False, "bad join-token command"
             if generation != self.token_generation + 1:
                 return False, (f"the join token changed meanwhile (generation {self.token_generation}); "
@@ -104,7 +95,8 @@ class SecurityRecord:
             self.tokens, self.token_generation = sealed, generation
         elif op == "ca":
             bundle, sealed, generation = cmd.get("bundle"), cmd.get("sealed_ca"), cmd.get("generation")
-            if not _blob(bundle) or (sealed is not None and not _blob(sealed)) or type(generation) is not int:
+            if (not is_bytes(bundle, MAX_BLOB) or (sealed is not None and not is_bytes(sealed, MAX_BLOB))
+                    or type(generation) is not int):
                 return False, "bad CA command"
             if generation != self.ca_generation + 1:
                 return False, (f"the cluster CA changed meanwhile (generation {self.ca_generation}); "
@@ -125,14 +117,14 @@ class SecurityRecord:
             self.key_shares.update(shares)
         elif op == "revocations":
             signed, version = cmd.get("signed"), cmd.get("version")
-            if not _blob(signed, 8 * 1024 * 1024) or not _count(version):
+            if not is_bytes(signed, 8 * 1024 * 1024) or not is_count(version):
                 return False, "bad revocation command"
             if version <= self.revocations_version:
                 return True, ""  # an older or equal list: the newer one stays (idempotent)
             self.revocations, self.revocations_version = signed, version
         else:  # cert
             node, cert = cmd.get("node"), cmd.get("cert")
-            if not _node(node) or not _blob(cert, MAX_CERT):
+            if not is_text(node, MAX_ID_LEN) or not is_bytes(cert, MAX_CERT):
                 return False, "bad certificate command"
             if node not in self.certs and len(self.certs) >= MAX_CERTS:
                 return False, f"the security record holds at most {MAX_CERTS} certificates"
@@ -146,8 +138,9 @@ class SecurityRecord:
         """A new cluster key (as shares), CA and token secret at once: each generation must be the next one."""
         bundle, sealed, tokens = cmd.get("bundle"), cmd.get("sealed_ca"), cmd.get("tokens")
         excluded, shares = cmd.get("excluded"), cmd.get("shares")
-        if (not _blob(bundle) or not _blob(sealed) or not _blob(tokens) or not _shares(shares)
-                or not isinstance(excluded, list) or len(excluded) > MAX_REKEYED or not all(map(_node, excluded))):
+        if (not all(is_bytes(b, MAX_BLOB) for b in (bundle, sealed, tokens)) or not _shares(shares)
+                or not isinstance(excluded, list) or len(excluded) > MAX_REKEYED
+                or not all(is_text(n, MAX_ID_LEN) for n in excluded)):
             return False, "bad rekey command"
         if (cmd.get("key_generation") != self.key_generation + 1 or cmd.get("ca_generation") != self.ca_generation + 1
                 or cmd.get("token_generation") != self.token_generation + 1):
@@ -164,10 +157,11 @@ class SecurityRecord:
                 (False, "the security record belongs to another cluster")
         cluster_id, certs = cmd.get("cluster_id"), cmd.get("certs", {})
         fields = (cmd.get("bundle"), cmd.get("sealed_ca"), cmd.get("tokens"))
-        if (not _node(cluster_id) or not all(_blob(f) for f in fields) or not isinstance(certs, dict)
-                or not all(_node(k) and _blob(v, MAX_CERT) for k, v in certs.items())
-                or not _count(cmd.get("token_generation")) or not _count(cmd.get("revocations_version"))
-                or not _blob(cmd.get("revocations"), MAX_BLOB, 0)):
+        if (not is_text(cluster_id, MAX_ID_LEN) or not all(is_bytes(f, MAX_BLOB) for f in fields)
+                or not isinstance(certs, dict)
+                or not all(is_text(k, MAX_ID_LEN) and is_bytes(v, MAX_CERT) for k, v in certs.items())
+                or not is_count(cmd.get("token_generation")) or not is_count(cmd.get("revocations_version"))
+                or not is_bytes(cmd.get("revocations"), MAX_BLOB, 0)):
             return False, "bad security init command"
         self.cluster_id = cluster_id
         self.bundle, self.sealed_ca, self.tokens = fields
@@ -175,11 +169,12 @@ class SecurityRecord:
         self.revocations, self.revocations_version = cmd["revocations"], cmd["revocations_version"]
         self.certs = dict(certs)
         generation = cmd.get("ca_generation", 0)
-        self.ca_generation = generation if _count(generation) else 0
+        self.ca_generation = generation if is_count(generation) else 0
         # a snapshot's rekey state (an init command never carries one)
         key_generation, shares = cmd.get("key_generation", 0), cmd.get("key_shares", {})
         rekeyed = cmd.get("rekeyed", [])
-        if _count(key_generation) and _shares(shares) and isinstance(rekeyed, list) and all(map(_node, rekeyed)):
+        if (is_count(key_generation) and _shares(shares) and isinstance(rekeyed, list)
+                and all(is_text(n, MAX_ID_LEN) for n in rekeyed)):
             self.key_generation, self.key_shares, self.rekeyed = key_generation, dict(shares), frozenset(rekeyed)
         self.version += 1
         return True, ""

@@ -32,8 +32,16 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from p2pswarm.security.errors import CertificateError, KeyFileError
 from p2pswarm.security.keys import CurveKeys
-from p2pswarm.security.pki import (KEK_BYTES, NONCE_BYTES, CertAuthority, TrustBundle, read_node_certificate, rotate_ca,
-                                   seal, unseal)
+from p2pswarm.security.pki import (
+    KEK_BYTES,
+    NONCE_BYTES,
+    CertAuthority,
+    TrustBundle,
+    read_node_certificate,
+    rotate_ca,
+    seal,
+    unseal,
+)
 from p2pswarm.security.record import TOKEN_CONTEXT
 from p2pswarm.security.tokens import TokenState
 

@@ -24,9 +24,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from p2pswarm.consensus.facts import stored_cluster_id
 from p2pswarm.consensus.storage import FileStorage, StorageError
 from p2pswarm.node.datadir import DataDir, fsync_dirs
-from p2pswarm.consensus.facts import stored_cluster_id
 from p2pswarm.security import autolock
 from p2pswarm.security.errors import KeyFileError
 

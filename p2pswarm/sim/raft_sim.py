@@ -34,7 +34,7 @@ from typing import Any, Callable
 from p2pswarm.consensus.config import RaftConfig
 from p2pswarm.consensus.kv import KVStore, encode_command
 from p2pswarm.consensus.log import LogError
-from p2pswarm.consensus.raft import LEADER, NotLeader, Raft, RaftError
+from p2pswarm.consensus.raft import LEADER, NotLeader, Raft, RaftError, quorum_size
 from p2pswarm.consensus.storage import MemoryStorage
 from p2pswarm.sim.engine import EventHeap
 from p2pswarm.sim.linearizability import Op, check_history
@@ -460,7 +460,7 @@ class _World:
     def _can_crash(self) -> bool:
         members = self._members()
         down = sum(1 for n in members if not n.up)
-        return down + 1 <= (len(members) - 1) // 2
+        return down + 1 <= len(members) - quorum_size(len(members))
 
     def _crash_for(self, node: _Node) -> None:
         self.faults["crash"] += 1
@@ -488,7 +488,7 @@ class _World:
     def _fault_power_loss(self) -> None:
         """A correlated failure: a majority loses power at once (only fsynced data survives)."""
         members = [n for n in self._members() if n.up]
-        victims = self.rng.sample(members, min(len(members), len(self._members()) // 2 + 1))
+        victims = self.rng.sample(members, min(len(members), quorum_size(len(self._members()))))
         self.faults["power_loss"] += 1
         for node in victims:
             self._crash_for(node)

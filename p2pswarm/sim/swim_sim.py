@@ -46,9 +46,9 @@ from array import array
 from dataclasses import dataclass, replace
 
 from p2pswarm import wire
-from p2pswarm.membership.config import preset as load_preset
 from p2pswarm.membership.messages import MemberState, Meta, PushPull
 from p2pswarm.membership.swim import DEAD, LEFT, SUSPECT, Swim
+from p2pswarm.node.presets import preset as load_preset
 from p2pswarm.sim.engine import EventHeap
 from p2pswarm.sim.network import NetworkModel, SimNetwork
 from p2pswarm.sim.stats import percentile as _percentile
@@ -102,7 +102,7 @@ class SwimSimulation:
     def __init__(self, sc: SwimScenario) -> None:
         self.sc = sc
         self.rng = random.Random(sc.seed)
-        config = load_preset(sc.preset).with_changes(lifeguard=sc.lifeguard)
+        config = load_preset(sc.preset).membership.with_changes(lifeguard=sc.lifeguard)
         if not sc.push_pull:
             config = config.with_changes(push_pull_interval=float("inf"))
         self.config = config

@@ -30,6 +30,18 @@ class Transport(Protocol):
     async def recv(self) -> bytes:
         """Wait for the next incoming message."""
 
+    async def recv_with_key(self) -> tuple[bytes, bytes | None]:
+        """The next message and the CURVE key it came from (None without CURVE): what the node's loop reads,
+        so that it can bind a message to its sender's certificate."""
+
+    def drop_refused(self) -> int:
+        """Close the channels whose CURVE handshake a peer refused, so that the next send reconnects; how many
+        (always 0 without CURVE)."""
+
+    @property
+    def curve_public(self) -> bytes | None:
+        """This transport's CURVE public key (None without CURVE)."""
+
     def stats(self) -> dict[str, int]:
         """Counters: sent, send_dropped, received, and implementation specifics."""
 

@@ -159,12 +159,8 @@ class FaultyTransport:
 
     async def recv_with_key(self) -> tuple[bytes, bytes | None]:
         """The next message that survives the faults, and the CURVE key it came from (None without CURVE)."""
-        inner = getattr(self._inner, "recv_with_key", None)
         while True:
-            if inner is not None:
-                data, key = await inner()
-            else:
-                data, key = await self._inner.recv(), None
+            data, key = await self._inner.recv_with_key()
             if self._isolated or self._lost():
                 self._counts["fault_dropped_in"] += 1
                 continue
@@ -172,13 +168,12 @@ class FaultyTransport:
 
     def drop_refused(self) -> int:
         """See :meth:`p2pswarm.transport.zmq.ZmqTransport.drop_refused` (0 for other transports)."""
-        inner = getattr(self._inner, "drop_refused", None)
-        return inner() if inner is not None else 0
+        return self._inner.drop_refused()
 
     @property
     def curve_public(self) -> bytes | None:
         """The inner transport's CURVE public key (None without CURVE)."""
-        return getattr(self._inner, "curve_public", None)
+        return self._inner.curve_public
 
     def stats(self) -> dict[str, int]:
         return {**self._inner.stats(), **self._counts}

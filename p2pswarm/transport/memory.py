@@ -114,6 +114,19 @@ class MemoryTransport:
         self._counts["received"] += 1
         return item  # type: ignore[return-value]
 
+    async def recv_with_key(self) -> tuple[bytes, bytes | None]:
+        """The next message; no CURVE here, so no key."""
+        return await self.recv(), None
+
+    def drop_refused(self) -> int:
+        """Nothing is ever refused without CURVE."""
+        return 0
+
+    @property
+    def curve_public(self) -> bytes | None:
+        """No CURVE here."""
+        return None
+
     def stats(self) -> dict[str, int]:
         return dict(self._counts)
 

@@ -22,20 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import ipaddress
 import logging
 import os
-import re
 import socket
 import sys
 import time
-
 from typing import Callable
 
 import zmq
 import zmq.asyncio
 
 from p2pswarm.security.keys import CurveKeys
+from p2pswarm.transport.addr import format_addr, parse_addr
 from p2pswarm.transport.base import TransportError
 from p2pswarm.wire import MAX_MESSAGE_BYTES
 
@@ -56,11 +56,6 @@ KEEPALIVE_INTVL_S = 10
 KEEPALIVE_CNT = 3
 """TCP keepalive as a second line of defence: dead after 30 + 3 x 10 s of silence."""
 
-_PORT_RE = re.compile(r"[0-9]{1,5}")
-_IPV4ISH_RE = re.compile(r"[0-9.]+")
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-_MAX_ADDR_LEN = 300
 REFUSED_RETRY_S = 1.0
 """After a peer refused our key at the handshake, a new connection is tried at most this often."""
 CURVE_OVERHEAD = 256
@@ -70,50 +65,16 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"p2pswarm"
 
 
-def parse_addr(addr: object, *, allow_port_zero: bool = False) -> tuple[str, int] | None:
-    """Split ``host:port`` (IPv4, ``[IPv6]`` or a DNS name) or return None.
-
-    Addresses come from peers' gossip, so this never raises: a malformed one
-    is the caller's to count and drop.
-    """
-    if not isinstance(addr, str) or len(addr) > _MAX_ADDR_LEN:
-        return None
-    host, sep, port_s = addr.rpartition(":")
-    if not sep or not _PORT_RE.fullmatch(port_s):
-        return None
-    port = int(port_s)
-    if port > 65535 or (port == 0 and not allow_port_zero):
-        return None
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            return None
-        return host[1:-1], port
-    if _IPV4ISH_RE.fullmatch(host):
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            return None
-        return host, port
-    if len(host) <= 253 and _HOSTNAME_RE.fullmatch(host):
-        return host, port
-    return None
-
-
-def format_addr(host: str, port: int) -> str:
-    """Inverse of parse_addr: IPv6 hosts get their brackets back."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _reason(err: zmq.ZMQError) -> str:
     """A short lower-case reason without pyzmq's appended endpoint."""
     if err.errno == zmq.EADDRINUSE:
         return "address already in use; stop the other process or choose another port"
     if err.errno == zmq.EADDRNOTAVAIL:
         return "address not available on this host; use one of its own addresses"
-    if err.errno == zmq.ENODEV:
+    if err.errno == errno.ENODEV:  # (pyzmq has no zmq.ENODEV; libzmq passes the system's code)
         return "no such interface or address on this host"
+    if err.errno is None:
+        return str(err).splitlines()[0]
     try:
         return os.strerror(err.errno).lower()
     except (ValueError, OverflowError):
@@ -189,8 +150,8 @@ def secure_client(sock: zmq.Socket, keys: CurveKeys, server_key: bytes) -> None:
 def frame_key(frame: zmq.Frame) -> bytes | None:
     """The CURVE key a received frame came from (our ZAP handler's User-Id), or None."""
     try:
-        user = frame.get("User-Id")
-        return bytes.fromhex(user) if user else None
+        user = frame.get("User-Id")  # a str for this property
+        return bytes.fromhex(user) if isinstance(user, str) and user else None
     except (zmq.ZMQError, ValueError, TypeError):
         return None
 
@@ -221,7 +182,7 @@ class _Peer:
         mon = self.monitors.get(bulk)
         failed = False
         try:
-            while mon is not None and mon.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            while mon is not None and int(mon.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 event = mon.recv_multipart(zmq.NOBLOCK)[0]
                 if int.from_bytes(event[:2], sys.byteorder) & _REFUSED_EVENTS:
                     failed = True
@@ -332,7 +293,7 @@ class ZmqTransport:
             ctx.term()
             raise TransportError(f"cannot bind {self._bind}: {_reason(err)}") from None
         self._ctx, self._pull = ctx, pull
-        real_port = int(pull.getsockopt(zmq.LAST_ENDPOINT).decode().rpartition(":")[2])
+        real_port = int(pull.getsockopt_string(zmq.LAST_ENDPOINT).rpartition(":")[2])
         if adv is not None:
             self._local_addr = format_addr(adv[0], adv[1] or real_port)
         else:
@@ -421,7 +382,7 @@ class ZmqTransport:
         # after the last one can look full.  Reading ZMQ_EVENTS processes
         # them now; retry once if that freed room.
         try:
-            if sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+            if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLOUT:
                 sock.send(data, zmq.NOBLOCK, copy=False)
                 return True
         except zmq.ZMQError:
@@ -456,6 +417,7 @@ class ZmqTransport:
         if self._curve is not None and time.monotonic() < peer.retry_at:
             return None  # refused recently (see _replace_refused): do not hammer the peer
         host, port = parse_addr(addr)  # type: ignore[misc]  # validated when the peer was added
+        assert self._ctx is not None, "send() checked that the transport is started"
         sock = zmq.Socket(self._ctx, zmq.PUSH)
         self._tune(sock)
         sock.setsockopt(zmq.SNDHWM, self._bulk_hwm if bulk else self._probe_hwm)
@@ -485,6 +447,7 @@ class ZmqTransport:
         self._monitors_made += 1
         endpoint = f"inproc://p2pswarm-monitor-{id(self)}-{self._monitors_made}"
         sock.monitor(endpoint, _REFUSED_EVENTS)
+        assert self._ctx is not None, "only called for a socket of the started transport"
         mon = zmq.Socket(self._ctx, zmq.PAIR)
         mon.setsockopt(zmq.LINGER, 0)
         mon.connect(endpoint)
@@ -587,8 +550,10 @@ class ZmqTransport:
 
     def _frame_key(self, frame: zmq.Frame) -> bytes | None:
         try:
-            user = frame.get("User-Id")
+            user = frame.get("User-Id")  # a str for this property
         except zmq.ZMQError:
+            return None
+        if not isinstance(user, str):
             return None
         key = self._user_keys.get(user)
         if key is None:

@@ -83,7 +83,8 @@ def commands(draw):
 
 
 SETUP = [cmd.update_node(f"setup{i}", 0.0, node, labels={"zone": "ab"[i % 2]}) for i, node in
-         enumerate(["n1", "n2", "n3"])] + [cmd.create_service(f"setup-{name}", 0.0, ServiceSpec(name, "srv", replicas=3))
+         enumerate(["n1", "n2", "n3"])] + [cmd.create_service(f"setup-{name}", 0.0,
+                                                               ServiceSpec(name, "srv", replicas=3))
                                            for name in "ab"]
 """Every log starts from a small cluster, so that random decisions often hit real objects."""
 

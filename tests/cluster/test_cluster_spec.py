@@ -5,8 +5,18 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from p2pswarm.cluster.spec import (Constraint, HealthCheck, PortSpec, RestartPolicy, ServiceSpec, SpecError,
-                                   UpdateConfig, parse_duration, parse_memory, parse_port)
+from p2pswarm.cluster.spec import (
+    Constraint,
+    HealthCheck,
+    PortSpec,
+    RestartPolicy,
+    ServiceSpec,
+    SpecError,
+    UpdateConfig,
+    parse_duration,
+    parse_memory,
+    parse_port,
+)
 
 
 def full_spec() -> ServiceSpec:

@@ -31,7 +31,8 @@ class Log:
         return [self.term, self.state.applied]
 
     def place(self, service: str, slot: int, node: str | None, version: int = 1, **kw) -> Result:
-        return self(cmd.assign_tasks(self.cid(), 1.0, self.basis(), [cmd.placement(service, version, slot, node, **kw)]))
+        placement = cmd.placement(service, version, slot, node, **kw)
+        return self(cmd.assign_tasks(self.cid(), 1.0, self.basis(), [placement]))
 
 
 @pytest.fixture

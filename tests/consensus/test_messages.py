@@ -3,9 +3,21 @@
 import msgpack
 import pytest
 
-from p2pswarm.consensus.messages import (MAX_ENTRIES, RAFT_MESSAGES, AppendEntries, AppendResp,
-                                         ConfChange, ConfState, Entry, InstallSnapshot, Propose,
-                                         RequestVote, SnapshotResp, decode_conf, encode_conf)
+from p2pswarm.consensus.messages import (
+    MAX_ENTRIES,
+    RAFT_MESSAGES,
+    AppendEntries,
+    AppendResp,
+    ConfChange,
+    ConfState,
+    Entry,
+    InstallSnapshot,
+    Propose,
+    RequestVote,
+    SnapshotResp,
+    decode_conf,
+    encode_conf,
+)
 from p2pswarm.wire import PROTOCOL_VERSION, WireError, decode, encode
 
 

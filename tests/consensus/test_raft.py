@@ -5,8 +5,7 @@ import dataclasses
 import pytest
 
 from p2pswarm.consensus.messages import AppendEntries, Heartbeat, InstallSnapshot, RequestVote, TimeoutNow
-from p2pswarm.consensus.raft import (CANDIDATE, FOLLOWER, LEADER, PRE_CANDIDATE, ConfChangeRejected,
-                                     NotLeader, Raft)
+from p2pswarm.consensus.raft import CANDIDATE, FOLLOWER, LEADER, PRE_CANDIDATE, ConfChangeRejected, NotLeader, Raft
 
 from .harness import CFG, Cluster
 

@@ -5,10 +5,9 @@ import random
 import msgpack
 import pytest
 
-from p2pswarm.consensus.messages import (MAX_SNAPSHOT_BYTES, MAX_SNAPSHOT_CHUNK, ConfState, InstallSnapshot,
-                                         SnapshotResp)
-from p2pswarm.consensus.raft import Raft
 from p2pswarm.consensus.driver import _impossible
+from p2pswarm.consensus.messages import MAX_SNAPSHOT_BYTES, MAX_SNAPSHOT_CHUNK, ConfState, InstallSnapshot, SnapshotResp
+from p2pswarm.consensus.raft import Raft
 from p2pswarm.wire import PROTOCOL_VERSION, WireError, decode, encode
 
 from .harness import CFG, Cluster

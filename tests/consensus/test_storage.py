@@ -8,8 +8,7 @@ import pytest
 from p2pswarm.consensus import storage as storage_mod
 from p2pswarm.consensus.messages import ConfState, Entry, Snapshot
 from p2pswarm.consensus.raft import HardState
-from p2pswarm.consensus.storage import (ClusterMismatchError, CorruptLogError, FileStorage,
-                                        MemoryStorage, StorageError)
+from p2pswarm.consensus.storage import ClusterMismatchError, CorruptLogError, FileStorage, MemoryStorage, StorageError
 
 
 def entries(lo, hi, term=1):
@@ -179,8 +178,8 @@ def test_memory_storage_crash_loses_only_unsynced_writes():
 def test_a_raft_core_restarts_from_file_storage(tmp_path):
     import random
 
-    from p2pswarm.consensus.config import preset
     from p2pswarm.consensus.raft import LEADER, Raft
+    from p2pswarm.node.presets import preset
 
     def drive(node, st):
         while node.has_ready():
@@ -189,7 +188,7 @@ def test_a_raft_core_restarts_from_file_storage(tmp_path):
             node.advance(rd)
 
     st = FileStorage(str(tmp_path), "c1")
-    node = Raft("solo", preset("test"), random.Random(1), 0.0, bootstrap=("solo",))
+    node = Raft("solo", preset("test").raft, random.Random(1), 0.0, bootstrap=("solo",))
     drive(node, st)
     node.tick(10.0)
     drive(node, st)
@@ -205,7 +204,7 @@ def test_a_raft_core_restarts_from_file_storage(tmp_path):
     st.close()
     st = FileStorage(str(tmp_path), "c1")
     got = st.load()
-    again = Raft("solo", preset("test"), random.Random(2), 20.0, hard_state=got.hard_state,
+    again = Raft("solo", preset("test").raft, random.Random(2), 20.0, hard_state=got.hard_state,
                  snapshot=got.snapshot, entries=tuple(got.entries), bootstrap=("solo",))
     assert (again.term, again.vote, again.log.committed, again.log.last_index(),
             again.log.snap_index) == before

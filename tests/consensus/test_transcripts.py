@@ -7,12 +7,12 @@ every queued message, printing each), ``propose ID TEXT``, ``read ID N``, ``isol
 change (and review the diff).
 """
 
-import os
 import pathlib
 
 import pytest
 
 from p2pswarm.consensus.messages import Entry
+from p2pswarm.testing import transcript
 
 from .harness import Cluster
 
@@ -77,9 +77,4 @@ def run_script(lines):
 
 @pytest.mark.parametrize("path", sorted(HERE.glob("*.txt")), ids=lambda p: p.stem)
 def test_transcript(path):
-    script, _, expected = path.read_text().partition("----\n")
-    got = run_script([l for l in script.splitlines() if l.strip() and not l.startswith("#")])
-    if os.environ.get("REGENERATE"):
-        path.write_text(script + "----\n" + "\n".join(got) + "\n")
-        return
-    assert "\n".join(got) == expected.rstrip("\n")
+    transcript.check(path, run_script)

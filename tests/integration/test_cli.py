@@ -9,9 +9,8 @@ import socket
 
 import pytest
 
-from p2pswarm.testing.localcluster import free_host, free_port, wait_until
-
 from p2pswarm.cli.node_cmds import pid_alive
+from p2pswarm.testing.localcluster import free_host, free_port, wait_until
 
 
 def assert_one_line_error(result, code: int, *needles: str) -> str:

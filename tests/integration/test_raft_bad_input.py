@@ -12,9 +12,9 @@ import pytest
 from p2pswarm import wire
 from p2pswarm.api.client import ApiClient, ApiError
 from p2pswarm.consensus import storage as storage_mod
+from p2pswarm.consensus.driver import RaftUnavailable
 from p2pswarm.consensus.messages import AppendEntries, Entry, Heartbeat, RequestVote
 from p2pswarm.node.daemon import Node, NodeOptions
-from p2pswarm.consensus.driver import RaftUnavailable
 from p2pswarm.transport.memory import MemoryNetwork, MemoryTransport
 
 pytestmark = pytest.mark.timeout(60)

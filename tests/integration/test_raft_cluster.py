@@ -6,8 +6,17 @@ import json
 import os
 
 from p2pswarm.testing.localcluster import wait_until
-from p2pswarm.testing.raftcluster import (cluster_status, crash_and_restart, get, leader, lost_writes, put, roles,
-                                          try_put, voters)
+from p2pswarm.testing.raftcluster import (
+    cluster_status,
+    crash_and_restart,
+    get,
+    leader,
+    lost_writes,
+    put,
+    roles,
+    try_put,
+    voters,
+)
 
 RESTART_ROUNDS = int(os.environ.get("P2PSWARM_RAFT_RESTART_ROUNDS", "5"))
 """Whole-cluster kill -9 + restart rounds in test (c); bench_raft.py runs 20."""

@@ -6,13 +6,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from p2pswarm.api.routes import MAX_VALUE_LEN
-from p2pswarm.consensus.driver import PRESETS
+from p2pswarm.node.presets import PRESETS
 from p2pswarm.testing.localcluster import wait_until
 from p2pswarm.testing.raftcluster import cluster_status, get, put
 
 STATE_BYTES = 50 * 1000 * 1000
 VALUES = -(-STATE_BYTES // MAX_VALUE_LEN)  # the largest values the API takes, enough of them for 50 MB
-SNAPSHOT_EVERY = PRESETS["test"].snapshot_every
+SNAPSHOT_EVERY = PRESETS["test"].raft_driver.snapshot_every
 
 
 def value(k: int) -> str:

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from p2pswarm import wire
-from p2pswarm.membership.config import SwimConfig, preset
+from p2pswarm.membership.config import SwimConfig
 from p2pswarm.membership.messages import MemberState, Meta
 from p2pswarm.membership.swim import MemberEvent, Swim
+from p2pswarm.node.presets import preset
 
-TEST = preset("test")
+TEST = preset("test").membership
 
 
 def addr_of(node: str) -> str:

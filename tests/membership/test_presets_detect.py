@@ -3,12 +3,12 @@
 import pytest
 from swimnet import SwimNet
 
-from p2pswarm.membership.config import PRESETS, preset
+from p2pswarm.node.presets import PRESETS, preset
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_a_crashed_member_is_declared_dead_under_every_preset(name):
-    config = preset(name)
+    config = preset(name).membership
     net = SwimNet(seed=1, config=config)
     net.cluster("abcde")
     net.run(5 * config.probe_interval)

@@ -15,8 +15,20 @@ from hypothesis import strategies as st
 from swimnet import TEST, addr_of
 
 from p2pswarm import wire
-from p2pswarm.membership.messages import (Ack, Alive, Dead, Gossip, MemberState, Meta, Nack, Ping, PingReq,
-                                          PushPull, Record, Suspect)
+from p2pswarm.membership.messages import (
+    Ack,
+    Alive,
+    Dead,
+    Gossip,
+    MemberState,
+    Meta,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    Record,
+    Suspect,
+)
 from p2pswarm.membership.swim import Swim
 
 PEERS = ("b", "c", "d", "e")

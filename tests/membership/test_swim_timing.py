@@ -21,11 +21,12 @@ import random
 import pytest
 from swimnet import addr_of
 
-from p2pswarm.membership.config import PRESETS, SwimConfig, preset
+from p2pswarm.membership.config import SwimConfig
 from p2pswarm.membership.messages import Ack, Alive, Gossip, MemberState, Meta, Ping, Record, Suspect
 from p2pswarm.membership.news import NewsQueue
 from p2pswarm.membership.suspicion import Suspicion
 from p2pswarm.membership.swim import Swim
+from p2pswarm.node.presets import PRESETS, preset
 from p2pswarm.wire import encoded_size
 
 C2 = 1.2225562489182655  # 3.6 − 3.0 × ln 3 / ln 4
@@ -157,8 +158,8 @@ def test_push_pull_period():
 
 @pytest.mark.parametrize("name", ["lan", "wan", "local", "test"])
 def test_presets_are_sane(name):
-    c = preset(name)
-    assert c is PRESETS[name] and isinstance(c, SwimConfig)
+    c = preset(name).membership
+    assert c is PRESETS[name].membership and isinstance(c, SwimConfig)
     assert 0 < c.probe_timeout < c.probe_interval
     assert c.suspicion_bounds(5)[0] >= c.probe_interval
     assert c.indirect_checks >= 1 and c.gossip_fanout >= 1 and c.retransmit_limit(1) >= 1

@@ -8,8 +8,9 @@ import os
 import time
 from types import SimpleNamespace
 
+from p2pswarm.consensus.facts import new_cluster_id
 from p2pswarm.mesh.host import SAVED_MAX_AGE, SAVED_TABLE, WARM_LIMIT, MeshHost
-from p2pswarm.consensus.facts import Facts, new_cluster_id
+from p2pswarm.node.record import GossipRecord, MeshFacts, RaftFacts, TaskDigest, encode_record
 
 
 class FakePlane:
@@ -44,14 +45,15 @@ class FakeSwim:
 
 def peer_with_replica(port=8080):
     digest = [1, {"t2": {"s": "running", "v": 1, "p": 21002, "n": "web", "m": [[port, 21002, False]]}}]
-    facts = Facts(new_cluster_id(), "voter", 1, (1, digest[1]), (7948, ()))
-    return SimpleNamespace(node="b", addr="127.0.0.12:7946", status="alive", record=facts.encode(), record_version=1,
+    record = encode_record([RaftFacts(new_cluster_id(), "voter", 1), TaskDigest(1, digest[1]), MeshFacts(7948)])
+    return SimpleNamespace(node="b", addr="127.0.0.12:7946", status="alive", record=record, record_version=1,
                            rtt=0.001, meta=SimpleNamespace(name="node-b"))
 
 
 def host(tmp_path, swim, plane):
     return MeshHost("a", swim, SimpleNamespace(local_addr=swim.me.addr), None, relay_port=7948,
-                    unreachable=lambda: (), data_plane_factory=lambda: plane, state_dir=tmp_path)
+                    unreachable=lambda: (), data_plane_factory=lambda: plane, state_dir=tmp_path,
+                    record=GossipRecord())
 
 
 def run_steps(mesh, times):

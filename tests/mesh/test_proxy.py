@@ -17,7 +17,8 @@ import pytest
 from meshtest import LOOPS, arun, eventually, free_port
 
 from p2pswarm.mesh import proxyproto
-from p2pswarm.mesh.proxy import Mesh, parse_table, TableError
+from p2pswarm.mesh.proxy import Mesh
+from p2pswarm.mesh.tablecheck import TableError, parse_table
 
 MESH_A = "127.0.7.1"
 MESH_B = "127.0.7.2"
@@ -139,7 +140,8 @@ def test_local_replica_first_then_balanced() -> None:
         far2 = await Backend("far2", BACK_2).start()
         mesh = Mesh()
         port = free_port(MESH_A)
-        await mesh.apply(table(MESH_A, {port: [backend("t-far1", far1, rtt=0.001), backend("t-local", local, local=True),
+        await mesh.apply(table(MESH_A, {port: [backend("t-far1", far1, rtt=0.001),
+                                               backend("t-local", local, local=True),
                                                backend("t-far2", far2, rtt=0.001)]}))
         assert {await who(MESH_A, port) for _ in range(20)} == {"local"}
         # without the local replica, open connections spread over the remote ones
@@ -161,7 +163,8 @@ def test_refused_connect_is_retried_transparently() -> None:
         dead = f"{BACK_1}:{free_port(BACK_1)}"  # nothing listens there: connect is refused
         mesh = Mesh()
         port = free_port(MESH_A)
-        await mesh.apply(table(MESH_A, {port: [backend("t-dead", dead, local=True), backend("t-alive", alive, rtt=0.001)]}))
+        await mesh.apply(table(MESH_A, {port: [backend("t-dead", dead, local=True),
+                                               backend("t-alive", alive, rtt=0.001)]}))
         names = [await who(MESH_A, port) for _ in range(20)]
         assert names == ["alive"] * 20  # no client saw an error
         c = mesh.status()["total"]
@@ -460,7 +463,8 @@ def test_removed_backend_drains_and_removed_port_stops_listening() -> None:
         new = await Backend("new", BACK_2).start()
         mesh = Mesh()
         port, port2 = free_port(MESH_A), free_port(MESH_A)
-        await mesh.apply(table(MESH_A, {port: [backend("t-old", old, local=True)], port2: [backend("t-old", old, local=True)]}))
+        await mesh.apply(table(MESH_A, {port: [backend("t-old", old, local=True)],
+                                        port2: [backend("t-old", old, local=True)]}))
         name, r, w = await hello(MESH_A, port)
         assert name == "old"
         await mesh.apply(table(MESH_A, {port: [backend("t-new", new, local=True)]}, version=2,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pswarm.mesh import proxyproto
 from p2pswarm.mesh.proxyproto import ProxyHeader, ProxyProtocolError, encode, parse

@@ -1,4 +1,4 @@
-"""The bulk path of the data plane (p2pswarm.mesh.proxy): ThreadedSplicer and its fallback.
+"""The bulk path of the data plane (p2pswarm.mesh.splice): ThreadedSplicer and its fallback.
 
 A connection that streams is handed to a splicer; at most ``bulk_threads`` connections get
 a thread per direction (blocking os.splice), the others are spliced on the event loop. Both
@@ -18,10 +18,10 @@ from typing import Awaitable, Callable
 import pytest
 from meshtest import LOOPS, arun, eventually, free_port
 
-from p2pswarm.mesh import proxy, proxyproto
+from p2pswarm.mesh import proxyproto, splice
 from p2pswarm.mesh.proxy import Mesh
 
-pytestmark = pytest.mark.skipif(not proxy.HAVE_SPLICE, reason="needs os.splice (Linux)")
+pytestmark = pytest.mark.skipif(not splice.HAVE_SPLICE, reason="needs os.splice (Linux)")
 
 MESH = "127.0.7.3"
 BACK = "127.0.7.13"

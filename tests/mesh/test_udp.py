@@ -19,8 +19,8 @@ from p2pswarm.agent.core import _mesh_entries
 from p2pswarm.cluster.spec import PortSpec
 from p2pswarm.mesh.control import DataPlane
 from p2pswarm.mesh.table import Peer, build
+from p2pswarm.mesh.tablecheck import TableError
 from p2pswarm.mesh.udp import UdpMesh, parse_udp
-from p2pswarm.mesh.proxy import TableError
 
 HOST = "127.0.0.1"
 

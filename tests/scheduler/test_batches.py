@@ -11,8 +11,8 @@ from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.spec import ServiceSpec
 from p2pswarm.cluster.state import ClusterState, Result
 from p2pswarm.consensus.messages import MAX_ENTRY_BYTES
-from p2pswarm.scheduler.reconcile import MAX_PENDING, reconcile
 from p2pswarm.node.statemachine import encode_cluster
+from p2pswarm.scheduler.reconcile import MAX_PENDING, reconcile
 
 
 def ids():

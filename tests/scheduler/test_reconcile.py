@@ -125,7 +125,8 @@ def test_unplaceable_tasks_say_why_until_a_node_fits():
     box.create(web(replicas=2, constraints=["node.labels.zone==c"]))
     box.settle(2)
     rows = box.state.service_ps("web")
-    assert [(r["state"], r["node"], r["error"]) for r in rows] == [("new", None, "no node satisfies node.labels.zone==c")] * 2
+    wanted = [("new", None, "no node satisfies node.labels.zone==c")] * 2
+    assert [(r["state"], r["node"], r["error"]) for r in rows] == wanted
     pending = {r["id"] for r in rows}
     box.add_node("n3", {"zone": "c"})
     box.settle(2)

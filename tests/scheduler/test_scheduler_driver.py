@@ -11,7 +11,7 @@ from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.spec import ServiceSpec
 from p2pswarm.cluster.state import ClusterState, Result
 from p2pswarm.consensus.raft import LEADER
-from p2pswarm.consensus.facts import Facts
+from p2pswarm.node.record import RaftFacts, encode_record
 from p2pswarm.scheduler.driver import SchedulerConfig, SchedulerDriver
 
 CONFIG = SchedulerConfig(interval=0.01, resync=5.0, backoff=1.0, backoff_max=4.0)
@@ -50,8 +50,8 @@ def setup():
     asyncio.run(leader.write_cluster(cmd.update_node("n", 1.0, "node-a", name="a")))
     for name in ("bad", "good"):
         asyncio.run(leader.write_cluster(cmd.create_service(f"c.{name}", 1.0, ServiceSpec(name, "srv", replicas=2))))
-    member = SimpleNamespace(node="node-a", status="alive", record=Facts("c1", "leader", 1).encode(), record_version=1,
-                             meta=SimpleNamespace(name="a", labels=(), capacity=()))
+    member = SimpleNamespace(node="node-a", status="alive", record=encode_record([RaftFacts("c1", "leader", 1)]),
+                             record_version=1, meta=SimpleNamespace(name="a", labels=(), capacity=()))
     clock = [0.0]
     sched = SchedulerDriver(SimpleNamespace(driver=leader), SimpleNamespace(members=lambda: [member]), CONFIG,
                             wall=lambda: 1000.0 + clock[0], clock=lambda: clock[0])

@@ -8,9 +8,9 @@ import sys
 
 import msgpack
 
+from p2pswarm.node.statemachine import StateMachines, encode_access
 from p2pswarm.security import access
 from p2pswarm.security.access import AccessRecord
-from p2pswarm.node.statemachine import StateMachines, encode_access
 from p2pswarm.testing.localcluster import REPO, cli_env
 
 

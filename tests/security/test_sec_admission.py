@@ -12,8 +12,14 @@ from secworld import NOW, World
 
 from p2pswarm.security.admission import Admission
 from p2pswarm.security.errors import CertificateError, KeyFileError
-from p2pswarm.security.keys import (CurveKeys, format_key_file, join_endpoint_keys, parse_key_file, z85_decode,
-                                    z85_encode)
+from p2pswarm.security.keys import (
+    CurveKeys,
+    format_key_file,
+    join_endpoint_keys,
+    parse_key_file,
+    z85_decode,
+    z85_encode,
+)
 from p2pswarm.security.pki import DAY, NODE_CERT_LIFETIME, finish_rotation, rotate_ca
 
 ROOT = Path(__file__).resolve().parents[2]

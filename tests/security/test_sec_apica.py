@@ -15,6 +15,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from p2pswarm.node.statemachine import StateMachines, encode_access
 from p2pswarm.security import access
 from p2pswarm.security.access import AccessRecord
 from p2pswarm.security.apica import ApiCA, server_identity
@@ -22,7 +23,6 @@ from p2pswarm.security.apicahost import ApiCAHost, ApiCAUnavailable
 from p2pswarm.security.errors import KeyFileError
 from p2pswarm.security.pki import fingerprint, seal
 from p2pswarm.security.record import TOKEN_CONTEXT
-from p2pswarm.node.statemachine import StateMachines, encode_access
 
 
 def api_ca(cluster="c1"):

@@ -4,8 +4,14 @@ import pytest
 
 from p2pswarm.node.datadir import DataDir
 from p2pswarm.security import autolock
-from p2pswarm.security.autolock import (DecryptError, RecordCipher, UnlockKeyError, WrongUnlockKey,
-                                        format_unlock_key, parse_unlock_key)
+from p2pswarm.security.autolock import (
+    DecryptError,
+    RecordCipher,
+    UnlockKeyError,
+    WrongUnlockKey,
+    format_unlock_key,
+    parse_unlock_key,
+)
 from p2pswarm.security.errors import KeyFileError
 
 

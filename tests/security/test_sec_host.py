@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from p2pswarm import wire
-from p2pswarm.node.datadir import DataDir, DataDirError
 from p2pswarm.membership.messages import Alive, Meta, Ping
 from p2pswarm.node.daemon import Node, NodeOptions
+from p2pswarm.node.datadir import DataDir, DataDirError
 from p2pswarm.security.errors import KeyFileError, SecurityError
 from p2pswarm.security.host import JoinFailed, SecurityHost, inspect
 from p2pswarm.security.messages import KeyRequest
@@ -137,8 +137,8 @@ def test_join_then_restart_then_introduce(tmp_path):
         await b.start_endpoint(b_addr, b_addr)
         # a third node joins through b (any member with the CA key sponsors; b unseals it from the record,
         # which it would apply from Raft: here we hand it the creator's genesis as Raft would)
-        b._adopt_secrets(a.genesis["sealed_ca"], a.genesis["tokens"])
-        b._make_sponsor()
+        b.record.adopt_secrets(a.genesis["sealed_ca"], a.genesis["tokens"])
+        b.make_sponsor()
         c = host(tmp_path, "c", "c000000000000001")
         c.prepare((b_addr,), token)
         await c.join((b_addr,))
@@ -224,7 +224,7 @@ def test_clock_far_off(tmp_path):
 
 def test_removed_node_cannot_rejoin(tmp_path):
     def tweak(a, t):
-        a._apply_revocations(frozenset({"b000000000000001"}))
+        a.record.apply_revocations(frozenset({"b000000000000001"}))
         return t, {}
     failing_join(tmp_path, tweak, "was removed from the cluster", "revoked")
 
@@ -324,7 +324,7 @@ def test_leader_duties_genesis_revocation_and_renewal(tmp_path):
         # 61 days later the leader re-issues its certificate; the node adopts it and re-announces its metadata
         old = a.identity
         a.wall = lambda: time.time() + 61 * 86400
-        a._next_renew = a._next_expire = 0.0
+        a.duties.next_renew = a._next_expire = 0.0
         await settle()
         assert "cert" in driver.written and a.meta_changed and a.identity.not_after > old.not_after
         assert a.meta(Meta("a")).cert == a.cert != b""
@@ -386,7 +386,8 @@ def test_ca_rotation_reissues_then_drops_the_old_ca_without_cutting_anyone_off(t
         async def settle(rounds=4):
             for _ in range(rounds):
                 members[:] = [type("M", (), {"node": h.node_id, "addr": at, "status": "alive",
-                                             "meta": h.meta(Meta(h.name))})() for h, at in ((a, addr), (b, "127.0.0.1:9"))]
+                                             "meta": h.meta(Meta(h.name))})()
+                              for h, at in ((a, addr), (b, "127.0.0.1:9"))]
                 for h, d in ((a, leader), (b, follower)):
                     h._next_sync = 0.0
                     h.step(d, swim)

@@ -11,8 +11,7 @@ from p2pswarm import wire
 from p2pswarm.membership.messages import Ack
 from p2pswarm.security import join as join_mod
 from p2pswarm.security.errors import JoinError
-from p2pswarm.security.join import (JOIN_CODES, JOIN_WINDOW, SPONSOR_ENTROPY, Joiner, grant_mac,
-                                    verify_key_reply)
+from p2pswarm.security.join import JOIN_CODES, JOIN_WINDOW, SPONSOR_ENTROPY, Joiner, grant_mac, verify_key_reply
 from p2pswarm.security.messages import JoinGrant, JoinRefused, JoinRequest, KeyReply, KeyRequest
 from p2pswarm.security.pki import DAY, CertAuthority, rotate_ca
 from p2pswarm.security.tokens import JoinToken

@@ -10,9 +10,22 @@ from secworld import NOW, World
 
 from p2pswarm.security.errors import CertificateError, KeyFileError
 from p2pswarm.security.keys import CurveKeys
-from p2pswarm.security.pki import (BACKDATE, DAY, NODE_CERT_LIFETIME, CertAuthority, RevocationList, TrustBundle,
-                                   cert_digest, finish_rotation, fingerprint, read_node_certificate, rotate_ca, seal,
-                                   to_pem, unseal)
+from p2pswarm.security.pki import (
+    BACKDATE,
+    DAY,
+    NODE_CERT_LIFETIME,
+    CertAuthority,
+    RevocationList,
+    TrustBundle,
+    cert_digest,
+    fingerprint,
+    finish_rotation,
+    read_node_certificate,
+    rotate_ca,
+    seal,
+    to_pem,
+    unseal,
+)
 
 
 @pytest.fixture

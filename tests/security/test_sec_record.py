@@ -6,8 +6,8 @@ import msgpack
 import pytest
 from secworld import World
 
-from p2pswarm.security.record import SecurityRecord, init_command
 from p2pswarm.node.statemachine import StateMachines, encode_security
+from p2pswarm.security.record import SecurityRecord, init_command
 
 
 def init(w: World, cid: str = "i1") -> dict:

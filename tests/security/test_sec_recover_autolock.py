@@ -4,9 +4,9 @@ import pytest
 
 from p2pswarm.consensus.messages import ConfChange, ConfState, Entry, decode_conf, encode_conf
 from p2pswarm.consensus.raft import HardState
+from p2pswarm.consensus.recovery import RecoveryError, force_new_cluster
 from p2pswarm.consensus.storage import FileStorage
 from p2pswarm.node.datadir import DataDir
-from p2pswarm.consensus.recovery import RecoveryError, force_new_cluster
 from p2pswarm.security import autolock, sealing
 from p2pswarm.security.autolock import WrongUnlockKey
 

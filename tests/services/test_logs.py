@@ -15,16 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pswarm import wire
-from p2pswarm.logs import service as logs_mod
-from p2pswarm.logs.service import LocalTask, LogsService, answer, decode_cursor, encode_cursor
-from p2pswarm.logs.messages import (ALL, MAX_REPLY_BYTES, LogChunk, LogCursor, LogLine, LogsReply,
-                                        LogsRequest)
 from p2pswarm.api.routes import Router
 from p2pswarm.api.server import HttpError
 from p2pswarm.cli import service_cmds
 from p2pswarm.cli.main import main
 from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.spec import ServiceSpec
+from p2pswarm.logs import service as logs_mod
+from p2pswarm.logs.messages import ALL, MAX_REPLY_BYTES, LogChunk, LogCursor, LogLine, LogsReply, LogsRequest
+from p2pswarm.logs.service import LocalTask, LogsService, answer, decode_cursor, encode_cursor
 from p2pswarm.runtime.logs import MAX_LINE_BYTES, LogReader, RotatingLog
 from services.test_service_routes import FakeDriver, call
 

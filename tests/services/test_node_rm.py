@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+import random
 from types import SimpleNamespace
 
 import pytest
 
 from p2pswarm.api.server import HttpError
 from p2pswarm.cluster import commands as cmd
-from p2pswarm.consensus import autopilot
 from p2pswarm.consensus.driver import RaftDriver
+from p2pswarm.node.presets import TEST
 from services.test_node_stack_cli import router  # noqa: F401  (a fixture)
 from services.test_service_routes import call
 
@@ -43,20 +43,32 @@ class FakeRaft:
         self.proposed.append((op, node))
 
 
-def driver(voters, learners=(), status=None, removed=(), match=None, applied=50):
-    status = status or {}
-    members = {n: SimpleNamespace(node=n, status=status.get(n, "alive"), status_since=0.0,
-                                  meta=SimpleNamespace(name=n, labels=(), started_ms=1))
-               for n in {*voters, *learners, *status}}
-    d = RaftDriver.__new__(RaftDriver)
-    d.id, d.raft, d.applied, d.counters, d._removals = "L", FakeRaft(voters, learners, match), applied, Counter(), {}
-    d.swim = SimpleNamespace(member=members.get, members=lambda: list(members.values()))
-    d.cluster = SimpleNamespace(removed_nodes=set(removed))
-    d.leader_since, d.autopilot_cfg = 0.0, autopilot.PRESETS["test"]
-    return d
+@pytest.fixture
+def driver(tmp_path):
+    """Builds RaftDriver "L" through its constructor (storage in a temp raft dir), then gives it a
+    FakeRaft core holding the configuration and progress the test needs."""
+    opened = []
+
+    def build(voters, learners=(), status=None, removed=(), match=None, applied=50):
+        status = status or {}
+        members = {n: SimpleNamespace(node=n, status=status.get(n, "alive"), status_since=0.0,
+                                      meta=SimpleNamespace(name=n, labels=(), started_ms=1))
+                   for n in {*voters, *learners, *status}}
+        swim = SimpleNamespace(member=members.get, members=lambda: list(members.values()))
+        d = RaftDriver("L", "c1", str(tmp_path / f"raft{len(opened)}"), "test", swim=swim, transport=None,
+                       clock=lambda: 0.0, rng=random.Random(1), bootstrap=False)
+        opened.append(d)
+        assert d.leader_since == 0.0 and d.autopilot_cfg == TEST.autopilot
+        d.raft, d.applied = FakeRaft(voters, learners, match), applied
+        d.cluster.removed_nodes.update(removed)
+        return d
+
+    yield build
+    for d in opened:
+        d.storage.close()
 
 
-def test_removal_blocker_keeps_a_quorum_of_the_other_voters():
+def test_removal_blocker_keeps_a_quorum_of_the_other_voters(driver):
     assert driver(["L", "a", "b"]).removal_blocker("a") is None
     assert driver(["L", "a", "b"]).removal_blocker("x") is None  # not a voter
     assert driver(["L"]).removal_blocker("L") == "it is the only voter"
@@ -65,7 +77,7 @@ def test_removal_blocker_keeps_a_quorum_of_the_other_voters():
     assert driver(["L", "a", "b"], status={"a": "dead"}).removal_blocker("a") is None
 
 
-def test_the_leader_removes_removed_members_one_at_a_time_and_never_re_adds_them():
+def test_the_leader_removes_removed_members_one_at_a_time_and_never_re_adds_them(driver):
     d = driver(["L", "a", "b"], ["c"], removed={"a", "c"})
     d._autopilot(10.0)
     assert d.raft.proposed == [("remove", "a")]
@@ -88,7 +100,7 @@ def test_the_leader_removes_removed_members_one_at_a_time_and_never_re_adds_them
     assert d.raft.proposed == [("add_learner", "x")]  # the same node, not removed, would be
 
 
-def test_a_leaving_leader_changes_nothing():
+def test_a_leaving_leader_changes_nothing(driver):
     d = driver(["L", "a", "b"], status={"L": "left"})
     d._autopilot(10.0)  # with L counted as gone the target would drop to 1 and a voter would go
     assert d.raft.proposed == []

@@ -27,6 +27,12 @@ class FakeDriver:
         self.index += 1
         return self.cluster.apply(command, 1, self.index)
 
+    def removal_blocker(self, node: str) -> str | None:
+        return None  # no Raft configuration here: no removal loses a quorum
+
+    def role_of(self, node: str) -> str:
+        return "-"
+
 
 def call(router: Router, method: str, path: str, body=None, query: str = ""):
     request = Request(method, path, {}, b"" if body is None else json.dumps(body).encode(), query)
@@ -42,7 +48,7 @@ def call(router: Router, method: str, path: str, body=None, query: str = ""):
 def router():
     driver = FakeDriver()
     asyncio.run(driver.write_cluster(cmd.update_node("n", 1.0, "node-a", name="a")))
-    node = SimpleNamespace(raft_driver=lambda: driver, agent=None, node_id="node-a")
+    node = SimpleNamespace(raft_driver=lambda: driver, agent=None, node_id="node-a", security=None, logs=None)
     return Router(node)
 
 

@@ -1,0 +1,217 @@
+"""This node's gossiped record: named, checked sections, one per component (pure).
+
+Every member owns one SWIM record (:meth:`p2pswarm.membership.swim.Swim.set_record`); it is
+a msgpack map of section name -> value:
+
+* ``raft``  ``[cluster_id, role, term]`` (role ``L`` leader, ``V`` voter, ``l`` learner,
+  ``""`` none), set by the Raft driver: a joiner learns which cluster to join from it, a
+  non-member finds the leader to forward writes to, ``node ls`` shows roles of members whose
+  configuration this node has not replicated.
+* ``tasks`` ``[version, {task_id: record}]``, set by the agent (its digest, see
+  :meth:`p2pswarm.agent.core.AgentCore.digest`): the leader's scheduler and every mesh learn
+  from it where tasks run.  Its records are only checked for shape here; the scheduler and
+  the mesh check what they read of them.
+* ``mesh``  ``[relay_port, [unreachable member ids]]``, set by the mesh host: where this
+  node's relay listens and which members its direct probes cannot reach.
+
+Each component sets only its own section (:meth:`GossipRecord.set`), whenever it likes, even
+before the others exist (a joiner's agent and mesh publish before it has a Raft driver); the
+node flushes the record to SWIM once per loop turn, when it changed (:meth:`GossipRecord.flush`).
+
+Readers get a decoded, checked :class:`Record` (:meth:`GossipRecord.of`): a section name this
+version does not know is ignored; a malformed record (not a map, a known section that fails its
+check, larger than ``wire.MAX_RECORD_BYTES``) is counted and read as empty, never trusted.  All
+members run the same version: there is no compatibility with the positional records of earlier
+versions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable
+
+import msgpack
+
+from p2pswarm.wire import MAX_ID_LEN, MAX_RECORD_BYTES, Bounds, unpack
+
+log = logging.getLogger("p2pswarm.record")
+
+ROLE_CODES = {"leader": "L", "voter": "V", "learner": "l", "-": ""}
+ROLE_NAMES = {code: name for name, code in ROLE_CODES.items()}
+MIN_ITEM_BYTES = 16
+"""Fewest bytes one task of a digest takes (its id and ``{"s": .., "v": ..}``); no list or map
+in a record can hold more than MAX_RECORD_BYTES / MIN_ITEM_BYTES items."""
+RECORD_BOUNDS = Bounds(array=MAX_RECORD_BYTES // MIN_ITEM_BYTES, map=MAX_RECORD_BYTES // MIN_ITEM_BYTES,
+                       str=MAX_RECORD_BYTES, bin=MAX_RECORD_BYTES)
+"""What decoding a peer's record may build (its payload is at most wire.MAX_RECORD_BYTES)."""
+MAX_CACHED = 4096
+"""Decoded peer records kept (one per member); past this the cache starts over, so members that
+left long ago do not pin memory (a cluster is far smaller: autopilot keeps 64 learners)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RaftFacts:
+    """The ``raft`` section: the cluster this node belongs to, its role and term."""
+
+    SECTION: ClassVar[str] = "raft"
+    cluster_id: str
+    role: str = "-"
+    term: int = 0
+
+    def to_wire(self) -> list:
+        return [self.cluster_id, ROLE_CODES[self.role], self.term]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> RaftFacts:
+        cluster_id, role, term = _fields(value, 3, "raft")
+        if (type(cluster_id) is not str or not 0 < len(cluster_id) <= MAX_ID_LEN or role not in ROLE_NAMES
+                or type(term) is not int or term < 0):
+            raise ValueError("malformed raft section")
+        return cls(cluster_id, ROLE_NAMES[role], term)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDigest:
+    """The ``tasks`` section: the agent's digest version and {task id: task record}."""
+
+    SECTION: ClassVar[str] = "tasks"
+    version: int
+    tasks: dict
+
+    def to_wire(self) -> list:
+        return [self.version, self.tasks]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> TaskDigest:
+        version, tasks = _fields(value, 2, "tasks")
+        if type(version) is not int or not isinstance(tasks, dict) or not all(
+                type(k) is str and isinstance(v, dict) for k, v in tasks.items()):
+            raise ValueError("malformed tasks section")
+        return cls(version, tasks)
+
+
+@dataclass(frozen=True, slots=True)
+class MeshFacts:
+    """The ``mesh`` section: this node's relay port and the members it cannot reach directly."""
+
+    SECTION: ClassVar[str] = "mesh"
+    relay_port: int
+    unreachable: tuple[str, ...] = ()
+
+    def to_wire(self) -> list:
+        return [self.relay_port, list(self.unreachable)]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> MeshFacts:
+        relay_port, unreachable = _fields(value, 2, "mesh")
+        if (type(relay_port) is not int or not 0 <= relay_port < 65536 or not isinstance(unreachable, (list, tuple))
+                or not all(type(n) is str and len(n) <= MAX_ID_LEN for n in unreachable)):
+            raise ValueError("malformed mesh section")
+        return cls(relay_port, tuple(unreachable))
+
+
+Section = RaftFacts | TaskDigest | MeshFacts
+SECTIONS: dict[str, type[Section]] = {
+    cls.SECTION: cls for cls in (RaftFacts, TaskDigest, MeshFacts)}
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A member's decoded record; a section it does not publish (yet) is None."""
+
+    raft: RaftFacts | None = None
+    tasks: TaskDigest | None = None
+    mesh: MeshFacts | None = None
+
+
+EMPTY = Record()
+
+
+def _fields(value: Any, n: int, what: str) -> list:
+    if not isinstance(value, (list, tuple)) or len(value) != n:
+        raise ValueError(f"malformed {what} section")
+    return list(value)
+
+
+def encode_record(sections: Iterable[Section]) -> bytes:
+    """The record payload holding ``sections`` (one of each kind at most)."""
+    return msgpack.packb({s.SECTION: s.to_wire() for s in sections}, use_bin_type=True)
+
+
+def decode_record(payload: bytes) -> Record:
+    """A peer's record (b"": empty); raises ValueError (WireError included) when it is malformed."""
+    if not payload:
+        return EMPTY
+    if len(payload) > MAX_RECORD_BYTES:
+        raise ValueError(f"record of {len(payload)} bytes, the limit is {MAX_RECORD_BYTES}")
+    raw = unpack(payload, RECORD_BOUNDS, "gossip record", use_list=True)
+    if not isinstance(raw, dict) or not all(type(k) is str for k in raw):
+        raise ValueError("a record is a map of section name -> value")
+    raft, tasks, mesh = RaftFacts.SECTION, TaskDigest.SECTION, MeshFacts.SECTION
+    return Record(raft=RaftFacts.from_wire(raw[raft]) if raft in raw else None,
+                  tasks=TaskDigest.from_wire(raw[tasks]) if tasks in raw else None,
+                  mesh=MeshFacts.from_wire(raw[mesh]) if mesh in raw else None)
+
+
+class GossipRecord:
+    """This node's record as its components set it, and the checked records of every member."""
+
+    def __init__(self, publish: Callable[[float, bytes], None] | None = None,
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        """``publish(now, payload)``: SWIM's ``set_record`` (None: a read-only view, for tools and tests);
+        ``on_change``: wakes the node's loop so that a change is flushed at once."""
+        self._publish, self._on_change = publish, on_change
+        self._sections: dict[str, Section] = {}
+        self._dirty = False
+        self._cache: dict[str, tuple[bytes, Record]] = {}
+        self.counters: Counter[str] = Counter()
+
+    def set(self, section: Section) -> None:
+        """Set one section (the caller's own); raises ValueError if it would not pass a peer's check."""
+        if self._sections.get(section.SECTION) == section:
+            return
+        try:
+            kind = SECTIONS.get(section.SECTION)
+            ok = kind is type(section) and kind.from_wire(section.to_wire()) == section
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise ValueError(f"this node's {section.SECTION} section is malformed: {section!r}")
+        self._sections[section.SECTION] = section
+        self._dirty = True
+        self._on_change()
+
+    def flush(self, now: float) -> bool:
+        """Publish the record if a section changed since the last flush (once per loop turn)."""
+        if not self._dirty or self._publish is None:
+            return False
+        self._dirty = False
+        payload = encode_record(self._sections.values())
+        if len(payload) > MAX_RECORD_BYTES:
+            self.counters["record_too_large"] += 1
+            log.error("not gossiping this node's record: it is %d bytes, the limit is %d (peers keep the last one)",
+                      len(payload), MAX_RECORD_BYTES)
+            return False
+        self._publish(now, payload)
+        return True
+
+    def of(self, member: Any) -> Record:
+        """``member``'s checked record (anything with ``node`` and ``record``); EMPTY when malformed."""
+        payload = member.record
+        if not payload:
+            return EMPTY
+        cached = self._cache.get(member.node)
+        if cached is not None and cached[0] == payload:
+            return cached[1]
+        try:
+            record = decode_record(payload)
+        except ValueError as err:
+            self.counters["malformed_records"] += 1
+            log.debug("ignored the malformed record of %s: %s", member.node, err)
+            record = EMPTY
+        if len(self._cache) >= MAX_CACHED:
+            self._cache.clear()
+        self._cache[member.node] = (payload, record)
+        return record

@@ -1,0 +1,203 @@
+"""What the API reads of a node: the NodeView protocol.
+
+The routes (:mod:`p2pswarm.api`) see the node through exactly these members and
+nothing else, so that a route cannot reach into the node's loop, and a test can
+serve the routes from a small fake that declares the same members.  Subsystems
+a node may not run (a plaintext cluster has no security host; the log service and
+the agent start with the other services) are None, never missing.
+
+:class:`NodeViews` is the real node's side: the JSON views it answers from its
+SWIM core, transport and hosts (the node class inherits it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from p2pswarm.membership.messages import STATUSES
+
+if TYPE_CHECKING:
+    from collections import Counter
+
+    from p2pswarm.consensus.host import RaftHost
+    from p2pswarm.membership.swim import Swim
+    from p2pswarm.node.daemon import NodeOptions
+    from p2pswarm.node.datadir import DataDir
+    from p2pswarm.node.record import GossipRecord
+
+log = logging.getLogger("p2pswarm.node.daemon")
+
+
+def software_version() -> str:
+    try:
+        return metadata.version("p2pswarm")
+    except metadata.PackageNotFoundError:
+        return "dev"
+
+
+class NodeView(Protocol):
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def swim(self) -> Any:
+        """The SWIM core (:class:`p2pswarm.membership.swim.Swim`), for views of the members."""
+
+    @property
+    def security(self) -> Any:
+        """The :class:`p2pswarm.security.host.SecurityHost` in a secure cluster, else None."""
+
+    @property
+    def api_ca(self) -> Any:
+        """The :class:`p2pswarm.security.apicahost.ApiCAHost` in a secure cluster, else None."""
+
+    @property
+    def agent(self) -> Any:
+        """The :class:`p2pswarm.agent.host.AgentHost` once the services started, else None."""
+
+    @property
+    def logs(self) -> Any:
+        """The :class:`p2pswarm.logs.service.LogsService` once the services started, else None."""
+
+    def raft_driver(self) -> Any:
+        """The running :class:`p2pswarm.consensus.driver.RaftDriver`, or None before the node knows its cluster."""
+
+    def info(self) -> dict[str, Any]: ...
+
+    def member_views(self) -> list[dict[str, Any]]: ...
+
+    def metrics_snapshot(self) -> dict[str, Any]: ...
+
+    def mesh_view(self) -> dict[str, Any]: ...
+
+    def mesh_metrics(self) -> dict[str, int]: ...
+
+    def security_view(self) -> dict[str, Any]: ...
+
+    def fault_settings(self) -> dict[str, Any]: ...
+
+    def configure_faults(self, settings: dict[str, Any]) -> dict[str, Any]: ...
+
+    def heal_faults(self) -> dict[str, Any]: ...
+
+    def request_shutdown(self) -> None: ...
+
+
+class NodeViews:
+    """The views of :class:`p2pswarm.node.daemon.Node` that the API reads (see :class:`NodeView`)."""
+
+    if TYPE_CHECKING:  # what the node class provides (set in Node.__init__ / defined on Node)
+        options: NodeOptions
+        datadir: DataDir
+        clock: Callable[[], float]
+        counters: Counter[str]
+        transport: Any
+        swim: Swim | None
+        record: GossipRecord
+        node_id: str
+        name: str
+        raft: RaftHost | None
+        mesh: Any
+        security: Any
+        _stop_requested: bool
+
+        @property
+        def swim_addr(self) -> str: ...
+
+        def remote_api_stats(self) -> dict[str, int]: ...
+
+    def swim_core(self) -> Swim:
+        """The SWIM core, made in Node.run before the loop, the API and the components start."""
+        if self.swim is None:
+            raise RuntimeError("the SWIM core is not made yet (Node.run makes it)")
+        return self.swim
+
+    def info(self) -> dict[str, Any]:
+        swim = self.swim_core()
+        members, secure = swim.members(), self.security is not None
+        by_status = {s: 0 for s in STATUSES}
+        for m in members:
+            by_status[m.status] = by_status.get(m.status, 0) + 1
+        return {
+            "id": self.node_id, "name": self.name, "addr": self.swim_addr, "pid": os.getpid(),
+            "data_dir": str(self.datadir.path), "preset": self.options.preset, "version": software_version(),
+            "cluster_size": by_status["alive"] + by_status["suspect"], "members_by_status": by_status,
+            "peers": list(self.options.peers), "joined": swim.joined,
+            "join_attempts": max(swim.join_attempts, self.security.join_attempts if secure else 0),
+            "leaving": self._stop_requested, "secure": secure,
+            "security": self.security.state if secure else "off",
+            "join_error": self.security.last_error if secure else None, "state": "running",
+        }
+
+    def member_views(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        views = []
+        for m in self.swim_core().members():
+            views.append({
+                "id": m.node, "name": m.meta.name, "addr": m.addr, "status": m.status,
+                "incarnation": m.incarnation, "labels": dict(m.meta.labels), "capacity": dict(m.meta.capacity),
+                "version": m.meta.version, "rtt_ms": None if m.rtt is None else round(m.rtt * 1000, 3),
+                "status_for_s": round(max(0.0, now - m.status_since), 3), "self": m.node == self.node_id,
+                "role": self.raft_role(m.node),
+            })
+        return sorted(views, key=lambda v: (v["name"], v["id"]))
+
+    def fault_settings(self) -> dict[str, Any]:
+        return self.transport.describe()
+
+    def configure_faults(self, settings: dict[str, Any]) -> dict[str, Any]:
+        self.transport.configure(settings)
+        log.warning("fault injection configured: %s", self.transport.describe())
+        return self.transport.describe()
+
+    def heal_faults(self) -> dict[str, Any]:
+        self.transport.heal()
+        log.info("fault injection cleared")
+        return self.transport.describe()
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        info = self.info()
+        return {"members_by_status": info["members_by_status"], "joined": info["joined"],
+                "swim": dict(self.swim_core().counters),
+                "transport": dict(self.transport.stats()),
+                "node": {**self.counters, **{f"security_{k}": v for k, v in self.security_stats().items()},
+                         **self.remote_api_stats(), **self.record.counters},
+                "raft": self.raft.metrics() if self.raft is not None else {}}
+
+    def security_stats(self) -> dict[str, int]:
+        return self.security.stats() if self.security is not None else {}
+
+    def security_view(self) -> dict[str, Any]:
+        if self.security is None:
+            return {"secure": False, "state": "off"}
+        return self.security.view()
+
+    def mesh_view(self) -> dict[str, Any]:
+        if self.mesh is None:
+            return {"running": False, "routes": [], "ports": []}
+        status = self.mesh.status()
+        plane = status["data_plane"]
+        status["routes"] = [asdict(r) for r in self.mesh.routes]
+        status["ports"] = sorted({r.port for r in self.mesh.routes})
+        status["bind_errors"] = plane.get("bind_errors", {})
+        return status
+
+    def mesh_metrics(self) -> dict[str, int]:
+        return self.mesh.metrics() if self.mesh is not None else {}
+
+    # ------------------------------------------------------------ raft views for the API
+
+    def raft_driver(self) -> Any:
+        """The running Raft driver, or None while this node has not learned its cluster yet."""
+        return self.raft.driver if self.raft is not None else None
+
+    def raft_role(self, node: str) -> str:
+        driver = self.raft_driver()
+        return driver.role_of(node) if driver is not None else "-"
