@@ -35,67 +35,39 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import secrets
 from collections import Counter
 from typing import Any, Callable
 
 from p2pswarm import wire
-from p2pswarm.consensus import autopilot
-from p2pswarm.consensus.kv import encode_command
+from p2pswarm.consensus.groupchange import GroupChanges
 from p2pswarm.consensus.messages import (
     MAX_BATCH_BYTES,
     MAX_ENTRIES,
-    MAX_ENTRY_BYTES,
     AppendEntries,
     AppendResp,
     InstallSnapshot,
     Propose,
     RequestVote,
 )
-from p2pswarm.consensus.raft import LEADER, ConfChangeRejected, Envelope, NotLeader, Raft, RaftError, quorum_size
+from p2pswarm.consensus.raft import LEADER, Envelope, NotLeader, Raft, RaftError
+from p2pswarm.consensus.requests import RaftRequests, RaftUnavailable, _Lane, _Pending
 from p2pswarm.consensus.storage import FileStorage, StorageError
-from p2pswarm.membership.messages import LIVE
 from p2pswarm.node.presets import preset as load_preset
 from p2pswarm.node.record import GossipRecord, RaftFacts
-from p2pswarm.node.statemachine import StateMachines, encode_access, encode_cluster, encode_security
+from p2pswarm.node.statemachine import StateMachines
 
 log = logging.getLogger("p2pswarm.raft")
 
-RECOVER_HINT = ("if those voters are lost for good, stop a surviving voter and run "
-                "`p2pswarm cluster recover --force-new-cluster --data-dir DIR` on it (see docs/operations.md)")
 MAX_INBOX = 10_000
 """Raft messages queued while a Ready is being saved; more are dropped (the core recovers them)."""
 PROPOSE_BATCH = 64
 """Payloads per forwarded Propose message (the wire limit)."""
-REMOVAL_WAIT = 10.0
-"""Seconds the leader waits for a live node removed by `node rm` to replicate its removal before
-taking it out of the Raft configuration anyway."""
 
 
-class RaftUnavailable(Exception):
-    """A write or read could not complete; the message is one line saying why and what to do."""
+class RaftDriver(RaftRequests, GroupChanges):
+    """One node's Raft: the Ready cycle and the network here; writes and reads come from
+    :class:`RaftRequests`, group changes from :class:`GroupChanges`."""
 
-
-class _Pending:
-    """A write or read waiting to complete: re-submitted every retry_interval, failed at its deadline."""
-
-    __slots__ = ("fut", "submit", "what", "timeout", "deadline", "retry_at")
-
-    def __init__(self, fut: asyncio.Future, submit: Callable[[], None], what: str, timeout: float,
-                 now: float, retry: float) -> None:
-        self.fut, self.submit, self.what, self.timeout = fut, submit, what, timeout
-        self.deadline, self.retry_at = now + timeout, now + retry
-
-
-class _Lane:
-    __slots__ = ("client", "seq")
-
-    def __init__(self) -> None:
-        self.client = secrets.randbits(62)  # fresh per process: a restart must not look like a duplicate
-        self.seq = 0
-
-
-class RaftDriver:
     def __init__(self, node_id: str, cluster_id: str, raft_dir: str, preset: str, *, swim: Any, transport: Any,
                  clock: Callable[[], float], rng: Any, bootstrap: bool,
                  record: GossipRecord | None = None) -> None:
@@ -341,189 +313,7 @@ class RaftDriver:
         for i in range(0, len(props), PROPOSE_BATCH):
             self._send(leader, Propose(term, self.id, tuple(props[i:i + PROPOSE_BATCH])))
 
-    # ------------------------------------------------------------ writes and reads
-
-    async def write(self, op: str, key: str, *args: Any, timeout: float | None = None) -> Any:
-        """Commit and apply one KV command; returns its result or raises RaftUnavailable / ValueError."""
-        if self.failed is not None:
-            raise RaftUnavailable(self.failed)
-        lane = self._lanes.pop() if self._lanes else _Lane()
-        lane.seq += 1
-        result = await self._propose((lane.client, lane.seq), encode_command(lane.client, lane.seq, op, key, *args),
-                                     timeout)
-        self._lanes.append(lane)  # a lane whose write timed out is dropped: its fate is unknown
-        return result
-
-    async def write_cluster(self, command: dict, timeout: float | None = None) -> Any:
-        """Commit and apply one cluster command (:mod:`p2pswarm.cluster.commands`); returns its
-        ``Result``.  Retries are safe: the cluster state applies a command id once."""
-        if self.failed is not None:
-            raise RaftUnavailable(self.failed)
-        return await self._propose(command["id"], encode_cluster(command), timeout)
-
-    async def write_security(self, command: dict, timeout: float | None = None) -> Any:
-        """Commit and apply one security-record command (:mod:`p2pswarm.security.record`); returns its
-        ``Result``.  Re-submissions are harmless: a repeated command changes nothing the second time."""
-        if self.failed is not None:
-            raise RaftUnavailable(self.failed)
-        return await self._propose(command["id"], encode_security(command), timeout)
-
-    async def write_access(self, command: dict, timeout: float | None = None) -> Any:
-        """Commit and apply one access-record command (:mod:`p2pswarm.security.access`); returns its ``Result``."""
-        if self.failed is not None:
-            raise RaftUnavailable(self.failed)
-        return await self._propose(command["id"], encode_access(command), timeout)
-
-    async def _propose(self, key: Any, data: bytes, timeout: float | None) -> Any:
-        if len(data) > MAX_ENTRY_BYTES:
-            raise ValueError(f"the command is {len(data)} bytes; the limit is {MAX_ENTRY_BYTES}")
-        if key in self._writes:
-            raise ValueError(f"command {key!r} is already being written")
-        self._writes[key] = self._pending(lambda: self._proposals.append(data), "write", timeout)
-        self.counters["proposals"] += 1
-        try:
-            return await self._writes[key].fut
-        finally:
-            self._writes.pop(key, None)
-
-    async def read(self, key: str, timeout: float | None = None) -> Any:
-        """A linearizable read: ReadIndex, then wait until this replica applied that index."""
-        if self.failed is not None:
-            raise RaftUnavailable(self.failed)
-        if self.id not in self.raft.conf.members:
-            raise RaftUnavailable("this node holds no replica yet (it is not in the Raft group); "
-                                  "read through another node or use a stale read")
-        self._read_seq += 1
-        request = self._read_seq
-        pending = self._reads[request] = self._pending(lambda: self._read_requests.append(request), "read", timeout)
-        try:
-            index = await pending.fut
-        finally:
-            self._reads.pop(request, None)
-        if self.applied < index:
-            loop = asyncio.get_running_loop()
-            applied = loop.create_future()
-            self._apply_waiters.append((index, applied))
-            try:
-                await asyncio.wait_for(applied, max(0.0, pending.deadline - self.clock()))
-            except asyncio.TimeoutError:
-                raise RaftUnavailable(f"this node has not applied index {index} within {pending.timeout:g} s; "
-                                      f"it is catching up, retry or read with --stale") from None
-        return self.kv.get(key)
-
-    def _pending(self, submit: Callable[[], None], what: str, timeout: float | None) -> _Pending:
-        now = self.clock()
-        pending = _Pending(asyncio.get_running_loop().create_future(), submit, what,
-                           self.cfg.write_timeout if timeout is None else timeout, now, self.cfg.retry_interval)
-        self._sweep_due = min(self._sweep_due, pending.retry_at)
-        submit()
-        self._kick.set()
-        return pending
-
-    def _sweep(self, now: float) -> None:
-        """Re-submit what has waited a retry_interval (a lost forward); fail what is past its deadline."""
-        due = float("inf")
-        for pending in [*self._writes.values(), *self._reads.values()]:
-            if pending.fut.done():
-                continue
-            if now >= pending.deadline:
-                pending.fut.set_exception(RaftUnavailable(self.why_unavailable(pending.what, pending.timeout)))
-                continue
-            if now >= pending.retry_at:
-                pending.retry_at = now + self.cfg.retry_interval
-                pending.submit()
-            due = min(due, pending.retry_at, pending.deadline)
-        self._sweep_due = due
-
-    def why_unavailable(self, what: str, timeout: float) -> str:
-        if self.failed is not None:
-            return self.failed
-        voters = self.raft.conf.voters
-        live = sum(1 for v in voters if v == self.id or self._status(v) in LIVE)
-        quorum = quorum_size(len(voters))
-        leader = self.leader_hint()
-        if leader is None and voters:
-            return (f"no Raft quorum: the {what} was not committed within {timeout:g} s, no leader is elected "
-                    f"and {live} of {len(voters)} voters are reachable (a quorum is {quorum}); {RECOVER_HINT}")
-        if leader is None:
-            return (f"this node is not in a Raft group and knows no leader; the {what} did not complete "
-                    f"within {timeout:g} s (is it joined to a cluster?)")
-        return (f"timed out after {timeout:g} s waiting for the {what} to commit through leader "
-                f"{self._name(leader)}; its outcome is unknown, retry it")
-
-    # ------------------------------------------------------------ autopilot and views
-
-    def _autopilot(self, now: float) -> None:
-        raft = self.raft
-        me = self.swim.member(self.id)
-        if me is not None and me.status == "left":
-            return  # a leader that is leaving must not reshape the group it leaves (it would shrink it)
-        removed = self.cluster.removed_nodes
-        if removed and self._drop_removed(now, removed):
-            return
-        # A node removed with `node rm` is invisible to autopilot: never added back, even if alive.
-        peers = [autopilot.Peer(m.node, m.status, dict(m.meta.labels).get("zone", ""), m.meta.started_ms,
-                                m.status_since) for m in self.swim.members() if m.node not in removed]
-        change = autopilot.next_change(
-            now, peers, raft.conf.voters, raft.conf.learners, leader=self.id, leader_since=self.leader_since,
-            match={p: pr.match for p, pr in raft.progress.items()}, last_index=raft.log.last_index(),
-            config=self.autopilot_cfg, pending=raft.conf_index > raft.log.committed)
-        if change is None:
-            return
-        try:
-            raft.propose_conf_change(now, change.op, change.node)
-        except (ConfChangeRejected, NotLeader) as exc:
-            log.debug("autopilot change %s %s deferred: %s", change.op, change.node, exc)
-            return
-        self.counters["conf_changes"] += 1
-        log.info("autopilot: %s %s (%s) (%s)", change.op, self._name(change.node), change.node, change.reason)
-
-    def _drop_removed(self, now: float, removed: set) -> bool:
-        """Take the Raft members that `node rm` removed from the cluster state out of the
-        configuration, one change per round, a voter only while the others keep a quorum
-        (until then autopilot, which no longer sees it, promotes replacements).  True when
-        autopilot must wait: a change was proposed, one is in progress, or a live removed node
-        has not received its removal yet."""
-        for node in sorted(removed.intersection(self.raft.conf.members)):
-            why = self.removal_blocker(node)
-            if why is not None:  # autopilot, which does not see it, promotes a replacement meanwhile
-                log.debug("removal of %s from the raft group deferred: %s", node, why)
-                continue
-            # A live node first receives its own removal from the cluster state (so that its agent
-            # stops its tasks), then leaves the group: its replica would not hear of it afterwards.
-            seen, since = self._removals.setdefault(node, (self.applied, now))
-            progress = self.raft.progress.get(node)
-            if node != self.id and self._status(node) in LIVE and now < since + REMOVAL_WAIT and (
-                    progress is None or progress.match < seen):
-                log.debug("removal of %s from the raft group waits until it has index %d", node, seen)
-                return True
-            try:
-                self.raft.propose_conf_change(now, "remove", node)
-            except (ConfChangeRejected, NotLeader) as exc:
-                log.debug("removal of %s from the raft group deferred: %s", node, exc)
-                return True
-            self._removals.pop(node, None)
-            self.counters["conf_changes"] += 1
-            log.info("removing %s (%s) from the raft group (node rm)", self._name(node), node)
-            return True
-        return False
-
-    def removal_blocker(self, node: str) -> str | None:
-        """Why taking ``node`` out of the Raft configuration now would lose the quorum (one line),
-        None when it is safe (or ``node`` is no voter): the other voters' live ones (SWIM alive or
-        suspect, not removed) must be a majority of them."""
-        voters = self.raft.conf.voters
-        if node not in voters:
-            return None
-        rest = [v for v in voters if v != node]
-        if not rest:
-            return "it is the only voter"
-        live = sum(1 for v in rest if self._status(v) in LIVE and v not in self.cluster.removed_nodes)
-        quorum = quorum_size(len(rest))
-        if live < quorum:
-            return f"{live} of the other {len(rest)} voters are reachable, a quorum of them is {quorum}"
-        return None
-
+    # ------------------------------------------------------------ views
     def _observe(self, now: float) -> None:
         """Count leader changes and republish our gossip facts when our role changes."""
         seen = (self.raft.lead, self.raft.term)

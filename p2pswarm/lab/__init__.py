@@ -5,6 +5,7 @@
 * :mod:`p2pswarm.lab.netns` creates the namespaces, the bridge and the nftables faults.
 * :mod:`p2pswarm.lab.demo_app` is the demo web service (``python -m p2pswarm.lab.demo_app``).
 * :mod:`p2pswarm.lab.scenario` parses chaos scenarios (TOML), :mod:`p2pswarm.lab.load`
-  is the bounded HTTP load generator, :mod:`p2pswarm.lab.chaos` runs a scenario and
-  :mod:`p2pswarm.lab.report` turns what it observed into the JSON report and the PNG.
+  is the bounded HTTP load generator, :mod:`p2pswarm.lab.chaos` runs a scenario (its actions
+  and faults in :mod:`p2pswarm.lab.faults`, its acknowledged writes in :mod:`p2pswarm.lab.writes`)
+  and :mod:`p2pswarm.lab.report` turns what it observed into the JSON report and the PNG.
 """

@@ -29,7 +29,6 @@ clients' connections) otherwise.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import json
 import os
@@ -39,15 +38,16 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from p2pswarm.api.client import ApiClient, ApiError
+from p2pswarm.api.client import ApiError
 from p2pswarm.lab import netns, report
 from p2pswarm.lab.cluster import DEMO_SERVICE, Lab, LabError, LabNode
+from p2pswarm.lab.faults import ChaosFaults
 from p2pswarm.lab.scenario import Action, Scenario
+from p2pswarm.lab.writes import ChaosWrites
 
 POLL = 0.25
 """Seconds between two polls of one node's member list (detection times are late by up to this)."""
@@ -57,16 +57,16 @@ LOAD_START = 1.5
 """Seconds between starting the load process and t = 0 (its interpreter must be up by then)."""
 LOOPBACK_NET = 77
 """Chaos labs on loopback use 127.0.77.x, apart from `lab up`'s 127.0.0.x."""
-VERIFY_TIMEOUT = 30.0
-KV_LANES = 4
-"""kv puts in flight at once, at most."""
 
 
 def _now() -> float:
     return time.monotonic()
 
 
-class ChaosRun:
+class ChaosRun(ChaosFaults, ChaosWrites):
+    """One chaos run, from a fresh lab to the report; its actions and faults come from
+    :class:`ChaosFaults`, its writer and verifier from :class:`ChaosWrites`."""
+
     def __init__(self, scenario: Scenario, lab_dir: Path, out_dir: Path, use_netns: bool = False,
                  say: Callable[[str], None] = lambda s: None, keep: bool = False, port: int = 7946) -> None:
         self.sc = scenario
@@ -237,145 +237,6 @@ class ChaosRun:
             time.sleep(max(0.0, min(nxt, until) - now, 0.0))
         self.events.clear()
 
-    # ------------------------------------------------------------ actions
-
-    def _log(self, do: str, label: str, ok: bool, node: str | None = None, detail: str = "",
-             at: float | None = None, auto: bool = False) -> None:
-        entry = {"at": at, "t": self.t(), "do": do, "label": label, "node": node, "ok": ok, "detail": detail}
-        if auto:
-            entry["auto"] = True
-        self.actions.append(entry)
-        self.say(f"t={entry['t']:.1f}s {label}: {'ok' if ok else 'FAILED'}{f' ({detail})' if detail else ''}")
-
-    def _resolve(self, ref: int | str | None) -> LabNode | None:
-        if ref == "leader":
-            return self.leader()
-        if ref == "last":
-            with self.lock:
-                name = next((n for n in reversed(self.killed_order)
-                             if report.is_down(self.down, n, self.t())), None)
-            return self.node_by_name(name) if name else None
-        return self.lab.node(int(ref))
-
-    def _act(self, a: Action) -> None:
-        try:
-            getattr(self, f"_do_{a.do}")(a)
-        except (ApiError, LabError, netns.NetnsError, OSError) as exc:
-            self._log(a.do, a.label(), False, detail=str(exc), at=a.at)
-
-    def _do_kill(self, a: Action) -> None:
-        node = self._resolve(a.node)
-        if node is None or report.is_down(self.down, node.name, self.t()):
-            self._log("kill", a.label(), False, getattr(node, "name", None), "no such node up", a.at)
-            return
-        pids = self.lab.crash(node)
-        with self.lock:
-            self.down.setdefault(node.name, []).append([self.t(), None])
-            self.killed_order.append(node.name)
-            self.paused.discard(node.name)
-        self._log("kill", f"kill {node.name}", True, node.name, f"SIGKILL to {len(pids)} processes", a.at)
-
-    def _do_restart(self, a: Action, auto: bool = False) -> None:
-        node = self._resolve(a.node)
-        if node is None or not report.is_down(self.down, node.name, self.t()):
-            self._log("restart", a.label(), False, getattr(node, "name", None), "no killed node to restart", a.at)
-            return
-        self.procs.append(self.lab.restart(node))
-        with self.lock:
-            self.down[node.name][-1][1] = self.t()
-        self._log("restart", f"restart {node.name}", True, node.name, at=a.at, auto=auto)
-        if not self.use_netns:  # a new process starts without the faults its transport had
-            for delay in (1.0, 3.0, 6.0):
-                self.schedule(self.t() + delay, lambda n=node: self._apply_faults(n, quiet=True))
-
-    def _do_partition(self, a: Action) -> None:
-        groups = [[self.lab.node(i) for i in g] for g in a.groups]
-        with self.lock:
-            for g in groups:
-                others = {n.name for other in groups if other is not g for n in other}
-                for n in g:
-                    self.blocked[n.name] = others
-        failed = self._apply_all()
-        self._log("partition", a.label(), not failed, detail=f"not applied on {', '.join(failed)}" if failed else "",
-                  at=a.at)
-
-    def _do_heal(self, a: Action | None = None) -> None:
-        with self.lock:
-            self.blocked.clear()
-            self.loss.clear()
-        failed = self._apply_all()
-        self._log("heal", "heal", not failed, detail=f"not applied on {', '.join(failed)}" if failed else "",
-                  at=a.at if a else None, auto=a is None)
-
-    def _do_loss(self, a: Action) -> None:
-        targets = [self.lab.node(i) for i in a.nodes] if a.nodes else list(self.lab.nodes)
-        with self.lock:
-            for n in targets:
-                self.loss[n.name] = a.percent
-        failed = self._apply_all(targets)
-        self._log("loss", a.label(), not failed, detail=f"not applied on {', '.join(failed)}" if failed else "",
-                  at=a.at)
-        if a.duration:
-            def end() -> None:
-                with self.lock:
-                    for n in targets:
-                        if self.loss.get(n.name) == a.percent:
-                            self.loss.pop(n.name)
-                failed_end = self._apply_all(targets)
-                self._log("loss", "loss ends", not failed_end, auto=True)
-            self.schedule(a.at + a.duration, end)
-
-    def _do_slow(self, a: Action) -> None:
-        node = self._resolve(a.node)
-        if node is None or not self.lab.signal_node(node, signal.SIGSTOP):
-            self._log("slow", a.label(), False, getattr(node, "name", None), "node not running", a.at)
-            return
-        with self.lock:
-            self.paused.add(node.name)
-        self._log("slow", f"slow {node.name} {a.duration:g}s", True, node.name, "SIGSTOP", a.at)
-
-        def resume() -> None:
-            self.lab.signal_node(node, signal.SIGCONT)
-            with self.lock:
-                self.paused.discard(node.name)
-            self._log("resume", f"resume {node.name}", True, node.name, "SIGCONT", auto=True)
-            if not self.use_netns:
-                self._apply_faults(node, quiet=True)
-        self.schedule(a.at + a.duration, resume)
-
-    # ------------------------------------------------------------ faults
-
-    def _apply_all(self, nodes: list[LabNode] | None = None) -> list[str]:
-        failed = []
-        for node in nodes or self.lab.nodes:
-            if not self._apply_faults(node):
-                failed.append(node.name)
-        return failed
-
-    def _apply_faults(self, node: LabNode, quiet: bool = False) -> bool:
-        """Make ``node``'s faults what the run wants now. False if it could not be applied
-        (a killed or paused node in transport mode; it is applied again when it comes back)."""
-        with self.lock:
-            loss = self.loss.get(node.name, 0.0)
-            blocked = [self.node_by_name(b) for b in sorted(self.blocked.get(node.name, ()))]
-        if self.use_netns:
-            try:
-                netns.apply_faults(node.netns, loss, [b.host for b in blocked])
-                return True
-            except netns.NetnsError as exc:
-                if not quiet:
-                    self.notes.append(f"faults on {node.name}: {exc}")
-                return False
-        if not self.is_up(node):
-            return False
-        try:
-            node.api(timeout=2.0).post("/v1/faults", {"drop_rate": loss / 100.0, "cut": [b.addr for b in blocked]})
-            return True
-        except ApiError as exc:
-            if not quiet:
-                self.notes.append(f"faults on {node.name}: {exc}")
-            return False
-
     # ------------------------------------------------------------ load
 
     def _load_out(self) -> Path:
@@ -454,85 +315,7 @@ class ChaosRun:
                     pass
             self.stop_observers.wait(TASK_POLL)
 
-    # ------------------------------------------------------------ writer
-
-    def _writer(self) -> None:
-        """Dispatch one write per slot (``writer.rate`` per second) until ``duration``.
-
-        kv puts run in up to ``KV_LANES`` threads at once, so that a write stuck on a node
-        without quorum does not stop the others; service updates run one at a time (each
-        reads the version it updates, so their order is the order they were applied). Nodes
-        are taken round-robin among those that are up and have no write in flight. A slot
-        without a free lane or node is skipped and counted, never queued."""
-        sc = self.sc
-        if sc.write_rate <= 0:
-            return
-        kv_busy = threading.Semaphore(KV_LANES)
-        svc_busy = threading.Semaphore(1)
-        workers: list[threading.Thread] = []
-        i = 0
-        rr = 0
-        while not self.stop_writer.is_set():
-            due = i / sc.write_rate
-            if due >= sc.duration:
-                break
-            wait = due - self.t()
-            if wait > 0 and self.stop_writer.wait(wait):
-                break
-            kind = sc.write_kinds[i % len(sc.write_kinds)]
-            i += 1
-            with self.lock:  # a node still busy with a write (e.g. no quorum on its side) gets no other
-                busy = set(self.writing)
-            up = [n for n in self.up_nodes() if n.name not in busy]
-            lane = kv_busy if kind == "kv" else svc_busy
-            if not up or not lane.acquire(blocking=False):
-                self.skipped_writes += 1
-                continue
-            node = up[rr % len(up)]
-            rr += 1
-            with self.lock:
-                self.writing.append(node.name)
-            th = threading.Thread(target=self._write, args=(node, kind, i, lane), daemon=True)
-            workers.append(th)
-            th.start()
-        for th in workers:
-            th.join(timeout=max(0.0, sc.write_timeout + 2))
-
-    def _write(self, node: LabNode, kind: str, seq: int, lane: threading.Semaphore) -> None:
-        start = self.t()
-        entry: dict[str, Any] = {"seq": seq, "kind": kind, "node": node.name, "t": start}
-        try:
-            if kind == "kv":
-                entry["key"] = f"chaos/{self.run_id}/{seq:05d}"
-                ApiClient(node.datadir, timeout=self.sc.write_timeout).request(
-                    "PUT", "/v1/kv/" + urllib.parse.quote(entry["key"], safe=""), {"value": str(seq)})
-            else:
-                entry["gen"] = seq
-                entry["version"] = self._service_write(node, kind, seq)
-            entry.update(ok=True, error="")
-        except ApiError as exc:
-            entry.update(ok=False, error=str(exc)[:200])
-        finally:
-            lane.release()
-        entry["dt"] = round(self.t() - start, 3)
-        with self.lock:
-            self.writes.append(entry)
-            self.writing.remove(node.name)
-
-    def _service_write(self, node: LabNode, kind: str, gen: int) -> int | None:
-        from p2pswarm.cluster.spec import ServiceSpec
-        client = ApiClient(node.datadir, timeout=self.sc.write_timeout)
-        info = client.get(f"/v1/services/{DEMO_SERVICE}")
-        spec = ServiceSpec.from_dict(info["spec"])
-        if kind == "service":
-            spec = spec.replace(rollback=dataclasses.replace(spec.rollback, delay=gen / 1000.0))
-        else:
-            spec = spec.replace(env=tuple(sorted({**dict(spec.env), "GEN": str(gen)}.items())))
-        done = client.request("POST", f"/v1/services/{DEMO_SERVICE}/update", {"spec": spec.to_dict(),
-                                                                              "version": info["version"]})
-        return done.get("version") if isinstance(done, dict) else None
-
-    # ------------------------------------------------------------ settle and verify
+    # ------------------------------------------------------------ settle
 
     def _heal_everything(self) -> None:
         for name in sorted(self.paused):
@@ -587,67 +370,6 @@ class ChaosRun:
         leader = self.leader()
         out["leader"] = leader.name if leader else None
         return out
-
-    def _verify_writes(self) -> list[dict]:
-        """Acknowledged writes missing from the final state (those that could not be read back
-        at all are recorded in ``self.unverified`` instead)."""
-        acked = [w for w in self.writes if w["ok"]]
-        lost: list[dict] = []
-        deadline = _now() + VERIFY_TIMEOUT
-        for w in (w for w in acked if w["kind"] == "kv"):
-            readable, value = self._read_kv(w["key"], deadline)
-            if not readable:
-                self.unverified.append({"kind": "kv", "seq": w["seq"], "key": w["key"]})
-            elif value != str(w["seq"]):
-                lost.append({"kind": "kv", "seq": w["seq"], "key": w["key"], "acked_at": w["t"] + w["dt"],
-                             "found": value})
-        gens = {k: max((w["gen"] for w in acked if w["kind"] == k), default=0) for k in ("service", "env")}
-        if gens["service"] or gens["env"]:
-            final = self._final_gens(gens, deadline)
-            for w in acked:
-                if w["kind"] not in ("service", "env"):
-                    continue
-                if w["kind"] not in final:
-                    self.unverified.append({"kind": w["kind"], "seq": w["seq"], "gen": w["gen"]})
-                elif final[w["kind"]] < w["gen"]:
-                    lost.append({"kind": w["kind"], "seq": w["seq"], "gen": w["gen"], "acked_at": w["t"] + w["dt"],
-                                 "found": final[w["kind"]]})
-        if self.unverified:
-            self.notes.append(f"{len(self.unverified)} acknowledged writes could not be read back within "
-                              f"{VERIFY_TIMEOUT:g} s (not counted as lost)")
-        return lost
-
-    def _read_kv(self, key: str, deadline: float) -> tuple[bool, str | None]:
-        """(readable, value) by a linearizable read on any up node; value None: no such key."""
-        path = "/v1/kv/" + urllib.parse.quote(key, safe="")
-        while True:
-            for node in self.up_nodes():
-                try:
-                    return True, node.api(timeout=5.0).get(path)["value"]
-                except ApiError as exc:
-                    if exc.status == 404:
-                        return True, None
-            if _now() > deadline:
-                return False, None
-            time.sleep(0.5)
-
-    def _final_gens(self, want: dict[str, int], deadline: float) -> dict[str, int]:
-        """The generations in the leader's applied spec (waiting a moment for it to apply the last writes)."""
-        final: dict[str, int] = {}
-        while True:
-            leader = self.leader()
-            if leader is not None:
-                try:
-                    spec = leader.api(timeout=5.0).get(f"/v1/services/{DEMO_SERVICE}")["spec"]
-                    final = {"service": round(float(spec["rollback"]["delay"]) * 1000),
-                             "env": int(dict(spec.get("env", [])).get("GEN", 0) or 0)}
-                    if all(final[k] >= v for k, v in want.items()):
-                        return final
-                except (ApiError, KeyError, ValueError, TypeError):
-                    pass
-            if _now() > deadline:
-                return final
-            time.sleep(0.5)
 
     # ------------------------------------------------------------ cleanup
 

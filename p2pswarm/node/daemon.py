@@ -27,7 +27,6 @@ import logging
 import os
 import random
 import secrets
-import signal
 import sys
 import time
 from collections import Counter
@@ -44,9 +43,10 @@ from p2pswarm.node.component import Component
 from p2pswarm.node.datadir import DataDir
 from p2pswarm.node.presets import preset
 from p2pswarm.node.record import GossipRecord
+from p2pswarm.node.securestart import SecureStart
+from p2pswarm.node.signals import SignalHandling
 from p2pswarm.node.view import NodeViews, software_version
 from p2pswarm.security import messages as _join_messages  # noqa: F401  (registers kinds 64-68, dropped here)
-from p2pswarm.security.errors import SecurityError
 from p2pswarm.transport.base import Transport
 
 log = logging.getLogger("p2pswarm.node.daemon")
@@ -91,10 +91,6 @@ class NodeOptions:
     (:mod:`p2pswarm.runtime.taskuser`). A node that is not root runs tasks as itself."""
 
 
-SECURE_PROBE_INTERVAL = 2.0
-"""Seconds between an --insecure joiner's checks for a secure cluster at its peers' join endpoints."""
-
-
 def zmq_transport(options: NodeOptions, security: Any = None) -> Transport:
     from p2pswarm.transport.zmq import ZmqTransport
     if security is None:
@@ -126,7 +122,10 @@ def configure_logging(level: str = "info") -> None:
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
 
 
-class Node(NodeViews):
+class Node(NodeViews, SecureStart, SignalHandling):
+    """One node: the loop over SWIM and the components; its API views come from :class:`NodeViews`,
+    its secure-cluster start from :class:`SecureStart`, its signal handlers from :class:`SignalHandling`."""
+
     def __init__(self, options: NodeOptions,
                  transport_factory: Callable[[NodeOptions], Transport] = zmq_transport,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -336,67 +335,6 @@ class Node(NodeViews):
         if sec is not None and sec.token_created:
             self._log_join_token()
 
-    # ------------------------------------------------------------ security
-
-    async def _wait_unlocked(self) -> bool:
-        """Unlock the data key (encryption at rest) before anything reads the data dir; False if stopped
-        meanwhile (:func:`p2pswarm.node.unlock.wait_unlocked`)."""
-        from p2pswarm.node.unlock import wait_unlocked
-        return await wait_unlocked(self)
-
-    def _prepare_security(self) -> None:
-        """Decide secure create / join / restart (nothing is logged yet: a bind error must stay the only line)."""
-        from p2pswarm.security.host import SecurityHost, inspect
-        if self.options.insecure and inspect(self.datadir) == "member":
-            raise SecurityError(f"data dir {self.datadir.path} belongs to a secure cluster (it holds key material "
-                                f"in {self.datadir.security_path}); start it without --insecure", "secure_dir")
-        if not self.options.secure:
-            return
-        self.security = SecurityHost(self.datadir, self.node_id, self.name)
-        self.security.prepare(tuple(self._peers()), self.options.token)
-        from p2pswarm.security.apicahost import ApiCAHost
-        self.api_ca = ApiCAHost(self.security, serve=self.options.api_addr is not None)
-
-    def _make_transport(self) -> Transport:
-        if self.security is None:
-            return self._transport_factory(self.options)
-        if self._transport_factory is not zmq_transport:
-            raise ValueError("a secure node needs the ZeroMQ transport (CURVE)")
-        return zmq_transport(self.options, self.security)
-
-    async def _start_security(self, meta: Meta) -> Meta:
-        """Create the cluster's keys or load ours, then serve the join endpoint; the metadata with our certificate."""
-        sec = self.security
-        if sec is None:
-            return meta
-        from p2pswarm.node.secure import SecurityComponent
-        self._secure = SecurityComponent(sec, self.api_ca, self)
-        await self._start_component(self._secure)
-        for path in self.datadir.loosened:
-            log.warning("key file %s was readable by others: its mode is now 0600", path)
-        if sec.mode == "create":
-            sec.create(str(self.datadir.path / "raft"))
-            sec.token_created = True
-        if sec.mode == "restart":
-            sec.activate()
-            await sec.start_endpoint(self.options.bind, self.transport.local_addr)
-            meta = sec.meta(meta)
-        return meta
-
-    def _log_join_token(self) -> None:
-        """Say how to add nodes. The token is a secret and never goes into a log line (logs are
-        files that get copied around): it is shown on the operator's terminal when the node runs
-        on one, else `p2pswarm cluster join-token` prints it (`up --detach` prints the command)."""
-        log.info("created secure cluster %s; `p2pswarm cluster join-token --data-dir %s` prints its join token",
-                 self.security.cluster_id, self.datadir.path)
-        if not sys.stdout.isatty():
-            return
-        try:
-            token = self.security.join_token()["token"]
-        except SecurityError:
-            return
-        print(f"add nodes with: p2pswarm up --peers {self.swim_addr} --token {token}", flush=True)
-
     def _spawn(self, coro: Any) -> None:
         """A background task of the node; an exception in it is counted and logged, never lost."""
         task = asyncio.ensure_future(coro)
@@ -413,39 +351,6 @@ class Node(NodeViews):
         """Start SWIM's join; the loop sends the push/pull (and handles the reply) at its next step."""
         self.swim_core().join(self.clock(), list(peers))
         self._wake.set()
-
-    async def _refuse_secure_cluster(self, peers: tuple[str, ...]) -> None:
-        """An --insecure joiner: a peer whose join endpoint answers is in a secure cluster; stop with one line."""
-        from p2pswarm.security.host import probe_secure
-        while not self.swim_core().joined:
-            peer = await probe_secure(peers)
-            if peer is not None:
-                self.fail(SecurityError(
-                    f"the cluster at {peer} is secure and does not accept plaintext (--insecure) members: join it "
-                    f"with --token P2PS-1-... (print it with `p2pswarm cluster join-token` on a member)",
-                    "secure_cluster"))
-                return
-            await asyncio.sleep(SECURE_PROBE_INTERVAL)
-
-    def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self._on_signal, sig)
-            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (e.g. tests)
-                pass
-
-    def _remove_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.remove_signal_handler(sig)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass
-
-    def _on_signal(self, sig: signal.Signals) -> None:
-        log.info("received %s: leaving the cluster", signal.Signals(sig).name)
-        self.request_shutdown()
 
     # ------------------------------------------------------------ the loop
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the runtime and agent tests (put on sys.path by their conftest)."""
+"""Helpers shared by the runtime and agent tests (imported as tests.apps.support; the apps beside it run as scripts)."""
 
 from __future__ import annotations
 

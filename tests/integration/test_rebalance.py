@@ -7,11 +7,11 @@ import json
 import sys
 from collections import Counter
 
-from test_services import APP, ok, one_line_error, record_pids, start
-
 from p2pswarm.api.client import ApiError
 from p2pswarm.scheduler.reconcile import ReconcileConfig
 from p2pswarm.testing.localcluster import wait_until
+
+from .test_services import APP, ok, one_line_error, record_pids, start
 
 MAX_MOVES = ReconcileConfig().max_moves
 

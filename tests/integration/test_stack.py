@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
-from test_services import ok, pid_alive, start
-
 from p2pswarm.testing.localcluster import REPO, wait_until
+
+from .test_services import ok, pid_alive, start
 
 APP = str(REPO / "tests" / "apps" / "http_server.py")
 STACK = """

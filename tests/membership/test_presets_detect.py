@@ -1,9 +1,10 @@
 """Every preset detects a crash: the probe schedule must let each probe reach its verdict."""
 
 import pytest
-from swimnet import SwimNet
 
 from p2pswarm.node.presets import PRESETS, preset
+
+from .swimnet import SwimNet
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -13,13 +13,14 @@ import heapq
 import random
 
 import pytest
-from swimnet import SwimNet, addr_of
 
 from p2pswarm.membership.messages import Alive, Meta, Record, Suspect
 from p2pswarm.membership.news import NewsQueue
 from p2pswarm.sim.engine import EventHeap
 from p2pswarm.sim.network import NetworkModel, SimNetwork
 from p2pswarm.wire import encoded_size
+
+from .swimnet import SwimNet, addr_of
 
 # ------------------------------------------------------------------ event queue
 

@@ -13,9 +13,10 @@ import os
 from collections import Counter
 
 import pytest
-from swimnet import TEST, SwimNet, addr_of
 
 from p2pswarm.membership.messages import Ack, Alive, Dead, Gossip, Meta, Nack, Ping, PingReq, PushPull, Record, Suspect
+
+from .swimnet import TEST, SwimNet, addr_of
 
 FIVE = "abcde"
 SEEDS = [int(x) for x in os.environ.get("SWIMNET_SEEDS", "1,2,3").split(",")]

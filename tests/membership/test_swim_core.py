@@ -12,7 +12,6 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from swimnet import TEST, addr_of
 
 from p2pswarm import wire
 from p2pswarm.membership.messages import (
@@ -30,6 +29,8 @@ from p2pswarm.membership.messages import (
     Suspect,
 )
 from p2pswarm.membership.swim import Swim
+
+from .swimnet import TEST, addr_of
 
 PEERS = ("b", "c", "d", "e")
 

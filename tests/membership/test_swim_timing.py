@@ -19,7 +19,6 @@ import math
 import random
 
 import pytest
-from swimnet import addr_of
 
 from p2pswarm.membership.config import SwimConfig
 from p2pswarm.membership.messages import Ack, Alive, Gossip, MemberState, Meta, Ping, Record, Suspect
@@ -28,6 +27,8 @@ from p2pswarm.membership.suspicion import Suspicion
 from p2pswarm.membership.swim import Swim
 from p2pswarm.node.presets import PRESETS, preset
 from p2pswarm.wire import encoded_size
+
+from .swimnet import addr_of
 
 C2 = 1.2225562489182655  # 3.6 − 3.0 × ln 3 / ln 4
 

@@ -21,12 +21,13 @@ import pathlib
 import random
 
 import pytest
-from swimnet import TEST, addr_of
 
 from p2pswarm import wire
 from p2pswarm.membership.messages import Alive, Dead, MemberState, Meta, Record, Suspect
 from p2pswarm.membership.swim import Swim
 from p2pswarm.testing import transcript
+
+from .swimnet import TEST, addr_of
 
 HERE = pathlib.Path(__file__).parent / "transcripts"
 HIDDEN = ("source", "source_addr", "target_addr")

@@ -14,11 +14,12 @@ import socket
 from typing import Any
 
 import pytest
-from meshtest import LOOPS, arun, eventually, free_port
 
 from p2pswarm.mesh import proxyproto
 from p2pswarm.mesh.proxy import Mesh
 from p2pswarm.mesh.tablecheck import TableError, parse_table
+
+from .meshtest import LOOPS, arun, eventually, free_port
 
 MESH_A = "127.0.7.1"
 MESH_B = "127.0.7.2"

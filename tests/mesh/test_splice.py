@@ -16,10 +16,11 @@ import threading
 from typing import Awaitable, Callable
 
 import pytest
-from meshtest import LOOPS, arun, eventually, free_port
 
 from p2pswarm.mesh import proxyproto, splice
 from p2pswarm.mesh.proxy import Mesh
+
+from .meshtest import LOOPS, arun, eventually, free_port
 
 pytestmark = pytest.mark.skipif(not splice.HAVE_SPLICE, reason="needs os.splice (Linux)")
 

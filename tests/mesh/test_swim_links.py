@@ -1,12 +1,8 @@
 """SWIM tells the mesh which members it reaches only through helpers (a cut direct link)."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "membership"))
-from swimnet import SwimNet  # noqa: E402
+from ..membership.swimnet import SwimNet
 
 
 @pytest.mark.parametrize("seed", [1, 2])

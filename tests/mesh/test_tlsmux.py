@@ -7,12 +7,13 @@ import asyncio
 import os
 
 import pytest
-from meshtest import LOOPS, arun, eventually, free_port
-from test_mesh_tls import encrypted, relay_ports, tls
-from test_proxy import BACK_1, BACK_2, MESH_A, MESH_B, Backend, hello, table
 
 from p2pswarm.mesh import tlsmux
 from p2pswarm.mesh.proxy import Mesh
+
+from .meshtest import LOOPS, arun, eventually, free_port
+from .test_proxy import BACK_1, BACK_2, MESH_A, MESH_B, Backend, hello, table
+from .test_tls import encrypted, relay_ports, tls
 
 
 async def pair(target: Backend, b_tls: dict | None = None, **b_extra) -> tuple[Mesh, Mesh, int, int]:

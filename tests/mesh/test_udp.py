@@ -13,7 +13,6 @@ import socket
 from typing import Any
 
 import pytest
-from meshtest import LOOPS, arun, eventually, free_port
 
 from p2pswarm.agent.core import _mesh_entries
 from p2pswarm.cluster.spec import PortSpec
@@ -21,6 +20,8 @@ from p2pswarm.mesh.control import DataPlane
 from p2pswarm.mesh.table import Peer, build
 from p2pswarm.mesh.tablecheck import TableError
 from p2pswarm.mesh.udp import UdpMesh, parse_udp
+
+from .meshtest import LOOPS, arun, eventually, free_port
 
 HOST = "127.0.0.1"
 

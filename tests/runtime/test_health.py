@@ -6,11 +6,12 @@ import asyncio
 import socket
 
 import pytest
-from support import PY, aeventually, app
 
 from p2pswarm.runtime.base import HealthCheck, TaskSpec
 from p2pswarm.runtime.health import HEALTHY, STARTING, UNHEALTHY, HealthTracker, monitor, probe
 from p2pswarm.runtime.process import ProcessRuntime
+
+from ..apps.support import PY, aeventually, app
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,11 +9,12 @@ import socket
 import subprocess
 
 import pytest
-from support import PY, aeventually, app, eventually, pid_gone
 
 from p2pswarm.runtime.base import TaskSpec, port_env, substitute
 from p2pswarm.runtime.ports import PortAllocator, PortsExhausted
 from p2pswarm.runtime.process import ProcessConfig, ProcessRuntime
+
+from ..apps.support import PY, aeventually, app, eventually, pid_gone
 
 pytestmark = pytest.mark.timeout(60)
 

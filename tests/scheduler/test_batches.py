@@ -5,7 +5,6 @@ from __future__ import annotations
 from itertools import count
 
 import pytest
-from schedbox import Box
 
 from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.spec import ServiceSpec
@@ -13,6 +12,8 @@ from p2pswarm.cluster.state import ClusterState, Result
 from p2pswarm.consensus.messages import MAX_ENTRY_BYTES
 from p2pswarm.node.statemachine import encode_cluster
 from p2pswarm.scheduler.reconcile import MAX_PENDING, reconcile
+
+from .schedbox import Box
 
 
 def ids():

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-from schedbox import Box
-
 from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.model import Task
 from p2pswarm.cluster.spec import RestartPolicy, ServiceSpec
 from p2pswarm.cluster.state import ClusterState
 from p2pswarm.scheduler.reconcile import reconcile, restart_decision
+
+from .schedbox import Box
 
 
 def web(**kw) -> ServiceSpec:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from schedbox import Box
-
 from p2pswarm.cluster.model import Service, Task
 from p2pswarm.cluster.spec import RestartPolicy, ServiceSpec, UpdateConfig
 from p2pswarm.scheduler.updates import step
+
+from .schedbox import Box
 
 V1 = ServiceSpec("web", "srv", args=("v1",), replicas=4)
 

@@ -11,13 +11,13 @@ import asyncio
 import time
 from collections import Counter
 
-from secworld import World
-
 from p2pswarm.security.admission import Admission
 from p2pswarm.security.join import Joiner, JoinResult
 from p2pswarm.security.joinchannel import JoinServer, exchange, sponsor_handler
 from p2pswarm.security.keys import CurveKeys
 from p2pswarm.transport.zmq import ZmqTransport
+
+from .secworld import World
 
 DEADLINE = 5.0
 GRACE = 0.3

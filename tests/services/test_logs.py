@@ -25,7 +25,8 @@ from p2pswarm.logs import service as logs_mod
 from p2pswarm.logs.messages import ALL, MAX_REPLY_BYTES, LogChunk, LogCursor, LogLine, LogsReply, LogsRequest
 from p2pswarm.logs.service import LocalTask, LogsService, answer, decode_cursor, encode_cursor
 from p2pswarm.runtime.logs import MAX_LINE_BYTES, LogReader, RotatingLog
-from services.test_service_routes import FakeDriver, call
+
+from .test_service_routes import FakeDriver, call
 
 
 def clock(start=1000.0, step=0.5):
@@ -336,7 +337,7 @@ def test_the_api_and_the_cli_print_docker_like_lines(tmp_path, monkeypatch):
         call(router, "GET", "/v1/services/ghost/logs")
     assert err.value.status == 404
 
-    from services.test_node_stack_cli import RouterClient
+    from .test_node_stack_cli import RouterClient
     monkeypatch.setattr(service_cmds, "_client", lambda data_dir: RouterClient(router))
     out = CliRunner().invoke(main, ["service", "logs", "web", "--timestamps"], catch_exceptions=False)
     assert out.exit_code == 0, out.output
@@ -375,5 +376,5 @@ def test_the_wire_and_the_files_agree_on_line_sizes():
     from p2pswarm.logs import messages as logs_messages
     from p2pswarm.runtime import logs as files
     assert logs_messages.MAX_LINE_CHARS == files.MAX_LINE_BYTES and logs_messages.LINE_OVERHEAD == files.LINE_OVERHEAD
-    from test_purity import violations  # the messages are a pure module, as the other wire modules
+    from ..test_purity import violations  # the messages are a pure module, as the other wire modules
     assert violations(Path(logs_messages.__file__).read_text()) == []

@@ -12,8 +12,9 @@ from p2pswarm.api.server import HttpError
 from p2pswarm.cluster import commands as cmd
 from p2pswarm.consensus.driver import RaftDriver
 from p2pswarm.node.presets import TEST
-from services.test_node_stack_cli import router  # noqa: F401  (a fixture)
-from services.test_service_routes import call
+
+from .test_node_stack_cli import router  # noqa: F401  (a fixture)
+from .test_service_routes import call
 
 
 def test_a_drained_live_node_is_removed_without_force(router):  # noqa: F811

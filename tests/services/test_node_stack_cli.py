@@ -14,7 +14,8 @@ from p2pswarm.api.server import HttpError
 from p2pswarm.cli import node_admin_cmds, stack_cmds
 from p2pswarm.cli.main import main
 from p2pswarm.cluster import commands as cmd
-from services.test_service_routes import FakeDriver, call
+
+from .test_service_routes import FakeDriver, call
 
 
 def view(nid, name, status):

@@ -4,7 +4,7 @@ docs/benchmarks.md quotes, measured (numbers, not null), on the real code path.
 A benchmark that rots (a changed default, a renamed key, a path that stopped forwarding) fails
 here instead of printing ``null`` the next time someone measures. The figures themselves are
 not checked: speed belongs to the benchmarks, and these runs are too short to mean anything.
-simulations/fuzz_security.py has its own test (tests/security/test_sec_fuzz.py).
+simulations/fuzz_security.py has its own test (tests/security/test_fuzz.py).
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 from cryptography import x509
-from secworld import NOW, World
 
 from p2pswarm.security.errors import CertificateError, KeyFileError
 from p2pswarm.security.keys import CurveKeys
@@ -26,6 +25,8 @@ from p2pswarm.security.pki import (
     to_pem,
     unseal,
 )
+
+from .secworld import NOW, World
 
 
 @pytest.fixture

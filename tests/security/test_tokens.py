@@ -5,10 +5,11 @@ from __future__ import annotations
 import hmac
 
 import pytest
-from secworld import NOW, World
 
 from p2pswarm.security.errors import TokenError
 from p2pswarm.security.tokens import RETIRED_KEPT, SECRET_BYTES, JoinToken, TokenState, parse_token
+
+from .secworld import NOW, World
 
 
 @pytest.fixture

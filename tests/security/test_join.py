@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from secworld import NOW, World
 
 from p2pswarm import wire
 from p2pswarm.membership.messages import Ack
@@ -15,6 +14,8 @@ from p2pswarm.security.join import JOIN_CODES, JOIN_WINDOW, SPONSOR_ENTROPY, Joi
 from p2pswarm.security.messages import JoinGrant, JoinRefused, JoinRequest, KeyReply, KeyRequest
 from p2pswarm.security.pki import DAY, CertAuthority, rotate_ca
 from p2pswarm.security.tokens import JoinToken
+
+from .secworld import NOW, World
 
 
 @pytest.fixture

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from secworld import World
 
 from p2pswarm.node.statemachine import StateMachines, encode_security
 from p2pswarm.security.record import SecurityRecord, init_command
+
+from .secworld import World
 
 
 def init(w: World, cid: str = "i1") -> dict:

@@ -8,12 +8,13 @@ import os
 import ssl
 
 import pytest
-from meshtest import LOOPS, arun, free_port
-from test_proxy import BACK_1, MESH_A, MESH_B, Backend, backend, hello, table
 
 from p2pswarm.mesh.proxy import Mesh
 from p2pswarm.security.pki import CertAuthority
 from p2pswarm.testing.meshtls import free_port_pair, throwaway_ca, tls_section
+
+from .meshtest import LOOPS, arun, free_port
+from .test_proxy import BACK_1, MESH_A, MESH_B, Backend, backend, hello, table
 
 MESH_C = "127.0.7.3"
 CA = throwaway_ca("c1", b"\x05")

@@ -11,7 +11,6 @@ import asyncio
 import random
 
 import pytest
-from test_sec_host import _FakeDriver, creator, free_swim_addr, host, run
 
 from p2pswarm.membership.messages import Meta
 from p2pswarm.security.errors import KeyFileError
@@ -21,6 +20,8 @@ from p2pswarm.security.pki import CertAuthority, TrustBundle, cert_digest, unsea
 from p2pswarm.security.record import TOKEN_CONTEXT, SecurityRecord
 from p2pswarm.security.rekey import missing_shares, open_share, rekey_command, seal_share, shares_for
 from p2pswarm.security.tokens import TokenState
+
+from .test_host import _FakeDriver, creator, free_swim_addr, host, run
 
 pytestmark = pytest.mark.timeout(60)
 NOW = 1_750_000_000.0

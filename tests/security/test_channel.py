@@ -12,8 +12,6 @@ import asyncio
 import time
 
 import pytest
-from secnet import GRACE, Member, join, run, until
-from secworld import World
 
 from p2pswarm.security.admission import Admission
 from p2pswarm.security.errors import CertificateError, JoinError, TokenError
@@ -21,6 +19,9 @@ from p2pswarm.security.joinchannel import exchange, join_addr
 from p2pswarm.security.pki import DAY, NODE_CERT_LIFETIME
 from p2pswarm.security.tokens import JoinToken, parse_token
 from p2pswarm.transport.zmq import ZmqTransport
+
+from .secnet import GRACE, Member, join, run, until
+from .secworld import World
 
 pytestmark = pytest.mark.timeout(30)
 

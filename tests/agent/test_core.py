@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import msgpack
@@ -10,6 +9,8 @@ import pytest
 
 from p2pswarm.agent.core import AgentCore, Assignment, Forget, RestartPolicy, Start, Stop
 from p2pswarm.runtime.base import HealthCheck, TaskSpec
+
+from ..test_purity import violations
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -232,8 +233,5 @@ def test_bad_policies_and_assignments_are_refused():
 
 
 def test_the_core_is_pure():
-    spec = importlib.util.spec_from_file_location("purity", ROOT / "tests" / "test_purity.py")
-    purity = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(purity)
     for path in ("p2pswarm/agent/core.py", "p2pswarm/runtime/base.py"):
-        assert purity.violations((ROOT / path).read_text(), path) == [], path
+        assert violations((ROOT / path).read_text(), path) == [], path

@@ -9,12 +9,13 @@ import signal
 import urllib.request
 
 import pytest
-from support import PY, aeventually, app, pid_gone
 
 from p2pswarm.agent.core import Assignment, RestartPolicy
 from p2pswarm.agent.driver import AgentDriver
 from p2pswarm.runtime.base import HealthCheck, TaskSpec
 from p2pswarm.runtime.process import ProcessRuntime
+
+from ..apps.support import PY, aeventually, app, pid_gone
 
 pytestmark = pytest.mark.timeout(60)
 

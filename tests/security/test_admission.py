@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import zmq
 import zmq.utils.z85
-from secworld import NOW, World
 
 from p2pswarm.security.admission import Admission
 from p2pswarm.security.errors import CertificateError, KeyFileError
@@ -22,9 +20,10 @@ from p2pswarm.security.keys import (
 )
 from p2pswarm.security.pki import DAY, NODE_CERT_LIFETIME, finish_rotation, rotate_ca
 
+from ..test_purity import violations
+from .secworld import NOW, World
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-from test_purity import violations  # noqa: E402
 
 
 @pytest.fixture

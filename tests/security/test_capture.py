@@ -15,9 +15,10 @@ import subprocess
 import time
 
 import pytest
-from secnet import GRACE, join, run, until
 
 from p2pswarm.transport.zmq import ZmqTransport, parse_addr
+
+from .secnet import GRACE, join, run, until
 
 pytestmark = pytest.mark.timeout(30)
 

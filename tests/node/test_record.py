@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import msgpack
 import pytest
-from swimnet import SwimNet
 
 from p2pswarm.agent.host import AgentHost
 from p2pswarm.consensus.host import RaftHost
@@ -23,6 +22,8 @@ from p2pswarm.node.record import (
     encode_record,
 )
 from p2pswarm.wire import MAX_RECORD_BYTES
+
+from ..membership.swimnet import SwimNet
 
 RUNNING = {"t1": {"s": "running", "v": 1, "p": 20001}}
 
