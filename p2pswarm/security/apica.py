@@ -40,6 +40,7 @@ from p2pswarm.security.pki import (
     _dt,
     _serial,
     _validity,
+    ca_certificate,
     cert_digest,
     seal,
     unseal,
@@ -83,15 +84,7 @@ class ApiCA:
         key = ed25519.Ed25519PrivateKey.from_private_bytes(key_entropy)
         name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, API_ORG + cluster_id),
                           x509.NameAttribute(NameOID.COMMON_NAME, f"p2pswarm API CA {cluster_id}")])
-        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                .serial_number(_serial(serial_entropy))
-                .not_valid_before(_dt(now - BACKDATE)).not_valid_after(_dt(now + CA_LIFETIME))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                             data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                             crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-                .sign(key, None))
+        cert = ca_certificate(key, name, _serial(serial_entropy), now - BACKDATE, now + CA_LIFETIME, path_length=0)
         return cls(cert.public_bytes(serialization.Encoding.DER), key)
 
     def seal(self, cluster_key: bytes, nonce: bytes) -> bytes:

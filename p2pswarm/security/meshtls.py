@@ -39,6 +39,7 @@ from p2pswarm.security.pki import (
     _dt,
     _serial,
     _validity,
+    ca_certificate,
     to_pem,
 )
 
@@ -49,16 +50,7 @@ MESH_ORG = "p2pswarm mesh "
 def tls_anchor(ca: CertAuthority) -> bytes:
     """The CA certificate's TLS twin (DER): same subject, key, serial and validity; no p2pswarm extension."""
     start, end = _validity(ca.cert)
-    public = ca.key.public_key()
-    cert = (x509.CertificateBuilder().subject_name(ca.cert.subject).issuer_name(ca.cert.subject)
-            .public_key(public).serial_number(ca.cert.serial_number)
-            .not_valid_before(_dt(start)).not_valid_after(_dt(end))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-            .sign(ca.key, None))
+    cert = ca_certificate(ca.key, ca.cert.subject, ca.cert.serial_number, start, end, path_length=0)
     return cert.public_bytes(serialization.Encoding.DER)
 
 

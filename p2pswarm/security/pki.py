@@ -238,6 +238,24 @@ class NodeIdentity:
         return self.not_after - now
 
 
+def ca_certificate(key: ed25519.Ed25519PrivateKey, name: x509.Name, serial: int, not_before: float,
+                   not_after: float, *, path_length: int, signs_lists: bool = False,
+                   identity: x509.UnrecognizedExtension | None = None) -> x509.Certificate:
+    """A self-signed CA certificate of ``key``: the one shape shared by the cluster CA (which also signs
+    revocation lists and carries the critical p2pswarm identity), its TLS twin and the remote API's CA."""
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(serial).not_valid_before(_dt(not_before)).not_valid_after(_dt(not_after))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=signs_lists, content_commitment=False,
+                                            key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                            key_cert_sign=True, crl_sign=signs_lists, encipher_only=False,
+                                            decipher_only=False), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
+    if identity is not None:
+        builder = builder.add_extension(identity, critical=True)
+    return builder.sign(key, None)
+
+
 def _node_cert(der: bytes) -> tuple[x509.Certificate, str, str, str, x25519.X25519PublicKey]:
     """A parsed node certificate and what it claims: (cert, cluster id, node id, name, key); unverified."""
     cert = _parse(der, "the node certificate")
@@ -292,16 +310,8 @@ class CertAuthority:
         key = ed25519.Ed25519PrivateKey.from_private_bytes(key_entropy)
         name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "p2pswarm"),
                           x509.NameAttribute(NameOID.COMMON_NAME, f"p2pswarm CA {cluster_id} g{generation}")])
-        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                .serial_number(_serial(serial_entropy))
-                .not_valid_before(_dt(now - BACKDATE)).not_valid_after(_dt(now + lifetime))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-                .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                             data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                             crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-                .add_extension(_identity_ext("ca", cluster_id), critical=True)
-                .sign(key, None))
+        cert = ca_certificate(key, name, _serial(serial_entropy), now - BACKDATE, now + lifetime, path_length=1,
+                              signs_lists=True, identity=_identity_ext("ca", cluster_id))
         return cls(cert.public_bytes(serialization.Encoding.DER), key)
 
     def issue(self, node_id: str, name: str, curve_public: bytes, now: float, serial_entropy: bytes, *,
