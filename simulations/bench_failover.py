@@ -75,6 +75,12 @@ def task_rows(cluster: LocalCluster, node) -> list[dict]:
         return []
 
 
+def task_host(cluster: LocalCluster, node_name: str) -> str:
+    """Where a task of ``node_name`` answers: its node's address (a bridge container's port is bound there)."""
+    node = next((n for n in cluster.nodes.values() if n.name == node_name), None)
+    return node.addr.rsplit(":", 1)[0] if node is not None else "127.0.0.1"
+
+
 def healthy(cluster: LocalCluster, node, count: int, avoid: str | None = None) -> list[dict] | None:
     """The current running tasks if exactly ``count`` run (none on ``avoid``) and all answer HTTP, else None."""
     rows = [r for r in task_rows(cluster, node) if r.get("current") and r.get("desired") == "running"]
@@ -83,7 +89,8 @@ def healthy(cluster: LocalCluster, node, count: int, avoid: str | None = None) -
         return None
     for r in rows:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{r['port']}/", timeout=1) as resp:
+            url = f"http://{task_host(cluster, r['node_name'])}:{r['port']}/"
+            with urllib.request.urlopen(url, timeout=1) as resp:
                 if json.load(resp).get("task") != r["id"]:
                     return None
         except (OSError, ValueError):
@@ -123,6 +130,83 @@ def settled(cluster: LocalCluster, observer, count: int, settle: float, timeout:
     return None
 
 
+def start_group(cluster: LocalCluster, count: int) -> list:
+    """``count`` joined nodes, all in the Raft group."""
+    nodes = cluster.start_joined(count)
+
+    def in_group():
+        try:
+            return all(len(n.api.get("/v1/cluster")["members"]) == count for n in nodes)
+        except Exception:
+            return False
+    if wait(in_group, 60) is None:
+        raise failed(cluster, nodes[0], "the nodes did not all join the Raft group")
+    return nodes
+
+
+def create_service(cluster: LocalCluster, first, replicas: int, settle: float, *argv: str) -> list[dict]:
+    """``service create web --replicas N --detach ARGV...`` and wait until every replica answers."""
+    created = cluster.cli("service", "create", "web", "--replicas", str(replicas), "--detach",
+                          "--data-dir", str(first.data_dir), *argv, timeout=120)
+    if created.returncode != 0:
+        raise SystemExit(f"service create failed: {created.stderr.strip()}")
+    rows = settled(cluster, first, replicas, settle, 180)
+    if rows is None:
+        raise failed(cluster, first, f"{replicas} tasks never ran")
+    return rows
+
+
+def kill_runs(cluster: LocalCluster, nodes: list, rows: list[dict], replicas: int, runs: int, timeout: float,
+              settle: float, seen_pids: set[int], after_kill=None) -> tuple[list[float], int]:
+    """Per run: SIGKILL the node with the most replicas (never the observer, ``nodes[0]``), time until ``replicas``
+    answer again, call ``after_kill(victim, killed_at)``, restart it and let the service settle.
+    Returns the recovery times and the number of runs that did not recover."""
+    first, recover, missed = nodes[0], [], 0
+    for run in range(runs):
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["node_name"]] = counts.get(r["node_name"], 0) + 1
+        candidates = [n for n in nodes[1:] if counts.get(n.name)]
+        # rotate over nodes holding replicas, the most loaded first
+        candidates.sort(key=lambda n: (-counts[n.name], (n.index - run) % len(nodes)))
+        victim = candidates[0]
+        killed_at = time.monotonic()
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait(timeout=30)
+        back = wait(lambda: healthy(cluster, first, replicas, avoid=victim.name), timeout)
+        took = time.monotonic() - killed_at
+        if back is None:
+            missed += 1
+            say(f"run {run + 1}/{runs}: killed {victim.name} ({counts[victim.name]} replicas): "
+                f"NOT recovered within {timeout:g} s")
+        else:
+            recover.append(took)
+            task_pids(cluster, back, seen_pids)
+            say(f"run {run + 1}/{runs}: killed {victim.name} ({counts[victim.name]} replicas): "
+                f"{replicas} healthy again after {took:.3f} s")
+        if after_kill is not None:
+            after_kill(victim, killed_at)
+        if run == runs - 1:
+            break
+        cluster.start(victim.index, (first.addr,))
+        alive = wait(lambda: (first.statuses() or {}).get(victim.name) == "alive" and victim.info() is not None, 60)
+        if alive is None:
+            raise failed(cluster, first, f"{victim.name} did not come back")
+        rows = settled(cluster, first, replicas, settle, 90)
+        if rows is None:
+            raise failed(cluster, first, f"{replicas} tasks did not settle after {victim.name} came back")
+        task_pids(cluster, rows, seen_pids)
+    return recover, missed
+
+
+def kill_pids(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=5)
@@ -137,79 +221,26 @@ def main() -> None:
     args = parser.parse_args()
 
     seen_pids: set[int] = set()
-    recover: list[float] = []
-    failed = 0
     with tempfile.TemporaryDirectory(prefix="p2ps-fo-") as tmp:
         cluster = LocalCluster(Path(tmp), preset=args.preset)
         try:
-            nodes = cluster.start_joined(args.nodes)
-            first = nodes[0]
-
-            def in_group():
-                try:
-                    return all(len(n.api.get("/v1/cluster")["members"]) == args.nodes for n in nodes)
-                except Exception:
-                    return False
-            if wait(in_group, 60) is None:
-                raise failed(cluster, first, "the nodes did not all join the Raft group")
+            nodes = start_group(cluster, args.nodes)
             say(f"{args.nodes} nodes up ({args.preset} preset)")
-            created = cluster.cli("service", "create", "web", "--replicas", str(args.replicas), "--detach",
-                                  "--data-dir", str(first.data_dir), "--", sys.executable, APP)
-            if created.returncode != 0:
-                raise SystemExit(f"service create failed: {created.stderr.strip()}")
-            rows = settled(cluster, first, args.replicas, args.settle, 90)
-            if rows is None:
-                raise failed(cluster, first, f"{args.replicas} tasks never ran")
+            rows = create_service(cluster, nodes[0], args.replicas, args.settle, "--", sys.executable, APP)
             task_pids(cluster, rows, seen_pids)
             say(f"{args.replicas} replicas running and answering HTTP")
-
-            for run in range(args.runs):
-                counts: dict[str, int] = {}
-                for r in rows:
-                    counts[r["node_name"]] = counts.get(r["node_name"], 0) + 1
-                candidates = [n for n in nodes[1:] if counts.get(n.name)]
-                # rotate over nodes holding replicas, the most loaded first
-                candidates.sort(key=lambda n: (-counts[n.name], (n.index - run) % args.nodes))
-                victim = candidates[0]
-                killed_at = time.monotonic()
-                victim.proc.send_signal(signal.SIGKILL)
-                victim.proc.wait(timeout=30)
-                back = wait(lambda: healthy(cluster, first, args.replicas, avoid=victim.name), args.timeout)
-                took = time.monotonic() - killed_at
-                if back is None:
-                    failed += 1
-                    say(f"run {run + 1}/{args.runs}: killed {victim.name} ({counts[victim.name]} replicas): "
-                        f"NOT recovered within {args.timeout:g} s")
-                else:
-                    recover.append(took)
-                    task_pids(cluster, back, seen_pids)
-                    say(f"run {run + 1}/{args.runs}: killed {victim.name} ({counts[victim.name]} replicas): "
-                        f"{args.replicas} healthy again after {took:.3f} s")
-                if run == args.runs - 1:
-                    break
-                cluster.start(victim.index, (first.addr,))
-                alive = wait(lambda: (first.statuses() or {}).get(victim.name) == "alive"
-                             and victim.info() is not None, 60)
-                if alive is None:
-                    raise failed(cluster, first, f"{victim.name} did not come back")
-                rows = settled(cluster, first, args.replicas, args.settle, 90)
-                if rows is None:
-                    raise failed(cluster, first, f"{args.replicas} tasks did not settle after {victim.name} came back")
-                task_pids(cluster, rows, seen_pids)
+            recover, missed = kill_runs(cluster, nodes, rows, args.replicas, args.runs, args.timeout, args.settle,
+                                        seen_pids)
         finally:
             cluster.close()
-            for pid in seen_pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_pids(seen_pids)
 
     report = {
         "nodes": args.nodes, "replicas": args.replicas, "preset": args.preset, "runs": args.runs, "quick": args.quick,
         "recover_p50_s": round(statistics.median(recover), 3) if recover else None,
         "recover_p99_s": round(percentile(recover, 99), 3) if recover else None,
         "recover_s": [round(t, 3) for t in recover],
-        "failed_runs": failed,
+        "failed_runs": missed,
     }
     print(json.dumps(report))
 

@@ -35,6 +35,8 @@ CORES = [
     "p2pswarm/cluster/model.py",
     "p2pswarm/cluster/commands.py",
     "p2pswarm/cluster/state.py",
+    "p2pswarm/cluster/objects.py",
+    "p2pswarm/cluster/result.py",
     "p2pswarm/scheduler/flow.py",
     "p2pswarm/mesh/routes.py",
     "p2pswarm/logs/messages.py",

@@ -10,7 +10,8 @@ Every start of a task is a *run*, numbered from 1; events name their run, so a l
 event from an old run cannot touch the current one. A task has one run at a time: a new
 run starts only after the previous one has exited.
 
-Task states: ``pending`` (assigned, not started), ``starting``, ``running``, ``stopping``,
+Task states: ``pending`` (assigned, not started), ``starting``, ``preparing`` (the runtime said that
+the start waits for something slow: an image pull), ``running``, ``stopping``,
 ``restarting`` (waiting out the restart delay), and the final ``complete`` (exit 0),
 ``failed`` and ``shutdown`` (stopped because it was no longer wanted). A task that ended
 stays ended unless its spec version changes; new runs beyond the restart policy are the
@@ -25,6 +26,9 @@ from typing import Any, Iterable
 from p2pswarm.runtime.base import TaskSpec
 
 PENDING, STARTING, RUNNING, STOPPING, RESTARTING = "pending", "starting", "running", "stopping", "restarting"
+PREPARING = "preparing"
+LAUNCHING = frozenset({STARTING, PREPARING})
+"""A run asked of the runtime that has not started yet."""
 COMPLETE, FAILED, SHUTDOWN = "complete", "failed", "shutdown"
 FINAL = frozenset({COMPLETE, FAILED, SHUTDOWN})
 CONDITIONS = ("any", "on-failure", "none")
@@ -131,21 +135,29 @@ class AgentCore:
             t.removed = task_id not in wanted
         self._reconcile_all(now)
 
+    def preparing(self, now: float, task_id: str, run: int) -> None:
+        """The runtime prepares the run's start (pulls its image)."""
+        t = self._current(task_id, run)
+        if t is not None and t.state == STARTING:
+            t.state = PREPARING
+            self._changed()
+
     def started(self, now: float, task_id: str, run: int, ports: tuple[int, ...]) -> None:
         t = self._current(task_id, run)
-        if t is None or t.state not in (STARTING, STOPPING):
+        if t is None or t.state not in LAUNCHING | {STOPPING}:
             return
+        spec = t.assignment.spec
         t.port = ports[0] if ports else None
-        t.mesh = _mesh_entries(t.assignment.spec.publish, ports)
-        t.health = "starting" if t.assignment.spec.health else None
-        if t.state == STARTING:
+        t.mesh = _mesh_entries(spec.publish, ports)
+        t.health = "starting" if spec.health else None
+        if t.state in LAUNCHING:
             t.state = RUNNING
         self._changed()
 
     def exited(self, now: float, task_id: str, run: int, code: int | None = None,
                signal: int | None = None, error: str | None = None) -> None:
         t = self._current(task_id, run)
-        if t is None or t.state not in (STARTING, RUNNING, STOPPING):
+        if t is None or t.state not in LAUNCHING | {RUNNING, STOPPING}:
             return
         t.exit_code, t.signal, t.port, t.health, t.mesh = code, signal, None, None, ()
         reason, t.stop_reason = t.stop_reason, None
@@ -217,7 +229,7 @@ class AgentCore:
 
     def _reconcile(self, now: float, t: _Task) -> None:
         wanted, fresh = self._wanted(t), t.version != t.assignment.version
-        if t.state in (STARTING, RUNNING):
+        if t.state in LAUNCHING | {RUNNING}:
             if not wanted:
                 self._stop(t, "shutdown")
             elif fresh:
@@ -294,12 +306,11 @@ def _record(t: _Task) -> dict[str, Any]:
 
 def _mesh_entries(publish: tuple, ports: tuple[int, ...]) -> tuple[tuple, ...]:
     """:func:`p2pswarm.runtime.base.published_ports`, with ``"udp"`` appended to the entries of UDP ports
-    and ``"tls"`` to those of encrypted TCP ports."""
-    dynamic = iter(ports)
+    and ``"tls"`` to those of encrypted TCP ports. ``ports`` are the run's: one per published port, in order
+    (a process's $PORT..., a bridge container's mapped node ports); mode=host ports are left to their node."""
     out = []
-    for p in publish:  # as published_ports: each dynamic target takes the next dynamic port
-        port = p.target if p.target is not None else next(dynamic, None)
-        if port is not None:
+    for p, port in zip(publish, ports):
+        if p.mode != "host":
             if p.protocol == "udp":
                 out.append((p.published, port, p.proxy_protocol, "udp"))
             elif p.encrypted:

@@ -106,6 +106,10 @@ class AgentDriver:
         """One run: start, report, watch health, wait for the end, report."""
         r = self.runs[task_id]
         try:
+            prepare = getattr(self.runtime, "prepare", None)  # runtimes whose starts may wait (an image pull)
+            if prepare is not None and spec.image is not None:
+                self._event(self.core.preparing, task_id, run)
+                await prepare(spec)
             r.handle = handle = await self.runtime.start(spec)
             if handle.error is None:
                 self._event(self.core.started, task_id, run, handle.ports)

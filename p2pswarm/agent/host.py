@@ -22,10 +22,15 @@ from typing import Any
 
 from p2pswarm.agent.core import AgentCore, Assignment, RestartPolicy
 from p2pswarm.agent.driver import AgentDriver
+from p2pswarm.agent.files import TaskFileSource
 from p2pswarm.cluster.model import TERMINAL
-from p2pswarm.node.record import GossipRecord, TaskDigest
-from p2pswarm.runtime import base, taskuser
+from p2pswarm.node.record import GossipRecord, NodeCaps, TaskDigest
+from p2pswarm.runtime import base, cgroups, engine, taskuser
+from p2pswarm.runtime.container import ContainerConfig, ContainerRuntime
+from p2pswarm.runtime.dispatch import DispatchRuntime
 from p2pswarm.runtime.process import ProcessConfig, ProcessRuntime
+from p2pswarm.runtime.reaper import Watchdog
+from p2pswarm.runtime.volumes import Volumes
 
 log = logging.getLogger("p2pswarm.agent")
 
@@ -36,20 +41,27 @@ DIGEST_LIFE = 1 << 24
 """Digest versions per incarnation: a restarted node's digest versions start above its previous life's."""
 
 
-def assignments(state: Any, node_id: str) -> list[Assignment]:
-    """This node's tasks in the cluster state, as agent assignments (pure). Ended tasks stay
+def assignments(state: Any, node_id: str, files: TaskFileSource | None = None) -> list[Assignment]:
+    """This node's tasks in the cluster state, as agent assignments. Ended tasks stay
     assigned (desired shutdown) while the state keeps them in the service's history, so the
-    agent keeps their log files for `service logs` until the history drops them."""
+    agent keeps their log files for `service logs` until the history drops them. ``files``
+    gives the tasks meant to run their secrets and configs (opened here, for them only)."""
     out = []
+    used: set[tuple[str, str]] = set()
     for task in state.tasks_on(node_id):
         spec = state.spec_of(task)
         if spec is None:
             continue
-        task_spec = base.TaskSpec(task.id, task.service, task.slot, node_id, spec.argv, dict(spec.env),
-                                  spec.workdir, base.dynamic_ports_needed(spec.ports), spec.health,
-                                  publish=tuple(spec.ports))
         running = task.desired == "running" and task.state not in TERMINAL
+        task_spec = base.TaskSpec(
+            task.id, task.service, task.slot, node_id, spec.argv, dict(spec.env), spec.workdir,
+            base.dynamic_ports_needed(spec.ports), spec.health, stop_grace=spec.stop_grace, publish=tuple(spec.ports),
+            image=spec.image, network=spec.network_mode, user=spec.user, limit_cpu=spec.limit_cpu,
+            limit_memory=spec.limit_memory, limit_pids=spec.limit_pids, stop_signal=spec.stop_signal,
+            mounts=spec.mounts, files=files.files(state, spec, used) if files is not None and running else ())
         out.append(Assignment(task_spec, task.version, "running" if running else "shutdown", RUN_ONCE))
+    if files is not None:
+        files.keep_only(used)
     return out
 
 
@@ -57,21 +69,49 @@ class AgentHost:
     name = "agent"
 
     def __init__(self, node_id: str, data_dir: Path, raft: Any, incarnation: int,
-                 task_host: str | None = None, task_user: str | None = None, *, record: GossipRecord) -> None:
+                 task_host: str | None = None, task_user: str | None = None, *, record: GossipRecord,
+                 keyring: Any = None, engine_socket: str | None = None) -> None:
         """``task_user``: the user a root node runs tasks as (None: the default, see
         :func:`p2pswarm.runtime.taskuser.resolve`); raises TaskUserError with one line.
-        ``record``: the node's gossip record, whose ``tasks`` section this agent sets."""
+        ``record``: the node's gossip record, whose ``tasks`` section this agent sets.
+        ``keyring``: the secrets keyring (:class:`p2pswarm.security.secretbox.Keyring`; None: plaintext).
+        ``engine_socket``: the Docker Engine's API for image tasks (None: ``$DOCKER_HOST`` or the standard one)."""
         self.node_id, self.raft, self.record = node_id, raft, record
+        self.files = TaskFileSource(None if keyring is None else
+                                    lambda secret: keyring.open(self.raft.driver.security, secret))
         user, why = taskuser.resolve(task_user)
         (log.info if user is not None else log.warning)("%s", why)
-        self.runtime = ProcessRuntime(data_dir, ProcessConfig(task_host=task_host, task_user=user,
-                                                              task_homes=taskuser.HOMES / node_id))
+        self.volumes = Volumes(None, node_id)
+        """This node's named volumes (``volume ls|rm`` through the API)."""
+        node_cgroups, self.isolation = cgroups.for_node(node_id)
+        """What this node can enforce (``cgroup-v1``, ``cgroup-v2`` or ``none`` and why)."""
+        log.info("task isolation: %s (%s)", self.isolation.kind, self.isolation.reason)
+        self.watchdog = Watchdog()
+        """The reaper that kills this node's tasks if the node dies; runtimes add their cleanup steps."""
+        processes = ProcessRuntime(data_dir, ProcessConfig(task_host=task_host, task_user=user,
+                                                           task_homes=taskuser.HOMES / node_id,
+                                                           volumes_root=self.volumes.root,
+                                                           cgroups=node_cgroups, cgroups_off=self.isolation.reason),
+                                   watchdog=self.watchdog)
+        self.engine_socket = engine_socket or engine.default_socket()
+        self.engine = engine.Engine("none", "not probed yet")
+        """The container engine image tasks run on (probed at :meth:`start`)."""
+        containers = ContainerRuntime(data_dir, ContainerConfig(node_id, self.engine_socket, task_host,
+                                                                volumes_root=self.volumes.root),
+                                      processes.ports, processes.files, watchdog=self.watchdog)
+        self.runtime = DispatchRuntime(processes, containers)
         self.driver = AgentDriver(self.runtime, AgentCore(digest_version=incarnation * DIGEST_LIFE),
                                   on_digest=self._on_digest, health_host=task_host or "127.0.0.1")
         self._digest: tuple[int, dict] | None = None
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
+        self.engine = await asyncio.to_thread(engine.probe, self.engine_socket)
+        (log.info if self.engine.available else log.warning)(
+            "container engine: %s", f"docker {self.engine.detail}" if self.engine.available
+            else f"unavailable ({self.engine.detail}); image tasks cannot run here")
+        self.record.set(NodeCaps.of(self.engine.kind, self.engine.detail, self.isolation.kind, self.isolation.reason))
+        self.watchdog.start()
         left = await self.runtime.adopt_or_stop_leftovers()
         if left:
             log.info("stopped %d task(s) left over from a previous run of this node", len(left))
@@ -85,6 +125,8 @@ class AgentHost:
         for task in self._tasks[:1]:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.runtime.close()
+        await asyncio.to_thread(self.watchdog.close)  # nothing left for it to kill: it just exits
 
     def step(self, now: float) -> None:
         """Nothing per loop turn: the agent follows the applied cluster state in its own task."""
@@ -103,7 +145,7 @@ class AgentHost:
             if raft.cluster.applied != applied:
                 applied = raft.cluster.applied
                 try:
-                    self.driver.assign(assignments(raft.cluster, self.node_id))
+                    self.driver.assign(assignments(raft.cluster, self.node_id, self.files))
                 except Exception:  # a bug must not stop the agent from following later changes
                     log.error("cannot apply this node's assignments", exc_info=True)
 

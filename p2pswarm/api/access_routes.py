@@ -17,7 +17,7 @@ import urllib.parse
 from p2pswarm.api import paths
 from p2pswarm.api.common import json_body, raft_call, require_driver, require_security
 from p2pswarm.api.server import HttpError, Request, Response
-from p2pswarm.node.statemachine import command_id
+from p2pswarm.consensus.requests import command_id
 from p2pswarm.node.view import NodeView
 from p2pswarm.security import access
 from p2pswarm.security.clientcerts import CLIENT_CERT_LIFETIME, client_identity, issue_client

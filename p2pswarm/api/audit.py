@@ -19,7 +19,7 @@ from typing import Any
 
 from p2pswarm.api import roles
 from p2pswarm.api.server import HttpError, Request, Response
-from p2pswarm.node.statemachine import command_id
+from p2pswarm.consensus.requests import command_id
 from p2pswarm.security.access import audit_command
 
 log = logging.getLogger("p2pswarm.audit")

@@ -57,7 +57,8 @@ ALWAYS = {
 }
 """Counters written as 0 before their first event (the cores only count what happened)."""
 TRANSPORT_GAUGES = frozenset({"peers_open"})
-AGENT_STATES = ("pending", "starting", "running", "stopping", "restarting", "complete", "failed", "shutdown")
+AGENT_STATES = ("pending", "preparing", "starting", "running", "stopping", "restarting", "complete", "failed",
+                "shutdown")
 """The agent core's task states (:mod:`p2pswarm.agent.core`)."""
 MESH_GAUGES = frozenset({"active", "bind_errors"})
 """Keys of ``mesh_metrics()`` that are levels, not counts (``bind_errors``: ports failing to bind now)."""

@@ -7,7 +7,8 @@ The roles nest: ``admin`` may do what ``operator`` may, which may do what ``read
 
 * **read-only**: look, never change: ls, ps, inspect, logs, metrics, top, members, mesh, cluster status.
 * **operator**: run workloads: services (and so stacks, which are services), scale, update,
-  rollback, and the KV store (reads too: it may hold application secrets).
+  rollback, removing a node's volumes, secrets and configs (create, remove), and the KV store (reads
+  too: it may hold application secrets).  No endpoint ever returns a secret's data.
 * **admin**: run the cluster: nodes (update, remove), join tokens, the CA, client certificates,
   the audit log, fault injection, benchmarks and shutting a node down.
 
@@ -41,6 +42,18 @@ ENDPOINTS: dict[str, str] = {
     "POST /v1/services/{name}/update": OPERATE,
     "POST /v1/services/{name}/scale": OPERATE,
     "POST /v1/services/{name}/rollback": OPERATE,
+    # this node's named volumes
+    "GET /v1/volumes": READ,
+    "DELETE /v1/volumes/{name}": OPERATE,
+    # secrets and configs (no endpoint returns a secret's data)
+    "GET /v1/secrets": READ,
+    "GET /v1/secrets/{name}": READ,
+    "POST /v1/secrets": OPERATE,
+    "DELETE /v1/secrets/{name}": OPERATE,
+    "GET /v1/configs": READ,
+    "GET /v1/configs/{name}": READ,
+    "POST /v1/configs": OPERATE,
+    "DELETE /v1/configs/{name}": OPERATE,
     # the KV store
     "GET /v1/kv/{key}": OPERATE,
     "PUT /v1/kv/{key}": OPERATE,

@@ -21,9 +21,11 @@ import urllib.parse
 from p2pswarm.api.access_routes import AccessRoutes
 from p2pswarm.api.common import json_body, one_line, query_flag, raft_call, require_driver, require_security
 from p2pswarm.api.metrics import render_metrics
+from p2pswarm.api.object_routes import ObjectRoutes
 from p2pswarm.api.server import Handler, HttpError, Reply, Request, Response
 from p2pswarm.api.service_routes import ServiceRoutes
 from p2pswarm.api.top_routes import TopRoutes
+from p2pswarm.api.volume_routes import VolumeRoutes
 from p2pswarm.node.view import NodeView
 
 MAX_KEY_LEN = 256
@@ -53,7 +55,7 @@ class Router:
         self.kv_routes: dict[str, Handler] = {"GET": self.kv_get, "PUT": self.kv_put, "DELETE": self.kv_delete}
         self.services = ServiceRoutes(node)
         self.routes["/v1/top"] = {"GET": TopRoutes(node).top}
-        self.groups = (self.services, AccessRoutes(node))
+        self.groups = (self.services, AccessRoutes(node), VolumeRoutes(node), ObjectRoutes(node))
         """Route groups dispatched by pattern (:mod:`p2pswarm.api.paths`)."""
 
     def endpoints(self) -> list[str]:

@@ -18,12 +18,14 @@ from p2pswarm.api import paths
 from p2pswarm.api.common import json_body, query_flag, raft_call, require_driver
 from p2pswarm.api.server import HttpError, Reply, Request, Response
 from p2pswarm.cluster import commands as cmd
+from p2pswarm.cluster.capabilities import engine_text, isolation_text
 from p2pswarm.cluster.checks import SpecError
-from p2pswarm.cluster.spec import MAX_REPLICAS, ServiceSpec
+from p2pswarm.cluster.spec import MAX_REPLICAS, ServiceSpec, check_mesh_ports
 from p2pswarm.cluster.stack import stack_of
+from p2pswarm.consensus.requests import command_id
 from p2pswarm.membership.messages import LIVE
-from p2pswarm.node.statemachine import command_id
 from p2pswarm.node.view import NodeView
+from p2pswarm.runtime import volumes
 
 SERVICES = "/v1/services"
 NODES = "/v1/nodes/"
@@ -75,7 +77,25 @@ class ServiceRoutes(paths.PatternRoutes):
         if self.node.security is None and any(p.encrypted for p in spec.ports):
             raise HttpError(400, "ports: encrypted forwarding uses the cluster's certificates, and this cluster "
                                  "is plaintext (--insecure): remove the encrypted option")
+        refused = volumes.refusal(spec.mounts, process=spec.image is None)
+        if refused:
+            raise HttpError(400, refused)
+        mesh = {(p.published, p.protocol): svc.name for svc in self._state().services.values()
+                if svc.name != spec.name for p in svc.spec.ports if p.mode == "ingress"}
+        try:
+            check_mesh_ports(spec, mesh)
+        except SpecError as exc:
+            raise HttpError(400, str(exc)) from None
         return spec
+
+    def _port_errors(self, spec: ServiceSpec) -> list[dict[str, str]]:
+        """The published ports of ``spec`` that some live node's mesh cannot listen on, and why."""
+        keys = {f"{p.published}/udp" if p.protocol == "udp" else str(p.published) for p in spec.ports
+                if p.mode == "ingress"}
+        nodes = self._state().nodes
+        rows = [{"node": nodes[nid].name if nid in nodes else nid, "port": key, "error": error}
+                for nid, errors in self.node.port_errors().items() for key, error in errors.items() if key in keys]
+        return sorted(rows, key=lambda r: (r["node"], r["port"]))
 
     # ------------------------------------------------------------ services
 
@@ -103,6 +123,7 @@ class ServiceRoutes(paths.PatternRoutes):
             "update_message": svc.update_message, "scheduling_error": svc.scheduling_error, "desired": desired,
             "running": sum(1 for r in current if r["state"] == "running"),
             "running_current": sum(1 for r in current if r["state"] == "running" and self._runs_current(svc, r)),
+            "port_errors": self._port_errors(svc.spec),
         })
 
     def _runs_current(self, svc: Any, row: dict) -> bool:
@@ -125,7 +146,8 @@ class ServiceRoutes(paths.PatternRoutes):
                 task = state.tasks.get(row["id"])
                 row["slot"] = task.slot if task is not None else 0
                 row["current_spec"] = self._runs_current(svc, row)
-            return Response.json({"tasks": rows, "scheduling_error": svc.scheduling_error})
+            return Response.json({"tasks": rows, "scheduling_error": svc.scheduling_error,
+                                  "port_errors": self._port_errors(svc.spec)})
         if what == "logs":
             query = urllib.parse.parse_qs(request.query)
             return self._logs({k: v[-1] for k, v in query.items()}, name)
@@ -226,12 +248,16 @@ class ServiceRoutes(paths.PatternRoutes):
                                                                 "rtt_ms", "incarnation", "role", "self")}
         cluster = None if record is None else {"availability": record.availability, "labels": record.label_map,
                                                "cpu": record.cpu, "memory": record.memory, "tasks": tasks}
+        engine, isolation = (None, ""), (None, "")
+        if record is not None:
+            engine, isolation = (record.engine, record.engine_detail), (record.isolation, record.isolation_detail)
         if record is not None:
             name = record.name
         else:
             assert view is not None  # _resolve found nid among the SWIM views or the records: here the views
             name = view["name"]
-        return Response.json({"id": nid, "name": name, "swim": swim, "cluster": cluster})
+        return Response.json({"id": nid, "name": name, "engine": engine_text(*engine),
+                              "isolation": isolation_text(*isolation), "swim": swim, "cluster": cluster})
 
     async def node_rm(self, request: Request, node: str) -> Response:
         """Remove a node from the cluster state (its tasks are replaced elsewhere) and, through the

@@ -107,6 +107,15 @@ from p2pswarm.cli.mesh_cmds import mesh  # noqa: E402
 
 main.add_command(mesh)
 
+from p2pswarm.cli.volume_cmds import volume  # noqa: E402
+
+main.add_command(volume)
+
+from p2pswarm.cli.object_cmds import config, secret  # noqa: E402
+
+main.add_command(secret)
+main.add_command(config)
+
 from p2pswarm.cli.lock_cmds import unlock, unlock_key  # noqa: E402
 
 main.add_command(unlock)

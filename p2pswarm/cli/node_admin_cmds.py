@@ -19,6 +19,8 @@ def pretty(info: dict) -> str:
     """``docker node inspect --pretty``-like text of a ``GET /v1/nodes/NODE`` answer."""
     swim, cluster = info["swim"] or {}, info["cluster"] or {}
     lines = [f"ID:            {info['id']}", f"Name:          {info['name']}"]
+    if "engine" in info:
+        lines += [f"Engine:        {info['engine']}", f"Isolation:     {info['isolation']}"]
     if swim:
         lines += [f"Address:       {swim['addr']}", f"Status:        {swim['status']}",
                   f"Raft role:     {swim['role']}", f"RTT:           {fmt_rtt(swim['rtt_ms'])}",

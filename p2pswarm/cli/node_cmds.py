@@ -121,10 +121,13 @@ def _datadir(path: Path | None) -> DataDir:
 @click.option("--task-user", default=None, metavar="USER",
               help="When the node runs as root: the user its tasks run as [default: p2pswarm-task, created if "
                    "missing, else nobody]; `root` turns task isolation off.")
+@click.option("--engine-socket", default=None, metavar="URL",
+              help="The Docker Engine API that runs image tasks [default: $DOCKER_HOST or "
+                   "unix:///var/run/docker.sock]; without a working engine the node runs process tasks only.")
 @click.option("--detach", is_flag=True, help="Run in the background; logs go to <data-dir>/node.log.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 def up(peers, bind, advertise, name, data_dir, labels, preset, relay_port, token, insecure, autolock_on,
-       unlock_key_file, api_addr, task_user, detach, log_level):
+       unlock_key_file, api_addr, task_user, engine_socket, detach, log_level):
     """Start a node: create a new cluster, or join one with --peers (and --token).
 
     Clusters are secure by default: the first node creates the cluster CA and prints
@@ -149,7 +152,7 @@ def up(peers, bind, advertise, name, data_dir, labels, preset, relay_port, token
     options = NodeOptions(data_dir=str(datadir.path), bind=bind, advertise=advertise, peers=peers,
                           name=name, labels=labels, preset=preset, relay_port=relay_port, secure=not insecure,
                           insecure=insecure, token=token, autolock=autolock_on, unlock_key=unlock_key,
-                          api_addr=api_addr, task_user=task_user)
+                          api_addr=api_addr, task_user=task_user, engine_socket=engine_socket)
     if detach:
         return _up_detached(options, log_level)
     configure_logging(log_level)
@@ -220,6 +223,8 @@ def _child_argv(options: NodeOptions, log_level: str) -> list[str]:
         argv += ["--autolock"]
     if options.task_user:
         argv += ["--task-user", options.task_user]
+    if options.engine_socket:
+        argv += ["--engine-socket", options.engine_socket]
     if options.api_addr:
         argv += ["--api-addr", options.api_addr]
     if options.unlock_key:
@@ -389,13 +394,21 @@ def node():
 @data_dir_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def node_ls(data_dir, fmt):
-    """List every member: id, name, address, status, Raft role, RTT and labels."""
+    """List every member: id, name, address, status, Raft role, RTT, container engine, task isolation and
+    labels (`node inspect` says why a node has no engine or isolation)."""
     members = ApiClient(_datadir(data_dir)).get("/v1/members")["members"]
     if fmt == "json":
         click.echo(to_json(members))
         return 0
     rows = [(m["id"] + (" *" if m.get("self") else ""), m["name"], m["addr"], m["status"], m.get("role", "-"),
-             fmt_rtt(m.get("rtt_ms")), fmt_labels(m.get("labels", {}))) for m in members]
-    click.echo(table(("ID", "NAME", "ADDRESS", "STATUS", "ROLE", "RTT", "LABELS"), rows))
+             fmt_rtt(m.get("rtt_ms")), _brief(m.get("engine", "-")), _brief(m.get("isolation", "-")),
+             fmt_labels(m.get("labels", {}))) for m in members]
+    click.echo(table(("ID", "NAME", "ADDRESS", "STATUS", "ROLE", "RTT", "ENGINE", "ISOLATION", "LABELS"), rows))
     return 0
+
+
+def _brief(capability: str) -> str:
+    """An engine or isolation without the reason it is missing (too long for a table): ``docker (20.10.24)``,
+    ``unavailable``, ``cgroup-v1``, ``none``."""
+    return capability if capability.startswith("docker") else capability.split(" (")[0]
 

@@ -21,7 +21,16 @@ import click
 from p2pswarm.api.client import ApiClient
 from p2pswarm.cli.node_cmds import _datadir, data_dir_option
 from p2pswarm.cli.output import table, to_json
-from p2pswarm.cluster.spec import Constraint, HealthCheck, ServiceSpec, parse_duration, parse_memory, parse_port
+from p2pswarm.cluster.spec import (
+    Constraint,
+    FileRef,
+    HealthCheck,
+    Mount,
+    ServiceSpec,
+    parse_duration,
+    parse_memory,
+    parse_port,
+)
 
 API_TIMEOUT = 60.0
 """Seconds the CLI waits for one answer (the node's own write timeout is shorter)."""
@@ -46,10 +55,14 @@ def spec_options(fn):
         click.option("--mode", type=click.Choice(["replicated", "global"]), help="global: one task per node."),
         click.option("--publish", "-p", multiple=True,
                      help="Published port, e.g. 8080, 8080:80, 5353:53/udp; options after a comma: proxy-protocol "
-                          "(PROXY v2 header to the task), encrypted (TLS between nodes' meshes) (repeatable)."),
+                          "(PROXY v2 header to the task), encrypted (TLS between nodes' meshes); or Docker's long "
+                          "syntax published=8080,target=80,protocol=tcp,mode=host (served by the task's node only, "
+                          "not the mesh). A fixed target is a process's $PORT, a container's port (repeatable)."),
         click.option("--env", "-e", multiple=True, help="K=V environment variable (repeatable; update merges)."),
         click.option("--workdir", help="Working directory of the task (absolute)."),
-        click.option("--constraint", multiple=True, help="e.g. node.labels.zone==a, node.name!=n1 (repeatable)."),
+        click.option("--constraint", multiple=True,
+                     help="e.g. node.labels.zone==a, node.name!=n1, node.engine==docker, node.isolation!=none "
+                          "(repeatable)."),
         click.option("--placement-pref", help="spread=node.labels.KEY"),
         click.option("--reserve-cpu", type=float, help="Cores reserved per task."),
         click.option("--reserve-memory", help="Memory reserved per task, e.g. 256M."),
@@ -67,6 +80,22 @@ def spec_options(fn):
         click.option("--health-tcp", is_flag=True, default=False, help="TCP connect health check."),
         click.option("--health-interval"), click.option("--health-timeout"),
         click.option("--health-retries", type=int), click.option("--health-start-period"),
+        click.option("--image", help="Run tasks as containers of IMAGE on the nodes' Docker Engine (pulled on first "
+                                     "use); COMMAND is then optional."),
+        click.option("--network", type=click.Choice(["host", "bridge"]),
+                     help="Containers: bridge (default; each target port mapped to a dynamic host port) or host."),
+        click.option("--user", "-u", help="User tasks run as (name or uid[:gid]); default: the node's task user."),
+        click.option("--limit-cpu", type=float, help="Cores a task may use at most (enforced)."),
+        click.option("--limit-memory", help="Memory a task may use at most, e.g. 256M (the kernel kills above it)."),
+        click.option("--limit-pids", type=int, help="Processes a task may have at once."),
+        click.option("--stop-signal", help="Signal that asks a task to stop (default SIGTERM)."),
+        click.option("--stop-grace-period", help="Time between the stop signal and SIGKILL (default 10s)."),
+        click.option("--mount", multiple=True,
+                     help="type=bind|volume,source=SRC,target=/PATH[,readonly] (repeatable; update replaces all)."),
+        click.option("--secret", multiple=True,
+                     help="NAME or source=NAME,target=FILE,mode=0400 (repeatable; update replaces all)."),
+        click.option("--config", "config_refs", multiple=True,
+                     help="NAME or source=NAME,target=/PATH,mode=0444 (repeatable; update replaces all)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -95,9 +124,19 @@ def _sub(obj, prefix: str, names: dict, durations: tuple[str, ...] = ()):
 def apply_flags(spec: ServiceSpec, o: dict) -> ServiceSpec:
     """``spec`` with the flags the user gave applied (raises SpecError / BadParameter with one line)."""
     changes: dict = {}
-    for field in ("replicas", "mode", "workdir", "reserve_cpu"):
+    for field in ("replicas", "mode", "workdir", "reserve_cpu", "image", "network", "user", "limit_cpu",
+                  "limit_pids", "stop_signal"):
         if o[field] is not None:
             changes[field] = o[field]
+    if o["limit_memory"] is not None:
+        changes["limit_memory"] = parse_memory(o["limit_memory"], "limit_memory")
+    if o["stop_grace_period"] is not None:
+        changes["stop_grace"] = parse_duration(o["stop_grace_period"], "stop_grace")
+    for field, values, parse in (("mounts", o["mount"], Mount.parse),
+                                 ("secrets", o["secret"], lambda v: FileRef.parse(v, "secret")),
+                                 ("configs", o["config_refs"], lambda v: FileRef.parse(v, "config"))):
+        if values:
+            changes[field] = tuple(parse(v) for v in values)
     if o["publish"]:
         changes["ports"] = tuple(parse_port(p) for p in o["publish"])
     if o["env"]:
@@ -136,7 +175,7 @@ def apply_flags(spec: ServiceSpec, o: dict) -> ServiceSpec:
 
 # ------------------------------------------------------------ progress
 
-STAGES = ("new", "assigned", "starting", "running")
+STAGES = ("new", "assigned", "preparing", "starting", "running")
 """A task's way to running; the bar fills by stage."""
 BAR_WIDTH = 50
 FAIL_LIMIT = 3
@@ -293,13 +332,17 @@ def service():
 
 @service.command("create", context_settings={"ignore_unknown_options": False})
 @click.argument("name")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @spec_options
 @click.option("--detach", "-d", is_flag=True, help="Return at once instead of showing progress.")
 @data_dir_option
 def create(name, command, detach, data_dir, **flags):
-    """Create service NAME running COMMAND (put `--` before it): p2pswarm service create web -- python app.py"""
-    spec = apply_flags(ServiceSpec(name, command[0], tuple(command[1:])), flags)
+    """Create service NAME running COMMAND (put `--` before it): p2pswarm service create web -- python app.py;
+    or containers of an image: p2pswarm service create web --image nginx:1.27 -p 8080:80"""
+    if not command and flags["image"] is None:
+        raise click.UsageError("give the COMMAND tasks run (after --), or --image IMAGE")
+    base = ServiceSpec(name, command[0] if command else "", tuple(command[1:]), image=flags["image"])
+    spec = apply_flags(base, flags)
     client = _client(data_dir)
     client.request("POST", "/v1/services", {"spec": spec.to_dict()})
     _finish(client, name, detach)
@@ -407,6 +450,8 @@ def ps(name, fmt, data_dir):
         return 0
     if answer.get("scheduling_error"):
         click.echo(f"{name}: {answer['scheduling_error']}", err=True)
+    for e in answer.get("port_errors", ()):
+        click.echo(f"{name}: node {e['node']} cannot listen on published port {e['port']}: {e['error']}", err=True)
     click.echo(table(["ID", "NAME", "NODE", "VERSION", "DESIRED", "CURRENT", "PORT", "ERROR"],
                      [[r["id"], r["name"] if r["current"] else " \\_ " + r["name"], r.get("node_name") or "-",
                        r["version"], r["desired"], r["state"] + (f" ({r['health']})" if r["health"] else ""),

@@ -4,23 +4,67 @@ Deploy creates the stack's new services and updates the changed ones (``service 
 a change to what tasks run rolls out by the service's update config); unchanged ones are
 left alone.  Services the file no longer has are removed only with ``--prune``.  Deploy
 returns at once, as `docker stack deploy` does: follow with `p2pswarm service ls`.
+
+Secrets and configs declared with ``file:`` are created first (every file is read before anything is
+created), labelled ``p2pswarm.stack=NAME``, and removed by ``stack rm``.  They are immutable: one that
+exists is kept (a config whose file changed is refused: give it a new ``name:``; a secret's contents
+cannot be compared, so deploy says it kept it).
 """
 
 from __future__ import annotations
 
+import base64
+import urllib.parse
 from collections import Counter
 
 import click
 
+from p2pswarm.api.client import ApiError
 from p2pswarm.cli.node_cmds import data_dir_option
+from p2pswarm.cli.object_cmds import read_data
 from p2pswarm.cli.output import table, to_json
 from p2pswarm.cli.service_cmds import _client, _path
 from p2pswarm.cluster.spec import ServiceSpec
-from p2pswarm.cluster.stack import StackError, check_stack_name, load, translate
+from p2pswarm.cluster.stack import Stack, StackError, check_stack_name, load, translate
+
+STACK_LABEL = "p2pswarm.stack"
+"""The label of the secrets and configs a stack created from its files (its value: the stack name)."""
 
 
 def _stack_services(client, name: str) -> list[str]:
     return sorted(r["name"] for r in client.get("/v1/services")["services"] if r.get("stack") == name)
+
+
+def _object_path(kind: str, name: str = "") -> str:
+    return f"/v1/{kind}s" + (f"/{urllib.parse.quote(name, safe='')}" if name else "")
+
+
+def _existing(client, kind: str, name: str) -> dict | None:
+    try:
+        return client.get(_object_path(kind, name))
+    except ApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _make_objects(client, parsed: Stack) -> None:
+    """Create the stack's secrets and configs from their files; all files are read (and each existing
+    config compared) before anything is created, so a bad file changes nothing."""
+    todo = []
+    for obj in parsed.objects:
+        have = _existing(client, obj.kind, obj.name)
+        if have is None:
+            todo.append((obj, read_data(obj.kind, obj.file)))
+        elif obj.kind == "config" and base64.b64decode(have.get("data", "")) != read_data(obj.kind, obj.file):
+            raise click.ClickException(f"config {obj.name} exists with other contents, and configs are immutable: "
+                                       f"give it a new name (name: in the file) and deploy again")
+        elif obj.kind == "secret":
+            click.echo(f"Secret {obj.name} exists: kept (secrets are immutable: to change one, give it a new name)")
+    for obj, data in todo:
+        click.echo(f"Creating {obj.kind} {obj.name}")
+        client.request("POST", _object_path(obj.kind), {"name": obj.name, "labels": {STACK_LABEL: parsed.name},
+                                                        "data": base64.b64encode(data).decode()})
 
 
 @click.group()
@@ -43,6 +87,7 @@ def deploy(name, compose_file, prune, data_dir):
     for warning in parsed.warnings:
         click.echo(f"warning: {warning}", err=True)
     client = _client(data_dir)
+    _make_objects(client, parsed)
     existing = set(_stack_services(client, name))
     for spec in parsed.specs:
         if spec.name not in existing:
@@ -93,4 +138,14 @@ def rm(name, data_dir):
     for svc in services:
         click.echo(f"Removing service {svc}")
         client.request("DELETE", _path(svc))
+    for kind in ("secret", "config"):
+        for row in client.get(_object_path(kind))[f"{kind}s"]:
+            if row.get("labels", {}).get(STACK_LABEL) != name:
+                continue
+            click.echo(f"Removing {kind} {row['name']}")
+            try:
+                client.request("DELETE", _object_path(kind, row["name"]))
+            except ApiError as exc:  # e.g. a removed service's tasks still stopping: not worth failing rm
+                click.echo(f"warning: {kind} {row['name']} kept: {exc}; remove it later with "
+                           f"`p2pswarm {kind} rm {row['name']}`", err=True)
     return 0

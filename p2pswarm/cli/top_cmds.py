@@ -46,8 +46,9 @@ KEY_POLL = 0.1
 ESC = "\x1b["
 STYLES = {"red": "31", "yellow": "33", "green": "32", "bold": "1", "dim": "2", "head": "1;4"}
 STATUS_STYLE = {"alive": "green", "suspect": "yellow", "dead": "red", "left": "dim", "unknown": "yellow"}
-TASK_STYLE = {"running": "green", "new": "yellow", "assigned": "yellow", "starting": "yellow",
-              "complete": "dim", "shutdown": "dim", "failed": "red", "rejected": "red", "orphaned": "red"}
+TASK_STYLE = {"running": "green", "new": "yellow", "assigned": "yellow", "preparing": "yellow",
+              "starting": "yellow", "complete": "dim", "shutdown": "dim", "failed": "red", "rejected": "red",
+              "orphaned": "red"}
 UPDATE_STYLE = {"updating": "yellow", "rollback_started": "yellow", "paused": "red", "rollback_paused": "red",
                 "rollback_completed": "yellow"}
 

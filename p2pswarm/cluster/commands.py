@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import msgpack
 
+from p2pswarm.cluster.capabilities import ENGINES, ISOLATIONS, MAX_DETAIL
 from p2pswarm.cluster.checks import (
     LABEL_KEY,
     LABEL_KEY_WHAT,
@@ -26,13 +27,16 @@ from p2pswarm.cluster.checks import (
     choice,
     fail,
     integer,
+    is_bytes,
     number,
     pairs,
     strings,
     text,
 )
 from p2pswarm.cluster.model import AVAILABILITY, DESIRED, TASK_STATES, UPDATE_STATES
+from p2pswarm.cluster.objects import MAX_DATA, OBJECT_ID, OBJECT_ID_WHAT, SEAL_OVERHEAD
 from p2pswarm.cluster.spec import MAX_MEMORY, MAX_REPLICAS, NAME, NAME_WHAT, ServiceSpec
+from p2pswarm.cluster.workload import OBJECT_NAME, OBJECT_NAME_WHAT
 from p2pswarm.consensus.messages import MAX_ENTRY_BYTES
 
 MAX_BATCH = 10_000
@@ -155,10 +159,14 @@ def report_task_status(cid: str, at: float, task: str, state: str, *, node: str 
 
 def update_node(cid: str, at: float, node: str, *, name: str | None = None, availability: str | None = None,
                 labels: dict[str, str] | None = None, label_add: dict[str, str] | None = None,
-                label_rm: Iterable[str] = (), cpu: float | None = None, memory: int | None = None) -> dict:
-    """Creates the node on first use; fields left None are kept."""
+                label_rm: Iterable[str] = (), cpu: float | None = None, memory: int | None = None,
+                engine: tuple[str, str] | None = None, isolation: tuple[str, str] | None = None) -> dict:
+    """Creates the node on first use; fields left None are kept.  ``engine`` and ``isolation`` are
+    ``(kind, detail)`` as the node gossips them (:mod:`p2pswarm.cluster.capabilities`)."""
+    caps: dict[str, Any] = {} if engine is None and isolation is None else {
+        "engine": None if engine is None else list(engine), "isolation": None if isolation is None else list(isolation)}
     return _command("update_node", cid, at, node=node, name=name, availability=availability, labels=labels,
-                    label_add=label_add, label_rm=list(label_rm), cpu=cpu, memory=memory)
+                    label_add=label_add, label_rm=list(label_rm), cpu=cpu, memory=memory, **caps)
 
 
 def remove_node(cid: str, at: float, node: str) -> dict:
@@ -168,6 +176,25 @@ def remove_node(cid: str, at: float, node: str) -> dict:
 def set_update_state(cid: str, at: float, name: str, version: int, state: str, message: str = "",
                      basis: Iterable[int] | None = None) -> dict:
     return _command("set_update_state", cid, at, basis, name=name, version=version, state=state, message=message)
+
+
+def create_secret(cid: str, at: float, name: str, object_id: str, sealed: bytes, key: int,
+                  labels: dict[str, str] | None = None) -> dict:
+    """``sealed``: the data sealed with keyring key ``key`` (:func:`p2pswarm.security.secretbox.seal_secret`)."""
+    return _command("create_secret", cid, at, name=name, object=object_id, data=sealed, key=key, labels=labels or {})
+
+
+def create_config(cid: str, at: float, name: str, object_id: str, data: bytes,
+                  labels: dict[str, str] | None = None) -> dict:
+    return _command("create_config", cid, at, name=name, object=object_id, data=data, labels=labels or {})
+
+
+def remove_secret(cid: str, at: float, name: str) -> dict:
+    return _command("remove_secret", cid, at, name=name)
+
+
+def remove_config(cid: str, at: float, name: str) -> dict:
+    return _command("remove_config", cid, at, name=name)
 
 
 # ------------------------------------------------------------------ checking
@@ -217,6 +244,27 @@ def _labels(f: str, v: Any) -> tuple[tuple[str, str], ...]:
     return pairs(f, v, 64, LABEL_KEY, LABEL_KEY_WHAT, 256)
 
 
+def _object_name(f: str, v: Any) -> str:
+    return text(f, v, 64, OBJECT_NAME, OBJECT_NAME_WHAT)
+
+
+def _data(limit: int) -> Check:
+    def data(f: str, v: Any) -> bytes:
+        if not is_bytes(v, limit):
+            raise fail(f, f"must be 1 to {limit} bytes", f"{len(v)} bytes" if isinstance(v, bytes) else v)
+        return v
+    return data
+
+
+def _capability(f: str, v: Any, kinds: tuple[str, ...]) -> tuple[str, str]:
+    """``[kind, detail]`` of a node's engine or isolation."""
+    if not isinstance(v, list) or len(v) != 2:
+        raise fail(f, "must be [kind, detail]", v)
+    if type(v[1]) is not str or len(v[1]) > MAX_DETAIL:
+        raise fail(f, f"the detail must be a string of at most {MAX_DETAIL} characters", v[1])
+    return choice(f, v[0], kinds), v[1]
+
+
 def _version(f: str, v: Any) -> int:
     return integer(f, v, 1, 2**53)
 
@@ -264,11 +312,20 @@ SCHEMAS: dict[str, dict[str, Check]] = {
         "node": _ident, "name": _opt(lambda f, v: text(f, v, 128)),
         "availability": _opt(lambda f, v: choice(f, v, AVAILABILITY)), "labels": _opt(_labels),
         "label_add": _opt(_labels), "label_rm": lambda f, v: strings(f, v, 64, 128),
-        "cpu": _opt(lambda f, v: number(f, v, 0, 1e6)), "memory": _opt(lambda f, v: integer(f, v, 0, MAX_MEMORY))},
+        "cpu": _opt(lambda f, v: number(f, v, 0, 1e6)), "memory": _opt(lambda f, v: integer(f, v, 0, MAX_MEMORY)),
+        "engine": _opt(lambda f, v: _capability(f, v, ENGINES)),
+        "isolation": _opt(lambda f, v: _capability(f, v, ISOLATIONS))},
     "remove_node": {"node": _ident},
     "set_update_state": {"name": _name, "version": _version,
                          "state": lambda f, v: choice(f, v, UPDATE_STATES), "message": _message},
     "set_scheduling_error": {"name": _name, "message": _message},
+    "create_secret": {"name": _object_name, "object": lambda f, v: text(f, v, 64, OBJECT_ID, OBJECT_ID_WHAT),
+                      "data": _data(MAX_DATA + SEAL_OVERHEAD), "key": lambda f, v: integer(f, v, 1, 2**31),
+                      "labels": _labels},
+    "create_config": {"name": _object_name, "object": lambda f, v: text(f, v, 64, OBJECT_ID, OBJECT_ID_WHAT),
+                      "data": _data(MAX_DATA), "labels": _labels},
+    "remove_secret": {"name": _object_name},
+    "remove_config": {"name": _object_name},
 }
 DECISIONS = frozenset({"assign_tasks"})
 """Commands that must carry a basis: they are only right for the state they were planned on."""
@@ -311,4 +368,5 @@ def check(command: Any) -> tuple[str, dict[str, Any]]:
 
 __all__ = ["create_service", "update_service", "rollback_service", "scale_service", "remove_service", "placement",
            "assign_tasks", "assign_batches", "set_task_desired", "report_task_status", "update_node", "remove_node",
-           "set_update_state", "set_scheduling_error", "encoded_size", "check_size", "check", "SCHEMAS"]
+           "set_update_state", "set_scheduling_error", "create_secret", "create_config", "remove_secret",
+           "remove_config", "encoded_size", "check_size", "check", "SCHEMAS"]

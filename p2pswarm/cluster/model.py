@@ -19,16 +19,19 @@ AVAILABILITY = ("active", "pause", "drain")
 """active takes new tasks; pause keeps its tasks but takes no new ones; drain moves them away."""
 DESIRED = ("running", "shutdown", "remove")
 """Desired states only move forward in this order."""
-TASK_STATES = ("new", "assigned", "starting", "running", "complete", "failed", "shutdown", "rejected", "orphaned")
-"""Observed states.  ``new`` = not placed yet (its message says why); the last five are terminal."""
-TERMINAL = frozenset(TASK_STATES[4:])
+TASK_STATES = ("new", "assigned", "preparing", "starting", "running",
+               "complete", "failed", "shutdown", "rejected", "orphaned")
+"""Observed states.  ``new`` = not placed yet (its message says why); ``preparing`` = its node pulls the
+image; the five after ``running`` are terminal."""
+RUNNING_RANK = TASK_STATES.index("running")
+TERMINAL = frozenset(TASK_STATES[RUNNING_RANK + 1:])
 UPDATE_STATES = ("", "updating", "paused", "completed", "rollback_started", "rollback_paused", "rollback_completed")
 """A service's rolling-update status, as Docker reports it ('' = never updated)."""
 
 
 def state_rank(state: str) -> int:
     """Observed states only move forward: every terminal state ranks after ``running``."""
-    return min(TASK_STATES.index(state), 4)
+    return min(TASK_STATES.index(state), RUNNING_RANK + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,12 @@ class Node:
     memory: int | None = None
     """Bytes tasks may reserve (None = not reported)."""
     changed: int = 0
+    engine: str | None = None
+    """Container engine kind (:mod:`p2pswarm.cluster.capabilities`; None = not reported: not capable)."""
+    engine_detail: str = ""
+    isolation: str | None = None
+    """Task isolation kind (None = not reported: not capable)."""
+    isolation_detail: str = ""
 
     @property
     def label_map(self) -> dict[str, str]:

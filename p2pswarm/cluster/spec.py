@@ -13,14 +13,31 @@ snapshots; decoding is strict (unknown fields and wrong types are errors).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from p2pswarm.cluster.capabilities import ENGINES, ISOLATIONS, constraint_value
 from p2pswarm.cluster.checks import LABEL_KEY, SpecError, choice, fail, flag, integer, number, pairs, strings, text
+from p2pswarm.cluster.workload import (
+    MAX_FILES,
+    MAX_LIMIT_PIDS,
+    MAX_MOUNTS,
+    MIN_LIMIT_CPU,
+    MIN_LIMIT_MEMORY,
+    FileRef,
+    Mount,
+    check_image,
+    check_network,
+    check_secret_targets,
+    check_user,
+    parse_signal,
+    unique,
+)
 
 __all__ = ["SpecError", "PortSpec", "Constraint", "RestartPolicy", "UpdateConfig", "HealthCheck",
-           "ServiceSpec", "parse_port", "parse_memory", "parse_duration"]
+           "ServiceSpec", "Mount", "FileRef", "parse_port", "parse_memory", "parse_duration"]
 
 NAME = re.compile(r"[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?")
 NAME_WHAT = "must be 1-63 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit"
@@ -44,12 +61,17 @@ SECONDS_WHAT = "must be a number of seconds from 0 to 31536000 (a year)"
 _PORT = re.compile(r"(\d{1,5})(?::(\d{1,5}|dynamic))?(?:/([a-z]+))?((?:,[a-z-]+)*)")
 PORT_OPTIONS = ("proxy-protocol", "encrypted")
 PROTOCOLS = ("tcp", "udp")
+PORT_MODES = ("ingress", "host")
+LONG_PORT_FIELDS = ("published", "target", "protocol", "mode")
 
 
 def parse_port(spec: str) -> "PortSpec":
     """``8080`` (target dynamic), ``8080:80``, ``8080:dynamic``, ``8080:80,proxy-protocol``;
     a ``/udp`` (or ``/tcp``, the default) suffix after the target: ``5353:5353/udp``, ``8080:dynamic/udp``;
-    ``,encrypted``: forwarding between nodes' meshes goes over TLS (secure clusters, TCP)."""
+    ``,encrypted``: forwarding between nodes' meshes goes over TLS (secure clusters, TCP).  Docker's long
+    syntax too: ``published=8080,target=80,protocol=tcp,mode=host`` (see :class:`PortSpec` for ``mode``)."""
+    if isinstance(spec, str) and "=" in spec:
+        return _parse_long_port(spec)
     m = _PORT.fullmatch(spec.strip()) if isinstance(spec, str) else None
     if m is None:
         raise fail("ports", "must look like 8080, 8080:80, 8080:80/udp or 8080:80,proxy-protocol", spec)
@@ -68,18 +90,45 @@ def parse_port(spec: str) -> "PortSpec":
         raise e.under("ports") from None
 
 
+def _parse_long_port(spec: str) -> "PortSpec":
+    fields: dict[str, str] = {}
+    options = []
+    for part in spec.strip().split(","):
+        key, eq, value = (x.strip() for x in part.partition("="))
+        if not eq and key in PORT_OPTIONS:
+            options.append(key)
+        elif not eq or key not in LONG_PORT_FIELDS or key in fields:
+            raise fail("ports", "the long syntax is published=8080,target=80,protocol=tcp,mode=host "
+                                "(each field once; target, protocol and mode optional)", spec)
+        else:
+            fields[key] = value
+    if "published" not in fields:
+        raise fail("ports", "the long syntax needs published=PORT", spec)
+    for key in ("published", "target"):
+        digits = fields.get(key)
+        if digits is not None and not digits.isdigit() and (key, digits) != ("target", "dynamic"):
+            raise fail("ports", f"{key} must be a port number", digits)
+    target = fields.get("target", "dynamic")
+    try:
+        return PortSpec(int(fields["published"]), None if target == "dynamic" else int(target),
+                        "proxy-protocol" in options, fields.get("protocol", "tcp"), "encrypted" in options,
+                        fields.get("mode", "ingress"))
+    except SpecError as e:
+        raise e.under("ports") from None
+
+
 _MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
 
 
-def parse_memory(spec: str | int) -> int:
+def parse_memory(spec: str | int, name: str = "reserve_memory") -> int:
     """Bytes from ``536870912``, ``512M``, ``512MiB``, ``1G``, ``1.5g`` (binary units, as Docker)."""
     if type(spec) is int:
-        return integer("reserve_memory", spec, 0, MAX_MEMORY)
+        return integer(name, spec, 0, MAX_MEMORY)
     m = _MEMORY.fullmatch(spec.strip()) if isinstance(spec, str) else None
     if m is None:
-        raise fail("reserve_memory", "must be bytes or a size like 512M or 1G", spec)
+        raise fail(name, "must be bytes or a size like 512M or 1G", spec)
     value = int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
-    return integer("reserve_memory", value, 0, MAX_MEMORY)
+    return integer(name, value, 0, MAX_MEMORY)
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -110,12 +159,18 @@ class PortSpec:
     ``tcp`` (default) or ``udp``; a UDP port is encoded with its ``protocol`` field, a TCP
     port without it (so that nodes that predate UDP still decode every TCP spec). ``encrypted``:
     the routing mesh forwards this port's connections between nodes over TLS (encoded only
-    when set, for the same reason)."""
+    when set, for the same reason).
+
+    A fixed ``target`` means one thing everywhere: for a container, the container's port; for a
+    process, its ``$PORT`` (``{port}``) itself.  ``mode`` ``host`` (encoded only when set): the mesh
+    does not serve the port; the node a task runs on serves ``published`` itself (a process gets it as
+    its port, a container has it mapped to ``target``), so placement never puts two such tasks on one node."""
     published: int
     target: int | None = None
     proxy_protocol: bool = False
     protocol: str = "tcp"
     encrypted: bool = False
+    mode: str = "ingress"
 
     def __post_init__(self) -> None:
         integer("published", self.published, 1, 65535)
@@ -130,16 +185,25 @@ class PortSpec:
         if self.protocol == "udp" and self.encrypted:
             raise SpecError(f"encrypted: encrypted forwarding is for tcp ports only; remove encrypted from "
                             f"{self.published}/udp")
+        choice("mode", self.mode, PORT_MODES)
+        if self.mode == "host" and (self.proxy_protocol or self.encrypted):
+            raise SpecError(f"mode: a mode=host port is served by its task's node, not by the routing mesh: "
+                            f"remove {'proxy-protocol' if self.proxy_protocol else 'encrypted'} from {self.published}")
 
     def __str__(self) -> str:
+        if self.mode == "host":  # the long syntax, which parse_port reads back
+            return (f"published={self.published}" + (f",target={self.target}" if self.target else "")
+                    + (",protocol=udp" if self.protocol == "udp" else "") + ",mode=host")
         target = "dynamic" if self.target is None else str(self.target)
         return (f"{self.published}:{target}" + ("/udp" if self.protocol == "udp" else "")
                 + (",proxy-protocol" if self.proxy_protocol else "") + (",encrypted" if self.encrypted else ""))
 
 
-_CONSTRAINT = re.compile(r"\s*(node\.(?:id|name|hostname|labels\.([^\s=!]+)))\s*(==|!=)\s*(\S+)\s*")
-CONSTRAINT_WHAT = ("must look like node.labels.KEY==VALUE, node.name!=NAME or node.id==ID "
-                   "(operators == and !=)")
+_CONSTRAINT = re.compile(
+    r"\s*(node\.(?:id|name|hostname|engine|isolation|labels\.([^\s=!]+)))\s*(==|!=)\s*(\S+)\s*")
+CONSTRAINT_WHAT = ("must look like node.labels.KEY==VALUE, node.name!=NAME, node.id==ID, node.engine==docker "
+                   "or node.isolation!=none (operators == and !=)")
+CAPABILITY_KINDS = {"node.engine": ENGINES, "node.isolation": ISOLATIONS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,12 +227,19 @@ class Constraint:
     def __post_init__(self) -> None:
         if _CONSTRAINT.fullmatch(f"{self.key}{self.op}{self.value}") is None:
             raise fail("constraints", CONSTRAINT_WHAT, f"{self.key}{self.op}{self.value}")
+        kinds = CAPABILITY_KINDS.get(self.key)
+        if kinds is not None and self.value not in kinds:
+            raise fail("constraints", f"{self.key} is one of {', '.join(kinds)}", f"{self.key}{self.op}{self.value}")
 
-    def matches(self, node_id: str, name: str, labels: Mapping[str, str]) -> bool:
+    def matches(self, node_id: str, name: str, labels: Mapping[str, str], engine: str | None = None,
+                isolation: str | None = None) -> bool:
+        """``engine`` and ``isolation``: the node's kinds (None: not reported, which counts as ``none``)."""
         if self.key == "node.id":
             actual: str | None = node_id
         elif self.key == "node.name":
             actual = name
+        elif self.key in CAPABILITY_KINDS:
+            actual = constraint_value(engine if self.key == "node.engine" else isolation)
         else:
             actual = labels.get(self.key[len("node.labels."):])
         return (actual == self.value) == (self.op == "==")
@@ -247,7 +318,12 @@ def _seconds(obj: Any, *names: str) -> None:
 
 # ------------------------------------------------------------------ the spec
 
-TASK_FIELDS = ("command", "args", "env", "workdir", "ports", "reserve_cpu", "reserve_memory", "health")
+WORKLOAD_FIELDS = ("image", "network", "user", "limit_cpu", "limit_memory", "limit_pids", "stop_signal",
+                   "stop_grace", "mounts", "secrets", "configs")
+"""Fields added with containers and isolation (:mod:`p2pswarm.cluster.workload`): encoded only when set,
+so a spec without them encodes as it did before they existed."""
+TASK_FIELDS = ("command", "args", "env", "workdir", "ports", "reserve_cpu", "reserve_memory", "health",
+               *WORKLOAD_FIELDS)
 """The fields a running task is made of: a change to any of them replaces the tasks (a rolling
 update); a change elsewhere (replicas, constraints, policies) does not restart anything."""
 
@@ -274,10 +350,32 @@ class ServiceSpec:
     health: HealthCheck | None = None
     rebalance: bool = True
     """Opt-out of rebalancing: False keeps tasks where they are when nodes join or return."""
+    image: str | None = None
+    """Run tasks as containers of this image (the node's engine); ``command`` may then be empty (the image's)."""
+    network: str | None = None
+    """``host`` or ``bridge`` (containers only); None: bridge for an image, host for a process."""
+    user: str | None = None
+    """The user a task runs as (name or uid[:gid]); None: the node's task user (the image's for a container)."""
+    limit_cpu: float = 0.0
+    """Cores a task may use at most (0: no limit); ``reserve_cpu`` is what placement counts."""
+    limit_memory: int = 0
+    """Bytes a task may use at most; above it the kernel kills the task (0: no limit)."""
+    limit_pids: int = 0
+    """Processes (threads included) a task may have at once (0: no limit)."""
+    stop_signal: str = "SIGTERM"
+    stop_grace: float = 10.0
+    """Seconds between ``stop_signal`` and SIGKILL when a task is stopped."""
+    mounts: tuple[Mount, ...] = ()
+    secrets: tuple[FileRef, ...] = ()
+    configs: tuple[FileRef, ...] = ()
 
     def __post_init__(self) -> None:
         text("name", self.name, 63, NAME, NAME_WHAT)
-        text("command", self.command, MAX_ARG_LEN)
+        _set(self, "image", check_image(self.image))
+        if self.image is None or self.command != "":
+            text("command", self.command, MAX_ARG_LEN)
+        elif self.args:
+            raise fail("args", "arguments need a command (give the command the image should run)", self.args)
         _set(self, "args", strings("args", self.args, MAX_ARGS, MAX_ARG_LEN))
         _set(self, "env", pairs("env", self.env, MAX_ENV, ENV_KEY,
                                 "names must be letters, digits and '_', not starting with a digit", MAX_ENV_LEN))
@@ -306,10 +404,62 @@ class ServiceSpec:
         if self.health is not None and not isinstance(self.health, HealthCheck):
             raise fail("health", "must be a HealthCheck or none", self.health)
         flag("rebalance", self.rebalance)
+        self._check_workload()
+        self._check_host_mode()
+
+    def _check_workload(self) -> None:
+        if self.network is not None:
+            check_network(self.network, self.image)
+        _set(self, "user", check_user(self.user))
+        if self.limit_cpu:
+            number("limit_cpu", self.limit_cpu, MIN_LIMIT_CPU, MAX_CPU, " cores")
+        _set(self, "limit_cpu", float(self.limit_cpu))
+        integer("limit_memory", self.limit_memory, 0, MAX_MEMORY)
+        if 0 < self.limit_memory < MIN_LIMIT_MEMORY:
+            raise fail("limit_memory", "must be at least 6M: below it no task can start", self.limit_memory)
+        integer("limit_pids", self.limit_pids, 0, MAX_LIMIT_PIDS)
+        for limit, reserve in (("limit_cpu", "reserve_cpu"), ("limit_memory", "reserve_memory")):
+            if getattr(self, limit) and getattr(self, reserve) > getattr(self, limit):
+                raise fail(reserve, f"must not be above {limit}", getattr(self, reserve))
+        _set(self, "stop_signal", parse_signal(self.stop_signal))
+        _seconds(self, "stop_grace")
+        _set(self, "mounts", _items("mounts", self.mounts, MAX_MOUNTS, Mount, _mount))
+        unique("mounts", self.mounts, lambda m: m.target)
+        _set(self, "secrets", _items("secrets", self.secrets, MAX_FILES, FileRef, _file_ref("secret")))
+        _set(self, "configs", _items("configs", self.configs, MAX_FILES, FileRef, _file_ref("config")))
+        check_secret_targets(self.secrets)
+        unique("secrets", self.secrets, lambda f: f.target)
+        unique("configs", self.configs, lambda f: f.file_name())
 
     @property
     def argv(self) -> tuple[str, ...]:
-        return (self.command, *self.args)
+        """The command line of a task; empty for an image service that runs the image's own command."""
+        return (self.command, *self.args) if self.command else ()
+
+    @property
+    def network_mode(self) -> str:
+        return self.network or ("bridge" if self.image is not None else "host")
+
+    @property
+    def host_ports(self) -> tuple[tuple[int, str], ...]:
+        """``(port, protocol)`` a task holds on its node's own address, so two such tasks cannot share a
+        node: each mode=host port (its published port), and each fixed target of a task on the host
+        network (a process, or a container with network host)."""
+        ports = [(p.published if p.mode == "host" else p.target, p.protocol) for p in self.ports
+                 if p.mode == "host" or (p.target is not None and self.network_mode == "host")]
+        return tuple(dict.fromkeys(ports))  # type: ignore[arg-type]  # a target is set where it is used
+
+    def _check_host_mode(self) -> None:
+        """On the host network a mode=host port's task serves the published port itself: no other target."""
+        for p in self.ports:
+            if p.mode == "host" and p.target not in (None, p.published) and self.network_mode == "host":
+                raise fail("ports", f"a task on the host network serves a mode=host port itself, on its published "
+                                    f"port: drop target={p.target} or make it {p.published}", str(p))
+
+    @property
+    def limited(self) -> bool:
+        """Asks the node to enforce limits (a process task then needs a node that can isolate)."""
+        return bool(self.limit_cpu or self.limit_memory or self.limit_pids)
 
     @property
     def spread_label(self) -> str | None:
@@ -333,6 +483,23 @@ class ServiceSpec:
         return _decode(cls, data, "")
 
 
+def check_mesh_ports(spec: ServiceSpec, published: Mapping[tuple[int, str], str] = {}) -> None:
+    """Refuse (SpecError, one line) a task port that the routing mesh itself holds on every node: a host
+    port of ``spec`` (see :attr:`ServiceSpec.host_ports`) that ``spec`` or another service publishes
+    through the mesh (``published``: ``(port, protocol) -> service``).  Checked when a service is
+    created or updated, not when a stored spec is decoded."""
+    mesh = {**published, **{(p.published, p.protocol): spec.name for p in spec.ports if p.mode == "ingress"}}
+    for port, protocol in spec.host_ports:
+        owner = mesh.get((port, protocol))
+        if owner == spec.name:
+            raise SpecError(f"ports: {port}:{port} cannot work for a task on the host network: the routing mesh "
+                            f"listens on {port} on every node; publish another port (e.g. "
+                            f"{port + 10000 if port < 55536 else port - 10000}:{port}) or use mode=host")
+        if owner is not None:
+            raise SpecError(f"ports: the tasks of {spec.name} would listen on {port}/{protocol}, which service "
+                            f"{owner} publishes through the routing mesh on every node")
+
+
 def _set(obj: Any, name: str, value: Any) -> None:
     object.__setattr__(obj, name, value)
 
@@ -348,6 +515,18 @@ def _port(value: Any) -> PortSpec:
     return _decode(PortSpec, value, "ports.") if isinstance(value, dict) else parse_port(value)
 
 
+def _mount(value: Any) -> Mount:
+    return _decode(Mount, value, "mounts.") if isinstance(value, dict) else Mount.parse(value)
+
+
+def _file_ref(kind: str) -> Any:
+    def parse(value: Any) -> FileRef:
+        return _decode(FileRef, value, f"{kind}s.") if isinstance(value, dict) else FileRef.parse(value, kind)
+    return parse
+
+
+PORT_LATER_FIELDS = ("protocol", "encrypted", "mode")
+"""PortSpec fields added later: encoded only when not default."""
 _NESTED: dict[str, type] = {"restart": RestartPolicy, "update": UpdateConfig, "rollback": UpdateConfig,
                             "health": HealthCheck}
 
@@ -357,8 +536,10 @@ def _encode(obj: Any) -> Any:
         return str(obj)
     if isinstance(obj, PortSpec):  # defaults left out: specs stored before these fields decode the same
         return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
-                if not (f.name == "protocol" and obj.protocol == "tcp") and not (f.name == "encrypted" and
-                                                                                 not obj.encrypted)}
+                if f.name not in PORT_LATER_FIELDS or getattr(obj, f.name) != f.default}
+    if isinstance(obj, ServiceSpec):
+        return {f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if f.name not in WORKLOAD_FIELDS or getattr(obj, f.name) != f.default}
     if dataclasses.is_dataclass(obj):
         return {f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, tuple):
@@ -373,7 +554,10 @@ def _decode(cls: type, data: Any, where: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(str(k) for k in data if k not in names)
     if unknown:
-        raise SpecError(f"{label}: unknown field {unknown[0]!r} (allowed: {', '.join(names)})")
+        near = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f"did you mean {near[0]!r}?" if near else f"allowed: {', '.join(names)}"
+        message = f"{label}: unknown field {unknown[0]!r} ({hint})"
+        raise SpecError(message if len(message) < 200 else message[:195] + "...)")
     kwargs = dict(data)
     try:
         for name, kind in _NESTED.items():

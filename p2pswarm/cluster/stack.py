@@ -5,23 +5,27 @@ Service ``web`` of stack ``shop`` becomes service ``shop_web`` whose env carries
 ``stack rm`` find a stack's services by that marker.  A stack name has no '_',
 so the part before the first '_' of a service name is always its stack.
 
-Supported per service: command, environment, ports, healthcheck, working_dir and
-deploy.{replicas, mode, placement, update_config, rollback_config, restart_policy,
-resources.reservations}.  Other keys are warnings (one line each); a bad value is a
-:class:`StackError` of one line naming the service and the field.  A short port
-``"8080"`` publishes 8080 to the task's dynamic port (as ``service create -p 8080``).
+Supported per service: image, command, environment, ports, healthcheck, working_dir, user,
+stop_signal, stop_grace_period, volumes, secrets, configs and deploy.{replicas, mode, placement,
+update_config, rollback_config, restart_policy, resources.reservations, resources.limits}; at the
+top level: services, volumes, secrets and configs (see :mod:`p2pswarm.cluster.stack_workload`
+for the last four).  Other keys are warnings (one line each); a bad value or an unsupported form
+of a supported key is a :class:`StackError` of one line naming the service and the field.  A
+short port ``"8080"`` publishes 8080 to the task's dynamic port (as ``service create -p 8080``);
+the long syntax's ``mode: host`` serves the port on the task's node only, not through the mesh.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from p2pswarm.cluster import stack_workload as workload
 from p2pswarm.cluster.checks import SpecError
 from p2pswarm.cluster.spec import (
     Constraint,
@@ -34,14 +38,15 @@ from p2pswarm.cluster.spec import (
     parse_memory,
     parse_port,
 )
+from p2pswarm.cluster.stack_messages import MAX_MESSAGE, MAX_QUOTE, StackError, cut, mapping, quote  # noqa: F401
 
 STACK_ENV = "P2PSWARM_STACK"
 """The env variable that marks a service as part of a stack (its value: the stack name)."""
 STACK_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")
 STACK_NAME_WHAT = "must be 1-32 lowercase letters, digits or '-' (no '_'), starting and ending with a letter or digit"
-IMAGE_ONLY = "image-only services need a container runtime; give a command (the process runtime runs commands)"
-TOP_KEYS = ("version", "name", "services")
-SERVICE_KEYS = ("command", "environment", "ports", "healthcheck", "deploy", "working_dir", "image")
+TOP_KEYS = ("version", "name", "services", "volumes", "secrets", "configs")
+SERVICE_KEYS = ("command", "environment", "ports", "healthcheck", "deploy", "working_dir", "image", "user",
+                "stop_signal", "stop_grace_period", "volumes", "secrets", "configs")
 DEPLOY_KEYS = ("replicas", "mode", "placement", "update_config", "rollback_config", "restart_policy", "resources")
 UPDATE_KEYS = {"parallelism": None, "delay": "d", "failure_action": None, "order": None, "monitor": "d",
                "max_failure_ratio": None}
@@ -52,39 +57,21 @@ MAX_YAML_NODES = 100_000
 """Nodes a compose document may hold once its aliases are expanded. A large real stack (100
 services × ~100 scalars each) is ~10,000; a "billion laughs" file (9 aliases per level × 9
 levels = 9^9 ≈ 387 million nodes) is refused before anything expands or prints it."""
-MAX_QUOTE = 60
-"""Characters of a document value quoted in a warning or an error (a value can be megabytes)."""
-MAX_MESSAGE = 300
-"""Characters of one warning or error line at most, whatever the values it names."""
-
-
-class StackError(Exception):
-    """A compose file that cannot be deployed (one line, cut to ``MAX_MESSAGE`` characters)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(cut(message, MAX_MESSAGE))
-
-
-def cut(text: str, limit: int) -> str:
-    """``text`` on one line, at most ``limit`` characters (a cut one ends in '...')."""
-    text = " ".join(text.splitlines())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def quote(value: Any) -> str:
-    """``repr(value)`` for a message, at most ``MAX_QUOTE`` characters (built from a bounded part only)."""
-    if isinstance(value, str):
-        return cut(repr(value[:MAX_QUOTE]), MAX_QUOTE)
-    if isinstance(value, (dict, list)):
-        return f"<a {type(value).__name__} of {len(value)} entries>"
-    return cut(repr(value), MAX_QUOTE)
-
-
 @dataclass
 class Stack:
     name: str
     specs: list[ServiceSpec] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    objects: list[workload.StackObject] = field(default_factory=list)
+    """Secrets and configs to create from files before the services (``stack deploy``)."""
+
+
+@dataclass
+class _Declared:
+    """The top-level sections a service refers to: compose name -> name in the cluster (or on the node)."""
+    volumes: dict[str, str]
+    secrets: dict[str, str]
+    configs: dict[str, str]
 
 
 def service_name(stack: str, service: str) -> str:
@@ -176,13 +163,21 @@ def translate(doc: Any, stack: str, source: str = "stack.yml") -> Stack:
     for key in doc:
         if key not in TOP_KEYS and not str(key).startswith("x-"):
             out.warnings.append(f"{source}: top-level key {quote(key)} is not supported; ignored")
+    try:
+        base = posixpath.dirname(source)
+        secrets, made = workload.top_objects("secret", doc.get("secrets"), stack, base, out.warnings, source)
+        configs, made_configs = workload.top_objects("config", doc.get("configs"), stack, base, out.warnings, source)
+        declared = _Declared(workload.top_volumes(doc.get("volumes"), stack, out.warnings, source), secrets, configs)
+    except SpecError as exc:
+        raise StackError(f"{source}: {exc}") from None
+    out.objects = made + made_configs
     for name in sorted(doc["services"], key=str):
-        out.specs.append(_service(stack, str(name), doc["services"][name], out.warnings))
+        out.specs.append(_service(stack, str(name), doc["services"][name], declared, out.warnings))
     out.warnings = [cut(w, MAX_MESSAGE) for w in out.warnings]
     return out
 
 
-def _service(stack: str, name: str, svc: Any, warnings: list[str]) -> ServiceSpec:
+def _service(stack: str, name: str, svc: Any, declared: _Declared, warnings: list[str]) -> ServiceSpec:
     where = f"service {name}"
     if svc is None:
         svc = {}
@@ -192,17 +187,14 @@ def _service(stack: str, name: str, svc: Any, warnings: list[str]) -> ServiceSpe
         if key not in SERVICE_KEYS and not str(key).startswith("x-"):
             warnings.append(f"{where}: key {quote(key)} is not supported; ignored")
     try:
-        argv = _command(svc.get("command"))
-        if not argv:
-            raise StackError(f"{where}: {IMAGE_ONLY}" if svc.get("image") else f"{where}: needs a command")
-        if svc.get("image"):
-            warnings.append(f"{where}: image {quote(svc['image'])} is ignored "
-                            f"(the process runtime runs the command)")
         env = {**_environment(svc.get("environment"), where, warnings), STACK_ENV: stack}
         spec: dict[str, Any] = {
-            "name": service_name(stack, name), "command": argv[0], "args": tuple(argv[1:]),
+            "name": service_name(stack, name), **workload.run_fields(svc),
             "env": tuple(sorted(env.items())), "ports": tuple(_port(p) for p in _list(svc.get("ports"), "ports")),
-            "workdir": svc.get("working_dir"), "health": _health(svc.get("healthcheck"))}
+            "workdir": svc.get("working_dir"), "health": _health(svc.get("healthcheck")),
+            "mounts": workload.mounts(svc.get("volumes"), declared.volumes),
+            "secrets": workload.files("secret", svc.get("secrets"), declared.secrets),
+            "configs": workload.files("config", svc.get("configs"), declared.configs)}
         spec.update(_deploy(svc.get("deploy"), where, warnings))
         return ServiceSpec(**spec)
     except SpecError as exc:
@@ -217,27 +209,6 @@ def _list(value: Any, what: str) -> list:
     if not isinstance(value, list):
         raise SpecError(f"{what}: must be a list")
     return value
-
-
-def _mapping(value: Any, what: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise SpecError(f"{what}: must be a mapping")
-    return value
-
-
-def _command(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        try:
-            return shlex.split(value)
-        except ValueError as exc:
-            raise SpecError(f"command: {exc}") from None
-    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
-        return [str(v) for v in value]
-    raise SpecError("command: must be a string or a list of strings")
 
 
 def _scalar(value: Any) -> str:
@@ -277,7 +248,7 @@ def _port(value: Any) -> PortSpec:
         if text.count(":") > 1:
             raise SpecError(f"ports: a host address is not supported, got {quote(value)}")
         return parse_port(text + (f"/{proto}" if proto else ""))
-    port = _mapping(value, "ports")
+    port = mapping(value, "ports")
     unknown = sorted(set(port) - {"target", "published", "protocol", "mode"})
     if unknown:
         raise SpecError(f"ports: unsupported field {quote(unknown[0])} (allowed: target, published, protocol, mode)")
@@ -285,13 +256,15 @@ def _port(value: Any) -> PortSpec:
         raise SpecError(f"ports: the protocol must be tcp or udp, got {quote(port['protocol'])}")
     if port.get("published") is None:
         raise SpecError("ports: the long syntax needs 'published'")
+    if port.get("mode", "ingress") not in ("ingress", "host"):
+        raise SpecError(f"ports: the mode must be ingress or host, got {quote(port['mode'])}")
     published = port["published"]
     return PortSpec(int(published) if isinstance(published, str) and published.isdigit() else published,
-                    port.get("target"), protocol=port.get("protocol", "tcp"))
+                    port.get("target"), protocol=port.get("protocol", "tcp"), mode=port.get("mode", "ingress"))
 
 
 def _health(value: Any) -> HealthCheck | None:
-    hc = _mapping(value, "healthcheck")
+    hc = mapping(value, "healthcheck")
     if not hc or hc.get("disable") is True:
         return None
     test = hc.get("test")
@@ -320,7 +293,7 @@ def _health(value: Any) -> HealthCheck | None:
 
 
 def _policy(kind: type, value: Any, keys: dict, what: str, where: str, warnings: list[str]) -> Any:
-    given = _mapping(value, what)
+    given = mapping(value, what)
     fields = {}
     for key, val in given.items():
         if key not in keys:
@@ -334,7 +307,7 @@ def _policy(kind: type, value: Any, keys: dict, what: str, where: str, warnings:
 
 
 def _deploy(value: Any, where: str, warnings: list[str]) -> dict[str, Any]:
-    deploy = _mapping(value, "deploy")
+    deploy = mapping(value, "deploy")
     out: dict[str, Any] = {}
     for key in deploy:
         if key not in DEPLOY_KEYS:
@@ -343,7 +316,7 @@ def _deploy(value: Any, where: str, warnings: list[str]) -> dict[str, Any]:
         out["mode"] = deploy["mode"]
     if deploy.get("replicas") is not None:
         out["replicas"] = deploy["replicas"]
-    placement = _mapping(deploy.get("placement"), "deploy.placement")
+    placement = mapping(deploy.get("placement"), "deploy.placement")
     for key in placement:
         if key not in ("constraints", "preferences"):
             warnings.append(f"{where}: deploy.placement.{key} is not supported; ignored")
@@ -360,11 +333,12 @@ def _deploy(value: Any, where: str, warnings: list[str]) -> dict[str, Any]:
                               warnings)
     out["restart"] = _policy(RestartPolicy, deploy.get("restart_policy"), RESTART_KEYS, "restart_policy", where,
                              warnings)
-    resources = _mapping(deploy.get("resources"), "deploy.resources")
+    resources = mapping(deploy.get("resources"), "deploy.resources")
     for key in resources:
-        if key != "reservations":
+        if key not in ("reservations", "limits"):
             warnings.append(f"{where}: deploy.resources.{key} is not supported; ignored")
-    reservations = _mapping(resources.get("reservations"), "deploy.resources.reservations")
+    out.update(workload.limits(resources.get("limits"), where, warnings))
+    reservations = mapping(resources.get("reservations"), "deploy.resources.reservations")
     for key in reservations:
         if key not in ("cpus", "memory"):
             warnings.append(f"{where}: deploy.resources.reservations.{key} is not supported; ignored")

@@ -1,4 +1,4 @@
-"""The replicated cluster state machine: services, tasks and nodes, applied from the Raft log.
+"""The replicated cluster state machine: services, tasks, nodes, secrets and configs, applied from the Raft log.
 
 ``apply(command, term, index)`` is deterministic (no clock, no randomness, every
 outcome independent of dict order) so every replica that applies the same log holds
@@ -20,7 +20,6 @@ the same bytes in ``snapshot()``.  Three guarantees:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, Iterable, TypeVar
 
 import msgpack
@@ -39,6 +38,8 @@ from p2pswarm.cluster.model import (
     encode_record,
     state_rank,
 )
+from p2pswarm.cluster.objects import ObjectCommands, Objects
+from p2pswarm.cluster.result import STALE, Rejected, Result
 from p2pswarm.cluster.spec import ServiceSpec
 
 DEDUP_MEMORY = 4096
@@ -46,35 +47,15 @@ DEDUP_MEMORY = 4096
 TASK_HISTORY = 5
 """Ended, superseded tasks kept per slot for ``service ps`` (Docker's task history limit)."""
 SNAPSHOT_VERSION = 1
-STALE = "stale decision"
-"""Every refusal of a decision planned on outdated state says this: the leader plans again from the
-newer state, so such a refusal is routine, not a scheduling failure."""
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    ok: bool
-    error: str = ""
-    value: Any = None
-    """msgpack-able: a retried command gets the same value back, also after a restore."""
-
-    @property
-    def stale(self) -> bool:
-        """Refused only because the decision was planned on outdated state (see ``STALE``)."""
-        reasons = (self.value or {}).get("rejected") if isinstance(self.value, dict) else None
-        return not self.ok and all(STALE in r for r in (reasons or [self.error]))
-
-
-class Rejected(Exception):
-    """A refusal inside a handler, raised before anything was changed."""
-
-
-class ClusterState:
+class ClusterState(ObjectCommands):
     def __init__(self) -> None:
         self.services: dict[str, Service] = {}
         self.tasks: dict[str, Task] = {}
         self.nodes: dict[str, Node] = {}
         self.removed_nodes: set[str] = set()
+        self.objects = Objects()
         self.applied = 0
         self.term = 0
         self._seen: dict[str, list] = {}
@@ -131,7 +112,8 @@ class ClusterState:
             raise Rejected(f"service {name} does not exist")
         return svc
 
-    def _check_ports(self, spec: ServiceSpec) -> None:
+    def _check_spec(self, spec: ServiceSpec) -> None:
+        self.objects.check_refs(spec)
         for other in sorted(self.services):
             if other != spec.name:
                 taken = {(p.published, p.protocol) for p in self.services[other].spec.ports}
@@ -142,7 +124,7 @@ class ClusterState:
 
     def _new_version(self, svc: Service, spec: ServiceSpec, at: float, index: int, rollback: bool = False) -> Result:
         """Install ``spec`` as the next version; the current one becomes the rollback target."""
-        self._check_ports(spec)
+        self._check_spec(spec)
         version = svc.version + 1
         keep = {t.version for t in self.tasks_of(svc.name) if t.desired == "running"} | {version}
         specs = tuple(sorted((v, s) for v, s in svc.specs if v in keep)) + ((version, spec),)
@@ -161,7 +143,7 @@ class ClusterState:
             raise Rejected(f"service {spec.name} already exists (use service update)")
         if self._by_service.get(spec.name):
             raise Rejected(f"service {spec.name} is still being removed: try again when its tasks are gone")
-        self._check_ports(spec)
+        self._check_spec(spec)
         self.services[spec.name] = Service(spec, 1, None, ((1, spec),), f["at"], f["at"], changed=index)
         return Result(True, value={"version": 1})
 
@@ -371,6 +353,10 @@ class ClusterState:
             node, name=f["name"] or node.name, availability=f["availability"] or node.availability,
             labels=tuple(sorted(labels.items())), cpu=node.cpu if f["cpu"] is None else f["cpu"],
             memory=node.memory if f["memory"] is None else f["memory"])
+        if f.get("engine") is not None:
+            new = dataclasses.replace(new, engine=f["engine"][0], engine_detail=f["engine"][1])
+        if f.get("isolation") is not None:
+            new = dataclasses.replace(new, isolation=f["isolation"][0], isolation_detail=f["isolation"][1])
         if new != node or nid not in self.nodes:
             self.nodes[nid] = dataclasses.replace(new, changed=index)
         return Result(True)
@@ -446,7 +432,7 @@ class ClusterState:
             "tasks": [encode_record(self.tasks[k]) for k in sorted(self.tasks)],
             "nodes": [encode_record(self.nodes[k]) for k in sorted(self.nodes)],
             "removed_nodes": sorted(self.removed_nodes),
-            "seen": [[cid, *result] for cid, result in self._seen.items()],
+            "seen": [[cid, *result] for cid, result in self._seen.items()], **self.objects.snapshot(),
         }, use_bin_type=True)
 
     def restore(self, blob: bytes) -> None:
@@ -459,6 +445,7 @@ class ClusterState:
         self.services = {s.name: s for s in map(decode_service, data["services"])}
         self.nodes = {n.id: n for n in map(decode_node, data["nodes"])}
         self.removed_nodes = set(data["removed_nodes"])
+        self.objects.restore(data)
         for task in map(decode_task, data["tasks"]):
             self._put(task)
         self._seen = {cid: result for cid, *result in data["seen"]}

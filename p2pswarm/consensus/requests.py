@@ -44,6 +44,15 @@ class _Pending:
         self.deadline, self.retry_at = now + timeout, now + retry
 
 
+def command_id(*scope: str, unique: str | None = None) -> str:
+    """The id of a cluster, security or access command: ``scope.unique`` (``api.3f2a…``, ``security.ca.…``),
+    what its writer waits on (the key :meth:`RaftRequests._propose` resolves).  ``unique`` is 64 random
+    bits in hex unless given: a fixed one (the cluster id for ``security.init``) makes every retry of that
+    command the same command.  It lives here, beside the KV lanes' ids, and not in the pure cluster model,
+    because it draws from the OS's randomness."""
+    return ".".join((*scope, secrets.token_hex(8) if unique is None else unique))
+
+
 class _Lane:
     __slots__ = ("client", "seq")
 

@@ -35,6 +35,7 @@ from p2pswarm.lab import netns
 from p2pswarm.node.datadir import DataDir
 from p2pswarm.runtime import procfs
 from p2pswarm.runtime.taskuser import own_interpreter_args, remove_homes_of
+from p2pswarm.runtime.volumes import remove_volumes_of
 
 STATE_FILE = "lab.json"
 DEMO_SERVICE = "demo"
@@ -166,6 +167,7 @@ class Lab:
         self.path.mkdir(parents=True, exist_ok=True)
         for d in node_dirs(self.path):
             remove_homes_of(d)
+            remove_volumes_of(d)
             shutil.rmtree(d, ignore_errors=True)
         (self.path / STATE_FILE).unlink(missing_ok=True)
 

@@ -9,7 +9,9 @@ that round-trip times stay current, then pushes the whole table to the data plan
 The data plane starts with the first table that has a published port (TCP or UDP).
 
 It also gossips this node's relay port and the members it cannot reach directly (the ``mesh``
-section of the node's record, :mod:`p2pswarm.node.record`), which other nodes need to choose relays.
+section of the node's record, :mod:`p2pswarm.node.record`), which other nodes need to choose relays,
+and the published ports its data plane cannot listen on (another process holds them): ``service ps``
+and ``service inspect`` show them, and the node logs each one once, as a warning.
 
 **Restarts.** The last table pushed is saved in the data dir (``mesh-table.json``, without
 the TLS material). A restarted node serves it at once, before gossip has told it anything,
@@ -32,7 +34,7 @@ from typing import Any, Callable, Protocol
 
 from p2pswarm.mesh.routes import DEFAULT_LIMITS
 from p2pswarm.mesh.table import TLS_RELAY_OFFSET, Peer, Route, build
-from p2pswarm.node.record import GossipRecord, MeshFacts
+from p2pswarm.node.record import MAX_PORT_ERROR, MAX_PORT_ERRORS, GossipRecord, MeshFacts
 from p2pswarm.transport.zmq import parse_addr
 
 log = logging.getLogger("p2pswarm.mesh")
@@ -120,6 +122,8 @@ class MeshHost:
         """While set (monotonic), the saved table is in force: built tables are not pushed yet."""
         self._saved_text = ""
         self._next_save = 0.0
+        self._port_warned: dict[str, str] = {}
+        """The port errors last gossiped (each logged once, when it appeared)."""
 
     # ------------------------------------------------------------ the node loop calls these
 
@@ -135,7 +139,7 @@ class MeshHost:
             self._warm_until = None
             self._key = None  # build and push a table from gossip now
         unreachable = tuple(sorted(self._unreachable()))
-        self.record.set(MeshFacts(self.relay_port, unreachable))
+        self.record.set(MeshFacts(self.relay_port, unreachable, self._port_errors()))
         faults = self.transport.describe() if hasattr(self.transport, "describe") else {}
         tls_version = self.security.mesh_tls_version if self.security is not None else -1
         key = (tuple((m.node, m.status, m.record_version) for m in self.swim.members()), unreachable,
@@ -158,6 +162,17 @@ class MeshHost:
         elif self.data_plane is not None:
             self.data_plane.push(self.table)
         self._save(now)
+
+    def _port_errors(self) -> tuple[tuple[str, str], ...]:
+        """``(port key, error)`` per published port the data plane fails to bind (``8080``, ``5353/udp``)."""
+        plane = self.data_plane.latest_status() if self.data_plane is not None else None
+        errors = (plane or {}).get("bind_errors") or {}
+        current = tuple(sorted((str(k)[:16], str(v)[:MAX_PORT_ERROR]) for k, v in errors.items()))[:MAX_PORT_ERRORS]
+        for key, error in current:
+            if self._port_warned.get(key) != error:
+                log.warning("cannot listen on published port %s: %s (its service's ps shows it; retrying)", key, error)
+        self._port_warned = dict(current)
+        return current
 
     # ------------------------------------------------------------ the saved table
 

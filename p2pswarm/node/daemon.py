@@ -86,6 +86,9 @@ class NodeOptions:
     unlock_key: str | None = dataclass_field(default=None, repr=False)
     """The unlock key text (``P2PSU-1-...``) to unlock at start; without it a locked data dir waits for
     ``p2pswarm unlock`` (:meth:`Node._wait_unlocked`)."""
+    engine_socket: str | None = None
+    """The Docker Engine API that runs image tasks (``up --engine-socket``); None: ``$DOCKER_HOST`` or
+    ``unix:///var/run/docker.sock``."""
     task_user: str | None = None
     """The user a root node runs tasks as (``up --task-user``); None: a dedicated system user
     (:mod:`p2pswarm.runtime.taskuser`). A node that is not root runs tasks as itself."""
@@ -246,7 +249,9 @@ class Node(NodeViews, SecureStart, SignalHandling):
 
         host = self.swim_addr.rsplit(":", 1)[0].strip("[]")
         self.agent = AgentHost(self.node_id, self.datadir.path, self.raft, incarnation, task_host=host,
-                               task_user=self.options.task_user, record=self.record)
+                               task_user=self.options.task_user, record=self.record,
+                               keyring=self.security.keyring if self.security is not None else None,
+                               engine_socket=self.options.engine_socket)
         await self._start_component(self.agent)
         relay_port = self.options.relay_port or pick_relay_port(host, int(self.swim_addr.rsplit(":", 1)[1]))
         self.mesh = MeshHost(self.node_id, self.swim, self.transport, self.raft, relay_port=relay_port,

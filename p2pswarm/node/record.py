@@ -11,8 +11,13 @@ a msgpack map of section name -> value:
   :meth:`p2pswarm.agent.core.AgentCore.digest`): the leader's scheduler and every mesh learn
   from it where tasks run.  Its records are only checked for shape here; the scheduler and
   the mesh check what they read of them.
-* ``mesh``  ``[relay_port, [unreachable member ids]]``, set by the mesh host: where this
-  node's relay listens and which members its direct probes cannot reach.
+* ``mesh``  ``[relay_port, [unreachable member ids]]`` and, while some published port cannot be
+  bound here, a third element ``{"8080" or "5353/udp": error}``, set by the mesh host: where this
+  node's relay listens, which members its direct probes cannot reach, and (for ``service ps``) which
+  published ports it fails to serve.
+* ``caps``  ``[engine, engine detail, isolation, isolation detail]``, set by the agent at start
+  (:mod:`p2pswarm.cluster.capabilities`): the scheduler registers it in the cluster state, where
+  placement reads it.  A record without it (an older node) is read as unknown.
 
 Each component sets only its own section (:meth:`GossipRecord.set`), whenever it likes, even
 before the others exist (a joiner's agent and mesh publish before it has a Raft driver); the
@@ -34,6 +39,7 @@ from typing import Any, Callable, ClassVar, Iterable
 
 import msgpack
 
+from p2pswarm.cluster.capabilities import ENGINES, ISOLATIONS, MAX_DETAIL
 from p2pswarm.wire import MAX_ID_LEN, MAX_RECORD_BYTES, Bounds, unpack
 
 log = logging.getLogger("p2pswarm.record")
@@ -46,6 +52,10 @@ in a record can hold more than MAX_RECORD_BYTES / MIN_ITEM_BYTES items."""
 RECORD_BOUNDS = Bounds(array=MAX_RECORD_BYTES // MIN_ITEM_BYTES, map=MAX_RECORD_BYTES // MIN_ITEM_BYTES,
                        str=MAX_RECORD_BYTES, bin=MAX_RECORD_BYTES)
 """What decoding a peer's record may build (its payload is at most wire.MAX_RECORD_BYTES)."""
+MAX_PORT_ERRORS = 128
+"""Port errors one mesh section may carry (a service publishes at most 64 ports, per protocol)."""
+MAX_PORT_ERROR = 200
+"""Characters of one port error."""
 MAX_CACHED = 4096
 """Decoded peer records kept (one per member); past this the cache starts over, so members that
 left long ago do not pin memory (a cluster is far smaller: autopilot keeps 64 learners)."""
@@ -94,27 +104,67 @@ class TaskDigest:
 
 @dataclass(frozen=True, slots=True)
 class MeshFacts:
-    """The ``mesh`` section: this node's relay port and the members it cannot reach directly."""
+    """The ``mesh`` section: this node's relay port, the members it cannot reach directly, and the
+    published ports it cannot listen on (``(port key, error)``, key ``8080`` or ``5353/udp``)."""
 
     SECTION: ClassVar[str] = "mesh"
     relay_port: int
     unreachable: tuple[str, ...] = ()
+    port_errors: tuple[tuple[str, str], ...] = ()
 
     def to_wire(self) -> list:
-        return [self.relay_port, list(self.unreachable)]
+        wire: list = [self.relay_port, list(self.unreachable)]
+        if self.port_errors:  # only when there is one: the usual section stays as it was
+            wire.append(dict(self.port_errors))
+        return wire
 
     @classmethod
     def from_wire(cls, value: Any) -> MeshFacts:
-        relay_port, unreachable = _fields(value, 2, "mesh")
+        if isinstance(value, (list, tuple)) and len(value) == 3:
+            relay_port, unreachable, errors = value
+        else:
+            (relay_port, unreachable), errors = _fields(value, 2, "mesh"), {}
         if (type(relay_port) is not int or not 0 <= relay_port < 65536 or not isinstance(unreachable, (list, tuple))
-                or not all(type(n) is str and len(n) <= MAX_ID_LEN for n in unreachable)):
+                or not all(type(n) is str and len(n) <= MAX_ID_LEN for n in unreachable)
+                or not isinstance(errors, dict) or len(errors) > MAX_PORT_ERRORS
+                or not all(type(k) is str and len(k) <= 16 and type(v) is str and len(v) <= MAX_PORT_ERROR
+                           for k, v in errors.items())):
             raise ValueError("malformed mesh section")
-        return cls(relay_port, tuple(unreachable))
+        return cls(relay_port, tuple(unreachable), tuple(sorted(errors.items())))
 
 
-Section = RaftFacts | TaskDigest | MeshFacts
+@dataclass(frozen=True, slots=True)
+class NodeCaps:
+    """The ``caps`` section: this node's container engine and task isolation, with their details
+    (the engine's version or why there is none; why tasks cannot be isolated)."""
+
+    SECTION: ClassVar[str] = "caps"
+    engine: str
+    engine_detail: str
+    isolation: str
+    isolation_detail: str
+
+    def to_wire(self) -> list:
+        return [self.engine, self.engine_detail, self.isolation, self.isolation_detail]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> NodeCaps:
+        engine, engine_detail, isolation, isolation_detail = _fields(value, 4, "caps")
+        if (engine not in ENGINES or isolation not in ISOLATIONS
+                or not all(type(d) is str and len(d) <= MAX_DETAIL for d in (engine_detail, isolation_detail))):
+            raise ValueError("malformed caps section")
+        return cls(engine, engine_detail, isolation, isolation_detail)
+
+    @classmethod
+    def of(cls, engine: str, engine_detail: str, isolation: str, isolation_detail: str) -> NodeCaps:
+        """From the probes' answers: details cut to fit (a long error must not cost the whole record)."""
+        return cls(engine, " ".join(engine_detail.split())[:MAX_DETAIL], isolation,
+                   " ".join(isolation_detail.split())[:MAX_DETAIL])
+
+
+Section = RaftFacts | TaskDigest | MeshFacts | NodeCaps
 SECTIONS: dict[str, type[Section]] = {
-    cls.SECTION: cls for cls in (RaftFacts, TaskDigest, MeshFacts)}
+    cls.SECTION: cls for cls in (RaftFacts, TaskDigest, MeshFacts, NodeCaps)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +174,7 @@ class Record:
     raft: RaftFacts | None = None
     tasks: TaskDigest | None = None
     mesh: MeshFacts | None = None
+    caps: NodeCaps | None = None
 
 
 EMPTY = Record()
@@ -149,10 +200,11 @@ def decode_record(payload: bytes) -> Record:
     raw = unpack(payload, RECORD_BOUNDS, "gossip record", use_list=True)
     if not isinstance(raw, dict) or not all(type(k) is str for k in raw):
         raise ValueError("a record is a map of section name -> value")
-    raft, tasks, mesh = RaftFacts.SECTION, TaskDigest.SECTION, MeshFacts.SECTION
+    raft, tasks, mesh, caps = RaftFacts.SECTION, TaskDigest.SECTION, MeshFacts.SECTION, NodeCaps.SECTION
     return Record(raft=RaftFacts.from_wire(raw[raft]) if raft in raw else None,
                   tasks=TaskDigest.from_wire(raw[tasks]) if tasks in raw else None,
-                  mesh=MeshFacts.from_wire(raw[mesh]) if mesh in raw else None)
+                  mesh=MeshFacts.from_wire(raw[mesh]) if mesh in raw else None,
+                  caps=NodeCaps.from_wire(raw[caps]) if caps in raw else None)
 
 
 class GossipRecord:

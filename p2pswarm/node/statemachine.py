@@ -18,7 +18,6 @@ key its writer waits on: ``(client, seq)`` for KV, the command id for the cluste
 
 from __future__ import annotations
 
-import secrets
 from typing import Any, Hashable
 
 import msgpack
@@ -31,13 +30,6 @@ from p2pswarm.security.record import SecurityRecord
 CLUSTER = "cluster"
 SECURITY = "security"
 ACCESS = "access"
-
-
-def command_id(*scope: str, unique: str | None = None) -> str:
-    """The id of a cluster, security or access command: ``scope.unique`` (``api.3f2a…``, ``security.ca.…``),
-    what its writer waits on.  ``unique`` is 64 random bits in hex unless given: a fixed one (the cluster
-    id for ``security.init``) makes every retry of that command the same command."""
-    return ".".join((*scope, secrets.token_hex(8) if unique is None else unique))
 
 
 def encode_cluster(command: dict) -> bytes:

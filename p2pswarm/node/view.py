@@ -18,7 +18,8 @@ from dataclasses import asdict
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from p2pswarm.membership.messages import STATUSES
+from p2pswarm.cluster.capabilities import engine_text, isolation_text
+from p2pswarm.membership.messages import LIVE, STATUSES
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -72,6 +73,9 @@ class NodeView(Protocol):
     def info(self) -> dict[str, Any]: ...
 
     def member_views(self) -> list[dict[str, Any]]: ...
+
+    def port_errors(self) -> dict[str, dict[str, str]]:
+        """{live member id: {published port (``8080``, ``5353/udp``): why its mesh cannot listen on it}}."""
 
     def metrics_snapshot(self) -> dict[str, Any]: ...
 
@@ -145,9 +149,25 @@ class NodeViews:
                 "incarnation": m.incarnation, "labels": dict(m.meta.labels), "capacity": dict(m.meta.capacity),
                 "version": m.meta.version, "rtt_ms": None if m.rtt is None else round(m.rtt * 1000, 3),
                 "status_for_s": round(max(0.0, now - m.status_since), 3), "self": m.node == self.node_id,
-                "role": self.raft_role(m.node),
+                "role": self.raft_role(m.node), **self._capabilities(m),
             })
         return sorted(views, key=lambda v: (v["name"], v["id"]))
+
+    def _capabilities(self, member: Any) -> dict[str, str]:
+        """What the member gossips of its engine and isolation, as ``node ls`` and ``node inspect`` show it."""
+        caps = self.record.of(member).caps
+        if caps is None:
+            return {"engine": engine_text(None), "isolation": isolation_text(None)}
+        return {"engine": engine_text(caps.engine, caps.engine_detail),
+                "isolation": isolation_text(caps.isolation, caps.isolation_detail)}
+
+    def port_errors(self) -> dict[str, dict[str, str]]:
+        out = {}
+        for m in self.swim_core().members():
+            mesh = self.record.of(m).mesh if m.status in LIVE else None
+            if mesh is not None and mesh.port_errors:
+                out[m.node] = dict(mesh.port_errors)
+        return out
 
     def fault_settings(self) -> dict[str, Any]:
         return self.transport.describe()

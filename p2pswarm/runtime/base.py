@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
-# The service spec's health check is exactly what the runtime runs: one type, one validation.
+# The service spec's parts are exactly what the runtime runs: one type, one validation.
 from p2pswarm.cluster.spec import HealthCheck, PortSpec  # noqa: F401  (re-exported)
+from p2pswarm.cluster.workload import FileRef, Mount
 
 TASK_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 """Task ids name a directory under ``<data-dir>/tasks/``: no slashes, no leading dot."""
@@ -22,9 +23,9 @@ STDOUT, STDERR = "stdout", "stderr"
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task as a runtime sees it. ``ports`` dynamic ports are picked at each start:
-    the first is ``$PORT`` and ``{port}`` in the command, the i-th (i ≥ 1) ``$PORT<i>``
-    and ``{port<i>}``."""
+    """One task as a runtime sees it. A run's ports (:func:`task_ports`, ``TaskHandle.ports``) are
+    ``$PORT`` and ``{port}`` in the command, then ``$PORT<i>`` and ``{port<i>}`` (i ≥ 1): one per
+    published port, in order, then the rest of the ``ports`` dynamic ports picked at each start."""
 
     task_id: str
     service: str
@@ -38,38 +39,86 @@ class TaskSpec:
     stop_grace: float = 10.0
     """Seconds between SIGTERM and SIGKILL when the task is stopped."""
     publish: tuple[PortSpec, ...] = ()
-    """The service's published ports; the i-th with a dynamic target is served on the
-    task's i-th dynamic port (see :func:`published_ports`)."""
+    """The service's published ports; the i-th is served on the run's i-th port (see :func:`task_ports`)."""
+    image: str | None = None
+    """Run as a container of this image (the container runtime); None: a process."""
+    network: str = "host"
+    """``host`` or ``bridge`` (containers only)."""
+    user: str | None = None
+    """The user to run as; None: the runtime's default (the node's task user, or the image's)."""
+    limit_cpu: float = 0.0
+    limit_memory: int = 0
+    limit_pids: int = 0
+    """Enforced limits (0: none): cores, bytes, processes."""
+    stop_signal: str = "SIGTERM"
+    """The signal :meth:`Runtime.stop` sends first (SIGKILL follows after ``stop_grace``)."""
+    mounts: tuple[Mount, ...] = ()
+    files: tuple["TaskFile", ...] = ()
+    """The secrets and configs the task reads, with their contents."""
 
     def __post_init__(self) -> None:
         if not TASK_ID.fullmatch(self.task_id):
             raise ValueError(f"bad task id {self.task_id!r}: use letters, digits, '_', '.', '-'")
         if self.ports < 0 or self.stop_grace < 0:
             raise ValueError("ports and stop_grace must not be negative")
-        if self.health is not None and self.health.kind != "exec" and self.ports < 1:
+        if self.health is not None and self.health.kind != "exec" and self.ports < 1 and not self.publish:
             raise ValueError(f"a {self.health.kind} health check needs a port")
-        if sum(1 for p in self.publish if p.target is None) > self.ports:
+        if sum(1 for p in self.publish if fixed_port(p) is None) > self.ports:
             raise ValueError("each published port with a dynamic target needs a dynamic port")
 
 
+@dataclass(frozen=True)
+class TaskFile:
+    """A secret or config as one task receives it. The contents never show in a repr (logs, tracebacks)."""
+
+    kind: str
+    """``secret`` or ``config``."""
+    ref: FileRef
+    data: bytes = field(repr=False)
+    error: str = ""
+    """Why this node could not open it (one line; ``data`` is then empty): the task fails to start with it."""
+
+
+def fixed_port(port: PortSpec) -> int | None:
+    """The node port a task on the host network (a process, or a host-network container) serves
+    ``port`` on when it is not dynamic: a mode=host port's published port (the node serves it itself),
+    else a fixed target (for a process, a fixed target *is* its ``$PORT``)."""
+    return port.published if port.mode == "host" else port.target
+
+
 def dynamic_ports_needed(publish: tuple[PortSpec, ...]) -> int:
-    """Dynamic ports a task needs: one per published port with a dynamic target, at least one."""
-    return max(1, sum(1 for p in publish if p.target is None))
+    """Dynamic ports a task on the host network needs: one per published port without a fixed port
+    (:func:`fixed_port`); one when it publishes nothing (its ``$PORT``, for health checks)."""
+    return sum(1 for p in publish if fixed_port(p) is None) if publish else 1
+
+
+def task_ports(spec: TaskSpec, dynamic: tuple[int, ...]) -> tuple[int, ...]:
+    """A host-network run's ports ($PORT first; ``TaskHandle.ports``), given its ``dynamic`` ports: one per
+    published port in order (its :func:`fixed_port`, else the next dynamic one), then the dynamic ports left."""
+    free = iter(dynamic)
+    out = [fixed if (fixed := fixed_port(p)) is not None else next(free) for p in spec.publish]
+    return (*out, *free)
+
+
+def fixed_ports(spec: TaskSpec) -> tuple[int, ...]:
+    """The node ports a host-network run of ``spec`` must have (no other task of the node may hold them)."""
+    return tuple(dict.fromkeys(port for p in spec.publish if (port := fixed_port(p)) is not None))
+
+
+def maps_ports(spec: TaskSpec) -> bool:
+    """A bridge container's ports are mapped: the run's i-th port is the node port of the i-th published
+    port, whatever its target (a port inside the container); see :mod:`p2pswarm.runtime.containerspec`."""
+    return spec.image is not None and spec.network == "bridge"
 
 
 def published_ports(publish: tuple[PortSpec, ...], ports: tuple[int, ...]) -> list[tuple[int, int, bool]]:
-    """``(published, task port, proxy protocol)`` per published port, given the run's dynamic ports."""
-    dynamic = iter(ports)
-    out = []
-    for p in publish:
-        port = p.target if p.target is not None else next(dynamic, None)
-        if port is not None:
-            out.append((p.published, port, p.proxy_protocol))
-    return out
+    """``(published, task port, proxy protocol)`` per published port the routing mesh serves, given the
+    run's ports (one per published port, in order): mode=host ports are served by their node, not the mesh."""
+    return [(p.published, port, p.proxy_protocol) for p, port in zip(publish, ports) if p.mode != "host"]
 
 
 def port_env(ports: tuple[int, ...]) -> dict[str, str]:
-    """``PORT``, ``PORT1``, ... for the given dynamic ports."""
+    """``PORT``, ``PORT1``, ... for the run's ports."""
     return {("PORT" if i == 0 else f"PORT{i}"): str(p) for i, p in enumerate(ports)}
 
 

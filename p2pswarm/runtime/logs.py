@@ -27,9 +27,10 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from p2pswarm.node.datadir import open_private_append
+from p2pswarm.runtime.base import STDERR, STDOUT
 
 MARK_INTERVAL = 0.01
 """Seconds between two time marks of one log (a line's arrival time is exact to this)."""
@@ -118,6 +119,32 @@ class RotatingLog:
     def close(self) -> None:
         self._file.close()
         self._index.close()
+
+
+class TaskFolders:
+    """What every runtime keeps of a task under ``<data-dir>/tasks/<task-id>``: its log files, read by
+    ``service logs`` whichever runtime wrote them. A runtime sets ``tasks_dir``, ``live`` and ``config.log_keep``."""
+
+    tasks_dir: Path
+    live: dict
+    config: Any
+
+    def task_dir(self, task_id: str) -> Path:
+        return self.tasks_dir / task_id
+
+    def log_paths(self, task_id: str) -> dict[str, list[Path]]:
+        return {name: log_files(self.task_dir(task_id) / f"{name}.log", self.config.log_keep)
+                for name in (STDOUT, STDERR)}
+
+    def remove_task_dir(self, task_id: str) -> None:
+        """Delete a finished task's directory (its logs); a running task's is a bug to delete."""
+        if task_id in self.live:
+            raise RuntimeError(f"task {task_id} is still running")
+        folder = self.task_dir(task_id)
+        if folder.is_dir():
+            for f in folder.iterdir():
+                f.unlink()
+            folder.rmdir()
 
 
 def rotated(path: Path, i: int) -> Path:

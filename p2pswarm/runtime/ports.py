@@ -1,4 +1,6 @@
-"""Dynamic task ports: pick a free port from a range, never one a task of ours still holds.
+"""Task ports: pick a free dynamic port from a range, never one a task of ours still holds, and hold
+the fixed ports a task needs (a process's fixed target, a mode=host port) so that no other task of
+this node is given them.
 
 "Free" is checked by binding it, for TCP (all interfaces, SO_REUSEADDR, so a port in TIME_WAIT
 counts as free, as it will for the task's own listener) and for UDP (plain bind). The scan goes round-robin from
@@ -8,8 +10,11 @@ port just released is not handed out again at once.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
+import time
+from typing import Iterable
 
 
 class PortsExhausted(Exception):
@@ -38,16 +43,30 @@ class PortAllocator:
                     return False
         return True
 
-    def take(self, count: int = 1) -> tuple[int, ...]:
-        """``count`` distinct free ports, now held until :meth:`release`."""
+    def take(self, count: int = 1, fixed: Iterable[int] = ()) -> tuple[int, ...]:
+        """``count`` distinct free dynamic ports, now held with ``fixed`` until :meth:`release`; raises
+        PortsExhausted when none is left, or when a task of ours holds one of ``fixed``."""
+        fixed = set(fixed)
+        if fixed & self.held:
+            raise PortsExhausted(f"port {min(fixed & self.held)} is held by another task on this node")
         got: list[int] = []
+        self.held |= fixed
         try:
             for _ in range(count):
                 got.append(self._take_one())
         except PortsExhausted:
-            self.release(got)
+            self.release([*got, *fixed])
             raise
         return tuple(got)
+
+    async def take_when_free(self, count: int, fixed: Iterable[int], wait: float) -> tuple[int, ...]:
+        """:meth:`take`, once no task of ours holds one of ``fixed`` any more, waiting ``wait`` seconds at most:
+        a task being stopped (a stop-first update on this node) releases its ports within its grace."""
+        fixed = set(fixed)
+        deadline = time.monotonic() + wait
+        while fixed & self.held and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.take(count, fixed)
 
     def release(self, ports) -> None:
         self.held.difference_update(ports)

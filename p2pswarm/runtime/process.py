@@ -1,11 +1,16 @@
 """The default runtime: each task is a plain child process (like Nomad's raw_exec).
 
 A task runs in its own session and process group, so that stopping it reaches everything
-it forked: SIGTERM to the group, ``grace`` seconds, SIGKILL to the group. When the leader
-exits on its own, the rest of its group is killed too: a task is over when its leader is.
+it forked: its stop signal (SIGTERM by default) to the group, ``grace`` seconds, SIGKILL. When
+the leader exits on its own, the rest of its group is killed too: a task is over when its leader is.
 The leader gets SIGKILL if the node dies (:mod:`.procfs`); its group id is recorded in
 ``<data-dir>/tasks/<task-id>/pid`` so a restarted node can stop what was left behind.
 With a task user (:mod:`.taskuser`, a root node) the task runs as that user, in its own home.
+
+On a node that can isolate (:mod:`.cgroups`), each task also has a cgroup of its own, entered
+before exec (:mod:`.confine`) and holding its limits. The cgroup is what "everything of the task"
+means then: the end of the leader, a stop or a leftover kills all of it, ``setsid`` escapes
+included, and the node's reaper (:mod:`.reaper`) kills it when the node dies.
 
 Output arrives through pipes on the node's loop via an :class:`asyncio.SubprocessProtocol`
 (the public layer under ``create_subprocess_exec``). We use the protocol because it tells
@@ -26,10 +31,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p2pswarm.node.datadir import open_private_append
-from p2pswarm.runtime import procfs
-from p2pswarm.runtime.base import STDERR, STDOUT, TaskExit, TaskHandle, TaskSpec, port_env, substitute
-from p2pswarm.runtime.logs import RotatingLog, log_files
+from p2pswarm.runtime import confine, procfs, taskuser, volumes
+from p2pswarm.runtime.base import (
+    STDERR,
+    STDOUT,
+    TaskExit,
+    TaskHandle,
+    TaskSpec,
+    fixed_ports,
+    port_env,
+    substitute,
+    task_ports,
+)
+from p2pswarm.runtime.cgroups import CgroupError, Limits, NodeCgroups, TaskCgroup, human_bytes
+from p2pswarm.runtime.logs import RotatingLog, TaskFolders
 from p2pswarm.runtime.ports import PortAllocator, PortsExhausted
+from p2pswarm.runtime.reaper import Watchdog
+from p2pswarm.runtime.taskfiles import TaskFiles, TaskFilesError
 from p2pswarm.runtime.taskuser import Homes, TaskUser
 
 log = logging.getLogger("p2pswarm.runtime")
@@ -40,6 +58,9 @@ class ProcessConfig:
     port_low: int = 20000
     port_high: int = 32000
     """Dynamic ports are taken from port_low..port_high (inclusive)."""
+    fixed_port_wait: float = 15.0
+    """Seconds a task waits for a fixed port (its fixed target, a mode=host port) that another task of
+    this node still holds, e.g. the one a stop-first update is stopping; then it fails (and is restarted)."""
     log_max_bytes: int = 10 * 1024 * 1024
     """A log file is rotated before it would exceed this size."""
     log_keep: int = 3
@@ -56,6 +77,13 @@ class ProcessConfig:
     """The user tasks run as (:mod:`.taskuser`); None: the node's own user (no isolation)."""
     task_homes: Path | None = None
     """With ``task_user``: where each task's home is made (``<task_homes>/<task id>``)."""
+    cgroups: NodeCgroups | None = None
+    """Where this node's task cgroups are (:func:`.cgroups.for_node`); None: process groups only, and a
+    task with limits fails to start."""
+    cgroups_off: str = "this runtime has no cgroups"
+    """Why ``cgroups`` is None (:class:`.cgroups.Isolation` ``reason``), for the task that asks for limits."""
+    volumes_root: Path | None = None
+    """Where named volumes live (``<volumes_root>/<node id>/<name>``); None: :func:`.volumes.default_root`."""
 
 
 def task_env(spec: TaskSpec, ports: tuple[int, ...], host: str | None = None) -> dict[str, str]:
@@ -120,26 +148,31 @@ class _Pipes(asyncio.SubprocessProtocol):
 
 class ProcessHandle(TaskHandle):
     done: asyncio.Future[TaskExit]
-    """Resolves when the run has ended and its group is gone."""
+    """Resolves when the run has ended and its group (and cgroup) is gone."""
+    cgroup: TaskCgroup | None = None
 
 
-class ProcessRuntime:
+class ProcessRuntime(TaskFolders):
     """Runs tasks as child processes; see the module docstring. One per node."""
 
     def __init__(self, data_dir: str | os.PathLike[str], config: ProcessConfig = ProcessConfig(),
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, watchdog: Watchdog | None = None) -> None:
+        """``watchdog``: the node's reaper, told how to kill this runtime's tasks if the node dies."""
         self.config = config
         self.tasks_dir = Path(data_dir) / "tasks"
         self.ports = PortAllocator(config.port_low, config.port_high, rng)
         self.live: dict[str, ProcessHandle] = {}
-        self.homes: Homes | None = None
-        if config.task_user is not None:
-            if config.task_homes is None:
-                raise ValueError("a task user needs task_homes")  # the caller's bug
-            self.homes = Homes(config.task_homes, config.task_user)
-
-    def task_dir(self, task_id: str) -> Path:
-        return self.tasks_dir / task_id
+        if config.task_user is not None and config.task_homes is None:
+            raise ValueError("a task user needs task_homes")  # the caller's bug
+        self.homes = Homes(config.task_homes, config.task_user) if config.task_homes is not None else None
+        self.files = TaskFiles(data_dir)
+        """The tasks' secrets and configs (:mod:`.taskfiles`); the reaper removes them if the node dies."""
+        if watchdog is not None and config.cgroups is not None:
+            watchdog.add("cgroups", **config.cgroups.to_json())
+        elif watchdog is not None:
+            watchdog.add("process-groups", tasks_dir=str(self.tasks_dir.resolve()))
+        if watchdog is not None:  # after the steps that kill the tasks
+            watchdog.add("task-files", **self.files.to_json())
 
     async def start(self, spec: TaskSpec) -> ProcessHandle:
         if spec.task_id in self.live:
@@ -150,43 +183,88 @@ class ProcessRuntime:
             return self._failed(spec, folder, "empty command")
         if spec.workdir and not Path(spec.workdir).is_dir():
             return self._failed(spec, folder, f"working directory not found: {spec.workdir}")
-        user, home = self.config.task_user, None
-        if self.homes is not None:
+        user = self._user(spec)
+        if isinstance(user, str):
+            return self._failed(spec, folder, user)
+        limits = Limits(spec.limit_cpu, spec.limit_memory, spec.limit_pids)
+        if limits.any and self.config.cgroups is None:
+            return self._failed(spec, folder, f"cannot enforce limits ({limits.describe()}) on this node: "
+                                              f"isolation none ({self.config.cgroups_off})")
+        home = None
+        if self.homes is not None and user is not None:
             try:
-                home = self.homes.prepare(spec.task_id)
+                home = self.homes.prepare(spec.task_id, user)
             except OSError as exc:
                 return self._failed(spec, folder, f"cannot make the task's home {self.homes.path(spec.task_id)}: "
                                                   f"{exc.strerror or exc}")
+        try:  # named volumes made, bind sources checked: one line when one is missing
+            mounts = volumes.for_process(spec, *((user.uid, user.gid) if user else (os.geteuid(), os.getegid())),
+                                         self.config.volumes_root)
+        except volumes.MountError as exc:
+            return self._failed(spec, folder, str(exc))
+        try:  # secrets and configs as files on a private tmpfs of the task's user (removed when it ends)
+            file_env = self.files.materialize(spec, *((user.uid, user.gid) if user else (None, None))).env()
+        except TaskFilesError as exc:
+            return self._failed(spec, folder, str(exc))
         try:
-            ports = self.ports.take(spec.ports)
+            ports = task_ports(spec, await self.ports.take_when_free(spec.ports, fixed_ports(spec),
+                                                                     self.config.fixed_port_wait))
         except PortsExhausted as exc:
             return self._failed(spec, folder, str(exc))
         argv = substitute(spec.command, ports)
-        env = task_env(spec, ports, self.config.task_host)
+        env = task_env(spec, ports, self.config.task_host) | mounts.env | file_env
         run_as: dict = {"env": env, "cwd": spec.workdir}
-        if user is not None and home is not None:
-            env.update(user.env(home))
-            run_as.update(user.popen_options(), cwd=spec.workdir or str(home))
+        if user is not None:
+            env.update(user.env(home) if home is not None else {})
+            run_as.update(user.popen_options(), cwd=spec.workdir or (str(home) if home is not None else None))
+        try:
+            cgroup = self.config.cgroups.create(spec.task_id, limits) if self.config.cgroups is not None else None
+        except CgroupError as exc:
+            self.ports.release(ports)
+            return self._failed(spec, folder, str(exc))
+        launch = {k: v for k, v in run_as.items() if k not in ("user", "group", "extra_groups")}  # confine does it
         logs = {fd: RotatingLog(folder / f"{name}.log", self.config.log_max_bytes, self.config.log_keep)
                 for fd, name in ((1, STDOUT), (2, STDERR))}
         pipes = _Pipes(dict(logs))
         try:
             transport, _ = await asyncio.get_running_loop().subprocess_exec(
                 lambda: pipes, *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True, preexec_fn=procfs.die_with_parent_hook(), **run_as)
-        except OSError as exc:
+                start_new_session=True, preexec_fn=confine.preexec(cgroup.procs_files if cgroup else (), user,
+                                                                      mounts.readonly),
+                **launch)
+        except (OSError, subprocess.SubprocessError) as exc:
             for stream in logs.values():
                 stream.close()
             self.ports.release(ports)
-            return self._failed(spec, folder, launch_error(exc, argv[0], user))
+            if cgroup is not None:
+                cgroup.remove()
+            error = (launch_error(exc, argv[0], user) if isinstance(exc, OSError) else
+                     f"cannot confine the task: entering its cgroup"
+                     f"{', making its read-only mounts' if mounts.readonly else ''} or becoming user "
+                     f"{user.name if user else '?'} failed")
+            return self._failed(spec, folder, error)
         handle = ProcessHandle(spec, transport.get_pid(), ports, folder, run_as=run_as)
+        handle.cgroup = cgroup
         (folder / "pid").write_text(f"{handle.pid}\n")
         self.live[spec.task_id] = handle
         handle.done = asyncio.ensure_future(self._watch(handle, transport, pipes))
         log.info("task %s started: pid %s ports %s", spec.task_id, handle.pid, ports)
         return handle
 
+    def _user(self, spec: TaskSpec) -> TaskUser | None | str:
+        """Who the task runs as: the spec's user, else the node's task user (None: the node's own);
+        a string says why it cannot start."""
+        if spec.user is None:
+            return self.config.task_user
+        if os.geteuid() != 0:
+            return f"cannot run as user {spec.user}: this node is not root (isolation none)"
+        try:
+            return taskuser.lookup(spec.user)
+        except taskuser.TaskUserError as exc:
+            return str(exc)
+
     def _failed(self, spec: TaskSpec, folder: Path, error: str) -> ProcessHandle:
+        self.files.remove(spec.task_id)
         handle = ProcessHandle(spec, None, (), folder, error)
         handle.done = asyncio.get_running_loop().create_future()
         handle.done.set_result(TaskExit(error=error))
@@ -199,6 +277,8 @@ class ProcessRuntime:
         try:
             rc = await pipes.exited
             procfs.kill_group(handle.pid, signal.SIGKILL)  # whatever the leader left behind
+            if handle.cgroup is not None and not await handle.cgroup.kill_all_async():  # setsid escapes too
+                log.warning("task %s: processes of its cgroup survive SIGKILL", handle.spec.task_id)
             try:
                 await asyncio.wait_for(asyncio.shield(pipes.drained), self.config.pipe_drain)
             except asyncio.TimeoutError:
@@ -208,8 +288,16 @@ class ProcessRuntime:
             pipes.close_logs()
             self.ports.release(handle.ports)
             (handle.log_dir / "pid").unlink(missing_ok=True)
+            self.files.remove(handle.spec.task_id)
             self.live.pop(handle.spec.task_id, None)
+            oom_kills = handle.cgroup.oom_kills() if handle.cgroup is not None else 0
+            if handle.cgroup is not None:
+                await _remove_cgroup(handle.cgroup)
         exit = TaskExit(code=rc) if rc >= 0 else TaskExit(signal=-rc)
+        if exit.signal == signal.SIGKILL and oom_kills:
+            limit = handle.spec.limit_memory
+            exit = TaskExit(signal=exit.signal, error=f"killed: memory limit {human_bytes(limit)} reached" if limit
+                            else "killed: out of memory")
         log.info("task %s exited: %s", handle.spec.task_id, exit)
         return exit
 
@@ -222,36 +310,32 @@ class ProcessRuntime:
     async def stop(self, handle: TaskHandle, grace: float) -> TaskExit:
         if handle.done.done():
             return handle.done.result()
-        procfs.kill_group(handle.pid, signal.SIGTERM)
+        first = signal.Signals.__members__.get(handle.spec.stop_signal, signal.SIGTERM)
+        procfs.kill_group(handle.pid, first)
         try:
             return await asyncio.wait_for(asyncio.shield(handle.done), grace)
         except asyncio.TimeoutError:
-            log.info("task %s ignored SIGTERM for %ss: SIGKILL", handle.spec.task_id, grace)
+            log.info("task %s ignored %s for %ss: SIGKILL", handle.spec.task_id, first.name, grace)
             procfs.kill_group(handle.pid, signal.SIGKILL)
+            cgroup = getattr(handle, "cgroup", None)
+            if cgroup is not None:
+                cgroup.signal(signal.SIGKILL)  # the leader's end kills the rest; this only saves a round
             return await self.wait(handle)
-
-    def log_paths(self, task_id: str) -> dict[str, list[Path]]:
-        return {name: log_files(self.task_dir(task_id) / f"{name}.log", self.config.log_keep)
-                for name in (STDOUT, STDERR)}
 
     def forget(self, task_id: str) -> None:
         """Delete a finished task's directory (its logs)."""
-        if task_id in self.live:
-            raise RuntimeError(f"task {task_id} is still running")
-        folder = self.task_dir(task_id)
-        if folder.is_dir():
-            for f in folder.iterdir():
-                f.unlink()
-            folder.rmdir()
+        self.remove_task_dir(task_id)
         if self.homes is not None:
             self.homes.remove(task_id)
+        self.files.remove(task_id)
 
     async def adopt_or_stop_leftovers(self) -> list[str]:
-        """Stop the task groups a previous life of this node left running; returns their
-        task ids. We stop rather than adopt: a process that is not our child can be
+        """Stop the task groups and cgroups a previous life of this node left running; returns
+        their task ids. We stop rather than adopt: a process that is not our child can be
         neither waited for nor have its output piped, and the agent restarts what is
         still assigned. A group is only touched if one of its processes carries the
-        task's ``P2PSWARM_TASK_ID``, so a recycled pid is never killed."""
+        task's ``P2PSWARM_TASK_ID``, so a recycled pid is never killed; a cgroup of this
+        node's holds nothing but its tasks."""
         groups: dict[str, int] = {}
         for pidfile in sorted(self.tasks_dir.glob("*/pid")):
             task_id = pidfile.parent.name
@@ -266,12 +350,38 @@ class ProcessRuntime:
                                 for p in procfs.group_members(pgid)):
                 groups[task_id] = pgid
                 procfs.kill_group(pgid, signal.SIGTERM)
+        cgroups = self.config.cgroups
+        left = [cgroups.task(t) for t in cgroups.task_ids() if t not in self.live] if cgroups is not None else []
+        stopped = set(groups) | {c.task_id for c in left if c.signal(signal.SIGTERM)}
         deadline = time.monotonic() + self.config.leftover_grace
-        while any(procfs.group_members(g) for g in groups.values()) and time.monotonic() < deadline:
+        while (any(procfs.group_members(g) for g in groups.values()) or any(c.pids() for c in left)) \
+                and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for task_id, pgid in groups.items():
             if procfs.kill_group(pgid, signal.SIGKILL):
                 log.warning("leftover task %s (group %s) ignored SIGTERM: killed", task_id, pgid)
+        for cgroup in left:
+            if cgroup.pids():
+                log.warning("leftover task %s (cgroup %s) ignored SIGTERM: killed", cgroup.task_id, cgroup.dirs[0])
+            await cgroup.kill_all_async()
+            await _remove_cgroup(cgroup)
         if self.homes is not None:
             self.homes.remove_all_but({p.name for p in self.tasks_dir.glob("*")} | set(self.live))
-        return sorted(groups)
+        self.files.remove_all_but(set(self.live))
+        return sorted(stopped)
+
+
+async def _remove_cgroup(cgroup: TaskCgroup, tries: int = 50) -> None:
+    """Remove a cgroup whose processes are gone (the kernel may hold it busy for a moment). One that
+    still holds processes (the run was cancelled, not ended) is left to the reaper or the next life."""
+    if cgroup.pids():
+        return
+    for _ in range(tries):
+        try:
+            if cgroup.remove():
+                return
+        except OSError as exc:
+            log.warning("cannot remove the cgroup %s: %s", cgroup.dirs[0], exc.strerror or exc)
+            return
+        await asyncio.sleep(0.01)
+    log.warning("the cgroup %s stays busy: left in place", cgroup.dirs[0])

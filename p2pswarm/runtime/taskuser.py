@@ -17,6 +17,7 @@ the node says so once in its log).
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
@@ -83,6 +84,36 @@ def resolve(name: str | None) -> tuple[TaskUser | None, str]:
                   f"its keys or its API socket")
 
 
+def lookup(text: str) -> TaskUser:
+    """A service's ``--user``: ``name``, ``uid``, ``name:group`` or ``uid:gid``. A name must exist here; a
+    bare uid takes its passwd group, or the gid of the same number. Raises TaskUserError (one line)."""
+    who, _, group = text.partition(":")
+    entry = _lookup(who) if not who.isdigit() else _by_uid(int(who))
+    if entry is None and not who.isdigit():
+        raise TaskUserError(f"user {who!r} does not exist on this node")
+    uid = entry.pw_uid if entry is not None else int(who)
+    name = entry.pw_name if entry is not None else who
+    if uid == 0:
+        raise TaskUserError(f"user {text!r} is root: tasks run as an unprivileged user")
+    if not group:
+        gid = entry.pw_gid if entry is not None else uid
+    elif group.isdigit():
+        gid = int(group)
+    else:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise TaskUserError(f"group {group!r} does not exist on this node") from None
+    return TaskUser(name, uid, gid)
+
+
+def _by_uid(uid: int) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwuid(uid)
+    except KeyError:
+        return None
+
+
 def _lookup(name: str) -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(name)
@@ -102,16 +133,19 @@ def _create(name: str) -> pwd.struct_passwd | None:
 
 
 class Homes:
-    """The task homes of one node: ``root/<task id>``, each the task user's, 0700."""
+    """The task homes of one node: ``root/<task id>``, each its task's user's, 0700."""
 
-    def __init__(self, root: Path, user: TaskUser) -> None:
+    def __init__(self, root: Path, user: TaskUser | None) -> None:
         self.root, self.user = root, user
 
     def path(self, task_id: str) -> Path:
         return self.root / task_id
 
-    def prepare(self, task_id: str) -> Path:
-        """The task's home, created (or reused) and owned by the task user; raises OSError."""
+    def prepare(self, task_id: str, user: TaskUser | None = None) -> Path:
+        """The task's home, created (or reused) and owned by ``user`` (default: the task user); raises OSError."""
+        owner = user or self.user
+        if owner is None:
+            raise ValueError("a task home needs a user")  # the caller's bug
         self.root.mkdir(mode=0o711, parents=True, exist_ok=True)
         st = os.lstat(self.root)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
@@ -121,7 +155,7 @@ class Homes:
         home.mkdir(mode=0o700, exist_ok=True)
         if not stat.S_ISDIR(os.lstat(home).st_mode):  # only the node writes in root: no race here
             raise OSError(f"{home} is not a directory")
-        os.chown(home, self.user.uid, self.user.gid)
+        os.chown(home, owner.uid, owner.gid)
         os.chmod(home, 0o700)
         return home
 

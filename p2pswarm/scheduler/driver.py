@@ -6,8 +6,9 @@ digest) or a reconciler deadline (``wake_at``) passed, or every
 ``SchedulerConfig.resync`` seconds anyway:
 
 1. **Register nodes.** Alive members that the cluster state does not know, or whose
-   gossiped name, labels or capacity differ, get an ``update_node`` (labels are
-   added, so labels set with ``node update`` survive).
+   gossiped name, labels, capacity or capabilities (engine, isolation: the ``caps``
+   section of their record) differ, get an ``update_node`` (labels are added, so labels
+   set with ``node update`` survive).
 2. **Observe tasks.** Each member's task digest (its SWIM record, see
    section ``tasks``, see :mod:`p2pswarm.node.record`) is translated into ``report_task_status`` commands,
    only for tasks whose state, port or health differ from the applied state: a task
@@ -40,16 +41,16 @@ from typing import Any, Callable
 from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.model import TERMINAL, state_rank
 from p2pswarm.consensus.raft import LEADER
+from p2pswarm.consensus.requests import command_id
 from p2pswarm.membership.messages import LIVE
-from p2pswarm.node.record import GossipRecord
-from p2pswarm.node.statemachine import command_id
+from p2pswarm.node.record import GossipRecord, NodeCaps
 from p2pswarm.scheduler.config import SchedulerConfig
 from p2pswarm.scheduler.reconcile import reconcile
 
 log = logging.getLogger("p2pswarm.scheduler")
 
-AGENT_STATES = {"starting": "starting", "running": "running", "complete": "complete", "failed": "failed",
-                "shutdown": "shutdown"}
+AGENT_STATES = {"preparing": "preparing", "starting": "starting", "running": "running", "complete": "complete",
+                "failed": "failed", "shutdown": "shutdown"}
 """Agent digest state -> observed task state; the others (pending, stopping) are not reported."""
 HEALTH = ("starting", "healthy", "unhealthy")
 MAX_REFUSED = 10_000
@@ -211,14 +212,17 @@ class SchedulerDriver:
             cpu = float(capacity["cpus"]) if "cpus" in capacity else None
             memory = int(capacity["memory_mb"] * 2**20) if "memory_mb" in capacity else None
             labels = dict(m.meta.labels)
+            caps = self.record.of(m).caps
+            engine = None if caps is None else (caps.engine, caps.engine_detail)
+            isolation = None if caps is None else (caps.isolation, caps.isolation_detail)
             node = state.nodes.get(m.node)
             if node is not None and node.name == m.meta.name and (node.cpu, node.memory) == (cpu, memory) \
-                    and labels.items() <= node.label_map.items():
+                    and labels.items() <= node.label_map.items() and (caps is None or _caps_of(node) == caps):
                 continue
             if m.node in state.removed_nodes:
                 continue
             out.append(cmd.update_node(_cid("node"), wall, m.node, name=m.meta.name, label_add=labels,
-                                       cpu=cpu, memory=memory))
+                                       cpu=cpu, memory=memory, engine=engine, isolation=isolation))
         return out
 
     def _observe(self, state: Any, members: list, wall: float) -> list[dict]:
@@ -239,6 +243,11 @@ class SchedulerDriver:
                 out.append(cmd.report_task_status(_cid("st"), wall, tid, new, node=m.node, port=port,
                                                   exit_code=exit_code, error=error, health=health))
         return out
+
+
+def _caps_of(node: Any) -> NodeCaps:
+    """A registered node's capabilities, as its record would carry them."""
+    return NodeCaps(node.engine, node.engine_detail, node.isolation, node.isolation_detail)
 
 
 def _report(rec: dict) -> tuple | None:

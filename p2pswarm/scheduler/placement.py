@@ -2,10 +2,14 @@
 
 Per service (in name order, resources consumed as we go):
 
-1. *Eligibility.*  A task may stay on a node that is up, not drained and satisfies the
-   constraints; a new task also needs the node ``active`` and room for its
-   reservation: ``room = min(⌊free cpu / reserved cpu⌋, ⌊free memory / reserved memory⌋)``.
-   Tasks on other nodes are stopped (they move).
+1. *Eligibility.*  A task may stay on a node that is up, not drained, satisfies the
+   constraints and has what the task needs (:func:`lacks`: a container engine for an image,
+   task isolation for a process with limits or another user; unknown counts as missing); a
+   new task also needs the node ``active`` and room for its reservation:
+   ``room = min(⌊free cpu / reserved cpu⌋, ⌊free memory / reserved memory⌋)``, and none of its
+   host ports (:attr:`ServiceSpec.host_ports`) taken there, which makes the room at most 1.
+   Tasks on other nodes are stopped (they move), and so is a kept task whose host port an
+   earlier kept task of the node holds.
 2. *Allocation.*  The min-cost flow of :mod:`flow` (stable mode): tasks already running
    cost nothing to keep, new ones spread evenly over zones then nodes.  Replicated
    services only; a global service gets one task on every eligible node.
@@ -19,9 +23,11 @@ Tasks that cannot be placed are counted with one line saying why, for ``service 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
+from p2pswarm.cluster.capabilities import can_isolate, has_engine
 from p2pswarm.cluster.model import Node
 from p2pswarm.cluster.spec import ServiceSpec
 from p2pswarm.scheduler.flow import Room, allocate
@@ -36,10 +42,32 @@ class NodeInfo:
     availability: str = "active"
     cpu: float | None = None
     memory: int | None = None
+    engine: str | None = None
+    isolation: str | None = None
+    """Capability kinds (:mod:`p2pswarm.cluster.capabilities`; None = not reported)."""
 
     @classmethod
     def of(cls, node: Node, availability: str | None = None) -> "NodeInfo":
-        return cls(node.id, node.name, node.label_map, availability or node.availability, node.cpu, node.memory)
+        return cls(node.id, node.name, node.label_map, availability or node.availability, node.cpu, node.memory,
+                   node.engine, node.isolation)
+
+    def satisfies(self, spec: ServiceSpec) -> bool:
+        return all(c.matches(self.id, self.name, self.labels, self.engine, self.isolation) for c in spec.constraints)
+
+
+NEEDS = {"engine": ("a container engine (node.engine==docker)", "has a container engine (node.engine==docker)"),
+         "isolation": ("task isolation (node.isolation!=none)",
+                       "can isolate tasks (node.isolation!=none), which limits and --user need")}
+"""What a node may lack: (as a node lacks it, as no node has it)."""
+
+
+def lacks(node: NodeInfo, spec: ServiceSpec) -> str | None:
+    """The capability (a key of NEEDS) ``node`` lacks to run tasks of ``spec``, or None."""
+    if spec.image is not None:
+        return None if has_engine(node.engine) else "engine"
+    if (spec.limited or spec.user is not None) and not can_isolate(node.isolation):
+        return "isolation"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +96,17 @@ class Plan:
 
 
 def plan(nodes: Sequence[NodeInfo], demands: Iterable[Demand], *, max_moves: int = 0,
-         reserved: Mapping[str, tuple[float, int]] | None = None) -> Plan:
-    """Plan every service; ``reserved`` is cpu and memory held on a node by tasks not in ``demands``."""
-    return _Planner(nodes, list(demands), max_moves, reserved or {}).run()
+         reserved: Mapping[str, tuple[float, int]] | None = None,
+         held_ports: Mapping[str, Iterable[tuple[int, str]]] | None = None) -> Plan:
+    """Plan every service; ``reserved`` is cpu and memory held on a node by tasks not in ``demands``,
+    ``held_ports`` the host ports (port, protocol) they hold."""
+    return _Planner(nodes, list(demands), max_moves, reserved or {}, held_ports or {}).run()
 
 
 class _Planner:
     def __init__(self, nodes: Sequence[NodeInfo], demands: list[Demand], max_moves: int,
-                 reserved: Mapping[str, tuple[float, int]]) -> None:
+                 reserved: Mapping[str, tuple[float, int]], held_ports: Mapping[str, Iterable[tuple[int, str]]]
+                 ) -> None:
         self.nodes = {n.id: n for n in sorted(nodes, key=lambda n: n.id)}
         self.demands = sorted(demands, key=lambda d: d.spec.name)
         self.budget = max_moves
@@ -85,6 +116,8 @@ class _Planner:
             self.free[n.id] = [math.inf if n.cpu is None else n.cpu - cpu,
                                math.inf if n.memory is None else n.memory - mem]
         self.load = {n: 0 for n in self.nodes}
+        self.ports: dict[str, Counter[tuple[int, str]]] = {n: Counter(held_ports.get(n, ())) for n in self.nodes}
+        """Tasks holding each host port of a node."""
         for d in self.demands:
             for _, node in d.tasks:
                 self._take(node, d.spec, +1)
@@ -98,6 +131,13 @@ class _Planner:
             self.free[node][0] -= spec.reserve_cpu * count
             self.free[node][1] -= spec.reserve_memory * count
             self.load[node] += count
+            for port in spec.host_ports:
+                self.ports[node][port] += count
+
+    def taken(self, node: str, spec: ServiceSpec) -> list[tuple[int, str]]:
+        """The host ports of ``spec`` some task already holds on ``node``."""
+        held = self.ports[node]
+        return [p for p in spec.host_ports if held[p] > 0]
 
     def room(self, node: str, spec: ServiceSpec) -> int | float:
         cpu, mem = self.free[node]
@@ -106,6 +146,8 @@ class _Planner:
             fits.append(max(0, math.floor(cpu / spec.reserve_cpu + 1e-9)))
         if spec.reserve_memory > 0:
             fits.append(max(0, int(mem // spec.reserve_memory)))
+        if spec.host_ports:
+            fits.append(0 if self.taken(node, spec) else 1)
         return min(fits)
 
     def why_not_here(self, node: str, spec: ServiceSpec) -> str | None:
@@ -116,16 +158,18 @@ class _Planner:
         if info.availability == "drain":
             return f"node {node} is drained"
         for c in spec.constraints:
-            if not c.matches(info.id, info.name, info.labels):
+            if not c.matches(info.id, info.name, info.labels, info.engine, info.isolation):
                 return f"node {node} does not satisfy {c}"
-        return None
+        lack = lacks(info, spec)
+        return None if lack is None else f"node {node} lacks {NEEDS[lack][0]}"
 
     def run(self) -> Plan:
         kept: dict[str, dict[str, list[str]]] = {}
+        holders: dict[str, Counter[tuple[int, str]]] = {}  # host ports of the tasks kept so far, per node
         for d in self.demands:  # first free what must move anyway, so every service can use it
             kept[d.spec.name] = {}
             for task, node in d.tasks:
-                reason = self.why_not_here(node, d.spec)
+                reason = self.why_not_here(node, d.spec) or self._port_clash(holders, node, d.spec)
                 if reason is None:
                     kept[d.spec.name].setdefault(node, []).append(task)
                 else:
@@ -138,6 +182,17 @@ class _Planner:
                 self._replicated(d, kept[d.spec.name])
         return Plan(tuple(self.place), tuple(self.stop), self.unplaced, self.moves)
 
+    def _port_clash(self, holders: dict[str, Counter[tuple[int, str]]], node: str, spec: ServiceSpec) -> str | None:
+        """Why a kept task of ``spec`` on ``node`` cannot stay there: a task kept before it holds its host port."""
+        if not spec.host_ports:
+            return None
+        held = holders.setdefault(node, Counter())
+        clash = [p for p in spec.host_ports if held[p]]
+        if clash:
+            return f"{ports_text(clash)} is taken on node {node}"
+        held.update(spec.host_ports)
+        return None
+
     def _new_ok(self, node: NodeInfo, spec: ServiceSpec) -> bool:
         return node.availability == "active" and self.why_not_here(node.id, spec) is None
 
@@ -148,12 +203,11 @@ class _Planner:
         label = spec.spread_label
         rooms = []
         load = self.load
-        constraints = spec.constraints
-        reserves = spec.reserve_cpu > 0 or spec.reserve_memory > 0
+        reserves = spec.reserve_cpu > 0 or spec.reserve_memory > 0 or bool(spec.host_ports)
         # self.nodes is ordered by id and sorting is stable: this is (load, id) order.
         for n in sorted(self.nodes.values(), key=lambda n: load[n.id]):
             keep = len(kept.get(n.id, ()))
-            eligible = n.availability == "active" and all(c.matches(n.id, n.name, n.labels) for c in constraints)
+            eligible = n.availability == "active" and n.satisfies(spec) and lacks(n, spec) is None
             room = (min(self.room(n.id, spec), want) if reserves else want) if eligible else 0
             if keep or room:
                 rooms.append(Room(n.id, keep, int(room), n.labels.get(label) if label else None))
@@ -220,19 +274,42 @@ class _Planner:
             states = sorted({PAST[n.availability] for n in self.nodes.values()})
             return f"no active node (all {len(self.nodes)} up nodes are {' or '.join(states)})"
         for c in spec.constraints:
-            if not any(c.matches(n.id, n.name, n.labels) for n in active):
+            if not any(c.matches(n.id, n.name, n.labels, n.engine, n.isolation) for n in active):
                 return f"no node satisfies {c}"
+        for need, (_, phrase) in NEEDS.items():
+            if all(lacks(n, spec) == need for n in active):
+                return f"no node {phrase}"
         eligible = [n.id for n in active if self._new_ok(n, spec)] if candidates is None else list(candidates)
         if not eligible:
-            return "no node satisfies all of " + ", ".join(map(str, spec.constraints))
-        cpu_short = [n for n in eligible if spec.reserve_cpu > self.free[n][0] + 1e-9]
-        mem_short = [n for n in eligible if spec.reserve_memory > self.free[n][1]]
-        what = ("cpu and memory" if len(cpu_short) == len(mem_short) == len(eligible) else
-                "memory" if len(mem_short) == len(eligible) else
-                "cpu" if len(cpu_short) == len(eligible) else "cpu or memory")
-        scope = f"all {len(eligible)} eligible nodes" if candidates is None else \
-            f"{len(eligible)} eligible node{'s' if len(eligible) > 1 else ''} ({', '.join(eligible[:5])})"
-        return f"insufficient {what} on {scope}"
+            needs = [f"{c}" for c in spec.constraints] + [NEEDS[k][0] for k in NEEDS
+                                                           if any(lacks(n, spec) == k for n in active)]
+            return "no node satisfies all of " + ", ".join(needs)
+        port_short = {n: taken for n in eligible if (taken := self.taken(n, spec))}
+        if len(port_short) == len(eligible):
+            ports = sorted({p for held in port_short.values() for p in held})
+            where = "every eligible node" if candidates is None else _scope(eligible, True)
+            return f"{ports_text(ports)} {'is' if len(ports) == 1 else 'are'} taken on {where}"
+        rest = [n for n in eligible if n not in port_short]
+        cpu_short = [n for n in rest if spec.reserve_cpu > self.free[n][0] + 1e-9]
+        mem_short = [n for n in rest if spec.reserve_memory > self.free[n][1]]
+        what = ("cpu and memory" if len(cpu_short) == len(mem_short) == len(rest) else
+                "memory" if len(mem_short) == len(rest) else
+                "cpu" if len(cpu_short) == len(rest) else "cpu or memory")
+        if port_short:
+            return f"insufficient {what} on {_scope(rest, True)}, host ports taken on the other {len(port_short)}"
+        return f"insufficient {what} on {_scope(rest, candidates is not None)}"
+
+
+def _scope(nodes: Sequence[str], listed: bool) -> str:
+    if not listed:
+        return f"all {len(nodes)} eligible nodes"
+    return f"{len(nodes)} eligible node{'s' if len(nodes) > 1 else ''} ({', '.join(nodes[:5])})"
+
+
+def ports_text(ports: Sequence[tuple[int, str]]) -> str:
+    """``host port 8000`` / ``host ports 53/udp, 8000``."""
+    shown = [f"{port}/udp" if protocol == "udp" else str(port) for port, protocol in ports]
+    return f"host port{'s' if len(shown) > 1 else ''} {', '.join(shown)}"
 
 
 PAST = {"pause": "paused", "drain": "drained", "active": "active"}

@@ -130,7 +130,9 @@ class _Round:
         nodes = [NodeInfo.of(n, "pause" if self.members.get(n.id) == "suspect" and n.availability == "active"
                              else None) for n in self.state.nodes.values() if self.up(n.id)]
         demands = [self._demand(r) for r in rounds]
-        result = plan(nodes, demands, max_moves=self.config.max_moves, reserved=self._reserved(demands))
+        stopping = {task for r in rounds for task, _ in r.stops}
+        result = plan(nodes, demands, max_moves=self.config.max_moves, reserved=self._reserved(demands),
+                      held_ports=self._held_ports(demands, stopping))
         placed: dict[str, list[str]] = {r.service.name: [] for r in rounds}
         for service, node in result.place:
             placed[service].append(node)
@@ -219,6 +221,18 @@ class _Round:
             if task.live and task.node is not None and task.id not in decided and spec is not None:
                 cpu, mem = out.get(task.node, (0.0, 0))
                 out[task.node] = (cpu + spec.reserve_cpu, mem + spec.reserve_memory)
+        return out
+
+    def _held_ports(self, demands: list[Demand], stopping: set[str]) -> dict[str, list[tuple[int, str]]]:
+        """Host ports held by live tasks placement is not deciding about, except those this round stops
+        (a stop-first update frees its task's port for the replacement, which the node starts once it is free)."""
+        decided = {t for d in demands for t, _ in d.tasks} | stopping
+        out: dict[str, list[tuple[int, str]]] = {}
+        for task in self.state.tasks.values():
+            if task.live and task.node is not None and task.id not in decided:
+                spec = self.state.spec_of(task)
+                if spec is not None and spec.host_ports:
+                    out.setdefault(task.node, []).extend(spec.host_ports)
         return out
 
     # -------------------------------------------------------------- slots

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from cryptography import x509
 
-from p2pswarm.node.statemachine import command_id
+from p2pswarm.consensus.requests import command_id
 from p2pswarm.security import access
 from p2pswarm.security.apica import ApiCA, issue_server, server_due
 from p2pswarm.security.errors import KeyFileError

@@ -2,8 +2,8 @@
 
 **Leader duties** (the Raft leader only): put the genesis record into the Raft state
 (any node holding it proposes it), sign a new revocation list when ``node rm`` removed
-a node, rotate the cluster key, the CA and the join token in one entry after ``node rm``
-(:mod:`.rekey`; each member opens its share of the new key with its CURVE key), record the
+a node, rotate the cluster key, the CA, the join token and the secrets keyring in one entry after
+``node rm`` (:mod:`.rekey`; each member opens its share of the new key with its CURVE key), record the
 certificates the Raft state lacks, and re-issue certificates due for renewal (after 2/3 of
 their 90 days); a node adopts its own renewed certificate from the Raft state
 (:mod:`.recordsync`) and re-announces its metadata.  During a CA rotation the leader
@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from p2pswarm.consensus.requests import command_id
 from p2pswarm.membership.messages import LIVE
-from p2pswarm.node.statemachine import command_id
 from p2pswarm.security.errors import CertificateError, SecurityError
 from p2pswarm.security.pki import (
     RevocationList,
@@ -87,10 +87,15 @@ class Duties:
             return  # our cluster key is not the record's current one (yet): another leader's job, or later
         removed = host.record.removed
         if removed - rec.rekeyed and len(host.bundle.roots) == 1 and not self.proposals.busy("rekey"):
+            try:
+                ring = host.keyring.all(rec)
+            except SecurityError as exc:
+                host.warn("rekey-keyring", f"cannot rekey after node rm: {exc}")
+                return
             cmd, _ = rekey_command(command_id("security", "rekey"), ca=host.ca, bundle=host.bundle,
                                    tokens=host.tokens, certs=rec.certs, removed=removed,
                                    key_generation=rec.key_generation, ca_generation=rec.ca_generation, now=now,
-                                   entropy=host.entropy)
+                                   entropy=host.entropy, secret_keys=ring)
             names = ", ".join(sorted(removed - rec.rekeyed))
             log.warning("rotating the cluster key, the CA and the join token: node(s) %s were removed", names)
             self.proposals.propose(driver, "rekey", cmd)

@@ -39,10 +39,10 @@ from collections import Counter
 from typing import Any, Callable
 
 from p2pswarm.consensus.facts import new_cluster_id, stored_cluster_id
+from p2pswarm.consensus.requests import command_id
 from p2pswarm.consensus.storage import FileStorage
 from p2pswarm.membership.messages import LIVE, Alive, Meta
 from p2pswarm.node.datadir import DataDir
-from p2pswarm.node.statemachine import command_id
 from p2pswarm.security import autolock
 from p2pswarm.security.admission import Admission
 from p2pswarm.security.duties import Duties
@@ -64,6 +64,7 @@ from p2pswarm.security.pki import (
 )
 from p2pswarm.security.record import TOKEN_CONTEXT, init_command
 from p2pswarm.security.recordsync import RecordSync
+from p2pswarm.security.secretbox import Keyring
 from p2pswarm.security.tokens import JoinToken, TokenState, parse_token
 
 __all__ = ["SecurityHost", "JoinFailed", "inspect", "is_join_message", "probe_secure", "CURVE_FILE",
@@ -140,6 +141,8 @@ class SecurityHost:
         self.joining = JoinClient(self)
         self.record = RecordSync(self)
         self.duties = Duties(self)
+        self.keyring = Keyring(self)
+        """The secrets keyring (:mod:`.secretbox`), opened with this node's cluster key."""
         self.proposals = self.duties.proposals
         """The background Raft proposals of the security duties (awaited on close)."""
 

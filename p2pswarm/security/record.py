@@ -17,6 +17,10 @@ state (:mod:`p2pswarm.node.statemachine` routes ``{"sm": "security", "cmd": {...
 * ``key_generation``, ``key_shares``, ``rekeyed``  after ``node rm`` (:mod:`p2pswarm.security.rekey`): the
                   cluster key's generation (0: the key made at creation), the current key sealed to each
                   member's CURVE key (node id -> share), and the removed nodes the current key shuts out
+* ``secret_keys`` the keyring that seals the cluster's secrets (:mod:`p2pswarm.security.secretbox`): key id ->
+                  a random 32-byte key sealed under the cluster key.  The first ``secret create`` adds key 1
+                  (``secret_key``); each rekey re-seals every key under the new cluster key and adds a new
+                  one, so a secret created after a removal is sealed with a key the removed node never had
 
 The cluster key itself is never here: it is in each member's data dir (0600).  So a
 replica, a snapshot or a Raft log on disk holds no usable secret without it.
@@ -42,7 +46,26 @@ MAX_SHARE = 256
 MAX_REKEYED = 100_000
 """Removed node ids a record remembers as rekeyed (as many as a revocation list holds)."""
 TOKEN_CONTEXT = b"join-token"
-OPS = ("init", "tokens", "revocations", "cert", "ca", "rekey", "key_shares")
+MAX_SECRET_KEYS = 10_000
+"""Keyring keys a record holds (one per rekey, each about 64 bytes sealed)."""
+OPS = ("init", "tokens", "revocations", "cert", "ca", "rekey", "key_shares", "secret_key")
+
+
+def decode_keyring(value: Any) -> dict[int, bytes] | None:
+    """``[[key id, sealed key], ...]`` (msgpack maps only take text keys) as a dict; None if malformed."""
+    if not isinstance(value, list) or len(value) > MAX_SECRET_KEYS:
+        return None
+    ring: dict[int, bytes] = {}
+    for item in value:
+        if (not isinstance(item, list) or len(item) != 2 or type(item[0]) is not int or not 1 <= item[0] <= 2**31
+                or not is_bytes(item[1], MAX_SHARE) or item[0] in ring):
+            return None
+        ring[item[0]] = item[1]
+    return ring
+
+
+def encode_keyring(ring: dict[int, bytes]) -> list[list]:
+    return [[key_id, ring[key_id]] for key_id in sorted(ring)]
 
 
 def _shares(value: Any) -> bool:
@@ -52,7 +75,8 @@ def _shares(value: Any) -> bool:
 
 class SecurityRecord:
     __slots__ = ("cluster_id", "bundle", "sealed_ca", "tokens", "token_generation", "revocations",
-                 "revocations_version", "certs", "ca_generation", "key_generation", "key_shares", "rekeyed", "version")
+                 "revocations_version", "certs", "ca_generation", "key_generation", "key_shares", "rekeyed",
+                 "secret_keys", "version")
 
     def __init__(self) -> None:
         self.cluster_id: str | None = None
@@ -67,6 +91,7 @@ class SecurityRecord:
         self.key_generation = 0
         self.key_shares: dict[str, bytes] = {}
         self.rekeyed: frozenset[str] = frozenset()
+        self.secret_keys: dict[int, bytes] = {}
         self.version = 0
 
     @property
@@ -115,6 +140,10 @@ class SecurityRecord:
             if len(set(self.key_shares) | set(shares)) > MAX_CERTS:
                 return False, f"the security record holds at most {MAX_CERTS} key shares"
             self.key_shares.update(shares)
+        elif op == "secret_key":
+            ok, error = self._secret_key(cmd)
+            if not ok:
+                return ok, error
         elif op == "revocations":
             signed, version = cmd.get("signed"), cmd.get("version")
             if not is_bytes(signed, 8 * 1024 * 1024) or not is_count(version):
@@ -134,6 +163,18 @@ class SecurityRecord:
         self.version += 1
         return True, ""
 
+    def _secret_key(self, cmd: dict) -> tuple[bool, str]:
+        """The next keyring key, sealed under the cluster key of ``key_generation`` (which must be current)."""
+        key_id, sealed = cmd.get("key_id"), cmd.get("sealed")
+        if type(key_id) is not int or not is_bytes(sealed, MAX_SHARE):
+            return False, "bad secret-key command"
+        if cmd.get("key_generation") != self.key_generation or key_id != max(self.secret_keys, default=0) + 1:
+            return False, "the secrets keyring or the cluster key changed meanwhile; run the command again"
+        if len(self.secret_keys) >= MAX_SECRET_KEYS:
+            return False, f"the secrets keyring holds at most {MAX_SECRET_KEYS} keys"
+        self.secret_keys[key_id] = sealed
+        return True, ""
+
     def _rekey(self, cmd: dict) -> tuple[bool, str]:
         """A new cluster key (as shares), CA and token secret at once: each generation must be the next one."""
         bundle, sealed, tokens = cmd.get("bundle"), cmd.get("sealed_ca"), cmd.get("tokens")
@@ -145,6 +186,12 @@ class SecurityRecord:
         if (cmd.get("key_generation") != self.key_generation + 1 or cmd.get("ca_generation") != self.ca_generation + 1
                 or cmd.get("token_generation") != self.token_generation + 1):
             return False, "the cluster key, CA or join token changed meanwhile; the leader computes the rekey again"
+        ring = decode_keyring(cmd.get("secret_keys", []))
+        if cmd.get("secret_keys_seen", 0) != max(self.secret_keys, default=0):
+            return False, "the secrets keyring changed meanwhile; the leader computes the rekey again"
+        if ring is None or not set(self.secret_keys) <= set(ring):  # each key re-sealed under the new cluster key
+            return False, "bad rekey command"
+        self.secret_keys = ring
         self.bundle, self.sealed_ca, self.tokens = bundle, sealed, tokens
         self.key_generation, self.ca_generation, self.token_generation = (
             cmd["key_generation"], cmd["ca_generation"], cmd["token_generation"])
@@ -176,6 +223,7 @@ class SecurityRecord:
         if (is_count(key_generation) and _shares(shares) and isinstance(rekeyed, list)
                 and all(is_text(n, MAX_ID_LEN) for n in rekeyed)):
             self.key_generation, self.key_shares, self.rekeyed = key_generation, dict(shares), frozenset(rekeyed)
+        self.secret_keys = decode_keyring(cmd.get("secret_keys", [])) or {}
         self.version += 1
         return True, ""
 
@@ -189,7 +237,8 @@ class SecurityRecord:
                 "revocations": self.revocations, "revocations_version": self.revocations_version,
                 "certs": dict(self.certs), "ca_generation": self.ca_generation,
                 "key_generation": self.key_generation, "key_shares": dict(self.key_shares),
-                "rekeyed": sorted(self.rekeyed), "version": self.version}
+                "rekeyed": sorted(self.rekeyed), "secret_keys": encode_keyring(self.secret_keys),
+                "version": self.version}
 
     def restore(self, data: Any) -> None:
         """Replace the state in place (a snapshot, or None for an empty record)."""

@@ -14,7 +14,9 @@ removal is applied, the Raft leader rotates all three in one Raft command (``rek
 * a **new CA**, cross-signed by the old one (an ordinary CA rotation: the leader re-issues
   every member's certificate and drops the old CA once every member presents a new one),
   its key sealed under the new cluster key;
-* a **new join-token secret**, sealed under the new cluster key.
+* a **new join-token secret**, sealed under the new cluster key;
+* the **secrets keyring** re-sealed under the new cluster key, with a fresh key for the secrets
+  created from now on (:mod:`.secretbox`).
 
 Members that join later receive the new cluster key in their grant, as always; a member
 whose certificate was not recorded when the rekey was made gets its share later
@@ -43,6 +45,7 @@ from p2pswarm.security.pki import (
     unseal,
 )
 from p2pswarm.security.record import TOKEN_CONTEXT
+from p2pswarm.security.secretbox import resealed_ring
 from p2pswarm.security.tokens import TokenState
 
 SHARE_CONTEXT = b"cluster-key-share"
@@ -116,22 +119,25 @@ def missing_shares(certs: Mapping[str, bytes], shares: Mapping[str, bytes], remo
 
 def rekey_command(cid: str, *, ca: CertAuthority, bundle: TrustBundle, tokens: TokenState,
                   certs: Mapping[str, bytes], removed: Iterable[str], key_generation: int, ca_generation: int,
-                  now: float, entropy: Callable[[int], bytes]) -> tuple[dict, bytes]:
+                  now: float, entropy: Callable[[int], bytes],
+                  secret_keys: Mapping[int, bytes] | None = None) -> tuple[dict, bytes]:
     """The ``rekey`` command that shuts ``removed`` out, and the new cluster key it distributes.
 
     ``key_generation``/``ca_generation`` are the record's current values (the command carries
-    the next ones, so a concurrent rotation makes it fail rather than both win).
+    the next ones, so a concurrent rotation makes it fail rather than both win); ``secret_keys`` the
+    record's keyring, opened (id -> key).
     """
     gone = sorted(set(removed))
     cluster_key = entropy(KEK_BYTES)
     new_ca, new_bundle = rotate_ca(ca, bundle, now, entropy(32), entropy(16), entropy(16))
     new_tokens = tokens.rotate(entropy(20), now, None if tokens.expires_at is None else
                                max(0.0, tokens.expires_at - tokens.issued_at))
+    ring, seen = resealed_ring(secret_keys or {}, cluster_key, entropy)
     shares = shares_for(certs, cluster_key, entropy, exclude=gone)
     first = dict(list(shares.items())[:SHARES_PER_COMMAND])
     cmd = {"id": cid, "op": "rekey", "key_generation": key_generation + 1, "shares": first, "excluded": gone,
            "bundle": new_bundle.encode(), "sealed_ca": new_ca.seal(cluster_key, entropy(NONCE_BYTES)),
            "ca_generation": ca_generation + 1,
            "tokens": seal(cluster_key, entropy(NONCE_BYTES), new_tokens.encode(), TOKEN_CONTEXT),
-           "token_generation": new_tokens.generation}
+           "token_generation": new_tokens.generation, "secret_keys": ring, "secret_keys_seen": seen}
     return cmd, cluster_key

@@ -21,6 +21,10 @@ checks catch real mistakes:
   counting replicas (the Figure 8 mistake, §5.4.2).
 * ``vote_without_log_check``: voters ignore whether the candidate's log is up to date.
 * ``stale_reads``: nodes answer reads from local state without ReadIndex.
+
+The world here holds the nodes, the driver loop and the network; its clients live in
+:mod:`p2pswarm.sim.raft_clients` and its fault schedule in :mod:`p2pswarm.sim.raft_faults`
+(mixins, so a seeded run's single random stream is drawn in the same order as before).
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ from collections import Counter
 from typing import Any, Callable
 
 from p2pswarm.consensus.config import RaftConfig
-from p2pswarm.consensus.kv import KVStore, encode_command
+from p2pswarm.consensus.kv import KVStore
 from p2pswarm.consensus.log import LogError
-from p2pswarm.consensus.raft import LEADER, NotLeader, Raft, RaftError, quorum_size
+from p2pswarm.consensus.raft import LEADER, Raft
 from p2pswarm.consensus.storage import MemoryStorage
 from p2pswarm.sim.engine import EventHeap
 from p2pswarm.sim.linearizability import Op, check_history
+from p2pswarm.sim.raft_clients import SimClient, SimClients
+from p2pswarm.sim.raft_faults import SimFaults
 from p2pswarm.sim.stats import percentile
 from p2pswarm.wire import decode, encode
 
@@ -49,9 +55,6 @@ SIM_CONFIG = RaftConfig(election_timeout=0.5, heartbeat_interval=0.05, max_infli
 
 SNAPSHOT_EVERY = 64       # applied entries between snapshots (exercises InstallSnapshot)
 WRITEBACK_EVERY = 2.0     # skip_fsync: seconds between "OS writeback" flushes
-ATTEMPT_TIMEOUT = 0.4     # a client tries another node after this long without an answer
-OP_TIMEOUT = 2.0          # ... and records the op as unknown-outcome after this long
-SETTLE = 1.0              # fault-free seconds at the end of a run
 
 
 class _CountingRaft(Raft):
@@ -143,16 +146,9 @@ class _Node:
         self.next_read = 1
 
 
-class _Client:
-    def __init__(self, cid: int) -> None:
-        self.id, self.seq, self.attempt = cid, 0, 0
-        self.op: tuple = ()
-        self.invoke = 0.0
-        self.done = True
-        self.target: str | None = None
+class _World(SimClients, SimFaults):
+    """One run: nodes on a virtual clock, the network between them, clients and faults mixed in."""
 
-
-class _World:
     def __init__(self, rng: random.Random, n: int, bug: str | None, cfg: RaftConfig, duration: float,
                  n_clients: int, n_keys: int, wire: bool) -> None:
         self.rng, self.bug, self.cfg, self.duration, self.wire = rng, bug, cfg, duration, wire
@@ -179,7 +175,7 @@ class _World:
         ids = tuple(f"n{i + 1}" for i in range(n))
         for nid in ids:
             self._add_node(nid, ids)
-        self.clients = [_Client(i + 1) for i in range(n_clients)]
+        self.clients = [SimClient(i + 1) for i in range(n_clients)]
 
     # ================================================================ event loop
 
@@ -337,257 +333,3 @@ class _World:
             return
         node.raft.step(self.now, decode(payload) if self.wire else payload)
         self._pump(node)
-
-    # ================================================================ clients
-
-    def _client_next(self, c: _Client) -> None:
-        if self.now >= self.duration - SETTLE / 2:
-            return
-        rng = self.rng
-        c.seq += 1
-        c.attempt, c.done, c.invoke = 0, False, self.now
-        kind = rng.choices(("get", "put", "cas", "delete"), (4, 3, 2, 1))[0]
-        key = rng.choice(self.keys)
-        value = c.id * 1_000_000 + c.seq
-        if kind == "put":
-            args: tuple = (key, value)
-        elif kind == "cas":
-            args = (key, rng.choice(self.recent[key][-4:]), value)
-        else:
-            args = (key,)
-        if kind in ("put", "cas"):
-            self.recent[key].append(value)
-        c.op = (kind, args)
-        self.at(self.now + OP_TIMEOUT, self._client_give_up, c, c.seq)
-        alive = self._alive_ids()
-        self._client_try(c, c.target if c.target in alive else rng.choice(alive))
-
-    def _alive_ids(self) -> list[str]:
-        return [nid for nid, n in self.nodes.items() if not n.removed]
-
-    def _client_try(self, c: _Client, nid: str) -> None:
-        c.attempt += 1
-        c.target = nid
-        self.at(self.now + self._client_delay(), self._node_request, nid, c, c.seq, c.attempt)
-        self.at(self.now + ATTEMPT_TIMEOUT, self._client_attempt_timeout, c, c.seq, c.attempt)
-
-    def _client_delay(self) -> float:
-        return self.base_delay + self.rng.random() * self.jitter
-
-    def _node_request(self, nid: str, c: _Client, seq: int, attempt: int) -> None:
-        node = self.nodes[nid]
-        if not node.up:
-            return
-        kind, args = c.op
-        try:
-            if kind == "get" and self.bug == "stale_reads":
-                self._reply(c, seq, attempt, ("ok", node.kv.get(args[0])))
-            elif kind == "get":
-                rid = node.next_read
-                node.next_read += 1
-                node.raft.read_index(self.now, rid)
-                node.reads[rid] = (c, seq, attempt, args[0])
-            else:
-                index, term = node.raft.propose(self.now, encode_command(c.id, seq, kind, *args))
-                node.writes[index] = (term, c, seq, attempt)
-        except NotLeader as exc:
-            self._reply(c, seq, attempt, ("redirect", exc.leader_hint))
-        self._pump(node)
-
-    def _serve_reads(self, node: _Node) -> None:
-        waiting = []
-        for index, c, seq, attempt, key in node.ready_reads:
-            if index <= node.kv.applied:
-                self._reply(c, seq, attempt, ("ok", node.kv.get(key)))
-            else:
-                waiting.append((index, c, seq, attempt, key))
-        node.ready_reads = waiting
-
-    def _reply(self, c: _Client, seq: int, attempt: int, outcome: tuple) -> None:
-        self.at(self.now + self._client_delay(), self._client_response, c, seq, attempt, outcome)
-
-    def _client_response(self, c: _Client, seq: int, attempt: int, outcome: tuple) -> None:
-        if c.seq != seq or c.done:
-            return
-        status, value = outcome
-        if status == "ok":
-            self._record(c, self.now, value)
-            self.at(self.now + self.rng.uniform(0.0, 0.02), self._client_next, c)
-        elif attempt == c.attempt:
-            hint = value if status == "redirect" and value in self.nodes else None
-            target = hint or self.rng.choice(self._alive_ids())
-            self.at(self.now + 0.01, self._client_retry, c, seq, target)
-
-    def _client_retry(self, c: _Client, seq: int, target: str) -> None:
-        if c.seq == seq and not c.done:
-            self._client_try(c, target)
-
-    def _client_attempt_timeout(self, c: _Client, seq: int, attempt: int) -> None:
-        if c.seq == seq and not c.done and attempt == c.attempt:
-            others = [n for n in self._alive_ids() if n != c.target] or self._alive_ids()
-            self._client_try(c, self.rng.choice(others))
-
-    def _client_give_up(self, c: _Client, seq: int) -> None:
-        if c.seq == seq and not c.done:
-            self._record(c, None, None)
-            self.at(self.now + self.rng.uniform(0.0, 0.02), self._client_next, c)
-
-    def _record(self, c: _Client, complete: float | None, result: Any) -> None:
-        kind, args = c.op
-        c.done = True
-        self.history.append(Op(c.id, c.invoke, complete, kind, args, result))
-
-    # ================================================================ faults
-
-    def _plan_faults(self) -> None:
-        t, end = 0.5, self.duration - SETTLE
-        while True:
-            t += self.rng.expovariate(1 / 0.45)
-            if t >= end:
-                break
-            self.at(t, self._fault)
-        self.at(end, self._heal_all)
-
-    def _fault(self) -> None:
-        rng = self.rng
-        kind = rng.choices(("crash_leader", "crash", "partition", "asymmetric", "weather", "transfer",
-                            "membership", "power_loss"), (3, 2, 2, 2, 1, 1, 1, 1))[0]
-        getattr(self, "_fault_" + kind)()
-
-    def _members(self) -> list[_Node]:
-        return [n for n in self.nodes.values() if not n.removed]
-
-    def _can_crash(self) -> bool:
-        members = self._members()
-        down = sum(1 for n in members if not n.up)
-        return down + 1 <= len(members) - quorum_size(len(members))
-
-    def _crash_for(self, node: _Node) -> None:
-        self.faults["crash"] += 1
-        self._crash(node)
-        self.at(self.now + self.rng.uniform(0.2, 1.5), self._restart, node)
-
-    def _restart(self, node: _Node) -> None:
-        if not node.up and not node.removed:
-            self._boot(node)
-
-    def _fault_crash_leader(self) -> None:
-        leader = self._leader()
-        if leader is None or not self._can_crash():
-            return
-        if self.watch is None and not self.blocked:
-            self.watch = {"at": self.now, "term": leader.raft.term, "elected": False}
-        self.faults["crash_leader"] += 1
-        self._crash_for(leader)
-
-    def _fault_crash(self) -> None:
-        up = [n for n in self._members() if n.up]
-        if up and self._can_crash():
-            self._crash_for(self.rng.choice(up))
-
-    def _fault_power_loss(self) -> None:
-        """A correlated failure: a majority loses power at once (only fsynced data survives)."""
-        members = [n for n in self._members() if n.up]
-        victims = self.rng.sample(members, min(len(members), quorum_size(len(self._members()))))
-        self.faults["power_loss"] += 1
-        for node in victims:
-            self._crash_for(node)
-
-    def _fault_partition(self) -> None:
-        ids = [n.id for n in self._members()]
-        side = set(self.rng.sample(ids, self.rng.randint(1, len(ids) // 2)))
-        cut = {(a, b) for a in ids for b in ids if (a in side) != (b in side)}
-        self._block(cut, "partition")
-
-    def _fault_asymmetric(self) -> None:
-        ids = [n.id for n in self._members()]
-        victim = self.rng.choice(ids)
-        others = [i for i in ids if i != victim]
-        chosen = self.rng.sample(others, self.rng.randint(1, len(others)))
-        inbound = self.rng.random() < 0.5
-        self._block({(o, victim) if inbound else (victim, o) for o in chosen}, "asymmetric")
-
-    def _block(self, pairs: set, kind: str) -> None:
-        self.faults[kind] += 1
-        added = pairs - self.blocked
-        self.blocked |= added
-        self.at(self.now + self.rng.uniform(0.2, 1.5), self._unblock, added)
-
-    def _unblock(self, pairs: set) -> None:
-        self.blocked -= pairs
-
-    def _fault_weather(self) -> None:
-        self.faults["weather"] += 1
-        saved = (self.loss, self.dup, self.jitter)
-        self.loss, self.dup = self.rng.uniform(0.05, 0.3), self.rng.uniform(0.0, 0.1)
-        self.jitter = self.rng.uniform(0.01, 0.05)
-        self.at(self.now + self.rng.uniform(0.3, 1.2), self._set_weather, saved)
-
-    def _set_weather(self, saved: tuple) -> None:
-        self.loss, self.dup, self.jitter = saved
-
-    def _fault_transfer(self) -> None:
-        leader = self._leader()
-        if leader is None:
-            return
-        targets = [v for v in leader.raft.conf.voters if v != leader.id]
-        if targets:
-            self.faults["transfer"] += 1
-            leader.raft.transfer_leadership(self.now, self.rng.choice(targets))
-            self._pump(leader)
-
-    def _fault_membership(self) -> None:
-        if self.member_plan is None:
-            victim = self.rng.choice(self._members())
-            self.member_plan = {"stage": "remove", "node": victim.id, "new": None}
-            self.faults["membership"] += 1
-            self._membership_step()
-
-    def _membership_step(self) -> None:
-        """Remove a voter, then add a fresh node as learner, then promote it once caught up."""
-        plan, leader = self.member_plan, self._leader()
-        if plan is None:
-            return
-        self.at(self.now + 0.1, self._membership_step)
-        if leader is None:
-            return
-        raft = leader.raft
-        committed = raft.conf_index <= raft.log.committed
-        try:
-            if plan["stage"] == "remove":
-                if plan["node"] not in raft.conf.members:
-                    if committed:
-                        gone = self.nodes[plan["node"]]
-                        gone.removed = True
-                        if gone.up:
-                            self._crash(gone)
-                        plan["stage"] = "add"
-                else:
-                    raft.propose_conf_change(self.now, "remove", plan["node"])
-            elif plan["stage"] == "add":
-                new_id = plan["new"] or f"n{self.next_node}"
-                if plan["new"] is None:
-                    self.next_node += 1
-                    plan["new"] = new_id
-                    self._add_node(new_id, ())
-                if new_id in raft.conf.learners and committed:
-                    plan["stage"] = "promote"
-                elif new_id not in raft.conf.members:
-                    raft.propose_conf_change(self.now, "add_learner", new_id)
-            elif plan["stage"] == "promote":
-                new_id = plan["new"]
-                if new_id in raft.conf.voters and committed:
-                    self.member_plan = None
-                    self.faults["membership_done"] += 1
-                elif new_id in raft.conf.learners and raft.progress[new_id].match >= raft.log.committed:
-                    raft.propose_conf_change(self.now, "promote", new_id)
-        except RaftError:
-            pass  # not leader any more, or another change pending: try again next step
-        self._pump(leader)
-
-    def _heal_all(self) -> None:
-        self.blocked.clear()
-        self.loss, self.dup = 0.0, 0.0
-        for node in self._members():
-            if not node.up:
-                self._boot(node)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from p2pswarm.api.client import ApiClient, ApiError
 from p2pswarm.runtime.taskuser import own_interpreter_args, remove_homes_of
+from p2pswarm.runtime.volumes import remove_volumes_of
 
 REPO = Path(__file__).resolve().parents[2]
 """The source tree, put on PYTHONPATH of the children so they run this checkout."""
@@ -93,11 +94,14 @@ class LocalNode:
 
 
 class LocalCluster:
-    def __init__(self, tmp: Path, preset: str = "test", isolate_tasks: bool | None = None) -> None:
+    def __init__(self, tmp: Path, preset: str = "test", isolate_tasks: bool | None = None,
+                 node_args: tuple[str, ...] = ()) -> None:
         """``isolate_tasks`` (root only): True runs tasks as the nodes' default task user, False as root;
-        None as the default unless the tests' interpreter (what their tasks run) is closed to it."""
+        None as the default unless the tests' interpreter (what their tasks run) is closed to it.
+        ``node_args``: options every node starts with (e.g. ``--engine-socket URL``)."""
         self.tmp = tmp
         self.preset = preset
+        self.node_args = tuple(node_args)
         self.task_args = (own_interpreter_args(sys.executable) if isolate_tasks is None
                           else [] if isolate_tasks or os.geteuid() != 0 else ["--task-user", "root"])
         self.nodes: dict[int, LocalNode] = {}
@@ -116,7 +120,7 @@ class LocalCluster:
         """Start `p2pswarm up` in the foreground (as a child we own) with the cluster's preset."""
         node = self.node(index)
         args = ["up", "--data-dir", str(node.data_dir), "--bind", node.addr, "--name", node.name,
-                "--preset", self.preset, *self.task_args, *extra]
+                "--preset", self.preset, *self.task_args, *self.node_args, *extra]
         env = cli_env()
         if peers:
             args += ["--peers", ",".join(peers)]
@@ -202,3 +206,4 @@ class LocalCluster:
                 pass
         for node in self.nodes.values():
             remove_homes_of(node.data_dir)  # the tasks' homes live outside the (temporary) data dirs
+            remove_volumes_of(node.data_dir)  # and so do the named volumes

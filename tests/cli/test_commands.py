@@ -100,10 +100,38 @@ def test_node_ls_table_and_json_against_a_running_node(tmp_path):
         result = run("node", "ls", "--data-dir", str(tmp_path))
         assert result.exit_code == 0
         header, row = result.stdout.strip().splitlines()
-        assert header.split() == ["ID", "NAME", "ADDRESS", "STATUS", "ROLE", "RTT", "LABELS"]
+        assert header.split() == ["ID", "NAME", "ADDRESS", "STATUS", "ROLE", "RTT", "ENGINE", "ISOLATION", "LABELS"]
         cells = row.split()[1:]
-        assert cells[:4] == ["*", "solo", "10.1.0.1:7946", "alive"] and cells[-2:] == ["-", "zone=a"]
+        assert cells[:4] == ["*", "solo", "10.1.0.1:7946", "alive"] and cells[5] == "-" and cells[-1] == "zone=a"
+        assert cells[6] in ("docker", "unavailable", "unknown")  # the engine, as the node probed it (if yet)
         assert cells[4] in ("leader", "voter")  # a one-node cluster: its only voter, soon its leader
     finally:
         stop.set()
         thread.join(10)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["service", "create", "web"], "--image"),
+    (["service", "create", "web", "--image", "Bad Image"], "image:"),
+    (["service", "create", "web", "--image", "nginx", "--limit-memory", "1M"], "limit_memory: must be at least 6M"),
+    (["service", "create", "web", "--image", "nginx", "--mount", "type=bind,source=x,target=/x"], "mounts.source"),
+    (["service", "create", "web", "--image", "nginx", "--secret", "source=db,target=/abs"], "secrets.target"),
+    (["service", "create", "web", "--image", "nginx", "--stop-signal", "SIGWHAT"], "stop_signal"),
+    (["service", "create", "web", "--stop-grace-period", "soon", "--", "sleep", "9"], "stop_grace"),
+])
+def test_bad_workload_flags_are_refused_before_anything_is_sent(tmp_path, args, needle):
+    """No node runs here: a bad flag must be refused by the CLI itself, in one line."""
+    result = run(*args, "--data-dir", str(tmp_path / "none"))
+    assert result.exit_code != 0
+    assert needle in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args,stdin,needle", [
+    (["secret", "create", "db", "/no/such/file"], None, "error: cannot read /no/such/file: No such file or directory"),
+    (["secret", "create", "db", "-"], "", "error: stdin is empty"),
+    (["config", "create", "c", "-"], "x" * (500 * 1024 + 1), "error: stdin is over 500 KiB"),
+])
+def test_secret_and_config_data_is_checked_before_anything_is_sent(tmp_path, args, stdin, needle):
+    result = CliRunner().invoke(main, [*args, "--data-dir", str(tmp_path / "none")], input=stdin)
+    assert result.exit_code != 0 and result.output.startswith(needle) and result.output.count("\n") == 1, result.output

@@ -13,13 +13,10 @@ import pytest
 
 from p2pswarm.testing.localcluster import REPO, free_port, wait_until
 
+from .cli_results import ok
+
 APP = str(REPO / "tests" / "apps" / "http_server.py")
 pytestmark = pytest.mark.timeout(240)
-
-
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def get(host: str, port: int, timeout: float = 3.0) -> dict:

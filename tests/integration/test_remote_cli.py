@@ -14,18 +14,14 @@ import pytest
 
 from p2pswarm.testing.localcluster import REPO, cli_env, free_port, wait_until
 
+from .cli_results import one_line_error
+
 pytestmark = pytest.mark.timeout(300)
 
 
 def ok(result):
     assert result.returncode == 0, result.stderr
     return result.stdout
-
-
-def one_line_error(result) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def start_node(cluster, index, peers=()):

@@ -9,21 +9,12 @@ import time
 from p2pswarm.scheduler.reconcile import MAX_PENDING
 from p2pswarm.testing.localcluster import REPO, wait_until
 
+from .cli_results import ok, one_line_error
+
 APP = str(REPO / "tests" / "apps" / "http_server.py")
 HUGE = 100_000
 SCHEDULE_DEADLINE = 180.0
 """Generous: a loaded 2-core machine; before the fix the second service was never scheduled at all."""
-
-
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result
-
-
-def one_line_error(result) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def test_an_unplaceable_huge_service_does_not_stop_scheduling(cluster, task_pids, capsys):

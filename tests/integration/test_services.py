@@ -13,6 +13,8 @@ import urllib.request
 
 from p2pswarm.testing.localcluster import REPO, cli_env, wait_until
 
+from .cli_results import ok, one_line_error
+
 APP = str(REPO / "tests" / "apps" / "http_server.py")
 LOG_LINE = re.compile(r"^(web\.\d+)\.(\S+)@(n\d) \| listening on (\d+)$", re.M)
 
@@ -31,11 +33,6 @@ def pid_alive(pid: int) -> bool:
 
 def start(cluster, n: int):
     return cluster.start_group(n)
-
-
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def tasks(cluster, node, name="web"):
@@ -63,12 +60,6 @@ def record_pids(cluster, rows, pids):
     for r in rows:
         node = next(n for n in cluster.nodes.values() if n.name == r["node_name"])
         pids.add(int((node.data_dir / "tasks" / r["id"] / "pid").read_text()))
-
-
-def one_line_error(result) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def test_service_lifecycle_heals_scales_and_leaves_no_processes(cluster, task_pids):

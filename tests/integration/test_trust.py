@@ -16,16 +16,13 @@ import pytest
 from p2pswarm.runtime import taskuser
 from p2pswarm.testing.localcluster import REPO, LocalCluster, free_host, free_port, wait_until
 
+from .cli_results import ok
+
 TRESPASS = str(REPO / "tests" / "apps" / "trespass.py")
 
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
-
-
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def task_python() -> str | None:

@@ -401,8 +401,8 @@ def test_a_table_built_from_digest_records_serves_udp() -> None:
 
 def test_agent_digest_entries_mark_udp_ports() -> None:
     publish = (PortSpec(53, None, protocol="udp"), PortSpec(8080, 80), PortSpec(53, None))
-    assert _mesh_entries(publish, (21000, 21001)) == ((53, 21000, False, "udp"), (8080, 80, False),
-                                                      (53, 21001, False))
+    assert _mesh_entries(publish, (21000, 80, 21001)) == ((53, 21000, False, "udp"), (8080, 80, False),
+                                                          (53, 21001, False))
 
 
 # -- the data-plane process ---------------------------------------------------------------------

@@ -15,6 +15,7 @@ from p2pswarm.node.record import (
     EMPTY,
     GossipRecord,
     MeshFacts,
+    NodeCaps,
     RaftFacts,
     Record,
     TaskDigest,
@@ -97,6 +98,9 @@ def test_an_oversized_own_record_is_not_gossiped_and_peers_keep_the_last_one():
     msgpack.packb({"raft": ["c1", "V", 2, "extra"]}),
     msgpack.packb({"mesh": [70000, []]}),
     msgpack.packb({"tasks": [1, {"t1": "running"}]}),
+    msgpack.packb({"caps": ["podman", "", "none", ""]}),  # an engine this version does not know
+    msgpack.packb({"caps": ["docker", "x" * 201, "none", ""]}),  # a detail beyond its bound
+    msgpack.packb({"mesh": [7948, [], {"8080": 7}]}),  # a port error that is not a line
     msgpack.packb({1: ["c1", "V", 2]}),  # section names are strings
     msgpack.packb({"tasks": [1, {f"t{i}": {} for i in range(MAX_RECORD_BYTES)}]}),  # beyond the bounds
     msgpack.packb({"raft": ["c1", "V", 2], "pad": "x" * MAX_RECORD_BYTES}),  # oversized
@@ -144,3 +148,26 @@ def test_a_joiners_agent_publishes_its_digest_before_raft_exists(tmp_path):
         assert peer_raft.driver is None  # a record without a raft section names no cluster
 
     asyncio.run(main())
+
+
+def test_capabilities_round_trip_and_a_record_without_them_reads_as_unknown():
+    caps = NodeCaps("docker", "20.10.24", "cgroup-v1", "/sys/fs/cgroup (v1: cpu, memory, pids)")
+    published = Published()
+    record = GossipRecord(published)
+    record.set(caps)
+    record.set(TaskDigest(1, RUNNING))
+    record.flush(0.0)
+    assert GossipRecord().of(peer(published.payloads[0])) == Record(tasks=TaskDigest(1, RUNNING), caps=caps)
+    older = msgpack.packb({"raft": ["c1", "V", 2], "tasks": [1, RUNNING], "mesh": [7948, []]})
+    assert decode_record(older).caps is None  # a node that predates capabilities: unknown, not capable
+    long = NodeCaps.of("none", "reason\n" + "y" * 500, "none", "not root")
+    assert len(long.engine_detail) == 200 and "\n" not in long.engine_detail
+    GossipRecord(Published()).set(long)  # cut to fit: a peer accepts it
+
+
+def test_port_errors_ride_in_the_mesh_section_only_while_there_are_some():
+    plain = MeshFacts(7948, ("c",))
+    assert msgpack.unpackb(encode_record([plain])) == {"mesh": [7948, ["c"]]}  # as before port errors
+    failing = MeshFacts(7948, (), (("5353/udp", "address in use: 127.0.0.2:5353"),
+                                   ("8080", "address in use: 127.0.0.2:8080")))
+    assert decode_record(encode_record([failing])).mesh == failing

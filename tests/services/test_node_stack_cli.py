@@ -31,7 +31,7 @@ def router():
         asyncio.run(driver.write_cluster(cmd.update_node("n" + nid, 1.0, nid, name=name)))
     views = [view("aaa1", "a", "alive"), view("aab2", "b", "alive"), view("ccc3", "c", "dead")]
     node = SimpleNamespace(raft_driver=lambda: driver, agent=None, node_id="aaa1", member_views=lambda: views,
-                           security=None, logs=None)
+                           security=None, logs=None, port_errors=dict)
     return Router(node)
 
 
@@ -111,7 +111,7 @@ def cli(router, monkeypatch):
 STACK = """
 services:
   web: {command: python app.py, deploy: {replicas: 2}}
-  api: {command: python api.py, volumes: [x]}
+  api: {command: python api.py, networks: [x]}
 """
 
 
@@ -121,12 +121,12 @@ def test_stack_deploy_update_prune_ls_rm(cli, router, tmp_path):
     out = cli("stack", "deploy", "-c", str(path), "shop")
     assert out.exit_code == 0, out.output
     assert "Creating service shop_api" in out.output and "Creating service shop_web" in out.output
-    assert "warning: service api: key 'volumes' is not supported; ignored" in out.output
+    assert "warning: service api: key 'networks' is not supported; ignored" in out.output
     services = {s["name"]: s for s in call(router, "GET", "/v1/services")["services"]}
     assert services["shop_web"]["desired"] == 2 and services["shop_web"]["stack"] == "shop"
 
     path.write_text(STACK.replace("replicas: 2", "replicas: 3").replace("  api: {command: python api.py, "
-                                                                        "volumes: [x]}\n", ""))
+                                                                        "networks: [x]}\n", ""))
     out = cli("stack", "deploy", "-c", str(path), "shop")
     assert "Updating service shop_web" in out.output and "shop_api is no longer in" in out.output
     assert call(router, "GET", "/v1/services/shop_web")["spec"]["replicas"] == 3
@@ -141,6 +141,37 @@ def test_stack_deploy_update_prune_ls_rm(cli, router, tmp_path):
     assert [s["name"] for s in call(router, "GET", "/v1/services")["services"]] == ["loner"]
     out = cli("stack", "rm", "shop")
     assert out.exit_code != 0 and "error: stack shop has no services" in out.output
+
+
+CONFIGURED = """
+services:
+  web: {image: nginx, configs: [{source: site, target: /etc/nginx/conf.d/site.conf}]}
+configs:
+  site: {file: site.conf}
+"""
+
+
+def test_stack_deploy_makes_configs_from_files_and_rm_removes_them(cli, router, tmp_path):
+    path = tmp_path / "stack.yml"
+    path.write_text(CONFIGURED)
+    (tmp_path / "site.conf").write_text("server {}\n")
+    out = cli("stack", "deploy", "-c", str(path), "shop")
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines()[:2] == ["Creating config shop_site", "Creating service shop_web"]
+    config = call(router, "GET", "/v1/configs/shop_site")
+    assert config["labels"] == {"p2pswarm.stack": "shop"} and config["services"] == ["shop_web"]
+    assert call(router, "GET", "/v1/services/shop_web")["spec"]["configs"][0]["name"] == "shop_site"
+    assert cli("stack", "deploy", "-c", str(path), "shop").output == "Service shop_web is unchanged\n"
+    (tmp_path / "site.conf").write_text("server { listen 80; }\n")
+    out = cli("stack", "deploy", "-c", str(path), "shop")
+    assert out.exit_code != 0 and "config shop_site exists with other contents" in out.output
+    (tmp_path / "site.conf").unlink()
+    path.write_text(CONFIGURED.replace("site: {file: site.conf}", "site: {file: site.conf, name: site_v2}"))
+    out = cli("stack", "deploy", "-c", str(path), "shop")
+    assert out.exit_code != 0 and f"cannot read {tmp_path / 'site.conf'}" in out.output  # read before any change
+    out = cli("stack", "rm", "shop")
+    assert "Removing config shop_site" in out.output, out.output
+    assert call(router, "GET", "/v1/configs")["configs"] == []
 
 
 def test_node_inspect_and_rm_cli(cli, router):

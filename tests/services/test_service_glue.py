@@ -92,7 +92,7 @@ def test_only_changes_are_reported():
 def test_registration_adds_gossiped_labels_and_capacity_once():
     state = placed_state().cluster
     sched = SchedulerDriver(None, None, SchedulerConfig())
-    m = SimpleNamespace(node="node-a", status="alive", meta=SimpleNamespace(
+    m = SimpleNamespace(node="node-a", status="alive", record=b"", meta=SimpleNamespace(
         name="a", labels=(("zone", "z1"),), capacity=(("cpus", 2.0), ("memory_mb", 1024.0))))
     out = sched._register(state, [m], 2.0)
     assert len(out) == 1 and out[0]["label_add"] == {"zone": "z1"} and out[0]["memory"] == 1 << 30
@@ -117,11 +117,13 @@ FLAGS = dict.fromkeys(
     ["replicas", "mode", "workdir", "reserve_cpu", "placement_pref", "reserve_memory", "restart_condition",
      "restart_delay", "restart_max_attempts", "restart_window", "update_parallelism", "update_delay",
      "update_failure_action", "update_order", "update_monitor", "health_cmd", "health_http", "health_interval",
-     "health_timeout", "health_retries", "health_start_period"])
+     "health_timeout", "health_retries", "health_start_period", "image", "network", "user", "limit_cpu",
+     "limit_memory", "limit_pids", "stop_signal", "stop_grace_period"])
 
 
 def flags(**given):
-    return {**FLAGS, "publish": (), "env": (), "constraint": (), "health_tcp": False, **given}
+    return {**FLAGS, "publish": (), "env": (), "constraint": (), "health_tcp": False, "mount": (), "secret": (),
+            "config_refs": (), **given}
 
 
 def test_cli_flags_build_and_change_specs():
@@ -139,6 +141,19 @@ def test_cli_flags_build_and_change_specs():
         apply_flags(spec, flags(restart_delay="soon"))
     with pytest.raises(click.UsageError):
         apply_flags(spec, flags(health_tcp=True, health_http="/h"))
+
+
+def test_workload_flags_reach_the_spec_and_update_replaces_the_lists():
+    spec = apply_flags(ServiceSpec("web", "", image="nginx"), flags(
+        image="nginx:1.27", limit_memory="64M", limit_cpu=0.5, limit_pids=64, stop_signal="SIGQUIT",
+        stop_grace_period="3s", user="1000", mount=("type=volume,source=data,target=/data",),
+        secret=("db",), config_refs=("source=site,target=/etc/site.conf",)))
+    assert (spec.image, spec.limit_memory, spec.limit_cpu, spec.limit_pids, spec.stop_signal, spec.stop_grace,
+            spec.user) == ("nginx:1.27", 64 << 20, 0.5, 64, "SIGQUIT", 3.0, "1000")
+    assert [str(m) for m in spec.mounts] == ["type=volume,source=data,target=/data"]
+    assert [r.name for r in spec.secrets] == ["db"] and spec.configs[0].target == "/etc/site.conf"
+    changed = apply_flags(spec, flags(secret=("db-v2",)))
+    assert [r.name for r in changed.secrets] == ["db-v2"] and changed.mounts == spec.mounts
 
 
 def test_a_refused_observation_is_not_proposed_again():

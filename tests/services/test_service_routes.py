@@ -48,7 +48,8 @@ def call(router: Router, method: str, path: str, body=None, query: str = ""):
 def router():
     driver = FakeDriver()
     asyncio.run(driver.write_cluster(cmd.update_node("n", 1.0, "node-a", name="a")))
-    node = SimpleNamespace(raft_driver=lambda: driver, agent=None, node_id="node-a", security=None, logs=None)
+    node = SimpleNamespace(raft_driver=lambda: driver, agent=None, node_id="node-a", security=None, logs=None,
+                           port_errors=dict)
     return Router(node)
 
 
@@ -61,7 +62,7 @@ def test_create_inspect_scale_update_rm(router):
     assert call(router, "POST", "/v1/services/web/update", {"spec": {**spec, "args": ["b.py"]}, "version": 2})
     assert call(router, "GET", "/v1/services")["services"][0]["desired"] == 2
     assert call(router, "POST", "/v1/services/web/rollback")["version"] == 4
-    assert call(router, "GET", "/v1/services/web/tasks") == {"tasks": [], "scheduling_error": ""}
+    assert call(router, "GET", "/v1/services/web/tasks") == {"tasks": [], "scheduling_error": "", "port_errors": []}
     assert call(router, "POST", "/v1/nodes/a/update", {"availability": "drain"}) == {"node": "node-a"}
     assert call(router, "DELETE", "/v1/services/web") == {"removed": "web"}
     assert call(router, "GET", "/v1/services") == {"services": []}

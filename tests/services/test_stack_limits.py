@@ -55,10 +55,12 @@ def test_huge_values_are_cut_in_warnings_and_errors():
                           "x-l1: &l1 [" + ", ".join(["*l0"] * 50) + "]",
                           "services:", "  web:", "    command: sleep 1", "    image: *l1",
                           f"    {'k' * 1000}: 1", ""])
-    stack = translate(parse_yaml(moderate), "shop")
-    assert len(stack.warnings) == 2
-    assert all(len(w) <= MAX_MESSAGE for w in stack.warnings)
-    assert "image <a list of 50 entries> is ignored" in stack.warnings[1]
+    with pytest.raises(StackError) as err:
+        translate(parse_yaml(moderate), "shop")
+    assert len(str(err.value)) <= MAX_MESSAGE
+    assert "image: must be an image reference, got <a list of 50 entries>" in str(err.value)
+    stack = translate(parse_yaml(moderate.replace("image: *l1", "x-image: *l1")), "shop")
+    assert len(stack.warnings) == 1 and len(stack.warnings[0]) <= MAX_MESSAGE
     with pytest.raises(StackError) as err:
         translate({"services": {"web": {"command": "sleep 1", "ports": [{"published": 80, "protocol": "x" * 10**6}]}}},
                   "shop")

@@ -86,6 +86,20 @@ def test_bench_raft_fails_over_commits_and_loses_no_acknowledged_write():
     assert "autopilot" in report["skipped"] and "pysyncobj" in report["skipped"]
 
 
+@pytest.mark.integration
+def test_bench_runtime_measures_starts_failover_orphans_and_limits():
+    report = quick("bench_runtime.py")
+    measured(report, "process_start_p50_ms")
+    assert report["cgroup_version"] in ("cgroup-v1", "cgroup-v2", "none")
+    if report["cgroup_version"] != "none":
+        assert report["limits_enforced"] is True and report["isolation_violations"] == 0
+    if "containers" in report["skipped"]:
+        assert report["container_start_p50_s"] is None
+    else:
+        measured(report, "container_start_p50_s", "container_failover_p50_s")
+        assert report["failed_runs"] == 0 and report["orphans_after_node_kill"] == 0
+
+
 def test_bench_placement_places_every_replica():
     report = quick("bench_placement.py")
     measured(report, "place_seconds", "max_over_min_per_node", "overall_max_over_min_per_node", "placed")
