@@ -37,10 +37,11 @@ KINDS: dict[str, range] = {
     "membership": range(1, 32),  # SWIM probes, gossip, push/pull (10-15) and news items (1-4)
     "consensus": range(32, 48),  # Raft (32-43 in use)
     "logs": range(48, 56),  # `service logs` between nodes (48-49 in use)
+    "assignments": range(56, 64),  # workers outside the Raft group ask members (56-57 in use)
     "security": range(64, 80),  # the join handshake, join endpoint only (64-68 in use)
 }
 """The one table of wire kind ranges: each subsystem registers its messages (``<subsystem>/messages.py``)
-inside its own range, checked by :func:`message`; 56-63 and 80 up are free.  Other docstrings point here."""
+inside its own range, checked by :func:`message`; 80 up are free.  Other docstrings point here."""
 
 MAX_ID_LEN = 64
 MAX_ADDR_LEN = 255

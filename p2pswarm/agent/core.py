@@ -84,9 +84,10 @@ class Stop:
 
 @dataclass(frozen=True)
 class Forget:
-    """The task is unassigned and ended: the runtime may drop its files."""
+    """The task is unassigned and ended: the runtime may drop its files (its logs after their retention)."""
 
     task_id: str
+    spec: TaskSpec | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -254,7 +255,7 @@ class AgentCore:
             self._start(t)
         if t.removed and t.state in FINAL | {PENDING}:
             del self.tasks[t.assignment.spec.task_id]
-            self._actions.append(Forget(t.assignment.spec.task_id))
+            self._actions.append(Forget(t.assignment.spec.task_id, t.assignment.spec))
 
     def _after_exit(self, now: float, t: _Task, failed: bool) -> None:
         policy = t.assignment.restart

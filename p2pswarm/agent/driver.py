@@ -86,7 +86,7 @@ class AgentDriver:
             elif isinstance(action, Stop):
                 self._stop(action)
             elif isinstance(action, Forget):
-                self.runtime.forget(action.task_id)
+                self.runtime.forget(action.task_id, action.spec)
         digest = self.core.digest()
         if digest["v"] != self._published:
             self._published = digest["v"]

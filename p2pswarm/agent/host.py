@@ -1,9 +1,10 @@
 """The node's agent: runs the tasks the cluster state assigns to this node.
 
-Assignments are read from the cluster state this node applies itself: every live
-node is a Raft voter or learner (autopilot keeps up to 64 learners), so each has
-the state locally and no assignment protocol is needed; when Raft loses quorum the
-last applied assignments stay, and the tasks keep running.  The agent's digest is the
+Assignments are read from the cluster state this node applies itself when it is a Raft
+voter or learner, and otherwise (a worker: the Raft group stays small) from its own
+assignments as the Raft members hand them out (:mod:`p2pswarm.assignments`); both answer
+the same queries, so :func:`assignments` reads either.  When Raft loses quorum the last
+applied assignments stay, and the tasks keep running.  The agent's digest is the
 ``tasks`` section of this node's gossip record (:mod:`p2pswarm.node.record`), set as soon as
 it changes, even before this node has a Raft driver: it is how the leader's scheduler and
 every node's mesh learn where tasks run.
@@ -17,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from p2pswarm.agent.core import AgentCore, Assignment, RestartPolicy
 from p2pswarm.agent.driver import AgentDriver
@@ -37,6 +39,8 @@ log = logging.getLogger("p2pswarm.agent")
 FOLLOW_INTERVAL = 0.05
 """Seconds between checks of the applied cluster state for new assignments (a check is one comparison)."""
 RUN_ONCE = RestartPolicy(condition="none")
+SWEEP_INTERVAL = 60.0
+"""Seconds between two sweeps of the logs kept after their tasks (a sweep lists the task folders)."""
 DIGEST_LIFE = 1 << 24
 """Digest versions per incarnation: a restarted node's digest versions start above its previous life's."""
 
@@ -58,11 +62,18 @@ def assignments(state: Any, node_id: str, files: TaskFileSource | None = None) -
             base.dynamic_ports_needed(spec.ports), spec.health, stop_grace=spec.stop_grace, publish=tuple(spec.ports),
             image=spec.image, network=spec.network_mode, user=spec.user, limit_cpu=spec.limit_cpu,
             limit_memory=spec.limit_memory, limit_pids=spec.limit_pids, stop_signal=spec.stop_signal,
-            mounts=spec.mounts, files=files.files(state, spec, used) if files is not None and running else ())
+            mounts=spec.mounts, files=files.files(state, spec, used) if files is not None and running else (),
+            log_retention=_retention(state, task.service, spec))
         out.append(Assignment(task_spec, task.version, "running" if running else "shutdown", RUN_ONCE))
     if files is not None:
         files.keep_only(used)
     return out
+
+
+def _retention(state: Any, service: str, spec: Any) -> float:
+    """The service's current log retention (a change of it makes a version no task is restarted for)."""
+    svc = getattr(state, "services", {}).get(service)
+    return (svc.spec if svc is not None else spec).log_retention
 
 
 class AgentHost:
@@ -70,15 +81,22 @@ class AgentHost:
 
     def __init__(self, node_id: str, data_dir: Path, raft: Any, incarnation: int,
                  task_host: str | None = None, task_user: str | None = None, *, record: GossipRecord,
-                 keyring: Any = None, engine_socket: str | None = None) -> None:
+                 keyring: Any = None, engine_socket: str | None = None, dns: str | None = None,
+                 source: Callable[[], tuple[Any, Any] | None] | None = None) -> None:
         """``task_user``: the user a root node runs tasks as (None: the default, see
         :func:`p2pswarm.runtime.taskuser.resolve`); raises TaskUserError with one line.
         ``record``: the node's gossip record, whose ``tasks`` section this agent sets.
         ``keyring``: the secrets keyring (:class:`p2pswarm.security.secretbox.Keyring`; None: plaintext).
-        ``engine_socket``: the Docker Engine's API for image tasks (None: ``$DOCKER_HOST`` or the standard one)."""
+        ``engine_socket``: the Docker Engine's API for image tasks (None: ``$DOCKER_HOST`` or the standard one).
+        ``dns``: ``HOST:PORT`` of the node's DNS, told to tasks (``P2PSWARM_DNS``; None: no DNS).
+        ``source``: the (state, security record) this node's assignments are read from (the assignments
+        host's :meth:`~p2pswarm.assignments.host.AssignmentsHost.agent_state`; None: the local Raft state)."""
         self.node_id, self.raft, self.record = node_id, raft, record
+        self.source = source or self._raft_state
+        self._security: Any = None
+        """The security record (sealed keyring) of the state last read: secrets open with its keys."""
         self.files = TaskFileSource(None if keyring is None else
-                                    lambda secret: keyring.open(self.raft.driver.security, secret))
+                                    lambda secret: keyring.open(self._security, secret))
         user, why = taskuser.resolve(task_user)
         (log.info if user is not None else log.warning)("%s", why)
         self.volumes = Volumes(None, node_id)
@@ -88,7 +106,7 @@ class AgentHost:
         log.info("task isolation: %s (%s)", self.isolation.kind, self.isolation.reason)
         self.watchdog = Watchdog()
         """The reaper that kills this node's tasks if the node dies; runtimes add their cleanup steps."""
-        processes = ProcessRuntime(data_dir, ProcessConfig(task_host=task_host, task_user=user,
+        processes = ProcessRuntime(data_dir, ProcessConfig(task_host=task_host, task_user=user, dns=dns,
                                                            task_homes=taskuser.HOMES / node_id,
                                                            volumes_root=self.volumes.root,
                                                            cgroups=node_cgroups, cgroups_off=self.isolation.reason),
@@ -97,12 +115,13 @@ class AgentHost:
         self.engine = engine.Engine("none", "not probed yet")
         """The container engine image tasks run on (probed at :meth:`start`)."""
         containers = ContainerRuntime(data_dir, ContainerConfig(node_id, self.engine_socket, task_host,
-                                                                volumes_root=self.volumes.root),
+                                                                volumes_root=self.volumes.root, dns=dns),
                                       processes.ports, processes.files, watchdog=self.watchdog)
         self.runtime = DispatchRuntime(processes, containers)
         self.driver = AgentDriver(self.runtime, AgentCore(digest_version=incarnation * DIGEST_LIFE),
                                   on_digest=self._on_digest, health_host=task_host or "127.0.0.1")
         self._digest: tuple[int, dict] | None = None
+        self._sweep_due = 0.0
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -129,23 +148,35 @@ class AgentHost:
         await asyncio.to_thread(self.watchdog.close)  # nothing left for it to kill: it just exits
 
     def step(self, now: float) -> None:
-        """Nothing per loop turn: the agent follows the applied cluster state in its own task."""
+        """The agent follows the applied cluster state in its own task; here only, every ``SWEEP_INTERVAL``,
+        the kept logs of forgotten tasks whose retention is over are deleted."""
+        if now >= self._sweep_due:
+            self._sweep_due = now + SWEEP_INTERVAL
+            for task_id in self.runtime.sweep_retired(time.time()):
+                log.info("task %s: logs deleted (their retention is over)", task_id)
 
     def metrics(self) -> dict[str, Any]:
         """The tasks this agent holds (``/metrics`` shows them by state from the digest)."""
         return {"tasks": len(self._digest[1]) if self._digest is not None else 0}
 
+    def _raft_state(self) -> tuple[Any, Any] | None:
+        driver = self.raft.driver
+        return (driver.cluster, driver.security) if driver is not None else None
+
     async def _follow(self) -> None:
-        applied = None
+        """Re-read this node's assignments whenever the state they come from moves or is another one
+        (a node that becomes a worker, or a Raft member again)."""
+        seen: tuple | None = None
         while True:
             await asyncio.sleep(FOLLOW_INTERVAL)
-            raft = self.raft.driver
-            if raft is None:
+            source = self.source()
+            if source is None:
                 continue
-            if raft.cluster.applied != applied:
-                applied = raft.cluster.applied
+            state, self._security = source
+            if (id(state), state.applied) != seen:
+                seen = (id(state), state.applied)
                 try:
-                    self.driver.assign(assignments(raft.cluster, self.node_id, self.files))
+                    self.driver.assign(assignments(state, self.node_id, self.files))
                 except Exception:  # a bug must not stop the agent from following later changes
                     log.error("cannot apply this node's assignments", exc_info=True)
 

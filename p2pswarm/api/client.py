@@ -15,7 +15,7 @@ from typing import Any
 
 from p2pswarm.api.remote_client import Remote, RemoteConnection, RemoteError, explain
 from p2pswarm.api.server import MAX_BODY_BYTES
-from p2pswarm.node.datadir import DataDir
+from p2pswarm.node.datadir import DataDir, running_lab_node
 
 _remote: list[Remote | None] = [None]
 """The remote target the CLI chose for this run (None: the local node)."""
@@ -61,8 +61,10 @@ class ApiClient:
         self.remote = _remote[0] if _remote[0] is not None and self.datadir.path == DataDir().path else None
 
     def not_running(self) -> NodeNotRunning:
-        return NodeNotRunning(f"no p2pswarm node is running with data dir {self.datadir.path} "
-                              f"(start one with `p2pswarm up`)")
+        lab = running_lab_node() if self.datadir.path == DataDir().path else None
+        hint = (f"the lab is up: add `--data-dir {lab}` or `export P2PSWARM_DATA_DIR={lab}`" if lab is not None
+                else "start one with `p2pswarm up`")
+        return NodeNotRunning(f"no p2pswarm node is running with data dir {self.datadir.path} ({hint})")
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """Send one request; returns the decoded JSON (or text for non-JSON replies)."""

@@ -54,6 +54,7 @@ ALWAYS = {
     "swim": ("probes", "probe_failures", "suspicions_started", "deaths_declared", "refutes"),
     "node": ("wire_errors",),
     "raft": ("proposals", "leader_changes", "saves", "conf_changes"),
+    "dns": ("queries", "malformed", "rate_limited", "oversized", "rcode_refused"),
 }
 """Counters written as 0 before their first event (the cores only count what happened)."""
 TRANSPORT_GAUGES = frozenset({"peers_open"})
@@ -152,7 +153,7 @@ def render_metrics(snapshot: dict[str, Any], node: NodeView | None = None) -> st
                [({"status": s}, n) for s, n in sorted(snapshot.get("members_by_status", {}).items())])
     out.gauge(f"{PREFIX}_joined", "1 once this node has joined a cluster (or created one).",
               1 if snapshot.get("joined") else 0)
-    for group, what in (("swim", "SWIM core counter"), ("node", "node driver counter")):
+    for group, what in (("swim", "SWIM core counter"), ("node", "node driver counter"), ("dns", "DNS server counter")):
         values = {k: 0 for k in ALWAYS[group]}
         values.update(snapshot.get(group) or {})
         for key, value in sorted(values.items()):
@@ -172,6 +173,7 @@ def render_metrics(snapshot: dict[str, Any], node: NodeView | None = None) -> st
         for key, value in sorted(counters.items()):
             if is_number(value):
                 out.counter(metric_name(PREFIX, "raft", key), f"Raft driver counter {key}.", value)
+    _assignments(out, snapshot.get("assignments") or {})
     if node is not None:
         for part in (_agent, _cluster, _mesh):
             try:
@@ -184,6 +186,17 @@ def render_metrics(snapshot: dict[str, Any], node: NodeView | None = None) -> st
                 else:
                     log.debug("metrics: the %s view failed again", what, exc_info=True)
     return out.text()
+
+
+def _assignments(out: Exposition, metrics: dict[str, Any]) -> None:
+    """The assignment protocol's gauges (this node's version, waiting workers, whether it is a worker) and
+    counters (answers served, shed, resyncs, malformed replies)."""
+    for key, value in sorted((metrics.get("gauges") or {}).items()):
+        if is_number(value):
+            out.gauge(metric_name(PREFIX, "assignments", key), f"Assignment protocol {key.replace('_', ' ')}.", value)
+    for key, value in sorted((metrics.get("counters") or {}).items()):
+        if is_number(value):
+            out.counter(metric_name(PREFIX, "assignments", key), f"Assignment protocol counter {key}.", value)
 
 
 def _agent(out: Exposition, node: NodeView) -> None:

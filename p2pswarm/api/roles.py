@@ -5,12 +5,12 @@ Every endpoint the routers serve (``Router.endpoints()``, in the form of
 and an endpoint missing from it is refused to every remote client (deny by default).
 The roles nest: ``admin`` may do what ``operator`` may, which may do what ``read-only`` may.
 
-* **read-only**: look, never change: ls, ps, inspect, logs, metrics, top, members, mesh, cluster status.
+* **read-only**: look, never change: ls, ps, inspect, logs, events, metrics, top, members, mesh, cluster status.
 * **operator**: run workloads: services (and so stacks, which are services), scale, update,
   rollback, removing a node's volumes, secrets and configs (create, remove), and the KV store (reads
   too: it may hold application secrets).  No endpoint ever returns a secret's data.
 * **admin**: run the cluster: nodes (update, remove), join tokens, the CA, client certificates,
-  the audit log, fault injection, benchmarks and shutting a node down.
+  the audit log, backups and restores, fault injection, benchmarks and shutting a node down.
 
 The local unix socket (mode 0600) is the node owner's and is not subject to roles.
 """
@@ -29,6 +29,7 @@ ENDPOINTS: dict[str, str] = {
     "GET /v1/cluster": READ,
     "GET /v1/mesh": READ,
     "GET /v1/top": READ,
+    "GET /v1/events": READ,
     "GET /metrics": READ,
     "GET /v1/security": READ,
     # services (stacks are services)
@@ -74,6 +75,9 @@ ENDPOINTS: dict[str, str] = {
     "GET /v1/security/api-ca": ADMIN,
     "POST /v1/security/api-ca": ADMIN,
     "GET /v1/audit": ADMIN,
+    # backups: the whole state, secrets included (sealed into the file)
+    "POST /v1/cluster/backup": ADMIN,
+    "POST /v1/cluster/restore": ADMIN,
     # testing and benchmarking hooks
     "GET /v1/faults": ADMIN,
     "POST /v1/faults": ADMIN,

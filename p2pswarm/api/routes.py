@@ -19,7 +19,9 @@ import time
 import urllib.parse
 
 from p2pswarm.api.access_routes import AccessRoutes
+from p2pswarm.api.backup_routes import BackupRoutes
 from p2pswarm.api.common import json_body, one_line, query_flag, raft_call, require_driver, require_security
+from p2pswarm.api.event_routes import EventRoutes
 from p2pswarm.api.metrics import render_metrics
 from p2pswarm.api.object_routes import ObjectRoutes
 from p2pswarm.api.server import Handler, HttpError, Reply, Request, Response
@@ -55,6 +57,10 @@ class Router:
         self.kv_routes: dict[str, Handler] = {"GET": self.kv_get, "PUT": self.kv_put, "DELETE": self.kv_delete}
         self.services = ServiceRoutes(node)
         self.routes["/v1/top"] = {"GET": TopRoutes(node).top}
+        self.routes["/v1/events"] = {"GET": EventRoutes(node).events}
+        backups = BackupRoutes(node)
+        self.routes["/v1/cluster/backup"] = {"POST": backups.backup}
+        self.routes["/v1/cluster/restore"] = {"POST": backups.restore}
         self.groups = (self.services, AccessRoutes(node), VolumeRoutes(node), ObjectRoutes(node))
         """Route groups dispatched by pattern (:mod:`p2pswarm.api.paths`)."""
 

@@ -9,6 +9,7 @@ node answers, possibly a moment behind the leader.
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.parse
 from functools import partial
@@ -29,6 +30,16 @@ from p2pswarm.runtime import volumes
 
 SERVICES = "/v1/services"
 NODES = "/v1/nodes/"
+
+
+NODE_ID_IN_TEXT = re.compile(r"\b[0-9a-f]{16}\b")
+"""A node id (16 hex characters, :func:`p2pswarm.node.datadir.new_node_id`) inside a message."""
+
+
+def named_nodes(text: str, nodes: Any) -> str:
+    """``text`` with each known node id replaced by that node's name: errors are written by the scheduler
+    and agents in ids, read by people in names."""
+    return NODE_ID_IN_TEXT.sub(lambda m: nodes[m[0]].name if m[0] in nodes and nodes[m[0]].name else m[0], text)
 
 
 class ServiceRoutes(paths.PatternRoutes):
@@ -146,6 +157,8 @@ class ServiceRoutes(paths.PatternRoutes):
                 task = state.tasks.get(row["id"])
                 row["slot"] = task.slot if task is not None else 0
                 row["current_spec"] = self._runs_current(svc, row)
+                if row["error"]:
+                    row["error"] = named_nodes(row["error"], nodes)
             return Response.json({"tasks": rows, "scheduling_error": svc.scheduling_error,
                                   "port_errors": self._port_errors(svc.spec)})
         if what == "logs":
@@ -179,7 +192,7 @@ class ServiceRoutes(paths.PatternRoutes):
 
     async def _logs(self, options: dict, name: str) -> Response:
         """Lines of ``name``'s tasks from every node (see :mod:`p2pswarm.logs.service`); ``tail`` (a count or
-        ``all``) and ``cursor`` (what the previous call returned) are optional."""
+        ``all``), ``cursor`` (what the previous call returned), ``since`` and ``until`` are optional."""
         from p2pswarm.logs.service import ALL
         self._service(name)
         logs = self.node.logs
@@ -195,8 +208,9 @@ class ServiceRoutes(paths.PatternRoutes):
         cursor = options.get("cursor") or ""
         if not isinstance(cursor, str):
             raise HttpError(400, "cursor must be the string the previous call returned")
+        since, until = _when(options, "since"), _when(options, "until")
         try:
-            return Response.json(await logs.gather(name, cursor, tail))
+            return Response.json(await logs.gather(name, cursor, tail, since=since, until=until))
         except ValueError as exc:
             raise HttpError(400, str(exc).splitlines()[0]) from None
 
@@ -244,8 +258,8 @@ class ServiceRoutes(paths.PatternRoutes):
         tasks = [{"id": t.id, "service": t.service, "slot": t.slot, "version": t.version, "desired": t.desired,
                   "state": t.state, "port": t.port, "health": t.health}
                  for t in state.tasks_on(nid) if t.desired == "running"]
-        swim = None if view is None else {k: view[k] for k in ("addr", "status", "labels", "capacity", "version",
-                                                                "rtt_ms", "incarnation", "role", "self")}
+        swim = None if view is None else {k: view.get(k) for k in ("addr", "status", "labels", "capacity", "version",
+                                                                    "rtt_ms", "incarnation", "role", "self", "dns")}
         cluster = None if record is None else {"availability": record.availability, "labels": record.label_map,
                                                "cpu": record.cpu, "memory": record.memory, "tasks": tasks}
         engine, isolation = (None, ""), (None, "")
@@ -284,6 +298,19 @@ class ServiceRoutes(paths.PatternRoutes):
         await self._write(cmd.remove_node(_cid(), time.time(), nid))
         secure = self.node.security is not None
         return Response.json({"node": nid, "name": record.name, "tasks": running, "raft": role, "secure": secure})
+
+
+def _when(options: dict, name: str) -> float | None:
+    """``since`` / ``until`` of a logs call: unix seconds, RFC 3339 or a duration back from now."""
+    from p2pswarm.events.timespec import parse_time
+    value = options.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else \
+            parse_time(str(value), time.time())
+    except ValueError as exc:
+        raise HttpError(400, f"{name}: {exc}") from None
 
 
 def _cid() -> str:

@@ -30,7 +30,7 @@ new nodes. See docs/operations.md, "Recovery after quorum loss".
 
 @click.group()
 def cluster():
-    """The cluster's Raft group and security: status, join token, recovery."""
+    """The cluster's Raft group and security: status, join token, recovery, backups."""
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -164,10 +164,18 @@ def status(data_dir, fmt):
                f"snapshot index {st['snapshot_index']}")
     if st.get("error"):
         click.echo(f"raft stopped on this node: {st['error']}")
+    members = sorted(st["members"], key=lambda m: (not m["leader"], ROLE_ORDER.get(m["role"], 9), m["name"], m["id"]))
     rows = [(m["id"], m["name"], m["addr"] or "-", "leader" if m["leader"] else m["role"], m["health"],
-             "-" if m["match"] is None else m["match"]) for m in st["members"]]
+             "-" if m["match"] is None else m["match"]) for m in members]
     click.echo(table(("ID", "NAME", "ADDRESS", "ROLE", "HEALTH", "MATCH"), rows))
+    if st["leader"] and st["leader"] != st.get("id") and all(m["match"] is None for m in members):
+        click.echo(f"MATCH (how far each member's log matches the leader's) is known to the leader only: run "
+                   f"`p2pswarm cluster status` on {st['leader_name'] or st['leader']}")
     return 0
+
+
+ROLE_ORDER = {"voter": 0, "learner": 1, "worker": 2}
+"""``cluster status`` lists the leader, then voters, learners and workers, each by name."""
 
 
 @cluster.command("recover", help=RECOVER_HELP)

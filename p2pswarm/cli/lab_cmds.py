@@ -6,7 +6,7 @@ turn every failure into one line.
 
 from __future__ import annotations
 
-import os
+import json
 import signal
 from pathlib import Path
 
@@ -16,12 +16,8 @@ from p2pswarm.api.client import ApiError
 from p2pswarm.cli.output import end_progress, progress, table
 from p2pswarm.lab.cluster import DEMO_PORT, DEMO_SERVICE, Lab, LabError, members
 from p2pswarm.lab.netns import NetnsError
+from p2pswarm.node.datadir import default_lab_dir
 from p2pswarm.node.presets import PRESETS
-
-
-def default_lab_dir() -> Path:
-    env = os.environ.get("P2PSWARM_LAB_DIR")
-    return Path(env) if env else Path.home() / ".local" / "share" / "p2pswarm" / "lab"
 
 
 def lab_dir_option(fn):
@@ -175,9 +171,34 @@ def lab_down(lab_dir):
         raise LabError(f"namespaces {', '.join(result['failed_ns'])} are left; delete them with `ip netns del`")
 
 
+def replot_report(report_path: Path) -> Path:
+    """The PNG timeline of a saved chaos report, written beside it; one-line errors for a bad file."""
+    from p2pswarm.lab import report
+
+    try:
+        rep = json.loads(report_path.read_text())
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {report_path}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise click.ClickException(f"{report_path} is not a chaos report (not JSON)") from None
+    if not isinstance(rep, dict) or "requests" not in rep:
+        raise click.ClickException(f"{report_path} is not a chaos report (no requests section)")
+    png = report_path.with_suffix(".png")
+    try:
+        report.plot(rep, str(png))
+    except RuntimeError as exc:  # no matplotlib
+        raise click.ClickException(f"{exc} (pip install -e '.[plot]')") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise click.ClickException(f"{report_path} is not a complete chaos report ({type(exc).__name__}: {exc})") \
+            from None
+    return png
+
+
 @lab.command("chaos")
-@click.option("--scenario", "scenario_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--scenario", "scenario_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Scenario TOML (see simulations/chaos/).")
+@click.option("--replot", "replot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw the PNG timeline of an earlier run's JSON report again (no run; needs the plot extra).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Where chaos-<name>.json and .png are written.")
 @click.option("--dir", "lab_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -187,11 +208,17 @@ def lab_down(lab_dir):
 @click.option("--port", default=7946, show_default=True, type=click.IntRange(1, 65535), help="Cluster port.")
 @click.option("--keep", is_flag=True, help="Leave the lab running after the run (stop it with `lab down`).")
 @_errors
-def lab_chaos(scenario_file, out_dir, lab_dir, use_netns, port, keep):
+def lab_chaos(scenario_file, replot, out_dir, lab_dir, use_netns, port, keep):
     """Run a chaos scenario on a fresh lab: timed kills, partitions, loss and pauses under client load
-    and acknowledged writes; writes a JSON report and a PNG timeline."""
+    and acknowledged writes; writes a JSON report and a PNG timeline (`--replot REPORT.json` draws it again)."""
     from p2pswarm.lab.chaos import ChaosRun
     from p2pswarm.lab.scenario import ScenarioError, load
+
+    if replot is not None:
+        click.echo(f"timeline: {replot_report(replot)}")
+        return
+    if scenario_file is None:
+        raise click.UsageError("give --scenario FILE (or --replot REPORT.json)")
 
     try:
         sc = load(scenario_file)

@@ -103,9 +103,17 @@ from p2pswarm.cli.top_cmds import top  # noqa: E402
 
 main.add_command(top)
 
+from p2pswarm.cli.events_cmds import events  # noqa: E402
+
+main.add_command(events)
+
 from p2pswarm.cli.mesh_cmds import mesh  # noqa: E402
 
 main.add_command(mesh)
+
+from p2pswarm.cli.dashboard_cmds import dashboard  # noqa: E402
+
+main.add_command(dashboard)
 
 from p2pswarm.cli.volume_cmds import volume  # noqa: E402
 
@@ -122,7 +130,11 @@ main.add_command(unlock)
 main.add_command(unlock_key)
 
 from p2pswarm.cli.access_cmds import api_ca, audit, client_cert, client_certs  # noqa: E402
+from p2pswarm.cli.backup_cmds import backup, restore  # noqa: E402
 from p2pswarm.cli.context_cmds import context  # noqa: E402
+
+cluster.add_command(backup)
+cluster.add_command(restore)
 
 cluster.add_command(client_cert)
 cluster.add_command(client_certs)

@@ -24,6 +24,7 @@ def pretty(info: dict) -> str:
     if swim:
         lines += [f"Address:       {swim['addr']}", f"Status:        {swim['status']}",
                   f"Raft role:     {swim['role']}", f"RTT:           {fmt_rtt(swim['rtt_ms'])}",
+                  f"DNS:           {swim.get('dns') or '- (none)'}",
                   f"Version:       {swim['version']}", f"SWIM labels:   {fmt_labels(swim['labels'])}",
                   f"Capacity:      {fmt_labels({k: str(v) for k, v in swim['capacity'].items()})}"]
     else:

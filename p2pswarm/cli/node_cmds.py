@@ -14,6 +14,7 @@ import click
 import p2pswarm
 from p2pswarm.api.client import ApiClient, ApiError
 from p2pswarm.cli.output import end_progress, fmt_labels, fmt_rtt, progress, table, to_json
+from p2pswarm.consensus.messages import MAX_LEARNERS
 from p2pswarm.node.daemon import DEFAULT_BIND, Node, NodeOptions, configure_logging
 from p2pswarm.node.datadir import ENV_VAR, DataDir, DataDirError, default_data_dir
 from p2pswarm.node.presets import PRESETS
@@ -65,6 +66,22 @@ def _labels_option(ctx: click.Context, param: click.Parameter,
             raise click.BadParameter(f"expected key=value (e.g. zone=a), got {value!r}", param_hint="--label")
         labels[key] = val
     return tuple(sorted(labels.items()))
+
+
+def _dns_addr_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from p2pswarm.dns.host import parse_dns_addr
+    try:
+        return parse_dns_addr(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _dns_domain_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from p2pswarm.dns.zone import normalize_domain
+    try:
+        return normalize_domain(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _api_addr_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -124,10 +141,19 @@ def _datadir(path: Path | None) -> DataDir:
 @click.option("--engine-socket", default=None, metavar="URL",
               help="The Docker Engine API that runs image tasks [default: $DOCKER_HOST or "
                    "unix:///var/run/docker.sock]; without a working engine the node runs process tasks only.")
+@click.option("--dns-addr", default="auto", show_default=True, callback=_dns_addr_option, metavar="HOST:PORT|auto|off",
+              help="Where the node answers DNS for its services (UDP and TCP): auto takes port 53 on the node's "
+                   "address when it may, else the --bind port + 4, else a free port (`node inspect` shows which).")
+@click.option("--dns-domain", default="p2pswarm.", show_default=True, callback=_dns_domain_option,
+              help="The domain the node's DNS answers for (web.p2pswarm, tasks.web.p2pswarm); others are refused.")
+@click.option("--max-learners", type=click.IntRange(0, MAX_LEARNERS), default=None, metavar="N",
+              help="Raft learners the leader keeps besides the voters [default: the preset's]; every other "
+                   "node is a worker that gets its assignments from them.")
 @click.option("--detach", is_flag=True, help="Run in the background; logs go to <data-dir>/node.log.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 def up(peers, bind, advertise, name, data_dir, labels, preset, relay_port, token, insecure, autolock_on,
-       unlock_key_file, api_addr, task_user, engine_socket, detach, log_level):
+       unlock_key_file, api_addr, task_user, engine_socket, dns_addr, dns_domain, max_learners, detach,
+       log_level):
     """Start a node: create a new cluster, or join one with --peers (and --token).
 
     Clusters are secure by default: the first node creates the cluster CA and prints
@@ -152,7 +178,8 @@ def up(peers, bind, advertise, name, data_dir, labels, preset, relay_port, token
     options = NodeOptions(data_dir=str(datadir.path), bind=bind, advertise=advertise, peers=peers,
                           name=name, labels=labels, preset=preset, relay_port=relay_port, secure=not insecure,
                           insecure=insecure, token=token, autolock=autolock_on, unlock_key=unlock_key,
-                          api_addr=api_addr, task_user=task_user, engine_socket=engine_socket)
+                          api_addr=api_addr, task_user=task_user, engine_socket=engine_socket, dns_addr=dns_addr,
+                          dns_domain=dns_domain, max_learners=max_learners)
     if detach:
         return _up_detached(options, log_level)
     configure_logging(log_level)
@@ -225,8 +252,11 @@ def _child_argv(options: NodeOptions, log_level: str) -> list[str]:
         argv += ["--task-user", options.task_user]
     if options.engine_socket:
         argv += ["--engine-socket", options.engine_socket]
+    if options.max_learners is not None:
+        argv += ["--max-learners", str(options.max_learners)]
     if options.api_addr:
         argv += ["--api-addr", options.api_addr]
+    argv += ["--dns-addr", options.dns_addr, "--dns-domain", options.dns_domain]
     if options.unlock_key:
         argv += ["--unlock-key-file", "-"]  # the key goes through a pipe: not in argv, env or the log
     return argv
@@ -394,16 +424,17 @@ def node():
 @data_dir_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def node_ls(data_dir, fmt):
-    """List every member: id, name, address, status, Raft role, RTT, container engine, task isolation and
-    labels (`node inspect` says why a node has no engine or isolation)."""
+    """List every member: id, name, address, status, availability (active, pause, drain), Raft role, RTT,
+    container engine, task isolation and labels (`node inspect` says why a node has no engine or isolation)."""
     members = ApiClient(_datadir(data_dir)).get("/v1/members")["members"]
     if fmt == "json":
         click.echo(to_json(members))
         return 0
-    rows = [(m["id"] + (" *" if m.get("self") else ""), m["name"], m["addr"], m["status"], m.get("role", "-"),
-             fmt_rtt(m.get("rtt_ms")), _brief(m.get("engine", "-")), _brief(m.get("isolation", "-")),
-             fmt_labels(m.get("labels", {}))) for m in members]
-    click.echo(table(("ID", "NAME", "ADDRESS", "STATUS", "ROLE", "RTT", "ENGINE", "ISOLATION", "LABELS"), rows))
+    rows = [(m["id"] + (" *" if m.get("self") else ""), m["name"], m["addr"], m["status"],
+             m.get("availability", "-"), m.get("role", "-"), fmt_rtt(m.get("rtt_ms")), _brief(m.get("engine", "-")),
+             _brief(m.get("isolation", "-")), fmt_labels(m.get("labels", {}))) for m in members]
+    click.echo(table(("ID", "NAME", "ADDRESS", "STATUS", "AVAILABILITY", "ROLE", "RTT", "ENGINE", "ISOLATION",
+                      "LABELS"), rows))
     return 0
 
 

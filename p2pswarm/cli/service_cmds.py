@@ -90,6 +90,7 @@ def spec_options(fn):
         click.option("--limit-pids", type=int, help="Processes a task may have at once."),
         click.option("--stop-signal", help="Signal that asks a task to stop (default SIGTERM)."),
         click.option("--stop-grace-period", help="Time between the stop signal and SIGKILL (default 10s)."),
+        click.option("--log-retention", help="How long an ended task's logs stay readable, e.g. 1h (the default)."),
         click.option("--mount", multiple=True,
                      help="type=bind|volume,source=SRC,target=/PATH[,readonly] (repeatable; update replaces all)."),
         click.option("--secret", multiple=True,
@@ -132,6 +133,8 @@ def apply_flags(spec: ServiceSpec, o: dict) -> ServiceSpec:
         changes["limit_memory"] = parse_memory(o["limit_memory"], "limit_memory")
     if o["stop_grace_period"] is not None:
         changes["stop_grace"] = parse_duration(o["stop_grace_period"], "stop_grace")
+    if o.get("log_retention") is not None:  # callers that build ``o`` themselves may leave it out
+        changes["log_retention"] = parse_duration(o["log_retention"], "log_retention")
     for field, values, parse in (("mounts", o["mount"], Mount.parse),
                                  ("secrets", o["secret"], lambda v: FileRef.parse(v, "secret")),
                                  ("configs", o["config_refs"], lambda v: FileRef.parse(v, "config"))):
@@ -225,8 +228,10 @@ def _bar(state: str) -> str:
 def _slots(info: dict, rows: list[dict]) -> list[tuple[str, str, str]]:
     """(label, state, detail) per wanted task: each slot 1..replicas (replicated) or each node (global)."""
     newest: dict = {}
-    for row in rows:
-        newest.setdefault(row["slot"] or row["node"], row)
+    for row in rows:  # each slot's current task first, then its history: the newest that should run wins
+        key = row["slot"] or row["node"]
+        if key not in newest or (newest[key]["desired"] != "running" and row["desired"] == "running"):
+            newest[key] = row
     if info["spec"]["mode"] == "global":
         keys = sorted((k for k, r in newest.items() if r["desired"] == "running" and r["node"]),
                       key=lambda k: newest[k].get("node_name") or k)
@@ -290,13 +295,15 @@ def converge(client: ApiClient, name: str, version: int | None = None) -> None:
         if failure:
             raise click.ClickException(failure)
         running, desired = info["running_current"], info["desired"]
-        done = running >= desired and info["running"] == running and info["update_state"] not in (
+        # after a scale down the extra tasks run until they are stopped: not done, and not "4 out of 2"
+        done = running == desired and info["running"] == running and info["update_state"] not in (
             "updating", "rollback_started")
         now = time.monotonic()
         verified_since = (verified_since or now) if done else None
         verify = min(VERIFY_MAX, float(info["spec"]["update"]["monitor"]))
-        lines = [("overall", f"overall progress: {running} out of {desired} tasks",
-                  f"overall progress: {running} out of {desired} tasks")]
+        overall = f"overall progress: {min(running, desired)} out of {desired} tasks" + (
+            f" ({info['running'] - desired} stopping)" if info["running"] > desired else "")
+        lines = [("overall", overall, overall)]
         if info.get("scheduling_error"):
             lines.append(("scheduling", info["scheduling_error"], info["scheduling_error"]))
         slots = _slots(info, rows)
@@ -492,16 +499,22 @@ def _stamp(at: float | None) -> str:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new output until Ctrl-C.")
 @click.option("--tail", "tail", default="all", show_default=True, help="Lines to show per task (or 'all').")
 @click.option("--timestamps", "-t", is_flag=True, help="Show when each line arrived (UTC).")
+@click.option("--since", default=None, help="Only lines from this time on (RFC 3339, unix seconds or e.g. 10m).")
+@click.option("--until", default=None, help="Only lines up to this time (same forms; --follow stops there).")
 @data_dir_option
-def logs(name, follow, tail, timestamps, data_dir):
+def logs(name, follow, tail, timestamps, since, until, data_dir):
     """Print the output of NAME's tasks from every node, ordered by time:
     `web.2.<task>@<node> | line` (stderr lines go to stderr). A node that is down or does not
-    answer is one warning line; its tasks' output is missing."""
+    answer is one warning line; its tasks' output is missing. Ended tasks' logs stay readable for the
+    service's --log-retention (default 1h) after `service ps` forgets them."""
+    from p2pswarm.cli.events_cmds import parse_option_time
     tail = _tail(tail)
+    window = {k: repr(v) for k, v in (("since", parse_option_time(since, "--since")),
+                                      ("until", parse_option_time(until, "--until"))) if v is not None}
     client, cursor, warned = _client(data_dir), "", set()
     try:
         while True:
-            options = {"tail": tail, "cursor": cursor}
+            options = {"tail": tail, "cursor": cursor, **window}
             if len(cursor) > MAX_GET_CURSOR:
                 got = client.request("POST", _path(name, "logs"), options)
             else:
@@ -517,7 +530,7 @@ def logs(name, follow, tail, timestamps, data_dir):
                 click.echo(f"{prefix} | {line['text']}", err=line["stream"] == "stderr")
             cursor = got["cursor"]
             if got["done"]:
-                if not follow:
+                if not follow or ("until" in window and time.time() > float(window["until"])):
                     return 0
                 time.sleep(FOLLOW_POLL)
     except KeyboardInterrupt:

@@ -92,3 +92,48 @@ def raft_cmd(nodes, runs, duration, clients, seed, bug, as_json) -> None:
     click.echo(f"simulating {runs} runs of {nodes} Raft nodes (seed {seed})...", err=True)
     report = run_raft_sim(nodes=nodes, runs=runs, seed=seed, bug=bug, duration=duration, clients=clients)
     _print_report(report, as_json)
+
+
+@sim.command("cluster")
+@click.option("--nodes", default=200, show_default=True, type=click.IntRange(2, 100_000))
+@click.option("--zones", default=5, show_default=True, type=click.IntRange(1, 26))
+@click.option("--services", default=20, show_default=True, type=click.IntRange(1, 50_000))
+@click.option("--replicas", default=5, show_default=True, type=click.IntRange(1, 1000), help="Replicas per service.")
+@click.option("--loss", default=0.0, show_default=True, type=float, callback=_check_fraction,
+              help="Probability that a message is lost.")
+@click.option("--scenario", default="zone-outage", show_default=True, metavar="NAME|FILE.toml",
+              help="zone-outage, partition, rolling-restart, flapping, leader-loss, or a TOML file.")
+@click.option("--duration", default=30.0, show_default=True, type=click.FloatRange(1.0, 86_400.0),
+              help="Simulated seconds after the warm-up (a TOML file may set its own).")
+@click.option("--warmup", default=15.0, show_default=True, type=click.FloatRange(1.0, 3600.0),
+              help="Simulated seconds to place and start every service before the faults.")
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON line.")
+@click.option("--plot", type=click.Path(dir_okay=False, writable=True),
+              help="Write a PNG: replicas running per service, and detection, over time.")
+def cluster_cmd(nodes, zones, services, replicas, loss, scenario, duration, warmup, seed, as_json, plot) -> None:
+    """The whole orchestrator (SWIM, Raft, scheduler, agents, assignments, mesh) under a failure scenario."""
+    from p2pswarm.lab.scenario import ScenarioError
+    from p2pswarm.sim import cluster_scenario
+    from p2pswarm.sim.cluster_sim import ClusterSimulation
+
+    if zones > nodes:
+        raise click.BadParameter(f"{zones} zones need at least as many nodes (got {nodes})", param_hint="--zones")
+    shape = dict(nodes=nodes, zones=zones, services=services, replicas=replicas, loss=loss, seed=seed,
+                 duration=duration, warmup=warmup)
+    try:
+        if scenario.endswith(".toml"):
+            chosen = cluster_scenario.load(scenario, **shape)
+        else:
+            chosen = cluster_scenario.builtin(scenario, **shape)
+    except ScenarioError as e:
+        raise click.BadParameter(str(e), param_hint="--scenario") from None
+    click.echo(f"simulating {chosen.nodes} nodes, {chosen.services} services x {chosen.replicas}, "
+               f"scenario {chosen.name} (seed {seed})...", err=True)
+    simulation = ClusterSimulation(chosen)
+    report = simulation.run()
+    if plot:
+        from p2pswarm.sim.plot import plot_cluster
+        plot_cluster(simulation, plot)
+        click.echo(f"plot written to {plot}", err=True)
+    _print_report(report, as_json)

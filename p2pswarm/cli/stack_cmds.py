@@ -79,7 +79,18 @@ def stack():
 @click.option("--prune", is_flag=True, help="Remove the stack's services that the file no longer has.")
 @data_dir_option
 def deploy(name, compose_file, prune, data_dir):
-    """Create or update stack NAME from a compose file: service S becomes NAME_S."""
+    """Create or update stack NAME from a compose file: service S becomes NAME_S.
+
+    \b
+    The compose subset honoured (anything else is refused or warned about, one line each):
+      services.S: image, command, environment, ports (short "8080:80" or long with mode: host),
+        healthcheck, working_dir, user, stop_signal, stop_grace_period, volumes (name:/path[:ro],
+        /abs:/path, long syntax), secrets, configs,
+        deploy: replicas, mode, placement (constraints, preferences spread),
+        update_config, rollback_config, restart_policy,
+        resources (reservations and limits: cpus, memory, pids)
+      top level: services, volumes, secrets and configs (file: created as NAME_X, external: true used as is)
+    """
     try:
         parsed = translate(load(compose_file), name, compose_file)
     except StackError as exc:

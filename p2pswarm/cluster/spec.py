@@ -322,6 +322,9 @@ WORKLOAD_FIELDS = ("image", "network", "user", "limit_cpu", "limit_memory", "lim
                    "stop_grace", "mounts", "secrets", "configs")
 """Fields added with containers and isolation (:mod:`p2pswarm.cluster.workload`): encoded only when set,
 so a spec without them encodes as it did before they existed."""
+LATER_FIELDS = (*WORKLOAD_FIELDS, "log_retention")
+"""Every field encoded only when not default (specs stored before it existed encode the same)."""
+DEFAULT_LOG_RETENTION = 3600.0
 TASK_FIELDS = ("command", "args", "env", "workdir", "ports", "reserve_cpu", "reserve_memory", "health",
                *WORKLOAD_FIELDS)
 """The fields a running task is made of: a change to any of them replaces the tasks (a rolling
@@ -368,6 +371,9 @@ class ServiceSpec:
     mounts: tuple[Mount, ...] = ()
     secrets: tuple[FileRef, ...] = ()
     configs: tuple[FileRef, ...] = ()
+    log_retention: float = DEFAULT_LOG_RETENTION
+    """Seconds an ended task's logs stay readable on its node after the state forgets the task (counted
+    from the task's last output); changing it restarts nothing."""
 
     def __post_init__(self) -> None:
         text("name", self.name, 63, NAME, NAME_WHAT)
@@ -422,7 +428,7 @@ class ServiceSpec:
             if getattr(self, limit) and getattr(self, reserve) > getattr(self, limit):
                 raise fail(reserve, f"must not be above {limit}", getattr(self, reserve))
         _set(self, "stop_signal", parse_signal(self.stop_signal))
-        _seconds(self, "stop_grace")
+        _seconds(self, "stop_grace", "log_retention")
         _set(self, "mounts", _items("mounts", self.mounts, MAX_MOUNTS, Mount, _mount))
         unique("mounts", self.mounts, lambda m: m.target)
         _set(self, "secrets", _items("secrets", self.secrets, MAX_FILES, FileRef, _file_ref("secret")))
@@ -539,7 +545,7 @@ def _encode(obj: Any) -> Any:
                 if f.name not in PORT_LATER_FIELDS or getattr(obj, f.name) != f.default}
     if isinstance(obj, ServiceSpec):
         return {f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if f.name not in WORKLOAD_FIELDS or getattr(obj, f.name) != f.default}
+                if f.name not in LATER_FIELDS or getattr(obj, f.name) != f.default}
     if dataclasses.is_dataclass(obj):
         return {f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, tuple):

@@ -24,6 +24,7 @@ from typing import Any, Iterable, TypeVar
 
 import msgpack
 
+from p2pswarm.cluster.changes import TaskChanges
 from p2pswarm.cluster.checks import SpecError
 from p2pswarm.cluster.commands import check
 from p2pswarm.cluster.model import (
@@ -64,6 +65,8 @@ class ClusterState(ObjectCommands):
         self._by_slot: dict[tuple[str, int | str | None], dict[str, None]] = {}
         """(service, slot key) -> its tasks: a placement checks its slot without scanning the service
         (a 100,000-replica service would make every batch quadratic)."""
+        self.changes = TaskChanges()
+        """When tasks changed and left nodes: what a worker's assignments delta is cut from (not snapshotted)."""
 
     # -------------------------------------------------------------- applying
 
@@ -204,6 +207,7 @@ class ClusterState(ObjectCommands):
         old = self.tasks.get(task.id)
         if old is not None:
             self._unindex(old)
+        self.changes.put(task.id, task.node, old.node if old is not None else None, self.applied)
         self.tasks[task.id] = task
         self._by_service.setdefault(task.service, {})[task.id] = None
         self._by_slot.setdefault((task.service, task.slot_key), {})[task.id] = None
@@ -213,6 +217,7 @@ class ClusterState(ObjectCommands):
     def _drop(self, task: Task) -> None:
         del self.tasks[task.id]
         self._unindex(task)
+        self.changes.drop(task.id, task.node, self.applied)
 
     def _unindex(self, task: Task) -> None:
         _unlink(self._by_service, task.service, task.id)
@@ -442,6 +447,7 @@ class ClusterState(ObjectCommands):
             raise ValueError(f"cluster snapshot version {data.get('version')!r} is not {SNAPSHOT_VERSION}")
         self.__init__()  # type: ignore[misc]
         self.applied, self.term = data["applied"], data["term"]
+        self.changes = TaskChanges(floor=self.applied)
         self.services = {s.name: s for s in map(decode_service, data["services"])}
         self.nodes = {n.id: n for n in map(decode_node, data["nodes"])}
         self.removed_nodes = set(data["removed_nodes"])

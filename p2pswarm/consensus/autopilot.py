@@ -18,11 +18,20 @@ Rules, in the order they are tried:
 4. A voter that left is removed at once; one dead (or unknown to SWIM) for longer
    than ``stabilization_time`` is removed; never if the remaining voters' live
    ones would no longer form a quorum of them.
-5. Every other live member becomes a learner (up to ``max_learners``): it catches
-   up before it can vote, so a dead voter's replacement is ready at once, and every
-   node holds a replica it can serve reads from.  The best-ranked goes first.
+5. Up to ``max_learners`` (a handful) other live members are learners: they catch
+   up before they can vote, so a dead voter's replacement is ready at once, and they
+   serve workers their assignments.  The best-ranked goes first, so learners spread
+   over the zones the voters do not cover.  Above ``max_learners`` (the setting was
+   lowered) the worst-ranked learner is removed; a learner in a zone that another
+   voter or learner already covers makes room for an alive member of a zone nobody
+   covers.  While live voters are short of the target, one more learner per missing
+   voter may join (a candidate to promote, even with ``max_learners`` 0).
 6. Above target (members left), the worst-ranked live voter (never the leader)
    is removed, quorum permitting.
+
+Every other live member is a **worker**: outside the Raft configuration, it learns
+its own assignments from the members (:mod:`p2pswarm.assignments`), so the group,
+and the leader's replication, stay the same size whatever the cluster's.
 
 Ranking: a member whose ``zone`` label no chosen voter has yet comes first, then
 the longest uptime (smallest ``started_ms``), then the id, so every leader makes
@@ -50,8 +59,9 @@ class AutopilotConfig:
     """A learner is caught up when its match index is within this many entries of the leader's last."""
     interval: float = 0.5
     """Seconds between the leader's autopilot rounds (one change per round at most)."""
-    max_learners: int = 64
-    """Live non-voters kept as learners (standby replicas); at most the wire's MAX_LEARNERS."""
+    max_learners: int = 4
+    """Live non-voters kept as learners (standby replicas that also serve workers); at most the wire's
+    MAX_LEARNERS.  Every other live node is a worker outside the Raft configuration."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,17 +111,36 @@ def next_change(now: float, peers: Iterable[Peer], voters: Iterable[str], learne
     for v in voters:
         if v != leader and view.gone(v) and _quorum_safe(view, [u for u in voters if u != v]):
             return Change("remove", v, f"voter {view.status(v)}")
-    if len(learners) < config.max_learners:
-        members_now = set(voters) | set(learners)
-        candidates = [p.id for p in view.peers.values() if p.status == ALIVE and p.id not in members_now]
-        if candidates:
-            best = view.rank(candidates, live_voters + live_learners)[0]
-            return Change("add_learner", best, f"{len(live_voters)} live voters, target {target}")
+    members_now = set(voters) | set(learners)
+    candidates = [p.id for p in view.peers.values() if p.status == ALIVE and p.id not in members_now]
+    room = config.max_learners + max(0, target - len(live_voters))  # short of voters: candidates besides
+    if len(learners) > room:
+        victim = view.rank(learners, live_voters)[-1]
+        return Change("remove", victim, f"{len(learners)} learners, at most {config.max_learners}")
+    if len(learners) < room and candidates:
+        best = view.rank(candidates, live_voters + live_learners)[0]
+        return Change("add_learner", best, f"{len(live_voters)} live voters, target {target}")
+    swap = _zone_swap(view, candidates, live_voters, learners)
+    if swap is not None:
+        return swap
     if len(live_voters) > target:
         victim = view.rank([v for v in live_voters if v != leader], [leader])[-1]
         if _quorum_safe(view, [u for u in voters if u != victim]):
             return Change("remove", victim, f"{len(live_voters)} live voters, target {target}")
     return None
+
+
+def _zone_swap(view: "_View", candidates: list, live_voters: list, learners: list) -> Change | None:
+    """Remove a learner whose zone another voter or learner covers when an alive member of an
+    uncovered zone waits (the next round adds it): learners spread over the zones."""
+    covered = [view.zone(n) for n in live_voters + learners]
+    newcomers = [c for c in candidates if view.zone(c) and view.zone(c) not in covered]
+    doubled = [x for x in learners if view.zone(x) == "" or covered.count(view.zone(x)) > 1]
+    if not newcomers or not doubled:
+        return None
+    victim = view.rank(doubled, live_voters)[-1]
+    return Change("remove", victim, f"learner zone {view.zone(victim) or 'unset'} is covered; zone "
+                                    f"{view.zone(newcomers[0])} is not")
 
 
 def _quorum_safe(view: "_View", voters: list) -> bool:
@@ -151,17 +180,17 @@ class _View:
 
     def rank(self, nodes: list, chosen: list) -> list:
         """Greedy order: new zones first, then longest uptime, then id."""
-        zones = {self._zone(n) for n in chosen} - {""}
+        zones = {self.zone(n) for n in chosen} - {""}
         left, out = list(nodes), []
         while left:
-            best = min(left, key=lambda n: (self._zone(n) in zones or self._zone(n) == "",
+            best = min(left, key=lambda n: (self.zone(n) in zones or self.zone(n) == "",
                                             self._started(n), n))
             out.append(best)
             left.remove(best)
-            zones.add(self._zone(best))
+            zones.add(self.zone(best))
         return out
 
-    def _zone(self, node: str) -> str:
+    def zone(self, node: str) -> str:
         peer = self.peers.get(node)
         return peer.zone if peer else ""
 

@@ -70,3 +70,6 @@ class DriverConfig:
     """Seconds a write (or linearizable read) may wait for commit before failing with one line."""
     retry_interval: float = 1.0
     """Seconds between re-submissions of a write or read that has not completed (a lost forward)."""
+    applied_gossip_interval: float = 0.2
+    """Seconds between updates of the applied index in this member's gossip record (workers read it
+    to notice that their assignments moved; a faster one only churns the record)."""

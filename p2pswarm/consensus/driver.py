@@ -43,6 +43,7 @@ from p2pswarm.consensus.groupchange import GroupChanges
 from p2pswarm.consensus.messages import (
     MAX_BATCH_BYTES,
     MAX_ENTRIES,
+    MAX_SNAPSHOT_BYTES,
     AppendEntries,
     AppendResp,
     InstallSnapshot,
@@ -70,7 +71,7 @@ class RaftDriver(RaftRequests, GroupChanges):
 
     def __init__(self, node_id: str, cluster_id: str, raft_dir: str, preset: str, *, swim: Any, transport: Any,
                  clock: Callable[[], float], rng: Any, bootstrap: bool,
-                 record: GossipRecord | None = None) -> None:
+                 record: GossipRecord | None = None, observers: tuple = ()) -> None:
         """Open (or create) the raft dir and rebuild the core and state machine from it; ``record``: the
         node's gossip record (this driver sets its ``raft`` section and reads the others'; None: one that
         nobody flushes, for tests of the driver alone)."""
@@ -80,6 +81,9 @@ class RaftDriver(RaftRequests, GroupChanges):
         self.cfg, self.autopilot_cfg = settings.raft_driver, settings.autopilot
         self.swim, self.transport, self.clock = swim, transport, clock
         self.record = record if record is not None else GossipRecord()
+        self.observers: list[Any] = list(observers)
+        """Told of every applied entry, before and after it applies (``before_apply``, ``after_apply``:
+        :class:`p2pswarm.events.host.EventsHost`); they must not raise."""
         self.counters: Counter[str] = Counter()
         from p2pswarm.security.autolock import cipher_for
         self.storage = FileStorage(raft_dir, cluster_id, cipher=cipher_for(raft_dir))  # None without --autolock
@@ -111,11 +115,14 @@ class RaftDriver(RaftRequests, GroupChanges):
         """By (client, seq) for KV writes, by command id for cluster writes."""
         self._reads: dict[int, _Pending] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future]] = []
+        self._snapshot_refused_at: int | None = None
+        """The applied index of the last state image over MAX_SNAPSHOT_BYTES (None: the last one fitted)."""
         self._sweep_due = float("inf")
         self._lanes: list[_Lane] = []
         self._read_seq = 0
         self._seen = (None, 0)
-        self._facts: tuple = ()
+        self._facts: tuple = ((), 0, 0)
+        self._facts_due = 0.0
         self._autopilot_due = now
         self._removals: dict[str, tuple[int, float]] = {}
         """Nodes `node rm` removed that are still Raft members -> (our applied index, time) when first seen."""
@@ -216,19 +223,43 @@ class RaftDriver(RaftRequests, GroupChanges):
                 pending.fut.set_result(rs.index)
         self._release_applied()
         now = self.clock()
-        if self.applied - self.raft.log.snap_index >= self.cfg.snapshot_every:
-            if self.raft.compact(now, self.applied, self.sm.snapshot()) is not None:
+        if self.applied - max(self.raft.log.snap_index, self._snapshot_refused_at or 0) >= self.cfg.snapshot_every:
+            # serialized off the loop (nothing applies meanwhile: only this loop applies), so that the image of a
+            # large state (100,000 tasks: 24 MB, seconds of CPU) does not stall gossip for all that time
+            image = await loop.run_in_executor(self._io, self.sm.snapshot)
+            now = self.clock()
+            if len(image) > MAX_SNAPSHOT_BYTES:
+                self._refuse_snapshot(len(image))
+            elif self.raft.compact(now, self.applied, image) is not None:
                 self.counters["snapshots_taken"] += 1
+                if self._snapshot_refused_at is not None:
+                    self._snapshot_refused_at = None
+                    log.info("the replicated state fits a snapshot again (%d bytes): the raft log is compacted",
+                             len(image))
         self._observe(now)
+
+    def _refuse_snapshot(self, size: int) -> None:
+        """Keep the log rather than store an image over MAX_SNAPSHOT_BYTES: this node could not read it back
+        at its next start, nor could a follower install it.  Said once (an ERROR), counted, and tried again
+        after another ``snapshot_every`` entries, since the state may shrink."""
+        if self._snapshot_refused_at is None:
+            log.error("the replicated state is %d bytes, over the %d-byte snapshot limit: the raft log is no "
+                      "longer compacted and grows on disk; remove services or scale them down", size,
+                      MAX_SNAPSHOT_BYTES)
+        self._snapshot_refused_at = self.applied
+        self.counters["snapshots_too_large"] += 1
 
     def _apply(self, entry: Any) -> None:
         self.applied = entry.index
-        if entry.kind != "normal":
-            return
-        key, result = self.sm.apply(entry.index, entry.term, entry.data)
-        pending = self._writes.get(key) if key is not None else None
-        if pending is not None and not pending.fut.done():
-            pending.fut.set_result(result)
+        marks = [(o, o.before_apply(entry, self.sm)) for o in self.observers]
+        result = None
+        if entry.kind == "normal":
+            key, result = self.sm.apply(entry.index, entry.term, entry.data)
+            pending = self._writes.get(key) if key is not None else None
+            if pending is not None and not pending.fut.done():
+                pending.fut.set_result(result)
+        for observer, mark in marks:
+            observer.after_apply(entry, self.sm, mark, result)
 
     def _release_applied(self) -> None:
         if not self._apply_waiters:
@@ -328,9 +359,11 @@ class RaftDriver(RaftRequests, GroupChanges):
             for pending in [*self._writes.values(), *self._reads.values()]:
                 pending.submit()
         role = (self.role_of(self.id), self.raft.term)
-        if role != self._facts:
-            self._facts = role
-            self.record.set(RaftFacts(self.cluster_id, *role))
+        applied = self.cluster.applied if role[0] != "-" else 0
+        if role != self._facts[:2] or (applied != self._facts[2] and now >= self._facts_due):
+            # the applied index tells workers their assignments moved; at most every applied_gossip_interval
+            self._facts, self._facts_due = (*role, applied), now + self.cfg.applied_gossip_interval
+            self.record.set(RaftFacts(self.cluster_id, *role, applied))
 
     def facts_of(self, node: str) -> RaftFacts | None:
         """The ``raft`` section ``node`` gossips, if any."""

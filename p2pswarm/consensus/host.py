@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from pathlib import Path
@@ -36,13 +37,17 @@ class RaftHost:
 
     def __init__(self, node_id: str, data_dir: Path, preset: str, joining: bool, *, swim: Any, transport: Any,
                  clock: Callable[[], float], seed: int, fatal: Callable[[Exception], None],
-                 record: GossipRecord) -> None:
+                 record: GossipRecord, max_learners: int | None = None) -> None:
+        """``max_learners``: the learners autopilot keeps when this node leads (None: the preset's)."""
         self.record = record
+        self.max_learners = max_learners
         self.node_id, self.preset, self.joining = node_id, preset, joining
         self.raft_dir = str(Path(data_dir) / "raft")
         self.swim, self.transport, self.clock, self.seed = swim, transport, clock, seed
         self.fatal = fatal
         self.driver: RaftDriver | None = None
+        self.observers: list[Any] = []
+        """Given to the driver when it opens: told of every applied entry (see ``RaftDriver.observers``)."""
         self._confirmed = not joining
         self._next_check = 0.0
 
@@ -90,10 +95,13 @@ class RaftHost:
         try:
             self.driver = RaftDriver(self.node_id, cluster_id, self.raft_dir, self.preset, swim=self.swim,
                                      transport=self.transport, clock=self.clock, rng=random.Random(self.seed + 2),
-                                     bootstrap=not self.joining, record=self.record)
+                                     bootstrap=not self.joining, record=self.record,
+                                     observers=tuple(self.observers))
         except Exception as exc:
             self.fatal(exc)
             return
+        if self.max_learners is not None:
+            self.driver.autopilot_cfg = dataclasses.replace(self.driver.autopilot_cfg, max_learners=self.max_learners)
         self.driver.start()
 
     def receive(self, msg: Any) -> bool:

@@ -132,6 +132,13 @@ class RaftRequests:
 
     async def read(self, key: str, timeout: float | None = None) -> Any:
         """A linearizable read: ReadIndex, then wait until this replica applied that index."""
+        await self.barrier(timeout)
+        return self.kv.get(key)
+
+    async def barrier(self, timeout: float | None = None) -> int:
+        """A linearizable point: ReadIndex through the leader, then wait until this replica applied that index
+        (returned).  What this replica's state machines hold right after (before the loop runs again) includes
+        every write committed before the call: a read of any part of the state, or a backup of all of it."""
         if self.failed is not None:
             raise RaftUnavailable(self.failed)
         if self.id not in self.raft.conf.members:
@@ -153,7 +160,7 @@ class RaftRequests:
             except asyncio.TimeoutError:
                 raise RaftUnavailable(f"this node has not applied index {index} within {pending.timeout:g} s; "
                                       f"it is catching up, retry or read with --stale") from None
-        return self.kv.get(key)
+        return index
 
     def _pending(self, submit: Callable[[], None], what: str, timeout: float | None) -> _Pending:
         now = self.clock()

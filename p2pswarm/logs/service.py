@@ -67,6 +67,8 @@ REPLY_OVERHEAD = 128
 WORST_LINE = 3 * MAX_LINE_BYTES + LINE_OVERHEAD
 """The most one line can cost (a piece of invalid UTF-8: every byte becomes U+FFFD, 3 bytes)."""
 MAX_WAITING = 1024
+MAX_FORGOTTEN = 512
+"""Streams of tasks the state forgot that a cursor goes on following per node (their logs are kept for a while)."""
 MAX_CURSOR_TOKEN = 64 * 1024
 
 
@@ -231,12 +233,17 @@ class LogsService:
         runtime = getattr(self.node.agent, "runtime", None)
         if driver is None or runtime is None:
             return []
-        out = []
+        out, known = [], set()
         for task in driver.cluster.tasks_of(service):
             folder = Path(runtime.task_dir(task.id))
+            known.add(task.id)
             if task.node == self.node.node_id and folder.is_dir():
                 out.append(LocalTask(task.id, task.slot, task.id not in runtime.live,
                                      {s: folder / f"{s}.log" for s in STREAMS}))
+        for task_id, slot in runtime.retired(service):  # forgotten by the state, kept for the retention
+            if task_id not in known:
+                folder = Path(runtime.task_dir(task_id))
+                out.append(LocalTask(task_id, slot, True, {s: folder / f"{s}.log" for s in STREAMS}))
         return out
 
     async def fetch(self, node_id: str, request: LogsRequest, timeout: float = FETCH_TIMEOUT) -> LogsReply:
@@ -258,34 +265,50 @@ class LogsService:
     # -------------------------------------------------------------- the API's side
 
     async def gather(self, service: str, token: str = "", tail: int = ALL, budget: int = CALL_BUDGET,
-                     deadline: float = CALL_DEADLINE) -> dict[str, Any]:
+                     deadline: float = CALL_DEADLINE, since: float | None = None,
+                     until: float | None = None) -> dict[str, Any]:
         """Lines of ``service``'s tasks from every node holding some, merged by arrival time:
         ``{"lines": [...], "cursor": str, "done": bool, "warnings": [str]}``; ``tail`` applies to
-        the task streams the cursor does not know yet of nodes not yet read completely."""
+        the task streams the cursor does not know yet of nodes not yet read completely, before
+        ``since`` and ``until`` (unix seconds) keep the lines that arrived between them.  Live nodes
+        without tasks of the service in the state are asked too: they may keep logs of its tasks that
+        the state forgot (:mod:`p2pswarm.runtime.retention`)."""
         if not (tail == ALL or 0 <= tail <= MAX_TAIL):
             raise ValueError(f"tail must be 'all' or 0..{MAX_TAIL}, got {tail}")
         cursor = decode_cursor(token)
         state = self.node.raft_driver().cluster
         tasks = state.tasks_of(service)
         holders = sorted({t.node for t in tasks if t.node})
+        keepers = sorted(nid for nid in state.nodes if nid not in holders and self._live(nid))
         known = {t.id for t in tasks}
-        for nid, c in list(cursor.items()):  # forget tasks the state no longer has
-            c.offsets = {k: v for k, v in c.offsets.items() if k[0] in known}
-            if nid not in holders and not c.offsets:
+        for nid, c in list(cursor.items()):  # forget nodes no longer asked, and most streams of forgotten tasks
+            forgotten = [k for k in c.offsets if k[0] not in known]
+            for k in forgotten[:max(0, len(forgotten) - MAX_FORGOTTEN)]:
+                del c.offsets[k]
+            if nid not in holders and nid not in keepers:
                 del cursor[nid]
         names = {nid: n.name for nid, n in state.nodes.items()}
-        until = self.clock() + deadline
-        share = max(MAX_REPLY_BYTES, budget // max(1, len(holders)))
+        stop_at = self.clock() + deadline
+        share = max(MAX_REPLY_BYTES, budget // max(1, len(holders) + len(keepers)))
         results = await asyncio.gather(*(self._from_node(nid, service, cursor.setdefault(nid, NodeCursor()), tail,
-                                                         share, until, names) for nid in holders))
+                                                         share, stop_at, names) for nid in holders + keepers))
         lines, warnings, done = [], [], True
-        for node_lines, warning, node_done in results:
+        for nid, (node_lines, warning, node_done) in zip(holders + keepers, results):
             lines += node_lines
             done = done and node_done
-            if warning:
+            if warning and nid in holders:  # a keeper that does not answer may well have had nothing
                 warnings.append(warning)
+        if since is not None or until is not None:
+            lines = [line for line in lines if line["t"] is not None and (since is None or line["t"] >= since)
+                     and (until is None or line["t"] <= until)]
         lines.sort(key=lambda line: line["t"] or 0.0)  # stable: each stream stays in order
         return {"lines": lines, "cursor": encode_cursor(cursor), "done": done, "warnings": warnings}
+
+    def _live(self, nid: str) -> bool:
+        if nid == self.node.node_id:
+            return True
+        member = self.node.swim.member(nid)
+        return member is not None and member.status in LIVE
 
     async def _from_node(self, nid: str, service: str, cur: NodeCursor, tail: int, budget: int, until: float,
                          names: dict) -> tuple[list[dict], str | None, bool]:

@@ -14,19 +14,25 @@ that order (least sent, then newest) instead of sorting them for each message:
 new news goes in front, and a message that takes every entry (the usual case)
 adds one send to each, which keeps the order.  Such a message costs one list
 copy: an entry's sends are counted as ``offset + takes``, and ``takes`` counts
-the messages that took every entry.  Only a message that takes some entries and
-not others (short budget, a gossip round) counts them one by one and leaves the
-order to be re-sorted, at the next take.
+the messages that took every entry.  A message that takes some entries and not
+others (short budget, a gossip round) counts them one by one and puts just those
+back in order (a bisection each), so a long queue is never sorted whole again.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from operator import attrgetter
 
 from p2pswarm.wire import encoded_size
 
 _BY_SERIAL = attrgetter("serial")
 _BY_OFFSET = attrgetter("offset")
+
+
+def _SEND_ORDER(entry) -> tuple[int, int]:  # noqa: N802 - a sort key, named like the attrgetters beside it
+    """Least sent first, newest first among equals: the queue's order, as one key."""
+    return entry.offset, -entry.serial
 _SIZES: dict[int, tuple] = {}
 """id(item) → (item, encoded size), bounded; the item is held so that its id is not reused."""
 _SIZES_MAX = 4096
@@ -64,7 +70,8 @@ class _News:
 
 
 class NewsQueue:
-    __slots__ = ("queued", "fresh", "fresh_sends", "_order", "_items", "_ordered", "_takes", "_bytes", "_serial")
+    __slots__ = ("queued", "fresh", "fresh_sends", "_order", "_items", "_items_stale", "_ordered", "_takes", "_bytes",
+                 "_serial")
 
     def __init__(self, fresh_sends: int) -> None:
         self.queued: dict[tuple, _News] = {}
@@ -75,7 +82,10 @@ class NewsQueue:
         self._order: list[_News] = []
         """The queued entries, least sent first and newest first among equals (if _ordered)."""
         self._items: list = []
-        """The entries' items, in the same order."""
+        """The entries' items, in the same order (unless _items_stale)."""
+        self._items_stale = False
+        """_items no longer follows a re-sorted _order: rebuilt only when a message takes every entry
+        (a long queue is re-sorted after most takes, and is mostly taken in part)."""
         self._ordered = True
         self._takes = 0
         """Messages that took every entry: one send each, counted once for all."""
@@ -107,7 +117,8 @@ class NewsQueue:
         self.queued[key] = entry
         self._bytes += entry.size
         self._order.insert(0, entry)  # never sent and the newest: first in order
-        self._items.insert(0, item)
+        if not self._items_stale:
+            self._items.insert(0, item)
 
     def get(self, key: tuple):
         entry = self.queued.get(key)
@@ -136,7 +147,10 @@ class NewsQueue:
         used = 0
         whole = True  # every entry taken: each gains one send and the order holds
         spent = []
+        moved = []
+        scanned = 0
         for entry in order:
+            scanned += 1
             size = entry.size
             if entry.item is first or used + size > budget:
                 whole = False
@@ -145,6 +159,7 @@ class NewsQueue:
                 break
             used += size
             out.append(entry.item)
+            moved.append(entry)
             entry.offset += 1
             sends = entry.offset + takes
             if sends == fresh_sends or (sends >= limit and sends < fresh_sends):
@@ -154,7 +169,7 @@ class NewsQueue:
         for entry in spent:
             self._drop(entry)
         if not whole:
-            self._ordered = False
+            self._reorder(moved, scanned - len(spent), spent)
         return out
 
     def _take_all(self, limit: int) -> list:
@@ -164,6 +179,8 @@ class NewsQueue:
         the entries at those two boundaries are looked at.
         """
         order = self._sorted()
+        if self._items_stale:
+            self._items, self._items_stale = [entry.item for entry in order], False
         out = self._items.copy()
         self._takes = takes = self._takes + 1
         fresh = self.fresh
@@ -178,7 +195,7 @@ class NewsQueue:
                 del self.queued[entry.key]
                 self._bytes -= entry.size
             del order[keep:]
-            del self._items[keep:]
+            del self._items[keep:]  # not stale: rebuilt above
         return out
 
     def take_for(self, targets: int, budget: int, limit: int) -> list[tuple]:
@@ -195,7 +212,10 @@ class NewsQueue:
         copies = []
         used = 0
         spent = []
+        moved = []
+        scanned = 0
         for entry in order:
+            scanned += 1
             before = entry.offset + takes
             if before >= fresh_sends:
                 break  # least sent first: nothing fresh follows
@@ -207,6 +227,7 @@ class NewsQueue:
             used += size
             n = min(targets, limit - before)
             copies.append((entry.item, n))
+            moved.append(entry)
             entry.offset += n
             after = before + n
             if after >= fresh_sends or after >= limit:
@@ -217,7 +238,7 @@ class NewsQueue:
             return []
         for entry in spent:
             self._drop(entry)
-        self._ordered = False  # only fresh entries gained sends
+        self._reorder(moved, scanned - len(spent), spent)  # only fresh entries gained sends
         if copies[-1][1] >= targets and all(n >= targets for _, n in copies):
             return [tuple(item for item, _ in copies)] * targets  # the usual case: one batch for all
         return [tuple(item for item, n in copies if n > j) for j in range(targets)]
@@ -227,15 +248,36 @@ class NewsQueue:
         if not self._ordered:
             order.sort(key=_BY_SERIAL, reverse=True)  # two stable passes: sends up, then newest first
             order.sort(key=_BY_OFFSET)
-            self._items = [entry.item for entry in order]
+            self._items_stale = True
             self._ordered = True
         return order
+
+    def _reorder(self, moved: list[_News], head: int, spent: list[_News]) -> None:
+        """Put ``moved`` (entries that gained sends; all within the first ``head`` places once the
+        ``spent`` ones are dropped) back in order: the same order a full sort gives, since (sends,
+        newest first) is unique per entry, at the cost of a few bisections instead of a sort of the
+        whole queue, which a long queue (many records changing at once) paid at nearly every take."""
+        if spent:
+            gone = set(spent)
+            moved = [entry for entry in moved if entry not in gone]
+        if not moved:
+            return
+        order = self._order
+        still = set(moved)
+        order[:head] = [entry for entry in order[:head] if entry not in still]
+        for entry in moved:
+            insort(order, entry, key=_SEND_ORDER)
+        self._items_stale = True
 
     def _drop(self, entry: _News) -> None:
         """Forget ``entry`` (spent, or replaced by newer news under its key)."""
         if self.queued.get(entry.key) is entry:
             del self.queued[entry.key]
-        at = self._order.index(entry)
-        del self._order[at]
-        del self._items[at]
+        order = self._order
+        at = bisect_left(order, _SEND_ORDER(entry), key=_SEND_ORDER)  # in order (but mid-take)
+        if at >= len(order) or order[at] is not entry:
+            at = order.index(entry)
+        del order[at]
+        if not self._items_stale:
+            del self._items[at]
         self._bytes -= entry.size

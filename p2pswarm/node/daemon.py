@@ -36,11 +36,13 @@ from typing import Any, Callable
 
 from p2pswarm import wire
 from p2pswarm.consensus.host import RaftHost
-from p2pswarm.consensus.messages import RAFT_MESSAGES
-from p2pswarm.membership.messages import LIVE, Meta, PushPull
+from p2pswarm.dns.host import DnsHost
+from p2pswarm.events.host import attach as attach_events
+from p2pswarm.membership.messages import LIVE, Meta
 from p2pswarm.membership.swim import Swim
 from p2pswarm.node.component import Component
 from p2pswarm.node.datadir import DataDir
+from p2pswarm.node.inbox import Inbox
 from p2pswarm.node.presets import preset
 from p2pswarm.node.record import GossipRecord
 from p2pswarm.node.securestart import SecureStart
@@ -92,6 +94,13 @@ class NodeOptions:
     task_user: str | None = None
     """The user a root node runs tasks as (``up --task-user``); None: a dedicated system user
     (:mod:`p2pswarm.runtime.taskuser`). A node that is not root runs tasks as itself."""
+    max_learners: int | None = None
+    """Raft learners the leader keeps (``up --max-learners``); None: the preset's ``autopilot.max_learners``."""
+    dns_addr: str = "auto"
+    """Where the node answers DNS (``up --dns-addr``): ``auto`` (port 53 when it may, else a fallback port),
+    ``HOST:PORT`` or ``off`` (:mod:`p2pswarm.dns.host`)."""
+    dns_domain: str = "p2pswarm."
+    """The domain the node's DNS answers for (``up --dns-domain``); others are refused."""
 
 
 def zmq_transport(options: NodeOptions, security: Any = None) -> Transport:
@@ -125,9 +134,10 @@ def configure_logging(level: str = "info") -> None:
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
 
 
-class Node(NodeViews, SecureStart, SignalHandling):
+class Node(NodeViews, SecureStart, SignalHandling, Inbox):
     """One node: the loop over SWIM and the components; its API views come from :class:`NodeViews`,
-    its secure-cluster start from :class:`SecureStart`, its signal handlers from :class:`SignalHandling`."""
+    its secure-cluster start from :class:`SecureStart`, its signal handlers from :class:`SignalHandling`,
+    the routing of what the transport receives from :class:`Inbox`."""
 
     def __init__(self, options: NodeOptions,
                  transport_factory: Callable[[NodeOptions], Transport] = zmq_transport,
@@ -159,8 +169,12 @@ class Node(NodeViews, SecureStart, SignalHandling):
         self.agent: Any = None
         self.scheduler: Any = None
         self.mesh: Any = None
+        self.dns: Any = None  # the DnsHost (p2pswarm.dns.host) once the services started
         self.logs: Any = None
         """The :class:`p2pswarm.logs.service.LogsService` once the services started."""
+        self.assignments: Any = None
+        """The :class:`p2pswarm.assignments.host.AssignmentsHost` once the services started."""
+        self.events: Any = None  # the EventsHost (p2pswarm.events.host), attached to Raft before it starts
         self._fatal: Exception | None = None
         self.security: Any = None
         """The SecurityHost in a secure cluster, else None."""
@@ -213,7 +227,8 @@ class Node(NodeViews, SecureStart, SignalHandling):
                 self._start_cluster(now)
                 self.raft = RaftHost(self.node_id, self.datadir.path, self.options.preset, bool(self._peers()),
                                      swim=self.swim, transport=self.transport, clock=self.clock, seed=self.seed,
-                                     fatal=self.fail, record=self.record)
+                                     fatal=self.fail, record=self.record, max_learners=self.options.max_learners)
+                self.events = attach_events(self.raft, self.datadir.path)
                 await self._start_component(self.raft)
                 await self._start_services(incarnation)
                 self.started.set()
@@ -248,11 +263,19 @@ class Node(NodeViews, SecureStart, SignalHandling):
         from p2pswarm.scheduler.driver import SchedulerDriver
 
         host = self.swim_addr.rsplit(":", 1)[0].strip("[]")
+        self.dns = DnsHost.of_node(self)
+        await self._start_component(self.dns)  # before the agent: its tasks are told where to ask
+        from p2pswarm.assignments.host import AssignmentsHost
+        self.assignments = AssignmentsHost(self.node_id, self.raft, self.swim, self.record, self.transport,
+                                           preset(self.options.preset).assignments, clock=self.clock)
+        await self._start_component(self.assignments)  # before the agent: it reads a worker's assignments
         self.agent = AgentHost(self.node_id, self.datadir.path, self.raft, incarnation, task_host=host,
                                task_user=self.options.task_user, record=self.record,
                                keyring=self.security.keyring if self.security is not None else None,
-                               engine_socket=self.options.engine_socket)
+                               source=self.assignments.agent_state,
+                               engine_socket=self.options.engine_socket, dns=self.dns.addr)
         await self._start_component(self.agent)
+        await self._start_component(self.events)
         relay_port = self.options.relay_port or pick_relay_port(host, int(self.swim_addr.rsplit(":", 1)[1]))
         self.mesh = MeshHost(self.node_id, self.swim, self.transport, self.raft, relay_port=relay_port,
                              unreachable=self.swim_core().unreachable, security=self.security,
@@ -395,49 +418,6 @@ class Node(NodeViews, SecureStart, SignalHandling):
     def _deadline(self) -> float:
         return self.swim_core().next_deadline()
 
-    def _on_recv(self, fut: asyncio.Future) -> None:
-        exc = fut.exception()
-        if exc is not None:
-            self.counters["recv_errors"] += 1
-            log.warning("transport receive failed: %s", exc)
-            return
-        data, key = fut.result()
-        sender = None
-        if self.security is not None:
-            sender = self.security.identity_of(key)
-            if sender is None:  # revoked or expired since the transport's own check
-                self.counters["unauthorized_dropped"] += 1
-                return
-        try:
-            msg = wire.decode(data)
-        except wire.WireError as err:
-            self.counters["wire_errors"] += 1
-            log.debug("dropped a bad message: %s", err)
-            return
-        if isinstance(msg, _join_messages.JOIN_MESSAGES):
-            self.counters["join_kind_dropped"] += 1  # the join endpoint's kinds never come in here
-            return
-        if sender is not None:
-            if getattr(msg, "source", None) != sender.node_id:
-                self.counters["source_mismatch"] += 1
-                log.debug("dropped %s claiming to be from %s, sent with the key of %s", type(msg).__name__,
-                          getattr(msg, "source", "?"), sender.node_id)
-                return
-            self._guard("security observe", self.security.observe, msg, sender)
-        if isinstance(msg, RAFT_MESSAGES):
-            assert self.raft is not None  # made in run() before the loop that calls this starts
-            if not self._guard("raft receive", self.raft.receive, msg):
-                self.counters["raft_not_started"] += 1
-            return
-        if isinstance(msg, PushPull) and msg.reply and self.security is not None:
-            self._spawn(self._secure.introduce_to([(m.node, m.addr) for m in msg.members
-                                                   if m.status in LIVE and m.meta.cert]))
-        logs = self.logs
-        if logs is not None and isinstance(msg, logs.MESSAGES):
-            self._guard("logs", logs.receive, msg)
-            return
-        self._guard("receive", self.swim_core().receive, self.clock(), msg)
-
     def _after_step(self, now: float) -> None:
         if self._stop_requested and self._leave_started is None:
             self._leave_started = now
@@ -492,6 +472,7 @@ class Node(NodeViews, SecureStart, SignalHandling):
             member = self.swim_core().member(ev.node)
             name = member.meta.name if member else "?"
             addr = member.addr if member else "?"
+            self.events.member(ev.node, name, ev.old, ev.new)  # attached before the loop runs
             if ev.old is None:
                 log.info("member %s (%s) at %s is %s", name, ev.node, addr, ev.new)
             else:

@@ -42,6 +42,24 @@ def default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "p2pswarm"
 
 
+def default_lab_dir() -> Path:
+    """Where `p2pswarm lab up` keeps its nodes' data dirs (``node-1`` …): ``$P2PSWARM_LAB_DIR`` or beside the
+    default data dir."""
+    env = os.environ.get("P2PSWARM_LAB_DIR")
+    return Path(env) if env else Path.home() / ".local" / "share" / "p2pswarm" / "lab"
+
+
+def running_lab_node(lab: Path | None = None) -> Path | None:
+    """The data dir of a lab node that has an API socket (the lab is up), or None: what to suggest to a
+    user whose command found no node at the default data dir."""
+    lab = lab or default_lab_dir()
+    try:
+        nodes = sorted(p for p in lab.iterdir() if p.name.startswith("node-") and (p / "api.sock").exists())
+    except OSError:
+        return None
+    return nodes[0] if nodes else None
+
+
 def new_node_id() -> str:
     """16 random hex characters: unique with overwhelming probability, never derived from names."""
     return secrets.token_hex(8)

@@ -1,7 +1,7 @@
 """The presets: one named bundle of every layer's settings (``--preset lan|wan|local|test``).
 
 A :class:`Preset` holds the settings of each layer a node runs: SWIM membership, the Raft core,
-the Raft driver, the autopilot and the leader's scheduler.  It imports only the config
+the Raft driver, the autopilot, the leader's scheduler and the workers' assignment protocol.  It imports only the config
 dataclasses (never the node), so the CLI, the simulator and the labs may read it too.
 
 ``wan`` is derived from ``lan`` the way memberlist derives ``DefaultWANConfig`` from
@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from p2pswarm.assignments.core import AssignmentsConfig
 from p2pswarm.consensus.autopilot import AutopilotConfig
 from p2pswarm.consensus.config import DriverConfig, RaftConfig
 from p2pswarm.membership.config import SwimConfig
@@ -32,6 +33,7 @@ class Preset:
     raft_driver: DriverConfig = field(default_factory=DriverConfig)
     autopilot: AutopilotConfig = field(default_factory=AutopilotConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    assignments: AssignmentsConfig = field(default_factory=AssignmentsConfig)
 
     def with_changes(self, **changes) -> "Preset":
         """A copy with some layers' settings changed: ``layer={field: value}`` or ``layer=Config(...)``."""

@@ -4,9 +4,11 @@ Every member owns one SWIM record (:meth:`p2pswarm.membership.swim.Swim.set_reco
 a msgpack map of section name -> value:
 
 * ``raft``  ``[cluster_id, role, term]`` (role ``L`` leader, ``V`` voter, ``l`` learner,
-  ``""`` none), set by the Raft driver: a joiner learns which cluster to join from it, a
-  non-member finds the leader to forward writes to, ``node ls`` shows roles of members whose
-  configuration this node has not replicated.
+  ``""`` none) and, from a Raft member, a fourth element: its applied index, set by the Raft driver:
+  a joiner learns which cluster to join from it, a non-member finds the leader to forward writes
+  to, ``node ls`` shows roles of members whose configuration this node has not replicated, and a
+  worker notices that its assignments are behind (:mod:`p2pswarm.assignments`).  A three-element
+  section (an earlier version) still reads, with applied 0.
 * ``tasks`` ``[version, {task_id: record}]``, set by the agent (its digest, see
   :meth:`p2pswarm.agent.core.AgentCore.digest`): the leader's scheduler and every mesh learn
   from it where tasks run.  Its records are only checked for shape here; the scheduler and
@@ -18,6 +20,8 @@ a msgpack map of section name -> value:
 * ``caps``  ``[engine, engine detail, isolation, isolation detail]``, set by the agent at start
   (:mod:`p2pswarm.cluster.capabilities`): the scheduler registers it in the cluster state, where
   placement reads it.  A record without it (an older node) is read as unknown.
+* ``dns``   ``[host, port]``, set by the DNS host (:mod:`p2pswarm.dns.host`) once it listens: where this
+  node answers DNS (``node inspect`` shows it); ``["", 0]`` when it serves none.
 
 Each component sets only its own section (:meth:`GossipRecord.set`), whenever it likes, even
 before the others exist (a joiner's agent and mesh publish before it has a Raft driver); the
@@ -58,28 +62,36 @@ MAX_PORT_ERROR = 200
 """Characters of one port error."""
 MAX_CACHED = 4096
 """Decoded peer records kept (one per member); past this the cache starts over, so members that
-left long ago do not pin memory (a cluster is far smaller: autopilot keeps 64 learners)."""
+left long ago do not pin memory."""
 
 
 @dataclass(frozen=True, slots=True)
 class RaftFacts:
-    """The ``raft`` section: the cluster this node belongs to, its role and term."""
+    """The ``raft`` section: the cluster this node belongs to, its role and term, and (a member) the
+    index its state machine has applied: the version workers' assignments are at (0: not said)."""
 
     SECTION: ClassVar[str] = "raft"
     cluster_id: str
     role: str = "-"
     term: int = 0
+    applied: int = 0
 
     def to_wire(self) -> list:
-        return [self.cluster_id, ROLE_CODES[self.role], self.term]
+        wire: list = [self.cluster_id, ROLE_CODES[self.role], self.term]
+        if self.applied:  # only a member says it: a non-member's section stays as it was
+            wire.append(self.applied)
+        return wire
 
     @classmethod
     def from_wire(cls, value: Any) -> RaftFacts:
-        cluster_id, role, term = _fields(value, 3, "raft")
+        if isinstance(value, (list, tuple)) and len(value) == 4:
+            cluster_id, role, term, applied = value
+        else:
+            (cluster_id, role, term), applied = _fields(value, 3, "raft"), 0
         if (type(cluster_id) is not str or not 0 < len(cluster_id) <= MAX_ID_LEN or role not in ROLE_NAMES
-                or type(term) is not int or term < 0):
+                or type(term) is not int or term < 0 or type(applied) is not int or applied < 0):
             raise ValueError("malformed raft section")
-        return cls(cluster_id, ROLE_NAMES[role], term)
+        return cls(cluster_id, ROLE_NAMES[role], term, applied)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,9 +174,28 @@ class NodeCaps:
                    " ".join(isolation_detail.split())[:MAX_DETAIL])
 
 
-Section = RaftFacts | TaskDigest | MeshFacts | NodeCaps
+@dataclass(frozen=True, slots=True)
+class DnsFacts:
+    """The ``dns`` section: the address this node's DNS listens on (port 0: none)."""
+
+    SECTION: ClassVar[str] = "dns"
+    host: str
+    port: int
+
+    def to_wire(self) -> list:
+        return [self.host, self.port]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> DnsFacts:
+        host, port = _fields(value, 2, "dns")
+        if type(host) is not str or len(host) > 255 or type(port) is not int or not 0 <= port < 65536:
+            raise ValueError("malformed dns section")
+        return cls(host, port)
+
+
+Section = RaftFacts | TaskDigest | MeshFacts | NodeCaps | DnsFacts
 SECTIONS: dict[str, type[Section]] = {
-    cls.SECTION: cls for cls in (RaftFacts, TaskDigest, MeshFacts, NodeCaps)}
+    cls.SECTION: cls for cls in (RaftFacts, TaskDigest, MeshFacts, NodeCaps, DnsFacts)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +206,7 @@ class Record:
     tasks: TaskDigest | None = None
     mesh: MeshFacts | None = None
     caps: NodeCaps | None = None
+    dns: DnsFacts | None = None
 
 
 EMPTY = Record()
@@ -204,7 +236,8 @@ def decode_record(payload: bytes) -> Record:
     return Record(raft=RaftFacts.from_wire(raw[raft]) if raft in raw else None,
                   tasks=TaskDigest.from_wire(raw[tasks]) if tasks in raw else None,
                   mesh=MeshFacts.from_wire(raw[mesh]) if mesh in raw else None,
-                  caps=NodeCaps.from_wire(raw[caps]) if caps in raw else None)
+                  caps=NodeCaps.from_wire(raw[caps]) if caps in raw else None,
+                  dns=DnsFacts.from_wire(raw["dns"]) if "dns" in raw else None)
 
 
 class GossipRecord:

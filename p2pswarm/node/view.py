@@ -67,6 +67,10 @@ class NodeView(Protocol):
     def logs(self) -> Any:
         """The :class:`p2pswarm.logs.service.LogsService` once the services started, else None."""
 
+    @property
+    def events(self) -> Any:
+        """The :class:`p2pswarm.events.host.EventsHost` once Raft is set up, else None."""
+
     def raft_driver(self) -> Any:
         """The running :class:`p2pswarm.consensus.driver.RaftDriver`, or None before the node knows its cluster."""
 
@@ -109,6 +113,8 @@ class NodeViews:
         name: str
         raft: RaftHost | None
         mesh: Any
+        dns: Any
+        assignments: Any
         security: Any
         _stop_requested: bool
 
@@ -138,6 +144,7 @@ class NodeViews:
             "leaving": self._stop_requested, "secure": secure,
             "security": self.security.state if secure else "off",
             "join_error": self.security.last_error if secure else None, "state": "running",
+            "dns": self.dns.status() if getattr(self, "dns", None) is not None else None,
         }
 
     def member_views(self) -> list[dict[str, Any]]:
@@ -149,9 +156,16 @@ class NodeViews:
                 "incarnation": m.incarnation, "labels": dict(m.meta.labels), "capacity": dict(m.meta.capacity),
                 "version": m.meta.version, "rtt_ms": None if m.rtt is None else round(m.rtt * 1000, 3),
                 "status_for_s": round(max(0.0, now - m.status_since), 3), "self": m.node == self.node_id,
-                "role": self.raft_role(m.node), **self._capabilities(m),
+                "role": self.raft_role(m.node), "availability": self._availability(m.node), "dns": self._dns_addr(m),
+                **self._capabilities(m),
             })
         return sorted(views, key=lambda v: (v["name"], v["id"]))
+
+    def _availability(self, node: str) -> str:
+        """active / pause / drain as the applied cluster state records it; ``-`` when this node has no state."""
+        driver = self.raft_driver()
+        record = driver.cluster.nodes.get(node) if driver is not None else None
+        return record.availability if record is not None else "-"
 
     def _capabilities(self, member: Any) -> dict[str, str]:
         """What the member gossips of its engine and isolation, as ``node ls`` and ``node inspect`` show it."""
@@ -160,6 +174,12 @@ class NodeViews:
             return {"engine": engine_text(None), "isolation": isolation_text(None)}
         return {"engine": engine_text(caps.engine, caps.engine_detail),
                 "isolation": isolation_text(caps.isolation, caps.isolation_detail)}
+
+    def _dns_addr(self, member: Any) -> str | None:
+        """``HOST:PORT`` where the member answers DNS (its gossiped ``dns`` section), None: none or unknown."""
+        from p2pswarm.transport.addr import format_addr
+        facts = self.record.of(member).dns
+        return format_addr(facts.host, facts.port) if facts is not None and facts.port else None
 
     def port_errors(self) -> dict[str, dict[str, str]]:
         out = {}
@@ -189,7 +209,9 @@ class NodeViews:
                 "transport": dict(self.transport.stats()),
                 "node": {**self.counters, **{f"security_{k}": v for k, v in self.security_stats().items()},
                          **self.remote_api_stats(), **self.record.counters},
-                "raft": self.raft.metrics() if self.raft is not None else {}}
+                "raft": self.raft.metrics() if self.raft is not None else {},
+                "dns": self.dns.metrics() if getattr(self, "dns", None) is not None else {},
+                "assignments": self.assignments.metrics() if getattr(self, "assignments", None) is not None else {}}
 
     def security_stats(self) -> dict[str, int]:
         return self.security.stats() if self.security is not None else {}
@@ -219,5 +241,12 @@ class NodeViews:
         return self.raft.driver if self.raft is not None else None
 
     def raft_role(self, node: str) -> str:
+        """leader, voter, learner; ``worker`` for a node of this cluster outside the Raft configuration
+        (it learns its assignments from the members); ``-`` before this node knows its cluster."""
         driver = self.raft_driver()
-        return driver.role_of(node) if driver is not None else "-"
+        if driver is None:
+            return "-"
+        role = driver.role_of(node)
+        facts = driver.facts_of(node) if node != self.node_id else None
+        in_cluster = node == self.node_id or (facts is not None and facts.cluster_id == driver.cluster_id)
+        return "worker" if role == "-" and in_cluster else role

@@ -55,6 +55,9 @@ class TaskSpec:
     mounts: tuple[Mount, ...] = ()
     files: tuple["TaskFile", ...] = ()
     """The secrets and configs the task reads, with their contents."""
+    log_retention: float = 0.0
+    """Seconds its logs stay after the task is forgotten, counted from its last output (0: drop them then;
+    the agent gives each task its service's ``log_retention``)."""
 
     def __post_init__(self) -> None:
         if not TASK_ID.fullmatch(self.task_id):
@@ -180,8 +183,9 @@ class Runtime(Protocol):
     def log_paths(self, task_id: str) -> dict[str, list[Path]]:
         """``{"stdout": [oldest, ..., current], "stderr": [...]}`` (existing files only)."""
 
-    def forget(self, task_id: str) -> None:
-        """Drop what is kept of a task that has ended and is no longer assigned (its logs)."""
+    def forget(self, task_id: str, spec: TaskSpec | None = None) -> None:
+        """Drop what is kept of a task that has ended and is no longer assigned; its logs stay for
+        ``spec.log_retention`` (:meth:`p2pswarm.runtime.logs.TaskFolders.retire_task_dir`)."""
 
     async def adopt_or_stop_leftovers(self) -> list[str]:
         """After a node restart: deal with tasks of a previous life; returns their ids."""

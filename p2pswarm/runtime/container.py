@@ -72,6 +72,8 @@ class ContainerConfig:
     """As the process runtime's: seconds a run waits for a fixed node port another task of the node holds."""
     volumes_root: Path | None = None
     """Where named volumes live (:mod:`.volumes`; None: its default)."""
+    dns: str | None = None
+    """``HOST:PORT`` of the node's DNS: ``P2PSWARM_DNS``, and the container's resolver when on port 53."""
 
 
 class ContainerHandle(TaskHandle):
@@ -188,7 +190,8 @@ class ContainerRuntime(TaskFolders):
             ports = cs.run_ports(spec, await self.ports.take_when_free(
                 cs.dynamic_ports_needed(spec), cs.fixed_host_ports(spec), self.config.fixed_port_wait))
             options = cs.create_options(spec, ports=ports, bind_host=self.config.task_host or "127.0.0.1",
-                                        task_host=self.config.task_host, binds=binds)
+                                        task_host=self.config.task_host, binds=binds, dns=self.config.dns,
+                                        upstream=host_resolvers())
             try:
                 cid, stream = await self._call(self._create_and_attach, client, name, options)
             except BaseException:
@@ -325,9 +328,9 @@ class ContainerRuntime(TaskFolders):
         except (EngineDown, *eng.ERRORS) as exc:  # already exited, or the engine is gone: the run ends anyway
             log.debug("task %s: %s not sent: %s", handle.spec.task_id, signal, exc)
 
-    def forget(self, task_id: str) -> None:
-        """Delete a finished task's directory (its logs)."""
-        self.remove_task_dir(task_id)
+    def forget(self, task_id: str, spec: TaskSpec | None = None) -> None:
+        """Delete a finished task's files; its logs stay for the retention ``spec`` gives."""
+        self.retire_task_dir(task_id, spec)
         self._prepared.pop(task_id, None)
 
     async def adopt_or_stop_leftovers(self) -> list[str]:
@@ -424,3 +427,24 @@ def remove_node_containers(socket: str | None, node_id: str, timeout: float = 3.
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(functools.partial(_remove, client), [c["Id"] for c in found]))
     return sorted((c.get("Labels") or {}).get(cs.TASK, "?") for c in found)
+
+
+@functools.lru_cache(maxsize=1)
+def host_resolvers(path: str = "/etc/resolv.conf") -> tuple[str, ...]:
+    """The node's own nameservers that a container can reach (not loopback: a bridge container's loopback
+    is its own), for the names the node's DNS refuses; read once."""
+    import ipaddress
+    out = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return ()
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            try:
+                if not ipaddress.ip_address(parts[1]).is_loopback:
+                    out.append(parts[1])
+            except ValueError:
+                continue
+    return tuple(out)

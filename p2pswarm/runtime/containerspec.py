@@ -19,11 +19,13 @@ Ports, by network mode:
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from p2pswarm.runtime.base import TaskSpec, fixed_ports, maps_ports, port_env, substitute, task_ports
+from p2pswarm.transport.addr import parse_addr
 
 PREFIX = "p2pswarm"
 NODE, SERVICE, SLOT, TASK = (f"{PREFIX}.{k}" for k in ("node", "service", "slot", "task"))
@@ -89,8 +91,9 @@ def bridge_ports(spec: TaskSpec, ports: tuple[int, ...]) -> list[PortMap]:
             for p, port in zip(spec.publish, ports)]
 
 
-def environment(spec: TaskSpec, inside_ports: tuple[int, ...], host: str | None) -> dict[str, str]:
-    """The spec's environment, then the task's identity, the node's address and the ports the
+def environment(spec: TaskSpec, inside_ports: tuple[int, ...], host: str | None,
+                dns: str | None = None) -> dict[str, str]:
+    """The spec's environment, then the task's identity, the node's address, its DNS and the ports the
     task listens on (which a spec cannot override). Unlike a process, a container gets none of
     the node's own environment: the image brings its own."""
     env = dict(spec.env)
@@ -98,14 +101,22 @@ def environment(spec: TaskSpec, inside_ports: tuple[int, ...], host: str | None)
                P2PSWARM_NODE=spec.node_id)
     if host:
         env["P2PSWARM_HOST"] = host
+    if dns:
+        env["P2PSWARM_DNS"] = dns
     env.update(port_env(inside_ports))
     return env
 
 
 def create_options(spec: TaskSpec, *, ports: tuple[int, ...], bind_host: str, task_host: str | None,
-                   binds: Iterable[Bind] = ()) -> dict[str, Any]:
+                   binds: Iterable[Bind] = (), dns: str | None = None,
+                   upstream: Iterable[str] = ()) -> dict[str, Any]:
     """Keyword arguments of the Docker SDK's ``containers.create`` for one run of ``spec`` on ``ports``
-    (:func:`run_ports`); bridge ports are bound on ``bind_host``, a host-network task is told ``task_host``."""
+    (:func:`run_ports`); bridge ports are bound on ``bind_host``, a host-network task is told ``task_host``.
+    ``dns``: the node's DNS ``HOST:PORT``; on port 53 it becomes a bridge container's first resolver
+    (``/etc/resolv.conf``: the engine takes no port), followed by ``upstream`` (the node's own resolvers), which a
+    resolver asks for the names ours refuses (glibc moves to the next server on REFUSED). Not for a loopback
+    address (the container's loopback is its own) nor a host-network container (the engine refuses ``dns``
+    there; it has the node's resolv.conf and ``P2PSWARM_DNS``)."""
     if maps_ports(spec):
         plan = bridge_ports(spec, ports)
         inside = tuple(m.container for m in plan)
@@ -117,9 +128,12 @@ def create_options(spec: TaskSpec, *, ports: tuple[int, ...], bind_host: str, ta
         network = {"network_mode": "host"}
     options: dict[str, Any] = {
         "image": spec.image, "name": container_name(spec), "labels": labels(spec),
-        "environment": environment(spec, inside, task_host), "stop_signal": spec.stop_signal,
+        "environment": environment(spec, inside, task_host, dns), "stop_signal": spec.stop_signal,
         "log_config": {"Type": "none", "Config": {}},  # the runtime reads the output into the task's own logs
         **network}
+    resolver = parse_addr(dns) if dns else None
+    if resolver is not None and resolver[1] == 53 and maps_ports(spec) and not _loopback(resolver[0]):
+        options["dns"] = list(dict.fromkeys((resolver[0], *upstream)))
     if spec.command:
         options["command"] = list(substitute(spec.command, inside))
     if spec.workdir:
@@ -136,3 +150,10 @@ def create_options(spec: TaskSpec, *, ports: tuple[int, ...], bind_host: str, ta
     if mounts:
         options["volumes"] = mounts
     return options
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

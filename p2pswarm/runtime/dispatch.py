@@ -59,12 +59,18 @@ class DispatchRuntime:
     def log_paths(self, task_id: str) -> dict[str, list[Path]]:
         return self.processes.log_paths(task_id)  # the same files for both
 
-    def forget(self, task_id: str) -> None:
+    def forget(self, task_id: str, spec: TaskSpec | None = None) -> None:
         if task_id in self._images:
             self._images.discard(task_id)
-            self.containers.forget(task_id)
+            self.containers.forget(task_id, spec)
         else:
-            self.processes.forget(task_id)
+            self.processes.forget(task_id, spec)
+
+    def retired(self, service: str) -> list[tuple[str, int]]:
+        return self.processes.retired(service)  # both runtimes keep their tasks' folders in one place
+
+    def sweep_retired(self, now: float) -> list[str]:
+        return self.processes.sweep_retired(now)
 
     async def adopt_or_stop_leftovers(self) -> list[str]:
         return sorted(await self.processes.adopt_or_stop_leftovers() + await self.containers.adopt_or_stop_leftovers())

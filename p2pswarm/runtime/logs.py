@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from p2pswarm.node.datadir import open_private_append
+from p2pswarm.runtime import retention
 from p2pswarm.runtime.base import STDERR, STDOUT
 
 MARK_INTERVAL = 0.01
@@ -135,6 +136,22 @@ class TaskFolders:
     def log_paths(self, task_id: str) -> dict[str, list[Path]]:
         return {name: log_files(self.task_dir(task_id) / f"{name}.log", self.config.log_keep)
                 for name in (STDOUT, STDERR)}
+
+    def retire_task_dir(self, task_id: str, spec: Any) -> None:
+        """Keep a forgotten task's logs for its ``log_retention`` (:mod:`p2pswarm.runtime.retention`), or
+        delete its directory when there is nothing to keep (``spec`` None: delete)."""
+        if task_id in self.live:
+            raise RuntimeError(f"task {task_id} is still running")
+        if spec is None or not retention.retire(self.task_dir(task_id), spec, time.time()):
+            self.remove_task_dir(task_id)
+
+    def retired(self, service: str) -> list[tuple[str, int]]:
+        """``(task id, slot)`` of ``service``'s tasks whose logs are kept after the state forgot them."""
+        return retention.retired_tasks(self.tasks_dir, service)
+
+    def sweep_retired(self, now: float) -> list[str]:
+        """Delete the kept logs whose retention is over; their task ids."""
+        return retention.sweep(self.tasks_dir, now)
 
     def remove_task_dir(self, task_id: str) -> None:
         """Delete a finished task's directory (its logs); a running task's is a bug to delete."""

@@ -75,6 +75,8 @@ class ProcessConfig:
     so that other nodes' meshes reach them (several nodes may share a machine)."""
     task_user: TaskUser | None = None
     """The user tasks run as (:mod:`.taskuser`); None: the node's own user (no isolation)."""
+    dns: str | None = None
+    """``HOST:PORT`` of the node's DNS (:mod:`p2pswarm.dns`), given to tasks as ``P2PSWARM_DNS``."""
     task_homes: Path | None = None
     """With ``task_user``: where each task's home is made (``<task_homes>/<task id>``)."""
     cgroups: NodeCgroups | None = None
@@ -86,15 +88,18 @@ class ProcessConfig:
     """Where named volumes live (``<volumes_root>/<node id>/<name>``); None: :func:`.volumes.default_root`."""
 
 
-def task_env(spec: TaskSpec, ports: tuple[int, ...], host: str | None = None) -> dict[str, str]:
+def task_env(spec: TaskSpec, ports: tuple[int, ...], host: str | None = None,
+             dns: str | None = None) -> dict[str, str]:
     """The node's environment without its own ``P2PSWARM_*`` variables, then the spec's,
-    then the task identity, the node's address and ports (which a spec cannot override)."""
+    then the task identity, the node's address, its DNS and ports (which a spec cannot override)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("P2PSWARM_")}
     env.update(spec.env)
     env.update(P2PSWARM_TASK_ID=spec.task_id, P2PSWARM_SERVICE=spec.service,
                P2PSWARM_SLOT=str(spec.slot), P2PSWARM_NODE=spec.node_id)
     if host:
         env["P2PSWARM_HOST"] = host
+    if dns:
+        env["P2PSWARM_DNS"] = dns
     env.update(port_env(ports))
     return env
 
@@ -212,7 +217,7 @@ class ProcessRuntime(TaskFolders):
         except PortsExhausted as exc:
             return self._failed(spec, folder, str(exc))
         argv = substitute(spec.command, ports)
-        env = task_env(spec, ports, self.config.task_host) | mounts.env | file_env
+        env = task_env(spec, ports, self.config.task_host, self.config.dns) | mounts.env | file_env
         run_as: dict = {"env": env, "cwd": spec.workdir}
         if user is not None:
             env.update(user.env(home) if home is not None else {})
@@ -322,9 +327,9 @@ class ProcessRuntime(TaskFolders):
                 cgroup.signal(signal.SIGKILL)  # the leader's end kills the rest; this only saves a round
             return await self.wait(handle)
 
-    def forget(self, task_id: str) -> None:
-        """Delete a finished task's directory (its logs)."""
-        self.remove_task_dir(task_id)
+    def forget(self, task_id: str, spec: TaskSpec | None = None) -> None:
+        """Delete a finished task's files; its logs stay for the retention ``spec`` gives."""
+        self.retire_task_dir(task_id, spec)
         if self.homes is not None:
             self.homes.remove(task_id)
         self.files.remove(task_id)

@@ -16,4 +16,4 @@ class SchedulerConfig:
     up to ``backoff_max``: wait = min(backoff_max, backoff x 2^(failures - 1)).  Re-planning at once would
     repeat the same failure every ``interval`` and keep the leader's CPU busy."""
     backoff_max: float = 30.0
-    """Longest wait between two attempts (a persistent failure is retried, and warned about, this often)."""
+    """Longest wait between two attempts (a persistent failure is retried this often; warned about once)."""

@@ -14,13 +14,14 @@ digest) or a reconciler deadline (``wake_at``) passed, or every
    only for tasks whose state, port or health differ from the applied state: a task
    costs Raft traffic when it changes, not while it runs.
 3. **Reconcile.** If steps 1-2 proposed nothing, :func:`reconcile` plans against the
-   applied state; its orphan reports are proposed first, then each service's commands
+   applied state; its orphan reports are proposed first (side by side), then each service's commands
    (in order within a service, services side by side, each command under the Raft
    entry limit).
 
 **Failures.**  A service whose proposal fails (refused for another reason than a stale
-plan, too large, timed out) is logged as one WARNING line naming it, noted in the
-cluster state (``service ps`` and ``service inspect`` show ``scheduling: ...``) and left
+plan, too large, timed out) is logged as one WARNING line naming it (its retries, while
+the error stays the same, log at DEBUG: a stuck service does not flood the log), noted in
+the cluster state (``service ps`` and ``service inspect`` show ``scheduling: ...``) and left
 alone for a back-off that doubles per consecutive failure; the other services are
 scheduled meanwhile.  A round that fails as a whole (no quorum) backs off the same way
 instead of planning again every ``interval``.
@@ -146,8 +147,9 @@ class SchedulerDriver:
         groups: dict[str, list[dict]] = {}
         for command, service in zip(plan.commands, plan.about, strict=True):
             groups.setdefault(service, []).append(command)
-        for command in groups.pop("", []):
-            await self._propose(driver, command)
+        # orphan reports, one per task of a dead node (thousands for a big service), commit together: side by
+        # side they share the leader's group commit instead of paying one round trip each
+        await asyncio.gather(*(self._propose(driver, command) for command in groups.pop("", [])))
         self.failures = {name: f for name, f in self.failures.items() if name in state.services}
         due = [name for name in groups if name not in self.failures or self.failures[name].retry_at <= now]
         await asyncio.gather(*(self._schedule(driver, name, groups[name]) for name in due))
@@ -175,14 +177,16 @@ class SchedulerDriver:
                         log.debug("%s %s refused: %s", command["op"], command["id"], result.error)
                     continue
                 error = f"scheduling: refused: {result.error}"
-            failure = self.failures.get(service)
+            failure, error = self.failures.get(service), error[:cmd.MAX_MESSAGE]
             count = failure.count + 1 if failure is not None else 1
             wait = self._backoff(count)
-            self.failures[service] = _Failure(error[:cmd.MAX_MESSAGE], count, self.clock() + wait)
-            log.warning("service %s: %s (%s %s); retrying in %g s", service, error, command["op"], command["id"],
-                        wait)
+            self.failures[service] = _Failure(error, count, self.clock() + wait)
+            repeated = failure is not None and failure.error == error  # warned already; `service ps` shows it
+            log.log(logging.DEBUG if repeated else logging.WARNING, "service %s: %s (%s %s); retrying in %g s",
+                    service, error, command["op"], command["id"], wait)
             return
-        self.failures.pop(service, None)
+        if self.failures.pop(service, None) is not None:
+            log.info("service %s: scheduling succeeds again", service)
 
     async def _note(self, driver: Any, service: str, error: str) -> None:
         """Record (or clear) ``service``'s scheduling error in the cluster state, best effort."""

@@ -25,12 +25,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Iterable, Mapping, Sequence
 
 from p2pswarm.cluster.capabilities import can_isolate, has_engine
 from p2pswarm.cluster.model import Node
 from p2pswarm.cluster.spec import ServiceSpec
-from p2pswarm.scheduler.flow import Room, allocate
+from p2pswarm.scheduler.flow import Room, allocate, solve_columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,11 @@ def lacks(node: NodeInfo, spec: ServiceSpec) -> str | None:
     if (spec.limited or spec.user is not None) and not can_isolate(node.isolation):
         return "isolation"
     return None
+
+
+def fit_key(spec: ServiceSpec) -> tuple:
+    """What decides which nodes may run tasks of ``spec``: services alike in it share one eligibility check."""
+    return spec.constraints, spec.image is not None, spec.limited or spec.user is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,37 +124,137 @@ class _Planner:
         self.load = {n: 0 for n in self.nodes}
         self.ports: dict[str, Counter[tuple[int, str]]] = {n: Counter(held_ports.get(n, ())) for n in self.nodes}
         """Tasks holding each host port of a node."""
+        self._host_ports: dict[int, tuple[tuple[int, str], ...]] = {}
+        self._eligible: dict[tuple, tuple[list[str], set[str]]] = {}
+        self._verdicts: dict[tuple, dict[str, str | None]] = {}
+        self._zones: dict[str, dict[str, str | None]] = {}
+        self._room_cache: dict[tuple, tuple[dict[str, int], int]] = {}
+        self._changed: list[str] = []
+        """Nodes whose free cpu or memory changed, in order (:meth:`rooms` catches up from where it was)."""
         for d in self.demands:
-            for _, node in d.tasks:
-                self._take(node, d.spec, +1)
+            self._take_all(d.spec, Counter(map(itemgetter(1), d.tasks)))
         self.place: list[tuple[str, str]] = []
         self.stop: list[tuple[str, str]] = []
         self.unplaced: dict[str, tuple[int, str]] = {}
         self.moves = 0
 
     def _take(self, node: str, spec: ServiceSpec, count: int) -> None:
-        if node in self.free:
-            self.free[node][0] -= spec.reserve_cpu * count
-            self.free[node][1] -= spec.reserve_memory * count
+        free = self.free.get(node)
+        if free is not None:
+            if spec.reserve_cpu or spec.reserve_memory:
+                self._changed.append(node)
+            for _ in range(abs(count)) if spec.reserve_cpu else ():  # one task at a time, as always (floats)
+                free[0] -= spec.reserve_cpu if count > 0 else -spec.reserve_cpu
+            free[1] -= spec.reserve_memory * count
             self.load[node] += count
-            for port in spec.host_ports:
+            for port in self.host_ports(spec):
                 self.ports[node][port] += count
+
+    def _take_all(self, spec: ServiceSpec, tasks: Mapping[str, int]) -> None:
+        """:meth:`_take` for ``tasks`` per node, in one pass (every running task of a large cluster)."""
+        if self.host_ports(spec):
+            for node, count in tasks.items():
+                self._take(node, spec, count)
+            return
+        free, load, cpu, memory = self.free, self.load, spec.reserve_cpu, spec.reserve_memory
+        if cpu or memory:
+            self._changed.extend(tasks)
+        for node, count in tasks.items():
+            if node in free:
+                held = free[node]
+                for _ in range(count) if cpu else ():  # one task at a time, as always (floats)
+                    held[0] -= cpu
+                held[1] -= memory * count
+                load[node] += count
+
+    def host_ports(self, spec: ServiceSpec) -> tuple[tuple[int, str], ...]:
+        """``spec.host_ports``, worked out once per service (the planner asks per task)."""
+        ports = self._host_ports.get(id(spec))
+        if ports is None:
+            ports = self._host_ports[id(spec)] = spec.host_ports
+        return ports
+
+    def eligible(self, spec: ServiceSpec) -> tuple[list[str], set[str]]:
+        """The nodes a new task of ``spec`` may go to (ids in order, and as a set), once per kind of service."""
+        key = fit_key(spec)
+        found = self._eligible.get(key)
+        if found is None:
+            verdicts = self.verdicts(spec)
+            for n in self.nodes:
+                if n not in verdicts:
+                    verdicts[n] = self.why_not_here(n, spec)
+            ids = [n.id for n in self.nodes.values() if n.availability == "active" and verdicts[n.id] is None]
+            found = self._eligible[key] = (ids, set(ids))
+        return found
+
+    def verdict(self, node: str, spec: ServiceSpec) -> str | None:
+        """:meth:`why_not_here`, remembered per node and kind of service."""
+        verdicts = self.verdicts(spec)
+        if node not in verdicts:
+            verdicts[node] = self.why_not_here(node, spec)
+        return verdicts[node]
+
+    def verdicts(self, spec: ServiceSpec) -> dict[str, str | None]:
+        """The :meth:`why_not_here` answers known so far for services of this kind, by node."""
+        key = fit_key(spec)
+        found = self._verdicts.get(key)
+        if found is None:
+            found = self._verdicts[key] = {}
+            if key == (tuple(), False, False):  # nothing asked of a node but being up and not drained
+                found.update((n.id, f"node {n.id} is drained" if n.availability == "drain" else None)
+                             for n in self.nodes.values())
+        return found
+
+    def zones(self, label: str) -> dict[str, str | None]:
+        """Each node's value of the spread label ``label`` (None: it lacks it)."""
+        if label not in self._zones:
+            self._zones[label] = {n.id: n.labels.get(label) for n in self.nodes.values()}
+        return self._zones[label]
 
     def taken(self, node: str, spec: ServiceSpec) -> list[tuple[int, str]]:
         """The host ports of ``spec`` some task already holds on ``node``."""
         held = self.ports[node]
-        return [p for p in spec.host_ports if held[p] > 0]
+        return [p for p in self.host_ports(spec) if held[p] > 0]
 
     def room(self, node: str, spec: ServiceSpec) -> int | float:
         cpu, mem = self.free[node]
-        fits = [math.inf]
-        if spec.reserve_cpu > 0:
+        fits = [math.inf]  # a node that does not report cpu or memory is not limited by it
+        if spec.reserve_cpu > 0 and cpu != math.inf:
             fits.append(max(0, math.floor(cpu / spec.reserve_cpu + 1e-9)))
-        if spec.reserve_memory > 0:
+        if spec.reserve_memory > 0 and mem != math.inf:
             fits.append(max(0, int(mem // spec.reserve_memory)))
-        if spec.host_ports:
+        if self.host_ports(spec):
             fits.append(0 if self.taken(node, spec) else 1)
         return min(fits)
+
+    def rooms(self, nodes: list[str], spec: ServiceSpec) -> dict[str, int]:
+        """:meth:`room` of each of ``nodes`` (the same for every call of a kind of service), bounded by
+        :data:`ROOMY` only.  Remembered per kind of reservation: the next service alike recomputes only the
+        nodes whose free cpu or memory changed since.  Do not change the answer; copy it."""
+        if self.host_ports(spec):  # held ports change with every placement of any service
+            return self._rooms(nodes, spec)
+        key = (fit_key(spec), spec.reserve_cpu, spec.reserve_memory)
+        cached = self._room_cache.get(key)
+        if cached is None:
+            rooms = self._rooms(nodes, spec)
+        else:
+            rooms, seen = cached
+            rooms.update(self._rooms([n for n in set(self._changed[seen:]) if n in rooms], spec))
+        self._room_cache[key] = (rooms, len(self._changed))
+        return rooms
+
+    def _rooms(self, nodes: list[str], spec: ServiceSpec) -> dict[str, int]:
+        cpu_each, memory_each, ports, free = spec.reserve_cpu, spec.reserve_memory, self.host_ports(spec), self.free
+        fits = [ROOMY] * len(nodes)
+        if cpu_each > 0:
+            cpus = [free[n][0] for n in nodes]
+            fits = [f if c == math.inf else min(f, max(0, math.floor(c / cpu_each + 1e-9))) for f, c in zip(fits, cpus)]
+        if memory_each > 0:
+            mems = [free[n][1] for n in nodes]
+            fits = [f if m == math.inf else min(f, max(0, int(m // memory_each))) for f, m in zip(fits, mems)]
+        if ports:
+            fits = [0 if self.taken(n, spec) else min(f, 1) for f, n in zip(fits, nodes)]
+        return dict(zip(nodes, fits))
 
     def why_not_here(self, node: str, spec: ServiceSpec) -> str | None:
         """Why a task of ``spec`` may not stay on ``node`` (None: it may)."""
@@ -167,11 +273,16 @@ class _Planner:
         kept: dict[str, dict[str, list[str]]] = {}
         holders: dict[str, Counter[tuple[int, str]]] = {}  # host ports of the tasks kept so far, per node
         for d in self.demands:  # first free what must move anyway, so every service can use it
-            kept[d.spec.name] = {}
+            mine: dict[str, list[str]] = {}
+            kept[d.spec.name] = mine
+            verdicts = self.verdicts(d.spec)
+            clashes = bool(self.host_ports(d.spec))
             for task, node in d.tasks:
-                reason = self.why_not_here(node, d.spec) or self._port_clash(holders, node, d.spec)
+                reason = verdicts[node] if node in verdicts else self.verdict(node, d.spec)
+                if reason is None and clashes:
+                    reason = self._port_clash(holders, node, d.spec)
                 if reason is None:
-                    kept[d.spec.name].setdefault(node, []).append(task)
+                    mine.setdefault(node, []).append(task)
                 else:
                     self.stop.append((task, reason))
                     self._take(node, d.spec, -1)
@@ -184,45 +295,53 @@ class _Planner:
 
     def _port_clash(self, holders: dict[str, Counter[tuple[int, str]]], node: str, spec: ServiceSpec) -> str | None:
         """Why a kept task of ``spec`` on ``node`` cannot stay there: a task kept before it holds its host port."""
-        if not spec.host_ports:
+        ports = self.host_ports(spec)
+        if not ports:
             return None
         held = holders.setdefault(node, Counter())
-        clash = [p for p in spec.host_ports if held[p]]
+        clash = [p for p in ports if held[p]]
         if clash:
             return f"{ports_text(clash)} is taken on node {node}"
-        held.update(spec.host_ports)
+        held.update(ports)
         return None
 
     def _new_ok(self, node: NodeInfo, spec: ServiceSpec) -> bool:
-        return node.availability == "active" and self.why_not_here(node.id, spec) is None
+        return node.id in self.eligible(spec)[1]
 
     # -------------------------------------------------------------- replicated
 
     def _replicated(self, d: Demand, kept: dict[str, list[str]]) -> None:
         spec, want = d.spec, spec_replicas(d)
         label = spec.spread_label
-        rooms = []
-        load = self.load
-        reserves = spec.reserve_cpu > 0 or spec.reserve_memory > 0 or bool(spec.host_ports)
-        # self.nodes is ordered by id and sorting is stable: this is (load, id) order.
-        for n in sorted(self.nodes.values(), key=lambda n: load[n.id]):
-            keep = len(kept.get(n.id, ()))
-            eligible = n.availability == "active" and n.satisfies(spec) and lacks(n, spec) is None
-            room = (min(self.room(n.id, spec), want) if reserves else want) if eligible else 0
-            if keep or room:
-                rooms.append(Room(n.id, keep, int(room), n.labels.get(label) if label else None))
-        counts, missing = allocate(rooms, want, spread=label is not None)
+        ids, open_ = self.eligible(spec)
+        stuck = [n for n in kept if n not in open_]  # may keep their tasks, get no new one (paused, say)
+        # ids are in id order and sorting is stable: this is (load, id) order.
+        order = sorted(sorted(ids + stuck) if stuck else ids, key=self.load.__getitem__)
+        reserves = spec.reserve_cpu > 0 or spec.reserve_memory > 0 or bool(self.host_ports(spec))
+        room: dict[str, int] | int = want
+        if reserves or stuck:
+            room = self.rooms(ids, spec) if reserves else dict.fromkeys(ids, want)
+            if stuck:
+                room = {**room, **dict.fromkeys(stuck, 0)}
+        keep = {n: len(tasks) for n, tasks in kept.items()}
+        zone = self.zones(label) if label else None
+        counts, missing, _ = solve_columns(order, want, keep=keep, room=room, zone=zone)
         if d.rebalance and self.budget > 0 and not missing:
+            rooms = [Room(n, keep.get(n, 0), room if isinstance(room, int) else min(room[n], want),
+                          zone.get(n) if zone is not None else None) for n in order]
+            rooms = [r for r in rooms if r.keep or r.room]
+            counts = {r.node: counts.get(r.node, r.keep) for r in rooms}
             self._rebalance(d, rooms, counts, kept)
-        surplus_reason = "scaled down" if sum(map(len, kept.values())) > want else "rebalanced"
-        for node in sorted(counts):
+        surplus_reason = "scaled down" if sum(keep.values()) > want else "rebalanced"
+        for node in sorted(n for n, c in counts.items() if c != keep.get(n, 0)):  # the nodes that change
             tasks = kept.get(node, [])
             for task in tasks[counts[node]:]:
                 self.stop.append((task, surplus_reason))
                 self._take(node, spec, -1)
-            for _ in range(counts[node] - len(tasks)):
-                self.place.append((spec.name, node))
-                self._take(node, spec, +1)
+            new = counts[node] - len(tasks)
+            if new > 0:
+                self.place.extend([(spec.name, node)] * new)
+                self._take(node, spec, new)
         if missing:
             self.unplaced[spec.name] = (missing, self.explain(spec))
 
@@ -313,6 +432,8 @@ def ports_text(ports: Sequence[tuple[int, str]]) -> str:
 
 
 PAST = {"pause": "paused", "drain": "drained", "active": "active"}
+ROOMY = 1 << 62
+"""Room of a node no reservation limits (the flow caps every node at the service's replicas anyway)."""
 
 
 def spec_replicas(d: Demand) -> int:

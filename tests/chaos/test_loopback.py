@@ -84,7 +84,7 @@ def test_transport_fault_chaos_run_loses_no_acknowledged_write(tmp_path):
         assert run.returncode == 0, run.stderr[-2000:]
         rep = json.loads((out / "chaos-ci-loopback.json").read_text())
         assert rep["mode"] == "transport"
-        assert all(a["ok"] for a in rep["actions"]), rep["actions"]
+        assert all(a["ok"] for a in rep["actions"]), [a for a in rep["actions"] if not a["ok"]]
         assert rep["summary"]["acknowledged_writes_lost"] == 0
         assert rep["summary"]["writes_acked"] > 5
         assert rep["summary"]["request_error_rate"] is not None

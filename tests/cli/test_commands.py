@@ -100,11 +100,13 @@ def test_node_ls_table_and_json_against_a_running_node(tmp_path):
         result = run("node", "ls", "--data-dir", str(tmp_path))
         assert result.exit_code == 0
         header, row = result.stdout.strip().splitlines()
-        assert header.split() == ["ID", "NAME", "ADDRESS", "STATUS", "ROLE", "RTT", "ENGINE", "ISOLATION", "LABELS"]
+        assert header.split() == ["ID", "NAME", "ADDRESS", "STATUS", "AVAILABILITY", "ROLE", "RTT", "ENGINE",
+                                  "ISOLATION", "LABELS"]
         cells = row.split()[1:]
-        assert cells[:4] == ["*", "solo", "10.1.0.1:7946", "alive"] and cells[5] == "-" and cells[-1] == "zone=a"
-        assert cells[6] in ("docker", "unavailable", "unknown")  # the engine, as the node probed it (if yet)
-        assert cells[4] in ("leader", "voter")  # a one-node cluster: its only voter, soon its leader
+        assert cells[:4] == ["*", "solo", "10.1.0.1:7946", "alive"] and cells[6] == "-" and cells[-1] == "zone=a"
+        assert cells[4] in ("active", "-")  # active once the scheduler registered it in the cluster state
+        assert cells[7] in ("docker", "unavailable", "unknown")  # the engine, as the node probed it (if yet)
+        assert cells[5] in ("leader", "voter")  # a one-node cluster: its only voter, soon its leader
     finally:
         stop.set()
         thread.join(10)
@@ -135,3 +137,32 @@ def test_bad_workload_flags_are_refused_before_anything_is_sent(tmp_path, args, 
 def test_secret_and_config_data_is_checked_before_anything_is_sent(tmp_path, args, stdin, needle):
     result = CliRunner().invoke(main, [*args, "--data-dir", str(tmp_path / "none")], input=stdin)
     assert result.exit_code != 0 and result.output.startswith(needle) and result.output.count("\n") == 1, result.output
+
+
+def test_a_command_without_a_node_points_at_the_running_lab(tmp_path, monkeypatch):
+    """With the lab up, a bare `service ls` must say where its nodes are, not "start one with `p2pswarm up`"."""
+    import socket
+
+    node = tmp_path / "lab" / "node-1"
+    node.mkdir(parents=True)
+    monkeypatch.setenv("P2PSWARM_LAB_DIR", str(tmp_path / "lab"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("P2PSWARM_DATA_DIR", raising=False)
+    assert "start one with `p2pswarm up`" in run("service", "ls").stderr  # no lab node answers yet
+    with socket.socket(socket.AF_UNIX) as api:
+        api.bind(str(node / "api.sock"))
+        assert_one_line_error(run("service", "ls"), 1, f"--data-dir {node}", f"P2PSWARM_DATA_DIR={node}")
+
+
+def test_lab_chaos_replots_a_saved_report(tmp_path):
+    from p2pswarm.testing.localcluster import REPO
+
+    saved = tmp_path / "chaos-mixed.json"
+    saved.write_text((REPO / "simulations" / "results" / "chaos-mixed.json").read_text())
+    result = run("lab", "chaos", "--replot", str(saved))
+    assert result.exit_code == 0, result.output
+    png = tmp_path / "chaos-mixed.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    (tmp_path / "bad.json").write_text("{not json")
+    assert_one_line_error(run("lab", "chaos", "--replot", str(tmp_path / "bad.json")), 1, "not a chaos report")
+    assert_one_line_error(run("lab", "chaos"), 2, "--scenario")

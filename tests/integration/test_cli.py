@@ -96,7 +96,7 @@ def test_detach_second_node_on_same_dir_node_ls_json_and_down(cluster):
         return any(m["name"] == "n1" and m["status"] == "alive" for m in json.loads(out))
     wait_until(n1_alive_in_listing, 30, "n1 alive in solo's listing")
     table = cluster.cli("node", "ls", "--data-dir", str(data_dir))
-    header = ["ID", "NAME", "ADDRESS", "STATUS", "ROLE", "RTT", "ENGINE", "ISOLATION", "LABELS"]
+    header = ["ID", "NAME", "ADDRESS", "STATUS", "AVAILABILITY", "ROLE", "RTT", "ENGINE", "ISOLATION", "LABELS"]
     assert table.stdout.splitlines()[0].split() == header
 
     pid = int((data_dir / "node.pid").read_text())

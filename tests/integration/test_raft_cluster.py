@@ -54,6 +54,11 @@ def test_a_write_through_a_follower_is_read_linearizably_everywhere(cluster):
     assert sorted(m["role"] for m in listing) == ["leader", "voter", "voter"]
     table = cluster.cli("cluster", "status", "--data-dir", str(lead.data_dir)).stdout
     assert f"leader {lead.name}" in table and "HEALTH" in table
+    lines = cluster.cli("cluster", "status", "--data-dir", str(follower.data_dir)).stdout.splitlines()
+    rows = lines[lines.index(next(x for x in lines if x.startswith("ID"))) + 1:]
+    assert rows[0].split()[1] == lead.name and rows[0].split()[3] == "leader"  # the leader first, then by name
+    assert [r.split()[1] for r in rows[1:3]] == sorted(n.name for n in nodes if n is not lead)
+    assert rows[-1].startswith("MATCH (how far") and lead.name in rows[-1]  # a follower says where MATCH is known
 
 
 def test_b_leader_crash_new_leader_takes_writes_and_nothing_acknowledged_is_lost(cluster):

@@ -173,6 +173,8 @@ def test_rolling_update_failed_update_rolls_back_and_drain_moves_tasks(cluster, 
     ok(cluster.cli("node", "update", busy, "--availability", "drain", *dd))
     record_pids(cluster, wait_until(lambda: running(cluster, nodes[1], 4, avoid=busy), 60,
                                     f"4 tasks running off the drained node {busy}"), task_pids)
+    listing = json.loads(ok(cluster.cli("node", "ls", "--format", "json", *dd)).stdout)
+    assert {m["name"]: m["availability"] for m in listing}[busy] == "drain"  # drain shows in `node ls`
 
     # SIGTERM a node that runs tasks: it stops them before it exits (nothing orphaned)
     rows = running(cluster, nodes[1], 4) or []

@@ -85,7 +85,8 @@ def test_a_running_node_steps_its_hosts_and_closes_them_all(tmp_path):
                                 seed=1), transport_factory=lambda o: MemoryTransport(net, o.bind))
         run = asyncio.ensure_future(node.run())
         await asyncio.wait_for(node.started.wait(), 20)
-        assert [c.name for c in node.components] == ["raft", "agent", "scheduler", "mesh"]
+        assert [c.name for c in node.components] == ["raft", "dns", "assignments", "agent", "events", "scheduler",
+                                                     "mesh"]
         scheduler = node.scheduler
         deadline = asyncio.get_running_loop().time() + 20
         while node.raft_driver() is None or node.raft_driver().raft.role != "leader" or scheduler.rounds == 0:

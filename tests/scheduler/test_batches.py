@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from itertools import count
 
 import pytest
@@ -114,3 +115,18 @@ def test_the_scheduling_note_neither_changes_the_service_nor_survives_a_new_vers
     state.apply(cmd.scale_service("s", 3.0, "web", 2), 1, 3)
     assert state.services["web"].scheduling_error == ""
     assert not state.apply(cmd.set_scheduling_error("f", 4.0, "ghost", "x"), 1, 4).ok
+
+
+def test_a_100000_replica_service_is_scheduled_in_entries_under_the_limit():
+    nodes = {f"node-{i:02d}-" + "x" * 100: {} for i in range(50)}  # long node ids: about 1 MB per 6,000 tasks
+    box = Box(nodes)
+    box.create(ServiceSpec("huge", "srv", replicas=100_000))
+    box.create(ServiceSpec("small", "srv", replicas=3))
+    plan = reconcile(box.state, box.members, box.now, box.term)
+    sizes = [len(encode_cluster(c)) for c in plan.commands]
+    huge = plan.about.count("huge")
+    assert max(sizes) <= MAX_ENTRY_BYTES and huge >= 10 and plan.about == ("huge",) * huge + ("small",)
+    assert all(box.apply(c).ok for c in plan.commands)  # every one commits: none is refused as too large
+    assigned = Counter(t.node for t in box.state.tasks_of("huge") if t.state == "assigned")
+    assert len(assigned) == 50 and sum(assigned.values()) == 100_000
+    assert reconcile(box.state, box.members, box.now, box.term).commands == ()

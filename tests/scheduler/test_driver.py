@@ -80,9 +80,11 @@ def test_a_failing_service_is_warned_about_noted_and_backed_off_while_others_are
     asyncio.run(sched._round(leader))
     assert leader.attempts("bad") == 1
     clock[0] = 1.0
-    with caplog.at_level(logging.WARNING, logger="p2pswarm.scheduler"):
+    with caplog.at_level(logging.DEBUG, logger="p2pswarm.scheduler"):
         asyncio.run(sched._round(leader))
     assert leader.attempts("bad") == 2 and "retrying in 2 s" in caplog.records[-1].getMessage()
+    assert caplog.records[-1].levelno == logging.DEBUG  # the same error again: warned about once, not per retry
+    assert [r.levelno for r in caplog.records].count(logging.WARNING) == 1
     assert sched._next_round <= 3.0  # it comes back when the back-off ends, even if nothing changes
 
     # it works again: the tasks are placed and the note is cleared
@@ -132,3 +134,24 @@ def test_a_failing_round_backs_off_instead_of_planning_again_every_interval(capl
     assert len(calls) == 1
     assert [r.getMessage() for r in caplog.records] == [
         "scheduler round failed: no quorum: 1 of 3 voters reachable; retrying in 1 s"]
+
+
+def test_the_orphan_reports_of_a_dead_node_are_proposed_side_by_side():
+    leader, sched, clock = setup()
+    asyncio.run(sched._round(leader))
+    assert leader.assigned("bad") == leader.assigned("good") == 2
+    write, in_flight, most = leader.write_cluster, [0], [0]
+
+    async def slow_write(command):
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        await asyncio.sleep(0.01)  # a Raft round trip
+        in_flight[0] -= 1
+        return await write(command)
+    leader.write_cluster = slow_write
+    [member] = sched.swim.members()
+    member.status = "dead"
+    clock[0] = 10.0
+    asyncio.run(sched._round(leader))
+    orphaned = [t for t in leader.cluster.tasks.values() if t.state == "orphaned"]
+    assert len(orphaned) == 4 and most[0] == 4  # all four in flight at once: one group commit, not four

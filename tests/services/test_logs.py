@@ -24,6 +24,7 @@ from p2pswarm.cluster.spec import ServiceSpec
 from p2pswarm.logs import service as logs_mod
 from p2pswarm.logs.messages import ALL, MAX_REPLY_BYTES, LogChunk, LogCursor, LogLine, LogsReply, LogsRequest
 from p2pswarm.logs.service import LocalTask, LogsService, answer, decode_cursor, encode_cursor
+from p2pswarm.runtime import retention
 from p2pswarm.runtime.logs import MAX_LINE_BYTES, LogReader, RotatingLog
 
 from .test_service_routes import FakeDriver, call
@@ -259,7 +260,8 @@ def cluster(tmp_path, dead=(), silent=()):
     for n in "abcd":
         folder = tmp_path / n / "tasks"
         runtime = SimpleNamespace(task_dir=lambda tid, f=folder: f / tid, live=set(),
-                                  config=SimpleNamespace(log_keep=3))
+                                  config=SimpleNamespace(log_keep=3),
+                                  retired=lambda service, f=folder: retention.retired_tasks(f, service))
         node = SimpleNamespace(node_id=n, swim=swim, transport=net.transport(n), raft_driver=lambda: driver,
                                agent=SimpleNamespace(runtime=runtime), counters=__import__("collections").Counter())
         node.logs = LogsService(node)

@@ -107,3 +107,24 @@ def test_a_huge_service_shows_the_overall_line_and_its_scheduling_error(clock, c
     assert capsys.readouterr().err.splitlines() == [
         "overall progress: 0 out of 100000 tasks", note, "overall progress: 100000 out of 100000 tasks",
         "verify: Waiting 0 seconds to verify that tasks are stable...", "verify: Service converged"]
+
+
+def test_a_scale_down_counts_at_most_the_wanted_tasks_and_waits_for_the_extra_ones_to_stop(clock, capsys):
+    """`scale web=2` from 4 once printed "4 out of 2 tasks" and called the service converged at once."""
+    four = [row(s, "running") for s in (1, 2, 3, 4)]
+    stopped = four[:2] + [row(s, "shutdown", desired="shutdown") for s in (3, 4)]
+    steps = [({**info(2), "running": 4, "running_current": 4}, four), (info(2), stopped)]
+    converge(Script(steps), "web")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "overall progress: 2 out of 2 tasks (2 stopping)"
+    assert err.index("overall progress: 2 out of 2 tasks") < err.index(
+        "verify: Waiting 2 seconds to verify that tasks are stable...")
+    assert not any(" out of " in line and int(line.split()[2]) > 2 for line in err)
+
+
+def test_a_slot_shows_its_running_task_even_when_a_stopped_one_is_listed_first(clock, capsys):
+    rows = [row(1, "shutdown", "old", desired="shutdown"), row(1, "running", "new", current=False)]
+    converge(Script([(info(1, desired=1, spec={**SPEC, "replicas": 1, "update": {**SPEC["update"], "monitor": 0}}),
+                      rows)]), "web")
+    err = capsys.readouterr().err.splitlines()
+    assert "1/1: running" in err and "1/1: new" not in err

@@ -177,3 +177,12 @@ def test_a_refused_observation_is_not_proposed_again():
     sched._seen = None
     asyncio.run(sched._round(driver))
     assert driver.writes.count("update_node") == 1
+
+
+def test_task_errors_name_nodes_by_name():
+    from p2pswarm.api.service_routes import named_nodes
+
+    nodes = {"3f2a9c0d11e84b7a": SimpleNamespace(name="n2")}
+    assert named_nodes("node 3f2a9c0d11e84b7a is down", nodes) == "node n2 is down"
+    assert named_nodes("node 0123456789abcdef is down", nodes) == "node 0123456789abcdef is down"  # unknown: kept
+    assert named_nodes("exit code 1", nodes) == "exit code 1"

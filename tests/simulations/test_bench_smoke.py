@@ -100,11 +100,31 @@ def test_bench_runtime_measures_starts_failover_orphans_and_limits():
         assert report["failed_runs"] == 0 and report["orphans_after_node_kill"] == 0
 
 
+@pytest.mark.integration
+def test_bench_dns_answers_and_forgets_a_dead_task():
+    report = quick("bench_dns.py")
+    measured(report, "qps", "python_qps", "p50_ms", "p99_ms", "stale_answer_seconds_p50", "stale_answer_seconds_p99")
+    assert report["qps_tool"] in ("dnsperf", "python") and report["deaths"] == 2
+    assert report["server_counters"]["counters"]["queries"] > 0
+
+
+@pytest.mark.integration
+def test_bench_scale_runs_a_global_service_on_every_node():
+    report = quick("bench_scale.py")
+    measured(report, "converge_s", "global_service_place_s", "leader_cpu_percent", "rss_mb_per_node")
+    assert report["nodes_running_global_task"] == report["nodes"]
+    assert report["roles"].get("worker", 0) >= 1 and "-" not in report["roles"]  # workers outside the Raft group
+
+
 def test_bench_placement_places_every_replica():
     report = quick("bench_placement.py")
-    measured(report, "place_seconds", "max_over_min_per_node", "overall_max_over_min_per_node", "placed")
+    measured(report, "place_seconds", "max_over_min_per_node", "overall_max_over_min_per_node", "placed",
+             "zone_outage_replace_seconds", "zone_outage_replaced", "zone_outage_services")
     assert report["unplaced"] == 0 and report["placed"] == report["replicas"]
     assert len(set(report["spread_per_zone"].values())) == 1  # the spread service: as many in every zone
+    # the incremental reconcile after the outage re-places exactly what ran on the lost nodes, moving nothing else
+    assert report["zone_outage_replaced"] == report["zone_outage_lost_tasks"] > 0
+    assert report["zone_outage_moved"] == 0 and report["zone_outage_unplaced"] == 0
 
 
 def test_bench_security_measures_curve_and_autolock():

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""As many real nodes as this machine holds: membership convergence, a global service on every node, leader CPU.
+
+Starts ``--nodes`` real `p2pswarm up` processes (one process per node, each on its own loopback address;
+LocalCluster, secure, ``--preset``), joined through the first. Then:
+
+1. ``converge_s``: from the last node's start until every sampled node (the first, the Raft leader and
+   ``--sample`` others) sees all ``--nodes`` members alive;
+2. the Raft group: how many voters, learners and workers the leader's `node ls` shows (workers are every
+   node outside the Raft configuration: they learn their tasks from the members);
+3. ``global_service_place_s``: `service create --mode global -- sleep` until a task runs on every node;
+   ``nodes_running_global_task`` counts the distinct nodes with a running task at the end;
+4. ``leader_cpu_percent``: the leader process's CPU time over ``--cpu-window`` seconds of the settled cluster,
+   as a percentage of one core; ``rss_mb_per_node``: the mean resident memory of the node processes.
+
+Prints progress on stderr and one JSON object as the last line of stdout. Everything it starts is killed by pid
+at the end. ``--quick`` is the short run tests/simulations/ makes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from p2pswarm.consensus.autopilot import target_voters  # noqa: E402
+from p2pswarm.testing.localcluster import LocalCluster  # noqa: E402
+
+QUICK = {"nodes": 6, "sample": 2, "cpu_window": 2.0, "max_learners": 1}
+"""``--quick``: a small cluster with workers: 3 voters, 1 learner, 2 workers."""
+POLL = 0.5
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def wait(cond, timeout: float, every: float = POLL):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(every)
+    return None
+
+
+def api_get(node, path: str):
+    try:
+        return node.api.get(path)
+    except Exception:
+        return None
+
+
+def sees_all(node, count: int) -> bool:
+    members = (api_get(node, "/v1/members") or {}).get("members", [])
+    return sum(1 for m in members if m["status"] == "alive") == count
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def running_nodes(cluster: LocalCluster, node) -> set[str]:
+    out = cluster.cli("service", "ps", "all", "--format", "json", "--data-dir", str(node.data_dir), timeout=60)
+    try:
+        rows = json.loads(out.stdout) if out.returncode == 0 else []
+    except ValueError:
+        return set()
+    return {r["node"] for r in rows if r.get("current") and r["desired"] == "running" and r["state"] == "running"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=100)
+    parser.add_argument("--preset", default="lan")
+    parser.add_argument("--sample", type=int, default=8, help="nodes besides the first and the leader checked")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds each phase may take")
+    parser.add_argument("--cpu-window", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--max-learners", type=int, default=None, help="`up --max-learners` (default: the preset's)")
+    parser.add_argument("--quick", action="store_true", help=f"a short run for the smoke test: {QUICK}")
+    if parser.parse_known_args()[0].quick:
+        parser.set_defaults(**QUICK)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    out: dict = {"bench": "scale", "quick": args.quick, "nodes": args.nodes, "preset": args.preset}
+    with tempfile.TemporaryDirectory(prefix="p2ps-sc-") as tmp:
+        extra = () if args.max_learners is None else ("--max-learners", str(args.max_learners))
+        cluster = LocalCluster(Path(tmp), preset=args.preset, node_args=extra)
+        try:
+            began = time.monotonic()
+            nodes = cluster.start_joined(args.nodes, timeout=120)
+            out["start_s"] = round(time.monotonic() - began, 3)
+            say(f"{args.nodes} nodes started in {out['start_s']} s")
+            last_started = time.monotonic()
+            first = nodes[0]
+            if wait(lambda: sees_all(first, args.nodes), args.timeout) is None:
+                raise SystemExit(f"bench_scale: {first.name} never saw {args.nodes} members alive")
+            leader_id = wait(lambda: (api_get(first, "/v1/cluster") or {}).get("leader"), args.timeout)
+            leader = next((n for n in nodes if (api_get(n, "/v1/info") or {}).get("id") == leader_id), first)
+            sample = [first, leader, *rng.sample(nodes[1:], min(args.sample, len(nodes) - 1))]
+            if wait(lambda: all(sees_all(n, args.nodes) for n in sample), args.timeout) is None:
+                raise SystemExit("bench_scale: the sampled nodes never all saw every member alive")
+            out["converge_s"] = round(time.monotonic() - last_started, 3)
+            say(f"every sampled node sees {args.nodes} alive after {out['converge_s']} s")
+
+            def settled_roles():  # autopilot's voters in place, every member classified (no "-" left)
+                roles = [m.get("role") for m in (api_get(leader, "/v1/members") or {}).get("members", [])]
+                voters = roles.count("leader") + roles.count("voter")
+                return roles if len(roles) == args.nodes and "-" not in roles and voters == want else None
+            want = target_voters(args.nodes)
+            roles = wait(settled_roles, args.timeout) or []
+            out["roles"] = {r: roles.count(r) for r in sorted(set(roles))}
+            out["roles_settled_s"] = round(time.monotonic() - last_started, 3)
+            created_at = time.monotonic()
+            made = cluster.cli("service", "create", "all", "--mode", "global", "--detach",
+                               "--data-dir", str(leader.data_dir), "--", "sleep", "3600", timeout=120)
+            if made.returncode != 0:
+                raise SystemExit(f"bench_scale: service create failed: {made.stderr.strip()}")
+            everywhere = wait(lambda: len(running_nodes(cluster, leader)) >= args.nodes, args.timeout, 1.0)
+            out["global_service_place_s"] = round(time.monotonic() - created_at, 3) if everywhere else None
+            out["nodes_running_global_task"] = len(running_nodes(cluster, leader))
+            say(f"global service on {out['nodes_running_global_task']} nodes after {out['global_service_place_s']} s")
+
+            pid = leader.proc.pid
+            before, t0 = cpu_seconds(pid), time.monotonic()
+            time.sleep(args.cpu_window)
+            out["leader_cpu_percent"] = round(100 * (cpu_seconds(pid) - before) / (time.monotonic() - t0), 1)
+            out["rss_mb_per_node"] = round(statistics.mean(rss_mb(n.proc.pid) for n in nodes), 1)
+            out["load_average_1m"] = round(os.getloadavg()[0], 2)
+        finally:
+            cluster.close()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
