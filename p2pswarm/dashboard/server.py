@@ -1,9 +1,11 @@
-"""The dashboard's HTTP server: one static page, its scripts, and three JSON answers it polls.
+"""The dashboard's HTTP server: one static page, its scripts, two JSON answers it polls and the events stream.
 
 Standard library only (``http.server``, a thread per request): the page is small and read by a
 few people.  ``GET /api/state`` is the cluster (``GET /v1/top`` and ``GET /v1/mesh`` of the
-local node), ``GET /api/events?after=N`` the node's event stream (``GET /v1/events`` with its
-cursor) and ``GET /api/chaos`` the newest ``lab chaos`` report.  Nothing here writes to the
+local node), ``GET /api/events/stream`` the node's events as Server-Sent Events (the server follows
+``GET /v1/events`` by its cursor; each message's ``id`` is the cursor, so a browser that reconnects
+resumes where it stopped), ``GET /api/events?after=N`` one page of them, and ``GET /api/chaos`` the
+newest ``lab chaos`` report.  Nothing here writes to the
 node: :class:`NodeReader` only sends ``GET``.
 
 The page is a fixed file and every value reaches it as JSON that the script puts in text
@@ -34,6 +36,11 @@ STATIC_FILES = ("index.html", "dashboard.js", "dashboard.css", "uPlot.iife.min.j
 """The only files served (from ``static/``): no path ever reaches the file system."""
 EVENTS_BACK_S = 600
 """On first load the page shows the events of the last ten minutes, then follows."""
+STREAM_POLL_S = 1.0
+"""How often the stream asks the node for new events (a local unix-socket request)."""
+STREAM_LIFE_S = 300.0
+"""A stream ends after this long and the browser reconnects (``retry``), so a forgotten tab holds no
+thread for ever; the cursor in ``Last-Event-ID`` makes the reconnection lose nothing."""
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
@@ -113,6 +120,8 @@ class Handler(BaseHTTPRequestHandler):
         if url.path in answers:
             status, body = answers[url.path]()
             return self._send(status, json.dumps(body).encode(), "application/json")
+        if url.path == "/api/events/stream":
+            return self._stream_events(self.headers.get("Last-Event-ID") or query.get("after"))
         name = "index.html" if url.path == "/" else url.path.removeprefix("/static/")
         if name not in STATIC_FILES:
             return self._send(404, b"not found\n", "text/plain; charset=utf-8")
@@ -124,16 +133,45 @@ class Handler(BaseHTTPRequestHandler):
             return 400, {"error": "after must be the cursor the previous answer gave"}
         return self.reader.events(after)
 
+    def _stream_events(self, after: str | None) -> None:
+        """Server-Sent Events: one ``data:`` message per answer of the node that holds events (and one
+        when events are not available, so the page can say so), until the stream's life ends or the
+        browser goes away."""
+        if after is not None and not after.isdigit():
+            after = None
+        self._headers(200, "text/event-stream; charset=utf-8")
+        self.wfile.write(b"retry: 2000\n\n")
+        ends, first = time.monotonic() + STREAM_LIFE_S, True
+        try:
+            while time.monotonic() < ends:
+                status, got = self._events(after)
+                if first or got.get("events") or not got.get("available", True):
+                    cursor = got.get("cursor")
+                    head = f"id: {cursor}\n" if cursor is not None else ""
+                    self.wfile.write(f"{head}data: {json.dumps(got)}\n\n".encode())
+                    self.wfile.flush()
+                    first = False
+                if got.get("cursor") is not None:
+                    after = str(got["cursor"])
+                if not got.get("more"):
+                    time.sleep(STREAM_POLL_S)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the page was closed
+
     def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self._headers(status, content_type, len(body))
+        self.wfile.write(body)
+
+    def _headers(self, status: int, content_type: str, length: int | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        if length is not None:
+            self.send_header("Content-Length", str(length))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("Content-Security-Policy", CSP)
         self.end_headers()
-        self.wfile.write(body)
 
 
 class _Server6(ThreadingHTTPServer):

@@ -132,3 +132,37 @@ def test_a_port_in_use_is_one_error_line(tmp_path):
         result = CliRunner().invoke(main, ["dashboard", "--listen", listen, "--data-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert result.output.strip().endswith(f"cannot listen on {listen}: Address already in use"), result.output
+
+
+def read_events(port: int, headers: dict[str, str], messages: int) -> list[tuple[str | None, dict]]:
+    """The first ``messages`` Server-Sent Events of ``/api/events/stream``: (id, decoded data) each."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/api/events/stream", headers=headers)
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/event-stream")
+    out: list[tuple[str | None, dict]] = []
+    ident = None
+    while len(out) < messages:
+        line = resp.fp.readline().decode().rstrip("\n")
+        if line.startswith("id: "):
+            ident = line[4:]
+        elif line.startswith("data: "):
+            out.append((ident, json.loads(line[6:])))
+            ident = None
+    conn.close()
+    return out
+
+
+def test_events_are_pushed_as_server_sent_events_that_resume_at_the_last_cursor(serve):
+    node = FakeNode()
+    port = serve(node)
+    [(ident, first)] = read_events(port, {}, 1)
+    assert ident == "7" and first["available"] and first["events"][0]["action"] == "create"
+    assert node.paths[-1].startswith("/v1/events?since=")  # a new page starts ten minutes back
+    read_events(port, {"Last-Event-ID": "7"}, 1)  # the browser reconnecting after a break
+    assert "/v1/events?after=7" in node.paths  # resumes at the cursor it had, nothing shown twice
+
+
+def test_a_node_without_events_is_said_once_on_the_stream(serve):
+    [(ident, message)] = read_events(serve(FakeNode(old=True)), {}, 1)
+    assert ident is None and message == {"available": False, "reason": "events: not available on this node"}

@@ -3,7 +3,6 @@
 "use strict";
 
 const STATE_EVERY_MS = 1500;
-const EVENTS_EVERY_MS = 1500;
 const CHAOS_EVERY_MS = 10000;
 const EVENTS_KEPT = 200;
 
@@ -140,35 +139,30 @@ async function pollState() {
 
 // ------------------------------------------------------------ events
 
-let eventsCursor = null;
-
 function eventLine(e) {
   const attrs = Object.entries(e.attrs || {}).sort().map(([k, v]) => `${k}=${v}`).join(", ");
   return el("li", {}, `${clock(e.at)} ${e.type} ${e.action} ${e.subject}` + (attrs ? ` (${attrs})` : "") +
                       (e.local ? " local" : ""));
 }
 
-async function pollEvents() {
-  let again = EVENTS_EVERY_MS;
-  try {
-    const got = await getJson(eventsCursor === null ? "/api/events" : `/api/events?after=${eventsCursor}`);
-    const list = document.getElementById("events");
-    if (!got.available) {
-      list.replaceChildren(el("li", {className: "banner"}, got.reason));
-      eventsCursor = null;
-    } else {
-      if (list.querySelector(".banner")) list.replaceChildren();
-      for (const e of got.events) list.prepend(eventLine(e));
-      while (list.children.length > EVENTS_KEPT) list.lastChild.remove();
-      if (!list.children.length) list.append(el("li", {className: "muted empty"}, "no events in the last 10 minutes"));
-      else if (got.events.length) list.querySelectorAll(".empty").forEach((n) => n.remove());
-      eventsCursor = got.cursor;
-      if (got.more) again = 0;
-    }
-  } catch (err) {
-    // the state panel reports an unreachable node; try again later
+function showEvents(got) {
+  const list = document.getElementById("events");
+  if (!got.available) {
+    list.replaceChildren(el("li", {className: "banner"}, got.reason));
+    return;
   }
-  setTimeout(pollEvents, again);
+  if (list.querySelector(".banner")) list.replaceChildren();
+  for (const e of got.events) list.prepend(eventLine(e));
+  while (list.children.length > EVENTS_KEPT) list.lastChild.remove();
+  if (!list.children.length) list.append(el("li", {className: "muted empty"}, "no events in the last 10 minutes"));
+  else if (got.events.length) list.querySelectorAll(".empty").forEach((n) => n.remove());
+}
+
+// The server follows the node's events and pushes them (Server-Sent Events); the browser reconnects by
+// itself after a break, and the stream resumes at the last cursor it saw (Last-Event-ID).
+function followEvents() {
+  const stream = new EventSource("/api/events/stream");
+  stream.onmessage = (message) => showEvents(JSON.parse(message.data));
 }
 
 // ------------------------------------------------------------ the last chaos run
@@ -256,5 +250,5 @@ async function pollChaos() {
 }
 
 pollState();
-pollEvents();
+followEvents();
 pollChaos();
