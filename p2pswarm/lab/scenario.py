@@ -107,26 +107,26 @@ class Scenario:
 
 # ------------------------------------------------------------------ checks
 
-def _fail(key: str, what: str, value: Any) -> ScenarioError:
+def fail(key: str, what: str, value: Any) -> ScenarioError:
     return ScenarioError(f"{key}: {what}, got {value!r}")
 
 
-def _num(data: dict, key: str, default: Any, lo: float, hi: float, where: str = "") -> float:
+def number(data: dict, key: str, default: Any, lo: float, hi: float, where: str = "") -> float:
     value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not lo <= value <= hi:
-        raise _fail(where + key, f"must be a number from {lo:g} to {hi:g}", value)
+        raise fail(where + key, f"must be a number from {lo:g} to {hi:g}", value)
     return float(value)
 
 
-def _int(data: dict, key: str, default: Any, lo: int, hi: int, where: str = "") -> int:
+def whole_number(data: dict, key: str, default: Any, lo: int, hi: int, where: str = "") -> int:
     value = data.get(key, default)
     if type(value) is not int or not lo <= value <= hi:
-        raise _fail(where + key, f"must be a whole number from {lo} to {hi}", value)
+        raise fail(where + key, f"must be a whole number from {lo} to {hi}", value)
     return value
 
 
-def _only(data: dict, allowed: tuple[str, ...], where: str) -> None:
+def only_keys(data: dict, allowed: tuple[str, ...], where: str) -> None:
     unknown = sorted(str(k) for k in data if k not in allowed)
     if unknown:
         raise ScenarioError(f"{where}{unknown[0]}: unknown key (allowed: {', '.join(allowed)})")
@@ -138,48 +138,48 @@ def _node_ref(value: Any, nodes: int, where: str, words: tuple[str, ...]) -> int
     if isinstance(value, str) and value in words:
         return value
     extra = "".join(f' or "{w}"' for w in words)
-    raise _fail(where + "node", f"must be a node number from 1 to {nodes}{extra}", value)
+    raise fail(where + "node", f"must be a node number from 1 to {nodes}{extra}", value)
 
 
 def _node_list(value: Any, nodes: int, key: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not value or any(type(v) is not int or not 1 <= v <= nodes for v in value):
-        raise _fail(key, f"must be a non-empty list of node numbers from 1 to {nodes}", value)
+        raise fail(key, f"must be a non-empty list of node numbers from 1 to {nodes}", value)
     if len(set(value)) != len(value):
-        raise _fail(key, "lists a node twice", value)
+        raise fail(key, "lists a node twice", value)
     return tuple(value)
 
 
 def _action(data: Any, i: int, nodes: int, duration: float) -> Action:
     where = f"action[{i}]."
     if not isinstance(data, dict):
-        raise _fail(f"action[{i}]", "must be a table (use [[action]])", data)
+        raise fail(f"action[{i}]", "must be a table (use [[action]])", data)
     do = data.get("do")
     if do not in ACTIONS:
-        raise _fail(where + "do", f"must be one of {', '.join(ACTIONS)}", do)
+        raise fail(where + "do", f"must be one of {', '.join(ACTIONS)}", do)
     allowed = {"kill": ("node",), "restart": ("node",), "partition": ("groups",), "heal": (),
                "loss": ("percent", "nodes", "for"), "slow": ("node", "for")}[do]
-    _only(data, ("at", "do") + allowed, where)
-    at = _num(data, "at", None, 0, duration, where)
+    only_keys(data, ("at", "do") + allowed, where)
+    at = number(data, "at", None, 0, duration, where)
     if do in ("kill", "slow"):
         node = _node_ref(data.get("node"), nodes, where, ("leader",))
-        pause = _num(data, "for", 3.0, 0.1, duration, where) if do == "slow" else None
+        pause = number(data, "for", 3.0, 0.1, duration, where) if do == "slow" else None
         return Action(at, do, node=node, duration=pause)
     if do == "restart":
         return Action(at, do, node=_node_ref(data.get("node", "last"), nodes, where, ("last",)))
     if do == "partition":
         groups = data.get("groups")
         if not isinstance(groups, list) or len(groups) < 2:
-            raise _fail(where + "groups", "must be a list of at least two node lists, e.g. [[1, 2], [3, 4, 5]]",
+            raise fail(where + "groups", "must be a list of at least two node lists, e.g. [[1, 2], [3, 4, 5]]",
                         groups)
         parsed = tuple(_node_list(g, nodes, where + "groups") for g in groups)
         flat = [n for g in parsed for n in g]
         if len(set(flat)) != len(flat) or set(flat) != set(range(1, nodes + 1)):
-            raise _fail(where + "groups", f"must put each of the nodes 1 to {nodes} in exactly one group", groups)
+            raise fail(where + "groups", f"must put each of the nodes 1 to {nodes} in exactly one group", groups)
         return Action(at, do, groups=parsed)
     if do == "loss":
-        percent = _num(data, "percent", None, 0, 100, where)
+        percent = number(data, "percent", None, 0, 100, where)
         targets = _node_list(data["nodes"], nodes, where + "nodes") if "nodes" in data else ()
-        lasts = _num(data, "for", 0, 0, duration, where) or None
+        lasts = number(data, "for", 0, 0, duration, where) or None
         return Action(at, do, percent=percent, nodes=targets, duration=lasts)
     return Action(at, do)
 
@@ -188,46 +188,46 @@ def parse(data: dict, default_name: str = "scenario") -> Scenario:
     """A checked :class:`Scenario` from decoded TOML."""
     if not isinstance(data, dict):
         raise ScenarioError("a scenario must be a TOML table")
-    _only(data, ("name", "description", "nodes", "duration", "preset", "replicas", "port", "settle",
+    only_keys(data, ("name", "description", "nodes", "duration", "preset", "replicas", "port", "settle",
                  "load", "writer", "action"), "")
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
-        raise _fail("name", "must be 1-64 letters, digits, '-', '_' or '.'", name)
+        raise fail("name", "must be 1-64 letters, digits, '-', '_' or '.'", name)
     description = data.get("description", "")
     if not isinstance(description, str):
-        raise _fail("description", "must be text", description)
-    nodes = _int(data, "nodes", None, 1, MAX_NODES)
-    duration = _num(data, "duration", None, 1, MAX_DURATION)
+        raise fail("description", "must be text", description)
+    nodes = whole_number(data, "nodes", None, 1, MAX_NODES)
+    duration = number(data, "duration", None, 1, MAX_DURATION)
     preset = data.get("preset", "local")
     if preset not in PRESETS:
-        raise _fail("preset", f"must be one of {', '.join(PRESETS)}", preset)
-    replicas = _int(data, "replicas", 3, 1, 100)
-    port = _int(data, "port", 8080, 1, 65535)
-    settle = _num(data, "settle", 30, 5, 300)
+        raise fail("preset", f"must be one of {', '.join(PRESETS)}", preset)
+    replicas = whole_number(data, "replicas", 3, 1, 100)
+    port = whole_number(data, "port", 8080, 1, 65535)
+    settle = number(data, "settle", 30, 5, 300)
     load = data.get("load", {})
     if not isinstance(load, dict):
-        raise _fail("load", "must be a table", load)
-    _only(load, ("rate", "timeout"), "load.")
+        raise fail("load", "must be a table", load)
+    only_keys(load, ("rate", "timeout"), "load.")
     writer = data.get("writer", {})
     if not isinstance(writer, dict):
-        raise _fail("writer", "must be a table", writer)
-    _only(writer, ("rate", "kinds", "timeout"), "writer.")
+        raise fail("writer", "must be a table", writer)
+    only_keys(writer, ("rate", "kinds", "timeout"), "writer.")
     kinds = writer.get("kinds", ["kv", "service"])
     if not isinstance(kinds, list) or not kinds or any(k not in WRITE_KINDS for k in kinds):
-        raise _fail("writer.kinds", f"must be a non-empty list of {', '.join(WRITE_KINDS)}", kinds)
+        raise fail("writer.kinds", f"must be a non-empty list of {', '.join(WRITE_KINDS)}", kinds)
     raw_actions = data.get("action", [])
     if not isinstance(raw_actions, list):
-        raise _fail("action", "must be an array of tables ([[action]])", raw_actions)
+        raise fail("action", "must be an array of tables ([[action]])", raw_actions)
     actions = tuple(sorted((_action(a, i, nodes, duration) for i, a in enumerate(raw_actions)),
                            key=lambda a: a.at))
     return Scenario(
         name=name, nodes=nodes, duration=duration, preset=preset, description=description, replicas=replicas,
         port=port, settle=settle,
-        load_rate=_num(load, "rate", 20, 0, MAX_RATE, "load."),
-        load_timeout=_num(load, "timeout", 1.0, 0.05, 10, "load."),
-        write_rate=_num(writer, "rate", 2, 0, MAX_WRITE_RATE, "writer."),
+        load_rate=number(load, "rate", 20, 0, MAX_RATE, "load."),
+        load_timeout=number(load, "timeout", 1.0, 0.05, 10, "load."),
+        write_rate=number(writer, "rate", 2, 0, MAX_WRITE_RATE, "writer."),
         write_kinds=tuple(kinds),
-        write_timeout=_num(writer, "timeout", 10, 0.5, 60, "writer."),
+        write_timeout=number(writer, "timeout", 10, 0.5, 60, "writer."),
         actions=actions,
     )
 

@@ -27,13 +27,12 @@ A bad file raises :class:`ScenarioError` (the lab's) with one line naming the ke
 
 from __future__ import annotations
 
-import math
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from p2pswarm.lab.scenario import ScenarioError
+from p2pswarm.lab.scenario import ScenarioError, fail, number, only_keys, whole_number
 
 BUILTIN = ("zone-outage", "partition", "rolling-restart", "flapping", "leader-loss")
 ACTIONS = ("zone-down", "zone-up", "kill", "restart", "partition", "heal", "loss", "kill-leader")
@@ -119,91 +118,66 @@ def load(path: str | Path, **shape: Any) -> ClusterScenario:
 
 
 def parse(data: dict, default_name: str, **shape: Any) -> ClusterScenario:
-    _only(data, ("name", "description", "nodes", "zones", "services", "replicas", "loss", "duration", "warmup",
+    only_keys(data, ("name", "description", "nodes", "zones", "services", "replicas", "loss", "duration", "warmup",
                  "requests_per_s", "action"), "")
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name or len(name) > 64:
-        raise _fail("name", "must be text of 1 to 64 characters", name)
+        raise fail("name", "must be text of 1 to 64 characters", name)
     if not isinstance(data.get("description", ""), str):
-        raise _fail("description", "must be text", data.get("description"))
+        raise fail("description", "must be text", data.get("description"))
     base = ClusterScenario(name=name, **shape)
-    nodes = _int(data, "nodes", base.nodes, 2, MAX_NODES)
-    zones = _int(data, "zones", base.zones, 1, MAX_ZONES)
+    nodes = whole_number(data, "nodes", base.nodes, 2, MAX_NODES)
+    zones = whole_number(data, "zones", base.zones, 1, MAX_ZONES)
     if zones > nodes:
-        raise _fail("zones", f"must be at most nodes ({nodes})", zones)
-    duration = _num(data, "duration", base.duration, 1, 86_400)
+        raise fail("zones", f"must be at most nodes ({nodes})", zones)
+    duration = number(data, "duration", base.duration, 1, 86_400)
     actions = data.get("action", [])
     if not isinstance(actions, list):
-        raise _fail("action", "must be a list of tables (use [[action]])", actions)
+        raise fail("action", "must be a list of tables (use [[action]])", actions)
     faults = tuple(sorted((_fault(a, i, zones, duration) for i, a in enumerate(actions)), key=lambda f: f.at))
     return replace(base, nodes=nodes, zones=zones, duration=duration,
-                   services=_int(data, "services", base.services, 1, 100_000),
-                   replicas=_int(data, "replicas", base.replicas, 1, 1000),
-                   loss=_num(data, "loss", base.loss, 0, 0.99),
-                   warmup=_num(data, "warmup", base.warmup, 1, 3600),
-                   requests_per_s=_num(data, "requests_per_s", base.requests_per_s, 0, 100_000), faults=faults)
+                   services=whole_number(data, "services", base.services, 1, 100_000),
+                   replicas=whole_number(data, "replicas", base.replicas, 1, 1000),
+                   loss=number(data, "loss", base.loss, 0, 0.99),
+                   warmup=number(data, "warmup", base.warmup, 1, 3600),
+                   requests_per_s=number(data, "requests_per_s", base.requests_per_s, 0, 100_000), faults=faults)
 
 
 def _fault(data: Any, i: int, zones: int, duration: float) -> Fault:
     where = f"action[{i}]."
     if not isinstance(data, dict):
-        raise _fail(f"action[{i}]", "must be a table (use [[action]])", data)
+        raise fail(f"action[{i}]", "must be a table (use [[action]])", data)
     do = data.get("do")
     if do not in ACTIONS:
-        raise _fail(where + "do", f"must be one of {', '.join(ACTIONS)}", do)
+        raise fail(where + "do", f"must be one of {', '.join(ACTIONS)}", do)
     allowed = {"zone-down": ("zone",), "zone-up": ("zone",), "kill": ("fraction", "count"),
                "restart": ("fraction", "count", "for"), "partition": ("zones",), "heal": (), "loss": ("percent",),
                "kill-leader": ()}[do]
-    _only(data, ("at", "do") + allowed, where)
-    at = _num(data, "at", None, 0, duration, where)
+    only_keys(data, ("at", "do") + allowed, where)
+    at = number(data, "at", None, 0, duration, where)
     if do in ("zone-down", "zone-up"):
         return Fault(at, do, zone=_zone(data.get("zone"), zones, where + "zone"))
     if do in ("kill", "restart"):
         if ("fraction" in data) == ("count" in data):
-            raise _fail(where + "fraction", "give exactly one of fraction and count", data.get("fraction"))
-        fraction = _num(data, "fraction", 0.0, 0, 1, where) if "fraction" in data else 0.0
-        count = _int(data, "count", 0, 1, MAX_NODES, where) if "count" in data else 0
-        down = _num(data, "for", 3.0, 0.1, duration, where) if do == "restart" else 0.0
+            raise fail(where + "fraction", "give exactly one of fraction and count", data.get("fraction"))
+        fraction = number(data, "fraction", 0.0, 0, 1, where) if "fraction" in data else 0.0
+        count = whole_number(data, "count", 0, 1, MAX_NODES, where) if "count" in data else 0
+        down = number(data, "for", 3.0, 0.1, duration, where) if do == "restart" else 0.0
         return Fault(at, do, fraction=fraction, count=count, down=down)
     if do == "partition":
         names = data.get("zones")
         if not isinstance(names, list) or not names:
-            raise _fail(where + "zones", "must be a non-empty list of zone names", names)
+            raise fail(where + "zones", "must be a non-empty list of zone names", names)
         cut = tuple(sorted({_zone(z, zones, where + "zones") for z in names}))
         if len(cut) == zones:
-            raise _fail(where + "zones", "must leave at least one zone on the other side", names)
+            raise fail(where + "zones", "must leave at least one zone on the other side", names)
         return Fault(at, do, zones=cut)
     if do == "loss":
-        return Fault(at, do, percent=_num(data, "percent", None, 0, 99, where))
+        return Fault(at, do, percent=number(data, "percent", None, 0, 99, where))
     return Fault(at, do)
 
 
 def _zone(value: Any, zones: int, key: str) -> int:
     if isinstance(value, str) and len(value) == 1 and 0 <= ord(value) - ord("a") < zones:
         return ord(value) - ord("a")
-    raise _fail(key, f"must be a zone name from a to {zone_name(zones - 1)}", value)
-
-
-def _fail(key: str, what: str, value: Any) -> ScenarioError:
-    return ScenarioError(f"{key}: {what}, got {value!r}")
-
-
-def _num(data: dict, key: str, default: Any, lo: float, hi: float, where: str = "") -> float:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not lo <= value <= hi:
-        raise _fail(where + key, f"must be a number from {lo:g} to {hi:g}", value)
-    return float(value)
-
-
-def _int(data: dict, key: str, default: Any, lo: int, hi: int, where: str = "") -> int:
-    value = data.get(key, default)
-    if type(value) is not int or not lo <= value <= hi:
-        raise _fail(where + key, f"must be a whole number from {lo} to {hi}", value)
-    return value
-
-
-def _only(data: dict, allowed: tuple[str, ...], where: str) -> None:
-    unknown = sorted(str(k) for k in data if k not in allowed)
-    if unknown:
-        raise ScenarioError(f"{where}{unknown[0]}: unknown key (allowed: {', '.join(allowed)})")
+    raise fail(key, f"must be a zone name from a to {zone_name(zones - 1)}", value)

@@ -58,7 +58,7 @@ from p2pswarm.sim.cluster_sched import LeaderScheduler
 from p2pswarm.sim.cluster_workers import NodeSide
 from p2pswarm.sim.engine import EventHeap
 from p2pswarm.sim.network import NetworkModel, SimNetwork
-from p2pswarm.sim.swim_sim import BYTE_SAMPLE_EVERY, _message_bytes
+from p2pswarm.sim.swim_sim import transmit
 
 DELIVER, WAKE, CALL = 0, 1, 2
 SAMPLE_EVERY = 0.5
@@ -359,17 +359,7 @@ class ClusterSimulation:
             self.heap.push(max(due, now), WAKE, i, due)
 
     def _transmit(self, src: int, out: list, now: float) -> None:
-        send, index, sent = self._send, self.addr_index, self.msgs
-        self.msgs = sent + len(out)
-        first_sample = BYTE_SAMPLE_EVERY - 1 - sent % BYTE_SAMPLE_EVERY
-        if first_sample < len(out):
-            for k in range(first_sample, len(out), BYTE_SAMPLE_EVERY):
-                self.sampled_bytes += _message_bytes(out[k].msg)
-                self.sampled_msgs += 1
-        for addr, msg, _bulk in out:
-            dst = index.get(addr)
-            if dst is not None:
-                send(now, src, dst, msg)
+        transmit(self, src, out, now)
 
     def _observe(self, observer: int, events: list) -> None:
         if observer != self.leader_index:

@@ -44,6 +44,7 @@ import struct
 import time
 from array import array
 from dataclasses import dataclass, replace
+from typing import Any
 
 from p2pswarm import wire
 from p2pswarm.membership.messages import MemberState, Meta, PushPull
@@ -279,20 +280,7 @@ class SwimSimulation:
                 update["times"].append(now - update["at"])
 
     def _transmit(self, src: int, out: list, now: float) -> None:
-        send = self._send
-        index = self.addr_index
-        sent = self.msgs
-        self.msgs = sent + len(out)
-        # Every BYTE_SAMPLE_EVERY-th message overall is encoded to estimate the bytes.
-        first_sample = BYTE_SAMPLE_EVERY - 1 - sent % BYTE_SAMPLE_EVERY
-        if first_sample < len(out):
-            for k in range(first_sample, len(out), BYTE_SAMPLE_EVERY):
-                self.sampled_bytes += _message_bytes(out[k].msg)
-                self.sampled_msgs += 1
-        for addr, msg, _bulk in out:
-            dst = index.get(addr)
-            if dst is not None:
-                send(now, src, dst, msg)
+        transmit(self, src, out, now)
 
     def _network_change(self, at: float, change: str) -> None:
         if change == "split":
@@ -418,3 +406,20 @@ class SwimSimulation:
 def run_swim_sim(**kwargs) -> dict:
     """Run one scenario (keyword arguments of :class:`SwimScenario`); returns the report dict."""
     return SwimSimulation(SwimScenario(**kwargs)).run()
+
+
+def transmit(world: Any, src: int, out: list, now: float) -> None:
+    """Send a core's outgoing ``(addr, msg, bulk)`` list on ``world``'s network (``world._send``), counting
+    messages; every BYTE_SAMPLE_EVERY-th message overall is encoded to estimate the bytes (encoding all of
+    them would cost more than simulating them)."""
+    send, index, sent = world._send, world.addr_index, world.msgs
+    world.msgs = sent + len(out)
+    first_sample = BYTE_SAMPLE_EVERY - 1 - sent % BYTE_SAMPLE_EVERY
+    if first_sample < len(out):
+        for k in range(first_sample, len(out), BYTE_SAMPLE_EVERY):
+            world.sampled_bytes += _message_bytes(out[k].msg)
+            world.sampled_msgs += 1
+    for addr, msg, _bulk in out:
+        dst = index.get(addr)
+        if dst is not None:
+            send(now, src, dst, msg)
