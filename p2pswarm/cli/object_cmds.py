@@ -16,7 +16,7 @@ import click
 
 from p2pswarm.api.client import ApiClient
 from p2pswarm.cli.node_cmds import _datadir, data_dir_option
-from p2pswarm.cli.output import fmt_labels, table, to_json
+from p2pswarm.cli.output import fmt_labels, remove_each, table, to_json
 from p2pswarm.cluster.objects import MAX_DATA
 
 API_TIMEOUT = 60.0
@@ -136,11 +136,7 @@ def object_group(kind: str, about: str) -> click.Group:
     @click.argument("names", nargs=-1, required=True)
     @data_dir_option
     def rm(names, data_dir):
-        client = _client(data_dir)
-        for name in names:
-            client.request("DELETE", path(name))
-            click.echo(name)
-        return 0
+        return remove_each(_client(data_dir), names, path)
 
     rm.help = f"Remove {kind}s (refused while a service uses one)."
     return group

@@ -21,6 +21,15 @@ def to_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True)
 
 
+def remove_each(client: Any, names: Iterable[str], path_of: Any) -> int:
+    """``DELETE`` each name's path in order, echoing each name once removed (``docker … rm`` style); the
+    first refusal stops with its one-line error, the names before it stay removed."""
+    for name in names:
+        client.request("DELETE", path_of(name))
+        click.echo(name)
+    return 0
+
+
 def fmt_labels(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
 

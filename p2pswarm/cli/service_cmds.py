@@ -20,7 +20,7 @@ import click
 
 from p2pswarm.api.client import ApiClient
 from p2pswarm.cli.node_cmds import _datadir, data_dir_option
-from p2pswarm.cli.output import table, to_json
+from p2pswarm.cli.output import remove_each, table, to_json
 from p2pswarm.cluster.spec import (
     Constraint,
     FileRef,
@@ -417,11 +417,7 @@ def scale(pairs, detach, data_dir):
 @data_dir_option
 def rm(names, data_dir):
     """Remove services (their tasks are stopped)."""
-    client = _client(data_dir)
-    for name in names:
-        client.request("DELETE", _path(name))
-        click.echo(name)
-    return 0
+    return remove_each(_client(data_dir), names, _path)
 
 
 def _format_option(fn):
