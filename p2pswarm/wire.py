@@ -39,9 +39,10 @@ KINDS: dict[str, range] = {
     "logs": range(48, 56),  # `service logs` between nodes (48-49 in use)
     "assignments": range(56, 64),  # workers outside the Raft group ask members (56-57 in use)
     "security": range(64, 80),  # the join handshake, join endpoint only (64-68 in use)
+    "api": range(80, 88),  # API calls a worker forwards to a Raft member (80-81 in use)
 }
 """The one table of wire kind ranges: each subsystem registers its messages (``<subsystem>/messages.py``)
-inside its own range, checked by :func:`message`; 80 up are free.  Other docstrings point here."""
+inside its own range, checked by :func:`message`; 88 up are free.  Other docstrings point here."""
 
 MAX_ID_LEN = 64
 MAX_ADDR_LEN = 255

@@ -19,6 +19,10 @@ Cases (small HTTP requests, nginx serving a 64-byte file, 1 nginx worker):
   bulk): ``bulk_tls_ratio_vs_relay`` (TLS is never spliced).
 * ``haproxy``     wrk → HAProxy (mode tcp, ``nbthread 1`` like our one-process data plane,
   ``option splice-auto``) → nginx; ``haproxy_mt`` is the same with HAProxy's default threads.
+* ``kernel_local`` / ``kernel_remote``  wrk → a published port of two real nodes started with
+  ``--mesh kernel`` → nftables DNAT → nginx, as a local replica (node A) and a remote one (node B):
+  no process forwards (see simulations/mesh_kernel_nodes.py; ``kernel_*`` keys, also in bulk). Null
+  with ``kernel_unavailable`` (the reason) when the kernel path cannot run here (not root, no nft).
 
 Each case runs wrk three ways: keep-alive (``-c CONNS``), a new connection per request
 (``Connection: close``), and one connection (``-c 1``) for unloaded latency, from which
@@ -32,10 +36,11 @@ back to back, so it is less sensitive to load that comes and goes). ``--bulk-onl
 the bulk part (≈ 15 s), ``--tls-only`` just ``direct``, ``mesh_relay`` and ``mesh_tls`` (the TLS
 sessions' counters of data plane B are in ``tls_sessions``).
 
-``--quick`` (the smoke test's run, ≈ 15 s, none of the tools needed) sends traffic through the same
-four mesh paths with Python's http.client (one connection) to Python's http.server in place of wrk
-and nginx, and through HAProxy only if it is installed (``skipped`` says what was left out). Its
-figures are not comparable with the headline run's; that every path forwards, every byte, is.
+``--quick`` (the smoke test's run, ≈ 15 s, ≈ 30 s with the kernel nodes; none of the tools needed)
+sends traffic through the same four mesh paths (and the two kernel ones, as root with nft) with
+Python's http.client (one connection) to Python's http.server in place of wrk and nginx, and through
+HAProxy only if it is installed (``skipped`` says what was left out). Its figures are not comparable
+with the headline run's; that every path forwards, every byte, is.
 
 ``--compare`` instead measures the implementation choices (asyncio streams, the Protocol API
 on asyncio and on uvloop, splice for everything, splicing on the event loop instead of in
@@ -70,6 +75,9 @@ from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "simulations"))
+
+import mesh_kernel_nodes as kernel  # noqa: E402
 
 from p2pswarm.mesh.control import FrameDecoder, encode_frame  # noqa: E402
 from p2pswarm.testing.localcluster import free_port  # noqa: E402
@@ -161,7 +169,7 @@ class DataPlaneProc:
         self.p.stdin.flush()
         want = table["version"]
         with self.cond:
-            if not self.cond.wait_for(lambda: self.status and self.status.get("version") == want, 10):
+            if not self.cond.wait_for(lambda: self.status and self.status.get("version") == want, 30):
                 raise RuntimeError("data plane did not apply its table")
             st = self.status
         if st.get("bind_errors") or st.get("table_error"):
@@ -384,25 +392,29 @@ def nginx_bench(prefix: str, bulk_mb: int) -> Iterator[tuple[Procs, Path, int]]:
 
 
 def headline_bulk(ngx: int, mesh_url: str, dpa: "DataPlaneProc", ha_urls: dict, ha_pids: dict,
-                  args: argparse.Namespace) -> dict:
-    """Bulk direct, through data plane A (a local replica, at ``mesh_url``) and through the splicing HAProxies."""
+                  args: argparse.Namespace, km: kernel.KernelMesh) -> dict:
+    """Bulk direct, through data plane A (a local replica, at ``mesh_url``), through the splicing HAProxies
+    and, when measured, through the kernel path to a local replica (no process of ours forwards it)."""
+    kernel_url = {"kernel": f"{km.urls['kernel_local']}/big.bin"} if km.urls else {}
     return run_bulk({"direct": f"http://{NGINX}:{ngx}/big.bin", "mesh": f"{mesh_url}/big.bin",
-                     **ha_urls}, args.transfers, pids={"mesh": [dpa.p.pid], **ha_pids}, mb=args.bulk_mb)
+                     **kernel_url, **ha_urls}, args.transfers, pids={"mesh": [dpa.p.pid], **ha_pids}, mb=args.bulk_mb)
 
 
 def bench_bulk(args: argparse.Namespace) -> dict:
     """Only the bulk part of the headline benchmark (same processes and method)."""
-    with nginx_bench("bench-mesh-bulk-", args.bulk_mb) as (procs, tmp, ngx):
+    with nginx_bench("bench-mesh-bulk-", args.bulk_mb) as (procs, tmp, ngx), kernel.KernelMesh(NGINX, ngx) as km:
         ha_urls, ha_pids = start_bulk_haproxies(procs, tmp, ngx)
         a_port = free_port(DP_A)
         dpa = DataPlaneProc(procs, [], args.bulk_threads)
         sta = dpa.push(dp_table(1, DP_A, [{"port": a_port, "service": "web", "proxy_protocol": False,
                                            "backends": [backend_entry("t1", ngx, True)]}]))
-        bulk = headline_bulk(ngx, f"http://{DP_A}:{a_port}", dpa, ha_urls, ha_pids, args)
+        bulk = headline_bulk(ngx, f"http://{DP_A}:{a_port}", dpa, ha_urls, ha_pids, args, km)
         time.sleep(1.5)  # one more status tick after the last transfer
         status = dpa.status or {}
     return {"bench": "mesh-bulk", "loop": sta.get("loop"), "bulk_threads": args.bulk_threads, **bulk_result(bulk, args),
-            "mesh_spliced_connections": (status.get("total") or {}).get("spliced")}
+            "mesh_spliced_connections": (status.get("total") or {}).get("spliced"),
+            "kernel_unavailable": km.reason, **kernel.bulk_figures(km, bulk, "haproxy_splice"),
+            "kernel_tables_left": km.tables_left}
 
 
 def backend_entry(task: str, port: int, local: bool, via: str | None = None) -> dict:
@@ -453,7 +465,9 @@ def tls_sessions_of(dp: DataPlaneProc) -> dict:
 
 
 def bench(args: argparse.Namespace) -> dict:
-    with nginx_bench("bench-mesh-", args.bulk_mb) as (procs, tmp, ngx):
+    load_before = os.getloadavg()
+    with nginx_bench("bench-mesh-", args.bulk_mb) as (procs, tmp, ngx), \
+            kernel.KernelMesh(NGINX, ngx, skip="not measured by --tls-only" if args.tls_only else None) as km:
         ha1, ha2 = free_port(HAPROXY), free_port(HAPROXY)
         start_haproxy(procs, tmp, "haproxy1", (HAPROXY, ha1), (NGINX, ngx), nbthread=1)
         start_haproxy(procs, tmp, "haproxymt", (HAPROXY, ha2), (NGINX, ngx), nbthread=None)
@@ -461,15 +475,16 @@ def bench(args: argparse.Namespace) -> dict:
         dpa, dpb, sta, mesh = start_mesh(procs, ngx, args.bulk_threads)
         cases = {"direct": f"http://{NGINX}:{ngx}/small.txt",
                  **{name: f"{url}/small.txt" for name, url in mesh.items()},
+                 **{name: f"{url}/small.txt" for name, url in km.urls.items()},
                  "haproxy": f"http://{HAPROXY}:{ha1}/small.txt",
                  "haproxy_mt": f"http://{HAPROXY}:{ha2}/small.txt"}
         for url in cases.values():  # every path answers before measuring
             subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True, timeout=10)
-        print(f"data plane loop: {sta.get('loop')}", file=sys.stderr)
+        print(f"data plane loop: {sta.get('loop')}; kernel path: {km.reason or 'measured'}", file=sys.stderr)
         if args.tls_only:
             cases = {name: cases[name] for name in ("direct", "mesh_relay", "mesh_tls")}
         small = run_cases(cases, args.rounds, args.seconds, args.conns)
-        bulk = None if args.tls_only else headline_bulk(ngx, mesh["mesh_local"], dpa, ha_urls, ha_pids, args)
+        bulk = None if args.tls_only else headline_bulk(ngx, mesh["mesh_local"], dpa, ha_urls, ha_pids, args, km)
         tls_bulk = run_bulk({"mesh_relay": f"{mesh['mesh_relay']}/big.bin",
                              "mesh_tls": f"{mesh['mesh_tls']}/big.bin"}, max(5, args.transfers // 3),
                             pids={"mesh_relay": [dpa.p.pid, dpb.p.pid], "mesh_tls": [dpa.p.pid, dpb.p.pid]},
@@ -477,6 +492,7 @@ def bench(args: argparse.Namespace) -> dict:
         time.sleep(1.5)  # one more status tick after the last transfer
         status = dpa.status or {}
         tls_sessions = tls_sessions_of(dpb)
+        km.count_userspace()
 
     def g(case: str, mode: str, key: str = "rps") -> float:
         return small[case][mode][key]
@@ -520,6 +536,8 @@ def bench(args: argparse.Namespace) -> dict:
         "added_p50_ms_loaded": round(g("mesh_local", "keepalive", "p50_ms") - g("direct", "keepalive", "p50_ms"), 3),
         **bulk_result(bulk, args),
         "mesh_spliced_connections": (status.get("total") or {}).get("spliced"),
+        **kernel.figures(km, small, bulk, latency="latency", bulk_haproxy="haproxy_splice"),
+        "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "errors": {c: {m: small[c][m]["errors"] for m in small[c]} for c in small},
         "latency_ms": {c: {m: [small[c][m]["p50_ms"], small[c][m]["p99_ms"]] for m in small[c]} for c in small},
     }
@@ -691,9 +709,9 @@ def quick(args: argparse.Namespace) -> dict:
     procs = Procs()
     tmp = Path(tempfile.mkdtemp(prefix="bench-mesh-quick-"))
     try:
-        with python_backend(args.bulk_mb) as backend:
+        with python_backend(args.bulk_mb) as backend, kernel.KernelMesh(NGINX, backend, preset="test") as km:
             dpa, dpb, sta, mesh = start_mesh(procs, backend, args.bulk_threads)
-            urls = {"direct": f"http://{NGINX}:{backend}", **mesh}
+            urls = {"direct": f"http://{NGINX}:{backend}", **mesh, **km.urls}
             pids = {"mesh_local": [dpa.p.pid], "mesh_relay": [dpa.p.pid, dpb.p.pid],
                     "mesh_tls": [dpa.p.pid, dpb.p.pid]}
             if shutil.which("haproxy"):
@@ -705,10 +723,15 @@ def quick(args: argparse.Namespace) -> dict:
             small = run_cases({k: f"{u}/small.txt" for k, u in urls.items()}, args.rounds, args.seconds, 1,
                               modes=("keepalive", "newconn"), load=py_load)
             bulk_cases = ("direct", "mesh_local", "mesh_relay", "mesh_tls", "haproxy")
-            bulk = run_bulk({k: f"{u}/big.bin" for k, u in urls.items() if k in bulk_cases}, args.transfers,
-                            pids=pids, mb=args.bulk_mb, fetch=py_mbps)
+            bulk_urls = {k: f"{u}/big.bin" for k, u in urls.items() if k in bulk_cases}
+            if km.urls:
+                bulk_urls["kernel"] = f"{km.urls['kernel_local']}/big.bin"
+            bulk = run_bulk(bulk_urls, args.transfers, pids=pids, mb=args.bulk_mb, fetch=py_mbps)
             status = dpa.fresh_status()
             tls_sessions = tls_sessions_of(dpb.fresh_status() and dpb)
+            km.count_userspace()
+            if km.reason:
+                skipped["kernel"] = km.reason
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -733,6 +756,7 @@ def quick(args: argparse.Namespace) -> dict:
         "bulk_cpu_s_per_gb": {k: v["cpu_s_per_gb"] for k, v in bulk.items() if v["cpu_s_per_gb"] is not None},
         "mesh_spliced_connections": (status.get("total") or {}).get("spliced"),
         "tls_sessions": tls_sessions,
+        **kernel.figures(km, small, bulk, latency="keepalive", bulk_haproxy="haproxy"),
         "errors": {c: {m: small[c][m]["errors"] for m in small[c]} for c in small},
     }
     if "haproxy" in urls:

@@ -214,8 +214,8 @@ class AgentCore:
         error, ``r`` restarts so far, and for a run serving published ports ``n`` the
         service and ``m`` ``[[published, task port, proxy protocol], ...]``, a UDP port with a
         4th element ``"udp"`` (nodes that predate UDP skip those entries) (the mesh's
-        backends come from these alone, so the mesh works without Raft). Read-only: it is shared until the
-        next change."""
+        backends come from these alone, so the mesh works without Raft), and ``u`` the published ports
+        that stay in user space when there are some. Read-only: it is shared until the next change."""
         return {"v": self._version, "tasks": self._digest_tasks}
 
     # ------------------------------------------------------------------ decisions
@@ -302,7 +302,17 @@ def _record(t: _Task) -> dict[str, Any]:
     if t.mesh:
         rec["n"] = t.assignment.spec.service
         rec["m"] = [list(entry) for entry in t.mesh]
+        userspace = _userspace_keys(t.assignment.spec.publish)
+        if userspace:
+            rec["u"] = userspace
     return rec
+
+
+def _userspace_keys(publish: tuple) -> list:
+    """The published ports whose service asks the routing mesh to stay in user space (the ``userspace``
+    publish option): ``8080`` for TCP, ``"5353/udp"`` for UDP (:mod:`p2pswarm.mesh.table`)."""
+    return [p.published if p.protocol == "tcp" else f"{p.published}/udp"
+            for p in publish if p.userspace and p.mode != "host"]
 
 
 def _mesh_entries(publish: tuple, ports: tuple[int, ...]) -> tuple[tuple, ...]:

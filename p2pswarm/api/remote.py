@@ -185,7 +185,12 @@ class RemoteApiServer(ApiServer):
             reader, writer, ident, refusal = await self._handshake(conn)
             if writer is None:
                 return
-            response = await self._answer(reader, ident, refusal)
+            try:
+                response = await self._answer(reader, ident, refusal)
+            except Exception:  # a bug here must not reach the client as a bare close (read as a refused cert)
+                log.exception("remote API: answering a request failed")
+                self.counters["internal_errors"] += 1
+                response = Response.error(500, "internal error on this node while answering; see the node's log")
             writer.write(render(response))
             await writer.drain()
             for action in response.after:

@@ -8,7 +8,8 @@ other node is a *worker* that holds no replica and learns its own assignments fr
   cluster key) that open those secrets, and the tasks that left the worker.  The version is the
   member's applied Raft index.  A ``since`` the member cannot diff from (its history starts later:
   a restored snapshot, or forgotten departures; or 0, a new worker) gets a full resync of the
-  worker's own assignments, never an error.
+  worker's own assignments, never an error.  The driver adds the worker's part of the security
+  record when it changed (:mod:`p2pswarm.assignments.trust`).
 * :class:`WorkerState` (worker side): applies deltas and answers the same queries as the cluster
   state for :func:`p2pswarm.agent.host.assignments` (``tasks_on``, ``spec_of``, ``applied``,
   ``objects``, ``security.secret_keys``).  A delta older than what it holds is ignored, so a
@@ -23,6 +24,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from p2pswarm.assignments.trust import WorkerTrust
 from p2pswarm.cluster.model import Task
 from p2pswarm.cluster.objects import StoredObject
 from p2pswarm.cluster.spec import ServiceSpec
@@ -44,16 +46,22 @@ class Delta:
     """The secrets (sealed) and configs those specs read."""
     keys: tuple[tuple[int, bytes], ...] = ()
     """(keyring key id, key sealed under the cluster key) of the keys that opened those secrets."""
+    trust: WorkerTrust | None = None
+    """The worker's part of the security record (:mod:`p2pswarm.assignments.trust`), when it changed."""
 
     @property
     def empty(self) -> bool:
         return not (self.full or self.tasks or self.removed)
 
 
-def delta_since(state: Any, node_id: str, since: int, ring: Mapping[int, bytes] | None = None) -> Delta:
+def delta_since(state: Any, node_id: str, since: int, ring: Mapping[int, bytes] | None = None,
+                applied: int = 0) -> Delta:
     """``node_id``'s assignments in ``state`` (a ClusterState) changed after version ``since``; full when
-    ``since`` is 0 or older than the history here.  ``ring``: the security record's ``secret_keys``."""
-    full = since <= 0 or since < state.changes.horizon(node_id) or since > state.applied
+    ``since`` is 0 or older than the history here.  ``ring``: the security record's ``secret_keys``;
+    ``applied``: the member's Raft applied index, when its last entries were not the cluster state's (the
+    security record's, say): the delta is as of that version, which is what the members gossip."""
+    as_of = max(state.applied, applied)
+    full = since <= 0 or since < state.changes.horizon(node_id) or since > as_of
     changed_at = state.changes.changed_at
     tasks = tuple(t for t in state.tasks_on(node_id) if full or changed_at.get(t.id, state.applied) > since)
     removed = () if full else tuple(state.changes.departed_since(node_id, since))
@@ -74,7 +82,7 @@ def delta_since(state: Any, node_id: str, since: int, ring: Mapping[int, bytes] 
                 key_ids.add(secret.key)
     ring = ring or {}
     keys = tuple((k, ring[k]) for k in sorted(key_ids) if k in ring)
-    return Delta(state.applied, since, full, tasks, removed, tuple(specs),
+    return Delta(as_of, since, full, tasks, removed, tuple(specs),
                  tuple(objects[k] for k in sorted(objects)), keys)
 
 
@@ -106,6 +114,8 @@ class WorkerState:
         self.specs: dict[tuple[str, int], ServiceSpec] = {}
         self.objects = WorkerObjects()
         self.security = WorkerKeys()
+        self.trust: WorkerTrust | None = None
+        """The worker's part of the security record as of ``version`` (None: none received yet)."""
         self.resyncs = 0
 
     def apply(self, delta: Delta) -> bool:
@@ -128,6 +138,8 @@ class WorkerState:
         for obj in delta.objects:
             (self.objects.secrets if obj.kind == "secret" else self.objects.configs)[obj.name] = obj
         self.security.secret_keys.update(delta.keys)
+        if delta.trust is not None:
+            self.trust = delta.trust
         self._prune()
         if not delta.empty or delta.keys or delta.objects:
             self.applied = delta.version

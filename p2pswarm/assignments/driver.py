@@ -9,7 +9,9 @@
   it is above the version this worker holds, the worker asks :func:`choose_server` over the
   members that have applied that far, one request at a time, and applies the reply's delta to
   its :class:`WorkerState`.  A member that does not answer within ``request_timeout`` is avoided
-  for ``avoid_for``; a busy one's redirect is asked next.
+  for ``avoid_for``; a busy one's redirect is asked next.  The request names the digest of the
+  security part the worker holds; a reply carries the member's part when it differs
+  (:mod:`p2pswarm.assignments.trust`), and the node's security host follows it (:meth:`worker_trust`).
 * **Which state the agent reads** (:meth:`agent_state`): the local Raft state on a voter or
   leader, and on a learner whose state keeps up with the gossiped index; else the worker state
   once it has a first answer (until then the local state, if any: tasks never stop for a switch).
@@ -19,6 +21,7 @@ Malformed replies and requests from unknown nodes are dropped and counted, never
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -28,6 +31,7 @@ from typing import Any, Callable
 from p2pswarm import wire
 from p2pswarm.assignments.core import AssignmentsConfig, WorkerState, choose_server, delta_since
 from p2pswarm.assignments.messages import AssignmentsReply, AssignmentsRequest, decode_body, reply_of
+from p2pswarm.assignments.trust import WorkerTrust, trust_for
 from p2pswarm.membership.messages import LIVE
 
 log = logging.getLogger("p2pswarm.assignments")
@@ -80,7 +84,7 @@ class AssignmentsDriver:
         if role != "learner":
             return False
         newest = max(self.members().values(), default=0)
-        if self.raft.driver.cluster.applied >= newest:
+        if self.raft.driver.applied >= newest:
             self._fresh_at = now
         return self._fresh_at is not None and now - self._fresh_at < self.config.stale_after
 
@@ -90,6 +94,11 @@ class AssignmentsDriver:
         if self._use_raft or (not self._synced and driver is not None and driver.cluster.applied):
             return (driver.cluster, driver.security) if driver is not None else None
         return (self.state, self.state.security) if self._synced else None
+
+    def worker_trust(self) -> WorkerTrust | None:
+        """The security part this node follows as a worker (None: it follows its own replica's record, or has
+        no part yet): see :mod:`p2pswarm.assignments.trust`."""
+        return self.state.trust if self._synced and not self._use_raft else None
 
     # ------------------------------------------------------------ the loop
 
@@ -144,7 +153,11 @@ class AssignmentsDriver:
                 break
             source = next(iter(self._queue))
             request = self._queue.pop(source)
-            delta = delta_since(driver.cluster, source, request.since, driver.security.secret_keys)
+            delta = delta_since(driver.cluster, source, request.since, driver.security.secret_keys, driver.applied)
+            trust = trust_for(driver.security, driver.cluster.removed_nodes, source)
+            if trust is not None and trust.digest != request.trust:
+                delta = dataclasses.replace(delta, trust=trust)
+                self.counters["trust_served"] += 1
             self.counters["full_resyncs_served" if delta.full else "deltas_served"] += 1
             try:
                 self._send(source, reply_of(request.request, self.node_id, delta))
@@ -177,7 +190,8 @@ class AssignmentsDriver:
         request = next(self._ids)
         self._outstanding = (request, server, now + self.config.request_timeout)
         self.counters["requests_sent"] += 1
-        self._send(server, AssignmentsRequest(request, self.node_id, self.state.version if self._synced else 0))
+        trust = self.state.trust.digest if self._synced and self.state.trust is not None else b""
+        self._send(server, AssignmentsRequest(request, self.node_id, self.state.version if self._synced else 0, trust))
 
     def _on_reply(self, reply: AssignmentsReply) -> None:
         outstanding = self._outstanding
@@ -200,6 +214,8 @@ class AssignmentsDriver:
         if self.state.apply(delta):
             self._synced = True
             self.counters["full_resyncs" if delta.full else "deltas_applied"] += 1
+            if delta.trust is not None:
+                self.counters["trust_updates"] += 1
         else:
             self.counters["stale_replies"] += 1
 

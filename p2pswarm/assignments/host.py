@@ -35,6 +35,10 @@ class AssignmentsHost:
     def agent_state(self) -> tuple[Any, Any] | None:
         return self.driver.agent_state()
 
+    def worker_trust(self) -> Any:
+        """The security part a worker follows (:meth:`AssignmentsDriver.worker_trust`); None on a member."""
+        return self.driver.worker_trust()
+
     def is_worker(self) -> bool:
         return self.driver.role() not in ("leader", "voter", "learner")
 

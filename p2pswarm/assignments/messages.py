@@ -1,7 +1,9 @@
 """Assignment messages between a worker and a Raft member (kinds: :data:`p2pswarm.wire.KINDS`).
 
-A worker sends an :class:`AssignmentsRequest` with the version it holds; the member answers with
-one :class:`AssignmentsReply`: the delta (:class:`p2pswarm.assignments.core.Delta`) in ``body``,
+A worker sends an :class:`AssignmentsRequest` with the version it holds and the digest of the security
+part it holds (:mod:`p2pswarm.assignments.trust`); the member answers with one
+:class:`AssignmentsReply`: the delta (:class:`p2pswarm.assignments.core.Delta`, with the security part
+when the worker's is not the member's) in ``body``,
 or ``busy`` with the member the worker should ask instead (``redirect``; "" when there is none).
 The body is one msgpack map, decoded within bounds and checked field by field by
 :func:`decode_body`: a malformed one is a WireError (dropped and counted), never trusted.
@@ -15,6 +17,7 @@ from typing import Any
 import msgpack
 
 from p2pswarm.assignments.core import Delta
+from p2pswarm.assignments.trust import DIGEST_BYTES, WorkerTrust
 from p2pswarm.cluster.checks import SpecError
 from p2pswarm.cluster.model import DESIRED, TASK_STATES, Task, decode_task, encode_record
 from p2pswarm.cluster.objects import KINDS as OBJECT_KINDS
@@ -46,12 +49,14 @@ U64 = uint(64)
 @message(56)
 @dataclass(frozen=True, slots=True)
 class AssignmentsRequest(WireStruct):
-    """``source`` (a worker) holds its assignments as of version ``since``: what changed since?"""
+    """``source`` (a worker) holds its assignments as of version ``since``, and the part of the security record
+    whose digest is ``trust`` (b"": none): what changed since?"""
 
     request: int
     source: str
     since: int
-    SCHEMA = (("request", U64), ("source", NODE_ID), ("since", U64))
+    trust: bytes = b""
+    SCHEMA = (("request", U64), ("source", NODE_ID), ("since", U64), ("trust", blob(DIGEST_BYTES)))
 
 
 @message(57)
@@ -83,6 +88,7 @@ def encode_body(delta: Delta) -> bytes:
         "objects": [[o.kind, o.name, o.id, o.version, o.created_at, [list(p) for p in o.labels], o.data, o.key]
                     for o in delta.objects],
         "keys": [[k, sealed] for k, sealed in delta.keys],
+        **({"trust": delta.trust.fields()} if delta.trust is not None else {}),
     }, use_bin_type=True)
 
 
@@ -101,7 +107,8 @@ def decode_body(reply: AssignmentsReply) -> Delta:
                      tuple(_str(r) for r in raw.get("removed", [])),
                      tuple(_spec(s) for s in raw.get("specs", [])),
                      tuple(_object(o) for o in raw.get("objects", [])),
-                     tuple(_key(k) for k in raw.get("keys", [])))
+                     tuple(_key(k) for k in raw.get("keys", [])),
+                     _trust(raw["trust"]) if "trust" in raw else None)
     except WireError:
         raise
     except (ValueError, TypeError, KeyError, SpecError) as exc:
@@ -146,3 +153,12 @@ def _key(value: Any) -> tuple[int, bytes]:
     if type(key_id) is not int or type(sealed) is not bytes:
         raise ValueError("bad keyring key")
     return key_id, sealed
+
+
+def _trust(value: Any) -> WorkerTrust:
+    cluster_id, bundle, sealed_ca, tokens, revocations, removed, rekeyed, key_generation, share, cert = value
+    if (not all(type(b) is bytes for b in (bundle, sealed_ca, tokens, revocations, share, cert))
+            or type(key_generation) is not int or not isinstance(removed, list) or not isinstance(rekeyed, list)):
+        raise ValueError("bad security part")
+    return WorkerTrust(_str(cluster_id), bundle, sealed_ca, tokens, revocations, tuple(_str(n) for n in removed),
+                       tuple(_str(n) for n in rekeyed), key_generation, share, cert)

@@ -149,10 +149,16 @@ def _datadir(path: Path | None) -> DataDir:
 @click.option("--max-learners", type=click.IntRange(0, MAX_LEARNERS), default=None, metavar="N",
               help="Raft learners the leader keeps besides the voters [default: the preset's]; every other "
                    "node is a worker that gets its assignments from them.")
+@click.option("--mesh", "mesh_path", type=click.Choice(["auto", "kernel", "userspace"]), default="auto",
+              show_default=True,
+              help="How the routing mesh forwards published ports: kernel = nftables DNAT (root; ports with "
+                   "proxy-protocol, encrypted or userspace, and relayed ones, stay in user space; without "
+                   "nftables: one warning, user space), userspace = this process's data plane, auto = kernel "
+                   "when it works.")
 @click.option("--detach", is_flag=True, help="Run in the background; logs go to <data-dir>/node.log.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 def up(peers, bind, advertise, name, data_dir, labels, preset, relay_port, token, insecure, autolock_on,
-       unlock_key_file, api_addr, task_user, engine_socket, dns_addr, dns_domain, max_learners, detach,
+       unlock_key_file, api_addr, task_user, engine_socket, dns_addr, dns_domain, max_learners, mesh_path, detach,
        log_level):
     """Start a node: create a new cluster, or join one with --peers (and --token).
 
@@ -179,7 +185,7 @@ def up(peers, bind, advertise, name, data_dir, labels, preset, relay_port, token
                           name=name, labels=labels, preset=preset, relay_port=relay_port, secure=not insecure,
                           insecure=insecure, token=token, autolock=autolock_on, unlock_key=unlock_key,
                           api_addr=api_addr, task_user=task_user, engine_socket=engine_socket, dns_addr=dns_addr,
-                          dns_domain=dns_domain, max_learners=max_learners)
+                          dns_domain=dns_domain, max_learners=max_learners, mesh=mesh_path)
     if detach:
         return _up_detached(options, log_level)
     configure_logging(log_level)
@@ -256,7 +262,7 @@ def _child_argv(options: NodeOptions, log_level: str) -> list[str]:
         argv += ["--max-learners", str(options.max_learners)]
     if options.api_addr:
         argv += ["--api-addr", options.api_addr]
-    argv += ["--dns-addr", options.dns_addr, "--dns-domain", options.dns_domain]
+    argv += ["--dns-addr", options.dns_addr, "--dns-domain", options.dns_domain, "--mesh", options.mesh]
     if options.unlock_key:
         argv += ["--unlock-key-file", "-"]  # the key goes through a pipe: not in argv, env or the log
     return argv

@@ -55,7 +55,8 @@ def spec_options(fn):
         click.option("--mode", type=click.Choice(["replicated", "global"]), help="global: one task per node."),
         click.option("--publish", "-p", multiple=True,
                      help="Published port, e.g. 8080, 8080:80, 5353:53/udp; options after a comma: proxy-protocol "
-                          "(PROXY v2 header to the task), encrypted (TLS between nodes' meshes); or Docker's long "
+                          "(PROXY v2 header to the task), encrypted (TLS between nodes' meshes), userspace (never the "
+                          "kernel path: failed connects retried on another replica); or Docker's long "
                           "syntax published=8080,target=80,protocol=tcp,mode=host (served by the task's node only, "
                           "not the mesh). A fixed target is a process's $PORT, a container's port (repeatable)."),
         click.option("--env", "-e", multiple=True, help="K=V environment variable (repeatable; update merges)."),

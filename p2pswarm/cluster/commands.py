@@ -107,7 +107,11 @@ def assign_batches(next_id: Callable[[], str], at: float, basis: Iterable[int], 
     bytes encoded and ``MAX_BATCH`` entries per list, packed in order (stops first, so that a slot is
     freed no later than it is filled again).  Sizes are measured, not estimated: the command's fixed part
     is encoded once and each entry once.  ``next_id`` names each command."""
-    basis = list(basis)
+    basis, place, stop = list(basis), list(place), list(stop)
+    if len(place) <= MAX_BATCH and len(stop) <= MAX_BATCH and place + stop \
+            and encoded_size(assign_tasks("x" * MAX_ID, at, basis, place, stop)) <= limit:
+        yield assign_tasks(next_id(), at, basis, place, stop)  # all in one: one encoding instead of one per entry
+        return
     fixed = encoded_size(assign_tasks("x" * MAX_ID, at, basis, ()))
     entries = [("stop", list(s)) for s in stop] + [("place", p) for p in place]
     batch: dict[str, list] = {"stop": [], "place": []}

@@ -59,7 +59,7 @@ SECONDS_WHAT = "must be a number of seconds from 0 to 31536000 (a year)"
 # ------------------------------------------------------------------ text forms
 
 _PORT = re.compile(r"(\d{1,5})(?::(\d{1,5}|dynamic))?(?:/([a-z]+))?((?:,[a-z-]+)*)")
-PORT_OPTIONS = ("proxy-protocol", "encrypted")
+PORT_OPTIONS = ("proxy-protocol", "encrypted", "userspace")
 PROTOCOLS = ("tcp", "udp")
 PORT_MODES = ("ingress", "host")
 LONG_PORT_FIELDS = ("published", "target", "protocol", "mode")
@@ -68,7 +68,8 @@ LONG_PORT_FIELDS = ("published", "target", "protocol", "mode")
 def parse_port(spec: str) -> "PortSpec":
     """``8080`` (target dynamic), ``8080:80``, ``8080:dynamic``, ``8080:80,proxy-protocol``;
     a ``/udp`` (or ``/tcp``, the default) suffix after the target: ``5353:5353/udp``, ``8080:dynamic/udp``;
-    ``,encrypted``: forwarding between nodes' meshes goes over TLS (secure clusters, TCP).  Docker's long
+    ``,encrypted``: forwarding between nodes' meshes goes over TLS (secure clusters, TCP); ``,userspace``: the
+    routing mesh forwards it in user space even where the kernel path could.  Docker's long
     syntax too: ``published=8080,target=80,protocol=tcp,mode=host`` (see :class:`PortSpec` for ``mode``)."""
     if isinstance(spec, str) and "=" in spec:
         return _parse_long_port(spec)
@@ -85,7 +86,7 @@ def parse_port(spec: str) -> "PortSpec":
     try:
         return PortSpec(published=int(m.group(1)), target=None if target in (None, "dynamic") else int(target),
                         proxy_protocol="proxy-protocol" in options, protocol=m.group(3) or "tcp",
-                        encrypted="encrypted" in options)
+                        encrypted="encrypted" in options, userspace="userspace" in options)
     except SpecError as e:
         raise e.under("ports") from None
 
@@ -112,7 +113,7 @@ def _parse_long_port(spec: str) -> "PortSpec":
     try:
         return PortSpec(int(fields["published"]), None if target == "dynamic" else int(target),
                         "proxy-protocol" in options, fields.get("protocol", "tcp"), "encrypted" in options,
-                        fields.get("mode", "ingress"))
+                        fields.get("mode", "ingress"), "userspace" in options)
     except SpecError as e:
         raise e.under("ports") from None
 
@@ -164,13 +165,17 @@ class PortSpec:
     A fixed ``target`` means one thing everywhere: for a container, the container's port; for a
     process, its ``$PORT`` (``{port}``) itself.  ``mode`` ``host`` (encoded only when set): the mesh
     does not serve the port; the node a task runs on serves ``published`` itself (a process gets it as
-    its port, a container has it mapped to ``target``), so placement never puts two such tasks on one node."""
+    its port, a container has it mapped to ``target``), so placement never puts two such tasks on one node.
+    ``userspace`` (encoded only when set): the routing mesh forwards the port in user space on every node, never
+    by the kernel's DNAT (:mod:`p2pswarm.mesh.kernel_plan`): a connect that fails, or a replica that closes before
+    its first byte, is then retried on another replica, which a kernel DNAT cannot do."""
     published: int
     target: int | None = None
     proxy_protocol: bool = False
     protocol: str = "tcp"
     encrypted: bool = False
     mode: str = "ingress"
+    userspace: bool = False
 
     def __post_init__(self) -> None:
         integer("published", self.published, 1, 65535)
@@ -186,9 +191,12 @@ class PortSpec:
             raise SpecError(f"encrypted: encrypted forwarding is for tcp ports only; remove encrypted from "
                             f"{self.published}/udp")
         choice("mode", self.mode, PORT_MODES)
-        if self.mode == "host" and (self.proxy_protocol or self.encrypted):
+        flag("userspace", self.userspace)
+        mesh_only = [o for o, on in (("proxy-protocol", self.proxy_protocol), ("encrypted", self.encrypted),
+                                     ("userspace", self.userspace)) if on]
+        if self.mode == "host" and mesh_only:
             raise SpecError(f"mode: a mode=host port is served by its task's node, not by the routing mesh: "
-                            f"remove {'proxy-protocol' if self.proxy_protocol else 'encrypted'} from {self.published}")
+                            f"remove {mesh_only[0]} from {self.published}")
 
     def __str__(self) -> str:
         if self.mode == "host":  # the long syntax, which parse_port reads back
@@ -196,7 +204,8 @@ class PortSpec:
                     + (",protocol=udp" if self.protocol == "udp" else "") + ",mode=host")
         target = "dynamic" if self.target is None else str(self.target)
         return (f"{self.published}:{target}" + ("/udp" if self.protocol == "udp" else "")
-                + (",proxy-protocol" if self.proxy_protocol else "") + (",encrypted" if self.encrypted else ""))
+                + (",proxy-protocol" if self.proxy_protocol else "") + (",encrypted" if self.encrypted else "")
+                + (",userspace" if self.userspace else ""))
 
 
 _CONSTRAINT = re.compile(
@@ -531,7 +540,7 @@ def _file_ref(kind: str) -> Any:
     return parse
 
 
-PORT_LATER_FIELDS = ("protocol", "encrypted", "mode")
+PORT_LATER_FIELDS = ("protocol", "encrypted", "mode", "userspace")
 """PortSpec fields added later: encoded only when not default."""
 _NESTED: dict[str, type] = {"restart": RestartPolicy, "update": UpdateConfig, "rollback": UpdateConfig,
                             "health": HealthCheck}

@@ -67,6 +67,9 @@ class ClusterState(ObjectCommands):
         (a 100,000-replica service would make every batch quadratic)."""
         self.changes = TaskChanges()
         """When tasks changed and left nodes: what a worker's assignments delta is cut from (not snapshotted)."""
+        self.tasks_changed: dict[str, int] = {}
+        """service -> the index its tasks last changed at: what an incremental reconcile re-plans (not snapshotted:
+        a restore puts every task again, at the snapshot's index)."""
 
     # -------------------------------------------------------------- applying
 
@@ -209,6 +212,7 @@ class ClusterState(ObjectCommands):
             self._unindex(old)
         self.changes.put(task.id, task.node, old.node if old is not None else None, self.applied)
         self.tasks[task.id] = task
+        self.tasks_changed[task.service] = self.applied
         self._by_service.setdefault(task.service, {})[task.id] = None
         self._by_slot.setdefault((task.service, task.slot_key), {})[task.id] = None
         if task.node is not None:
@@ -216,6 +220,7 @@ class ClusterState(ObjectCommands):
 
     def _drop(self, task: Task) -> None:
         del self.tasks[task.id]
+        self.tasks_changed[task.service] = self.applied
         self._unindex(task)
         self.changes.drop(task.id, task.node, self.applied)
 
@@ -385,10 +390,11 @@ class ClusterState(ObjectCommands):
 
     # -------------------------------------------------------------- queries
 
-    def tasks_of(self, service: str) -> list[Task]:
-        """The service's tasks (current and history), by slot (or node), newest first."""
+    def tasks_of(self, service: str, ordered: bool = True) -> list[Task]:
+        """The service's tasks (current and history), by slot (or node), newest first (:func:`slot_order`);
+        ``ordered=False``: as they come (sorting 100,000 tasks costs the leader's reconciler more than using them)."""
         tasks = [self.tasks[t] for t in self._by_service.get(service, ())]
-        return sorted(tasks, key=lambda t: (t.slot, "" if t.slot else t.node or "", -t.created, t.id))
+        return sorted(tasks, key=slot_order) if ordered else tasks
 
     def tasks_in_slot(self, service: str, key: int | str | None) -> list[Task]:
         """The tasks of one slot (replicated) or node (global) of ``service``, current and history."""
@@ -455,6 +461,11 @@ class ClusterState(ObjectCommands):
         for task in map(decode_task, data["tasks"]):
             self._put(task)
         self._seen = {cid: result for cid, *result in data["seen"]}
+
+
+def slot_order(task: Task) -> tuple:
+    """Sort key: by slot (a global service's: by node), the newest task of a slot first."""
+    return task.slot, "" if task.slot else task.node or "", -task.created, task.id
 
 
 K = TypeVar("K")

@@ -5,6 +5,13 @@ No operator picks voters.  The leader calls :func:`next_change` every
 configuration and replication progress; it proposes the one change returned (if
 any) and asks again once that change has committed.
 
+SWIM takes seconds to declare a crash, so "alive in SWIM" alone is no proof of life:
+a member is **healthy** (Consul autopilot's notion) when it is alive in SWIM (not
+suspect) *and* the leader heard a Raft answer from it within ``last_contact_threshold``
+(``last_contact``, from the Raft core's progress tracking).  Growing the voter set
+needs healthy members: a zone that crashed at once otherwise still looks alive, and
+promoting one of its learners would make the new majority depend on dead voters.
+
 Rules, in the order they are tried:
 
 1. Target voters: 1 while fewer than 3 members, 3 while fewer than 7, else 5.  The
@@ -12,12 +19,14 @@ Rules, in the order they are tried:
    until SWIM forgets it (``dead_reap_after``), so one crash in a 7-node cluster
    gets its voter replaced instead of shrinking the group to 3.
 2. A learner that died or left is dropped (learners never affect quorum).
-3. While fewer than target voters are live (alive or suspect), the best learner
-   that is caught up (match within ``max_lag`` of the leader's last index) and has
-   been alive for ``stabilization_time`` is promoted.
-4. A voter that left is removed at once; one dead (or unknown to SWIM) for longer
+3. A voter that left is removed at once; one dead (or unknown to SWIM) for longer
    than ``stabilization_time`` is removed; never if the remaining voters' live
-   ones would no longer form a quorum of them.
+   ones would no longer form a quorum of them.  Failed voters go before any
+   promotion: the smaller group's quorum no longer counts them.
+4. While fewer than target voters are live (alive or suspect), the best learner
+   that is caught up (match within ``max_lag`` of the leader's last index), has
+   been alive for ``stabilization_time`` and is healthy is promoted, only if the
+   healthy members of the grown voter set are a quorum of it.
 5. Up to ``max_learners`` (a handful) other live members are learners: they catch
    up before they can vote, so a dead voter's replacement is ready at once, and they
    serve workers their assignments.  The best-ranked goes first, so learners spread
@@ -26,8 +35,8 @@ Rules, in the order they are tried:
    voter or learner already covers makes room for an alive member of a zone nobody
    covers.  While live voters are short of the target, one more learner per missing
    voter may join (a candidate to promote, even with ``max_learners`` 0).
-6. Above target (members left), the worst-ranked live voter (never the leader)
-   is removed, quorum permitting.
+6. Above target (members left), a live voter (never the leader) is removed, an
+   unhealthy one first, else the worst-ranked, quorum permitting.
 
 Every other live member is a **worker**: outside the Raft configuration, it learns
 its own assignments from the members (:mod:`p2pswarm.assignments`), so the group,
@@ -59,6 +68,9 @@ class AutopilotConfig:
     """A learner is caught up when its match index is within this many entries of the leader's last."""
     interval: float = 0.5
     """Seconds between the leader's autopilot rounds (one change per round at most)."""
+    last_contact_threshold: float = 0.5
+    """Seconds within which the leader must have heard from a member (any Raft answer) for it to be healthy:
+    about 5 × the Raft ``heartbeat_interval``, since a live follower answers every heartbeat."""
     max_learners: int = 4
     """Live non-voters kept as learners (standby replicas that also serve workers); at most the wire's
     MAX_LEARNERS.  Every other live node is a worker outside the Raft configuration."""
@@ -88,13 +100,16 @@ def target_voters(members: int) -> int:
 
 
 def next_change(now: float, peers: Iterable[Peer], voters: Iterable[str], learners: Iterable[str], *,
-                leader: str, leader_since: float, match: Mapping[str, int], last_index: int,
-                config: AutopilotConfig, pending: bool = False) -> Change | None:
-    """The next single configuration change, or None when the configuration is right (or busy)."""
+                leader: str, leader_since: float, match: Mapping[str, int], last_contact: Mapping[str, float],
+                last_index: int, config: AutopilotConfig, pending: bool = False) -> Change | None:
+    """The next single configuration change, or None when the configuration is right (or busy).
+
+    ``last_contact``: when (on ``now``'s clock) the leader last heard from each member; one missing was not
+    heard from since the leader took office."""
     voters, learners = sorted(voters), sorted(learners)
     if pending or leader not in voters:
         return None
-    view = _View(now, {p.id: p for p in peers}, leader, leader_since, config)
+    view = _View(now, {p.id: p for p in peers}, leader, leader_since, config, last_contact)
     members = sum(1 for p in view.peers.values() if p.status != LEFT) + (leader not in view.peers)
     target = target_voters(members)
     live_voters = [v for v in voters if view.live(v)]
@@ -103,14 +118,15 @@ def next_change(now: float, peers: Iterable[Peer], voters: Iterable[str], learne
     for x in learners:
         if view.gone(x):
             return Change("remove", x, f"learner {view.status(x)}")
-    if len(live_voters) < target:
-        ready = [x for x in learners if view.stable(x) and match.get(x, 0) + config.max_lag >= last_index]
-        if ready and _quorum_safe(view, voters + ready[:1]):
-            best = view.rank(ready, live_voters)[0]
-            return Change("promote", best, f"{len(live_voters)} live voters, target {target}")
     for v in voters:
         if v != leader and view.gone(v) and _quorum_safe(view, [u for u in voters if u != v]):
             return Change("remove", v, f"voter {view.status(v)}")
+    if len(live_voters) < target:
+        ready = [x for x in learners if view.stable(x) and view.healthy(x)
+                 and match.get(x, 0) + config.max_lag >= last_index]
+        best = view.rank(ready, live_voters)[0] if ready else None
+        if best is not None and _healthy_quorum(view, voters + [best]):
+            return Change("promote", best, f"{len(live_voters)} live voters, target {target}")
     members_now = set(voters) | set(learners)
     candidates = [p.id for p in view.peers.values() if p.status == ALIVE and p.id not in members_now]
     room = config.max_learners + max(0, target - len(live_voters))  # short of voters: candidates besides
@@ -124,7 +140,8 @@ def next_change(now: float, peers: Iterable[Peer], voters: Iterable[str], learne
     if swap is not None:
         return swap
     if len(live_voters) > target:
-        victim = view.rank([v for v in live_voters if v != leader], [leader])[-1]
+        ranked = view.rank([v for v in live_voters if v != leader], [leader])
+        victim = ([v for v in ranked if not view.healthy(v)] or ranked)[-1]
         if _quorum_safe(view, [u for u in voters if u != victim]):
             return Change("remove", victim, f"{len(live_voters)} live voters, target {target}")
     return None
@@ -148,11 +165,16 @@ def _quorum_safe(view: "_View", voters: list) -> bool:
     return bool(voters) and sum(1 for v in voters if view.live(v)) >= quorum_size(len(voters))
 
 
+def _healthy_quorum(view: "_View", voters: list) -> bool:
+    """Would the healthy members of ``voters`` be a majority of them (the majority depends on no silent voter)?"""
+    return bool(voters) and sum(1 for v in voters if view.healthy(v)) >= quorum_size(len(voters))
+
+
 class _View:
     def __init__(self, now: float, peers: dict, leader: str, leader_since: float,
-                 config: AutopilotConfig) -> None:
+                 config: AutopilotConfig, last_contact: Mapping[str, float]) -> None:
         self.now, self.peers, self.leader = now, peers, leader
-        self.leader_since, self.config = leader_since, config
+        self.leader_since, self.config, self.last_contact = leader_since, config, last_contact
 
     def status(self, node: str) -> str:
         if node == self.leader:
@@ -167,6 +189,14 @@ class _View:
         peer = self.peers.get(node)
         return (peer is not None and peer.status == ALIVE
                 and self.now - peer.status_since >= self.config.stabilization_time)
+
+    def healthy(self, node: str) -> bool:
+        """The leader itself, or alive in SWIM and heard from by the leader within the last-contact threshold."""
+        if node == self.leader:
+            return True
+        heard = self.last_contact.get(node)
+        return (self.status(node) == ALIVE and heard is not None
+                and self.now - heard <= self.config.last_contact_threshold)
 
     def gone(self, node: str) -> bool:
         """Left, or dead / unheard of for longer than the stabilization time."""

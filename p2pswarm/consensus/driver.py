@@ -359,9 +359,10 @@ class RaftDriver(RaftRequests, GroupChanges):
             for pending in [*self._writes.values(), *self._reads.values()]:
                 pending.submit()
         role = (self.role_of(self.id), self.raft.term)
-        applied = self.cluster.applied if role[0] != "-" else 0
+        applied = self.applied if role[0] != "-" else 0
         if role != self._facts[:2] or (applied != self._facts[2] and now >= self._facts_due):
-            # the applied index tells workers their assignments moved; at most every applied_gossip_interval
+            # the applied index (every state machine's, the security record's too) tells workers their
+            # assignments or their part of the security record may have moved; at most every applied_gossip_interval
             self._facts, self._facts_due = (*role, applied), now + self.cfg.applied_gossip_interval
             self.record.set(RaftFacts(self.cluster_id, *role, applied))
 

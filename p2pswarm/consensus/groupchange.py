@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from p2pswarm.consensus import autopilot
+from p2pswarm.consensus.progress import last_contacts
 from p2pswarm.consensus.raft import ConfChangeRejected, NotLeader, quorum_size
 from p2pswarm.membership.messages import LIVE
 
@@ -59,7 +60,8 @@ class GroupChanges:
                                 m.status_since) for m in self.swim.members() if m.node not in removed]
         change = autopilot.next_change(
             now, peers, raft.conf.voters, raft.conf.learners, leader=self.id, leader_since=self.leader_since,
-            match={p: pr.match for p, pr in raft.progress.items()}, last_index=raft.log.last_index(),
+            match={p: pr.match for p, pr in raft.progress.items()}, last_contact=last_contacts(raft.progress),
+            last_index=raft.log.last_index(),
             config=self.autopilot_cfg, pending=raft.conf_index > raft.log.committed)
         if change is None:
             return

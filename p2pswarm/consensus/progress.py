@@ -13,6 +13,7 @@ A follower is in one of three states (the etcd-io/raft model):
 from __future__ import annotations
 
 from collections import deque
+from typing import Mapping
 
 from p2pswarm.consensus.messages import Snapshot
 
@@ -23,7 +24,7 @@ class Progress:
     __slots__ = ("match", "next", "state", "probe_sent", "inflight", "pending_snapshot", "sending",
                  "snapshot_sent_at", "recent_active", "last_active")
 
-    def __init__(self, next_index: int, now: float | None = None) -> None:
+    def __init__(self, next_index: int) -> None:
         self.match = 0
         self.next = next_index
         self.state = PROBE
@@ -33,7 +34,9 @@ class Progress:
         self.sending: Snapshot | None = None
         self.snapshot_sent_at = 0.0
         self.recent_active = False
-        self.last_active = now
+        self.last_active: float | None = None
+        """When the leader last heard from it (None: not since this leader took office); autopilot's last
+        contact, so a replica that stopped answering is never mistaken for a healthy one."""
 
     def become_probe(self) -> None:
         if self.state == SNAPSHOT:
@@ -100,3 +103,8 @@ class Progress:
         return {"match": self.match, "next": self.next, "state": self.state,
                 "inflight": len(self.inflight), "recent_active": self.recent_active,
                 "idle_s": None if self.last_active is None else round(now - self.last_active, 3)}
+
+
+def last_contacts(progress: Mapping[str, Progress]) -> dict[str, float]:
+    """When the leader last heard from each follower it has heard from since it took office (autopilot's input)."""
+    return {peer: pr.last_active for peer, pr in progress.items() if pr.last_active is not None}

@@ -435,8 +435,8 @@ class Raft:
         self.role, self.lead = LEADER, self.id
         last = self.log.last_index()
         for peer in self.conf.members:
-            self.progress[peer] = Progress(last + 1, now)
-        self.progress.setdefault(self.id, Progress(last + 1, now)).match = last
+            self.progress[peer] = Progress(last + 1)
+        self.progress.setdefault(self.id, Progress(last + 1)).match = last
         self._heartbeat_due = now + self.cfg.heartbeat_interval
         self._quorum_due = now + self.cfg.election_timeout
         self._term_start = self._append_local("noop", b"", now)[0]
@@ -766,7 +766,7 @@ class Raft:
                 del self.progress[peer]
         for peer in self.conf.members:
             if peer not in self.progress:
-                self.progress[peer] = Progress(self.log.last_index() + 1, now)
+                self.progress[peer] = Progress(self.log.last_index() + 1)
         if self._transferee is not None and self._transferee not in self.conf.voters:
             self._transferee, self._transfer_due = None, float("inf")
 

@@ -99,6 +99,8 @@ class ChaosRun(ChaosFaults, ChaosWrites):
         self.writing: list[str] = []
         """Nodes with a write in flight (one entry per write)."""
         self.procs: list[subprocess.Popen] = []
+        self.starting: dict[str, tuple[float, subprocess.Popen]] = {}
+        """Restarted node name -> (end of its start grace on the run's clock, its process)."""
         self.load_proc: subprocess.Popen | None = None
         self.events: list = []
         self._seq = 0

@@ -32,6 +32,7 @@ import p2pswarm
 from p2pswarm.api.client import ApiClient, ApiError
 from p2pswarm.consensus.autopilot import target_voters
 from p2pswarm.lab import netns
+from p2pswarm.mesh import kernel_plan, nft
 from p2pswarm.node.datadir import DataDir
 from p2pswarm.runtime import procfs
 from p2pswarm.runtime.taskuser import own_interpreter_args, remove_homes_of
@@ -97,6 +98,8 @@ class Lab:
     """``{"service": name, "port": published port}`` once the demo is deployed."""
     loopback_net: int = 0
     """Loopback layout: node i binds ``127.0.<loopback_net>.(10+i)``."""
+    mesh: str = "auto"
+    """The nodes' ``up --mesh`` (``auto``, ``kernel`` or ``userspace``), kept for restarts."""
 
     # ------------------------------------------------------------ layout and state
 
@@ -204,7 +207,7 @@ class Lab:
         datadir.prepare()
         argv = [sys.executable, "-m", "p2pswarm.cli.main", "up", "--data-dir", str(datadir.path),
                 "--bind", node.addr, "--name", node.name, "--preset", self.preset, "--log-level", "info",
-                "--label", "lab=1", "--label", f"zone={'abc'[(node.index - 1) % 3]}",
+                "--label", "lab=1", "--label", f"zone={'abc'[(node.index - 1) % 3]}", "--mesh", self.mesh,
                 *own_interpreter_args(sys.executable)]  # the demo service runs this interpreter
         if peers:
             argv += ["--peers", ",".join(peers)]
@@ -370,26 +373,25 @@ class Lab:
 
     # ------------------------------------------------------------ chaos primitives
 
-    def crash(self, node: LabNode) -> list[int]:
-        """SIGKILL the node and everything it runs, as a machine crash would; returns the pids killed."""
+    def crash(self, *nodes: LabNode) -> list[int]:
+        """SIGKILL the nodes and everything they run, as machine crashes would; returns the pids killed."""
+        return kill_at_once(self.victims(*nodes))
+
+    def victims(self, *nodes: LabNode) -> set[int]:
+        """What a crash of ``nodes`` kills: each node, every process it started, its tasks and, with netns, every
+        process in its namespace.  Finding them scans /proc (a second or more on a busy machine): a caller that
+        times the crash finds them first and then calls :func:`kill_at_once`."""
         victims: set[int] = set()
-        pid = self.pid(node)
-        if pid is not None:
-            victims.add(pid)
-            victims.update(descendants(pid))
-        victims.update(task_processes(Path(node.dir)))
-        if node.netns:
-            victims.update(netns.pids_in(node.netns))
+        for node in nodes:
+            pid = self.pid(node)
+            if pid is not None:
+                victims.add(pid)
+                victims.update(descendants(pid))
+            victims.update(task_processes(Path(node.dir)))
+            if node.netns:
+                victims.update(netns.pids_in(node.netns))
         victims.discard(os.getpid())
-        for p in victims:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.monotonic() + 10.0
-        while any(procfs.is_alive(p) for p in victims) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return sorted(victims)
+        return victims
 
     def restart(self, node: LabNode) -> subprocess.Popen:
         """Start a stopped or crashed node again with its data dir, joining through the others."""
@@ -448,8 +450,10 @@ class Lab:
             except ProcessLookupError:
                 pass
         failed_ns: list[str] = []
-        if self.mode == "netns":
+        if self.mode == "netns":  # the kernel path's tables go with the namespaces
             failed_ns = netns.destroy([n.netns for n in self.nodes if n.netns] + [self.bridge_ns])
+        else:  # a node killed above could not remove its table: the lab's nodes share this namespace
+            nft.remove_all(kernel_plan.table_name(n.host, n.port) for n in self.nodes)
         return {"stopped": len(pids), "killed": killed, "leftovers": len(leftovers), "failed_ns": failed_ns}
 
 
@@ -485,6 +489,19 @@ def poll(check: Callable[[], tuple[bool, str]], timeout: float, what: str, say: 
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
+
+
+def kill_at_once(victims: set[int]) -> list[int]:
+    """SIGKILL every pid in ``victims``, then wait (10 s at most) until they are gone; returns them sorted."""
+    for p in victims:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + 10.0
+    while any(procfs.is_alive(p) for p in victims) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return sorted(victims)
 
 
 def descendants(pid: int) -> set[int]:

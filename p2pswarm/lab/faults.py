@@ -6,18 +6,29 @@ report's action list, and the wanted faults (cut links, loss) are applied the sa
 everywhere: nftables inside the node's namespace with netns, the node's fault-injection
 transport (``POST /v1/faults``) otherwise, again after a node comes back.
 :class:`ChaosFaults` is mixed into :class:`p2pswarm.lab.chaos.ChaosRun`.
+
+A restarted node's process opens its API a second or more after it starts (several on a busy
+machine): an action that finds such a node not answering yet waits for it (up to
+:data:`START_GRACE` after the restart) instead of leaving the fault off that node.
 """
 
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
+import time
 from typing import TYPE_CHECKING, Callable
 
 from p2pswarm.api.client import ApiError
 from p2pswarm.lab import netns, report
 from p2pswarm.lab.cluster import Lab, LabError, LabNode
 from p2pswarm.lab.scenario import Action
+
+START_GRACE = 8.0
+"""Seconds after a restart during which a node whose API does not answer yet is still starting: faults for it
+are retried (every :data:`START_RETRY` s) rather than reported as not applied."""
+START_RETRY = 0.1
 
 
 class ChaosFaults:
@@ -36,6 +47,7 @@ class ChaosFaults:
         actions: list[dict]
         notes: list[str]
         procs: list
+        starting: dict[str, tuple[float, subprocess.Popen]]
 
         def t(self) -> float: ...
         def node_by_name(self, name: str) -> LabNode: ...
@@ -84,9 +96,11 @@ class ChaosFaults:
         if node is None or not report.is_down(self.down, node.name, self.t()):
             self._log("restart", a.label(), False, getattr(node, "name", None), "no killed node to restart", a.at)
             return
-        self.procs.append(self.lab.restart(node))
+        proc = self.lab.restart(node)
+        self.procs.append(proc)
         with self.lock:
             self.down[node.name][-1][1] = self.t()
+        self.starting[node.name] = (self.t() + START_GRACE, proc)
         self._log("restart", f"restart {node.name}", True, node.name, at=a.at, auto=auto)
         if not self.use_netns:  # a new process starts without the faults its transport had
             for delay in (1.0, 3.0, 6.0):
@@ -172,10 +186,20 @@ class ChaosFaults:
                 return False
         if not self.is_up(node):
             return False
-        try:
-            node.api(timeout=2.0).post("/v1/faults", {"drop_rate": loss / 100.0, "cut": [b.addr for b in blocked]})
-            return True
-        except ApiError as exc:
-            if not quiet:
-                self.notes.append(f"faults on {node.name}: {exc}")
-            return False
+        faults = {"drop_rate": loss / 100.0, "cut": [b.addr for b in blocked]}
+        while True:
+            try:
+                node.api(timeout=2.0).post("/v1/faults", faults)
+                return True
+            except ApiError as exc:
+                if exc.status is None and self._still_starting(node):  # not reached: its API is not up yet
+                    time.sleep(START_RETRY)
+                    continue
+                if not quiet:
+                    self.notes.append(f"faults on {node.name}: {exc}")
+                return False
+
+    def _still_starting(self, node: LabNode) -> bool:
+        """True while ``node`` was restarted less than START_GRACE s ago and its process runs."""
+        until, proc = self.starting.get(node.name, (0.0, None))
+        return proc is not None and self.t() < until and proc.poll() is None and self.is_up(node)

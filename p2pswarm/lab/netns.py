@@ -5,7 +5,8 @@ Layout of lab ``L`` (an integer 1..250 picked so that no ``p2ps-L-*`` namespace 
     p2ps-L-br   the lab's "switch": bridge br0 with 10.77.L.254/24 (where the load client runs)
     p2ps-L-i    node i: eth0 = 10.77.L.i/24, a veth whose peer vi sits on br0; lo up
 
-Everything is created inside namespaces this module made (the host's own network is
+Node namespaces forward IPv4 (the mesh's kernel path DNATs to other nodes' replicas) without
+ICMP redirects. Everything is created inside namespaces this module made (the host's own network is
 never touched: not one address, route or rule), and :func:`destroy` deletes them,
 which deletes their veths and rules with them.
 
@@ -127,6 +128,10 @@ def create(lab_id: int, nodes: int) -> list[str]:
             _run("ip", "-n", ns, "link", "set", "lo", "up")
             _run("ip", "-n", ns, "addr", "add", f"{node_ip(lab_id, i)}/24", "dev", "eth0")
             _run("ip", "-n", ns, "link", "set", "eth0", "up")
+            # a node forwards what its kernel path sends to another node's replica (DNAT, masquerade); a
+            # forwarded packet leaves by the interface it came in on, which must not teach the client a shortcut
+            _run(*exec_prefix(ns), "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
+                 "net.ipv4.conf.eth0.send_redirects=0")
         return names
     except NetnsError:
         destroy(made)

@@ -21,18 +21,16 @@ back in order (a bisection each), so a long queue is never sorted whole again.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from operator import attrgetter
 
 from p2pswarm.wire import encoded_size
 
-_BY_SERIAL = attrgetter("serial")
-_BY_OFFSET = attrgetter("offset")
-
-
-def _SEND_ORDER(entry) -> tuple[int, int]:  # noqa: N802 - a sort key, named like the attrgetters beside it
-    """Least sent first, newest first among equals: the queue's order, as one key."""
-    return entry.offset, -entry.serial
+_RANK_SPAN = 1 << 48
+"""Serials stay below this (a queue would need 10^14 puts to reach it), so a rank orders like (offset, -serial)."""
+_SEND_ORDER = attrgetter("rank")
+"""Least sent first, newest first among equals: the queue's order, as one key read in C (the queue's
+bisections call it millions of times in a simulation)."""
 _SIZES: dict[int, tuple] = {}
 """id(item) → (item, encoded size), bounded; the item is held so that its id is not reused."""
 _SIZES_MAX = 4096
@@ -55,10 +53,15 @@ def _size_of(item) -> int:
     return size
 
 
+def news_bytes(items) -> int:
+    """Encoded size of ``items`` (what a take used of its budget)."""
+    return sum(map(_size_of, items))
+
+
 class _News:
     """One queued item; identity is its equality, so the order lists can drop it cheaply."""
 
-    __slots__ = ("key", "item", "size", "offset", "serial")
+    __slots__ = ("key", "item", "size", "offset", "serial", "rank")
 
     def __init__(self, key: tuple, item, size: int, offset: int, serial: int) -> None:
         self.key = key
@@ -67,6 +70,8 @@ class _News:
         self.offset = offset
         """Sends so far minus the queue's ``takes``."""
         self.serial = serial
+        self.rank = offset * _RANK_SPAN - serial
+        """The sort key (offset, -serial) as one integer: moves in step with ``offset``."""
 
 
 class NewsQueue:
@@ -161,6 +166,7 @@ class NewsQueue:
             out.append(entry.item)
             moved.append(entry)
             entry.offset += 1
+            entry.rank += _RANK_SPAN
             sends = entry.offset + takes
             if sends == fresh_sends or (sends >= limit and sends < fresh_sends):
                 self.fresh -= 1
@@ -169,7 +175,7 @@ class NewsQueue:
         for entry in spent:
             self._drop(entry)
         if not whole:
-            self._reorder(moved, scanned - len(spent), spent)
+            self._reorder(moved, scanned - len(spent), spent, in_order=True)  # each gained one send
         return out
 
     def _take_all(self, limit: int) -> list:
@@ -229,6 +235,7 @@ class NewsQueue:
             copies.append((entry.item, n))
             moved.append(entry)
             entry.offset += n
+            entry.rank += n * _RANK_SPAN
             after = before + n
             if after >= fresh_sends or after >= limit:
                 self.fresh -= 1
@@ -246,13 +253,12 @@ class NewsQueue:
     def _sorted(self) -> list[_News]:
         order = self._order
         if not self._ordered:
-            order.sort(key=_BY_SERIAL, reverse=True)  # two stable passes: sends up, then newest first
-            order.sort(key=_BY_OFFSET)
+            order.sort(key=_SEND_ORDER)
             self._items_stale = True
             self._ordered = True
         return order
 
-    def _reorder(self, moved: list[_News], head: int, spent: list[_News]) -> None:
+    def _reorder(self, moved: list[_News], head: int, spent: list[_News], in_order: bool = False) -> None:
         """Put ``moved`` (entries that gained sends; all within the first ``head`` places once the
         ``spent`` ones are dropped) back in order: the same order a full sort gives, since (sends,
         newest first) is unique per entry, at the cost of a few bisections instead of a sort of the
@@ -265,16 +271,23 @@ class NewsQueue:
         order = self._order
         still = set(moved)
         order[:head] = [entry for entry in order[:head] if entry not in still]
+        self._items_stale = True
+        if in_order:
+            # ``moved`` is still in order (each gained the same sends): where no other entry falls
+            # between its first and last, it goes back as one block, one insertion into a long queue
+            at = bisect_right(order, moved[0].rank, key=_SEND_ORDER)
+            if at == bisect_right(order, moved[-1].rank, at, key=_SEND_ORDER):
+                order[at:at] = moved
+                return
         for entry in moved:
             insort(order, entry, key=_SEND_ORDER)
-        self._items_stale = True
 
     def _drop(self, entry: _News) -> None:
         """Forget ``entry`` (spent, or replaced by newer news under its key)."""
         if self.queued.get(entry.key) is entry:
             del self.queued[entry.key]
         order = self._order
-        at = bisect_left(order, _SEND_ORDER(entry), key=_SEND_ORDER)  # in order (but mid-take)
+        at = bisect_left(order, entry.rank, key=_SEND_ORDER)  # in order (but mid-take)
         if at >= len(order) or order[at] is not entry:
             at = order.index(entry)
         del order[at]

@@ -47,8 +47,8 @@ from p2pswarm.membership.messages import (
     Record,
     Suspect,
 )
-from p2pswarm.membership.news import NewsQueue
-from p2pswarm.membership.suspicion import Suspicion
+from p2pswarm.membership.news import NewsQueue, news_bytes
+from p2pswarm.membership.suspicion import Suspicion, Suspicions
 
 GONE = (DEAD, LEFT)
 SEQ_MOD = 1 << 32
@@ -146,7 +146,8 @@ class Swim:
     # what nearly every event reads first, so that it shares the object's first cache
     # lines.  "__dict__" stays so that anything not listed (a test's monkeypatched
     # method, a new attribute) still works, only without that benefit.
-    __slots__ = ("_timers_due", "_probe_due", "_next_gossip", "_news", "_suspicion_due", "_relay_due", "_outbox",
+    __slots__ = ("_timers_due", "_probe_due", "_next_gossip", "_news", "_record_news", "_suspicion_due", "_relay_due",
+                 "_outbox",
                  "_events", "_record_updates", "id", "addr", "leaving", "config", "_probe", "_members", "health",
                  "rng", "_seq", "counters", "_rtt", "_indirect_only", "_limit_for", "_limit_value", "_live",
                  "incarnation", "leave_done", "joined", "join_attempts", "_meta", "_since", "_records",
@@ -181,8 +182,12 @@ class Swim:
         self._live = 1
         self._gone: dict[str, None] = {}
         """Dead and left members, in the order they went (an ordered set: deterministic)."""
-        self._suspicions: dict[str, Suspicion] = {}
+        self._suspicions = Suspicions()
         self._news = NewsQueue(config.gossip_sends)
+        """Membership news (alive, suspect, dead): it goes first in every message, as memberlist sends its
+        own broadcasts before the delegate's, so that detection does not wait behind a burst of records."""
+        self._record_news = NewsQueue(config.gossip_sends)
+        """Record news: the space membership news leaves."""
         self._outbox: list[Outgoing] = []
         self._events: list[MemberEvent] = []
         self._order: list[str] = []
@@ -316,7 +321,7 @@ class Swim:
         t = self._timers_due
         if self._probe_due < t:
             t = self._probe_due
-        if self._news.fresh and self._next_gossip < t:
+        if (self._news.fresh or self._record_news.fresh) and self._next_gossip < t:
             t = self._next_gossip
         if self._suspicion_due < t:
             t = self._suspicion_due
@@ -325,7 +330,7 @@ class Swim:
         return t
 
     def _refresh_suspicion_due(self) -> None:
-        self._suspicion_due = min((s.deadline for s in self._suspicions.values()), default=INF)
+        self._suspicion_due = self._suspicions.earliest()
 
     def _refresh_relay_due(self) -> None:
         self._relay_due = min((r[2] for r in self._relays.values()), default=INF)
@@ -352,11 +357,11 @@ class Swim:
         if now >= self._next_probe:
             self._start_probe(now)
         if now >= self._suspicion_due:
-            for node in [n for n, s in self._suspicions.items() if now >= s.deadline]:
+            for node in self._suspicions.due(now):
                 self._suspicion_expired(now, node)
         if now >= self._relay_due:
             self._tick_relays(now)
-        if now >= self._next_gossip and self._news.fresh:
+        if now >= self._next_gossip and (self._news.fresh or self._record_news.fresh):
             self._gossip(now)
         if now >= self._timers_due:  # (as it was before this tick) one of the rarer timers may be due
             if now >= self._join_at:
@@ -461,6 +466,9 @@ class Swim:
         if not targets:
             return
         batches = self._news.take_for(len(targets), self.config.gossip_bytes, self._limit())
+        if self._record_news.fresh:
+            left = self.config.gossip_bytes - (news_bytes(batches[0]) if batches else 0)
+            batches = _joined(batches, self._record_news.take_for(len(targets), left, self._limit()))
         msg = None
         for node, news in zip(targets, batches):
             if news:
@@ -524,7 +532,7 @@ class Swim:
                 return
             if self.leaving:
                 return
-            self._send(msg.source_addr, Ack(msg.seq, self.id, self._piggyback() if self._news.queued else ()))
+            self._send(msg.source_addr, Ack(msg.seq, self.id, self._piggyback()))
         elif kind is Ack:
             if msg.news:
                 self._absorb(now, msg.news)
@@ -700,8 +708,8 @@ class Swim:
         low, high = self.config.suspicion_bounds(self._live)
         if news.by != self.id and self.config.lifeguard:
             self._maybe_confirm(node)
-        self._suspicions[node] = suspicion = Suspicion(news.incarnation, now, low, high,
-                                                       self.config.expected_confirmations(self._live), news.by)
+        suspicion = Suspicion(news.incarnation, now, low, high, self.config.expected_confirmations(self._live), news.by)
+        self._suspicions.start(node, suspicion)
         if suspicion.deadline < self._suspicion_due:  # (a member is suspected once at a time)
             self._suspicion_due = suspicion.deadline
         self._set(now, MemberState(node, cur.addr, news.incarnation, SUSPECT, cur.meta), news.by)
@@ -711,6 +719,7 @@ class Swim:
         """Someone else suspects a member we suspect: if independent, it shortens our timeout
         (Lifeguard) and is passed on."""
         if news.incarnation == suspicion.incarnation and suspicion.confirm(news.by):
+            self._suspicions.moved(news.node, suspicion)
             if suspicion.deadline < self._suspicion_due:
                 self._suspicion_due = suspicion.deadline  # only ever earlier: still the minimum
             self._news.put((news.node, "m"), news)
@@ -740,7 +749,7 @@ class Swim:
         if record.node not in self._members or (cur is not None and record.version <= cur.version):
             return
         self._records[record.node] = record
-        self._news.put((record.node, "r"), record)
+        self._record_news.put((record.node, "r"), record)
         if self.track_records:
             self._record_updates.append((record.node, record.version))
 
@@ -775,7 +784,7 @@ class Swim:
     def _publish_record(self) -> None:
         record = Record(self.id, self._record_version, self._record_payload)
         self._records[self.id] = record
-        self._news.put((self.id, "r"), record)
+        self._record_news.put((self.id, "r"), record)
 
     def _adjust_health(self, delta: int) -> None:
         self.health = min(self.config.health_max, max(0, self.health + delta))
@@ -865,9 +874,13 @@ class Swim:
         return chosen
 
     def _piggyback(self, first=None) -> tuple:
-        if first is None and not self._news.queued:
+        if first is None and not self._news.queued and not self._record_news.queued:
             return ()
-        return tuple(self._news.take(self.config.piggyback_bytes, self._limit(), first))
+        budget = self.config.piggyback_bytes
+        news = self._news.take(budget, self._limit(), first) if first is not None or self._news.queued else []
+        if self._record_news.queued:
+            news += self._record_news.take(budget - news_bytes(news), self._limit())
+        return tuple(news)
 
     def _limit(self) -> int:
         if self._limit_for != self._live:
@@ -891,3 +904,11 @@ class Swim:
         return Member(node, state.addr, state.incarnation, state.status, state.meta,
                       self._since.get(node, 0.0), self._rtt.get(node),
                       record.version if record else 0, record.payload if record else b"")
+
+
+def _joined(first: list[tuple], then: list[tuple]) -> list[tuple]:
+    """Per gossip target, its membership news then its record news; targets that share both share one tuple."""
+    if not then or not first:
+        return then or first
+    joined: dict[tuple[int, int], tuple] = {}
+    return [joined.setdefault((id(a), id(b)), a + b) for a, b in zip(first, then)]

@@ -8,6 +8,12 @@ node cannot use directly, injected faults — and at least every ``REFRESH`` sec
 that round-trip times stay current, then pushes the whole table to the data plane.
 The data plane starts with the first table that has a published port (TCP or UDP).
 
+**Kernel path.** With a :class:`p2pswarm.mesh.kernel.KernelPath` (``up --mesh auto|kernel`` as root),
+every table built from gossip is also planned for nftables: the ports the kernel can forward are
+DNATed there and never reach the data plane, which serves the rest (and listens on every port).
+The saved table below is not given to the kernel: it may name replicas that are gone, which only
+the data plane's retries survive.
+
 It also gossips this node's relay port and the members it cannot reach directly (the ``mesh``
 section of the node's record, :mod:`p2pswarm.node.record`), which other nodes need to choose relays,
 and the published ports its data plane cannot listen on (another process holds them): ``service ps``
@@ -29,9 +35,11 @@ import logging
 import os
 import socket
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from p2pswarm.mesh.kernel import KernelPath
 from p2pswarm.mesh.routes import DEFAULT_LIMITS
 from p2pswarm.mesh.table import TLS_RELAY_OFFSET, Peer, Route, build
 from p2pswarm.node.record import MAX_PORT_ERROR, MAX_PORT_ERRORS, GossipRecord, MeshFacts
@@ -47,6 +55,9 @@ SAVED_MAX_AGE = 600.0
 have probably moved."""
 WARM_LIMIT = 15.0
 """Seconds at most a restarted node serves its saved table while no peer's gossip has arrived."""
+CHECK_INTERVAL = 0.1
+"""Seconds at least between two looks at the table's inputs (a scan of every member): the node steps the mesh
+after every message it receives, dozens a second in a cluster of a hundred nodes."""
 SAVE_INTERVAL = 2.0
 """Seconds at least between two saves of the table (it changes with every digest)."""
 
@@ -98,8 +109,10 @@ class MeshHost:
                  relay_port: int, unreachable: Callable[[], tuple[str, ...]],
                  data_plane_factory: Callable[[], DataPlaneLike] = default_data_plane,
                  limits: dict[str, Any] | None = None, security: Any = None,
-                 state_dir: str | os.PathLike[str] | None = None, record: GossipRecord) -> None:
-        """``record``: the node's gossip record (this host sets its ``mesh`` section, reads every member's)."""
+                 state_dir: str | os.PathLike[str] | None = None, record: GossipRecord,
+                 kernel: KernelPath | None = None) -> None:
+        """``record``: the node's gossip record (this host sets its ``mesh`` section, reads every member's).
+        ``kernel``: the node's kernel path (None: user space only)."""
         self.node_id, self.swim, self.transport, self.raft = node_id, swim, transport, raft
         self.record = record
         self.relay_port = relay_port
@@ -108,11 +121,13 @@ class MeshHost:
         """The SecurityHost (``mesh_tls_version``, ``mesh_tls_table()``) in a secure cluster: TLS material
         for encrypted ports; None in a plaintext one."""
         self._unreachable = unreachable
+        self.kernel = kernel
         self._factory = data_plane_factory
         self.data_plane: DataPlaneLike | None = None
         self._starting: asyncio.Task | None = None
         self._key: Any = None
         self._built_at = float("-inf")
+        self._next_check = float("-inf")
         self.version = 0
         self.table: dict[str, Any] | None = None
         self.routes: list[Route] = []
@@ -120,7 +135,8 @@ class MeshHost:
         self._loaded = False
         self._warm_until: float | None = None
         """While set (monotonic), the saved table is in force: built tables are not pushed yet."""
-        self._saved_text = ""
+        self._saved_text: str | None = None
+        """The table last saved ("": one without published ports; None: none saved yet)."""
         self._next_save = 0.0
         self._port_warned: dict[str, str] = {}
         """The port errors last gossiped (each logged once, when it appeared)."""
@@ -128,7 +144,9 @@ class MeshHost:
     # ------------------------------------------------------------ the node loop calls these
 
     async def start(self) -> None:
-        """Nothing yet: ``step`` starts the data plane once it has a table to push (or the saved one)."""
+        """Probe the kernel path; ``step`` starts the data plane once it has a table to push (or the saved one)."""
+        if self.kernel is not None:
+            await self.kernel.start()
 
     def step(self, now: float) -> None:
         """Rebuild and push the table if its inputs changed (cheap to call every loop turn)."""
@@ -138,12 +156,14 @@ class MeshHost:
         if self._warm_until is not None and (now >= self._warm_until or self._heard_from_peers()):
             self._warm_until = None
             self._key = None  # build and push a table from gossip now
+        if now < self._next_check:
+            return
+        self._next_check = now + CHECK_INTERVAL
         unreachable = tuple(sorted(self._unreachable()))
         self.record.set(MeshFacts(self.relay_port, unreachable, self._port_errors()))
         faults = self.transport.describe() if hasattr(self.transport, "describe") else {}
         tls_version = self.security.mesh_tls_version if self.security is not None else -1
-        key = (tuple((m.node, m.status, m.record_version) for m in self.swim.members()), unreachable,
-               repr(faults), tls_version)
+        key = (self.record.routing_inputs(self.swim.members()), unreachable, repr(faults), tls_version)
         if key == self._key and now < self._built_at + REFRESH:
             return
         self._key, self._built_at = key, now
@@ -157,6 +177,8 @@ class MeshHost:
         if self._warm_until is not None:
             return  # the saved table serves until gossip arrives
         self.table = table
+        if self.kernel is not None:
+            self.kernel.push(table, {(r.protocol, r.port, r.addr) for r in self.routes})
         if self.data_plane is None and self._starting is None and (self.table["ports"] or self.table.get("udp")):
             self._starting = asyncio.ensure_future(self._start())
         elif self.data_plane is not None:
@@ -207,13 +229,16 @@ class MeshHost:
     def _save(self, now: float) -> None:
         if self._saved_path is None or self.table is None or now < self._next_save:
             return
-        text = json.dumps({k: v for k, v in self.table.items() if k not in ("tls", "version")}, sort_keys=True)
+        saved = {k: v for k, v in self.table.items() if k not in ("tls", "version")}
+        # A table without published ports is never served at a restart (_read_saved), so any one will do: it is
+        # written once, not again each time a member's status changes (its relay_from). "" stands for it.
+        text = json.dumps(saved, sort_keys=True) if self.table["ports"] or self.table.get("udp") else ""
         if text == self._saved_text:
             return
         self._next_save = now + SAVE_INTERVAL
         tmp = self._saved_path.with_suffix(".tmp")
         try:
-            tmp.write_text(text)
+            tmp.write_text(text or json.dumps(saved, sort_keys=True))
             os.replace(tmp, self._saved_path)
             self._saved_text = text
         except OSError as exc:  # a full disk costs only this shortcut at the next restart
@@ -233,6 +258,8 @@ class MeshHost:
             plane.push(self.table)
 
     async def close(self) -> None:
+        if self.kernel is not None:  # first: its ports fall back to the data plane while it still runs
+            await self.kernel.close()
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
             await asyncio.gather(self._starting, return_exceptions=True)
@@ -269,7 +296,18 @@ class MeshHost:
     def status(self) -> dict[str, Any]:
         plane = self.data_plane.latest_status() if self.data_plane is not None else None
         return {"running": self.data_plane is not None, "relay_port": self.relay_port,
-                "table_version": self.version, "data_plane": plane or {}}
+                "table_version": self.version, "data_plane": plane or {},
+                "kernel": self.kernel.status() if self.kernel is not None else {"mode": "userspace", "on": False}}
+
+    def route_rows(self) -> list[dict[str, Any]]:
+        """Every route (:class:`p2pswarm.mesh.table.Route`) with its port's ``path`` (``kernel`` or
+        ``userspace``) and ``path_why`` (why user space; "" for the kernel)."""
+        rows = []
+        for route in self.routes:
+            path, why = (self.kernel.path(route.protocol, route.port) if self.kernel is not None
+                         else ("userspace", "no kernel path on this node"))
+            rows.append({**asdict(route), "path": path, "path_why": why})
+        return rows
 
     def metrics(self) -> dict[str, int]:
         plane = self.data_plane.latest_status() if self.data_plane is not None else None

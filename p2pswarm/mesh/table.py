@@ -91,7 +91,8 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
     peers = {p.node: p for p in peers}
     own = peers.get(me)
     host = own.host if own is not None else "127.0.0.1"
-    graph = link_graph(me, peers, frozenset(unreachable))
+    direct = direct_links(me, peers, frozenset(unreachable))
+    graph: nx.Graph | None = None  # built the first time a backend needs a relay: n² links, usually unused
     relays = {n for n, p in peers.items() if p.relay_port}
     relay_for: dict[str, str | None] = {}
     ports: dict[int, dict[str, Any]] = {}
@@ -103,7 +104,7 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
     for peer in sorted(peers.values(), key=lambda p: p.node):
         if peer.status not in LIVE:
             continue  # a dead member's last digest is history, not a backend
-        for task, published, target, proxy, service, reason, proto, encrypted in _served(peer):
+        for task, published, target, proxy, service, reason, proto, encrypted, userspace in _served(peer):
             addr = f"{peer.host}:{target}"
             if proto == "udp":
                 entry = udp.setdefault(published, {"port": published, "service": service, "backends": []})
@@ -112,6 +113,8 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
                                                      "proxy_protocol": proxy, "backends": []})
                 if encrypted:
                     entry["encrypted"] = True
+            if userspace:
+                entry["userspace"] = True
             if encrypted and not reason and peer.node != me:
                 if not tls:
                     reason = "encrypted port and this node has no mesh TLS material (plaintext cluster?)"
@@ -125,8 +128,9 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
                                        "rtt": None if peer.node == me else peer.rtt, "via": None}
             if peer.node == me:
                 route, why = "local", "replica on this node"
-            elif peer.node not in graph.adj.get(me, {}):
+            elif peer.node not in direct:
                 if peer.node not in relay_for:
+                    graph = graph if graph is not None else link_graph(me, peers, frozenset(unreachable))
                     relay_for[peer.node] = relay_of(graph, me, peer.node, relays)
                 relay = relay_for[peer.node]
                 if relay is None:
@@ -145,7 +149,7 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
                 if encrypted:
                     backend["via"], backend["tls"] = tls_relay(peer), True
                     route, why = "tls", f"{rtt}; TLS to its node's mesh"
-            if peer.node in graph.adj.get(me, {}) or peer.node == me:
+            if peer.node in direct or peer.node == me:
                 (udp_relay_allow if proto == "udp" else relay_allow).add(addr)
                 if encrypted and peer.node != me and tls and peer.relay_port:
                     tls_next[addr] = tls_relay(peer)
@@ -162,6 +166,16 @@ def build(me: str, peers: Iterable[Peer], *, unreachable: Iterable[str] = (),
     if tls_next:
         table["tls_next"] = dict(sorted(tls_next.items()))
     return table, routes
+
+
+def direct_links(me: str, peers: Mapping[str, Peer], unreachable: frozenset[str]) -> frozenset[str]:
+    """The members ``me`` links to directly: its edges in :func:`link_graph`, without building the whole
+    graph (every pair of alive members), which only a route through a relay needs."""
+    own = peers.get(me)
+    if own is None or own.status != "alive":
+        return frozenset()
+    return frozenset(p.node for p in peers.values() if p.status == "alive" and p.node != me and
+                     p.node not in unreachable and p.node not in own.unreachable and me not in p.unreachable)
 
 
 def link_graph(me: str, peers: Mapping[str, Peer], unreachable: frozenset[str]) -> nx.Graph:
@@ -205,22 +219,27 @@ ENDED = frozenset({"complete", "failed", "shutdown"})
 
 
 def _served(peer: Peer):
-    """(task, published, task port, proxy protocol, service, exclusion reason or "", protocol, encrypted)
-    per published port. An ``m`` item is ``[published, task port, proxy]`` (TCP),
+    """(task, published, task port, proxy protocol, service, exclusion reason or "", protocol, encrypted,
+    userspace) per published port. An ``m`` item is ``[published, task port, proxy]`` (TCP),
     ``[published, task port, proxy, "tls"]`` (encrypted TCP) or ``[published, task port, proxy, "udp"]``;
-    other 4th elements (a later protocol) are skipped."""
+    other 4th elements (a later protocol) are skipped. The record's ``u`` lists the published ports whose
+    service asked to stay in user space (``8080`` for TCP, ``"5353/udp"``: :mod:`p2pswarm.mesh.kernel_plan`);
+    nodes that predate it ignore it and serve those ports in user space anyway."""
     for task, rec in sorted(peer.tasks.items()):
         mesh = rec.get("m")
         if not isinstance(mesh, list) or rec.get("s") in ENDED:
             continue
         service = rec.get("n") if isinstance(rec.get("n"), str) else task
         reason = _exclusion(peer, rec)
+        userspace = rec.get("u") if isinstance(rec.get("u"), list) else ()
         for item in mesh:
             if (isinstance(item, list) and (len(item) == 3 or (len(item) == 4 and item[3] in ("udp", "tls")))
                     and all(type(v) is int for v in item[:2]) and 0 < item[0] < 65536 and 0 < item[1] < 65536):
                 proto = "udp" if len(item) == 4 and item[3] == "udp" else "tcp"
                 encrypted = len(item) == 4 and item[3] == "tls"
-                yield task, item[0], item[1], bool(item[2]) and proto == "tcp", service, reason, proto, encrypted
+                key = item[0] if proto == "tcp" else f"{item[0]}/udp"
+                yield (task, item[0], item[1], bool(item[2]) and proto == "tcp", service, reason, proto, encrypted,
+                       key in userspace)
 
 
 def _exclusion(peer: Peer, rec: Mapping[str, Any]) -> str:

@@ -43,6 +43,7 @@ from p2pswarm.membership.swim import Swim
 from p2pswarm.node.component import Component
 from p2pswarm.node.datadir import DataDir
 from p2pswarm.node.inbox import Inbox
+from p2pswarm.node.logtag import NODE, NodeTag
 from p2pswarm.node.presets import preset
 from p2pswarm.node.record import GossipRecord
 from p2pswarm.node.securestart import SecureStart
@@ -101,6 +102,9 @@ class NodeOptions:
     ``HOST:PORT`` or ``off`` (:mod:`p2pswarm.dns.host`)."""
     dns_domain: str = "p2pswarm."
     """The domain the node's DNS answers for (``up --dns-domain``); others are refused."""
+    mesh: str = "auto"
+    """The routing mesh's data path (``up --mesh``): ``auto`` (nftables DNAT when root and nftables works, else
+    user space), ``kernel`` (the same, warning when it cannot) or ``userspace`` (:mod:`p2pswarm.mesh.kernel`)."""
 
 
 def zmq_transport(options: NodeOptions, security: Any = None) -> Transport:
@@ -129,9 +133,14 @@ def check_meta(meta: Meta) -> None:
             raise ValueError(f"invalid node {field}: {exc}") from None
 
 
-def configure_logging(level: str = "info") -> None:
+def configure_logging(level: str = "info", *, tag_nodes: bool = False) -> None:
+    """Log to stderr; ``tag_nodes`` (a process hosting several nodes) puts each line's node name in front."""
+    node = "[%(node)s] " if tag_nodes else ""
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper()),
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
+                        format=f"%(asctime)s %(levelname)-7s {node}%(name)s: %(message)s", force=True)
+    if tag_nodes:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(NodeTag())
 
 
 class Node(NodeViews, SecureStart, SignalHandling, Inbox):
@@ -141,8 +150,11 @@ class Node(NodeViews, SecureStart, SignalHandling, Inbox):
 
     def __init__(self, options: NodeOptions,
                  transport_factory: Callable[[NodeOptions], Transport] = zmq_transport,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, handle_signals: bool = True) -> None:
+        """``handle_signals``: SIGTERM/SIGINT make this node leave; False when the process hosts several
+        nodes (:mod:`p2pswarm.testing.multinode` owns the handlers and stops them all)."""
         self.options = options
+        self.handle_signals = handle_signals
         self.config = preset(options.preset).membership
         self.datadir = DataDir(options.data_dir)
         self.clock = clock
@@ -194,6 +206,7 @@ class Node(NodeViews, SecureStart, SignalHandling, Inbox):
     async def run(self) -> int:
         """Run until shut down; raises DataDirError / TransportError / ValueError with one-line reasons."""
         from p2pswarm.api.audit import Audited
+        from p2pswarm.api.forward import for_node as forwarding
         from p2pswarm.api.routes import Router
         from p2pswarm.api.server import ApiServer
         from p2pswarm.transport.faults import FaultyTransport
@@ -202,6 +215,7 @@ class Node(NodeViews, SecureStart, SignalHandling, Inbox):
         self.datadir.lock()
         try:
             self.node_id, self.name, incarnation = self.datadir.identity(self.options.name)
+            NODE.set(self.name)  # the tasks and threads started from here on log as this node
             self._saved_incarnation = incarnation
             meta = Meta(name=self.name, labels=tuple(sorted(self.options.labels)), capacity=host_capacity(),
                         version=software_version(), started_ms=int(time.time() * 1000))
@@ -211,7 +225,7 @@ class Node(NodeViews, SecureStart, SignalHandling, Inbox):
             self._prepare_security()
             self.transport = FaultyTransport(self._make_transport(), random.Random(self.seed + 1))
             await self.transport.start()
-            self.api_handler = Audited(Router(self))
+            self.api_handler = forwarding(self, Audited(Router(self)))  # a worker forwards what needs Raft state
             api = ApiServer(str(self.datadir.api_sock), self.api_handler)
             try:
                 meta = await self._start_security(meta)
@@ -279,13 +293,20 @@ class Node(NodeViews, SecureStart, SignalHandling, Inbox):
         relay_port = self.options.relay_port or pick_relay_port(host, int(self.swim_addr.rsplit(":", 1)[1]))
         self.mesh = MeshHost(self.node_id, self.swim, self.transport, self.raft, relay_port=relay_port,
                              unreachable=self.swim_core().unreachable, security=self.security,
-                             state_dir=self.datadir.path, record=self.record)
+                             state_dir=self.datadir.path, record=self.record, kernel=self._kernel_path())
         self.scheduler = SchedulerDriver(self.raft, self.swim, preset(self.options.preset).scheduler,
                                          record=self.record)
         await self._start_component(self.scheduler)
         await self._start_component(self.mesh)
         from p2pswarm.logs.service import LogsService
         self.logs = LogsService(self)  # answers other nodes' `service logs` requests (wire kinds 48-55)
+
+    def _kernel_path(self) -> Any:
+        """The routing mesh's kernel path; its nftables table is named after this node's address."""
+        from p2pswarm.mesh.kernel import KernelPath
+        from p2pswarm.mesh.kernel_plan import table_name
+        host, _, port = self.swim_addr.rpartition(":")
+        return KernelPath(self.options.mesh, table_name(host.strip("[]"), int(port)))
 
     async def _start_remote_api(self) -> None:
         if self.options.api_addr is None:

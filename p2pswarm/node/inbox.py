@@ -1,5 +1,6 @@
 """What the node does with each message its transport receives: check who sent it, decode it, and hand
-it to the one part of the node that speaks its kind (Raft, the logs and assignments protocols, SWIM).
+it to the one part of the node that speaks its kind (Raft, the logs and assignments protocols, the API calls
+workers forward, SWIM).
 
 A mixin of :class:`p2pswarm.node.daemon.Node`: one concern (routing inbound messages) kept out of the
 node's loop. Bad input is counted and dropped, never raised: a peer cannot stop a node by what it sends.
@@ -27,6 +28,7 @@ class Inbox:
         raft: Any
         logs: Any
         assignments: Any
+        api_handler: Any
         _secure: Any
         clock: Callable[[], float]
 
@@ -71,7 +73,7 @@ class Inbox:
         if isinstance(msg, PushPull) and msg.reply and self.security is not None:
             self._spawn(self._secure.introduce_to([(m.node, m.addr) for m in msg.members
                                                    if m.status in LIVE and m.meta.cert]))
-        for what, handler in (("logs", self.logs), ("assignments", self.assignments)):
+        for what, handler in (("logs", self.logs), ("assignments", self.assignments), ("api", self.api_handler)):
             if handler is not None and isinstance(msg, handler.MESSAGES):  # kinds of their own protocols
                 self._guard(what, handler.receive, msg)
                 return

@@ -56,7 +56,7 @@ WAN = LAN.with_changes(
                     gossip_fanout=4, push_pull_interval=60.0, reconnect_interval=30.0),
     raft=dict(election_timeout=5.0, heartbeat_interval=0.5, max_inflight=256),
     raft_driver=dict(write_timeout=30.0, retry_interval=5.0),
-    autopilot=dict(stabilization_time=15.0, max_lag=1024, interval=2.0),
+    autopilot=dict(stabilization_time=15.0, max_lag=1024, interval=2.0, last_contact_threshold=2.5),
     scheduler=dict(interval=0.5, resync=15.0, backoff=2.0, backoff_max=60.0),
 )
 LOCAL = Preset(
@@ -65,7 +65,7 @@ LOCAL = Preset(
                           push_pull_interval=15.0, reconnect_interval=5.0),
     raft=RaftConfig(election_timeout=1.5, heartbeat_interval=0.15),
     raft_driver=DriverConfig(retry_interval=1.5),
-    autopilot=AutopilotConfig(stabilization_time=5.0, interval=1.0),
+    autopilot=AutopilotConfig(stabilization_time=5.0, interval=1.0, last_contact_threshold=1.0),
 )
 TEST = Preset(
     # Tests and simulation: fast and short-lived.
@@ -76,7 +76,7 @@ TEST = Preset(
     raft=RaftConfig(election_timeout=0.3, heartbeat_interval=0.05, max_inflight=8,
                     max_batch_entries=16, max_batch_bytes=64 * 1024),
     raft_driver=DriverConfig(snapshot_every=64, write_timeout=4.0, retry_interval=0.3),
-    autopilot=AutopilotConfig(stabilization_time=1.0, max_lag=16, interval=0.2),
+    autopilot=AutopilotConfig(stabilization_time=1.0, max_lag=16, interval=0.2, last_contact_threshold=0.25),
     scheduler=SchedulerConfig(interval=0.05, resync=2.0, backoff=0.5, backoff_max=5.0),
 )
 

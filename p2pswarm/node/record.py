@@ -282,6 +282,14 @@ class GossipRecord:
         self._publish(now, payload)
         return True
 
+    def routing_inputs(self, members: Iterable[Any]) -> tuple:
+        """What the routing mesh and the DNS build from, per member: id, address, status and the ``tasks`` and
+        ``mesh`` sections (a member's name is fixed with its id). Their change detection compares this, not
+        record versions: a Raft member's record changes with every commit (its applied index), which would
+        make every node rebuild both for nothing, as often as the cluster commits."""
+        of = self.of
+        return tuple((m.node, m.addr, m.status, (r := of(m)).tasks, r.mesh) for m in members)
+
     def of(self, member: Any) -> Record:
         """``member``'s checked record (anything with ``node`` and ``record``); EMPTY when malformed."""
         payload = member.record

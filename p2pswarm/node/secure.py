@@ -46,7 +46,8 @@ class SecurityComponent:
 
     def step(self, now: float) -> None:
         sec, node = self.security, self.node
-        sec.step(node.raft_driver(), node.swim)
+        assignments = getattr(node, "assignments", None)
+        sec.step(node.raft_driver(), node.swim, assignments.worker_trust() if assignments is not None else None)
         if now >= self._next_refused_scan:
             self._next_refused_scan = now + REFUSED_SCAN_INTERVAL
             node.transport.drop_refused()

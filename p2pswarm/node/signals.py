@@ -19,10 +19,15 @@ log = logging.getLogger("p2pswarm.node.daemon")  # the daemon's logger: these li
 class SignalHandling:
     """Signal handlers of :class:`p2pswarm.node.daemon.Node` (see the module docstring)."""
 
+    handle_signals = True
+    """False when the process hosts several nodes: its host owns the handlers (one per signal and loop)."""
+
     if TYPE_CHECKING:  # defined on Node
         def request_shutdown(self) -> None: ...
 
     def _install_signals(self) -> None:
+        if not self.handle_signals:
+            return
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -31,6 +36,8 @@ class SignalHandling:
                 pass
 
     def _remove_signals(self) -> None:
+        if not self.handle_signals:
+            return
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -223,10 +222,10 @@ class NodeViews:
 
     def mesh_view(self) -> dict[str, Any]:
         if self.mesh is None:
-            return {"running": False, "routes": [], "ports": []}
+            return {"running": False, "routes": [], "ports": [], "kernel": {}}
         status = self.mesh.status()
         plane = status["data_plane"]
-        status["routes"] = [asdict(r) for r in self.mesh.routes]
+        status["routes"] = self.mesh.route_rows()
         status["ports"] = sorted({r.port for r in self.mesh.routes})
         status["bind_errors"] = plane.get("bind_errors", {})
         return status

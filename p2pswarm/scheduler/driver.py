@@ -13,10 +13,11 @@ digest) or a reconciler deadline (``wake_at``) passed, or every
    section ``tasks``, see :mod:`p2pswarm.node.record`) is translated into ``report_task_status`` commands,
    only for tasks whose state, port or health differ from the applied state: a task
    costs Raft traffic when it changes, not while it runs.
-3. **Reconcile.** If steps 1-2 proposed nothing, :func:`reconcile` plans against the
-   applied state; its orphan reports are proposed first (side by side), then each service's commands
-   (in order within a service, services side by side, each command under the Raft
-   entry limit).
+3. **Reconcile.** If steps 1-2 proposed nothing, the :class:`~p2pswarm.scheduler.incremental.Reconciler`
+   plans against the applied state, only the services whose inputs changed (a full pass on the first round
+   of a leadership and every ``ReconcileConfig.full_every`` seconds); its orphan reports are proposed first
+   (side by side), then each service's commands (in order within a service, services side by side, each
+   command under the Raft entry limit).
 
 **Failures.**  A service whose proposal fails (refused for another reason than a stale
 plan, too large, timed out) is logged as one WARNING line naming it (its retries, while
@@ -46,7 +47,7 @@ from p2pswarm.consensus.requests import command_id
 from p2pswarm.membership.messages import LIVE
 from p2pswarm.node.record import GossipRecord, NodeCaps
 from p2pswarm.scheduler.config import SchedulerConfig
-from p2pswarm.scheduler.reconcile import reconcile
+from p2pswarm.scheduler.incremental import Reconciler
 
 log = logging.getLogger("p2pswarm.scheduler")
 
@@ -86,6 +87,8 @@ class SchedulerDriver:
         self._round_failures = 0
         self._hold_until = 0.0
         self._task: asyncio.Task | None = None
+        self.reconciler = Reconciler()
+        """Remembers what its last round saw, to plan only what changed (a new one per leadership)."""
 
     # ------------------------------------------------------------ the node's component protocol
 
@@ -102,7 +105,8 @@ class SchedulerDriver:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def metrics(self) -> dict[str, Any]:
-        return {"rounds": self.rounds, "failing_services": len(self.failures)}
+        return {"rounds": self.rounds, "full_rounds": self.reconciler.full_rounds,
+                "failing_services": len(self.failures)}
 
     async def run(self) -> None:
         while True:
@@ -110,6 +114,7 @@ class SchedulerDriver:
             driver = self.raft.driver
             if driver is None or driver.failed is not None or driver.raft.role != LEADER:
                 self._seen, self.failures, self._round_failures = None, {}, 0
+                self.reconciler = Reconciler()
                 continue
             if self.clock() < self._hold_until:
                 continue
@@ -142,7 +147,7 @@ class SchedulerDriver:
                 self._refused.clear()
             self._refused.update(_gist(c) for c, ok in zip(observed, results) if not ok)
             return
-        plan = reconcile(state, {m.node: m.status for m in members}, wall, driver.raft.term)
+        plan = self.reconciler.reconcile(state, {m.node: m.status for m in members}, wall, driver.raft.term)
         self.rounds += 1
         groups: dict[str, list[dict]] = {}
         for command, service in zip(plan.commands, plan.about, strict=True):

@@ -35,8 +35,8 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from dataclasses import dataclass
-from itertools import chain, compress, count, groupby, pairwise, repeat
-from operator import eq
+from itertools import compress, groupby, repeat
+from operator import eq, not_
 from typing import Hashable, Iterator, Mapping, Sequence
 
 import networkx as nx
@@ -161,10 +161,11 @@ def _groups(nodes: Sequence[str], d: int, keep: Mapping[str, int], room: Mapping
     Thousands of nodes per service, most keeping none of its tasks: those are grouped by capacity with a
     sort and by zone with a pass per zone (C-level steps); only the nodes keeping tasks go one by one."""
     kept_at: list[int] = []
+    free = list(range(len(nodes)))
     if keep:
-        position = dict(zip(nodes, count()))
-        kept_at = sorted(position[n] for n in keep if n in position)
-    free = list(chain.from_iterable(range(a + 1, b) for a, b in pairwise([-1, *kept_at, len(nodes)])))
+        kept_here = list(map(keep.__contains__, nodes))
+        kept_at = list(compress(free, kept_here))
+        free = list(compress(free, map(not_, kept_here)))
     groups: dict[tuple[Hashable, int, int], list[int]] = {}
     if isinstance(room, int):
         by_cap = [(min(room, d), free)] if free else []
@@ -181,12 +182,14 @@ def _groups(nodes: Sequence[str], d: int, keep: Mapping[str, int], room: Mapping
         zones = list(map(zone.get, map(nodes.__getitem__, members)))
         for z in dict.fromkeys(zones):  # a C-level pass per zone, not a Python step per node
             groups[(z, 0, cap)] = list(compress(members, map(eq, zones, repeat(z))))
-    for i in kept_at:
-        n = nodes[i]
-        k = keep[n]
-        cap = min(k + (room if isinstance(room, int) else room[n]), d)
-        if cap > 0:
-            groups.setdefault((zone.get(n) if zone is not None else None, k, cap), []).append(i)
+    kept_nodes = list(map(nodes.__getitem__, kept_at))
+    kept = list(map(keep.__getitem__, kept_nodes))
+    rooms = repeat(room) if isinstance(room, int) else map(room.__getitem__, kept_nodes)
+    caps = [k + r if k + r < d else d for k, r in zip(kept, rooms)]
+    zones_kept = map(zone.get, kept_nodes) if zone is not None else repeat(None)
+    for key, i in zip(zip(zones_kept, kept, caps), kept_at):  # one step per node keeping tasks, in order
+        if key[2] > 0:
+            groups.setdefault(key, []).append(i)
     return groups
 
 

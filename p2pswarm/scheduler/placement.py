@@ -23,10 +23,11 @@ Tasks that cannot be placed are counted with one line saying why, for ``service 
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from operator import itemgetter
-from typing import Iterable, Mapping, Sequence
+from itertools import repeat
+from operator import add, attrgetter, itemgetter, mul
+from typing import Iterable, Mapping, Sequence, cast
 
 from p2pswarm.cluster.capabilities import can_isolate, has_engine
 from p2pswarm.cluster.model import Node
@@ -103,17 +104,19 @@ class Plan:
 
 def plan(nodes: Sequence[NodeInfo], demands: Iterable[Demand], *, max_moves: int = 0,
          reserved: Mapping[str, tuple[float, int]] | None = None,
-         held_ports: Mapping[str, Iterable[tuple[int, str]]] | None = None) -> Plan:
+         held_ports: Mapping[str, Iterable[tuple[int, str]]] | None = None,
+         held_tasks: Mapping[str, int] | None = None) -> Plan:
     """Plan every service; ``reserved`` is cpu and memory held on a node by tasks not in ``demands``,
-    ``held_ports`` the host ports (port, protocol) they hold."""
-    return _Planner(nodes, list(demands), max_moves, reserved or {}, held_ports or {}).run()
+    ``held_ports`` the host ports (port, protocol) they hold, ``held_tasks`` how many of them count toward
+    a node's load (the services an incremental reconcile leaves alone: spreading sees them as a full plan would)."""
+    return _Planner(nodes, list(demands), max_moves, reserved or {}, held_ports or {}, held_tasks or {}).run()
 
 
 class _Planner:
     def __init__(self, nodes: Sequence[NodeInfo], demands: list[Demand], max_moves: int,
-                 reserved: Mapping[str, tuple[float, int]], held_ports: Mapping[str, Iterable[tuple[int, str]]]
-                 ) -> None:
-        self.nodes = {n.id: n for n in sorted(nodes, key=lambda n: n.id)}
+                 reserved: Mapping[str, tuple[float, int]], held_ports: Mapping[str, Iterable[tuple[int, str]]],
+                 held_tasks: Mapping[str, int]) -> None:
+        self.nodes = {n.id: n for n in sorted(nodes, key=attrgetter("id"))}
         self.demands = sorted(demands, key=lambda d: d.spec.name)
         self.budget = max_moves
         self.free: dict[str, list[float]] = {}
@@ -121,8 +124,12 @@ class _Planner:
             cpu, mem = reserved.get(n.id, (0.0, 0))
             self.free[n.id] = [math.inf if n.cpu is None else n.cpu - cpu,
                                math.inf if n.memory is None else n.memory - mem]
-        self.load = {n: 0 for n in self.nodes}
-        self.ports: dict[str, Counter[tuple[int, str]]] = {n: Counter(held_ports.get(n, ())) for n in self.nodes}
+        self._per_task = max(1, len(self.nodes))
+        self.load = {n: held_tasks.get(n, 0) * self._per_task + rank for rank, n in enumerate(self.nodes)}
+        """Tasks on each node, as one int that sorts in (tasks, id) order: tasks x nodes + its rank by id."""
+        self._by_load: dict[tuple, list[str]] = {}
+        self.ports: dict[str, Counter[tuple[int, str]]] = defaultdict(Counter, {
+            n: Counter(ports) for n, ports in held_ports.items() if n in self.nodes})
         """Tasks holding each host port of a node."""
         self._host_ports: dict[int, tuple[tuple[int, str], ...]] = {}
         self._eligible: dict[tuple, tuple[list[str], set[str]]] = {}
@@ -131,8 +138,11 @@ class _Planner:
         self._room_cache: dict[tuple, tuple[dict[str, int], int]] = {}
         self._changed: list[str] = []
         """Nodes whose free cpu or memory changed, in order (:meth:`rooms` catches up from where it was)."""
-        for d in self.demands:
-            self._take_all(d.spec, Counter(map(itemgetter(1), d.tasks)))
+        self._on = [Counter(map(itemgetter(1), d.tasks)) for d in self.demands]
+        """Per demand, its tasks per node."""
+        self._fits: dict[tuple, set[str]] = {}
+        for d, on in zip(self.demands, self._on):
+            self._take_all(d.spec, on)
         self.place: list[tuple[str, str]] = []
         self.stop: list[tuple[str, str]] = []
         self.unplaced: dict[str, tuple[int, str]] = {}
@@ -146,7 +156,7 @@ class _Planner:
             for _ in range(abs(count)) if spec.reserve_cpu else ():  # one task at a time, as always (floats)
                 free[0] -= spec.reserve_cpu if count > 0 else -spec.reserve_cpu
             free[1] -= spec.reserve_memory * count
-            self.load[node] += count
+            self.load[node] += count * self._per_task
             for port in self.host_ports(spec):
                 self.ports[node][port] += count
 
@@ -157,15 +167,19 @@ class _Planner:
                 self._take(node, spec, count)
             return
         free, load, cpu, memory = self.free, self.load, spec.reserve_cpu, spec.reserve_memory
-        if cpu or memory:
-            self._changed.extend(tasks)
+        if not (cpu or memory):  # only the load changes: in C-level steps (every task of a large cluster)
+            here = list(tasks.keys() & free.keys())
+            added = map(mul, map(tasks.__getitem__, here), repeat(self._per_task))
+            load.update(zip(here, map(add, map(load.__getitem__, here), added)))
+            return
+        self._changed.extend(tasks)
         for node, count in tasks.items():
             if node in free:
                 held = free[node]
                 for _ in range(count) if cpu else ():  # one task at a time, as always (floats)
                     held[0] -= cpu
                 held[1] -= memory * count
-                load[node] += count
+                load[node] += count * self._per_task
 
     def host_ports(self, spec: ServiceSpec) -> tuple[tuple[int, str], ...]:
         """``spec.host_ports``, worked out once per service (the planner asks per task)."""
@@ -186,6 +200,26 @@ class _Planner:
             ids = [n.id for n in self.nodes.values() if n.availability == "active" and verdicts[n.id] is None]
             found = self._eligible[key] = (ids, set(ids))
         return found
+
+    def fits(self, spec: ServiceSpec) -> set[str]:
+        """The up nodes where tasks of ``spec`` may stay (:meth:`why_not_here` has no objection), once per kind."""
+        key = fit_key(spec)
+        found = self._fits.get(key)
+        if found is None:
+            self.eligible(spec)  # every node's verdict, worked out
+            found = self._fits[key] = {n for n, why in self.verdicts(spec).items() if why is None}
+        return found
+
+    def by_load(self, spec: ServiceSpec) -> list[str]:
+        """:meth:`eligible` nodes least loaded first (ties by id).  One list per kind of service, sorted again
+        each time: after a service placed its tasks, few loads changed, and sorting an almost sorted list is a
+        pass over it, not a sort (thousands of nodes, a hundred services).  Valid until the next call."""
+        key = fit_key(spec)
+        order = self._by_load.get(key)
+        if order is None:
+            order = self._by_load[key] = list(self.eligible(spec)[0])
+        order.sort(key=self.load.__getitem__)
+        return order
 
     def verdict(self, node: str, spec: ServiceSpec) -> str | None:
         """:meth:`why_not_here`, remembered per node and kind of service."""
@@ -270,28 +304,37 @@ class _Planner:
         return None if lack is None else f"node {node} lacks {NEEDS[lack][0]}"
 
     def run(self) -> Plan:
-        kept: dict[str, dict[str, list[str]]] = {}
         holders: dict[str, Counter[tuple[int, str]]] = {}  # host ports of the tasks kept so far, per node
-        for d in self.demands:  # first free what must move anyway, so every service can use it
-            mine: dict[str, list[str]] = {}
-            kept[d.spec.name] = mine
-            verdicts = self.verdicts(d.spec)
-            clashes = bool(self.host_ports(d.spec))
-            for task, node in d.tasks:
-                reason = verdicts[node] if node in verdicts else self.verdict(node, d.spec)
-                if reason is None and clashes:
-                    reason = self._port_clash(holders, node, d.spec)
-                if reason is None:
-                    mine.setdefault(node, []).append(task)
-                else:
-                    self.stop.append((task, reason))
-                    self._take(node, d.spec, -1)
+        # first free what must move anyway, so every service can use it
+        kept = {d.spec.name: self._keep(d, on, holders) for d, on in zip(self.demands, self._on)}
         for d in self.demands:
             if d.spec.mode == "global":
                 self._global(d, kept[d.spec.name])
             else:
                 self._replicated(d, kept[d.spec.name])
         return Plan(tuple(self.place), tuple(self.stop), self.unplaced, self.moves)
+
+    def _keep(self, d: Demand, on: Counter[str], holders: dict[str, Counter[tuple[int, str]]]) -> _Kept:
+        """Which of ``d``'s tasks stay; the others are stopped (their node is down or no longer eligible for
+        them, or a task kept before holds their host port)."""
+        if self.host_ports(d.spec):  # task by task: who keeps a port depends on who came first
+            mine: dict[str, list[str]] = {}
+            for task, node in d.tasks:
+                reason = self.verdict(node, d.spec) or self._port_clash(holders, node, d.spec)
+                if reason is None:
+                    mine.setdefault(node, []).append(task)
+                else:
+                    self.stop.append((task, reason))
+                    self._take(node, d.spec, -1)
+            return _Kept({node: len(tasks) for node, tasks in mine.items()}, (), mine)
+        leave = on.keys() - self.fits(d.spec)  # nodes, not tasks: a service keeps tens of thousands
+        if not leave:
+            return _Kept(on, d.tasks)
+        why = {node: cast(str, self.verdict(node, d.spec)) for node in leave}
+        self.stop += [(task, why[node]) for task, node in d.tasks if node in why]
+        for node in leave:
+            self._take(node, d.spec, -on[node])
+        return _Kept({node: n for node, n in on.items() if node not in leave}, d.tasks)
 
     def _port_clash(self, holders: dict[str, Counter[tuple[int, str]]], node: str, spec: ServiceSpec) -> str | None:
         """Why a kept task of ``spec`` on ``node`` cannot stay there: a task kept before it holds its host port."""
@@ -310,20 +353,19 @@ class _Planner:
 
     # -------------------------------------------------------------- replicated
 
-    def _replicated(self, d: Demand, kept: dict[str, list[str]]) -> None:
+    def _replicated(self, d: Demand, kept: _Kept) -> None:
         spec, want = d.spec, spec_replicas(d)
         label = spec.spread_label
         ids, open_ = self.eligible(spec)
-        stuck = [n for n in kept if n not in open_]  # may keep their tasks, get no new one (paused, say)
-        # ids are in id order and sorting is stable: this is (load, id) order.
-        order = sorted(sorted(ids + stuck) if stuck else ids, key=self.load.__getitem__)
+        stuck = list(kept.counts.keys() - open_)  # may keep their tasks, get no new one (paused, say)
+        order = sorted(ids + stuck, key=self.load.__getitem__) if stuck else self.by_load(spec)
         reserves = spec.reserve_cpu > 0 or spec.reserve_memory > 0 or bool(self.host_ports(spec))
         room: dict[str, int] | int = want
         if reserves or stuck:
             room = self.rooms(ids, spec) if reserves else dict.fromkeys(ids, want)
             if stuck:
                 room = {**room, **dict.fromkeys(stuck, 0)}
-        keep = {n: len(tasks) for n, tasks in kept.items()}
+        keep = kept.counts
         zone = self.zones(label) if label else None
         counts, missing, _ = solve_columns(order, want, keep=keep, room=room, zone=zone)
         if d.rebalance and self.budget > 0 and not missing:
@@ -334,11 +376,11 @@ class _Planner:
             self._rebalance(d, rooms, counts, kept)
         surplus_reason = "scaled down" if sum(keep.values()) > want else "rebalanced"
         for node in sorted(n for n, c in counts.items() if c != keep.get(n, 0)):  # the nodes that change
-            tasks = kept.get(node, [])
-            for task in tasks[counts[node]:]:
+            here = keep.get(node, 0)
+            for task in kept.on(node)[counts[node]:] if counts[node] < here else ():
                 self.stop.append((task, surplus_reason))
                 self._take(node, spec, -1)
-            new = counts[node] - len(tasks)
+            new = counts[node] - here
             if new > 0:
                 self.place.extend([(spec.name, node)] * new)
                 self._take(node, spec, new)
@@ -346,7 +388,7 @@ class _Planner:
             self.unplaced[spec.name] = (missing, self.explain(spec))
 
     def _rebalance(self, d: Demand, rooms: list[Room], counts: dict[str, int],
-                   kept: dict[str, list[str]]) -> None:
+                   kept: _Kept) -> None:
         """Move kept tasks toward the spread-mode target, at most ``self.budget`` of them."""
         stay = [Room(r.node, min(r.keep, counts[r.node]), r.room, r.zone) for r in rooms]
         target, _ = allocate(stay, spec_replicas(d), spread=d.spec.spread_label is not None, stable=False)
@@ -356,7 +398,7 @@ class _Planner:
             if not over or not under:
                 return
             source, dest = max(over)[1], max(under)[1]
-            if counts[source] <= len(kept.get(source, ())):  # a running task moves (else a new one goes elsewhere)
+            if counts[source] <= kept.counts.get(source, 0):  # a running task moves (else a new one goes elsewhere)
                 self.budget -= 1
                 self.moves += 1
             counts[source] -= 1
@@ -364,14 +406,14 @@ class _Planner:
 
     # -------------------------------------------------------------- global
 
-    def _global(self, d: Demand, kept: dict[str, list[str]]) -> None:
+    def _global(self, d: Demand, kept: _Kept) -> None:
         spec, missing, short = d.spec, 0, []
         for node in self.nodes.values():
-            tasks = kept.get(node.id, [])
-            for task in tasks[1:]:
+            here = kept.counts.get(node.id, 0)
+            for task in kept.on(node.id)[1:] if here > 1 else ():
                 self.stop.append((task, "one task per node"))
                 self._take(node.id, spec, -1)
-            if tasks or node.id in d.hold or not self._new_ok(node, spec):
+            if here or node.id in d.hold or not self._new_ok(node, spec):
                 continue
             if self.room(node.id, spec) >= 1:
                 self.place.append((spec.name, node.id))
@@ -417,6 +459,27 @@ class _Planner:
         if port_short:
             return f"insufficient {what} on {_scope(rest, True)}, host ports taken on the other {len(port_short)}"
         return f"insufficient {what} on {_scope(rest, candidates is not None)}"
+
+
+class _Kept:
+    """One service's tasks that stay where they are: how many per node, and which ones (:meth:`on`), worked
+    out only when some node has to give some up (a plan keeps tens of thousands and moves a few)."""
+    __slots__ = ("counts", "_tasks", "_by_node")
+
+    def __init__(self, counts: Mapping[str, int], tasks: Sequence[tuple[str, str]],
+                 by_node: dict[str, list[str]] | None = None) -> None:
+        self.counts = counts
+        self._tasks = tasks
+        self._by_node = by_node
+
+    def on(self, node: str) -> list[str]:
+        """The tasks kept on ``node``, most worth keeping first."""
+        if self._by_node is None:
+            self._by_node = {}
+            for task, where in self._tasks:
+                if where in self.counts:
+                    self._by_node.setdefault(where, []).append(task)
+        return self._by_node.get(node, [])
 
 
 def _scope(nodes: Sequence[str], listed: bool) -> str:

@@ -24,18 +24,25 @@ decision), split so that each fits one Raft entry (:func:`commands.assign_batche
 a service too large for one entry converges over several, and a service whose
 proposal fails holds up no other.  ``about`` names the service of each command;
 ``wake_at`` says when a delay ends.
+
+:func:`reconcile` is a full pass: every service planned.  A round may also plan only some
+services (:class:`~p2pswarm.scheduler.incremental.Reconciler` picks those whose inputs changed)
+with what the others hold on each node (:class:`Held`) reserved, so that the planned ones are
+placed as a full pass would place them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from itertools import count
-from typing import Literal, Mapping, cast
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import count, filterfalse
+from operator import attrgetter
+from typing import Iterable, Literal, Mapping, cast
 
 from p2pswarm.cluster import commands as cmd
-from p2pswarm.cluster.model import TERMINAL, Service, Task
+from p2pswarm.cluster.model import TERMINAL, Node, Service, Task
 from p2pswarm.cluster.spec import RestartPolicy
-from p2pswarm.cluster.state import ClusterState
+from p2pswarm.cluster.state import ClusterState, slot_order
 from p2pswarm.membership.messages import LIVE
 from p2pswarm.scheduler import updates
 from p2pswarm.scheduler.placement import Demand, NodeInfo, plan
@@ -54,6 +61,10 @@ snapshot (measured: 1.2 s to encode) for nothing a person reads; 100 rows say it
 class ReconcileConfig:
     max_moves: int = 2
     """Rebalancing moves per round, over all services (each is one stop plus one start)."""
+    full_every: float = 60.0
+    """Seconds between full passes of the incremental reconciler (every service planned whatever changed):
+    the safety net for what change tracking does not see (other services' reservations shifting where a
+    rebalancing service would spread its tasks, a clock that jumped)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +75,19 @@ class Reconciliation:
     unplaced: Mapping[str, tuple[int, str]]
     about: tuple[str, ...]
     """Per command, the service it decides about ('' for orphan reports, which must be applied first)."""
+    planned: tuple[str, ...] = ()
+    """The services this round planned, by name (a full pass: every one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What the live tasks of the services a round leaves alone hold, per node."""
+    tasks: Mapping[str, int] = field(default_factory=dict)
+    """Tasks (they count toward a node's load, as spreading sees it)."""
+    reserved: Mapping[str, tuple[float, int]] = field(default_factory=dict)
+    """cpu and memory."""
+    ports: Mapping[str, list[tuple[int, str]]] = field(default_factory=dict)
+    """Host ports, once per task holding one."""
 
 
 RestartDecision = (tuple[Literal["now"], tuple[float, ...]] | tuple[Literal["wait"], float]
@@ -91,7 +115,8 @@ def restart_decision(policy: RestartPolicy, task: Task, now: float) -> RestartDe
 
 def reconcile(state: ClusterState, members: Mapping[str, str], now: float, term: int,
               config: ReconcileConfig = ReconcileConfig()) -> Reconciliation:
-    return _Round(state, members, now, term, config).run()
+    """A full pass: every service planned."""
+    return Round(state, members, now, term, config).run()
 
 
 @dataclass
@@ -99,19 +124,40 @@ class _ServiceRound:
     """What one service needs this round, between the decisions and the slot mapping."""
     service: Service
     live: list[Task]
+    """Its live tasks on a node that placement decides about, the ones worth keeping first (running, by slot)."""
+    starting: bool
+    """Some of ``live`` do not run yet."""
     pending: dict
     ready: dict
     held: set
     stops: list[tuple[str, str]]
+    waits: bool
+    """A delay (restart or update) ends later: plan the service again then."""
 
 
-class _Round:
+class Round:
+    """One round over ``services`` (None: all), with what every other service holds (``held``) reserved.
+
+    After :meth:`run`, ``settled`` holds, per planned service that needs nothing more now (it got no
+    command, nothing waits or is unplaced), the tasks per node it keeps: what it holds while it stays
+    unchanged."""
+
     def __init__(self, state: ClusterState, members: Mapping[str, str], now: float, term: int,
-                 config: ReconcileConfig) -> None:
+                 config: ReconcileConfig, services: Iterable[Service] | None = None, held: Held = Held(),
+                 infos: Mapping[str, tuple[Node, str | None, NodeInfo]] | None = None) -> None:
+        """``infos``: the last round's :attr:`infos`, reused for the nodes whose record did not change."""
         self.state, self.members, self.now, self.config = state, members, now, config
+        self._known_infos = infos or {}
+        self.infos: dict[str, tuple[Node, str | None, NodeInfo]] = {}
+        """Each up node's record, availability override and what placement made of them."""
+        self.services = sorted(state.services.values() if services is None else services, key=lambda s: s.name)
+        self.held = held
+        self.settled: dict[str, Counter[str]] = {}
+        self._undecided: list[Task] = []
+        """Live tasks on a node that placement does not decide about: an update's outdated tasks being replaced,
+        a service's that rolls back this round."""
         self.basis = (term, state.applied)
-        self._ids = count()
-        self.term = term
+        self._ids = map(f"rc.{term}.{state.applied}.".__add__, map(str, count()))
         self.commands: list[dict] = []
         self.about: list[str] = []
         self.wakes: list[float] = []
@@ -119,24 +165,22 @@ class _Round:
     def cid(self) -> str:
         """Deterministic per basis: re-running a round on unchanged state proposes the same ids,
         which the state machine then applies once."""
-        return f"rc.{self.term}.{self.state.applied}.{next(self._ids)}"
+        return next(self._ids)
 
     def up(self, node: str | None) -> bool:
         return node is not None and node in self.state.nodes and self.members.get(node) in LIVE
 
     def run(self) -> Reconciliation:
         self._orphan()
-        rounds = [r for r in map(self._decide, sorted(self.state.services.values(), key=lambda s: s.name)) if r]
-        nodes = [NodeInfo.of(n, "pause" if self.members.get(n.id) == "suspect" and n.availability == "active"
-                             else None) for n in self.state.nodes.values() if self.up(n.id)]
+        rounds = [r for r in map(self._decide, self.services) if r]
+        nodes = [self._info(n) for n in self.state.nodes.values() if self.up(n.id)]
         demands = [self._demand(r) for r in rounds]
         stopping = {task for r in rounds for task, _ in r.stops}
-        result = plan(nodes, demands, max_moves=self.config.max_moves, reserved=self._reserved(demands),
-                      held_ports=self._held_ports(demands, stopping))
+        result = plan(nodes, demands, max_moves=self.config.max_moves, reserved=self._reserved(),
+                      held_ports=self._held_ports(stopping), held_tasks=self.held.tasks)
         placed: dict[str, list[str]] = {r.service.name: [] for r in rounds}
         for service, node in result.place:
             placed[service].append(node)
-        stopped = {t for t, _ in result.stop}
         moved: dict[str, list[tuple[str, str]]] = {}
         for task, reason in result.stop:
             moved.setdefault(self.state.tasks[task].service, []).append((task, reason))
@@ -146,11 +190,32 @@ class _Round:
             if r.service.spec.mode == "global":
                 items = self._global_items(r, placed[name], stops)
             else:
-                items = self._replicated_items(r, placed[name], result.unplaced.get(name, (0, "")), stopped, stops)
+                items = self._replicated_items(r, placed[name], result.unplaced.get(name, (0, "")),
+                                               moved.get(name, []), stops)
             for command in cmd.assign_batches(self.cid, self.now, self.basis, items, _unique(stops)):
                 self._emit(command, name)
+        self._settle(rounds, result.unplaced, result.moves)
         return Reconciliation(tuple(self.commands), min(self.wakes, default=None), result.unplaced,
-                              tuple(self.about))
+                              tuple(self.about), tuple(s.name for s in self.services))
+
+    def _settle(self, rounds: list[_ServiceRound], unplaced: Mapping[str, tuple[int, str]], moves: int) -> None:
+        """Note the planned services that are settled, and what they hold."""
+        about = set(self.about)
+        exhausted = 0 < self.config.max_moves <= moves  # a rebalancing service after the last move was not looked at
+        for r in rounds:
+            name = r.service.name
+            if not (name in about or name in unplaced or r.pending or r.ready or r.waits
+                    or r.service.update_state in updates.ACTIVE or (exhausted and r.service.spec.rebalance)):
+                self.settled[name] = Counter(map(_NODE, r.live))
+
+    def _info(self, node: Node) -> NodeInfo:
+        """The node as placement sees it: a suspect node is paused (it keeps its tasks, gets no new one)."""
+        override = "pause" if self.members.get(node.id) == "suspect" and node.availability == "active" else None
+        known = self._known_infos.get(node.id)
+        if known is None or known[0] is not node or known[1] != override:
+            known = (node, override, NodeInfo.of(node, override))
+        self.infos[node.id] = known
+        return known[2]
 
     def _emit(self, command: dict, service: str = "") -> None:
         self.commands.append(command)
@@ -159,31 +224,47 @@ class _Round:
     # -------------------------------------------------------------- decisions
 
     def _orphan(self) -> None:
-        for task in sorted(self.state.tasks.values(), key=lambda t: t.id):
-            if task.node is not None and task.state not in TERMINAL and self.members.get(task.node) in GONE:
-                self._emit(cmd.report_task_status(self.cid(), self.now, task.id, "orphaned", node=None,
-                                                  error=f"node {task.node} is down"))
+        gone = [task for node, status in self.members.items() if status in GONE for task in self.state.tasks_on(node)]
+        report = cmd.report_task_status("", self.now, "", "orphaned", node=None)  # the same but for three fields
+        for task in sorted(gone, key=_ID):
+            if task.state not in TERMINAL:
+                self._emit({**report, "id": self.cid(), "task": task.id, "error": f"node {task.node} is down"})
 
     def _decide(self, svc: Service) -> _ServiceRound | None:
-        tasks = self.state.tasks_of(svc.name)
+        tasks = self.state.tasks_of(svc.name, ordered=svc.update_state in updates.ACTIVE)  # only updates need it
+        waits = len(self.wakes)
         step = updates.step(svc, tasks, self.now, self.up)
         if step.wake_at is not None:
             self.wakes.append(step.wake_at)
         if step.rollback:
             self._emit(cmd.rollback_service(self.cid(), self.now, svc.name, self.basis, step.message), svc.name)
+            self._undecided += [t for t in tasks if t.live and t.node is not None]
             return None  # the service changes: plan it next round, on the rolled back spec
         if step.new_state is not None:
             self._emit(cmd.set_update_state(self.cid(), self.now, svc.name, svc.version, step.new_state,
                                             step.message, self.basis), svc.name)
         replaced = set(step.replace)
-        live = [t for t in tasks if t.live and t.node is not None and t.id not in replaced]
-        live_keys = {t.slot_key for t in live}
-        pending = {t.slot_key: t for t in tasks if t.live and t.node is None}
+        # most tasks run and stay: picked out in one quick pass, the few others one by one
+        running = [t for t in tasks if t.state == "running" and t.desired == "running" and t.id not in replaced]
+        starting, unplaced, ended = [], [], []
+        for t in tasks if len(running) < len(tasks) else ():
+            if t.desired != "running" or (t.state == "running" and t.id not in replaced):
+                continue
+            if t.state in TERMINAL:
+                ended.append(t)
+            elif t.node is None:
+                unplaced.append(t)
+            elif t.id in replaced:
+                self._undecided.append(t)
+            else:
+                starting.append(t)  # on its node, not running yet
+        live = sorted(running, key=_SLOT_ID) + sorted(starting, key=_SLOT_ID)
+        live_keys = set(map(_SLOT, live)) if svc.spec.mode == "replicated" else set(map(_NODE, live))
+        pending = {t.slot_key: t for t in sorted(unplaced, key=slot_order)}
         ready, held, stops = {}, set(), list(step.stop)
-        for task in tasks:  # newest first within a slot: the first ended task seen is the slot's latest
+        for task in sorted(ended, key=slot_order):  # newest first within a slot: the first seen is the latest
             key = task.slot_key
-            if task.desired != "running" or task.state not in TERMINAL or key in live_keys or key in pending \
-                    or key in ready or key in held:
+            if key in live_keys or key in pending or key in ready or key in held:
                 continue
             # a replicated service's tasks have slots 1..n, so their slot key is that number
             if svc.spec.mode == "replicated" and cast(int, key) > svc.spec.replicas:
@@ -196,40 +277,39 @@ class _Round:
                 held.add(key)
                 if decision[0] == "wait":
                     self.wakes.append(decision[1])
-        return _ServiceRound(svc, live, pending, ready, held, stops)
+        return _ServiceRound(svc, live, bool(starting), pending, ready, held, stops, len(self.wakes) > waits)
 
     def _demand(self, r: _ServiceRound) -> Demand:
         spec = r.service.spec
-        ordered = sorted(r.live, key=lambda t: (t.state != "running", t.slot, t.id))
-        placed = tuple((t.id, t.node) for t in ordered if t.node is not None)  # all of them: live tasks are placed
+        placed = tuple(zip(map(_ID, r.live), map(_NODE, r.live)))
         if spec.mode == "global":
             return Demand(spec, placed, hold=frozenset(r.held))
         want = spec.replicas - len(r.held)
         # Only a calm service is rebalanced: a move starts a task of the current spec, which must
-        # not sneak a paused update forward or stir a service whose tasks keep failing.
+        # not sneak a paused update forward or stir a service whose tasks keep failing or whose nodes died.
         converged = (r.service.update_state not in updates.ACTIVE and not r.pending and not r.ready
-                     and not r.held and len(r.live) == want
-                     and all(t.state == "running" and not updates.outdated(r.service, t) for t in r.live))
+                     and not r.held and len(r.live) == want and not r.starting
+                     and all(map("alive".__eq__, map(self.members.get, set(map(_NODE, r.live)))))
+                     and not any(updates.outdated_version(r.service, v) for v in set(map(_VERSION, r.live))))
         return Demand(spec, placed, want, rebalance=spec.rebalance and converged)
 
-    def _reserved(self, demands: list[Demand]) -> dict[str, tuple[float, int]]:
-        """cpu and memory held by live tasks placement is not deciding about (start-first overlaps)."""
-        decided = {t for d in demands for t, _ in d.tasks}
-        out: dict[str, tuple[float, int]] = {}
-        for task in self.state.tasks.values():
+    def _reserved(self) -> dict[str, tuple[float, int]]:
+        """cpu and memory held by live tasks placement is not deciding about (start-first overlaps, the
+        services this round leaves alone)."""
+        out: dict[str, tuple[float, int]] = dict(self.held.reserved)
+        for task in self._undecided:
             spec = self.state.spec_of(task)
-            if task.live and task.node is not None and task.id not in decided and spec is not None:
+            if spec is not None and task.node is not None:
                 cpu, mem = out.get(task.node, (0.0, 0))
                 out[task.node] = (cpu + spec.reserve_cpu, mem + spec.reserve_memory)
         return out
 
-    def _held_ports(self, demands: list[Demand], stopping: set[str]) -> dict[str, list[tuple[int, str]]]:
+    def _held_ports(self, stopping: set[str]) -> dict[str, list[tuple[int, str]]]:
         """Host ports held by live tasks placement is not deciding about, except those this round stops
         (a stop-first update frees its task's port for the replacement, which the node starts once it is free)."""
-        decided = {t for d in demands for t, _ in d.tasks} | stopping
-        out: dict[str, list[tuple[int, str]]] = {}
-        for task in self.state.tasks.values():
-            if task.live and task.node is not None and task.id not in decided:
+        out: dict[str, list[tuple[int, str]]] = {node: list(ports) for node, ports in self.held.ports.items()}
+        for task in self._undecided:
+            if task.node is not None and task.id not in stopping:
                 spec = self.state.spec_of(task)
                 if spec is not None and spec.host_ports:
                     out.setdefault(task.node, []).extend(spec.host_ports)
@@ -238,10 +318,19 @@ class _Round:
     # -------------------------------------------------------------- slots
 
     def _replicated_items(self, r: _ServiceRound, nodes: list[str], unplaced: tuple[int, str],
-                          stopped: set[str], stops: list[tuple[str, str]]) -> list[dict]:
+                          moved: list[tuple[str, str]], stops: list[tuple[str, str]]) -> list[dict]:
+        """``moved``: the service's tasks placement stops (their slots free up unless another live task holds it)."""
         svc = r.service
-        occupied = {t.slot for t in r.live if t.id not in stopped} | r.held
-        free = [s for s in range(1, svc.spec.replicas + 1) if s not in occupied]
+        occupied = set(map(_SLOT, r.live))
+        if moved:
+            holders = Counter(map(_SLOT, r.live))
+            for task, _ in moved:
+                slot = self.state.tasks[task].slot
+                holders[slot] -= 1
+                if not holders[slot]:
+                    occupied.discard(slot)
+        occupied |= r.held
+        free = list(filterfalse(occupied.__contains__, range(1, svc.spec.replicas + 1)))
         free.sort(key=lambda s: (s not in r.pending, s not in r.ready, s))
         items = []
         recorded = len(r.pending)
@@ -274,6 +363,10 @@ class _Round:
                 stops.append((old.id, "restarted"))
             items.append(cmd.placement(r.service.name, r.service.version, 0, node, restarts=restarts))
         return items
+
+
+_ID, _NODE, _SLOT, _SLOT_ID, _VERSION = (attrgetter("id"), attrgetter("node"), attrgetter("slot"),
+                                         attrgetter("slot", "id"), attrgetter("version"))
 
 
 def _unique(stops: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -47,7 +47,12 @@ class UpdateStep:
 
 
 def outdated(service: Service, task: Task) -> bool:
-    spec = service.spec_at(task.version)
+    return outdated_version(service, task.version)
+
+
+def outdated_version(service: Service, version: int) -> bool:
+    """Whether tasks of spec ``version`` need replacing to run the service's current spec."""
+    spec = service.spec_at(version)
     return spec is None or not spec.runs_like(service.spec)
 
 

@@ -344,8 +344,10 @@ class SecurityHost:
 
     # ------------------------------------------------------------ periodic work
 
-    def step(self, driver: Any, swim: Any) -> None:
-        """Called after every loop step; does its work at most every SYNC_INTERVAL seconds."""
+    def step(self, driver: Any, swim: Any, worker_trust: Any = None) -> None:
+        """Called after every loop step; does its work at most every SYNC_INTERVAL seconds.  ``worker_trust``: on
+        a worker outside the Raft group, the part of the security record it follows instead of its replica's
+        (:mod:`p2pswarm.assignments.trust`)."""
         if self.admission is None:
             return
         now = self.wall()
@@ -360,15 +362,18 @@ class SecurityHost:
                 self._next_retry_refused = now + RETRY_REFUSED_INTERVAL
                 self.refused.clear()
             self._sync_members(swim, now)
+            if worker_trust is not None:
+                self.record.sync_worker(worker_trust, now)
             if driver is not None:
                 self.duties.driver_hint = driver
-                self.record.sync(driver, now)
+                if worker_trust is None:
+                    self.record.sync(driver, now)
                 self.duties.run(driver, swim, now)
             self._sync_mesh_tls(now)
         if self.dirty and now >= self._next_persist:
             self._next_persist = now + PERSIST_INTERVAL
             self.dirty = False
-            self.save()
+            self.save(background=True)  # its fsync off the loop: a slow disk must not delay a probe's ack
 
     def _sync_mesh_tls(self, now: float) -> None:
         revoked = self.revocations.nodes if self.revocations is not None else frozenset()
@@ -448,8 +453,9 @@ class SecurityHost:
             out.update({f"endpoint_{k}": v for k, v in self.join_server.stats().items()})
         return out
 
-    def save(self) -> None:
-        """Write the state file: the admitted peers (or, before admission starts, the remembered ones)."""
+    def save(self, background: bool = False) -> None:
+        """Write the state file: the admitted peers (or, before admission starts, the remembered ones);
+        ``background``: see :meth:`Keystore.save`."""
         if self.bundle is None:
             return
         peers: dict[str, PeerEntry] = {}
@@ -460,13 +466,15 @@ class SecurityHost:
                     peers[ident.node_id] = (entry[0], tuple(entry[1]), tuple(self.admission.addrs_of(ident.node_id)))
         else:
             peers = dict(self.peers_cache)
-        self.keystore.save(self.cluster_id, self.bundle, self.cert, self.chain, peers, self.genesis)
+        self.keystore.save(self.cluster_id, self.bundle, self.cert, self.chain, peers, self.genesis,
+                           background=background)
 
     async def close(self) -> None:
         await self.proposals.close()
         if self.join_server is not None:
             await self.join_server.close()
             self.join_server = None
+        await self.keystore.settle()
         if self.dirty:
             try:
                 self.save()

@@ -195,6 +195,19 @@ def _source(frame: zmq.Frame) -> str:
         return ""
 
 
+_client_ctx: zmq.asyncio.Context | None = None
+
+
+def _client_context() -> zmq.asyncio.Context:
+    """The context of every join request this process sends. One per request cost an I/O thread started and
+    joined (``term``) on the event loop each time, and a joiner introduces itself to every member: at 100
+    members, seconds in which the loop answered no probe."""
+    global _client_ctx
+    if _client_ctx is None or _client_ctx.closed:
+        _client_ctx = zmq.asyncio.Context()
+    return _client_ctx
+
+
 async def exchange(addr: str, keys: CurveKeys, request: Any,
                    timeout: float = JOIN_TIMEOUT, source: str | None = None) -> Any:
     """Send one join message to the join endpoint at ``addr`` and return the decoded answer.
@@ -206,8 +219,7 @@ async def exchange(addr: str, keys: CurveKeys, request: Any,
     parsed = parse_addr(addr)
     if parsed is None:
         raise JoinError(f"cannot join via {addr!r}: expected host:port, e.g. 10.0.0.5:7947", "bad_request")
-    ctx = zmq.asyncio.Context()
-    sock = ctx.socket(zmq.DEALER)
+    sock = _client_context().socket(zmq.DEALER)
     try:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_JOIN_MESSAGE)
@@ -228,4 +240,3 @@ async def exchange(addr: str, keys: CurveKeys, request: Any,
                             f"run the same p2pswarm version as the cluster", "bad_reply") from None
     finally:
         sock.close(linger=0)
-        ctx.term()

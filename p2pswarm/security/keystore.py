@@ -18,6 +18,8 @@ or :class:`~p2pswarm.node.datadir.DataDirError`); there is no fallback to plaint
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -59,6 +61,9 @@ def inspect(datadir: DataDir) -> str:
     return "fresh"
 
 
+log = logging.getLogger("p2pswarm.security")
+
+
 @dataclass(frozen=True)
 class Stored:
     """What a member's data dir holds, checked: its certificate verified against the stored bundle."""
@@ -78,6 +83,10 @@ class Keystore:
 
     def __init__(self, datadir: DataDir) -> None:
         self.datadir = datadir
+        self._writing: asyncio.Future | None = None
+        """The state file write in flight off the loop (:meth:`save` with ``background``)."""
+        self._pending: bytes | None = None
+        """The newest state waiting for that write to finish (only the newest is written)."""
 
     def load_or_make_keys(self, entropy: Callable[[int], bytes]) -> CurveKeys:
         path = self.datadir.security_path / CURVE_FILE
@@ -131,8 +140,34 @@ class Keystore:
             self.datadir, CLUSTER_KEY_FILE, format_cluster_key_file(key).encode()))
 
     def save(self, cluster_id: str | None, bundle: TrustBundle, cert: bytes, chain: tuple,
-             peers: dict[str, PeerEntry], genesis: dict | None) -> None:
+             peers: dict[str, PeerEntry], genesis: dict | None, *, background: bool = False) -> None:
+        """Write the state file. ``background`` (the node's periodic save, on its loop): encode it here, write
+        and fsync it in a thread, one write at a time, so that the loop never waits for the disk; a save
+        made meanwhile is written after it (only the newest). :meth:`settle` waits for it."""
         encoded = {n: [c, list(ch), list(a)] for n, (c, ch, a) in peers.items()}
         state = {"v": STATE_VERSION, "cluster_id": cluster_id, "bundle": bundle.encode(), "cert": cert,
                  "chain": list(chain), "peers": encoded, "genesis": genesis}
-        self.datadir.write_private(STATE_FILE, msgpack.packb(state, use_bin_type=True))
+        payload = msgpack.packb(state, use_bin_type=True)
+        if not background:
+            self.datadir.write_private(STATE_FILE, payload)
+        elif self._writing is not None and not self._writing.done():
+            self._pending = payload
+        else:
+            self._write_in_thread(payload)
+
+    def _write_in_thread(self, payload: bytes) -> None:
+        self._writing = asyncio.get_running_loop().run_in_executor(None, self.datadir.write_private, STATE_FILE,
+                                                                   payload)
+        self._writing.add_done_callback(self._written)
+
+    def _written(self, done: asyncio.Future) -> None:
+        if not done.cancelled() and done.exception() is not None:  # the next periodic save tries again
+            log.warning("cannot save the security state: %s", done.exception())
+        if self._pending is not None:
+            payload, self._pending = self._pending, None
+            self._write_in_thread(payload)
+
+    async def settle(self) -> None:
+        """Wait until the background writes are done (before a final save, which must come last)."""
+        while self._writing is not None and not self._writing.done():
+            await asyncio.gather(self._writing, return_exceptions=True)

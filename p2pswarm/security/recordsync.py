@@ -1,4 +1,5 @@
-"""Adopting the Raft state's security record on this node (every member, leader or not).
+"""Adopting the Raft state's security record on this node (every member, leader or not; a worker
+outside the Raft group adopts its part of it, :meth:`RecordSync.sync_worker`).
 
 Each time the applied record changes, the node takes from it the trust bundle (the
 cross chain it presents while the CA rotates), its share of a rotated cluster key
@@ -46,6 +47,11 @@ class RecordSync:
         self.share_seen = b""
         self.rekeyed: frozenset[str] = frozenset()
         """Removed nodes the record's current cluster key shuts out (:mod:`.rekey`)."""
+        self.certs_known = False
+        """True once this node follows a replica's whole record (``certs`` is every recorded certificate); a
+        worker follows its part (:meth:`sync_worker`), which holds its own certificate only."""
+        self.worker_seen = b""
+        """Digest of the worker part applied last (:mod:`p2pswarm.assignments.trust`)."""
 
     @property
     def rekey_pending(self) -> frozenset[str]:
@@ -56,8 +62,10 @@ class RecordSync:
         """Whether ``cert`` may be admitted for ``node``: once this node has applied the security record,
         only a certificate the Raft state records (or that this node granted a moment ago) is, so a
         certificate minted outside the cluster's own paths (by a removed node that knew the CA key)
-        is never admitted.  Before that (a restart, a joiner) gossip and the data dir must do."""
-        return self.seen < 0 or self.certs.get(node) == cert or self.host.endpoint.granted.get(node) == cert
+        is never admitted.  Before that (a restart, a joiner), and on a worker (which holds no replica), gossip
+        and the data dir must do: the bundle and the revocations still decide."""
+        return (not self.certs_known or self.certs.get(node) == cert
+                or self.host.endpoint.granted.get(node) == cert)
 
     def forget_secrets(self) -> None:
         """A new cluster key: unseal the record's secrets again with it."""
@@ -75,20 +83,10 @@ class RecordSync:
                 host.warn("cluster", f"the Raft state's security record is for cluster {rec.cluster_id}, this "
                                      f"node's certificate for {host.cluster_id}: ignoring the record")
                 return
-            if host.genesis is not None:
-                host.genesis = None
-                host.dirty = True
-            self.adopt_bundle(rec.bundle, now)
-            self.adopt_share(rec)
-            self.adopt_secrets(rec.sealed_ca, rec.tokens)
-            if rec.revocations and host.bundle is not None:
-                try:
-                    signed = RevocationList.verify_signed(rec.revocations, host.bundle)
-                    revocations_changed = signed != host.signed_revocations
-                    host.signed_revocations = signed
-                except CertificateError as exc:
-                    host.warn("revocations", f"the revocation list in the Raft state is not usable: {exc}")
-            self.certs = dict(rec.certs)
+            self.adopt_common(rec.bundle, rec.rekeyed, rec.key_shares.get(host.node_id), rec.key_generation,
+                              rec.sealed_ca, rec.tokens, now)
+            revocations_changed = self.adopt_revocations(rec.revocations)
+            self.certs, self.certs_known, self.worker_seen = dict(rec.certs), True, b""
             granted = host.endpoint.granted
             host.endpoint.granted = {n: c for n, c in granted.items() if n not in rec.certs}
             for node, cert in rec.certs.items():
@@ -102,6 +100,56 @@ class RecordSync:
         if revocations_changed or removed != self.removed:
             self.removed = removed
             self.apply_revocations(removed)
+
+    def sync_worker(self, part: Any, now: float) -> None:
+        """A worker outside the Raft group: adopt ``part`` (a :class:`p2pswarm.assignments.trust.WorkerTrust`) as
+        :meth:`sync` adopts the whole record: bundle, cluster key share, CA key and tokens, revocations, removals
+        and this node's own certificate; peers' certificates keep coming from gossip."""
+        host = self.host
+        digest = part.digest
+        if digest == self.worker_seen:
+            return
+        self.worker_seen = digest
+        if part.cluster_id != host.cluster_id:
+            host.warn("cluster", f"a member's security record is for cluster {part.cluster_id}, this node's "
+                                 f"certificate for {host.cluster_id}: ignoring it")
+            return
+        self.seen, self.certs, self.certs_known = -1, {}, False
+        self.adopt_common(part.bundle, frozenset(part.rekeyed), part.share or None, part.key_generation,
+                          part.sealed_ca, part.tokens, now)
+        changed = self.adopt_revocations(part.revocations)
+        if part.cert:
+            self.adopt_own_cert(part.cert, now)
+        host.make_sponsor()
+        removed = frozenset(part.removed)
+        if changed or removed != self.removed:
+            self.removed = removed
+            self.apply_revocations(removed)
+
+    def adopt_common(self, bundle: bytes, rekeyed: frozenset[str], share: bytes | None, key_generation: int,
+                     sealed_ca: bytes, tokens: bytes, now: float) -> None:
+        """What a member and a worker adopt alike: the bundle, a rotated cluster key, the CA key and tokens."""
+        host = self.host
+        if host.genesis is not None:
+            host.genesis = None
+            host.dirty = True
+        self.adopt_bundle(bundle, now)
+        self.adopt_share(rekeyed, share, key_generation)
+        self.adopt_secrets(sealed_ca, tokens)
+
+    def adopt_revocations(self, signed_list: bytes) -> bool:
+        """Verify and keep the CA-signed revocation list; True when it changed."""
+        host = self.host
+        if not signed_list or host.bundle is None:
+            return False
+        try:
+            signed = RevocationList.verify_signed(signed_list, host.bundle)
+        except CertificateError as exc:
+            host.warn("revocations", f"the revocation list in the Raft state is not usable: {exc}")
+            return False
+        changed = signed != host.signed_revocations
+        host.signed_revocations = signed
+        return changed
 
     def adopt_bundle(self, encoded: bytes, now: float) -> None:
         host = self.host
@@ -146,11 +194,10 @@ class RecordSync:
         if host.sponsor is not None:
             host.sponsor.ca, host.sponsor.tokens = host.ca, host.tokens or host.sponsor.tokens
 
-    def adopt_share(self, rec: Any) -> None:
+    def adopt_share(self, rekeyed: frozenset[str], share: bytes | None, key_generation: int) -> None:
         """After a rekey: open this node's share of the new cluster key and use that key from now on."""
         host = self.host
-        self.rekeyed = rec.rekeyed
-        share = rec.key_shares.get(host.node_id)
+        self.rekeyed = rekeyed
         if share is None or share == self.share_seen or host.keys is None:
             return
         self.share_seen = share
@@ -160,10 +207,10 @@ class RecordSync:
             host.warn("share", f"cannot open this node's share of the new cluster key, it cannot sponsor joins: "
                                f"{exc}")
             return
-        host.key_generation = rec.key_generation
+        host.key_generation = key_generation
         if key != host.cluster_key:
             host.set_cluster_key(key)
-            log.info("now using cluster key generation %d (rotated after node rm)", rec.key_generation)
+            log.info("now using cluster key generation %d (rotated after node rm)", key_generation)
 
     def adopt_own_cert(self, cert: bytes, now: float) -> None:
         host = self.host

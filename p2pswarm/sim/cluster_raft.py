@@ -20,6 +20,7 @@ import msgpack
 from p2pswarm.cluster.state import ClusterState
 from p2pswarm.consensus import autopilot
 from p2pswarm.consensus.config import RaftConfig
+from p2pswarm.consensus.progress import last_contacts
 from p2pswarm.consensus.raft import LEADER, Raft, RaftError
 from p2pswarm.consensus.storage import MemoryStorage
 from p2pswarm.node.record import RaftFacts
@@ -28,15 +29,12 @@ from p2pswarm.wire import encode
 if TYPE_CHECKING:
     from p2pswarm.sim.cluster_sim import ClusterSimulation
 
-MAX_LEARNERS = 2
-"""Learners autopilot keeps besides the voters (standby replicas; every other node is a worker)."""
-
 
 class SimMember:
     """One Raft member: its core, storage and applied cluster state."""
 
     __slots__ = ("id", "index", "raft", "storage", "state", "up", "removed", "tick_at", "incarnation",
-                 "published")
+                 "published", "publish_due", "publish_pending")
 
     def __init__(self, node_id: str, index: int) -> None:
         self.id, self.index = node_id, index
@@ -48,6 +46,9 @@ class SimMember:
         self.tick_at = math.inf
         self.incarnation = 0
         self.published = -1
+        self.publish_due = 0.0
+        """Not before this may the record announce a newer applied index."""
+        self.publish_pending = False
 
 
 class RaftGroup:
@@ -55,8 +56,7 @@ class RaftGroup:
                  pilot: autopilot.AutopilotConfig, publish_every: float) -> None:
         """``publish_every``: the driver's ``applied_gossip_interval`` (a member's record changes at most so often)."""
         self.world, self.cfg, self.publish_every = world, config, publish_every
-        self.pilot = autopilot.AutopilotConfig(stabilization_time=pilot.stabilization_time, max_lag=pilot.max_lag,
-                                               interval=pilot.interval, max_learners=MAX_LEARNERS)
+        self.pilot = pilot  # the preset's, max_learners included: the group a real node's autopilot keeps
         self.members: dict[str, SimMember] = {}
         self.by_index: dict[int, SimMember] = {}
         self.rng = random.Random(world.rng.random())
@@ -69,7 +69,6 @@ class RaftGroup:
         for i in voters:
             self._boot(self._member(i), ids)
         world.at(self.pilot.interval, self._autopilot)
-        world.at(publish_every, self._publish)
 
     # ------------------------------------------------------------ members
 
@@ -86,6 +85,7 @@ class RaftGroup:
                       hard_state=stored.hard_state, snapshot=stored.snapshot, entries=tuple(stored.entries),
                       bootstrap=bootstrap)
         m.state, m.up, m.tick_at, m.published = ClusterState(), True, math.inf, -1
+        m.publish_due, m.publish_pending = 0.0, False
         m.incarnation += 1
         self._pump(m)
 
@@ -129,6 +129,7 @@ class RaftGroup:
     def _pump(self, m: SimMember) -> None:
         raft = m.raft
         world = self.world
+        applied = False
         while raft is not None and raft.has_ready():
             rd = raft.ready()
             m.storage.save(rd.hard_state, rd.entries, rd.snapshot)
@@ -138,7 +139,11 @@ class RaftGroup:
             for entry in rd.committed_entries:
                 if entry.kind == "normal" and entry.index > m.state.applied:
                     m.state.apply(entry.data, entry.term, entry.index)
+                    world.side.follow(m.index, m.state)  # the member's own agent reads its applied state
+                    applied = True
             raft.advance(rd)
+        if applied:
+            self._applied(m)
         if raft is None:
             return
         if raft.role == LEADER and self.current is not m:
@@ -173,14 +178,27 @@ class RaftGroup:
 
     # ------------------------------------------------------------ gossip of the applied index
 
-    def _publish(self) -> None:
-        world = self.world
-        world.at(world.now + self.publish_every, self._publish)
-        for m in self.live():
-            if m.raft is not None and m.state.applied != m.published:
-                m.published = m.state.applied
-                role = "leader" if m.raft.role == LEADER else "voter" if m.id in m.raft.conf.voters else "learner"
-                world.publish_raft(m.index, RaftFacts("sim", role, m.raft.term, m.state.applied))
+    def _applied(self, m: SimMember) -> None:
+        """As the Raft driver does: the record announces a new applied index at once, but at most every
+        ``publish_every`` seconds (a change within that waits until it is over)."""
+        if self.world.now >= m.publish_due:
+            self._publish(m)
+        elif not m.publish_pending:
+            m.publish_pending = True
+            self.world.at(m.publish_due, self._publish_due, m, m.incarnation)
+
+    def _publish_due(self, m: SimMember, incarnation: int) -> None:
+        m.publish_pending = False
+        if m.up and m.incarnation == incarnation and m.raft is not None and m.state.applied != m.published:
+            self._publish(m)
+
+    def _publish(self, m: SimMember) -> None:
+        raft = m.raft
+        if raft is None or m.removed:
+            return
+        m.published, m.publish_due = m.state.applied, self.world.now + self.publish_every
+        role = "leader" if raft.role == LEADER else "voter" if m.id in raft.conf.voters else "learner"
+        self.world.publish_raft(m.index, RaftFacts("sim", role, raft.term, m.state.applied))
 
     # ------------------------------------------------------------ autopilot
 
@@ -195,7 +213,8 @@ class RaftGroup:
         peers = [autopilot.Peer(node, status, zone, 0, since) for node, status, zone, since in view]
         match = {p: raft.progress[p].match for p in raft.progress}
         change = autopilot.next_change(world.now, peers, raft.conf.voters, raft.conf.learners, leader=m.id,
-                                       leader_since=self.leader_since, match=match, last_index=raft.log.last_index(),
+                                       leader_since=self.leader_since, match=match,
+                                       last_contact=last_contacts(raft.progress), last_index=raft.log.last_index(),
                                        config=self.pilot, pending=raft.conf_index > raft.log.committed)
         if change is None:
             return

@@ -3,9 +3,9 @@
 Every ``SchedulerConfig.interval`` the node that leads Raft does what
 :class:`~p2pswarm.scheduler.driver.SchedulerDriver` does in a round, with the same code: register the
 members its SWIM view shows and observe their task digests (the driver's own ``_register`` and
-``_observe``), or else run :func:`~p2pswarm.scheduler.reconcile.reconcile` and propose its commands
-(orphan reports first).  As the real driver awaits its proposals, a round waits until the leader has
-applied all it proposed (or lost leadership) before the next begins.  One shortcut: reconcile is a
+``_observe``), or else run the incremental :class:`~p2pswarm.scheduler.incremental.Reconciler` and
+propose its commands (orphan reports first).  As the real driver awaits its proposals, a round waits
+until the leader has applied all it proposed (or lost leadership) before the next begins.  One shortcut: reconcile is a
 function of the applied state, the members' statuses and the time, so a round whose state and
 statuses are those of the last plan (only task digests moved, and they changed nothing) plans
 nothing new and is skipped, until a wake-up or ``resync`` is due.  The services are created by
@@ -21,7 +21,7 @@ from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.spec import PortSpec, ServiceSpec
 from p2pswarm.scheduler.config import SchedulerConfig
 from p2pswarm.scheduler.driver import SchedulerDriver
-from p2pswarm.scheduler.reconcile import reconcile
+from p2pswarm.scheduler.incremental import Reconciler
 
 if TYPE_CHECKING:
     from p2pswarm.sim.cluster_sim import ClusterSimulation
@@ -46,6 +46,8 @@ class LeaderScheduler:
         self.specs = [service_spec(k, world.sc.replicas) for k in range(world.sc.services)]
         self.rounds = 0
         self.plan_seconds = 0.0
+        self.reconciler = Reconciler()
+        """The leader's incremental reconciler (a new term, so a new leader, makes it plan in full)."""
         """Wall-clock seconds spent in reconcile (the scheduler's own cost)."""
         self._seen: tuple | None = None
         self._planned: tuple | None = None
@@ -89,7 +91,7 @@ class LeaderScheduler:
             return  # digests moved but neither the state nor a status did: the plan would be the last one
         self._planned, self._next_plan = planned, now + self.cfg.resync
         started = time.perf_counter()
-        plan = reconcile(state, {mb.node: mb.status for mb in members}, wall, term)
+        plan = self.reconciler.reconcile(state, {mb.node: mb.status for mb in members}, wall, term)
         self.plan_seconds += time.perf_counter() - started
         self.rounds += 1
         orphans = [c for c, about in zip(plan.commands, plan.about) if about == ""]

@@ -1,16 +1,17 @@
 """The nodes' side of the cluster simulation: agents running tasks, and workers learning assignments.
 
 Each node that has tasks runs the real :class:`~p2pswarm.agent.core.AgentCore` (created on first
-assignment: nodes without tasks cost nothing).  A start takes ``START_SECONDS`` (uniform), a stop
-``STOP_SECONDS``; the agent's digest goes into the node's SWIM record (the real ``tasks`` section
-encoding), whence the leader's scheduler and every node's mesh learn it.
+assignment: nodes without tasks cost nothing).  As the real agent polls its source of assignments every
+``FOLLOW_INTERVAL``, it reads a change that many seconds later at most (uniform); a start takes
+``START_SECONDS`` (uniform), a stop ``STOP_SECONDS``; the agent's digest goes into the node's SWIM record
+(the real ``tasks`` section encoding), whence the leader's scheduler and every node's mesh learn it.
 
 Raft members read their assignments from their own applied state; every other node is a worker that
 runs the real assignment protocol core (:mod:`p2pswarm.assignments.core`): gossip of a member's
-applied index prompts it, :func:`choose_server` picks the member, :func:`delta_since` answers and
-:class:`WorkerState` applies, over the simulated network; the request and reply bytes are the real
-wire encoding's.  A request without a reply within ``REQUEST_TIMEOUT`` is given up; after a reply or
-a timeout the worker asks again if gossip told it of a newer version meanwhile.
+applied index prompts it (at its next look, every ``CHECK_INTERVAL``), :func:`choose_server` picks the
+member, :func:`delta_since` answers and :class:`WorkerState` applies, over the simulated network; the
+request and reply bytes are the real wire encoding's.  A request without a reply within ``REQUEST_TIMEOUT`` is
+given up; after a reply or a timeout the worker asks again if gossip told it of a newer version meanwhile.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from p2pswarm.agent.core import AgentCore, Forget, Start, Stop
-from p2pswarm.agent.host import assignments
+from p2pswarm.agent.host import FOLLOW_INTERVAL, assignments
 from p2pswarm.assignments.core import AssignmentsConfig, WorkerState, choose_server, delta_since
 from p2pswarm.assignments.messages import AssignmentsRequest, reply_of
 from p2pswarm.node.record import TaskDigest
@@ -27,10 +28,12 @@ from p2pswarm.wire import encode
 if TYPE_CHECKING:
     from p2pswarm.sim.cluster_sim import ClusterSimulation
 
-START_SECONDS = (0.2, 0.8)
-"""A task's start takes this long (uniform): a process launch, not an image pull."""
+START_SECONDS = (0.005, 0.010)
+"""A task's start takes this long (uniform): the process runtime's ``start()`` (exec'd in its cgroup as the task
+user; simulations/bench_runtime.py measured a p50 of 7.5 ms), not an image pull."""
 STOP_SECONDS = 0.05
 REQUEST_TIMEOUT = AssignmentsConfig().request_timeout
+CHECK_INTERVAL = AssignmentsConfig().check_interval
 
 
 class NodeSide:
@@ -56,6 +59,10 @@ class NodeSide:
         self.resyncs = 0
         self.served: dict[int, int] = {}
         """Requests each member answered."""
+        self.checking: set[tuple[int, int]] = set()
+        """(node, life) of the workers with a look at the gossiped applied index due."""
+        self.following: set[tuple[int, int]] = set()
+        """(node, life) of the agents with a poll of their changed assignments due."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -81,6 +88,18 @@ class NodeSide:
         if applied > self.heard.get(i, 0):
             self.heard[i] = applied
         if worker.version >= applied or self.asking.get(i, -1.0) > world.now:
+            return
+        due = (i, self.life.get(i, 0))
+        if due not in self.checking:  # the real worker looks at the gossiped index every CHECK_INTERVAL
+            self.checking.add(due)
+            world.at(world.now + world.rng.uniform(0.0, CHECK_INTERVAL), self._ask, *due)
+
+    def _ask(self, i: int, life: int) -> None:
+        self.checking.discard((i, life))
+        world = self.world
+        worker = self.workers.get(i)
+        if self.life.get(i, 0) != life or worker is None or world.crashed(i) or world.group_member_up(i) \
+                or worker.version >= self.heard.get(i, 0) or self.asking.get(i, -1.0) > world.now:
             return
         servers = world.live_members_seen_by(i)
         server = choose_server(world.ids[i], servers)
@@ -120,7 +139,7 @@ class NodeSide:
         before = worker.resyncs
         if worker.apply(delta):
             self.resyncs += worker.resyncs - before
-            self.assign(i, worker)
+            self.follow(i, worker)
         self._again(i, life)
 
     def _again(self, i: int, life: int) -> None:
@@ -129,6 +148,20 @@ class NodeSide:
             self.prompted(i, self.heard.get(i, 0))
 
     # ------------------------------------------------------------ agents
+
+    def follow(self, i: int, state: Any) -> None:
+        """``state`` (node ``i``'s applied ClusterState or WorkerState) changed: its agent reads it at its next poll."""
+        due = (i, self.life.get(i, 0))
+        if due in self.following:
+            return
+        self.following.add(due)
+        world = self.world
+        world.at(world.now + world.rng.uniform(0.0, FOLLOW_INTERVAL), self._followed, *due, state)
+
+    def _followed(self, i: int, life: int, state: Any) -> None:
+        self.following.discard((i, life))
+        if self.life.get(i, 0) == life and not self.world.crashed(i):
+            self.assign(i, state)
 
     def assign(self, i: int, state: Any) -> None:
         """Give node ``i``'s agent its assignments from ``state`` (a ClusterState or WorkerState)."""

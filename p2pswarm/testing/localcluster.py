@@ -11,6 +11,7 @@ passes ``--token`` or ``--insecure`` itself, or no node of this cluster can give
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -19,8 +20,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from p2pswarm.api.client import ApiClient, ApiError
+from p2pswarm.mesh import nft
+from p2pswarm.mesh.kernel_plan import table_name
 from p2pswarm.runtime.taskuser import own_interpreter_args, remove_homes_of
 from p2pswarm.runtime.volumes import remove_volumes_of
 
@@ -75,6 +79,8 @@ class LocalNode:
         self.log_path = cluster.tmp / f"{self.name}.log"
         self.proc: subprocess.Popen | None = None
         self.api = ApiClient(self.data_dir, timeout=2.0)
+        self.kernel_mesh = False
+        """Started with a kernel path (``--mesh`` auto or kernel): a killed node leaves its nftables table."""
 
     def info(self) -> dict | None:
         try:
@@ -95,15 +101,20 @@ class LocalNode:
 
 class LocalCluster:
     def __init__(self, tmp: Path, preset: str = "test", isolate_tasks: bool | None = None,
-                 node_args: tuple[str, ...] = ()) -> None:
+                 node_args: tuple[str, ...] = (), mesh: str = "userspace") -> None:
         """``isolate_tasks`` (root only): True runs tasks as the nodes' default task user, False as root;
         None as the default unless the tests' interpreter (what their tasks run) is closed to it.
-        ``node_args``: options every node starts with (e.g. ``--engine-socket URL``)."""
+        ``node_args``: options every node starts with (e.g. ``--engine-socket URL``).
+        ``mesh``: the nodes' ``up --mesh`` unless ``node_args`` or a start's options say it; ``userspace`` by
+        default, so that tests run as root keep testing the user-space data plane."""
         self.tmp = tmp
         self.preset = preset
+        self.mesh = mesh
         self.node_args = tuple(node_args)
         self.task_args = (own_interpreter_args(sys.executable) if isolate_tasks is None
                           else [] if isolate_tasks or os.geteuid() != 0 else ["--task-user", "root"])
+        self.task_user = self.task_args[1] if self.task_args else None
+        """The ``--task-user`` of ``task_args`` (None: the default), for nodes started without the CLI."""
         self.nodes: dict[int, LocalNode] = {}
         self.pids: set[int] = set()
         self._procs: list[subprocess.Popen] = []
@@ -121,6 +132,9 @@ class LocalCluster:
         node = self.node(index)
         args = ["up", "--data-dir", str(node.data_dir), "--bind", node.addr, "--name", node.name,
                 "--preset", self.preset, *self.task_args, *self.node_args, *extra]
+        if "--mesh" not in args:
+            args += ["--mesh", self.mesh]
+        node.kernel_mesh = args[args.index("--mesh") + 1] != "userspace"
         env = cli_env()
         if peers:
             args += ["--peers", ",".join(peers)]
@@ -135,6 +149,32 @@ class LocalCluster:
         self._procs.append(node.proc)
         self.pids.add(node.proc.pid)
         return node
+
+    def start_shared(self, indices: list[int], peers: tuple[str, ...] = (), **options: Any) -> list[LocalNode]:
+        """Start the nodes ``indices`` in ONE process (:mod:`p2pswarm.testing.multinode`), each with its own
+        address, sockets and data dir, with the cluster's preset and ``options`` (NodeOptions fields, e.g.
+        ``max_learners=1``). They share the Popen (``node.proc``) and its log; killing one kills them all."""
+        nodes = [self.node(i) for i in indices]
+        spec = {"nodes": [{"data_dir": str(n.data_dir), "bind": n.addr, "name": n.name, "preset": self.preset,
+                           "secure": True, "task_user": self.task_user, "peers": list(peers), "mesh": self.mesh,
+                           **options}
+                          for n in nodes]}
+        spec_path = self.tmp / f"{nodes[0].name}-group.json"
+        spec_path.write_text(json.dumps(spec))
+        env = cli_env()
+        token = self.join_token(peers) if peers else None
+        if token is not None:
+            env["P2PSWARM_TOKEN"] = token
+        log_path = self.tmp / f"{nodes[0].name}-group.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "p2pswarm.testing.multinode", str(spec_path)],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        self._procs.append(proc)
+        self.pids.add(proc.pid)
+        for node in nodes:
+            node.proc, node.log_path = proc, log_path
+            node.kernel_mesh = options.get("mesh", self.mesh) != "userspace"
+        return nodes
 
     def join_token(self, peers: tuple[str, ...] = (), exclude: int | None = None) -> str | None:
         """The join token from a running node of this cluster (those at ``peers`` first), or None."""
@@ -204,6 +244,7 @@ class LocalCluster:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        nft.remove_all(table_name(n.host, n.port) for n in self.nodes.values() if n.kernel_mesh)
         for node in self.nodes.values():
             remove_homes_of(node.data_dir)  # the tasks' homes live outside the (temporary) data dirs
             remove_volumes_of(node.data_dir)  # and so do the named volumes

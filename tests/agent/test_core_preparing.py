@@ -29,6 +29,18 @@ def test_preparing_is_gossiped_until_the_run_starts_then_the_mapped_ports_serve(
     assert record["s"] == "running" and record["m"] == [[8080, 31001, False], [8443, 31002, False]]
 
 
+def test_ports_published_with_the_userspace_option_are_named_in_the_record():
+    spec = TaskSpec("t1", "web", 1, "n1", ("x",), publish=(PortSpec(8080, None, userspace=True), PortSpec(9090, None),
+                                                           PortSpec(5353, None, protocol="udp", userspace=True)),
+                    ports=3)
+    core = AgentCore()
+    core.assign(0, [Assignment(spec, 1, "running", RestartPolicy("none"))])
+    (start,) = core.take_actions()
+    core.started(1.0, "t1", start.run, (31001, 31002, 31003))
+    record = core.digest()["tasks"]["t1"]
+    assert record["u"] == [8080, "5353/udp"] and len(record["m"]) == 3
+
+
 def test_a_failed_pull_fails_the_task_and_a_stop_while_preparing_waits_for_the_start():
     core = AgentCore()
     core.assign(0, [image_task()])

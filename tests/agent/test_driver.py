@@ -58,7 +58,7 @@ def test_run_heal_give_up_and_remove(tmp_path, pids):
         pid = driver.runs["web.1"].handle.pid
         pids.append(pid)
         assert await asyncio.to_thread(get, port) == {"task": "web.1", "service": "web", "slot": "1",
-                                                       "node": "n1", "port": port}
+                                                       "node": "n1", "port": port, "client": "127.0.0.1"}
 
         await aeventually(lambda: record(driver, "bad.1").get("s") == "failed", what="bad.1 to give up")
         assert record(driver, "bad.1") == {"s": "failed", "v": 1, "x": 7, "r": 2,

@@ -1,6 +1,6 @@
 """A tiny task for tests: serves its identity as JSON on $PORT and /health; exits 0 on SIGTERM.
 
-    GET /        {"task", "service", "slot", "node", "port"}
+    GET /        {"task", "service", "slot", "node", "port", "client"} (client: the connection's source address)
     GET /health  200 "ok"
 """
 
@@ -19,7 +19,7 @@ class Handler(BaseHTTPRequestHandler):
             body = json.dumps({
                 "task": os.environ.get("P2PSWARM_TASK_ID"), "service": os.environ.get("P2PSWARM_SERVICE"),
                 "slot": os.environ.get("P2PSWARM_SLOT"), "node": os.environ.get("P2PSWARM_NODE"),
-                "port": int(os.environ["PORT"]),
+                "port": int(os.environ["PORT"]), "client": self.client_address[0],
             }).encode()
             kind = "application/json"
         else:

@@ -6,7 +6,6 @@ messages go through the real wire encoding, so what a worker applies is what it 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -18,6 +17,7 @@ from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.spec import ServiceSpec
 from p2pswarm.consensus.autopilot import AutopilotConfig, Peer
 from p2pswarm.node.record import GossipRecord, RaftFacts, encode_record
+from p2pswarm.security.record import SecurityRecord
 
 from ..cluster.test_state import Log
 from ..consensus.test_autopilot_workers import converge
@@ -62,19 +62,28 @@ class Swim:
                                record=encode_record([facts]) if facts else b"")
 
 
+class FakeRaftDriver(SimpleNamespace):
+    @property
+    def applied(self) -> int:
+        """The Raft applied index: here every entry is the cluster state's."""
+        return self.cluster.applied
+
+
 class World:
     """Raft members ``members`` sharing one applied cluster state (``log``), and workers."""
 
     def __init__(self, members: list[str], workers: list[str], config: AssignmentsConfig = AssignmentsConfig()):
         self.log, self.net, self.now = Log(), Net(), 100.0
+        self.security = SecurityRecord()
+        """The members' applied security record (empty until a test initialises it)."""
         self.members, self.nodes = list(members), list(members) + list(workers)
         self.swim = Swim(self)
         self.drivers = {n: self._driver(n, config) for n in self.nodes}
 
     def _driver(self, node: str, config: AssignmentsConfig) -> AssignmentsDriver:
         member = node in self.members
-        raft = SimpleNamespace(driver=SimpleNamespace(
-            cluster=self.log.state if member else Log().state, security=SimpleNamespace(secret_keys={}),
+        raft = SimpleNamespace(driver=FakeRaftDriver(
+            cluster=self.log.state if member else Log().state, security=self.security if member else SecurityRecord(),
             cluster_id=CLUSTER, role_of=lambda n: "voter" if n in self.members else "-"))
         return AssignmentsDriver(node, raft, self.swim, GossipRecord(), Transport(self.net, node), config,
                                  clock=lambda: self.now)
@@ -198,10 +207,11 @@ def test_serving_a_hundred_resyncs_stays_within_the_turn_budget():
         world.drivers[w].step(world.now)  # 100 requests arrive at once
     for data in world.net.inbox.pop("m1"):
         leader.receive(wire.decode(data))
-    turns = []
+    served = []  # requests answered per turn (counted, not timed: a timed assertion only measures the machine)
     while leader._queue:
-        started = time.perf_counter()
+        waiting = len(leader._queue)
         leader.step(world.now)
-        turns.append(time.perf_counter() - started)
-    assert len(turns) >= 100 / AssignmentsConfig().serve_per_turn
-    assert max(turns) < 0.05  # a few deltas per turn, never the whole backlog
+        served.append(waiting - len(leader._queue))
+    per_turn = AssignmentsConfig().serve_per_turn
+    assert len(served) >= 100 / per_turn
+    assert max(served) <= per_turn and sum(served) == 100  # a few deltas per turn, never the whole backlog

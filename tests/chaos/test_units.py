@@ -13,7 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from p2pswarm.api.client import NodeNotRunning
 from p2pswarm.lab import load, netns
+from p2pswarm.lab.chaos import ChaosRun
+from p2pswarm.lab.scenario import Action
 from p2pswarm.testing.localcluster import REPO, cli_env, free_host, free_port
 
 
@@ -101,3 +104,66 @@ def test_demo_app_answers_identity_and_health():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class FakeNode:
+    """A transport-mode lab node whose API answers (POST /v1/faults) only from call ``up_from`` on."""
+
+    def __init__(self, index: int, up_from: int = 1) -> None:
+        self.index, self.name, self.host, self.port = index, f"node-{index}", f"127.0.77.{10 + index}", 7946
+        self.netns = None
+        self.up_from, self.calls, self.faults = up_from, 0, None
+
+    @property
+    def addr(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def api(self, timeout: float = 2.0) -> "FakeNode":
+        return self
+
+    def post(self, path: str, body: dict) -> None:
+        self.calls += 1
+        if self.calls < self.up_from:
+            raise NodeNotRunning(f"no p2pswarm node is running with data dir /lab/{self.name}")
+        self.faults = body
+
+
+class FakeLab:
+    def __init__(self, nodes: list[FakeNode]) -> None:
+        self.nodes = nodes
+
+    def node(self, index: int) -> FakeNode:
+        return self.nodes[index - 1]
+
+
+class Running:
+    def poll(self) -> None:
+        return None
+
+
+def transport_run(tmp_path, nodes: list[FakeNode]) -> ChaosRun:
+    run = ChaosRun(None, tmp_path, tmp_path)  # type: ignore[arg-type]
+    run.lab = FakeLab(nodes)  # type: ignore[assignment]
+    run.t0 = time.monotonic()
+    return run
+
+
+def test_partition_waits_for_a_restarted_node_whose_api_is_not_up_yet(tmp_path):
+    starting = FakeNode(3, up_from=4)
+    run = transport_run(tmp_path, [FakeNode(1), FakeNode(2), starting])
+    run.starting["node-3"] = (run.t() + 5.0, Running())  # restarted just now, its process still runs
+    run._do_partition(Action(6.0, "partition", groups=((1,), (2, 3))))
+    assert [a["ok"] for a in run.actions] == [True], run.actions
+    assert starting.faults == {"drop_rate": 0.0, "cut": ["127.0.77.11:7946"]}
+    assert starting.calls == 4 and run.lab.node(1).faults["cut"] == ["127.0.77.12:7946", "127.0.77.13:7946"]
+
+
+def test_partition_reports_a_node_that_does_not_answer_outside_its_start_grace(tmp_path):
+    gone = FakeNode(3, up_from=100)
+    run = transport_run(tmp_path, [FakeNode(1), FakeNode(2), gone])
+    run.starting["node-3"] = (run.t() - 0.1, Running())  # its start grace is over
+    began = time.monotonic()
+    run._do_partition(Action(6.0, "partition", groups=((1,), (2, 3))))
+    assert time.monotonic() - began < 1.0 and gone.calls == 1
+    assert [(a["ok"], a["detail"]) for a in run.actions] == [(False, "not applied on node-3")]
+    assert run.notes == ["faults on node-3: no p2pswarm node is running with data dir /lab/node-3"]

@@ -16,6 +16,8 @@ from p2pswarm.cluster.spec import Constraint, PortSpec, ServiceSpec, SpecError, 
     ("published=8080,target=dynamic,encrypted", PortSpec(8080, None, encrypted=True)),
     ("8080:80", PortSpec(8080, 80)),  # the short forms stay
     ("8080:dynamic/udp", PortSpec(8080, None, protocol="udp")),
+    ("8080:80,userspace", PortSpec(8080, 80, userspace=True)),
+    ("published=5353,protocol=udp,userspace", PortSpec(5353, None, protocol="udp", userspace=True)),
 ])
 def test_the_long_syntax_and_the_short_forms_parse_and_print_back(text, port):
     assert parse_port(text) == port and parse_port(str(port)) == port
@@ -28,6 +30,7 @@ def test_the_long_syntax_and_the_short_forms_parse_and_print_back(text, port):
     ("published=http", "published must be a port number"),
     ("published=80,mode=global", "ports.mode: must be one of ingress, host"),
     ("published=80,mode=host,proxy-protocol", "not by the routing mesh: remove proxy-protocol"),
+    ("published=80,mode=host,userspace", "not by the routing mesh: remove userspace"),
     ("published=80,protocol=sctp", "protocol"),
 ])
 def test_a_bad_long_syntax_is_one_line(text, words):
@@ -43,6 +46,14 @@ def test_mode_is_encoded_only_when_not_ingress_so_older_specs_decode_the_same():
     host = spec.replace(ports=(PortSpec(8080, mode="host"),))
     assert host.to_dict()["ports"] == [{"published": 8080, "target": None, "proxy_protocol": False, "mode": "host"}]
     assert ServiceSpec.from_dict(host.to_dict()) == host
+
+
+def test_the_userspace_option_is_encoded_only_when_set_and_refused_where_the_mesh_does_not_serve():
+    spec = ServiceSpec("web", "x", ports=("8080:80,userspace", "9090:90"))
+    assert [p.get("userspace") for p in spec.to_dict()["ports"]] == [True, None]
+    assert ServiceSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(SpecError, match="the options are proxy-protocol, encrypted, userspace"):
+        parse_port("8080:80,user-space")
 
 
 def test_the_host_ports_a_task_holds_on_its_node():

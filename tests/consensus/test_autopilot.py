@@ -14,9 +14,12 @@ def peer(node, status="alive", zone="", started=0, since=0.0):
     return Peer(node, status, zone, started, since)
 
 
-def decide(peers, voters, learners=(), match=None, last=50, leader="a", leader_since=0.0, pending=False):
+def decide(peers, voters, learners=(), match=None, last=50, leader="a", leader_since=0.0, pending=False,
+           heard=None):
+    """``heard``: when the leader last heard from each member (default: everyone just now)."""
     return next_change(NOW, peers, voters, learners, leader=leader, leader_since=leader_since,
-                       match=match or {}, last_index=last, config=CFG, pending=pending)
+                       match=match or {}, last_contact={p.id: NOW for p in peers} if heard is None else heard,
+                       last_index=last, config=CFG, pending=pending)
 
 
 @pytest.mark.parametrize("members,target", [(1, 1), (2, 1), (3, 3), (6, 3), (7, 5), (50, 5)])
@@ -34,7 +37,7 @@ def test_learners_are_capped():
     peers = [peer(n) for n in "abcde"]  # e stays out: one learner already
     small = AutopilotConfig(stabilization_time=5.0, max_lag=10, max_learners=1)
     assert next_change(NOW, peers, ["a", "b", "c"], ["d"], leader="a", leader_since=0.0, match={"d": 0},
-                       last_index=50, config=small) is None
+                       last_contact={}, last_index=50, config=small) is None
 
 
 def test_third_node_learner_is_promoted_only_when_caught_up_and_stable():

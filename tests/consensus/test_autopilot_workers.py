@@ -7,12 +7,18 @@ from p2pswarm.consensus.autopilot import AutopilotConfig, Peer, next_change
 NOW = 100.0
 
 
+def heard(peers):
+    """The leader heard from every member just now."""
+    return {p.id: NOW for p in peers}
+
+
 def converge(peers, voters, learners, config, rounds=500):
     """Apply autopilot's changes (every learner caught up) until it has none: the configuration it keeps."""
     voters, learners = list(voters), list(learners)
     for _ in range(rounds):
         change = next_change(NOW, peers, voters, learners, leader=voters[0], leader_since=0.0,
-                             match={n: 50 for n in learners}, last_index=50, config=config)
+                             match={n: 50 for n in learners}, last_contact=heard(peers), last_index=50,
+                             config=config)
         if change is None:
             return voters, learners
         if change.op == "add_learner":
@@ -53,7 +59,7 @@ def test_a_learner_in_a_covered_zone_makes_room_for_an_uncovered_zone():
              Peer("l1", "alive", "a", 1), Peer("z1", "alive", "z", 99)]
     cfg = AutopilotConfig(stabilization_time=0.0, max_learners=1)
     change = next_change(NOW, peers, ["v1", "v2", "v3"], ["l1"], leader="v1", leader_since=0.0,
-                         match={"l1": 50}, last_index=50, config=cfg)
+                         match={"l1": 50}, last_contact=heard(peers), last_index=50, config=cfg)
     assert change is not None and (change.op, change.node) == ("remove", "l1")
     voters, learners = converge(peers, ["v1", "v2", "v3"], ["l1"], cfg)
     assert learners == ["z1"]

@@ -1,5 +1,5 @@
 """`p2pswarm lab up/status/down`: README's first command must give a working local cluster with
-its demo service, and `lab down` must leave no process behind."""
+its demo service, and `lab down` must leave no process (and no nftables table) behind."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import warnings
 
 from p2pswarm.api.client import ApiClient, ApiError
 from p2pswarm.cli.node_cmds import pid_alive
+from p2pswarm.mesh import nft
+from p2pswarm.mesh.kernel_plan import table_name
 from p2pswarm.testing.localcluster import free_port, wait_until
 
 
@@ -75,11 +77,16 @@ def test_lab_up_deploys_the_demo_and_down_leaves_no_process(cluster, tmp_path_fa
         else:
             warnings.warn("lab demo URL not checked: the node has no routing mesh (GET /v1/mesh is 404)")
 
+        tables = [table_name(f"127.0.0.1{i}", port) for i in (1, 2, 3)]
+        if nft.probe() is None:  # as root the lab's nodes forward in the kernel: each has its nftables table
+            assert all(nft.exists(t) for t in tables)
         down = cluster.cli("lab", "down", "--dir", str(lab), timeout=60)
         assert down.returncode == 0, down.stderr
         wait_until(lambda: not [pid for pid in pids if pid_alive(pid)], 15, "every lab process to exit")
+        assert not any(nft.exists(t) for t in tables)  # and `lab down` leaves none behind
     finally:
-        cluster.pids.update(pids)
+        cluster.pids.update(pids or lab_pids(lab))
+        cluster.cli("lab", "down", "--dir", str(lab), timeout=60)  # after a failure: no node, no table left
 
 
 def test_lab_up_refuses_netns_without_root_or_a_bad_dir_in_one_line(cluster, tmp_path_factory):

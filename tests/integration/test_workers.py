@@ -2,8 +2,8 @@
 
 The leader's autopilot keeps at most one learner (``up --max-learners 1``), so two nodes are workers:
 they are in no Raft configuration, learn their tasks of a global service from the members, run them,
-show as ``worker`` in ``node ls``, catch up by version after a partition, and keep their tasks running
-when the Raft group loses its quorum.
+show as ``worker`` in ``node ls``, answer ``service ls`` through a member, follow a join-token rotation,
+catch up by version after a partition, and keep their tasks running when the Raft group loses its quorum.
 """
 
 from __future__ import annotations
@@ -86,6 +86,17 @@ def test_workers_run_their_tasks_of_a_global_service_and_keep_them_without_quoru
     record_pids(cluster, rows, task_pids)
     on_workers = [r for r in rows if r["node_name"] in {w.name for w in workers}]
     assert len(on_workers) == 2
+
+    # a worker holds no replica: `service ls` and `service ps` there are answered by a Raft member
+    wdd = ("--data-dir", str(workers[1].data_dir))
+    listed = json.loads(ok(cluster.cli("service", "ls", "--format", "json", *wdd)).stdout)
+    assert [(s["name"], s["running"]) for s in listed] == [("agent", 6)], listed
+    tasks = json.loads(ok(cluster.cli("service", "ps", "agent", "--format", "json", *wdd)).stdout)
+    assert len([r for r in tasks if r["current"] and r["state"] == "running"]) == 6
+    # a rotated join token reaches the workers with their part of the security record
+    ok(cluster.cli("cluster", "join-token", "--rotate", "--quiet", *dd))
+    wait_until(lambda: all(w.api.get("/v1/security")["token_generation"] == 2 for w in workers), 30,
+               "both workers holding the rotated join token")
 
     # a worker cut off from everyone misses changes: the cluster declares it dead and orphans its task;
     # healed, it catches up by version (no second full resync) and runs the task placed on it anew

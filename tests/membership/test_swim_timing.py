@@ -23,7 +23,7 @@ import pytest
 from p2pswarm.membership.config import SwimConfig
 from p2pswarm.membership.messages import Ack, Alive, Gossip, MemberState, Meta, Ping, Record, Suspect
 from p2pswarm.membership.news import NewsQueue
-from p2pswarm.membership.suspicion import Suspicion
+from p2pswarm.membership.suspicion import Suspicion, Suspicions
 from p2pswarm.membership.swim import Swim
 from p2pswarm.node.presets import PRESETS, preset
 from p2pswarm.wire import encoded_size
@@ -74,6 +74,25 @@ def test_suspicion_without_expected_confirmations_uses_the_minimum():
     assert s.deadline == pytest.approx(5.6)
 
 
+def test_suspicions_run_out_by_deadline_and_in_the_order_they_began():
+    held = Suspicions()
+    held.start("late", Suspicion(0, 0.0, 0.6, 3.6, 3, origin="x"))  # 3.6
+    held.start("early", Suspicion(0, 1.0, 0.6, 3.6, 3, origin="x"))  # 4.6, then confirmed down to 3.1
+    held.start("gone", Suspicion(0, 0.5, 0.6, 3.6, 3, origin="x"))  # 4.1, ended before it runs out
+    assert held["early"].confirm("y") is True
+    held.moved("early", held["early"])
+    del held["gone"]
+    assert held.earliest() == pytest.approx(3.1)
+    assert held.due(3.0) == []
+    assert held.due(5.0) == ["late", "early"]  # both due: the order they began, not their deadlines
+    assert held.earliest() == math.inf
+    flat = Suspicion(0, 6.0, 1.0, 1.0, 2, origin="x")  # max = min: a confirmation leaves the deadline where it was
+    held.start("flat", flat)
+    assert flat.confirm("y") is True
+    held.moved("flat", flat)
+    assert held.due(8.0) == ["flat"]  # once
+
+
 def drive(me: Swim, start: float, end: float) -> None:
     """Tick at each deadline; every Ping we send is answered by its target (our probes succeed)."""
     now = start
@@ -107,6 +126,21 @@ def test_core_declares_death_exactly_at_the_shrunken_deadline():
     assert len(deaths) == 1
     assert deaths[0].at == pytest.approx(C2)
     assert deaths[0].by == "a"
+
+
+def test_membership_news_goes_before_a_burst_of_records_in_probes_and_acks():
+    peers = [f"p{k:03d}" for k in range(40)]
+    me = Swim("a", addr_of("a"), Meta("a"), SwimConfig(), random.Random(1), 0.0)
+    me.bootstrap(0.0, {p: MemberState(p, addr_of(p), 0, "alive", Meta(p)) for p in peers})
+    me.receive(0.0, Gossip("p001", addr_of("p001"), (Suspect("p000", 0, "p001"),)))
+    # then every member's record changes (tasks moving after a failure): far more than one probe holds
+    me.receive(0.1, Gossip("p002", addr_of("p002"), tuple(Record(p, 1, b"t" * 200) for p in peers)))
+    me.drain_outbox()
+    me.receive(0.2, Ping(7, "p003", addr_of("p003"), "a", ()))
+    ack = me.drain_outbox()[0].msg
+    assert ack.news[0] == Suspect("p000", 0, "p001")  # the newer records did not push the suspicion out
+    assert any(type(item) is Record for item in ack.news)  # they fill the space left
+    assert encoded_size(ack.news) <= SwimConfig().piggyback_bytes
 
 
 def test_core_without_lifeguard_waits_the_minimum_whatever_the_confirmations():

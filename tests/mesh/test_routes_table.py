@@ -3,6 +3,7 @@
 import random
 from collections import Counter
 
+from p2pswarm.mesh.kernel_plan import plan
 from p2pswarm.mesh.routes import Backend, candidates
 from p2pswarm.mesh.table import Peer, build
 
@@ -75,6 +76,22 @@ def test_table_lists_local_and_direct_backends():
     assert by_task["t1"]["local"] and by_task["t1"]["addr"] == "127.0.0.11:21001"
     assert by_task["t2"]["via"] is None and by_task["t2"]["rtt"] == 0.0004
     assert {r.route for r in routes} == {"local", "direct"}
+
+
+def test_ports_whose_service_asks_for_user_space_are_marked_and_stay_there():
+    def asking(port):
+        r = rec(port)
+        r["m"].append([5353, port + 1, False, "udp"])
+        r["u"] = [8080, "5353/udp"]
+        return r
+    table, _ = build("a", peers(b=Peer("b", "node-2", "127.0.0.12", "alive", relay_port=7947,
+                                       tasks={"t2": asking(21002)})))
+    assert table["ports"][0]["userspace"] and table["udp"][0]["userspace"]
+    paths = plan(table).paths
+    assert not paths[("tcp", 8080)].kernel and "userspace option" in paths[("tcp", 8080)].why
+    assert not paths[("udp", 5353)].kernel
+    plain, _ = build("a", peers())
+    assert "userspace" not in plain["ports"][0] and plan(plain).paths[("tcp", 8080)].kernel
 
 
 def test_node_without_replica_still_gets_the_port():

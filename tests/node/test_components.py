@@ -60,7 +60,8 @@ def test_a_fresh_node_has_every_member_the_api_reads():
 
 def test_the_security_adapter_scans_refusals_at_its_interval_and_gossips_a_new_certificate_once():
     calls = []
-    security = SimpleNamespace(meta_changed=False, step=lambda driver, swim: calls.append(("step", driver, swim)),
+    security = SimpleNamespace(meta_changed=False,
+                               step=lambda driver, swim, trust=None: calls.append(("step", driver, swim)),
                                stats=lambda: {"admitted": 2})
     api_ca = SimpleNamespace(step=lambda driver, now: calls.append(("api_ca", driver, now)))
     node = SimpleNamespace(raft_driver=lambda: "driver", swim="swim",

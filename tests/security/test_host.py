@@ -51,6 +51,18 @@ async def creator(tmp: Path, name: str = "a", node_id: str = "a000000000000001")
     return h, addr
 
 
+async def creator_and_joined(tmp: Path, *joiners: tuple[str, str]) -> tuple[SecurityHost, str, str,
+                                                                           list[SecurityHost]]:
+    """A creating node, its address and join token, and hosts (name, node id) that joined with that token."""
+    a, addr = await creator(tmp)
+    token = a.join_token()["token"]
+    hosts = [host(tmp, name, node_id) for name, node_id in joiners]
+    for h in hosts:
+        h.prepare((addr,), token)
+        await h.join((addr,))
+    return a, addr, token, hosts
+
+
 def run(coro) -> None:
     asyncio.run(asyncio.wait_for(coro, 30))
 

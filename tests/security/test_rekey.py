@@ -21,7 +21,7 @@ from p2pswarm.security.record import TOKEN_CONTEXT, SecurityRecord
 from p2pswarm.security.rekey import missing_shares, open_share, rekey_command, seal_share, shares_for
 from p2pswarm.security.tokens import TokenState
 
-from .test_host import _FakeDriver, creator, free_swim_addr, host, run
+from .test_host import _FakeDriver, creator, creator_and_joined, free_swim_addr, host, run
 
 pytestmark = pytest.mark.timeout(60)
 NOW = 1_750_000_000.0
@@ -89,12 +89,8 @@ def test_rekey_command_rotates_everything_and_gives_the_removed_node_no_share():
 
 def test_node_rm_shuts_the_removed_data_dir_out(tmp_path):
     async def main():
-        a, addr = await creator(tmp_path)
-        token = a.join_token()["token"]
-        b, x = host(tmp_path, "b", "b000000000000001"), host(tmp_path, "x", "e000000000000001")
-        for h in (b, x):
-            h.prepare((addr,), token)
-            await h.join((addr,))
+        a, addr, token, (b, x) = await creator_and_joined(tmp_path, ("b", "b000000000000001"),
+                                                          ("x", "e000000000000001"))
         leader, follower = _FakeDriver(), _FakeDriver("follower")
         follower.security = leader.security
         follower.cluster = leader.cluster

@@ -23,6 +23,7 @@ from p2pswarm.api import remote as remote_mod
 from p2pswarm.api import roles
 from p2pswarm.api.audit import Audited
 from p2pswarm.api.client import ApiClient, ApiError, use_remote
+from p2pswarm.api.forward import ApiForwarder
 from p2pswarm.api.remote import RemoteApiServer
 from p2pswarm.api.remote_client import remote
 from p2pswarm.api.routes import Router
@@ -96,7 +97,10 @@ class Harness:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server = RemoteApiServer(("127.0.0.1", 0), Audited(self.spy), self.security, lambda: self.record)
+        # wrapped as the node wires it (a member: nothing forwarded), so the listener talks to the same handler
+        handler = ApiForwarder(Audited(self.spy), "n1", is_worker=lambda: False, members=list, is_peer=bool,
+                               send=lambda node, msg: False)
+        self.server = RemoteApiServer(("127.0.0.1", 0), handler, self.security, lambda: self.record)
         self.run(self.server.start())
         self.url = f"https://127.0.0.1:{self.server.addr[1]}"
 
@@ -212,6 +216,17 @@ def test_mutating_calls_are_audited_with_who_and_outcome(harness):
                for e in harness.node.driver.audit]
     assert entries == [("otto", "operator", "POST", "/v1/services/web/scale", 200, "node1"),
                        ("rita", "read-only", "DELETE", "/v1/services/web", 403, "node1")]
+
+
+def test_a_failing_handler_answers_500_instead_of_dropping_the_connection(harness, monkeypatch):
+    """A bug behind the listener must reach the client as an error it can read, not as a closed socket that
+    the CLI can only explain as a refused certificate."""
+    def broken(*args):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(harness.server.handler, "record", broken)  # the audit of a refused role fails
+    status, body = harness.call(harness.bundle("ann", "read-only"), "DELETE", "/v1/services/web")
+    assert status == 500 and "internal error on this node" in body["error"]
+    assert harness.server.stats()["internal_errors"] == 1
 
 
 def _cli_error(harness, bundle: Path, path: str = "/v1/services") -> str:

@@ -36,7 +36,8 @@ class FakeRaft:
     def __init__(self, voters, learners=(), match=None):
         self.conf = SimpleNamespace(voters=tuple(voters), learners=tuple(learners),
                                     members=tuple(sorted((*voters, *learners))))
-        self.progress = {n: SimpleNamespace(match=(match or {}).get(n, 100)) for n in self.conf.members}
+        self.progress = {n: SimpleNamespace(match=(match or {}).get(n, 100), last_active=None)
+                         for n in self.conf.members}
         self.proposed = []
         self.conf_index, self.log = 0, SimpleNamespace(committed=0, last_index=lambda: 100)
 

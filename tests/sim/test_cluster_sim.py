@@ -45,7 +45,8 @@ def test_every_scenario_runs_and_every_service_gets_its_replicas_back(name):
     assert report["undetected"] == 0 or name in ("rolling-restart", "flapping")  # back before they were missed
     assert 0.0 <= report["failed_request_fraction"] < 0.5
     if report["services_affected"]:  # a partition's losses come at the heal (20 s in), when the cut side stops
-        bound = 35 if name == "partition" else 20
+        # flapping's last wave keeps nodes down from 18 to 20 s: a service it hits is short past 20 s at least
+        bound = 35 if name == "partition" else 28 if name == "flapping" else 20
         assert report["replicas_restored_seconds_max"] != "inf" and report["replicas_restored_seconds_max"] < bound
     if name == "zone-outage":  # a whole zone: detected, and what ran there replaced
         assert report["crashes"] == SMALL["nodes"] // SMALL["zones"]
@@ -119,3 +120,13 @@ def test_builtin_names_are_checked():
     with pytest.raises(ScenarioError):
         cluster_scenario.builtin("meteor-strike", **SMALL)
     assert replace(cluster_scenario.builtin("flapping", **SMALL), faults=()).faults == ()
+
+
+def test_a_zone_outage_never_promotes_a_dead_learner_the_leader_still_thinks_alive():
+    # seed 8 (found by simulations/bench_sim_vs_real.py): 4 s after zone b crashed, SWIM still called its caught-up
+    # learner alive and autopilot promoted it: 6 voters, 3 dead, no quorum ever again.  Autopilot now promotes only
+    # members the leader has heard from lately, so a leader survives and every service gets its replicas back.
+    report = ClusterSimulation(cluster_scenario.builtin(
+        "zone-outage", nodes=20, zones=3, services=6, replicas=3, seed=8, preset="local", warmup=20.0,
+        duration=20.0, requests_per_s=0.0)).run()
+    assert report["leader"] is not None and report["services_short_at_end"] == 0, report

@@ -17,6 +17,7 @@ import sys
 
 import pytest
 
+from p2pswarm.mesh import nft
 from p2pswarm.testing.localcluster import REPO, cli_env
 
 pytestmark = pytest.mark.timeout(420)
@@ -125,6 +126,8 @@ def test_bench_placement_places_every_replica():
     # the incremental reconcile after the outage re-places exactly what ran on the lost nodes, moving nothing else
     assert report["zone_outage_replaced"] == report["zone_outage_lost_tasks"] > 0
     assert report["zone_outage_moved"] == 0 and report["zone_outage_unplaced"] == 0
+    # ... by the leader's own reconciler, which planned only the services that ran there, as a full pass would
+    assert report["zone_outage_same_as_full"] and 0 < report["zone_outage_services"] < report["services"]
 
 
 def test_bench_security_measures_curve_and_autolock():
@@ -148,6 +151,12 @@ def test_bench_mesh_forwards_on_every_path():
         assert "ratio_vs_haproxy" not in report
     else:
         measured(report, "ratio_vs_haproxy", "ratio_vs_haproxy_newconn", "bulk_ratio_vs_haproxy")
+    if nft.probe() is None:  # root with nftables: two --mesh kernel nodes forwarded in the kernel alone
+        measured(report, "kernel_local_rps", "kernel_remote_rps", "kernel_newconn_per_s", "kernel_added_p50_ms",
+                 "kernel_bulk_mb_s", "kernel_ratio_vs_direct")
+        assert report["kernel_userspace_conns"] == 0 and report["kernel_tables_left"] == []
+    else:
+        assert report["kernel_unavailable"] and report["kernel_local_rps"] is None
 
 
 SWIM_KEYS = ("false_positive_deaths", "false_suspicions", "slow_member_suspicions", "slow_members_declared_dead",
