@@ -88,6 +88,9 @@ class Demand:
     """May move tasks toward an even spread this round (the service opted in and has converged)."""
     hold: frozenset[str] = frozenset()
     """Global services: nodes that get no new task now (one waits for its restart delay, or ended)."""
+    orphans: Mapping[str, int] = field(default_factory=dict)
+    """Spread zone -> tasks recently orphaned there, which still count toward the zone's spread (the
+    reconciler's ``orphan_grace``): replacements go to the other zones first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +370,10 @@ class _Planner:
                 room = {**room, **dict.fromkeys(stuck, 0)}
         keep = kept.counts
         zone = self.zones(label) if label else None
-        counts, missing, _ = solve_columns(order, want, keep=keep, room=room, zone=zone)
+        if zone is not None and d.orphans:
+            counts, missing = _solve_with_orphans(order, want, keep, room, zone, d.orphans)
+        else:
+            counts, missing, _ = solve_columns(order, want, keep=keep, room=room, zone=zone)
         if d.rebalance and self.budget > 0 and not missing:
             rooms = [Room(n, keep.get(n, 0), room if isinstance(room, int) else min(room[n], want),
                           zone.get(n) if zone is not None else None) for n in order]
@@ -480,6 +486,21 @@ class _Kept:
                 if where in self.counts:
                     self._by_node.setdefault(where, []).append(task)
         return self._by_node.get(node, [])
+
+
+def _solve_with_orphans(order: list[str], want: int, keep: Mapping[str, int], room: Mapping[str, int] | int,
+                        zone: Mapping[str, str | None], orphans: Mapping[str, int]) -> tuple[dict[str, int], int]:
+    """:func:`solve_columns` with each zone's orphans kept on a stand-in node of that zone that takes nothing
+    new: they weigh in the zone's spread count (and the demand grows by them), then the stand-ins drop out.
+    The zones that lost tasks go last (ties between zones go to those that did not)."""
+    ghosts = {f"\0orphans:{z}": n for z, n in sorted(orphans.items())}
+    order = sorted(order, key=lambda n: zone.get(n) in orphans)  # stable: least loaded first within each part
+    rooms = dict.fromkeys(order, room) if isinstance(room, int) else dict(room)
+    rooms.update(dict.fromkeys(ghosts, 0))
+    zones = {**zone, **{g: z for g, z in zip(ghosts, sorted(orphans))}}
+    counts, missing, _ = solve_columns(order + list(ghosts), want + sum(ghosts.values()), keep={**keep, **ghosts},
+                                       room=rooms, zone=zones)
+    return {n: c for n, c in counts.items() if n not in ghosts}, missing
 
 
 def _scope(nodes: Sequence[str], listed: bool) -> str:

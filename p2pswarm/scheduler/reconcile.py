@@ -14,7 +14,7 @@ One round:
 3. placement plans every service at once (:mod:`placement`): replacements for tasks
    on dead, drained or no longer eligible nodes, scale up and down, global mode, and a
    bounded number of rebalancing moves; suspect nodes keep their tasks but get no new
-   ones;
+   ones; tasks orphaned within ``orphan_grace`` still count toward their spread zone;
 4. new tasks get slots (pending ones first, then restarts, then the lowest free
    number); tasks that cannot be placed are recorded as pending with the reason (at most
    ``MAX_PENDING`` per service).
@@ -65,6 +65,12 @@ class ReconcileConfig:
     """Seconds between full passes of the incremental reconciler (every service planned whatever changed):
     the safety net for what change tracking does not see (other services' reservations shifting where a
     rebalancing service would spread its tasks, a clock that jumped)."""
+    orphan_grace: float = 5.0
+    """Seconds a service's task orphaned in a zone (its node declared dead) still counts toward that zone's
+    spread, so replacements go to the other zones first: a dark zone's nodes are declared dead one by one
+    (SWIM's suspicion timeout is at least 2 x log10(n) x 0.5 s, 5 s at 100,000 members), and a replacement
+    sent to one still seen alive would be lost again.  After it, spreading (and rebalancing) may use the zone
+    again.  Measured (2,000 nodes, zone-outage): 5 s gave restore p99 10.26 s, 10 s 10.33 s.  0 disables it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +139,8 @@ class _ServiceRound:
     stops: list[tuple[str, str]]
     waits: bool
     """A delay (restart or update) ends later: plan the service again then."""
+    orphans: Counter[str]
+    """Its tasks orphaned within ``orphan_grace``, per zone (value of its spread label)."""
 
 
 class Round:
@@ -161,6 +169,8 @@ class Round:
         self.commands: list[dict] = []
         self.about: list[str] = []
         self.wakes: list[float] = []
+        self._dying: dict[str, list[Task]] = {}
+        """Per service, its tasks this round declares orphaned (they count as orphaned now)."""
 
     def cid(self) -> str:
         """Deterministic per basis: re-running a round on unchanged state proposes the same ids,
@@ -228,6 +238,7 @@ class Round:
         report = cmd.report_task_status("", self.now, "", "orphaned", node=None)  # the same but for three fields
         for task in sorted(gone, key=_ID):
             if task.state not in TERMINAL:
+                self._dying.setdefault(task.service, []).append(task)
                 self._emit({**report, "id": self.cid(), "task": task.id, "error": f"node {task.node} is down"})
 
     def _decide(self, svc: Service) -> _ServiceRound | None:
@@ -247,7 +258,12 @@ class Round:
         # most tasks run and stay: picked out in one quick pass, the few others one by one
         running = [t for t in tasks if t.state == "running" and t.desired == "running" and t.id not in replaced]
         starting, unplaced, ended = [], [], []
+        orphans: Counter[str] = Counter()
+        for t in self._dying.get(svc.name, ()):
+            self._count_orphan(svc, t, orphans)
         for t in tasks if len(running) < len(tasks) else ():
+            if t.state == "orphaned":
+                self._count_orphan(svc, t, orphans)
             if t.desired != "running" or (t.state == "running" and t.id not in replaced):
                 continue
             if t.state in TERMINAL:
@@ -277,7 +293,20 @@ class Round:
                 held.add(key)
                 if decision[0] == "wait":
                     self.wakes.append(decision[1])
-        return _ServiceRound(svc, live, bool(starting), pending, ready, held, stops, len(self.wakes) > waits)
+        return _ServiceRound(svc, live, bool(starting), pending, ready, held, stops, len(self.wakes) > waits, orphans)
+
+    def _count_orphan(self, svc: Service, task: Task, orphans: Counter[str]) -> None:
+        """Count ``task`` toward its zone while the grace runs (and plan the service again when it ends)."""
+        label, node = svc.spec.spread_label, self.state.nodes.get(task.node or "")
+        orphaned_at = self.now if task.state != "orphaned" else \
+            task.finished_at if task.finished_at is not None else task.updated_at
+        ends = orphaned_at + self.config.orphan_grace
+        if label is None or node is None or not self.now < ends:
+            return
+        zone = node.label_map.get(label)
+        if zone is not None:
+            orphans[zone] += 1
+            self.wakes.append(ends)
 
     def _demand(self, r: _ServiceRound) -> Demand:
         spec = r.service.spec
@@ -291,7 +320,9 @@ class Round:
                      and not r.held and len(r.live) == want and not r.starting
                      and all(map("alive".__eq__, map(self.members.get, set(map(_NODE, r.live)))))
                      and not any(updates.outdated_version(r.service, v) for v in set(map(_VERSION, r.live))))
-        return Demand(spec, placed, want, rebalance=spec.rebalance and converged)
+        # while orphans count toward their zone the even target is not the plain one: rebalance after the grace
+        return Demand(spec, placed, want, rebalance=spec.rebalance and converged and not r.orphans,
+                      orphans=dict(r.orphans))
 
     def _reserved(self) -> dict[str, tuple[float, int]]:
         """cpu and memory held by live tasks placement is not deciding about (start-first overlaps, the
