@@ -52,13 +52,14 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def wait(cond, timeout: float):
+def wait(cond, timeout: float, every: float = POLL):
+    """``cond()``'s first truthy value within ``timeout`` seconds, polled every ``every``; None if none came."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = cond()
         if value:
             return value
-        time.sleep(POLL)
+        time.sleep(every)
     return None
 
 

@@ -35,7 +35,11 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_failover import say  # noqa: E402
+from bench_failover import wait as failover_wait  # noqa: E402
 
 from p2pswarm.consensus.autopilot import target_voters  # noqa: E402
 from p2pswarm.testing.localcluster import LocalCluster  # noqa: E402
@@ -48,18 +52,9 @@ POLL = 0.5
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 def wait(cond, timeout: float, every: float = POLL):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(every)
-    return None
+    """bench_failover's wait at this bench's slower pace (100 nodes answer slowly)."""
+    return failover_wait(cond, timeout, every)
 
 
 def api_get(node, path: str):
