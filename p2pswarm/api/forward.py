@@ -10,7 +10,8 @@ handler is an :class:`ApiForwarder` around the audited router:
   :class:`~p2pswarm.api.messages.ApiCall` over the node transport (CURVE-authenticated in a secure
   cluster) to one live Raft member, chosen by rendezvous hashing like the assignment server; the
   member's :class:`~p2pswarm.api.messages.ApiAnswer` is the response.  No member reachable, or no
-  answer within :data:`FORWARD_TIMEOUT`: a one-line 503.  Node-local endpoints (info, members, mesh,
+  answer within :data:`FORWARD_TIMEOUT`: a one-line 503.  A member that stops being a live peer before
+  it answers (it crashed): a read goes to the next member, anything else is a 503 at once.  Node-local endpoints (info, members, mesh,
   metrics, faults, shutdown, this node's volumes, its security view, Raft status) answer locally.
 * **On a member**, a forwarded call from a live peer runs through the same audited router (the
   audit log names ``caller via worker``), with the caller's role checked again for a remote client
@@ -45,6 +46,8 @@ FORWARD_TIMEOUT = 30.0
 """Seconds a worker waits for the member's answer (a write waits for its commit there; a backup takes a while)."""
 MAX_SERVING = 32
 """Forwarded calls a member runs at once; more are answered 503 busy (the worker's caller retries)."""
+LIVENESS_CHECK = 0.5
+"""Seconds between looks at whether the member a call waits on is still a live peer."""
 
 
 def forwarded(endpoint: str | None) -> bool:
@@ -97,30 +100,53 @@ class ApiForwarder:
     # ------------------------------------------------------------ worker side
 
     async def _forward(self, request: Request) -> Response:
+        """Forward to a live member; a read (an endpoint the read-only role may call) whose member dies before
+        answering goes to the next one, anything else answers 503 at once (a write may have committed: the
+        caller must look before retrying)."""
         what = f"{request.method} {request.path}"
-        member = choose_server(self.node_id, self.members())
-        if member is None:
-            self.counters["forward_no_member"] += 1
-            raise HttpError(503, f"this node is a worker outside the Raft group and no Raft member is reachable to "
-                                 f"answer {what}; retry in a moment, or run the command on a member (`p2pswarm "
-                                 f"node ls` shows each node's role)")
+        tried: set[str] = set()
+        while True:
+            member = choose_server(self.node_id, [m for m in self.members() if m not in tried])
+            if member is None:
+                self.counters["forward_no_member"] += 1
+                raise HttpError(503, f"this node is a worker outside the Raft group and no Raft member is reachable "
+                                     f"to answer {what}; retry in a moment, or run the command on a member "
+                                     f"(`p2pswarm node ls` shows each node's role)")
+            tried.add(member)
+            reply = await self._call(member, request, what)
+            if reply is not None:
+                return Response(reply.status, reply.body, reply.content_type)
+            self.counters["forward_member_lost"] += 1
+            if roles.required(self.inner.endpoint(request)) != roles.READ:
+                raise HttpError(503, f"Raft member {self.name_of(member)} left the cluster before answering {what} "
+                                     f"(the write's outcome is unknown: check before retrying)")
+
+    async def _call(self, member: str, request: Request, what: str) -> ApiAnswer | None:
+        """``member``'s answer; None when it stopped being a live peer first (looked at every
+        :data:`LIVENESS_CHECK` s: SWIM declares a crashed member dead in seconds, far sooner than the timeout)."""
         call = next(self._ids)
-        answer: asyncio.Future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future = loop.create_future()
         self._waiting[call] = (member, answer)
+        deadline = loop.time() + self.timeout
         try:
             if not self.send(member, ApiCall(call, self.node_id, request.method, request.path, request.query,
                                              request.body, request.caller, request.role)):
                 raise HttpError(503, f"could not reach Raft member {self.name_of(member)} to answer {what}; "
                                      f"retry in a moment")
             self.counters["forwarded"] += 1
-            reply = await asyncio.wait_for(answer, self.timeout)
-        except asyncio.TimeoutError:
-            self.counters["forward_timeouts"] += 1
-            raise HttpError(503, f"Raft member {self.name_of(member)} did not answer {what} within "
-                                 f"{self.timeout:g} s (a write's outcome is unknown: check before retrying)") from None
+            while not answer.done():
+                left = deadline - loop.time()
+                if left <= 0:
+                    self.counters["forward_timeouts"] += 1
+                    raise HttpError(503, f"Raft member {self.name_of(member)} did not answer {what} within "
+                                         f"{self.timeout:g} s (a write's outcome is unknown: check before retrying)")
+                await asyncio.wait({answer}, timeout=min(LIVENESS_CHECK, left))
+                if not answer.done() and not self.is_peer(member):
+                    return None
+            return answer.result()
         finally:
             self._waiting.pop(call, None)
-        return Response(reply.status, reply.body, reply.content_type)
 
     def receive(self, msg: Any) -> None:
         if isinstance(msg, ApiCall):

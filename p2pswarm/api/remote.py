@@ -13,7 +13,9 @@ in /metrics), never more than one request:
 4. the verified certificate must be a p2pswarm *client* certificate of this cluster (a node's mesh
    leaf is not, ``refused_not_client``) whose serial is not revoked in the access record
    (``refused_revoked``) and that the access record lists as issued, with the same name and role, not
-   expired (``refused_unrecorded``; ``refused_no_record`` before this node runs Raft): a 403 line.
+   expired (``refused_unrecorded``; ``refused_no_record`` before this node has the record: a worker
+   outside the Raft group checks by the access part its member sends, :mod:`p2pswarm.assignments.trust`):
+   a 403 line.
    The last check is what stops a certificate minted with a copy of the API CA key (a removed node's
    data dir holds one): only certificates issued through ``cluster client-cert`` are recorded;
 5. the request, bounded like the unix socket's (headers, body, :data:`~p2pswarm.api.server.READ_TIMEOUT`;

@@ -108,6 +108,21 @@ class ServiceRoutes(paths.PatternRoutes):
                 for nid, errors in self.node.port_errors().items() for key, error in errors.items() if key in keys]
         return sorted(rows, key=lambda r: (r["node"], r["port"]))
 
+    def _mesh_paths(self, spec: ServiceSpec) -> list[dict[str, Any]]:
+        """How the node answering forwards each of ``spec``'s published ports (``kernel`` or ``userspace``,
+        and why user space). Node-local: another node may differ (no nftables, a cut link), so the
+        answering node is named; ``mesh routes`` on a node shows that node's own."""
+        view = getattr(self.node, "mesh_view", None)
+        if view is None:
+            return []
+        wanted = {(p.published, p.protocol) for p in spec.ports if p.mode == "ingress"}
+        name = getattr(self.node, "name", "") or self.node.node_id
+        seen = {(r["port"], r.get("protocol", "tcp")): r for r in view().get("routes", ())}
+        return [{"node": name, "port": port, "protocol": proto,
+                 "path": seen[(port, proto)]["path"] if (port, proto) in seen else "none",
+                 "path_why": seen[(port, proto)]["path_why"] if (port, proto) in seen else "no route on this node yet"}
+                for port, proto in sorted(wanted)]
+
     # ------------------------------------------------------------ services
 
     def ls(self, request: Request) -> Response:
@@ -134,7 +149,7 @@ class ServiceRoutes(paths.PatternRoutes):
             "update_message": svc.update_message, "scheduling_error": svc.scheduling_error, "desired": desired,
             "running": sum(1 for r in current if r["state"] == "running"),
             "running_current": sum(1 for r in current if r["state"] == "running" and self._runs_current(svc, r)),
-            "port_errors": self._port_errors(svc.spec),
+            "port_errors": self._port_errors(svc.spec), "mesh_paths": self._mesh_paths(svc.spec),
         })
 
     def _runs_current(self, svc: Any, row: dict) -> bool:

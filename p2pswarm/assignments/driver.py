@@ -33,6 +33,7 @@ from p2pswarm.assignments.core import AssignmentsConfig, WorkerState, choose_ser
 from p2pswarm.assignments.messages import AssignmentsReply, AssignmentsRequest, decode_body, reply_of
 from p2pswarm.assignments.trust import WorkerTrust, trust_for
 from p2pswarm.membership.messages import LIVE
+from p2pswarm.security.access import AccessRecord
 
 log = logging.getLogger("p2pswarm.assignments")
 
@@ -58,6 +59,8 @@ class AssignmentsDriver:
         self._fresh_at: float | None = None
         self._use_raft = False
         """This node reads its assignments from its own replica (see :meth:`uses_raft_state`)."""
+        self._access: tuple[bytes, AccessRecord | None] = (b"", None)
+        """(digest of the security part, the access record restored from it): see :meth:`worker_access`."""
 
     # ------------------------------------------------------------ roles
 
@@ -99,6 +102,16 @@ class AssignmentsDriver:
         """The security part this node follows as a worker (None: it follows its own replica's record, or has
         no part yet): see :mod:`p2pswarm.assignments.trust`."""
         return self.state.trust if self._synced and not self._use_raft else None
+
+    def worker_access(self) -> AccessRecord | None:
+        """The access record a worker checks remote API clients by (from its security part; rebuilt only when
+        the part changes); None on a member (it reads its replica's) or before a part arrived."""
+        trust = self.worker_trust()
+        if trust is None:
+            return None
+        if self._access[0] != trust.digest:
+            self._access = (trust.digest, trust.access_record())
+        return self._access[1]
 
     # ------------------------------------------------------------ the loop
 
@@ -154,7 +167,7 @@ class AssignmentsDriver:
             source = next(iter(self._queue))
             request = self._queue.pop(source)
             delta = delta_since(driver.cluster, source, request.since, driver.security.secret_keys, driver.applied)
-            trust = trust_for(driver.security, driver.cluster.removed_nodes, source)
+            trust = trust_for(driver.security, driver.cluster.removed_nodes, source, driver.sm.access)
             if trust is not None and trust.digest != request.trust:
                 delta = dataclasses.replace(delta, trust=trust)
                 self.counters["trust_served"] += 1

@@ -39,6 +39,10 @@ class AssignmentsHost:
         """The security part a worker follows (:meth:`AssignmentsDriver.worker_trust`); None on a member."""
         return self.driver.worker_trust()
 
+    def worker_access(self) -> Any:
+        """The access record a worker checks remote API clients by (:meth:`AssignmentsDriver.worker_access`)."""
+        return self.driver.worker_access()
+
     def is_worker(self) -> bool:
         return self.driver.role() not in ("leader", "voter", "learner")
 

@@ -156,9 +156,11 @@ def _key(value: Any) -> tuple[int, bytes]:
 
 
 def _trust(value: Any) -> WorkerTrust:
-    cluster_id, bundle, sealed_ca, tokens, revocations, removed, rekeyed, key_generation, share, cert = value
-    if (not all(type(b) is bytes for b in (bundle, sealed_ca, tokens, revocations, share, cert))
+    """A member that predates the access part sends ten fields: the worker then has none."""
+    cluster_id, bundle, sealed_ca, tokens, revocations, removed, rekeyed, key_generation, share, cert, *rest = value
+    access = rest[0] if rest else b""
+    if (not all(type(b) is bytes for b in (bundle, sealed_ca, tokens, revocations, share, cert, access))
             or type(key_generation) is not int or not isinstance(removed, list) or not isinstance(rekeyed, list)):
         raise ValueError("bad security part")
     return WorkerTrust(_str(cluster_id), bundle, sealed_ca, tokens, revocations, tuple(_str(n) for n in removed),
-                       tuple(_str(n) for n in rekeyed), key_generation, share, cert)
+                       tuple(_str(n) for n in rekeyed), key_generation, share, cert, access)

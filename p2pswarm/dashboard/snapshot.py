@@ -58,11 +58,14 @@ def _task(t: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def routes_by_port(routes: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The mesh's backends of each published port (``mesh routes``' rows), ports in order."""
+    """The mesh's backends of each published port (``mesh routes``' rows), ports in order, with the port's path
+    (``kernel`` or ``userspace``, and why user space)."""
     ports: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    paths: dict[tuple[int, str], tuple[str, str]] = {}
     for r in routes:
-        ports.setdefault((int(r.get("port") or 0), str(r.get("protocol") or "tcp")), []).append(
-            {k: r.get(k) for k in ROUTE_FIELDS})
-    return [{"port": port, "protocol": proto,
+        key = (int(r.get("port") or 0), str(r.get("protocol") or "tcp"))
+        ports.setdefault(key, []).append({k: r.get(k) for k in ROUTE_FIELDS})
+        paths[key] = (str(r.get("path") or "userspace"), str(r.get("path_why") or ""))
+    return [{"port": port, "protocol": proto, "path": paths[(port, proto)][0], "path_why": paths[(port, proto)][1],
              "routes": sorted(rows, key=lambda r: (r["route"] == "excluded", str(r["task"])))}
             for (port, proto), rows in sorted(ports.items())]

@@ -317,6 +317,9 @@ class Node(NodeViews, SecureStart, SignalHandling, Inbox):
                              "cluster is plaintext (--insecure): drop --api-addr or run a secure cluster")
 
         def record() -> Any:
+            """A worker checks clients by the access part its member sends; a member by its replica."""
+            if self.assignments is not None and self.assignments.worker_trust() is not None:
+                return self.assignments.worker_access()
             driver = self.raft_driver()
             return driver.sm.access if driver is not None else None
         self.remote_api = RemoteApiServer(parse_api_addr(self.options.api_addr), self.api_handler, self.api_ca,

@@ -47,14 +47,18 @@ class SecurityComponent:
     def step(self, now: float) -> None:
         sec, node = self.security, self.node
         assignments = getattr(node, "assignments", None)
-        sec.step(node.raft_driver(), node.swim, assignments.worker_trust() if assignments is not None else None)
+        worker = assignments.worker_trust() if assignments is not None else None
+        sec.step(node.raft_driver(), node.swim, worker)
         if now >= self._next_refused_scan:
             self._next_refused_scan = now + REFUSED_SCAN_INTERVAL
             node.transport.drop_refused()
         if sec.meta_changed:
             sec.meta_changed = False
             node.refresh_meta(now)
-        self.api_ca.step(node.raft_driver(), now)
+        if worker is not None:
+            self.api_ca.step_worker(assignments.worker_access(), now)  # type: ignore[union-attr]
+        else:
+            self.api_ca.step(node.raft_driver(), now)
 
     async def close(self) -> None:
         await self.security.close()

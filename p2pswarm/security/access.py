@@ -129,6 +129,17 @@ class AccessRecord:
                 "audit_total": self.audit_total, "api_ca": self.api_ca, "sealed_api_key": self.sealed_api_key,
                 "api_generation": self.api_generation, "version": self.version}
 
+    def checking_part(self) -> dict | None:
+        """What a node outside the Raft group needs to check remote clients and serve ``--api-addr``
+        (:mod:`p2pswarm.assignments.trust`): the API CA and its sealed key, and the client certificates
+        issued, each revoked one kept only while it is still listed (so the refusal names the revocation);
+        no audit log.  Restores with :meth:`restore`; None before the record has anything."""
+        if not self.version:
+            return None
+        return {"clients": dict(self.clients), "revoked": sorted(self.revoked & self.clients.keys()),
+                "api_ca": self.api_ca, "sealed_api_key": self.sealed_api_key,
+                "api_generation": self.api_generation, "version": self.version}
+
     def restore(self, data: Any) -> None:
         """Replace the state in place (a snapshot, or None for an empty record)."""
         self.__init__()  # type: ignore[misc]

@@ -96,6 +96,17 @@ class ApiCAHost:
         if self.serve:
             self._refresh_server(self.wall())
 
+    def step_worker(self, rec: access.AccessRecord | None, now: float) -> None:
+        """A worker outside the Raft group: open the API CA from the access part its member sends and serve
+        with it; never propose (it holds no replica to compare-and-set against)."""
+        if now < self._next_step:
+            return
+        self._next_step = now + STEP_INTERVAL
+        if rec is not None:
+            self._open(rec)
+        if self.serve:
+            self._refresh_server(self.wall())
+
     def _open(self, rec: access.AccessRecord) -> None:
         """Unseal the record's API CA when it or our cluster key changed (a failure keeps the key in memory)."""
         key = self.security.cluster_key

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -17,6 +18,7 @@ from p2pswarm.api.forward import ApiForwarder, _answer_of
 from p2pswarm.api.messages import ApiCall
 from p2pswarm.api.routes import Router
 from p2pswarm.api.server import HttpError, Request
+from p2pswarm.assignments.core import choose_server
 from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.spec import ServiceSpec
 
@@ -34,13 +36,16 @@ class Pair:
 
     def __init__(self, members: list[str] = ["m1"], member_is_worker: bool = False, timeout: float = 5.0):
         self.down: set[str] = set()
+        self.dead: set[str] = set()
+        """Members the worker's SWIM has declared dead (its list of Raft members may still name them)."""
         (member, self.state), (worker, self.worker_state) = node("m1"), node("w1")
         asyncio.run(self.state.write_cluster(cmd.create_service("c1", 1.0, ServiceSpec("web", "srv"))))
         self.forwarders = {
-            "m1": ApiForwarder(Router(member), "m1", is_worker=lambda: member_is_worker, members=lambda: [],
-                               is_peer=lambda n: True, send=self.send, timeout=timeout),
-            "w1": ApiForwarder(Router(worker), "w1", is_worker=lambda: True, members=lambda: members,
-                               is_peer=lambda n: True, send=self.send, timeout=timeout)}
+            name: ApiForwarder(Router(member), name, is_worker=lambda: member_is_worker, members=lambda: [],
+                               is_peer=lambda n: True, send=self.send, timeout=timeout)
+            for name in members or ["m1"]}  # every member answers from the same state
+        self.forwarders["w1"] = ApiForwarder(Router(worker), "w1", is_worker=lambda: True, members=lambda: members,
+                                             is_peer=lambda n: n not in self.dead, send=self.send, timeout=timeout)
 
     def send(self, to: str, msg) -> bool:
         if to not in self.down:
@@ -103,3 +108,18 @@ def test_a_worker_without_an_answering_member_says_so_in_one_line(case, words):
     except HttpError as exc:
         status, body = exc.status, {"error": str(exc)}
     assert status == 503 and words in body["error"] and "\n" not in body["error"]
+
+
+def test_a_member_dying_mid_call_moves_a_read_to_the_next_member_and_fails_a_write_at_once():
+    pair = Pair(members=["m1", "m2"], timeout=20.0)
+    first = choose_server("w1", ["m1", "m2"])
+    pair.down.add(first)
+    pair.dead.add(first)  # crashed after the worker chose it: SWIM says so long before the 20 s timeout
+    started = time.monotonic()
+    status, body = pair.call("GET", "/v1/services")
+    assert status == 200 and [s["name"] for s in body["services"]] == ["web"]
+    with pytest.raises(HttpError) as err:
+        pair.call("POST", "/v1/services", {"spec": ServiceSpec("api", "srv").to_dict()})
+    assert err.value.status == 503 and "left the cluster before answering POST /v1/services" in str(err.value)
+    assert "outcome is unknown" in str(err.value) and time.monotonic() - started < 10
+    assert pair.forwarders["w1"].counters["forward_member_lost"] == 2

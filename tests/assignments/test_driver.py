@@ -17,6 +17,7 @@ from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.spec import ServiceSpec
 from p2pswarm.consensus.autopilot import AutopilotConfig, Peer
 from p2pswarm.node.record import GossipRecord, RaftFacts, encode_record
+from p2pswarm.security.access import AccessRecord
 from p2pswarm.security.record import SecurityRecord
 
 from ..cluster.test_state import Log
@@ -76,6 +77,8 @@ class World:
         self.log, self.net, self.now = Log(), Net(), 100.0
         self.security = SecurityRecord()
         """The members' applied security record (empty until a test initialises it)."""
+        self.access = AccessRecord()
+        """The members' applied access record (remote API clients; empty until a test adds to it)."""
         self.members, self.nodes = list(members), list(members) + list(workers)
         self.swim = Swim(self)
         self.drivers = {n: self._driver(n, config) for n in self.nodes}
@@ -84,7 +87,8 @@ class World:
         member = node in self.members
         raft = SimpleNamespace(driver=FakeRaftDriver(
             cluster=self.log.state if member else Log().state, security=self.security if member else SecurityRecord(),
-            cluster_id=CLUSTER, role_of=lambda n: "voter" if n in self.members else "-"))
+            cluster_id=CLUSTER, role_of=lambda n: "voter" if n in self.members else "-",
+            sm=SimpleNamespace(access=self.access if member else AccessRecord())))
         return AssignmentsDriver(node, raft, self.swim, GossipRecord(), Transport(self.net, node), config,
                                  clock=lambda: self.now)
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from p2pswarm import wire
 from p2pswarm.assignments.core import Delta, WorkerState, delta_since
-from p2pswarm.assignments.messages import AssignmentsRequest, decode_body, reply_of
+from p2pswarm.assignments.messages import AssignmentsRequest, _trust, decode_body, reply_of
 from p2pswarm.assignments.trust import trust_for
 from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.spec import ServiceSpec
+from p2pswarm.security.access import api_ca_command, client_command, revoke_command
 from p2pswarm.security.record import SecurityRecord, init_command
 
 from .test_driver import World, global_service
@@ -97,3 +98,33 @@ def test_a_change_of_the_security_record_alone_moves_the_version_and_is_no_resyn
     assert worker.apply(rotated) and worker.version == state.applied + 3 and worker.resyncs == 1
     again = delta_since(state, "w1", worker.version, None, state.applied + 3)
     assert not again.full and again.empty
+
+
+def test_a_worker_checks_remote_clients_by_the_access_part_its_member_sends():
+    world = World(["m1", "m2", "m3"], ["w1"])
+    init(world.security)
+    global_service(world)
+    access = world.access
+    assert access.apply(api_ca_command("a", cert=b"api-ca-1", sealed=b"sealed-1", generation=1))[0]
+    for serial, name in (("0a" * 8, "ops"), ("0b" * 8, "ci")):
+        assert access.apply(client_command("c", serial=serial, name=name, role="operator", issued_at=1.0,
+                                           not_after=2e9, by="admin"))[0]
+    assert access.apply({"op": "audit", "entry": {"at": 1.0, "who": "ops", "method": "GET", "path": "/v1/x"}})[0]
+    world.run()
+    worker = world.drivers["w1"]
+    seen = worker.worker_access()
+    assert (seen.api_ca, seen.sealed_api_key, seen.api_generation) == (b"api-ca-1", b"sealed-1", 1)
+    assert sorted(seen.clients) == ["0a" * 8, "0b" * 8] and not seen.audit  # the audit log stays with the members
+    assert access.apply(revoke_command("r", ["0b" * 8]))[0]
+    assert world.log(cmd.create_service(world.log.cid(), 3.0, ServiceSpec("other", "srv"))).ok  # a new version
+    world.run()
+    assert worker.worker_access().revoked == {"0b" * 8}  # a revoked client is refused on the worker too
+    assert world.drivers["m1"].worker_access() is None  # a member checks by its own replica
+
+
+def test_a_member_that_predates_the_access_part_still_decodes():
+    record = SecurityRecord()
+    init(record)
+    part = trust_for(record, set(), "w1")
+    old = _trust(part.fields()[:10])  # the part as such a member encodes it: ten fields
+    assert old.access == b"" and old.access_record() is None and old.cert == part.cert

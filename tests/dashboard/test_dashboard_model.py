@@ -35,14 +35,18 @@ def test_tasks_per_node_then_the_unplaced_ones():
 
 def test_mesh_routes_grouped_by_published_port():
     def route(port, task, kind, proto="tcp"):
+        path = ("kernel", "") if port == 8080 else ("userspace", "PROXY v2 needs user space")
         return {"port": port, "protocol": proto, "service": "web", "task": task, "node_name": "n1",
-                "addr": "127.0.0.1:1", "route": kind, "why": "because"}
+                "addr": "127.0.0.1:1", "route": kind, "why": "because", "path": path[0], "path_why": path[1]}
     mesh = {"running": True, "routes": [route(9000, "b", "direct"), route(8080, "x", "excluded"),
                                         route(8080, "y", "local"), route(53, "u", "direct", "udp")],
             "bind_errors": {"9000": "address in use"}}
     got = snapshot.state({"nodes": []}, mesh)["mesh"]
     assert [(p["port"], p["protocol"], [r["task"] for r in p["routes"]]) for p in got["ports"]] == [
         (53, "udp", ["u"]), (8080, "tcp", ["y", "x"]), (9000, "tcp", ["b"])]  # excluded backends last
+    assert [(p["port"], p["path"], p["path_why"]) for p in got["ports"]] == [
+        (53, "userspace", "PROXY v2 needs user space"), (8080, "kernel", ""),
+        (9000, "userspace", "PROXY v2 needs user space")]  # each port says how this node forwards it
     assert got["bind_errors"] == {"9000": "address in use"}
     assert snapshot.state({"nodes": []}, None)["mesh"] is None
 

@@ -24,10 +24,22 @@ def ok(result):
     return result.stdout
 
 
-def start_node(cluster, index, peers=()):
+def start_node(cluster, index, peers=(), *extra):
     node = cluster.node(index)
     node.api_addr = f"{node.host}:{free_port(node.host)}"
-    return cluster.start(index, peers, "--api-addr", node.api_addr)
+    return cluster.start(index, peers, "--api-addr", node.api_addr, *extra)
+
+
+MEMBERS_ONLY = ("--max-learners", "0")
+"""The first three nodes (the only ones that can lead) keep no learners: every later node is a worker, outside
+the Raft group, and must serve --api-addr from the access part its member sends."""
+
+
+def role_of(cluster, node, name) -> str | None:
+    result = cluster.cli("node", "ls", "--format", "json", "--data-dir", str(node.data_dir))
+    if result.returncode != 0:
+        return None
+    return next((m["role"] for m in json.loads(result.stdout) if m["name"] == name and m["status"] == "alive"), None)
 
 
 def in_raft_group(nodes) -> bool:
@@ -38,9 +50,9 @@ def in_raft_group(nodes) -> bool:
 
 
 def test_remote_cli_with_only_a_bundle(cluster, tmp_path):
-    first = start_node(cluster, 0)
+    first = start_node(cluster, 0, (), *MEMBERS_ONLY)
     wait_until(lambda: cluster.join_token((first.addr,)), 30, "the first node's join token")
-    nodes = [first] + [start_node(cluster, i, (first.addr,)) for i in (1, 2)]
+    nodes = [first] + [start_node(cluster, i, (first.addr,), *MEMBERS_ONLY) for i in (1, 2)]
     wait_until(lambda: in_raft_group(nodes), 90, "3 nodes in the Raft group")
     other = start_node(cluster, 9)  # a second, unrelated cluster
     wait_until(other.info, 30, "the other cluster's node")
@@ -112,7 +124,7 @@ def test_remote_cli_with_only_a_bundle(cluster, tmp_path):
     # `node rm` of a 4th node rotates the cluster key, the cluster CA and the join token: no bundle notices.
     ca_before = nodes[0].api.get("/v1/security/ca")["ca_fingerprint"]
     fourth = start_node(cluster, 3, (first.addr,))
-    wait_until(lambda: in_raft_group(nodes + [fourth]), 90, "the 4th node in the cluster")
+    wait_until(lambda: role_of(cluster, nodes[0], fourth.name) == "worker", 90, "the 4th node in, as a worker")
     ok(cluster.cli("node", "rm", "--force", fourth.name, "--data-dir", str(nodes[1].data_dir)))
 
     def rotated() -> bool:
@@ -123,13 +135,17 @@ def test_remote_cli_with_only_a_bundle(cluster, tmp_path):
     assert nodes[0].api.get("/v1/security/ca")["ca_fingerprint"] != ca_before
     for node in nodes:
         assert "NAME" in ok(remote("--host", f"https://{node.api_addr}", "--bundle", str(ops), "service", "ls"))
-    # a node that joined after the removal holds only the new cluster key: it opens the API CA (re-sealed under
-    # that key by the leader) and serves the same bundles
+    # a worker that joined after the removal holds only the new cluster key: it opens the API CA (re-sealed under
+    # that key by the leader) from the access part its member sends, and serves the same bundles, refusing the
+    # revoked one as the members do
     fifth = start_node(cluster, 4, (nodes[2].addr,))
     args = ("--host", f"https://{fifth.api_addr}", "--bundle", str(viewer), "service", "ls")
     wait_until(lambda: remote(*args).returncode == 0, 90, "the node started after node rm serving the old bundle",
                interval=0.5)
     assert "NAME" in ok(remote(*args))
+    assert role_of(cluster, nodes[0], fifth.name) == "worker"
+    revoked = ("--host", f"https://{fifth.api_addr}", "--bundle", str(gone), "service", "ls")
+    assert "is revoked; ask an admin for a new bundle" in one_line_error(remote(*revoked))
 
     # `cluster api-ca --rotate` cuts off what a removed node's copy of the API CA key could still sign: every
     # bundle of the old API CA is refused (one line), a new one works on every node

@@ -102,3 +102,19 @@ def test_the_scheduling_error_shows_in_inspect_and_tasks(router):
     asyncio.run(driver.write_cluster(cmd.set_scheduling_error("e", 2.0, "web", "scheduling: refused: boom")))
     assert call(router, "GET", "/v1/services/web")["scheduling_error"] == "scheduling: refused: boom"
     assert call(router, "GET", "/v1/services/web/tasks")["scheduling_error"] == "scheduling: refused: boom"
+
+
+def test_inspect_says_how_the_answering_node_forwards_each_published_port(router):
+    spec = ServiceSpec.from_dict({"name": "web", "command": "python", "replicas": 1,
+                                  "ports": [{"published": 8080, "target": 80},
+                                            {"published": 5353, "target": 53, "protocol": "udp"}]})
+    call(router, "POST", "/v1/services", {"spec": spec.to_dict()})
+    routes = [{"port": 8080, "protocol": "tcp", "path": "userspace", "path_why": "PROXY v2 needs user space"}]
+    router.node.name = "a"
+    router.node.mesh_view = lambda: {"routes": routes}
+    paths = call(router, "GET", "/v1/services/web")["mesh_paths"]
+    assert paths == [
+        {"node": "a", "port": 5353, "protocol": "udp", "path": "none", "path_why": "no route on this node yet"},
+        {"node": "a", "port": 8080, "protocol": "tcp", "path": "userspace", "path_why": "PROXY v2 needs user space"}]
+    routes[0].update(path="kernel", path_why="")
+    assert call(router, "GET", "/v1/services/web")["mesh_paths"][1]["path"] == "kernel"

@@ -109,7 +109,8 @@ function renderRoutes(mesh) {
       el("td", {}, r.service), el("td", {}, r.task), el("td", {}, r.node_name), el("td", {}, r.addr),
       el("td", {className: r.route === "excluded" ? "bad" : "ok"}, r.route), el("td", {className: "muted"}, r.why)));
     const head = el("tr", {}, ...["service", "task", "node", "backend", "route", "why"].map((h) => el("th", {}, h)));
-    parts.push(el("h3", {}, `port ${port.port}/${port.protocol}`),
+    const path = port.path === "kernel" ? "kernel (nftables)" : `user space${port.path_why ? ": " + port.path_why : ""}`;
+    parts.push(el("h3", {}, `port ${port.port}/${port.protocol}`, el("span", {className: "muted"}, ` · ${path}`)),
                el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)));
   }
   for (const [port, message] of Object.entries(mesh.bind_errors || {})) {
