@@ -24,6 +24,8 @@ CORES = [
     "p2pswarm/membership/messages.py",
     "p2pswarm/wire.py",
     "p2pswarm/consensus/raft.py",
+    "p2pswarm/consensus/election.py",
+    "p2pswarm/consensus/replication.py",
     "p2pswarm/consensus/autopilot.py",
     "p2pswarm/consensus/log.py",
     "p2pswarm/consensus/progress.py",

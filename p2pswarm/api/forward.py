@@ -11,8 +11,9 @@ handler is an :class:`ApiForwarder` around the audited router:
   cluster) to one live Raft member, chosen by rendezvous hashing like the assignment server; the
   member's :class:`~p2pswarm.api.messages.ApiAnswer` is the response.  No member reachable, or no
   answer within :data:`FORWARD_TIMEOUT`: a one-line 503.  A member that stops being a live peer before
-  it answers (it crashed): a read goes to the next member, anything else is a 503 at once.  Node-local endpoints (info, members, mesh,
-  metrics, faults, shutdown, this node's volumes, its security view, Raft status) answer locally.
+  it answers (it crashed): a read goes to the next member, anything else is a 503 at once.  Node-local
+  endpoints (info, members, mesh, metrics, faults, shutdown, this node's volumes, its security view,
+  Raft status) answer locally.
 * **On a member**, a forwarded call from a live peer runs through the same audited router (the
   audit log names ``caller via worker``), with the caller's role checked again for a remote client
   (:mod:`p2pswarm.api.roles`); at most :data:`MAX_SERVING` at once, the rest answered busy.  A

@@ -22,6 +22,11 @@ a no-op entry at the start of each term, snapshots sent in acknowledged chunks (
 the follower assembles them in memory, bounded by MAX_SNAPSHOT_BYTES), learners,
 single-server membership changes via config entries (in force once appended),
 leadership transfer (TimeoutNow) and ReadIndex reads.
+
+:class:`Raft` is the public face: the calls above, the Ready/Advance hand-off, a follower's handling of
+its leader's messages, ReadIndex and the configuration.  Two parts are mixed in from sibling modules:
+:mod:`.election` (roles, elections, votes) and :mod:`.replication` (the leader's progress bookkeeping,
+appends, snapshot chunks, commit and heartbeats).  Import the core's names from here.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Protocol
 
 from p2pswarm.consensus.config import RaftConfig
+from p2pswarm.consensus.election import CANDIDATE as CANDIDATE
+from p2pswarm.consensus.election import FOLLOWER, LEADER, Election
+from p2pswarm.consensus.election import PRE_CANDIDATE as PRE_CANDIDATE
+from p2pswarm.consensus.election import quorum_size as quorum_size
 from p2pswarm.consensus.log import RaftLog
 from p2pswarm.consensus.messages import (
     MAX_ENTRY_BYTES,
@@ -54,17 +63,11 @@ from p2pswarm.consensus.messages import (
     decode_conf,
     encode_conf,
 )
-from p2pswarm.consensus.progress import REPLICATE, SNAPSHOT, Progress
+from p2pswarm.consensus.progress import Progress
+from p2pswarm.consensus.replication import Replication
 from p2pswarm.wire import WireError
 
-FOLLOWER, PRE_CANDIDATE, CANDIDATE, LEADER = "follower", "pre_candidate", "candidate", "leader"
 _FROM_LEADER = (AppendEntries, Heartbeat, InstallSnapshot)
-
-
-def quorum_size(voters: int) -> int:
-    """Votes (or acknowledgements) that make a quorum of ``voters``: a strict majority, ⌊n / 2⌋ + 1, so any
-    two quorums share a voter; n - quorum_size(n) = ⌊(n - 1) / 2⌋ voters may fail."""
-    return voters // 2 + 1
 
 
 class RandomSource(Protocol):
@@ -143,7 +146,7 @@ class _Incoming:
         self.data = bytearray()
 
 
-class Raft:
+class Raft(Election, Replication):
     def __init__(self, node_id: str, config: RaftConfig, rng: RandomSource, now: float, *,
                  hard_state: HardState | None = None, snapshot: Snapshot | None = None,
                  entries: tuple = (), bootstrap: tuple = ()) -> None:
@@ -363,110 +366,8 @@ class Raft:
             st["progress"] = {p: pr.as_dict(now) for p, pr in sorted(self.progress.items()) if p != self.id}
         return st
 
-    # ================================================================ roles
-
-    def _reset_election(self, now: float) -> None:
-        self._election_due = now + self.cfg.election_timeout * (1.0 + self.rng.random())
-
-    def _in_lease(self, now: float) -> bool:
-        if not self.cfg.check_quorum or self.lead is None:
-            return False
-        return self.role == LEADER or now - self._leader_contact < self.cfg.election_timeout
-
-    def _become_follower(self, now: float, term: int, lead: str | None) -> None:
-        if term != self.term:
-            self.term, self.vote = term, None
-            self._incoming = None  # a new term's leader sends its own snapshot
-        self.role, self.lead = FOLLOWER, lead
-        if lead is not None:
-            self._leader_contact = now
-        self._reset_election(now)
-        self._clear_leader_state()
-
-    def _clear_leader_state(self) -> None:
-        self.progress.clear()
-        self.votes.clear()
-        self._transferee, self._transfer_due = None, float("inf")
-        self._heartbeat_due = self._quorum_due = float("inf")
-        self._reads.clear()
-        self._reads_waiting.clear()
-        self._read_acks.clear()
-
-    def _campaign(self, now: float, pre_vote: bool, transfer: bool = False) -> None:
-        self._clear_leader_state()
-        self.lead = None
-        self._reset_election(now)
-        if pre_vote:
-            self.role, term = PRE_CANDIDATE, self.term + 1
-        else:
-            self.role, self.term, self.vote = CANDIDATE, self.term + 1, self.id
-            term = self.term
-        self.votes = {self.id: True}
-        if self._tally() is True:
-            self._won(now)
-            return
-        for peer in self.conf.voters:
-            if peer != self.id:
-                self._send(peer, RequestVote(term, self.id, self.log.last_index(), self.log.last_term(),
-                                             pre_vote, transfer))
-
-    def _won(self, now: float) -> None:
-        if self.role == PRE_CANDIDATE:
-            self._campaign(now, pre_vote=False)
-        else:
-            self._become_leader(now)
-
-    def _tally(self) -> bool | None:
-        """True: a quorum granted; False: a quorum can no longer grant; None: undecided."""
-        voters = self.conf.voters
-        granted = sum(1 for v in voters if self.votes.get(v) is True)
-        refused = sum(1 for v in voters if self.votes.get(v) is False)
-        if granted >= self._quorum():
-            return True
-        if refused > len(voters) - self._quorum():
-            return False
-        return None
-
-    def _quorum(self) -> int:
-        return quorum_size(len(self.conf.voters))
-
-    def _become_leader(self, now: float) -> None:
-        self._clear_leader_state()
-        self.role, self.lead = LEADER, self.id
-        last = self.log.last_index()
-        for peer in self.conf.members:
-            self.progress[peer] = Progress(last + 1)
-        self.progress.setdefault(self.id, Progress(last + 1)).match = last
-        self._heartbeat_due = now + self.cfg.heartbeat_interval
-        self._quorum_due = now + self.cfg.election_timeout
-        self._term_start = self._append_local("noop", b"", now)[0]
-
-    # ================================================================ handlers
-
-    def _on_vote(self, now: float, m: RequestVote) -> None:
-        can_vote = (self.vote == m.source or (self.vote is None and self.lead is None)
-                    or (m.pre_vote and m.term > self.term))
-        if can_vote and self._log_ok_for_vote(m):
-            self._send(m.source, VoteResp(m.term, self.id, True, m.pre_vote))
-            if not m.pre_vote:
-                self.vote = m.source
-                self._reset_election(now)
-        else:
-            self._send(m.source, VoteResp(self.term, self.id, False, m.pre_vote))
-
-    def _log_ok_for_vote(self, m: RequestVote) -> bool:
-        return self.log.up_to_date(m.last_index, m.last_term)
-
-    def _on_vote_resp(self, now: float, m: VoteResp) -> None:
-        expected = PRE_CANDIDATE if m.pre_vote else CANDIDATE
-        if self.role != expected:
-            return
-        self.votes[m.source] = m.granted
-        outcome = self._tally()
-        if outcome is True:
-            self._won(now)
-        elif outcome is False:
-            self._become_follower(now, self.term, None)
+    # ================================================================ a follower's handlers
+    # (votes: election.py; the leader's: replication.py)
 
     def _heard_from_leader(self, now: float, m: Any) -> None:
         if self.role != FOLLOWER or self.lead != m.source:
@@ -533,9 +434,7 @@ class Raft:
         self._refresh_conf()
         self._send(m.source, SnapshotResp(self.term, self.id, snap.index))
 
-    def _on_timeout_now(self, now: float, m: TimeoutNow) -> None:
-        if self.promotable() and m.source == self.lead:
-            self._campaign(now, pre_vote=False, transfer=True)
+    # ================================================================ ReadIndex
 
     def _on_read_req(self, now: float, m: ReadIndexReq) -> None:
         if self.role != LEADER:
@@ -546,181 +445,6 @@ class Raft:
     def _on_read_resp(self, now: float, m: ReadIndexResp) -> None:
         if m.source == self.lead:
             self.read_states.append(ReadState(m.request, m.index))
-
-    def _on_propose(self, now: float, m: Propose) -> None:
-        if self.role != LEADER or self._transferee is not None:
-            self.dropped += 1
-            return
-        for data in m.data:
-            self._append_local("normal", data, now)
-
-    # ---------------------------------------------------------- leader side
-
-    def _on_append_resp(self, now: float, m: AppendResp) -> None:
-        pr = self._active_progress(now, m.source)
-        if pr is None:
-            return
-        if m.reject:
-            hint = self.log.conflict_hint(m.hint_index, m.hint_term)[0] if m.hint_term else m.hint_index
-            if pr.maybe_decrease(m.index, hint):
-                if pr.state == REPLICATE:
-                    pr.become_probe()
-                self._send_append(m.source, now, empty_ok=True)
-            return
-        if m.index > self.log.last_index():
-            self.dropped += 1
-            return
-        if pr.maybe_update(m.index):
-            if pr.state == SNAPSHOT:
-                if pr.match >= pr.pending_snapshot:
-                    pr.become_probe()
-            elif pr.state != REPLICATE:
-                pr.become_replicate()
-            if self._maybe_commit(now):
-                self._bcast_append(now, empty_ok=True)
-            if m.source == self._transferee and pr.match == self.log.last_index():
-                self._send(m.source, TimeoutNow(self.term, self.id))
-        while self.role == LEADER and m.source in self.progress and self._send_append(m.source, now):
-            pass
-
-    def _on_snapshot_resp(self, now: float, m: SnapshotResp) -> None:
-        pr = self._active_progress(now, m.source)
-        if pr is None or pr.state != SNAPSHOT or (snap := pr.sending) is None:  # (set in that state)
-            return
-        if not m.snapshot and m.index >= snap.index:  # installed (or the follower already had it)
-            pr.maybe_update(min(m.index, self.log.last_index()))
-            pr.become_probe()
-            self._send_append(m.source, now)
-            return
-        resume = m.snapshot == snap.index and m.received < len(snap.data)
-        self._send_snapshot_chunk(m.source, pr, m.received if resume else 0, now)
-
-    def _on_heartbeat_resp(self, now: float, m: HeartbeatResp) -> None:
-        pr = self._active_progress(now, m.source)
-        if pr is None:
-            return
-        pr.probe_sent = False
-        if pr.state == REPLICATE and pr.paused(self.cfg.max_inflight):
-            pr.inflight.popleft()  # an append may be lost: open the window by one
-        if pr.state == SNAPSHOT and now - pr.snapshot_sent_at >= self.cfg.election_timeout:
-            pr.become_probe()  # the snapshot was probably lost
-        if pr.match < self.log.last_index():
-            # an empty append at pr.next - 1 either gets acknowledged or refused; a refusal sends
-            # the follower back to probing, which repairs appends lost on the way
-            self._send_append(m.source, now, empty_ok=True)
-        if m.read_seq and m.source in self.conf.voters:
-            self._read_acks[m.source] = max(self._read_acks.get(m.source, 0), m.read_seq)
-            self._release_reads()
-
-    def _active_progress(self, now: float, peer: str) -> Progress | None:
-        if self.role != LEADER:
-            return None
-        pr = self.progress.get(peer)
-        if pr is not None:
-            pr.recent_active, pr.last_active = True, now
-        return pr
-
-    def _tick_leader(self, now: float) -> None:
-        if now >= self._transfer_due:
-            self._transferee, self._transfer_due = None, float("inf")
-        if now >= self._quorum_due:
-            self._quorum_due = now + self.cfg.election_timeout
-            if self.cfg.check_quorum and not self._quorum_active():
-                self._become_follower(now, self.term, None)
-                return
-        if now >= self._heartbeat_due:
-            self._heartbeat_due = now + self.cfg.heartbeat_interval
-            self._bcast_heartbeat()
-
-    def _quorum_active(self) -> bool:
-        active = sum(1 for v in self.conf.voters
-                     if v == self.id or (v in self.progress and self.progress[v].recent_active))
-        for peer, pr in self.progress.items():
-            pr.recent_active = peer == self.id
-        return active >= self._quorum()
-
-    def _peers(self) -> list[str]:
-        return [p for p in self.conf.members if p != self.id]
-
-    def _bcast_heartbeat(self) -> None:
-        for peer in self._peers():
-            commit = min(self.progress[peer].match, self.log.committed)
-            self._send(peer, Heartbeat(self.term, self.id, commit, self._read_seq))
-
-    def _bcast_append(self, now: float, empty_ok: bool = False) -> None:
-        if self.role != LEADER:
-            return
-        for peer in self._peers():
-            self._send_append(peer, now, empty_ok)
-
-    def _send_append(self, peer: str, now: float, empty_ok: bool = False) -> bool:
-        """Send the next append (or a snapshot) to ``peer`` if flow control allows; True if sent."""
-        pr = self.progress[peer]
-        if pr.paused(self.cfg.max_inflight):
-            return False
-        prev = pr.next - 1
-        prev_term = self.log.term(prev)
-        if prev_term is None:
-            assert self._snapshot is not None, "entries before the log's start are in the snapshot"
-            pr.become_snapshot(self._snapshot, now)
-            self._send_snapshot_chunk(peer, pr, 0, now)
-            return True
-        entries = self.log.slice(pr.next, self.cfg.max_batch_entries, self.cfg.max_batch_bytes)
-        if not entries and not empty_ok:
-            return False
-        self._send(peer, AppendEntries(self.term, self.id, prev, prev_term, self.log.committed, entries))
-        pr.sent(entries[-1].index if entries else None)
-        return bool(entries)
-
-    def _send_snapshot_chunk(self, peer: str, pr: Progress, offset: int, now: float) -> None:
-        """Send the chunk of ``pr.sending`` at ``offset``; the follower's answer asks for the next one."""
-        snap = pr.sending
-        assert snap is not None, "a snapshot chunk is only sent in the snapshot state"
-        size = len(snap.data)
-        end = min(size, offset + self.cfg.snapshot_chunk_bytes)
-        pr.snapshot_sent_at = now
-        self._send(peer, InstallSnapshot(self.term, self.id, snap.index, snap.term, snap.conf, size, offset,
-                                         snap.data[offset:end], end == size))
-
-    def _append_local(self, kind: str, data: bytes, now: float) -> tuple[int, int]:
-        entry = Entry(self.term, self.log.last_index() + 1, kind, data)
-        self.log.append((entry,))
-        if kind == "config":
-            self._refresh_conf()
-            self._sync_progress(now)
-        self.progress[self.id].maybe_update(entry.index)
-        self._maybe_commit(now)
-        if kind == "normal":
-            # Group proposals: one append per follower at the next ready() carries them all.
-            self._append_pending_at = now
-        else:
-            self._bcast_append(now)
-        return entry.index, entry.term
-
-    def _maybe_commit(self, now: float) -> bool:
-        voters = self.conf.voters
-        if not voters:
-            return False
-        matches = sorted((self.progress[v].match if v in self.progress else 0 for v in voters), reverse=True)
-        index = matches[self._quorum() - 1]
-        if index <= self.log.committed or not self._commit_term_ok(index):
-            return False
-        self.log.commit_to(index)
-        self._after_commit(now)
-        return True
-
-    def _commit_term_ok(self, index: int) -> bool:
-        """§5.4.2: only entries of the current term are committed by counting replicas."""
-        return self.log.term(index) == self.term
-
-    def _after_commit(self, now: float) -> None:
-        if self._reads_waiting and self.log.term(self.log.committed) == self.term:
-            waiting, self._reads_waiting = self._reads_waiting, []
-            for read in waiting:
-                self._leader_read(now, read)
-        if self.id not in self.conf.voters and self.conf_index <= self.log.committed:
-            self._bcast_append(now, empty_ok=True)  # let the others learn the commit first
-            self._become_follower(now, self.term, None)  # our removal is committed: step aside
 
     def _leader_read(self, now: float, read: _PendingRead) -> None:
         if self.log.term(self.log.committed) != self.term:
@@ -759,17 +483,6 @@ class Raft:
                 return decode_conf(entry.data).result, idx
         return (self._snapshot.conf if self._snapshot else ConfState()), self.log.snap_index
 
-    def _sync_progress(self, now: float) -> None:
-        members = set(self.conf.members)
-        for peer in list(self.progress):
-            if peer not in members and peer != self.id:
-                del self.progress[peer]
-        for peer in self.conf.members:
-            if peer not in self.progress:
-                self.progress[peer] = Progress(self.log.last_index() + 1)
-        if self._transferee is not None and self._transferee not in self.conf.voters:
-            self._transferee, self._transfer_due = None, float("inf")
-
     # ================================================================ helpers
 
     def _send(self, to: str, msg: Any) -> None:
@@ -789,10 +502,11 @@ class Raft:
             raise RuntimeError("call advance() before feeding the core again")
 
     _HANDLERS: ClassVar[dict[type, Callable[[Raft, float, Any], None]]] = {
-        RequestVote: _on_vote, VoteResp: _on_vote_resp, AppendEntries: _on_append,
-        AppendResp: _on_append_resp, Heartbeat: _on_heartbeat, HeartbeatResp: _on_heartbeat_resp,
-        InstallSnapshot: _on_snapshot, SnapshotResp: _on_snapshot_resp, TimeoutNow: _on_timeout_now,
-        ReadIndexReq: _on_read_req, ReadIndexResp: _on_read_resp, Propose: _on_propose,
+        RequestVote: Election._on_vote, VoteResp: Election._on_vote_resp, AppendEntries: _on_append,
+        AppendResp: Replication._on_append_resp, Heartbeat: _on_heartbeat,
+        HeartbeatResp: Replication._on_heartbeat_resp, InstallSnapshot: _on_snapshot,
+        SnapshotResp: Replication._on_snapshot_resp, TimeoutNow: Election._on_timeout_now,
+        ReadIndexReq: _on_read_req, ReadIndexResp: _on_read_resp, Propose: Replication._on_propose,
     }
 
 

@@ -49,7 +49,9 @@ from typing import Any
 
 from p2pswarm.node.presets import PRESETS
 
-ACTIONS = ("kill", "restart", "partition", "heal", "loss", "slow")
+ACTION_KEYS = {"kill": ("node",), "restart": ("node",), "partition": ("groups",), "heal": (),
+               "loss": ("percent", "nodes", "for"), "slow": ("node", "for")}
+"""Each action (its ``do``) and the keys it takes besides ``at`` and ``do``."""
 WRITE_KINDS = ("kv", "service", "env")
 MAX_NODES = 20
 MAX_DURATION = 600.0
@@ -132,6 +134,20 @@ def only_keys(data: dict, allowed: tuple[str, ...], where: str) -> None:
         raise ScenarioError(f"{where}{unknown[0]}: unknown key (allowed: {', '.join(allowed)})")
 
 
+def action_head(data: Any, i: int, keys: dict[str, tuple[str, ...]], duration: float) -> tuple[str, str, float]:
+    """Check what every ``[[action]]`` shares and return its (where, do, at): a table whose ``do`` names one of
+    ``keys`` (action -> the keys it takes), with no other keys, and ``at`` seconds within ``duration``.
+    The lab's and the simulator's scenarios both parse their actions this way, so their errors read alike."""
+    where = f"action[{i}]."
+    if not isinstance(data, dict):
+        raise fail(f"action[{i}]", "must be a table (use [[action]])", data)
+    do = data.get("do")
+    if not isinstance(do, str) or do not in keys:  # (a TOML list or table is not hashable)
+        raise fail(where + "do", f"must be one of {', '.join(keys)}", do)
+    only_keys(data, ("at", "do") + keys[do], where)
+    return where, do, number(data, "at", None, 0, duration, where)
+
+
 def _node_ref(value: Any, nodes: int, where: str, words: tuple[str, ...]) -> int | str:
     if type(value) is int and 1 <= value <= nodes:
         return value
@@ -150,16 +166,7 @@ def _node_list(value: Any, nodes: int, key: str) -> tuple[int, ...]:
 
 
 def _action(data: Any, i: int, nodes: int, duration: float) -> Action:
-    where = f"action[{i}]."
-    if not isinstance(data, dict):
-        raise fail(f"action[{i}]", "must be a table (use [[action]])", data)
-    do = data.get("do")
-    if do not in ACTIONS:
-        raise fail(where + "do", f"must be one of {', '.join(ACTIONS)}", do)
-    allowed = {"kill": ("node",), "restart": ("node",), "partition": ("groups",), "heal": (),
-               "loss": ("percent", "nodes", "for"), "slow": ("node", "for")}[do]
-    only_keys(data, ("at", "do") + allowed, where)
-    at = number(data, "at", None, 0, duration, where)
+    where, do, at = action_head(data, i, ACTION_KEYS, duration)
     if do in ("kill", "slow"):
         node = _node_ref(data.get("node"), nodes, where, ("leader",))
         pause = number(data, "for", 3.0, 0.1, duration, where) if do == "slow" else None

@@ -32,10 +32,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from p2pswarm.lab.scenario import ScenarioError, fail, number, only_keys, whole_number
+from p2pswarm.lab.scenario import ScenarioError, action_head, fail, number, only_keys, whole_number
 
 BUILTIN = ("zone-outage", "partition", "rolling-restart", "flapping", "leader-loss")
-ACTIONS = ("zone-down", "zone-up", "kill", "restart", "partition", "heal", "loss", "kill-leader")
+ACTION_KEYS = {"zone-down": ("zone",), "zone-up": ("zone",), "kill": ("fraction", "count"),
+               "restart": ("fraction", "count", "for"), "partition": ("zones",), "heal": (),
+               "loss": ("percent",), "kill-leader": ()}
+"""Each fault (its ``do``) and the keys it takes besides ``at`` and ``do``."""
 MAX_NODES = 100_000
 MAX_ZONES = 26
 
@@ -144,17 +147,7 @@ def parse(data: dict, default_name: str, **shape: Any) -> ClusterScenario:
 
 
 def _fault(data: Any, i: int, zones: int, duration: float) -> Fault:
-    where = f"action[{i}]."
-    if not isinstance(data, dict):
-        raise fail(f"action[{i}]", "must be a table (use [[action]])", data)
-    do = data.get("do")
-    if do not in ACTIONS:
-        raise fail(where + "do", f"must be one of {', '.join(ACTIONS)}", do)
-    allowed = {"zone-down": ("zone",), "zone-up": ("zone",), "kill": ("fraction", "count"),
-               "restart": ("fraction", "count", "for"), "partition": ("zones",), "heal": (), "loss": ("percent",),
-               "kill-leader": ()}[do]
-    only_keys(data, ("at", "do") + allowed, where)
-    at = number(data, "at", None, 0, duration, where)
+    where, do, at = action_head(data, i, ACTION_KEYS, duration)
     if do in ("zone-down", "zone-up"):
         return Fault(at, do, zone=_zone(data.get("zone"), zones, where + "zone"))
     if do in ("kill", "restart"):

@@ -54,6 +54,7 @@ def test_defaults_and_actions():
     (base(load={"rate": 1000}), "load.rate: must be a number from 0 to 200"),
     (base(writer={"kinds": ["sql"]}), "writer.kinds: must be a non-empty list"),
     (base(action=[{"at": 1, "do": "explode"}]), "action[0].do: must be one of"),
+    (base(action=[{"at": 1, "do": ["kill"]}]), "action[0].do: must be one of"),
     (base(action=[{"at": 31, "do": "heal"}]), "action[0].at: must be a number from 0 to 30"),
     (base(action=[{"at": 1, "do": "kill", "node": 6}]), "action[0].node: must be a node number from 1 to 5"),
     (base(action=[{"at": 1, "do": "kill"}]), "action[0].node"),

@@ -76,6 +76,7 @@ def test_the_example_scenario_file_loads():
 @pytest.mark.parametrize("text, error", [
     ('nodes = "many"', "nodes: must be a whole number"),
     ('[[action]]\nat = 1\ndo = "explode"', "action[0].do: must be one of"),
+    ('[[action]]\nat = 1\ndo = {zone = "a"}', "action[0].do: must be one of"),
     ('zones = 3\n[[action]]\nat = 1\ndo = "zone-down"\nzone = "q"', "action[0].zone: must be a zone name from a to c"),
     ('[[action]]\nat = 1\ndo = "kill"', "action[0].fraction: give exactly one of fraction and count"),
     ('speed = 3', "speed: unknown key"),
