@@ -23,6 +23,14 @@ Cases (small HTTP requests, nginx serving a 64-byte file, 1 nginx worker):
   ``--mesh kernel`` → nftables DNAT → nginx, as a local replica (node A) and a remote one (node B):
   no process forwards (see simulations/mesh_kernel_nodes.py; ``kernel_*`` keys, also in bulk). Null
   with ``kernel_unavailable`` (the reason) when the kernel path cannot run here (not root, no nft).
+* ``netns_*``  new connections to ``direct``, ``haproxy``, ``kernel_local`` and ``kernel_remote`` from a
+  client in a network namespace of its own per case (simulations/mesh_clients.py: one client host per
+  path, as real clients reach a mesh). On loopback every client is 127.0.0.1 and shares its ports with
+  the others, which costs the DNAT paths SYN retransmits into nginx's TIME_WAIT sockets (see
+  mesh_clients). ``kernel_newconn_ratio_vs_haproxy_netns``; ``netns_syn_retransmits`` per case. Null
+  with ``netns_unavailable`` when not measured (not root); in ``--quick`` too, with py_load.
+  ``conntrack_during_small``: how conntrack's drop, early_drop, insert_failed, invalid and clash counters
+  changed over the loopback small-request runs, and its entries after them (a full table drops SYNs).
 
 Each case runs wrk three ways: keep-alive (``-c CONNS``), a new connection per request
 (``Connection: close``), and one connection (``-c 1``) for unloaded latency, from which
@@ -53,7 +61,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
 import json
 import os
 import re
@@ -66,7 +73,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -77,7 +83,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "simulations"))
 
+import mesh_clients  # noqa: E402
 import mesh_kernel_nodes as kernel  # noqa: E402
+from mesh_clients import SMALL, NetnsClients, py_load  # noqa: E402
 
 from p2pswarm.mesh.control import FrameDecoder, encode_frame  # noqa: E402
 from p2pswarm.testing.localcluster import free_port  # noqa: E402
@@ -88,8 +96,6 @@ HAPROXY = "127.0.6.3"
 DP_A = "127.0.6.11"
 DP_B = "127.0.6.12"
 BARE = "127.0.6.20"
-SMALL = b"x" * 63 + b"\n"
-"""The small file nginx (or --quick's backend) serves: 64 bytes."""
 QUICK = {"rounds": 1, "seconds": 0.5, "transfers": 2, "bulk_mb": 16}
 """``--quick``: one round of each path and mode, 16 MB transfers (4 reads of 64 KiB start a splice)."""
 
@@ -258,8 +264,9 @@ _WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 _UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url: str, conns: int, seconds: float, close: bool) -> dict:
-    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{int(round(seconds))}s", "--latency", "--timeout", "5s"]
+def wrk(url: str, conns: int, seconds: float, close: bool, prefix: tuple[str, ...] | list[str] = ()) -> dict:
+    """One wrk run; ``prefix``: argv that runs it elsewhere (a client namespace's ``ip netns exec NS``)."""
+    cmd = [*prefix, "wrk", "-t1", f"-c{conns}", f"-d{int(round(seconds))}s", "--latency", "--timeout", "5s"]
     if close:
         cmd += ["-H", "Connection: close"]
     out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=seconds + 30).stdout
@@ -313,6 +320,31 @@ def run_cases(cases: dict[str, str], rounds: int, seconds: float, conns: int,
                                "p99_ms": med([x["p99_ms"] for x in runs if x["p99_ms"] is not None]),
                                "errors": sum(x["errors"] for x in runs)}
     return out
+
+
+NETNS_CASES = ("direct", "haproxy", "kernel_local", "kernel_remote")
+"""The cases also measured from a client namespace of their own (mesh_clients: one client host per path)."""
+
+
+def netns_newconn(clients: NetnsClients, cases: dict[str, str], rounds: int, seconds: float, conns: int,
+                  quick: bool = False) -> tuple[dict[str, dict[str, dict]] | None, dict[str, int]]:
+    """New connections per second of ``cases`` (those of NETNS_CASES measured here) from each case's own client
+    namespace, interleaved over ``rounds`` like run_cases (wrk, or ``quick``: py_load in a child), and the SYNs
+    each case's client sent again. (None, {}) when the namespaces are unavailable."""
+    urls = {case: url for case, url in cases.items() if case in clients.ns}
+    if not urls:
+        return None, {}
+    case_of = {url: case for case, url in urls.items()}
+
+    def load(url: str, conns: int, seconds: float, close: bool) -> dict:
+        if quick:
+            return clients.py_load(case_of[url], url, seconds)
+        return wrk(url, conns, seconds, close, prefix=clients.prefix(case_of[url]))
+
+    print("new connections from a client namespace per case:", file=sys.stderr)
+    before = {case: clients.syn_retransmits(case) for case in urls}
+    small = run_cases(urls, rounds, seconds, conns, modes=("newconn",), load=load)
+    return small, {case: clients.syn_retransmits(case) - before[case] for case in urls}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -466,8 +498,9 @@ def tls_sessions_of(dp: DataPlaneProc) -> dict:
 
 def bench(args: argparse.Namespace) -> dict:
     load_before = os.getloadavg()
+    skip = "not measured by --tls-only" if args.tls_only else None
     with nginx_bench("bench-mesh-", args.bulk_mb) as (procs, tmp, ngx), \
-            kernel.KernelMesh(NGINX, ngx, skip="not measured by --tls-only" if args.tls_only else None) as km:
+            kernel.KernelMesh(NGINX, ngx, skip=skip) as km, NetnsClients(NETNS_CASES, skip=skip) as clients:
         ha1, ha2 = free_port(HAPROXY), free_port(HAPROXY)
         start_haproxy(procs, tmp, "haproxy1", (HAPROXY, ha1), (NGINX, ngx), nbthread=1)
         start_haproxy(procs, tmp, "haproxymt", (HAPROXY, ha2), (NGINX, ngx), nbthread=None)
@@ -483,7 +516,12 @@ def bench(args: argparse.Namespace) -> dict:
         print(f"data plane loop: {sta.get('loop')}; kernel path: {km.reason or 'measured'}", file=sys.stderr)
         if args.tls_only:
             cases = {name: cases[name] for name in ("direct", "mesh_relay", "mesh_tls")}
+        # first: HAProxy's own connections to nginx (from 127.0.0.1) then meet no TIME_WAIT left by the loopback
+        # kernel cases' DNATed ones (mesh_clients' docstring)
+        netns_small, retrans = netns_newconn(clients, cases, args.rounds, args.seconds, args.conns)
+        conntrack_before = kernel.conntrack_counters()
         small = run_cases(cases, args.rounds, args.seconds, args.conns)
+        conntrack_after = kernel.conntrack_counters()
         bulk = None if args.tls_only else headline_bulk(ngx, mesh["mesh_local"], dpa, ha_urls, ha_pids, args, km)
         tls_bulk = run_bulk({"mesh_relay": f"{mesh['mesh_relay']}/big.bin",
                              "mesh_tls": f"{mesh['mesh_tls']}/big.bin"}, max(5, args.transfers // 3),
@@ -537,6 +575,9 @@ def bench(args: argparse.Namespace) -> dict:
         **bulk_result(bulk, args),
         "mesh_spliced_connections": (status.get("total") or {}).get("spliced"),
         **kernel.figures(km, small, bulk, latency="latency", bulk_haproxy="haproxy_splice"),
+        **mesh_clients.figures(clients, netns_small, retrans),
+        "conntrack_during_small": {k: v - conntrack_before.get(k, 0) if k != "entries" else v
+                                   for k, v in conntrack_after.items()},
         "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "errors": {c: {m: small[c][m]["errors"] for m in small[c]} for c in small},
         "latency_ms": {c: {m: [small[c][m]["p50_ms"], small[c][m]["p99_ms"]] for m in small[c]} for c in small},
@@ -661,34 +702,6 @@ def python_backend(bulk_mb: int) -> Iterator[int]:
         server.server_close()
 
 
-def py_load(url: str, conns: int, seconds: float, close: bool) -> dict:
-    """wrk's stand-in for --quick: GETs of small.txt one after another for ``seconds``, on one
-    connection or a new one per request (``conns`` is ignored). An error is a request that
-    failed or a body other than SMALL."""
-    parts = urllib.parse.urlsplit(url)
-    conn, times, errors = None, [], 0
-    end = time.perf_counter() + seconds
-    while (start := time.perf_counter()) < end:
-        try:
-            conn = conn or http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
-            conn.request("GET", parts.path, headers={"Connection": "close"} if close else {})
-            resp = conn.getresponse()
-            ok = resp.status == 200 and resp.read() == SMALL
-        except (OSError, http.client.HTTPException):
-            ok = False
-        if ok:
-            times.append(time.perf_counter() - start)
-        else:
-            errors += 1
-        if close or not ok:
-            conn.close()
-            conn = None
-    if conn is not None:
-        conn.close()
-    p50 = round(statistics.median(times) * 1000, 3) if times else None
-    return {"rps": round(len(times) / seconds, 1), "p50_ms": p50, "p99_ms": None, "errors": errors}
-
-
 def py_mbps(url: str) -> float:
     """curl's stand-in for --quick: one download, MB/s; raises if it is short."""
     size, start = 0, time.perf_counter()
@@ -709,7 +722,8 @@ def quick(args: argparse.Namespace) -> dict:
     procs = Procs()
     tmp = Path(tempfile.mkdtemp(prefix="bench-mesh-quick-"))
     try:
-        with python_backend(args.bulk_mb) as backend, kernel.KernelMesh(NGINX, backend, preset="test") as km:
+        with python_backend(args.bulk_mb) as backend, kernel.KernelMesh(NGINX, backend, preset="test") as km, \
+                NetnsClients(NETNS_CASES) as clients:
             dpa, dpb, sta, mesh = start_mesh(procs, backend, args.bulk_threads)
             urls = {"direct": f"http://{NGINX}:{backend}", **mesh, **km.urls}
             pids = {"mesh_local": [dpa.p.pid], "mesh_relay": [dpa.p.pid, dpb.p.pid],
@@ -720,6 +734,8 @@ def quick(args: argparse.Namespace) -> dict:
                 urls["haproxy"] = f"http://{HAPROXY}:{ha}"
             else:
                 skipped["haproxy"] = "not installed (apt-get install -y haproxy): no ratio_vs_haproxy*"
+            netns_small, retrans = netns_newconn(clients, {k: f"{u}/small.txt" for k, u in urls.items()},
+                                                 args.rounds, args.seconds, 1, quick=True)
             small = run_cases({k: f"{u}/small.txt" for k, u in urls.items()}, args.rounds, args.seconds, 1,
                               modes=("keepalive", "newconn"), load=py_load)
             bulk_cases = ("direct", "mesh_local", "mesh_relay", "mesh_tls", "haproxy")
@@ -732,6 +748,8 @@ def quick(args: argparse.Namespace) -> dict:
             km.count_userspace()
             if km.reason:
                 skipped["kernel"] = km.reason
+            if clients.reason:
+                skipped["netns"] = clients.reason
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -757,6 +775,7 @@ def quick(args: argparse.Namespace) -> dict:
         "mesh_spliced_connections": (status.get("total") or {}).get("spliced"),
         "tls_sessions": tls_sessions,
         **kernel.figures(km, small, bulk, latency="keepalive", bulk_haproxy="haproxy"),
+        **mesh_clients.figures(clients, netns_small, retrans),
         "errors": {c: {m: small[c][m]["errors"] for m in small[c]} for c in small},
     }
     if "haproxy" in urls:

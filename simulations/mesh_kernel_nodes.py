@@ -204,6 +204,24 @@ def _free(host: str, port: int) -> bool:
 
 
 
+CONNTRACK_COUNTERS = ("invalid", "insert_failed", "drop", "early_drop", "clashres")
+
+
+def conntrack_counters() -> dict[str, int]:
+    """This namespace's conntrack counters (summed over CPUs) that lose or delay new connections, and ``entries``
+    (the table's size): bench_mesh takes their change over its small-request runs, to show whether conntrack
+    dropped SYNs (a full table) while it measured. Empty when conntrack is not loaded."""
+    try:
+        lines = Path("/proc/net/stat/nf_conntrack").read_text().split("\n")
+    except OSError:
+        return {}
+    names = lines[0].split()
+    rows = [dict(zip(names, (int(v, 16) for v in line.split()))) for line in lines[1:] if line.strip()]
+    if not rows:
+        return {}
+    return {"entries": rows[0].get("entries", 0), **{k: sum(r.get(k, 0) for r in rows) for k in CONNTRACK_COUNTERS}}
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 

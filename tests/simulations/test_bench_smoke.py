@@ -157,6 +157,15 @@ def test_bench_mesh_forwards_on_every_path():
         assert report["kernel_userspace_conns"] == 0 and report["kernel_tables_left"] == []
     else:
         assert report["kernel_unavailable"] and report["kernel_local_rps"] is None
+    if os.geteuid() == 0:  # new connections from a client namespace of its own per path (another host's view)
+        with_haproxy = [] if "haproxy" in report["skipped"] else ["netns_haproxy_newconn_rps"]
+        measured(report, "netns_direct_newconn_rps", *with_haproxy)
+        assert not any(report["netns_errors"].values()), report["netns_errors"]
+        if nft.probe() is None:
+            measured(report, "netns_kernel_newconn_rps", "netns_kernel_remote_newconn_rps")
+        assert report["netns_left"] == []  # every client namespace it made is gone
+    else:
+        assert report["netns_unavailable"] and report["netns_direct_newconn_rps"] is None
 
 
 SWIM_KEYS = ("false_positive_deaths", "false_suspicions", "slow_member_suspicions", "slow_members_declared_dead",
