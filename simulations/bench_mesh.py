@@ -2,9 +2,16 @@
 """Routing-mesh data plane against a direct connection and HAProxy (real load generator).
 
 Needs Debian's wrk, nginx, haproxy and curl (``apt-get install -y wrk nginx haproxy curl``).
-Everything listens on 127.0.6.x; every process started here is stopped by pid at the end.
+Everything listens on 127.0.6.x; every process started here is stopped by pid at the end (the
+servers and their setup: simulations/mesh_servers.py).
 
-Cases (small HTTP requests, nginx serving a 64-byte file, 1 nginx worker):
+Cases (small HTTP requests, nginx serving a 64-byte file, 1 nginx worker). **Each case ends at a
+backend port of its own** (one nginx process, one ``listen`` per case): on loopback every client is
+127.0.0.1 and picks its source port by its own 4-tuple, so cases sharing one nginx socket meet each
+other's TIME_WAIT sockets, and where their 4-tuples differ (a DNATed kernel case against any other)
+about half of those SYNs stall 10 ms or 1 s: a measurement artifact, not the path's cost (see
+mesh_servers). ``loopback_syn_retransmits``: the SYNs sent again during each case's loopback
+new-connection runs (``TcpExt: TCPSynRetrans`` of this namespace around each run; ~0 expected).
 
 * ``direct``      wrk → nginx
 * ``mesh_local``  wrk → data plane A (replica on A's node, ``local``) → nginx
@@ -25,10 +32,8 @@ Cases (small HTTP requests, nginx serving a 64-byte file, 1 nginx worker):
   with ``kernel_unavailable`` (the reason) when the kernel path cannot run here (not root, no nft).
 * ``netns_*``  new connections to ``direct``, ``haproxy``, ``kernel_local`` and ``kernel_remote`` from a
   client in a network namespace of its own per case (simulations/mesh_clients.py: one client host per
-  path, as real clients reach a mesh). On loopback every client is 127.0.0.1 and shares its ports with
-  the others, which costs the DNAT paths SYN retransmits into nginx's TIME_WAIT sockets (see
-  mesh_clients). ``kernel_newconn_ratio_vs_haproxy_netns``; ``netns_syn_retransmits`` per case. Null
-  with ``netns_unavailable`` when not measured (not root); in ``--quick`` too, with py_load.
+  path, as real clients reach a mesh). ``kernel_newconn_ratio_vs_haproxy_netns``; ``netns_syn_retransmits``
+  per case. Null with ``netns_unavailable`` when not measured (not root); in ``--quick`` too, with py_load.
   ``conntrack_during_small``: how conntrack's drop, early_drop, insert_failed, invalid and clash counters
   changed over the loopback small-request runs, and its entries after them (a full table drops SYNs).
 
@@ -66,18 +71,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -85,176 +85,30 @@ sys.path.insert(0, str(ROOT / "simulations"))
 
 import mesh_clients  # noqa: E402
 import mesh_kernel_nodes as kernel  # noqa: E402
-from mesh_clients import SMALL, NetnsClients, py_load  # noqa: E402
+from mesh_clients import NetnsClients, py_load  # noqa: E402
+from mesh_servers import (  # noqa: E402
+    BACKENDS,
+    BARE,
+    DP_A,
+    HAPROXY,
+    NGINX,
+    DataPlaneProc,
+    Procs,
+    backend_entry,
+    dp_table,
+    nginx_bench,
+    python_backends,
+    start_bulk_haproxies,
+    start_haproxy,
+    start_mesh,
+    tls_sessions_of,
+    wait_listening,
+)
 
-from p2pswarm.mesh.control import FrameDecoder, encode_frame  # noqa: E402
 from p2pswarm.testing.localcluster import free_port  # noqa: E402
-from p2pswarm.testing.meshtls import free_port_pair, throwaway_ca, tls_section  # noqa: E402
 
-NGINX = "127.0.6.2"
-HAPROXY = "127.0.6.3"
-DP_A = "127.0.6.11"
-DP_B = "127.0.6.12"
-BARE = "127.0.6.20"
 QUICK = {"rounds": 1, "seconds": 0.5, "transfers": 2, "bulk_mb": 16}
 """``--quick``: one round of each path and mode, 16 MB transfers (4 reads of 64 KiB start a splice)."""
-
-
-def tls_sections(*nodes: str) -> list[dict]:
-    """Mesh TLS material for each node from one throwaway CA (what each node's security host makes)."""
-    ca = throwaway_ca("benchcluster0001")
-    return [tls_section(node, ca) for node in nodes]
-
-
-def wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout} s")
-
-
-class Procs:
-    """Every process this benchmark starts, stopped by pid."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, cmd: list[str], **kw) -> subprocess.Popen:
-        p = subprocess.Popen(cmd, **kw)
-        self.procs.append(p)
-        return p
-
-    def stop(self, p: subprocess.Popen) -> None:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(3)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        if p in self.procs:
-            self.procs.remove(p)
-
-    def stop_all(self) -> None:
-        for p in list(self.procs):
-            self.stop(p)
-
-
-_DP_WITH_BULK_THREADS = ("import sys; from p2pswarm.mesh import dataplane, proxy; "
-                         "proxy.BULK_THREADS = int(sys.argv[1]); sys.exit(dataplane.main(sys.argv[2:]))")
-
-
-class DataPlaneProc:
-    """A data-plane child fed over its stdin, status frames read by a thread.
-
-    ``bulk_threads`` overrides proxy.BULK_THREADS in the child (None: the shipped value)."""
-
-    def __init__(self, procs: Procs, args: list[str], bulk_threads: int | None = None) -> None:
-        cmd = ["-m", "p2pswarm.mesh.dataplane"] if bulk_threads is None else \
-            ["-c", _DP_WITH_BULK_THREADS, str(bulk_threads)]
-        self.p = procs.start([sys.executable, *cmd, *args],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
-        self.status: dict | None = None
-        self.cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        dec = FrameDecoder()
-        while data := os.read(self.p.stdout.fileno(), 65536):
-            for f in dec.feed(data):
-                with self.cond:
-                    self.status = f.get("status")
-                    self.cond.notify_all()
-
-    def push(self, table: dict) -> dict:
-        self.p.stdin.write(encode_frame({"table": table}))
-        self.p.stdin.flush()
-        want = table["version"]
-        with self.cond:
-            if not self.cond.wait_for(lambda: self.status and self.status.get("version") == want, 30):
-                raise RuntimeError("data plane did not apply its table")
-            st = self.status
-        if st.get("bind_errors") or st.get("table_error"):
-            raise RuntimeError(f"data plane: {st.get('bind_errors') or st.get('table_error')}")
-        return st
-
-    def fresh_status(self, timeout: float = 5.0) -> dict:
-        """The next status the data plane sends: its counters as of now, not as of its last tick."""
-        with self.cond:
-            old = self.status
-            self.cond.wait_for(lambda: self.status is not old, timeout)
-            return self.status or {}
-
-
-def start_nginx(procs: Procs, tmp: Path, port: int, bulk_mb: int) -> None:
-    www = tmp / "www"
-    www.mkdir()
-    (www / "small.txt").write_bytes(b"x" * 63 + b"\n")
-    with open(www / "big.bin", "wb") as f:
-        chunk = os.urandom(1 << 20)
-        for _ in range(bulk_mb):
-            f.write(chunk)
-    for p in (tmp, www):
-        os.chmod(p, 0o755)
-    for p in www.iterdir():
-        os.chmod(p, 0o644)
-    conf = tmp / "nginx.conf"
-    conf.write_text(f"""
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx.err warn;
-events {{ worker_connections 8192; }}
-http {{
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 10000000;
-  keepalive_timeout 120;
-  client_body_temp_path {tmp}/nginx-body;
-  proxy_temp_path {tmp}/nginx-proxy;
-  fastcgi_temp_path {tmp}/nginx-fastcgi;
-  uwsgi_temp_path {tmp}/nginx-uwsgi;
-  scgi_temp_path {tmp}/nginx-scgi;
-  server {{
-    listen {NGINX}:{port} reuseport backlog=4096;
-    root {www};
-  }}
-}}
-""")
-    procs.start(["nginx", "-c", str(conf), "-p", str(tmp)], stderr=subprocess.DEVNULL)
-    wait_listening(NGINX, port)
-
-
-def start_haproxy(procs: Procs, tmp: Path, name: str, listen: tuple[str, int], backend: tuple[str, int],
-                  nbthread: int | None, splice: str = "option splice-auto", tune: str = "") -> int:
-    """HAProxy as the same L4 balancer; returns its pid."""
-    conf = tmp / f"{name}.cfg"
-    threads = f"  nbthread {nbthread}\n" if nbthread else ""
-    conf.write_text(f"""global
-  maxconn 4096
-{threads}{tune}
-defaults
-  mode tcp
-  {splice}
-  timeout connect 1s
-  timeout client 300s
-  timeout server 300s
-
-frontend fe
-  bind {listen[0]}:{listen[1]}
-  default_backend be
-
-backend be
-  server s1 {backend[0]}:{backend[1]}
-""")
-    p = procs.start(["haproxy", "-f", str(conf), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_listening(*listen)
-    return p.pid
 
 
 _WRK_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
@@ -293,10 +147,30 @@ def med(xs: list[float]) -> float:
     return round(statistics.median(xs), 3) if xs else float("nan")
 
 
+def counting_syn_retransmits(load=wrk):
+    """``load`` that also returns, for a new-connection run, the SYNs this network namespace sent again meanwhile
+    (``syn_retransmits``). Every loopback client (wrk, HAProxy, the data planes) is in it, so the count is the
+    case's as long as cases run one at a time, as in run_cases (and nothing else in the namespace retransmits)."""
+    def counted(url: str, conns: int, seconds: float, close: bool) -> dict:
+        if not close:
+            return load(url, conns, seconds, close)
+        before = mesh_clients.syn_retransmits_here()
+        res = load(url, conns, seconds, close)
+        return {**res, "syn_retransmits": mesh_clients.syn_retransmits_here() - before}
+    return counted
+
+
+def loopback_syn_retransmits(small: dict[str, dict[str, dict]]) -> dict[str, int]:
+    """{case: SYNs sent again over its loopback new-connection runs} (run_cases with counting_syn_retransmits)."""
+    return {case: modes["newconn"]["syn_retransmits"] for case, modes in small.items()
+            if "syn_retransmits" in modes.get("newconn", {})}
+
+
 def run_cases(cases: dict[str, str], rounds: int, seconds: float, conns: int,
               modes: tuple[str, ...] = ("keepalive", "newconn", "latency"), load=wrk) -> dict[str, dict[str, dict]]:
-    """{case: {mode: {rps, p50_ms, p99_ms, errors}}} as medians over rounds (cases interleaved);
-    ``load(url, conns, seconds, close)`` makes one measurement (wrk, or --quick's py_load)."""
+    """{case: {mode: {rps, p50_ms, p99_ms, errors}}} as medians over rounds (cases interleaved), errors and the
+    ``syn_retransmits`` of a counting_syn_retransmits load summed; ``load(url, conns, seconds, close)`` makes one
+    measurement (wrk, or --quick's py_load)."""
     raw: dict[str, dict[str, list[dict]]] = {c: {m: [] for m in modes} for c in cases}
     for r in range(rounds):
         order = list(cases) if r % 2 == 0 else list(reversed(cases))
@@ -309,8 +183,9 @@ def run_cases(cases: dict[str, str], rounds: int, seconds: float, conns: int,
                 else:
                     res = load(cases[case], 1, max(2.0, seconds / 2), close=False)
                 raw[case][mode].append(res)
+                syn = f"  SYN retransmits {res['syn_retransmits']}" if "syn_retransmits" in res else ""
                 print(f"  round {r + 1} {mode:9} {case:12} {res['rps']:>10.0f} rps  p50 {res['p50_ms']} ms"
-                      f"  p99 {res['p99_ms']} ms  errors {res['errors']}", file=sys.stderr, flush=True)
+                      f"  p99 {res['p99_ms']} ms  errors {res['errors']}{syn}", file=sys.stderr, flush=True)
     out: dict[str, dict[str, dict]] = {}
     for case, per in raw.items():
         out[case] = {}
@@ -319,6 +194,8 @@ def run_cases(cases: dict[str, str], rounds: int, seconds: float, conns: int,
                                "p50_ms": med([x["p50_ms"] for x in runs if x["p50_ms"] is not None]),
                                "p99_ms": med([x["p99_ms"] for x in runs if x["p99_ms"] is not None]),
                                "errors": sum(x["errors"] for x in runs)}
+            if any("syn_retransmits" in x for x in runs):
+                out[case][mode]["syn_retransmits"] = sum(x.get("syn_retransmits", 0) for x in runs)
     return out
 
 
@@ -382,19 +259,6 @@ def paired_ratio(bulk: dict[str, dict], a: str, b: str) -> float:
     return med([x / y for x, y in zip(bulk[a]["runs"], bulk[b]["runs"])])
 
 
-def start_bulk_haproxies(procs: Procs, tmp: Path, ngx: int) -> tuple[dict[str, str], dict[str, list[int]]]:
-    """HAProxy with splicing forced, default pipes and 1 MB pipes: bulk URLs and pids."""
-    ha3, ha4 = free_port(HAPROXY), free_port(HAPROXY)
-    forced = "option splice-request\n  option splice-response"
-    ha_splice = start_haproxy(procs, tmp, "haproxysplice", (HAPROXY, ha3), (NGINX, ngx), nbthread=1,
-                              splice=forced)
-    ha_splice1m = start_haproxy(procs, tmp, "haproxysplice1m", (HAPROXY, ha4), (NGINX, ngx), nbthread=1,
-                                splice=forced, tune="  tune.pipesize 1048576\n")
-    return ({"haproxy_splice": f"http://{HAPROXY}:{ha3}/big.bin",
-             "haproxy_splice_pipe1m": f"http://{HAPROXY}:{ha4}/big.bin"},
-            {"haproxy_splice": [ha_splice], "haproxy_splice_pipe1m": [ha_splice1m]})
-
-
 def bulk_result(bulk: dict[str, dict], args: argparse.Namespace) -> dict:
     return {
         "bulk_mb": args.bulk_mb, "bulk_transfers": args.transfers,
@@ -409,38 +273,26 @@ def bulk_result(bulk: dict[str, dict], args: argparse.Namespace) -> dict:
     }
 
 
-@contextmanager
-def nginx_bench(prefix: str, bulk_mb: int) -> Iterator[tuple[Procs, Path, int]]:
-    """A temporary dir and nginx on a free port; every process started meanwhile is stopped after."""
-    procs = Procs()
-    tmp = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        ngx = free_port(NGINX)
-        start_nginx(procs, tmp, ngx, bulk_mb)
-        yield procs, tmp, ngx
-    finally:
-        procs.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def headline_bulk(ngx: int, mesh_url: str, dpa: "DataPlaneProc", ha_urls: dict, ha_pids: dict,
+def headline_bulk(direct: int, mesh_url: str, dpa: DataPlaneProc, ha_urls: dict, ha_pids: dict,
                   args: argparse.Namespace, km: kernel.KernelMesh) -> dict:
-    """Bulk direct, through data plane A (a local replica, at ``mesh_url``), through the splicing HAProxies
-    and, when measured, through the kernel path to a local replica (no process of ours forwards it)."""
+    """Bulk direct (nginx's port ``direct``), through data plane A (a local replica, at ``mesh_url``), through the
+    splicing HAProxies and, when measured, through the kernel path to a local replica (no process of ours
+    forwards it)."""
     kernel_url = {"kernel": f"{km.urls['kernel_local']}/big.bin"} if km.urls else {}
-    return run_bulk({"direct": f"http://{NGINX}:{ngx}/big.bin", "mesh": f"{mesh_url}/big.bin",
+    return run_bulk({"direct": f"http://{NGINX}:{direct}/big.bin", "mesh": f"{mesh_url}/big.bin",
                      **kernel_url, **ha_urls}, args.transfers, pids={"mesh": [dpa.p.pid], **ha_pids}, mb=args.bulk_mb)
 
 
 def bench_bulk(args: argparse.Namespace) -> dict:
     """Only the bulk part of the headline benchmark (same processes and method)."""
-    with nginx_bench("bench-mesh-bulk-", args.bulk_mb) as (procs, tmp, ngx), kernel.KernelMesh(NGINX, ngx) as km:
+    with nginx_bench("bench-mesh-bulk-", args.bulk_mb, BACKENDS) as (procs, tmp, ngx), \
+            kernel.KernelMesh(NGINX, ngx["kernel_local"], ngx["kernel_remote"]) as km:
         ha_urls, ha_pids = start_bulk_haproxies(procs, tmp, ngx)
         a_port = free_port(DP_A)
         dpa = DataPlaneProc(procs, [], args.bulk_threads)
         sta = dpa.push(dp_table(1, DP_A, [{"port": a_port, "service": "web", "proxy_protocol": False,
-                                           "backends": [backend_entry("t1", ngx, True)]}]))
-        bulk = headline_bulk(ngx, f"http://{DP_A}:{a_port}", dpa, ha_urls, ha_pids, args, km)
+                                           "backends": [backend_entry("t1", ngx["mesh_local"], True)]}]))
+        bulk = headline_bulk(ngx["direct"], f"http://{DP_A}:{a_port}", dpa, ha_urls, ha_pids, args, km)
         time.sleep(1.5)  # one more status tick after the last transfer
         status = dpa.status or {}
     return {"bench": "mesh-bulk", "loop": sta.get("loop"), "bulk_threads": args.bulk_threads, **bulk_result(bulk, args),
@@ -449,64 +301,21 @@ def bench_bulk(args: argparse.Namespace) -> dict:
             "kernel_tables_left": km.tables_left}
 
 
-def backend_entry(task: str, port: int, local: bool, via: str | None = None) -> dict:
-    return {"task": task, "node": "n-nginx", "addr": f"{NGINX}:{port}", "local": local,
-            "rtt": None if local else 0.0002, "via": via}
-
-
-def dp_table(version: int, host: str, ports: list[dict], relay_port: int = 0, relay_allow=(),
-             blocked=(), relay_from=()) -> dict:
-    """A data plane's table; ``relay_from``: the member hosts its plaintext relay admits."""
-    return {"version": version, "host": host, "relay_port": relay_port, "relay_allow": list(relay_allow),
-            "relay_from": list(relay_from), "blocked_hosts": list(blocked), "ports": ports,
-            "limits": {"max_conns": 4096, "connect_timeout": 1.0, "retries": 2, "idle_timeout": 300.0,
-                       "drain_grace": 10.0}}
-
-
-def start_mesh(procs: Procs, backend: int, bulk_threads: int | None) -> tuple[DataPlaneProc, DataPlaneProc, dict,
-                                                                                dict[str, str]]:
-    """Data planes A and B in front of the backend on NGINX:``backend``, the four mesh paths of the
-    module's docstring: A, B, A's status and {mesh_local, mesh_remote, mesh_relay, mesh_tls: base URL}."""
-    a_port, a_relay, b_remote, b_relay = free_port(DP_A), free_port_pair(DP_A), free_port(DP_B), free_port(DP_B)
-    b_tls = free_port(DP_B)
-    tls_a, tls_b = tls_sections("bench-a", "bench-b")
-    dpa = DataPlaneProc(procs, [], bulk_threads)
-    dpb = DataPlaneProc(procs, [], bulk_threads)
-    sta = dpa.push({**dp_table(1, DP_A, [{"port": a_port, "service": "web", "proxy_protocol": False,
-                                          "backends": [backend_entry("t1", backend, True)]}],
-                               relay_port=a_relay, relay_allow=[f"{NGINX}:{backend}"], relay_from=[DP_B]),
-                    "tls": tls_a})
-    dpb.push({**dp_table(1, DP_B, [
-        {"port": b_remote, "service": "web", "proxy_protocol": False,
-         "backends": [backend_entry("t1", backend, False)]},
-        {"port": b_relay, "service": "web-relayed", "proxy_protocol": False,
-         "backends": [backend_entry("t1", backend, False, via=f"{DP_A}:{a_relay}")]},
-        {"port": b_tls, "service": "web-encrypted", "proxy_protocol": False,
-         "backends": [{**backend_entry("t1", backend, False, via=f"{DP_A}:{a_relay + 1}"), "tls": True}]}]),
-        "tls": tls_b})
-    return dpa, dpb, sta, {"mesh_local": f"http://{DP_A}:{a_port}", "mesh_remote": f"http://{DP_B}:{b_remote}",
-                           "mesh_relay": f"http://{DP_B}:{b_relay}", "mesh_tls": f"http://{DP_B}:{b_tls}"}
-
-
-def tls_sessions_of(dp: DataPlaneProc) -> dict:
-    """The TLS sessions' counters of a data plane's TLS relay side (from its last status)."""
-    return {k: v for k, v in ((dp.status or {}).get("tls_relay") or {}).items() if "sessions" in k}
-
-
 # -- the headline benchmark -------------------------------------------------------------------
 
 
 def bench(args: argparse.Namespace) -> dict:
     load_before = os.getloadavg()
     skip = "not measured by --tls-only" if args.tls_only else None
-    with nginx_bench("bench-mesh-", args.bulk_mb) as (procs, tmp, ngx), \
-            kernel.KernelMesh(NGINX, ngx, skip=skip) as km, NetnsClients(NETNS_CASES, skip=skip) as clients:
+    with nginx_bench("bench-mesh-", args.bulk_mb, BACKENDS) as (procs, tmp, ngx), \
+            kernel.KernelMesh(NGINX, ngx["kernel_local"], ngx["kernel_remote"], skip=skip) as km, \
+            NetnsClients(NETNS_CASES, skip=skip) as clients:
         ha1, ha2 = free_port(HAPROXY), free_port(HAPROXY)
-        start_haproxy(procs, tmp, "haproxy1", (HAPROXY, ha1), (NGINX, ngx), nbthread=1)
-        start_haproxy(procs, tmp, "haproxymt", (HAPROXY, ha2), (NGINX, ngx), nbthread=None)
+        start_haproxy(procs, tmp, "haproxy1", (HAPROXY, ha1), (NGINX, ngx["haproxy"]), nbthread=1)
+        start_haproxy(procs, tmp, "haproxymt", (HAPROXY, ha2), (NGINX, ngx["haproxy_mt"]), nbthread=None)
         ha_urls, ha_pids = start_bulk_haproxies(procs, tmp, ngx)
         dpa, dpb, sta, mesh = start_mesh(procs, ngx, args.bulk_threads)
-        cases = {"direct": f"http://{NGINX}:{ngx}/small.txt",
+        cases = {"direct": f"http://{NGINX}:{ngx['direct']}/small.txt",
                  **{name: f"{url}/small.txt" for name, url in mesh.items()},
                  **{name: f"{url}/small.txt" for name, url in km.urls.items()},
                  "haproxy": f"http://{HAPROXY}:{ha1}/small.txt",
@@ -516,13 +325,13 @@ def bench(args: argparse.Namespace) -> dict:
         print(f"data plane loop: {sta.get('loop')}; kernel path: {km.reason or 'measured'}", file=sys.stderr)
         if args.tls_only:
             cases = {name: cases[name] for name in ("direct", "mesh_relay", "mesh_tls")}
-        # first: HAProxy's own connections to nginx (from 127.0.0.1) then meet no TIME_WAIT left by the loopback
-        # kernel cases' DNATed ones (mesh_clients' docstring)
+        # the netns runs first, as in earlier runs (their figures stay comparable)
         netns_small, retrans = netns_newconn(clients, cases, args.rounds, args.seconds, args.conns)
         conntrack_before = kernel.conntrack_counters()
-        small = run_cases(cases, args.rounds, args.seconds, args.conns)
+        small = run_cases(cases, args.rounds, args.seconds, args.conns, load=counting_syn_retransmits(wrk))
         conntrack_after = kernel.conntrack_counters()
-        bulk = None if args.tls_only else headline_bulk(ngx, mesh["mesh_local"], dpa, ha_urls, ha_pids, args, km)
+        bulk = None if args.tls_only else headline_bulk(ngx["direct"], mesh["mesh_local"], dpa, ha_urls, ha_pids,
+                                                        args, km)
         tls_bulk = run_bulk({"mesh_relay": f"{mesh['mesh_relay']}/big.bin",
                              "mesh_tls": f"{mesh['mesh_tls']}/big.bin"}, max(5, args.transfers // 3),
                             pids={"mesh_relay": [dpa.p.pid, dpb.p.pid], "mesh_tls": [dpa.p.pid, dpb.p.pid]},
@@ -576,6 +385,7 @@ def bench(args: argparse.Namespace) -> dict:
         "mesh_spliced_connections": (status.get("total") or {}).get("spliced"),
         **kernel.figures(km, small, bulk, latency="latency", bulk_haproxy="haproxy_splice"),
         **mesh_clients.figures(clients, netns_small, retrans),
+        "loopback_syn_retransmits": loopback_syn_retransmits(small),
         "conntrack_during_small": {k: v - conntrack_before.get(k, 0) if k != "entries" else v
                                    for k, v in conntrack_after.items()},
         "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
@@ -623,15 +433,20 @@ def bare_streams(listen: str, backend: str, use_uvloop: bool) -> None:
     asyncio.run(main())
 
 
+COMPARED = ("haproxy", "streams_asyncio", "streams_uvloop", "protocol_asyncio", "protocol_uvloop", "splice_all_uvloop",
+            "splice_on_loop", "dataplane")
+"""--compare's variants, each with a backend port of its own (mesh_servers)."""
+
+
 def compare(args: argparse.Namespace) -> dict:
-    with nginx_bench("bench-mesh-cmp-", args.bulk_mb) as (procs, tmp, ngx):
+    with nginx_bench("bench-mesh-cmp-", args.bulk_mb, COMPARED) as (procs, tmp, ngx):
         ha = free_port(HAPROXY)
-        pids = {"haproxy": [start_haproxy(procs, tmp, "haproxy1", (HAPROXY, ha), (NGINX, ngx), nbthread=1,
+        pids = {"haproxy": [start_haproxy(procs, tmp, "haproxy1", (HAPROXY, ha), (NGINX, ngx["haproxy"]), nbthread=1,
                                           splice="option splice-request\n  option splice-response")]}
         urls: dict[str, str] = {"haproxy": f"http://{HAPROXY}:{ha}"}
         for name, uv in (("streams_asyncio", False), ("streams_uvloop", True)):
             port = free_port(BARE)
-            cmd = [sys.executable, __file__, "--bare-streams", f"{BARE}:{port}", f"{NGINX}:{ngx}"]
+            cmd = [sys.executable, __file__, "--bare-streams", f"{BARE}:{port}", f"{NGINX}:{ngx[name]}"]
             pids[name] = [procs.start(cmd + (["--uvloop"] if uv else []), stderr=subprocess.DEVNULL).pid]
             wait_listening(BARE, port)
             urls[name] = f"http://{BARE}:{port}"
@@ -646,7 +461,7 @@ def compare(args: argparse.Namespace) -> dict:
             dp = DataPlaneProc(procs, dp_args, bulk_threads)
             pids[name] = [dp.p.pid]
             dp.push(dp_table(1, host, [{"port": port, "service": "web", "proxy_protocol": False,
-                                        "backends": [backend_entry("t1", ngx, True)]}]))
+                                        "backends": [backend_entry("t1", ngx[name], True)]}]))
             urls[name] = f"http://{host}:{port}"
         small = run_cases({k: v + "/small.txt" for k, v in urls.items()}, args.rounds, args.seconds, args.conns,
                           modes=("keepalive", "newconn"))
@@ -666,40 +481,6 @@ def compare(args: argparse.Namespace) -> dict:
 
 
 # -- the quick run (no external tools) --------------------------------------------------------
-
-
-class _Files(BaseHTTPRequestHandler):
-    """nginx's stand-in for --quick: the server's ``files`` by path, on HTTP/1.1 keep-alive."""
-
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms wait for the delayed ACK
-
-    def do_GET(self) -> None:
-        body = self.server.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@contextmanager
-def python_backend(bulk_mb: int) -> Iterator[int]:
-    """small.txt and big.bin (``bulk_mb`` MB) served on NGINX by a thread of this process; yields the port."""
-    server = ThreadingHTTPServer((NGINX, free_port(NGINX)), _Files)
-    server.daemon_threads = True
-    server.files = {"/small.txt": SMALL, "/big.bin": os.urandom(1 << 20) * bulk_mb}
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def py_mbps(url: str) -> float:
@@ -722,22 +503,24 @@ def quick(args: argparse.Namespace) -> dict:
     procs = Procs()
     tmp = Path(tempfile.mkdtemp(prefix="bench-mesh-quick-"))
     try:
-        with python_backend(args.bulk_mb) as backend, kernel.KernelMesh(NGINX, backend, preset="test") as km, \
+        with python_backends(args.bulk_mb, BACKENDS) as backend, \
+                kernel.KernelMesh(NGINX, backend["kernel_local"], backend["kernel_remote"], preset="test") as km, \
                 NetnsClients(NETNS_CASES) as clients:
             dpa, dpb, sta, mesh = start_mesh(procs, backend, args.bulk_threads)
-            urls = {"direct": f"http://{NGINX}:{backend}", **mesh, **km.urls}
+            urls = {"direct": f"http://{NGINX}:{backend['direct']}", **mesh, **km.urls}
             pids = {"mesh_local": [dpa.p.pid], "mesh_relay": [dpa.p.pid, dpb.p.pid],
                     "mesh_tls": [dpa.p.pid, dpb.p.pid]}
             if shutil.which("haproxy"):
                 ha = free_port(HAPROXY)
-                pids["haproxy"] = [start_haproxy(procs, tmp, "haproxy1", (HAPROXY, ha), (NGINX, backend), nbthread=1)]
+                pids["haproxy"] = [start_haproxy(procs, tmp, "haproxy1", (HAPROXY, ha), (NGINX, backend["haproxy"]),
+                                                  nbthread=1)]
                 urls["haproxy"] = f"http://{HAPROXY}:{ha}"
             else:
                 skipped["haproxy"] = "not installed (apt-get install -y haproxy): no ratio_vs_haproxy*"
             netns_small, retrans = netns_newconn(clients, {k: f"{u}/small.txt" for k, u in urls.items()},
                                                  args.rounds, args.seconds, 1, quick=True)
             small = run_cases({k: f"{u}/small.txt" for k, u in urls.items()}, args.rounds, args.seconds, 1,
-                              modes=("keepalive", "newconn"), load=py_load)
+                              modes=("keepalive", "newconn"), load=counting_syn_retransmits(py_load))
             bulk_cases = ("direct", "mesh_local", "mesh_relay", "mesh_tls", "haproxy")
             bulk_urls = {k: f"{u}/big.bin" for k, u in urls.items() if k in bulk_cases}
             if km.urls:
@@ -776,6 +559,7 @@ def quick(args: argparse.Namespace) -> dict:
         "tls_sessions": tls_sessions,
         **kernel.figures(km, small, bulk, latency="keepalive", bulk_haproxy="haproxy"),
         **mesh_clients.figures(clients, netns_small, retrans),
+        "loopback_syn_retransmits": loopback_syn_retransmits(small),
         "errors": {c: {m: small[c][m]["errors"] for m in small[c]} for c in small},
     }
     if "haproxy" in urls:

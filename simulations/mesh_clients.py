@@ -70,6 +70,24 @@ def py_load(url: str, conns: int, seconds: float, close: bool) -> dict:
     return {"rps": round(len(times) / seconds, 1), "p50_ms": p50, "p99_ms": None, "errors": errors}
 
 
+def syn_retransmits_in(netstat: str) -> int:
+    """``TcpExt: TCPSynRetrans`` (SYNs sent again) of a /proc/net/netstat text."""
+    lines = netstat.splitlines()
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split())).get("TCPSynRetrans", 0))
+    return 0
+
+
+def syn_retransmits_here() -> int:
+    """SYNs sent again so far by every socket of this process's network namespace (0 when unreadable)."""
+    try:
+        with open("/proc/net/netstat") as f:
+            return syn_retransmits_in(f.read())
+    except OSError:
+        return 0
+
+
 def unavailable() -> str | None:
     """None when clients can run in namespaces of their own here, else why not (one line)."""
     if os.geteuid() != 0:
@@ -148,12 +166,8 @@ class NetnsClients:
 
     def syn_retransmits(self, case: str) -> int:
         """SYNs this case's client has sent again so far (``TcpExt: TCPSynRetrans`` of its namespace)."""
-        out = subprocess.run([*self.prefix(case), "cat", "/proc/net/netstat"], capture_output=True, text=True,
-                             timeout=TIMEOUT).stdout.splitlines()
-        for names, values in zip(out[::2], out[1::2]):
-            if names.startswith("TcpExt:"):
-                return int(dict(zip(names.split(), values.split())).get("TCPSynRetrans", 0))
-        return 0
+        return syn_retransmits_in(subprocess.run([*self.prefix(case), "cat", "/proc/net/netstat"],
+                                                 capture_output=True, text=True, timeout=TIMEOUT).stdout)
 
     def py_load(self, case: str, url: str, seconds: float) -> dict:
         """:func:`py_load` with a new connection per request, run as this case's client (a child process)."""

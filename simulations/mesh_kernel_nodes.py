@@ -1,14 +1,16 @@
 """bench_mesh's kernel cases: two real nodes started with ``--mesh kernel`` in front of its backend.
 
 Node A binds the backend's own address (bench_mesh's ``NGINX``), node B another loopback address.
-One service with one replica, placed on A: a stand-in process (``sleep``) whose fixed target is
-the backend's port. The replica's address is then A's host and that port: the very server that
-every other case of the benchmark measures, so the kernel figures compare with the direct,
-HAProxy and user-space ones on the same backend. A connection to A's published port is DNATed
-on A's rules to A's own replica (``kernel_local``); one to B's published port to A's replica, a
-remote replica (``kernel_remote``). Nothing in user space touches those connections, which the
-user-space data planes' counters of the port show (``userspace_conns``: 0 when every connection
-took the kernel path).
+One service with one replica, placed on A: a stand-in process (``sleep``) with two published ports
+whose fixed targets are two of the backend's ports, one per case. The replica's addresses are then
+A's host and those ports: the nginx that every other case of the benchmark measures (on ports of
+their own), so the kernel figures compare with the direct, HAProxy and user-space ones on the same
+server. A connection to A's first published port is DNATed on A's rules to A's own replica
+(``kernel_local``); one to B's second published port to A's replica, a remote replica
+(``kernel_remote``). Each case's own backend port keeps its connections from meeting nginx's
+TIME_WAIT sockets of another case (see simulations/mesh_servers.py). Nothing in user space touches
+those connections, which the user-space data planes' counters of the ports show
+(``userspace_conns``: 0 when every connection took the kernel path).
 
 When the kernel path is unusable (not root, no nft, a node fell back to user space) the kernel
 cases are not run and ``reason`` says why in one line. The nodes stop with SIGTERM, which removes
@@ -52,18 +54,21 @@ def nft_tables() -> set[str]:
 
 
 class KernelMesh:
-    """Two ``--mesh kernel`` nodes serving one published port (see the module docstring)."""
+    """Two ``--mesh kernel`` nodes serving two published ports, one per case (see the module docstring)."""
 
-    def __init__(self, backend_host: str, backend_port: int, preset: str = "local", skip: str | None = None) -> None:
-        """``preset``: the nodes' (``local`` probes less often than ``test``: less CPU taken from the load);
+    def __init__(self, backend_host: str, local_port: int, remote_port: int, preset: str = "local",
+                 skip: str | None = None) -> None:
+        """``local_port``, ``remote_port``: the backend's port for ``kernel_local`` and for ``kernel_remote``;
+        ``preset``: the nodes' (``local`` probes less often than ``test``: less CPU taken from the load);
         ``skip``: why this run leaves the kernel cases out (then nothing starts)."""
-        self.backend = (backend_host, backend_port)
+        self.backend = (backend_host, local_port, remote_port)
         self.preset = preset
         self.reason: str | None = skip or nft.probe()
         self.urls: dict[str, str] = {}
         """{kernel_local, kernel_remote: base URL}; empty when the kernel path is unavailable."""
         self.tables_left: list[str] | None = None
-        self.port = 0
+        self.ports = (0, 0)
+        """The published ports of ``kernel_local`` (on A) and ``kernel_remote`` (on B)."""
         self.tmp: Path | None = None
         self.cluster: LocalCluster | None = None
         self._baseline: dict[str, int] = {}
@@ -82,18 +87,20 @@ class KernelMesh:
         self.cluster.start(0)
         wait_until(lambda: self.cluster.join_token((a.addr,)), READY_TIMEOUT, "node A's join token", 0.1)
         self.cluster.start(1, (a.addr,))
-        self.port = self._published_port(a, b)
+        first = self._published_port(a, b)
+        self.ports = (first, self._published_port(a, b, taken=first))
+        publish = [arg for pub, target in zip(self.ports, self.backend[1:]) for arg in ("-p", f"{pub}:{target}")]
         made = self.cluster.cli("service", "create", SERVICE, "--replicas", "1", "--constraint", f"node.name=={a.name}",
-                                "-p", f"{self.port}:{self.backend[1]}", "--detach", "--data-dir", str(a.data_dir),
-                                "--", "sleep", "86400")
+                                *publish, "--detach", "--data-dir", str(a.data_dir), "--", "sleep", "86400")
         if made.returncode != 0:
             raise RuntimeError(f"kernel nodes: service create failed: {made.stderr.strip()}")
         (off,) = wait_until(lambda: self._kernel_state(a, b), READY_TIMEOUT,
-                            "both nodes routing the kernel service's port in the kernel", 0.2)
+                            "both nodes routing the kernel service's ports in the kernel", 0.2)
         if off:
             self.reason = f"--mesh kernel nodes forward in user space: {off}"
             return self
-        self.urls = {"kernel_local": f"http://{a.host}:{self.port}", "kernel_remote": f"http://{b.host}:{self.port}"}
+        self.urls = {"kernel_local": f"http://{a.host}:{self.ports[0]}",
+                     "kernel_remote": f"http://{b.host}:{self.ports[1]}"}
         for url in self.urls.values():
             wait_until(lambda: answers(url), 15, f"{url} to answer")
         self._baseline = self._userspace_accepted()
@@ -105,44 +112,44 @@ class KernelMesh:
         node.addr = f"{host}:{node.port}"
         return node
 
-    def _published_port(self, *nodes: LocalNode) -> int:
-        """A port free on every node's address (each node's user-space data plane listens there too)."""
+    def _published_port(self, *nodes: LocalNode, taken: int = 0) -> int:
+        """A port free on every node's address (each node's user-space data plane listens there too), not ``taken``."""
         while True:
             port = free_port(nodes[0].host)
-            if all(_free(n.host, port) for n in nodes[1:]):
+            if port != taken and all(_free(n.host, port) for n in nodes[1:]):
                 return port
 
     def _kernel_state(self, *nodes: LocalNode) -> tuple[str] | None:
-        """``("",)`` once every node routes the published port in the kernel; ``(why not,)`` once a node has
+        """``("",)`` once every node routes both published ports in the kernel; ``(why not,)`` once a node has
         fallen back to user space for good (its kernel path is off); None while routes or rules are on their way."""
         for node in nodes:
             try:
                 view = node.api.get("/v1/mesh")
-                rows = [r for r in view["routes"] if r["port"] == self.port and r["route"] != "excluded"]
+                rows = [r for r in view["routes"] if r["port"] in self.ports and r["route"] != "excluded"]
             except (ApiError, KeyError, TypeError):
                 return None
             kernel = view.get("kernel") or {}
             if kernel.get("on") is False and "not probed" not in str(kernel.get("off_why")):
                 return (f"{node.name}: {kernel.get('off_why') or 'kernel path off'}",)
-            if not rows or any(r.get("path") != "kernel" for r in rows):
+            if {r["port"] for r in rows} != set(self.ports) or any(r.get("path") != "kernel" for r in rows):
                 return None
         return ("",)
 
     # ------------------------------------------------------------ during the run
 
     def _userspace_accepted(self) -> dict[str, int]:
-        """Connections each node's user-space data plane accepted on the published port so far."""
+        """Connections each node's user-space data plane accepted on the published ports so far."""
         out = {}
         for node in self.cluster.nodes.values():
             try:
                 ports = node.api.get("/v1/mesh")["data_plane"].get("ports") or {}
             except (ApiError, KeyError, TypeError, AttributeError):
                 continue
-            out[node.name] = int((ports.get(str(self.port)) or {}).get("accepted", 0))
+            out[node.name] = sum(int((ports.get(str(port)) or {}).get("accepted", 0)) for port in self.ports)
         return out
 
     def count_userspace(self) -> None:
-        """Set ``userspace``: connections to the published port that the nodes' user-space data planes
+        """Set ``userspace``: connections to the published ports that the nodes' user-space data planes
         accepted since the start (0: every connection took the kernel path). Call it after the load."""
         if not self.urls:
             return

@@ -145,6 +145,8 @@ def test_bench_mesh_forwards_on_every_path():
              "tls_ratio_vs_relay", "tls_ratio_vs_relay_newconn", "bulk_mesh_local_mbps", "bulk_tls_ratio_vs_relay",
              "mesh_spliced_connections")
     assert all(n == 0 for modes in report["errors"].values() for n in modes.values()), report["errors"]
+    # every loopback case (each on a backend port of its own) reports the SYNs its new connections sent again
+    assert set(report["loopback_syn_retransmits"]) == set(report["errors"]), report["loopback_syn_retransmits"]
     assert report["mesh_spliced_connections"] > 0  # the bulk transfers went through the splice path
     assert report["tls_sessions"]["sessions_opened"] > 0
     if "haproxy" in report["skipped"]:
