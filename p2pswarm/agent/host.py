@@ -37,7 +37,11 @@ from p2pswarm.runtime.volumes import Volumes
 log = logging.getLogger("p2pswarm.agent")
 
 FOLLOW_INTERVAL = 0.05
-"""Seconds between checks of the applied cluster state for new assignments (a check is one comparison)."""
+"""Seconds between checks of the node's Raft replica for new assignments (a check is one comparison): its
+entries are applied in the Raft driver's own task, between the node's loop turns."""
+FOLLOW_IDLE = 1.0
+"""Seconds between those checks on a worker, whose assignments change only in the node's loop turns (a delta
+received), where ``step`` looks at once: the task then only covers a source that changed without a turn."""
 RUN_ONCE = RestartPolicy(condition="none")
 SWEEP_INTERVAL = 60.0
 """Seconds between two sweeps of the logs kept after their tasks (a sweep lists the task folders)."""
@@ -121,6 +125,10 @@ class AgentHost:
         self.driver = AgentDriver(self.runtime, AgentCore(digest_version=incarnation * DIGEST_LIFE),
                                   on_digest=self._on_digest, health_host=task_host or "127.0.0.1")
         self._digest: tuple[int, dict] | None = None
+        self._seen: tuple[int, int] | None = None
+        """(id, applied index) of the state whose assignments the agent follows now."""
+        self._on_replica = True
+        """The state last read is this node's Raft replica (checked often) rather than a worker's assignments."""
         self._sweep_due = 0.0
         self._tasks: list[asyncio.Task] = []
 
@@ -148,8 +156,9 @@ class AgentHost:
         await asyncio.to_thread(self.watchdog.close)  # nothing left for it to kill: it just exits
 
     def step(self, now: float) -> None:
-        """The agent follows the applied cluster state in its own task; here only, every ``SWEEP_INTERVAL``,
-        the kept logs of forgotten tasks whose retention is over are deleted."""
+        """Follow the assignments if their state moved (a worker's delta arrives in a loop turn); and every
+        ``SWEEP_INTERVAL`` delete the kept logs of forgotten tasks whose retention is over."""
+        self._look()
         if now >= self._sweep_due:
             self._sweep_due = now + SWEEP_INTERVAL
             for task_id in self.runtime.sweep_retired(time.time()):
@@ -164,21 +173,28 @@ class AgentHost:
         return (driver.cluster, driver.security) if driver is not None else None
 
     async def _follow(self) -> None:
-        """Re-read this node's assignments whenever the state they come from moves or is another one
-        (a node that becomes a worker, or a Raft member again)."""
-        seen: tuple | None = None
+        """Look between the loop turns too: every FOLLOW_INTERVAL while the state is the Raft replica's,
+        every FOLLOW_IDLE on a worker (an idle worker's agent should not wake 20 times a second)."""
         while True:
-            await asyncio.sleep(FOLLOW_INTERVAL)
-            source = self.source()
-            if source is None:
-                continue
-            state, self._security = source
-            if (id(state), state.applied) != seen:
-                seen = (id(state), state.applied)
-                try:
-                    self.driver.assign(assignments(state, self.node_id, self.files))
-                except Exception:  # a bug must not stop the agent from following later changes
-                    log.error("cannot apply this node's assignments", exc_info=True)
+            await asyncio.sleep(FOLLOW_INTERVAL if self._on_replica else FOLLOW_IDLE)
+            self._look()
+
+    def _look(self) -> None:
+        """Re-read this node's assignments if the state they come from moved or is another one (a node that
+        becomes a worker, or a Raft member again)."""
+        source = self.source()
+        if source is None:
+            return
+        state, self._security = source
+        if (id(state), state.applied) == self._seen:
+            return
+        self._seen = (id(state), state.applied)
+        replica = self._raft_state()
+        self._on_replica = replica is not None and replica[0] is state
+        try:
+            self.driver.assign(assignments(state, self.node_id, self.files))
+        except Exception:  # a bug must not stop the agent from following later changes
+            log.error("cannot apply this node's assignments", exc_info=True)
 
     def _on_digest(self, digest: dict[str, Any]) -> None:
         self._digest = (digest["v"], digest["tasks"])

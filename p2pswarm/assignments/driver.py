@@ -61,6 +61,8 @@ class AssignmentsDriver:
         """This node reads its assignments from its own replica (see :meth:`uses_raft_state`)."""
         self._access: tuple[bytes, AccessRecord | None] = (b"", None)
         """(digest of the security part, the access record restored from it): see :meth:`worker_access`."""
+        self._members: tuple[Any, dict[str, int]] = (None, {})
+        """((the SWIM core's ``changes``, our cluster id) when last scanned, what ``members`` found then)."""
 
     # ------------------------------------------------------------ roles
 
@@ -69,15 +71,20 @@ class AssignmentsDriver:
         return driver.role_of(self.node_id) if driver is not None else "-"
 
     def members(self) -> dict[str, int]:
-        """Live Raft members of our cluster (from gossip) -> the applied index each says it has."""
+        """Live Raft members of our cluster (from gossip) -> the applied index each says it has (a copy; scanned
+        again only when SWIM's ``changes`` counter moved, as a worker looks every ``check_interval``)."""
         driver = self.raft.driver
         cluster = driver.cluster_id if driver is not None else None
+        changes = getattr(self.swim, "changes", None)
+        if changes is not None and self._members[0] == (changes, cluster):
+            return dict(self._members[1])
         out = {}
         for m in self.swim.members():
             facts = self.record.of(m).raft if m.status in LIVE else None
             if facts is not None and facts.role in MEMBER_ROLES and (cluster is None or facts.cluster_id == cluster):
                 out[m.node] = facts.applied
-        return out
+        self._members = ((changes, cluster), out)
+        return dict(out)
 
     def uses_raft_state(self, now: float) -> bool:
         """Does this node read its assignments from its own replica? (voter, leader, or a learner that keeps up)"""

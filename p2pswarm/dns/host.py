@@ -119,7 +119,7 @@ class DnsHost:
             return
         self._next_check = now + CHECK_INTERVAL
         state = self._cluster()
-        key = (self.record.routing_inputs(self.swim.members()), getattr(state, "applied", None))
+        key = (self.record.routing_inputs_of(self.swim), getattr(state, "applied", None))
         if key == self._key:
             return
         self._key = key

@@ -20,6 +20,7 @@ What a service ``NAME`` answers:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -94,7 +95,9 @@ def normalize_domain(domain: str) -> str:
     return text + "."
 
 
+@functools.lru_cache(maxsize=4096)
 def is_ip(host: str) -> bool:
+    """Remembered: every zone build asks it of every member's host."""
     try:
         ipaddress.ip_address(host)
     except ValueError:

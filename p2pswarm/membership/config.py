@@ -7,6 +7,7 @@ Formulas (as implemented in :mod:`p2pswarm.membership.swim`):
 
 * probe period       = probe_interval × (1 + health)        (Lifeguard LHM; health 0..health_max)
 * direct ack wait    = probe_timeout  × (1 + health)
+* a helper's nack    = 0.8 × probe_timeout after the PingReq (not scaled: see swim.NACK_FRACTION)
 * suspicion min      = suspicion_mult × max(1, log10 n) × probe_interval
 * suspicion max      = suspicion_max_mult × suspicion min   (Lifeguard only; plain SWIM uses min)
 * suspicion timeout  = max(min, max − (max − min) × log(C + 1) / log(K + 1))
@@ -50,6 +51,12 @@ class SwimConfig:
     only on probes and acks: the message count per member stays independent of n."""
     retransmit_mult: int = 4
     """Each piece of news is sent retransmit_mult × ceil(log10(n + 1)) times."""
+    max_stale_records: int = 1024
+    """Record news past its gossip_sends kept at most this many, the most sent dropped first (serf prunes
+    its queue likewise).  Probes and acks carry ~5 records each, some 20 sends a second per node, so 1,024
+    stale records get one send each in ~50 s and the ~17 sends each still owes in ~15 min, longer than the
+    full-state exchange (every 300 s at 10,000 members) takes to deliver them; and a queue of every record of
+    a large cluster, each waiting for its 20 sends, held most of the simulator's memory at 10,000 nodes."""
     piggyback_bytes: int = 1200
     """Budget for news piggybacked on one probe message (keeps probes small)."""
     gossip_bytes: int = 32 * 1024

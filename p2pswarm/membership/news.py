@@ -22,6 +22,7 @@ back in order (a bisection each), so a long queue is never sorted whole again.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
+from collections.abc import Hashable
 from operator import attrgetter
 
 from p2pswarm.wire import encoded_size
@@ -33,7 +34,7 @@ _SEND_ORDER = attrgetter("rank")
 bisections call it millions of times in a simulation)."""
 _SIZES: dict[int, tuple] = {}
 """id(item) → (item, encoded size), bounded; the item is held so that its id is not reused."""
-_SIZES_MAX = 4096
+_SIZES_MAX = 1 << 15
 
 
 def _size_of(item) -> int:
@@ -61,29 +62,34 @@ def news_bytes(items) -> int:
 class _News:
     """One queued item; identity is its equality, so the order lists can drop it cheaply."""
 
-    __slots__ = ("key", "item", "size", "offset", "serial", "rank")
+    __slots__ = ("key", "item", "size", "offset", "rank")
+    # A 10,000-member simulation holds tens of millions of these: no slot that can be derived.
 
-    def __init__(self, key: tuple, item, size: int, offset: int, serial: int) -> None:
+    def __init__(self, key: Hashable, item, size: int, offset: int, serial: int) -> None:
         self.key = key
         self.item = item
         self.size = size
         self.offset = offset
         """Sends so far minus the queue's ``takes``."""
-        self.serial = serial
         self.rank = offset * _RANK_SPAN - serial
         """The sort key (offset, -serial) as one integer: moves in step with ``offset``."""
 
 
 class NewsQueue:
-    __slots__ = ("queued", "fresh", "fresh_sends", "_order", "_items", "_items_stale", "_ordered", "_takes", "_bytes",
-                 "_serial")
+    __slots__ = ("queued", "fresh", "fresh_sends", "max_stale", "taken_bytes", "_order", "_items", "_items_stale",
+                 "_ordered", "_takes", "_bytes", "_serial", "_smallest")
 
-    def __init__(self, fresh_sends: int) -> None:
-        self.queued: dict[tuple, _News] = {}
+    def __init__(self, fresh_sends: int, max_stale: int | None = None) -> None:
+        self.queued: dict[Hashable, _News] = {}
         """News waiting to be sent, by key (read-only outside the queue)."""
         self.fresh = 0
         """How many queued items are still fresh (sent fewer than fresh_sends times)."""
         self.fresh_sends = fresh_sends
+        self.max_stale = max_stale
+        """At most this many entries that are no longer fresh (None: no bound); see ``put``."""
+        self.taken_bytes = 0
+        """Encoded size of what the last take() or take_for() returned (one target's batch): callers budget the
+        next queue with it instead of measuring the items again."""
         self._order: list[_News] = []
         """The queued entries, least sent first and newest first among equals (if _ordered)."""
         self._items: list = []
@@ -97,6 +103,9 @@ class NewsQueue:
         self._bytes = 0
         """Encoded size of all queued items."""
         self._serial = 0
+        self._smallest = 1 << 62
+        """No queued item is smaller (the smallest size ever queued): a take whose budget is below it takes
+        nothing, without walking a long queue of items that each exceed the budget."""
 
     def __len__(self) -> int:
         return len(self.queued)
@@ -108,8 +117,14 @@ class NewsQueue:
     def has_fresh(self) -> bool:
         return self.fresh > 0
 
-    def put(self, key: tuple, item, size: int | None = None) -> None:
-        """Queue ``item``, replacing any older news under the same key."""
+    def put(self, key: Hashable, item, size: int | None = None) -> None:
+        """Queue ``item``, replacing any older news under the same key.
+
+        Past ``max_stale`` entries that are no longer fresh, the most sent (the oldest among equals)
+        is dropped, as memberlist's ``Prune`` does for serf: news already gossiped ``fresh_sends``
+        times has done its epidemic part, and behind so much else its remaining piggybacked sends
+        would take longer than the periodic push/pull takes to deliver it.
+        """
         old = self.queued.get(key)
         if old is None:
             self.fresh += 1
@@ -119,13 +134,19 @@ class NewsQueue:
             self._drop(old)
         self._serial += 1
         entry = _News(key, item, size if size is not None else _size_of(item), -self._takes, self._serial)
+        if entry.size < self._smallest:
+            self._smallest = entry.size
         self.queued[key] = entry
         self._bytes += entry.size
         self._order.insert(0, entry)  # never sent and the newest: first in order
         if not self._items_stale:
             self._items.insert(0, item)
+        if self.max_stale is not None and len(self._order) - self.fresh > self.max_stale:
+            last = self._order[-1]  # least sent first: the stale entries are the tail
+            if last.offset + self._takes >= self.fresh_sends:
+                self._drop(last)
 
-    def get(self, key: tuple):
+    def get(self, key: Hashable):
         entry = self.queued.get(key)
         return entry.item if entry else None
 
@@ -136,16 +157,21 @@ class NewsQueue:
         suspicion in the very probe that goes to the suspect.
         """
         if first is None:
+            self.taken_bytes = 0
             if not self.queued:
                 return []
             if self._bytes <= budget:
+                self.taken_bytes = self._bytes
                 return self._take_all(limit)
             out = []
         else:
             out = [first]
-            budget -= _size_of(first)
+            self.taken_bytes = first_size = _size_of(first)
+            budget -= first_size
             if not self.queued:
                 return out
+        if budget < self._smallest:
+            return out  # every queued item exceeds the budget: the walk below would skip them all
         order = self._sorted()
         takes = self._takes
         fresh_sends = self.fresh_sends
@@ -172,6 +198,7 @@ class NewsQueue:
                 self.fresh -= 1
             if sends >= limit:
                 spent.append(entry)
+        self.taken_bytes += used
         for entry in spent:
             self._drop(entry)
         if not whole:
@@ -210,13 +237,14 @@ class NewsQueue:
         An item with fewer sends left than targets goes to only that many of them, so
         no item is ever sent more than ``limit`` times.
         """
+        self.taken_bytes = 0
         if not self.fresh:
             return []
         order = self._sorted()
         takes = self._takes
         fresh_sends = self.fresh_sends
         copies = []
-        used = 0
+        used = batch = 0
         spent = []
         moved = []
         scanned = 0
@@ -232,6 +260,8 @@ class NewsQueue:
                 break
             used += size
             n = min(targets, limit - before)
+            if n > 0:  # (none when the limit fell below its sends: the cluster shrank)
+                batch += size
             copies.append((entry.item, n))
             moved.append(entry)
             entry.offset += n
@@ -243,6 +273,7 @@ class NewsQueue:
                 spent.append(entry)
         if not copies:
             return []
+        self.taken_bytes = batch
         for entry in spent:
             self._drop(entry)
         self._reorder(moved, scanned - len(spent), spent)  # only fresh entries gained sends

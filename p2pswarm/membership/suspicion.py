@@ -27,8 +27,10 @@ class Suspicion:
         self.low = low
         self.high = high
         self.expected = expected
-        # The originator of the suspicion is not an independent confirmation.
-        self.confirmers = {origin}
+        # The originator of the suspicion is not an independent confirmation.  A tuple, not a set: it
+        # never holds more than expected + 1 members, and after a zone outage at 10,000 nodes every node
+        # holds a suspicion of each of 2,000 members at once (a set cost 200 bytes more per suspicion).
+        self.confirmers: tuple[str, ...] = (origin,)
         self.deadline = started + self._timeout(0)
         self.full = expected < 1
         """No further confirmation can count (the common case once news has spread): callers
@@ -46,7 +48,7 @@ class Suspicion:
         """Count a confirmation from ``by``; True if it was new (worth re-gossiping)."""
         if by in self.confirmers or self.full:
             return False
-        self.confirmers.add(by)
+        self.confirmers += (by,)
         self.deadline = self.started + self._timeout(len(self.confirmers) - 1)
         self.full = len(self.confirmers) > self.expected
         return True

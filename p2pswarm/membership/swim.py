@@ -47,7 +47,7 @@ from p2pswarm.membership.messages import (
     Record,
     Suspect,
 )
-from p2pswarm.membership.news import NewsQueue, news_bytes
+from p2pswarm.membership.news import NewsQueue
 from p2pswarm.membership.suspicion import Suspicion, Suspicions
 
 GONE = (DEAD, LEFT)
@@ -56,7 +56,7 @@ DIRECT_RETRIES = 3
 """Direct pings repeated, evenly spread, while helpers probe indirectly (at 5 % loss each
 one divides by ~10 the chance that lost packets alone make a healthy member suspect)."""
 NACK_FRACTION = 0.8
-"""A helper nacks when the target has not answered it within this fraction of the probe timeout."""
+"""A helper nacks when the target has not answered it within this fraction of the (unscaled) probe timeout."""
 RTT_WEIGHT = 0.2
 """Exponential moving average weight of a new round-trip sample."""
 INF = float("inf")
@@ -83,6 +83,22 @@ class Outgoing(NamedTuple):
 
 
 _new_outgoing = tuple.__new__
+_ACCUSED: dict[tuple, MemberState] = {}
+"""Suspect and dead member states by content (bounded), shared by the cores of one process: after a zone outage
+at 10,000 nodes the simulator's 8,000 cores each marked the same 2,000 members suspect, then dead (a real node
+holds one core, and only misses)."""
+_ACCUSED_MAX = 1 << 16
+
+
+def _accused(cur: MemberState, incarnation: int, status: str) -> MemberState:
+    """``cur`` marked ``status`` at ``incarnation``: an equal state already built is reused (they are immutable)."""
+    key = (cur.node, incarnation, status, cur.addr, id(cur.meta))
+    state = _ACCUSED.get(key)
+    if state is None or state.meta is not cur.meta:
+        if len(_ACCUSED) >= _ACCUSED_MAX:
+            _ACCUSED.clear()
+        state = _ACCUSED[key] = MemberState(cur.node, cur.addr, incarnation, status, cur.meta)
+    return state
 """Builds an Outgoing from a tuple without the Python-level ``__new__`` (one per message sent)."""
 
 
@@ -149,7 +165,8 @@ class Swim:
     __slots__ = ("_timers_due", "_probe_due", "_next_gossip", "_news", "_record_news", "_suspicion_due", "_relay_due",
                  "_outbox",
                  "_events", "_record_updates", "id", "addr", "leaving", "config", "_probe", "_members", "health",
-                 "rng", "_seq", "counters", "_rtt", "_indirect_only", "_limit_for", "_limit_value", "_live",
+                 "rng", "_seq", "counters", "_rtt", "_indirect_only", "_limit_for", "_limit_value", "_bounds_for",
+                 "_bounds", "_live",
                  "incarnation", "leave_done", "joined", "join_attempts", "_meta", "_since", "_records",
                  "_record_version", "_record_payload", "track_records", "_gone", "_suspicions", "_order",
                  "_order_pos", "_relays", "_confirm_queue", "_seeds", "_join_at", "_join_delay", "_next_probe",
@@ -168,6 +185,11 @@ class Swim:
         self.joined = True
         self.join_attempts = 0
         self.counters: dict[str, int] = {}
+        self.changes = 0
+        """Counts changes of any member's state or record (not of RTTs): a driver that derives something from
+        every member (DNS, mesh routes, admissions) rescans only when this moved, not on every loop turn."""
+        self._stall_counted_until = 0.0
+        """Until then a stall of our own loop does not raise our health again (see ``stalled``)."""
         self._meta = meta
         self._members: dict[str, MemberState] = {node_id: MemberState(node_id, addr, incarnation, ALIVE, meta)}
         self._since: dict[str, float] = {node_id: now}
@@ -184,10 +206,11 @@ class Swim:
         """Dead and left members, in the order they went (an ordered set: deterministic)."""
         self._suspicions = Suspicions()
         self._news = NewsQueue(config.gossip_sends)
-        """Membership news (alive, suspect, dead): it goes first in every message, as memberlist sends its
-        own broadcasts before the delegate's, so that detection does not wait behind a burst of records."""
-        self._record_news = NewsQueue(config.gossip_sends)
-        """Record news: the space membership news leaves."""
+        """Membership news (alive, suspect, dead), keyed by member id: it goes first in every message, as
+        memberlist sends its own broadcasts before the delegate's, so that detection does not wait behind a
+        burst of records."""
+        self._record_news = NewsQueue(config.gossip_sends, config.max_stale_records)
+        """Record news, keyed by member id: the space membership news leaves."""
         self._outbox: list[Outgoing] = []
         self._events: list[MemberEvent] = []
         self._order: list[str] = []
@@ -203,6 +226,8 @@ class Swim:
         """Earliest suspicion deadline (INF: none), kept where suspicions change."""
         self._limit_for = -1
         self._limit_value = 0
+        self._bounds_for = -1
+        self._bounds = (0.0, 0.0)
         self._seeds: tuple[str, ...] = ()
         self._join_at = INF
         self._join_delay = config.join_retry_initial
@@ -238,7 +263,7 @@ class Swim:
         self.incarnation += 1
         news = Dead(self.id, self.incarnation, self.id, True)
         self._set(now, MemberState(self.id, self.addr, self.incarnation, LEFT, self._meta), self.id)
-        self._news.put((self.id, "m"), news)
+        self._news.put(self.id, news)
         targets = self._sample(2 * self.config.gossip_fanout, now, include_dead=False)
         for node in targets:
             self._send(self._members[node].addr, Gossip(self.id, self.addr, (news,)))
@@ -255,6 +280,18 @@ class Swim:
         self._record_payload = payload
         self._publish_record()
 
+    def stalled(self, now: float, late: float) -> None:
+        """The driver ticks us ``late`` seconds after our deadline: our own node is slow (a starved CPU, a long
+        pause). Lifeguard's local health counts that as it counts a missed ack, since acks are what a late loop
+        misses: while it lasts we probe less often and wait longer for answers, instead of blaming members for
+        our own lateness. Counted when ``late`` is past the probe timeout, at most once per probe period (each
+        successful probe takes one point off again)."""
+        if not self.config.lifeguard or late <= self.config.probe_timeout or now < self._stall_counted_until:
+            return
+        self._stall_counted_until = now + self.config.probe_interval * (1 + self.health)
+        self._count("stalls")
+        self._adjust_health(1)
+
     def bootstrap(self, now: float, members: dict[str, MemberState], live: int | None = None) -> None:
         """Start from a known membership (a simulator's converged cluster, a saved view).
 
@@ -262,6 +299,7 @@ class Swim:
         ``live`` may give the number of live entries (ourselves included) to skip counting.
         """
         self._members = dict(members)
+        self.changes += 1
         self._members[self.id] = MemberState(self.id, self.addr, self.incarnation, ALIVE, self._meta)
         if live is None or live != len(self._members):
             self._gone = {n: None for n, s in self._members.items() if s.status not in LIVE}
@@ -417,7 +455,13 @@ class Swim:
         # More direct tries, now and spread over the helpers' time (memberlist's TCP fallback
         # plays this role): a lost ping or ack should not make a healthy member suspect.
         self._send(probe.addr, Ping(probe.seq, self.id, self.addr, probe.target, ()))
-        helpers = self._sample(self.config.indirect_checks, now, exclude=probe.target)
+        # Alive members help (memberlist asks only those): a suspect one is likely down, and its missing nack
+        # would count against our own health (after a zone outage, 1 helper in 5 was such a member).  Suspect
+        # ones only make up the number when too few are alive: then we may well be the one cut off.
+        k = self.config.indirect_checks
+        helpers = self._sample(k, now, exclude=probe.target, alive_only=True)
+        if len(helpers) < k and self._suspicions:
+            helpers += [n for n in self._sample(k, now, exclude=probe.target) if n not in helpers][:k - len(helpers)]
         probe.expected_nacks = len(helpers) if self.config.lifeguard else 0
         for node in helpers:
             self._count("indirect_probes")
@@ -467,7 +511,7 @@ class Swim:
             return
         batches = self._news.take_for(len(targets), self.config.gossip_bytes, self._limit())
         if self._record_news.fresh:
-            left = self.config.gossip_bytes - (news_bytes(batches[0]) if batches else 0)
+            left = self.config.gossip_bytes - self._news.taken_bytes
             batches = _joined(batches, self._record_news.take_for(len(targets), left, self._limit()))
         msg = None
         for node, news in zip(targets, batches):
@@ -518,6 +562,7 @@ class Swim:
                 self._records.pop(node, None)
                 self._rtt.pop(node, None)
                 self._indirect_only.discard(node)
+                self.changes += 1
                 self._count("reaped")
 
     # ------------------------------------------------------------ receiving
@@ -585,7 +630,10 @@ class Swim:
         self._seq = (self._seq + 1) % SEQ_MOD
         scale = 1 + self.health
         expires = now + self.config.probe_interval * scale
-        nack_at = now + NACK_FRACTION * self.config.probe_timeout * scale
+        # The nack is due at a fixed fraction of the *unscaled* timeout, as memberlist's is: the prober waits
+        # probe_timeout × (1 + its own health), so a nack scaled by our health arrived too late for every prober
+        # healthier than us, and counted as a missing nack raised its health too (one sick node spread it).
+        nack_at = now + NACK_FRACTION * self.config.probe_timeout
         want_nack = self.config.lifeguard
         self._relays[self._seq] = relay = (msg.source_addr, msg.seq, nack_at if want_nack else expires,
                                            want_nack, expires)
@@ -630,14 +678,23 @@ class Swim:
         members = self._members
         gone = self._gone
         suspicions = self._suspicions
+        records = self._records
         me = self.id
         for item in news:
             kind = type(item)
             node = item.node
             if kind is Record:
-                held = self._records.get(node)
-                if held is None or item.version > held.version or node == me:
+                # A record sent on and on mostly repeats what we hold; a newer one about another member is
+                # taken here as _on_record takes it (once per record and member: the commonest change).
+                held = records.get(node)
+                if node == me:
                     self._on_record(now, item)
+                elif (held is None or item.version > held.version) and node in members:
+                    records[node] = item
+                    self.changes += 1
+                    self._record_news.put(node, item)
+                    if self.track_records:
+                        self._record_updates.append((node, item.version))
                 continue
             if kind is not Alive and item.incarnation < MAX_INCARNATION:
                 # Suspicions and deaths mostly repeat what we hold: members we hold gone
@@ -680,7 +737,7 @@ class Swim:
         self._set(now, MemberState(node, news.addr, news.incarnation, ALIVE, news.meta), "")
         if cur is None:
             self._order.append(node)  # joins the unvisited part of the current round
-        self._news.put((node, "m"), news)
+        self._news.put(node, news)
 
     def _accusation_target(self, now: float, news: Suspect | Dead) -> MemberState | None:
         """The member a suspicion or death is about, if the news can still change our view."""
@@ -705,15 +762,15 @@ class Swim:
             if suspicion is not None:
                 self._confirm(suspicion, news)
             return
-        low, high = self.config.suspicion_bounds(self._live)
+        low, high = self._suspicion_bounds()
         if news.by != self.id and self.config.lifeguard:
             self._maybe_confirm(node)
         suspicion = Suspicion(news.incarnation, now, low, high, self.config.expected_confirmations(self._live), news.by)
         self._suspicions.start(node, suspicion)
         if suspicion.deadline < self._suspicion_due:  # (a member is suspected once at a time)
             self._suspicion_due = suspicion.deadline
-        self._set(now, MemberState(node, cur.addr, news.incarnation, SUSPECT, cur.meta), news.by)
-        self._news.put((node, "m"), news)
+        self._set(now, _accused(cur, news.incarnation, SUSPECT), news.by)
+        self._news.put(node, news)
 
     def _confirm(self, suspicion: Suspicion, news: Suspect) -> None:
         """Someone else suspects a member we suspect: if independent, it shortens our timeout
@@ -722,7 +779,7 @@ class Swim:
             self._suspicions.moved(news.node, suspicion)
             if suspicion.deadline < self._suspicion_due:
                 self._suspicion_due = suspicion.deadline  # only ever earlier: still the minimum
-            self._news.put((news.node, "m"), news)
+            self._news.put(news.node, news)
 
     def _on_dead(self, now: float, news: Dead) -> None:
         cur = self._accusation_target(now, news)
@@ -731,8 +788,8 @@ class Swim:
         node = news.node
         self._drop_suspicion(node)
         status = LEFT if news.left else DEAD
-        self._set(now, MemberState(node, cur.addr, news.incarnation, status, cur.meta), news.by)
-        self._news.put((node, "m"), news)
+        self._set(now, _accused(cur, news.incarnation, status), news.by)
+        self._news.put(node, news)
 
     def _on_record(self, now: float, record: Record) -> None:
         if record.node == self.id:
@@ -749,7 +806,8 @@ class Swim:
         if record.node not in self._members or (cur is not None and record.version <= cur.version):
             return
         self._records[record.node] = record
-        self._record_news.put((record.node, "r"), record)
+        self.changes += 1
+        self._record_news.put(record.node, record)
         if self.track_records:
             self._record_updates.append((record.node, record.version))
 
@@ -761,9 +819,9 @@ class Swim:
             return
         if incarnation >= self.incarnation:
             self._refute(now, incarnation)
-        elif self._news.get((self.id, "m")) is None:
+        elif self._news.get(self.id) is None:
             # A stale rumour: whoever spreads it missed our refutation; spread it again.
-            self._news.put((self.id, "m"), Alive(self.id, self.incarnation, self.addr, self._meta))
+            self._news.put(self.id, Alive(self.id, self.incarnation, self.addr, self._meta))
 
     def _refute(self, now: float, incarnation: int) -> None:
         if incarnation >= MAX_INCARNATION:
@@ -779,12 +837,14 @@ class Swim:
         if bump:
             self.incarnation += 1
         self._members[self.id] = MemberState(self.id, self.addr, self.incarnation, ALIVE, self._meta)
-        self._news.put((self.id, "m"), Alive(self.id, self.incarnation, self.addr, self._meta))
+        self.changes += 1
+        self._news.put(self.id, Alive(self.id, self.incarnation, self.addr, self._meta))
 
     def _publish_record(self) -> None:
         record = Record(self.id, self._record_version, self._record_payload)
         self._records[self.id] = record
-        self._record_news.put((self.id, "r"), record)
+        self.changes += 1
+        self._record_news.put(self.id, record)
 
     def _adjust_health(self, delta: int) -> None:
         self.health = min(self.config.health_max, max(0, self.health + delta))
@@ -793,6 +853,7 @@ class Swim:
         old = self._members.get(state.node)
         old_status = old.status if old is not None else None
         self._members[state.node] = state
+        self.changes += 1
         if old_status != state.status:
             was_live = old_status in LIVE
             is_live = state.status in LIVE
@@ -849,8 +910,9 @@ class Swim:
                 return node
         return None
 
-    def _sample(self, k: int, now: float, exclude: str = "", include_dead: bool = False) -> list[str]:
-        """Up to ``k`` distinct random live members (and recently dead ones, if asked)."""
+    def _sample(self, k: int, now: float, exclude: str = "", include_dead: bool = False,
+                alive_only: bool = False) -> list[str]:
+        """Up to ``k`` distinct random live members (only alive ones, or also recently dead ones, if asked)."""
         members = self._members
         pool = self._order if len(self._order) >= len(members) // 2 else list(members)
         if not pool or k <= 0:
@@ -866,8 +928,9 @@ class Swim:
             state = members.get(node)
             if state is None:
                 continue
-            if state.status in LIVE or (include_dead and state.status == DEAD
-                                        and now - self._since.get(node, now) < window):
+            status = state.status
+            if status == ALIVE or (status == SUSPECT and not alive_only) or (
+                    include_dead and status == DEAD and now - self._since.get(node, now) < window):
                 chosen.append(node)
                 if len(chosen) == k:
                     break
@@ -877,10 +940,22 @@ class Swim:
         if first is None and not self._news.queued and not self._record_news.queued:
             return ()
         budget = self.config.piggyback_bytes
-        news = self._news.take(budget, self._limit(), first) if first is not None or self._news.queued else []
+        if first is not None or self._news.queued:
+            news = self._news.take(budget, self._limit(), first)
+            budget -= self._news.taken_bytes
+        else:
+            news = []
         if self._record_news.queued:
-            news += self._record_news.take(budget - news_bytes(news), self._limit())
+            news += self._record_news.take(budget, self._limit())
         return tuple(news)
+
+    def _suspicion_bounds(self) -> tuple[float, float]:
+        """``config.suspicion_bounds(n)``, kept while n holds: every suspicion holds the two numbers, and after
+        a zone outage at 10,000 nodes each node holds a suspicion of each of 2,000 members at once."""
+        if self._bounds_for != self._live:
+            self._bounds_for = self._live
+            self._bounds = self.config.suspicion_bounds(self._live)
+        return self._bounds
 
     def _limit(self) -> int:
         if self._limit_for != self._live:

@@ -163,7 +163,7 @@ class MeshHost:
         self.record.set(MeshFacts(self.relay_port, unreachable, self._port_errors()))
         faults = self.transport.describe() if hasattr(self.transport, "describe") else {}
         tls_version = self.security.mesh_tls_version if self.security is not None else -1
-        key = (self.record.routing_inputs(self.swim.members()), unreachable, repr(faults), tls_version)
+        key = (self.record.routing_inputs_of(self.swim), unreachable, repr(faults), tls_version)
         if key == self._key and now < self._built_at + REFRESH:
             return
         self._key, self._built_at = key, now

@@ -60,6 +60,10 @@ LEAVE_GRACE = 1.0
 """Seconds the loop keeps running after a graceful leave so that the news goes out."""
 FLUSH_GRACE = 0.1
 """Seconds given to the transport to push the last messages before closing (it closes with linger 0)."""
+RECV_BATCH = 64
+"""Messages that arrived already, read in the same loop turn as the one that woke it (at most): SWIM's timers
+run after them, so that an ack that came in time counts even when the loop was late to read it, and a burst
+costs one turn of the components instead of one each; under a flood the timers still run every batch."""
 
 
 @dataclass(frozen=True)
@@ -413,7 +417,9 @@ class Node(NodeViews, SecureStart, SignalHandling, Inbox):
             while True:
                 now = self.clock()
                 ticked = False
-                if now >= self._guard("deadline", self._deadline, default=now):
+                deadline = self._guard("deadline", self._deadline, default=now)
+                if now >= deadline:
+                    self._guard("stall", self.swim_core().stalled, now, now - deadline)
                     self._guard("tick", self.swim_core().tick, now)
                     ticked = True
                 self._after_step(now)
@@ -431,6 +437,9 @@ class Node(NodeViews, SecureStart, SignalHandling, Inbox):
                     self._on_recv(recv)
                     if recv.exception() is not None:
                         await asyncio.sleep(0.05)  # a failing transport must not spin the CPU either
+                    else:
+                        for data, key in self._guard("recv", self.transport.recv_ready, RECV_BATCH, default=()):
+                            self._on_message(data, key)
                     recv = asyncio.ensure_future(self.transport.recv_with_key())
                 if wake in done:
                     self._wake.clear()

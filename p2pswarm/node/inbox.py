@@ -42,7 +42,10 @@ class Inbox:
             self.counters["recv_errors"] += 1
             log.warning("transport receive failed: %s", exc)
             return
-        data, key = fut.result()
+        self._on_message(*fut.result())
+
+    def _on_message(self, data: bytes, key: bytes | None) -> None:
+        """One received message and the CURVE key it came with (None without CURVE)."""
         sender = None
         if self.security is not None:
             sender = self.security.identity_of(key)

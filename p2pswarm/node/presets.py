@@ -45,8 +45,9 @@ class Preset:
 
 
 LAN = Preset(
-    # A LAN or one machine: SWIM detects a crash in about two seconds; Raft elections in the
-    # Raft paper's 150-300 ms range, so a failed leader is replaced in about 0.5 s.
+    # A LAN or one machine: SWIM detects a crash in about two seconds in a small cluster, more as the minimum
+    # suspicion (log10 n seconds) grows: a median of ~3.9 s at 500 nodes and ~4.5 s at 2,000 in `sim cluster`
+    # zone-outage.  Raft elections in the Raft paper's 150-300 ms range, so a failed leader is replaced in ~0.5 s.
     raft=RaftConfig(election_timeout=0.3, heartbeat_interval=0.05),
 )
 WAN = LAN.with_changes(

@@ -251,6 +251,8 @@ class GossipRecord:
         self._sections: dict[str, Section] = {}
         self._dirty = False
         self._cache: dict[str, tuple[bytes, Record]] = {}
+        self._routing: tuple[Any, tuple] = (None, ())
+        """(the SWIM core's ``changes`` when last scanned, the routing inputs then): see ``routing_inputs_of``."""
         self.counters: Counter[str] = Counter()
 
     def set(self, section: Section) -> None:
@@ -289,6 +291,16 @@ class GossipRecord:
         make every node rebuild both for nothing, as often as the cluster commits."""
         of = self.of
         return tuple((m.node, m.addr, m.status, (r := of(m)).tasks, r.mesh) for m in members)
+
+    def routing_inputs_of(self, swim: Any) -> tuple:
+        """``routing_inputs`` of all ``swim.members()``, scanned again only when the core's ``changes`` counter
+        moved: the mesh and the DNS both look several times a second, and at a hundred members a scan costs
+        more than the rest of an idle node's turn. (The same tuple while nothing changed: comparing it with
+        the last one is then an identity check.) A ``swim`` without the counter is scanned every time."""
+        changes = getattr(swim, "changes", None)
+        if changes is None or changes != self._routing[0]:
+            self._routing = (changes, self.routing_inputs(swim.members()))
+        return self._routing[1]
 
     def of(self, member: Any) -> Record:
         """``member``'s checked record (anything with ``node`` and ``record``); EMPTY when malformed."""

@@ -56,6 +56,9 @@ AGENT_STATES = {"preparing": "preparing", "starting": "starting", "running": "ru
 """Agent digest state -> observed task state; the others (pending, stopping) are not reported."""
 HEALTH = ("starting", "healthy", "unhealthy")
 MAX_REFUSED = 10_000
+FOLLOWER_CHECK = 1.0
+"""Seconds a node that does not lead waits for ``step`` to say it leads before it looks itself: every node runs
+this driver, and most never lead, so they should not wake every ``interval`` for nothing."""
 MAX_ERROR = 200
 
 
@@ -87,6 +90,8 @@ class SchedulerDriver:
         self._round_failures = 0
         self._hold_until = 0.0
         self._task: asyncio.Task | None = None
+        self._leading = asyncio.Event()
+        """Set by ``step`` once this node leads: wakes ``run`` from its wait."""
         self.reconciler = Reconciler()
         """Remembers what its last round saw, to plan only what changed (a new one per leadership)."""
 
@@ -97,7 +102,13 @@ class SchedulerDriver:
         self._task = asyncio.ensure_future(self.run())
 
     def step(self, now: float) -> None:
-        """Nothing per loop turn: ``run`` checks for changes every ``interval``."""
+        """Wake ``run`` when this node has become the leader (it checks for changes every ``interval`` then)."""
+        if not self._leading.is_set() and self._leads(self.raft.driver):
+            self._leading.set()
+
+    @staticmethod
+    def _leads(driver: Any) -> bool:
+        return driver is not None and driver.failed is None and driver.raft.role == LEADER
 
     async def close(self) -> None:
         if self._task is not None:
@@ -110,9 +121,17 @@ class SchedulerDriver:
 
     async def run(self) -> None:
         while True:
+            if not self._leads(self.raft.driver):
+                self._seen, self.failures, self._round_failures = None, {}, 0
+                self.reconciler = Reconciler()  # a new one per leadership
+                self._leading.clear()
+                try:
+                    await asyncio.wait_for(self._leading.wait(), FOLLOWER_CHECK)
+                except asyncio.TimeoutError:
+                    pass
             await asyncio.sleep(self.cfg.interval)
             driver = self.raft.driver
-            if driver is None or driver.failed is not None or driver.raft.role != LEADER:
+            if not self._leads(driver):
                 self._seen, self.failures, self._round_failures = None, {}, 0
                 self.reconciler = Reconciler()
                 continue

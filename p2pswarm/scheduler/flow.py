@@ -86,8 +86,8 @@ def solve(rooms: Sequence[Room], demand: int, *, spread: bool, stable: bool = Tr
 
 
 def solve_columns(nodes: Sequence[str], demand: int, *, keep: Mapping[str, int], room: Mapping[str, int] | int,
-                  zone: Mapping[str, Hashable] | None, stable: bool = True,
-                  tight: bool = True) -> tuple[dict[str, int], int, int]:
+                  zone: Mapping[str, Hashable] | None, stable: bool = True, tight: bool = True,
+                  zone_ties_in_order: bool = False) -> tuple[dict[str, int], int, int]:
     """``(tasks per node whose count changes from what it keeps, unplaced count, optimal cost)``.
 
     ``nodes`` least loaded first; ``keep`` the tasks that may stay (absent: none; every such node is one of
@@ -137,7 +137,7 @@ def solve_columns(nodes: Sequence[str], demand: int, *, keep: Mapping[str, int],
     order = sorted(merged, key=lambda key: (first[key[0]], min(merged[key])))
     shapes = [(z, k, cap, len(merged[(z, k, cap)])) for z, k, cap in order]
     zones = sorted(zone_cap, key=first.__getitem__)
-    flows = cheapest(shapes, share, d, a, b, a * wz)
+    flows = cheapest(shapes, share, d, a, b, a * wz, zone_ties_in_order)
     if flows is None:  # several optima differ: network simplex picks one, as it always has
         flows = _simplex(shapes, zones, share, d, a, b, wz, unplaced_cost)
     changed: dict[str, int] = {}
@@ -216,7 +216,7 @@ def _cost(shapes: list[Shape], flows: list[int], d: int, a: int, b: int, step: i
 
 
 def cheapest(shapes: list[Shape], share: Mapping[Hashable, int], demand: int, a: int, b: int,
-             step: int) -> list[int] | None:
+             step: int, zone_ties_in_order: bool = False) -> list[int] | None:
     """Flow per class of the min-cost flow, found greedily; None when the optimum is not unique per class.
 
     Every cost is convex (a node's levels rise, a zone's j-th task costs ``step·j`` more), so the
@@ -227,7 +227,7 @@ def cheapest(shapes: list[Shape], share: Mapping[Hashable, int], demand: int, a:
     zones: dict[Hashable, list[tuple[int, int, int]]] = {}
     for c, shape in enumerate(shapes):
         zones.setdefault(shape[0], []).extend((cost, c, shape[3]) for cost in _levels(shape, a, b))
-    totals = _zone_totals({z: sorted(e) for z, e in zones.items()}, share, demand, step)
+    totals = _zone_totals({z: sorted(e) for z, e in zones.items()}, share, demand, step, zone_ties_in_order)
     if totals is None:
         return None
     flows = [0] * len(shapes)
@@ -238,8 +238,9 @@ def cheapest(shapes: list[Shape], share: Mapping[Hashable, int], demand: int, a:
 
 
 def _zone_totals(zones: dict[Hashable, list[tuple[int, int, int]]], share: Mapping[Hashable, int], demand: int,
-                 step: int) -> dict[Hashable, int] | None:
-    """Tasks per zone: the ``demand`` cheapest zone units (None if a tie at the cut spans zones)."""
+                 step: int, in_order: bool = False) -> dict[Hashable, int] | None:
+    """Tasks per zone: the ``demand`` cheapest zone units (None if a tie at the cut spans zones, unless
+    ``in_order``: then equal units go to the zones in order)."""
     if len(zones) == 1:
         [(zone, entries)] = zones.items()
         return {zone: min(demand, share[zone], sum(m for _, _, m in entries))}
@@ -259,7 +260,7 @@ def _zone_totals(zones: dict[Hashable, list[tuple[int, int, int]]], share: Mappi
             heapq.heappush(heads, (following, i, z))
     taken = {z for z, cost in last_cost.items() if cost == cut}
     left = {z for cost, _, z in heads if cost == cut}
-    return None if _straddles(taken, left) else totals
+    return None if not in_order and _straddles(taken, left) else totals
 
 
 def _units(entries: list[tuple[int, int, int]], share: int, step: int) -> Iterator[int | None]:

@@ -81,6 +81,10 @@ PERSIST_INTERVAL = 1.0
 """At most this often the admitted peers' certificates and addresses are written to the state file: a
 node killed and restarted must still know its peers' keys, or they could not reach it."""
 RETRY_REFUSED_INTERVAL = 60.0
+MEMBER_RESCAN = 5.0
+"""Seconds at most between two scans of every member's certificate when gossip brought no change and the last
+scan found every member admitted (each SYNC_INTERVAL otherwise): at a hundred members a scan is most of what an
+idle node's security step costs."""
 """Seconds before a refused certificate is verified again (e.g. one that was not valid yet)."""
 
 NO_TOKEN = ("joining a cluster needs its join token: pass --token P2PS-1-... (print it with "
@@ -131,6 +135,9 @@ class SecurityHost:
         self._next_sync = self._next_expire = 0.0
         self._next_persist = 0.0
         self._next_retry_refused = 0.0
+        self._members_seen: tuple[Any, ...] = ()
+        """(SWIM's ``changes``, our admission, True) after a scan that left nothing to admit; see ``_sync_members``."""
+        self._next_member_scan = 0.0
         self._warned: set[str] = set()
         self.mesh_tls = MeshTLS(node_id)
         self.mesh_tls_version = 0
@@ -309,17 +316,19 @@ class SecurityHost:
                 now = now or self.wall()
                 self._learn(state.node, state.addr, state.meta, now)
 
-    def _learn(self, node: str, addr: str, meta: Meta, now: float) -> None:
+    def _learn(self, node: str, addr: str, meta: Meta, now: float) -> bool:
+        """Admit ``node``'s certificate unless it is admitted already; True when it was (nothing left to do)."""
         admission = self.admission
         if node == self.node_id or admission is None:
-            return
+            return True
         current = admission.certificate(node)
         if current is not None and current[0] == meta.cert:
             if admission.peer_key(addr) != admission.key_of(node):
                 admission.bind_addr(addr, node)
                 self.dirty = True
-            return
+            return True
         self.try_admit(node, meta.cert, meta.chain, addr, now)
+        return False
 
     @property
     def rekey_pending(self) -> frozenset[str]:
@@ -390,9 +399,17 @@ class SecurityHost:
         return {**material.as_dict(), "revoked": sorted(self._mesh_revoked)}
 
     def _sync_members(self, swim: Any, now: float) -> None:
+        """Admit the live members' certificates; skipped while SWIM's ``changes`` counter stands still and the
+        last scan left nothing to admit (at most MEMBER_RESCAN seconds)."""
+        seen = (getattr(swim, "changes", None), id(self.admission), True)
+        if seen[0] is not None and seen == self._members_seen and now < self._next_member_scan:
+            return
+        settled = True
         for m in swim.members():
             if m.meta.cert and m.status in LIVE:
-                self._learn(m.node, m.addr, m.meta, now)
+                settled = self._learn(m.node, m.addr, m.meta, now) and settled
+        self._members_seen = seen if settled else ()
+        self._next_member_scan = now + MEMBER_RESCAN
 
     def warn(self, what: str, message: str) -> None:
         """Log ``message`` once per ``what`` (a record that stays unusable would repeat it every step)."""

@@ -16,11 +16,16 @@ Usage: ``python -m p2pswarm.testing.multinode SPEC.json`` with SPEC
 ``{"log_level": "info", "nodes": [{NodeOptions field: value, ...}, ...]}``. A node with ``peers`` and no
 ``token`` joins with ``$P2PSWARM_TOKEN`` (kept out of argv and of the file). Exits 0 when every node stopped
 cleanly, 1 when one failed (its one-line reason is logged with its name).
+
+``$P2PSWARM_PROFILE=PATH`` profiles the loop's thread (cProfile on that thread's CPU time, so time spent waiting
+for a core under load is not counted) and rewrites ``PATH`` (pstats format; ``{pid}`` in it becomes the process
+id) every ``PROFILE_EVERY`` seconds: read it with ``python -m pstats PATH`` while the nodes run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import dataclasses
 import json
 import logging
@@ -28,6 +33,7 @@ import os
 import resource
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,8 @@ from p2pswarm.node.daemon import Node, NodeOptions, configure_logging
 
 log = logging.getLogger("p2pswarm.testing.multinode")
 
+PROFILE_EVERY = 10.0
+"""Seconds between two writes of the ``$P2PSWARM_PROFILE`` file."""
 TUPLE_FIELDS = frozenset({"peers", "labels"})
 """NodeOptions fields that are tuples (JSON has lists; labels are ``[[key, value], ...]``)."""
 
@@ -76,10 +84,22 @@ def raise_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def run_nodes(options: list[NodeOptions]) -> int:
-    """Run every node on this loop until all stopped; 1 if one failed."""
+async def write_profile(profiler: cProfile.Profile, path: str) -> None:
+    """Rewrite ``path`` with what ``profiler`` saw so far, every PROFILE_EVERY seconds, until cancelled."""
+    while True:
+        await asyncio.sleep(PROFILE_EVERY)
+        profiler.dump_stats(path)  # (dumping disables the profiler)
+        profiler.enable()
+
+
+async def run_nodes(options: list[NodeOptions], profile: str | None = None) -> int:
+    """Run every node on this loop until all stopped; 1 if one failed. ``profile``: see the module's help."""
     nodes = [Node(o, handle_signals=False) for o in options]
     loop = asyncio.get_running_loop()
+    profiler = cProfile.Profile(time.thread_time) if profile else None
+    if profiler is not None:
+        profiler.enable()
+        writer = asyncio.ensure_future(write_profile(profiler, profile))  # type: ignore[arg-type]
 
     def stop_all() -> None:
         for node in nodes:
@@ -91,6 +111,9 @@ async def run_nodes(options: list[NodeOptions]) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if profiler is not None:
+            writer.cancel()
+            profiler.dump_stats(profile)  # type: ignore[arg-type]
     failed = 0
     for node, result in zip(nodes, results):
         if isinstance(result, BaseException):
@@ -110,7 +133,8 @@ def main(argv: list[str]) -> int:
         return 2
     configure_logging(level, tag_nodes=True)
     raise_file_limit()
-    return asyncio.run(run_nodes(options))
+    profile = os.environ.get("P2PSWARM_PROFILE", "").replace("{pid}", str(os.getpid()))
+    return asyncio.run(run_nodes(options, profile or None))
 
 
 if __name__ == "__main__":

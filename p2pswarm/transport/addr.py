@@ -5,6 +5,7 @@ Pure (no sockets): the CLI and the mesh's table checker import it without the Ze
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -16,6 +17,11 @@ _MAX_ADDR_LEN = 300
 """Longer strings are refused before any parsing (a DNS name is at most 253 characters)."""
 
 
+PARSED_CACHE = 4096
+"""Addresses whose parse is remembered: the mesh and the DNS parse every member's address on each rebuild, and
+``ipaddress`` makes that most of a rebuild's cost at a hundred members."""
+
+
 def parse_addr(addr: object, *, allow_port_zero: bool = False) -> tuple[str, int] | None:
     """Split ``host:port`` (IPv4, ``[IPv6]`` or a DNS name) or return None.
 
@@ -24,6 +30,11 @@ def parse_addr(addr: object, *, allow_port_zero: bool = False) -> tuple[str, int
     """
     if not isinstance(addr, str) or len(addr) > _MAX_ADDR_LEN:
         return None
+    return _parse(addr, allow_port_zero)
+
+
+@functools.lru_cache(maxsize=PARSED_CACHE)
+def _parse(addr: str, allow_port_zero: bool) -> tuple[str, int] | None:
     host, sep, port_s = addr.rpartition(":")
     if not sep or not _PORT_RE.fullmatch(port_s):
         return None

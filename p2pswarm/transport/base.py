@@ -34,6 +34,11 @@ class Transport(Protocol):
         """The next message and the CURVE key it came from (None without CURVE): what the node's loop reads,
         so that it can bind a message to its sender's certificate."""
 
+    def recv_ready(self, limit: int) -> list[tuple[bytes, bytes | None]]:
+        """Up to ``limit`` messages (and keys) that have arrived already, without waiting; only while no receive
+        is pending. The node reads them before its timers run, so that a late loop does not judge a probe
+        whose ack is waiting to be read."""
+
     def drop_refused(self) -> int:
         """Close the channels whose CURVE handshake a peer refused, so that the next send reconnects; how many
         (always 0 without CURVE)."""

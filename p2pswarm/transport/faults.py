@@ -166,6 +166,16 @@ class FaultyTransport:
                 continue
             return data, key
 
+    def recv_ready(self, limit: int) -> list[tuple[bytes, bytes | None]]:
+        """The inner transport's ``recv_ready``, less what the faults drop."""
+        out = []
+        for data, key in self._inner.recv_ready(limit):
+            if self._isolated or self._lost():
+                self._counts["fault_dropped_in"] += 1
+                continue
+            out.append((data, key))
+        return out
+
     def drop_refused(self) -> int:
         """See :meth:`p2pswarm.transport.zmq.ZmqTransport.drop_refused` (0 for other transports)."""
         return self._inner.drop_refused()

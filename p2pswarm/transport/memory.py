@@ -118,6 +118,18 @@ class MemoryTransport:
         """The next message; no CURVE here, so no key."""
         return await self.recv(), None
 
+    def recv_ready(self, limit: int) -> list[tuple[bytes, bytes | None]]:
+        """Up to ``limit`` messages already queued, without waiting; no CURVE here, so no keys."""
+        out: list[tuple[bytes, bytes | None]] = []
+        while self._started and len(out) < limit and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is _CLOSED:
+                self._queue.put_nowait(_CLOSED)  # the next recv raises
+                break
+            self._counts["received"] += 1
+            out.append((item, None))  # type: ignore[arg-type]
+        return out
+
     def drop_refused(self) -> int:
         """Nothing is ever refused without CURVE."""
         return 0

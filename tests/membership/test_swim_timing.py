@@ -281,6 +281,21 @@ def test_only_fresh_news_earns_a_gossip_message():
     assert q.take_for(1, 10_000, limit=5) == [(alive("c"),)]
 
 
+def test_a_bounded_queue_drops_the_most_sent_stale_news_never_fresh_news():
+    q = NewsQueue(fresh_sends=2, max_stale=2)
+    for node in "bcd":
+        q.put((node, "r"), alive(node))
+    q.take(10_000, limit=20)
+    q.take(10_000, limit=20)  # b, c, d sent twice: stale, one too many
+    q.put(("e", "r"), alive("e"))
+    assert q.get(("b", "r")) is None  # the oldest of the most sent goes
+    assert [q.get((n, "r")) for n in "cde"] == [alive("c"), alive("d"), alive("e")]
+    for node in "fghij":  # fresh news is never dropped, however much of it there is
+        q.put((node, "r"), alive(node))
+    assert len(q) == 8 and q.fresh == 6
+    assert q.take(10_000, limit=20)[:6] == [alive(n) for n in "jihgfe"]
+
+
 def test_a_gossip_round_never_sends_news_past_its_limit():
     q = NewsQueue(fresh_sends=3)
     q.put(("b", "m"), alive("b"))

@@ -31,3 +31,23 @@ def test_tasks_mesh_facts_status_and_address_each_change_the_inputs():
     assert record.routing_inputs([member(2, TaskDigest(1, RUNNING), MeshFacts(7950))]) != base
     assert record.routing_inputs([member(1, TaskDigest(1, RUNNING), MeshFacts(7948), status="suspect")]) != base
     assert record.routing_inputs([member(1, TaskDigest(1, RUNNING), MeshFacts(7948), addr="127.0.0.3:7946")]) != base
+
+
+class CountingSwim:
+    """A SWIM core's read side: its members, its ``changes`` counter, and how often it was scanned."""
+
+    def __init__(self, members):
+        self.list, self.changes, self.scans = members, 0, 0
+
+    def members(self):
+        self.scans += 1
+        return self.list
+
+
+def test_the_inputs_are_scanned_again_only_when_the_membership_changed():
+    record = GossipRecord()
+    swim = CountingSwim([member(1, TaskDigest(1, RUNNING), MeshFacts(7948))])
+    first = record.routing_inputs_of(swim)
+    assert record.routing_inputs_of(swim) is first and swim.scans == 1  # the mesh and the DNS look often
+    swim.list, swim.changes = [member(2, TaskDigest(2, {}), MeshFacts(7948))], 1
+    assert record.routing_inputs_of(swim) != first and swim.scans == 2

@@ -47,3 +47,23 @@ def test_after_the_grace_spreading_uses_the_zone_again():
     box.settle(8)  # past the grace (a round per second): rebalancing evens the zones out again
     assert Counter(map(zone_of, box.per_node("web").elements())) == Counter(a=2, b=2, c=2)
     assert box.per_node("web")["b2"] == 2
+
+
+def test_tied_replacements_go_to_zones_that_lost_nothing():
+    """Three of zone b's four nodes die: its three orphans still count there, so every zone holds four and the
+    three replacements are a tie over all five zones. They go to three zones that lost nothing (least loaded
+    first), never to b4, which may be as dead as its neighbours."""
+    nodes = {f"{z}{i}": {"zone": z} for z in "abcde" for i in range(1, 5)}
+    box = Box(nodes)
+    box.config = ReconcileConfig(max_moves=2, orphan_grace=5.0)
+    box.create(ServiceSpec("web", "srv", replicas=20, spread="node.labels.zone"))
+    box.settle(3)
+    assert box.per_node("web") == Counter(dict.fromkeys(nodes, 1))
+    for dead in ("b1", "b2", "b3"):
+        box.members[dead] = "dead"
+    box.round()
+    box.round()
+    per_node = box.per_node("web")
+    assert len(box.running("web")) == 20 and per_node["b4"] == 1
+    zones = Counter(nodes[n]["zone"] for n in per_node.elements())
+    assert zones["b"] == 1 and sorted(zones[z] for z in "acde") == [4, 5, 5, 5]

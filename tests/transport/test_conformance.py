@@ -293,3 +293,23 @@ def test_zmq_send_before_start_is_dropped():
     assert t.send("127.0.0.1:9", b"x") is False
     assert t.stats()["send_dropped"] == 1
     asyncio.run(t.close())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_what_arrived_while_the_reader_was_busy_is_read_at_once_and_then_nothing_waits(kind):
+    async def scenario(net: Net) -> None:
+        a, b = await net.new(), await net.new()
+        for i in range(5):
+            assert a.send(b.local_addr, b"m%d" % i)
+        got = [await recv(b)]  # the first wakes the reader; the rest arrive meanwhile
+        while len(got) < 5:
+            ready = b.recv_ready(2)
+            assert len(ready) <= 2
+            got += [data for data, _ in ready]
+            await asyncio.sleep(0.01)
+        assert got == [b"m%d" % i for i in range(5)]
+        assert b.recv_ready(10) == []
+        assert a.send(b.local_addr, b"later")  # a receive after a drain still wakes for the next message
+        assert await recv(b) == b"later"
+
+    run(kind, scenario)
