@@ -18,6 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CORES = [
     "p2pswarm/membership/swim.py",
+    "p2pswarm/membership/probing.py",
+    "p2pswarm/membership/dissemination.py",
     "p2pswarm/membership/news.py",
     "p2pswarm/membership/suspicion.py",
     "p2pswarm/membership/config.py",

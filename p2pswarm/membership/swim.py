@@ -20,6 +20,11 @@ suspicion of ourselves; it stretches our timeouts so a slow node stops
 accusing healthy ones.  News rides on every message (see news.py); a periodic
 full-state push/pull repairs what gossip missed, and dead members and seeds
 are periodically re-contacted so that the two halves of a healed partition merge.
+
+:class:`Swim` holds the driver API, the member table, the timers' schedule and the
+dispatch of received messages; its two halves are mixed in from sibling modules:
+probes and their verdicts (:mod:`p2pswarm.membership.probing`) and the spreading
+and taking in of news, push/pull included (:mod:`p2pswarm.membership.dissemination`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, Sequence
 
 from p2pswarm.membership.config import SwimConfig
+from p2pswarm.membership.dissemination import Dissemination
 from p2pswarm.membership.messages import (
     ALIVE,
     DEAD,
@@ -45,24 +51,11 @@ from p2pswarm.membership.messages import (
     PingReq,
     PushPull,
     Record,
-    Suspect,
 )
 from p2pswarm.membership.news import NewsQueue
-from p2pswarm.membership.suspicion import Suspicion, Suspicions
-
-GONE = (DEAD, LEFT)
-SEQ_MOD = 1 << 32
-DIRECT_RETRIES = 3
-"""Direct pings repeated, evenly spread, while helpers probe indirectly (at 5 % loss each
-one divides by ~10 the chance that lost packets alone make a healthy member suspect)."""
-NACK_FRACTION = 0.8
-"""A helper nacks when the target has not answered it within this fraction of the (unscaled) probe timeout."""
-RTT_WEIGHT = 0.2
-"""Exponential moving average weight of a new round-trip sample."""
-INF = float("inf")
-MAX_INCARNATION = (1 << 32) - 1
-MAX_RECORD_VERSION = (1 << 64) - 1
-"""Wire limits: news claiming these about us cannot be outbid, so it is dropped as absurd."""
+from p2pswarm.membership.probing import DIRECT_RETRIES, SEQ_MOD, Probing, _Probe, _Relay
+from p2pswarm.membership.probing import NACK_FRACTION as NACK_FRACTION
+from p2pswarm.membership.suspicion import INF, Suspicions
 
 
 class RandomSource(Protocol):
@@ -83,22 +76,6 @@ class Outgoing(NamedTuple):
 
 
 _new_outgoing = tuple.__new__
-_ACCUSED: dict[tuple, MemberState] = {}
-"""Suspect and dead member states by content (bounded), shared by the cores of one process: after a zone outage
-at 10,000 nodes the simulator's 8,000 cores each marked the same 2,000 members suspect, then dead (a real node
-holds one core, and only misses)."""
-_ACCUSED_MAX = 1 << 16
-
-
-def _accused(cur: MemberState, incarnation: int, status: str) -> MemberState:
-    """``cur`` marked ``status`` at ``incarnation``: an equal state already built is reused (they are immutable)."""
-    key = (cur.node, incarnation, status, cur.addr, id(cur.meta))
-    state = _ACCUSED.get(key)
-    if state is None or state.meta is not cur.meta:
-        if len(_ACCUSED) >= _ACCUSED_MAX:
-            _ACCUSED.clear()
-        state = _ACCUSED[key] = MemberState(cur.node, cur.addr, incarnation, status, cur.meta)
-    return state
 """Builds an Outgoing from a tuple without the Python-level ``__new__`` (one per message sent)."""
 
 
@@ -131,32 +108,7 @@ class Member:
     record: bytes
 
 
-class _Probe:
-    __slots__ = ("seq", "target", "addr", "sent", "ack_deadline", "retry_at", "retries", "end", "indirect",
-                 "nacks", "expected_nacks", "done", "failed")
-
-    def __init__(self, seq: int, target: str, addr: str, sent: float, ack_deadline: float,
-                 end: float) -> None:
-        self.seq = seq
-        self.target = target
-        self.addr = addr
-        self.sent = sent
-        self.ack_deadline = ack_deadline
-        self.retries = DIRECT_RETRIES - 1
-        self.retry_at = ack_deadline + (end - ack_deadline) / DIRECT_RETRIES
-        self.end = end
-        self.indirect = False
-        self.nacks = 0
-        self.expected_nacks = 0
-        self.done = False
-        self.failed = False
-
-
-_Relay = tuple[str, int, float, bool, float]
-"""A probe we make for another member: (its address, its seq, next deadline, nack still due, expiry)."""
-
-
-class Swim:
+class Swim(Probing, Dissemination):
     # A simulator holds thousands of cores and touches a different one at every event:
     # slots keep a core's state in one compact object (~10 % faster at 10,000 members),
     # what nearly every event reads first, so that it shares the object's first cache
@@ -415,156 +367,6 @@ class Swim:
                 self._reap(now)
         self._refresh_timers()
 
-    def _start_probe(self, now: float) -> None:
-        scale = 1 + self.health
-        self._next_probe = now + self.config.probe_interval * scale
-        if self.leaving:
-            return
-        target = (self._confirm_queue and self._next_confirmation_target()) or self._next_target()
-        if target is None:
-            return
-        state = self._members[target]
-        self._seq = (self._seq + 1) % SEQ_MOD
-        ack_wait = self.config.probe_timeout * scale
-        # Direct wait, then as long again for the helpers (whose nacks come at 0.8 of it),
-        # but never past the end of the period.
-        self._probe = _Probe(self._seq, target, state.addr, now, now + ack_wait,
-                             now + min(2 * ack_wait, self.config.probe_interval * scale))
-        self._probe_due = now + ack_wait
-        buddy = None
-        if state.status == SUSPECT and self.config.lifeguard:
-            buddy = Suspect(target, state.incarnation, self.id)
-        self._count("probes")
-        self._send(state.addr, Ping(self._seq, self.id, self.addr, target,
-                                    self._piggyback(first=buddy)))
-
-    def _start_indirect(self, now: float, probe: _Probe) -> None:
-        probe.indirect = True
-        # Lifeguard (local health awareness): measure the helpers' time from when we actually
-        # ask them. After a stall of our own (a starved CPU, a long GC) the scheduled end may
-        # be past already, and judging the target before anyone could answer would make us
-        # accuse a healthy member for our own slowness.
-        wait = probe.ack_deadline - probe.sent
-        if self.config.lifeguard and now + wait > probe.end:
-            probe.end = now + wait
-            probe.ack_deadline = now
-            probe.retry_at = now + wait / DIRECT_RETRIES
-            # The next probe waits for this one's verdict: starting it would drop this probe
-            # unjudged, and a dead member would never be suspected.
-            self._next_probe = max(self._next_probe, probe.end)
-        # More direct tries, now and spread over the helpers' time (memberlist's TCP fallback
-        # plays this role): a lost ping or ack should not make a healthy member suspect.
-        self._send(probe.addr, Ping(probe.seq, self.id, self.addr, probe.target, ()))
-        # Alive members help (memberlist asks only those): a suspect one is likely down, and its missing nack
-        # would count against our own health (after a zone outage, 1 helper in 5 was such a member).  Suspect
-        # ones only make up the number when too few are alive: then we may well be the one cut off.
-        k = self.config.indirect_checks
-        helpers = self._sample(k, now, exclude=probe.target, alive_only=True)
-        if len(helpers) < k and self._suspicions:
-            helpers += [n for n in self._sample(k, now, exclude=probe.target) if n not in helpers][:k - len(helpers)]
-        probe.expected_nacks = len(helpers) if self.config.lifeguard else 0
-        for node in helpers:
-            self._count("indirect_probes")
-            self._send(self._members[node].addr,
-                       PingReq(probe.seq, self.id, self.addr, probe.target, probe.addr, self._piggyback()))
-
-    def _probe_failed(self, now: float, probe: _Probe) -> None:
-        probe.done = True
-        probe.failed = True
-        self._probe_due = INF
-        self._count("probe_failures")
-        if self.config.lifeguard:
-            if probe.expected_nacks > 0:
-                self._adjust_health(probe.expected_nacks - probe.nacks)
-            else:
-                self._adjust_health(1)
-        state = self._members.get(probe.target)
-        if state is None or state.status not in LIVE:
-            return
-        self._count("suspicions_started")
-        self._on_suspect(now, Suspect(probe.target, state.incarnation, self.id))
-
-    def _suspicion_expired(self, now: float, node: str) -> None:
-        suspicion = self._suspicions.pop(node)
-        self._refresh_suspicion_due()
-        state = self._members.get(node)
-        if state is None or state.status != SUSPECT or state.incarnation != suspicion.incarnation:
-            return
-        self._count("deaths_declared")
-        self._on_dead(now, Dead(node, state.incarnation, self.id, False))
-
-    def _tick_relays(self, now: float) -> None:
-        for seq in [s for s, r in self._relays.items() if now >= r[2]]:
-            origin_addr, origin_seq, deadline, nack_pending, expires = self._relays[seq]
-            if nack_pending:
-                self._count("nacks_sent")
-                self._send(origin_addr, Nack(origin_seq, self.id))
-                self._relays[seq] = (origin_addr, origin_seq, expires, False, expires)
-            else:
-                del self._relays[seq]
-        self._refresh_relay_due()
-
-    def _gossip(self, now: float) -> None:
-        self._next_gossip = now + self.config.gossip_interval
-        targets = self._sample(self.config.gossip_fanout, now, include_dead=True)
-        if not targets:
-            return
-        batches = self._news.take_for(len(targets), self.config.gossip_bytes, self._limit())
-        if self._record_news.fresh:
-            left = self.config.gossip_bytes - self._news.taken_bytes
-            batches = _joined(batches, self._record_news.take_for(len(targets), left, self._limit()))
-        msg = None
-        for node, news in zip(targets, batches):
-            if news:
-                if msg is None or msg.news is not news:  # messages are immutable: targets share one
-                    msg = Gossip(self.id, self.addr, news)
-                self._count("gossip_sent")
-                self._send(self._members[node].addr, msg)
-
-    def _join_retry(self, now: float) -> None:
-        if self.joined or not self._seeds:
-            self._join_at = INF
-            return
-        self.join_attempts += 1
-        self._count("join_attempts")
-        for seed in self._seeds:
-            self._send(seed, self._push_pull_msg(join=True, reply=False), bulk=True)
-        self._join_at = now + self._join_delay
-        self._join_delay = min(self._join_delay * 2, self.config.join_retry_max)
-
-    def _push_pull_random(self, now: float) -> None:
-        targets = self._sample(1, now)
-        if targets:
-            self._count("push_pulls")
-            self._send(self._members[targets[0]].addr, self._push_pull_msg(False, False), bulk=True)
-
-    def _reconnect(self, now: float) -> None:
-        """Re-contact one dead (not left) member, or the seeds when alone: heals partitions."""
-        if self.leaving:
-            return
-        dead = [node for node in self._gone if self._members[node].status == DEAD]
-        if dead:
-            target = self._members[self.rng.choice(dead)].addr
-        elif self._live <= 1 and self._seeds:
-            target = self.rng.choice(self._seeds)
-        else:
-            return
-        self._count("reconnects")
-        self._send(target, self._push_pull_msg(False, False), bulk=True)
-
-    def _reap(self, now: float) -> None:
-        for node in list(self._gone):
-            limit = self.config.dead_reap_after if self._members[node].status == DEAD else self.config.left_reap_after
-            if node != self.id and now - self._since.get(node, now) >= limit:
-                del self._members[node]
-                del self._gone[node]
-                self._since.pop(node, None)
-                self._records.pop(node, None)
-                self._rtt.pop(node, None)
-                self._indirect_only.discard(node)
-                self.changes += 1
-                self._count("reaped")
-
     # ------------------------------------------------------------ receiving
 
     def receive(self, now: float, msg: Any) -> None:
@@ -598,240 +400,7 @@ class Swim:
         else:
             self._count("unexpected_messages")
 
-    def _on_ack(self, now: float, msg: Ack) -> None:
-        probe = self._probe
-        if probe is not None and probe.seq == msg.seq:
-            if probe.failed and self.config.lifeguard:
-                # The member we just suspected did answer, too late for us: evidence that
-                # we are the slow one (Lifeguard's local health, extended to late acks).
-                probe.failed = False
-                self._adjust_health(1)
-            if not probe.done:
-                probe.done = True
-                self._probe_due = INF
-                if self.config.lifeguard and self.health:
-                    self._adjust_health(-1)
-                if msg.source != probe.target:  # relayed by a helper: only indirect probes got through
-                    self._indirect_only.add(probe.target)
-                else:
-                    self._indirect_only.discard(probe.target)
-                    sample = now - probe.sent
-                    old = self._rtt.get(probe.target)
-                    self._rtt[probe.target] = sample if old is None else old + RTT_WEIGHT * (sample - old)
-            return
-        relay = self._relays.pop(msg.seq, None)
-        if relay is not None:
-            self._refresh_relay_due()
-            self._send(relay[0], Ack(relay[1], self.id, self._piggyback()))
-
-    def _on_ping_req(self, now: float, msg: PingReq) -> None:
-        if self.leaving:
-            return
-        self._seq = (self._seq + 1) % SEQ_MOD
-        scale = 1 + self.health
-        expires = now + self.config.probe_interval * scale
-        # The nack is due at a fixed fraction of the *unscaled* timeout, as memberlist's is: the prober waits
-        # probe_timeout × (1 + its own health), so a nack scaled by our health arrived too late for every prober
-        # healthier than us, and counted as a missing nack raised its health too (one sick node spread it).
-        nack_at = now + NACK_FRACTION * self.config.probe_timeout
-        want_nack = self.config.lifeguard
-        self._relays[self._seq] = relay = (msg.source_addr, msg.seq, nack_at if want_nack else expires,
-                                           want_nack, expires)
-        if relay[2] < self._relay_due:
-            self._relay_due = relay[2]
-        self._send(msg.target_addr, Ping(self._seq, self.id, self.addr, msg.target, self._piggyback()))
-
-    def _on_push_pull(self, now: float, msg: PushPull) -> None:
-        self._count("push_pulls_received")
-        for state in msg.members:
-            self._merge_state(now, state, msg.source)
-        for record in msg.records:
-            self._on_record(now, record)
-        if msg.reply:
-            if not self.joined:
-                self.joined = True
-                self._join_at = INF
-                self._refresh_timers()
-        else:
-            self._send(msg.source_addr, self._push_pull_msg(False, True), bulk=True)
-
-    def _merge_state(self, now: float, state: MemberState, source: str) -> None:
-        if state.status == ALIVE:
-            self._on_alive(now, Alive(state.node, state.incarnation, state.addr, state.meta))
-        elif state.status == LEFT:
-            self._on_dead(now, Dead(state.node, state.incarnation, source, True))
-        else:
-            # A remote "dead" only makes us suspect: the member gets its chance to refute.
-            if state.node not in self._members:
-                self._on_alive(now, Alive(state.node, state.incarnation, state.addr, state.meta))
-            self._on_suspect(now, Suspect(state.node, state.incarnation, source))
-
-    def _absorb(self, now: float, news: tuple) -> None:
-        """Apply piggybacked news.
-
-        Every item is sent retransmit_limit times (20 in a 10,000-member cluster), mostly
-        to members that have it already, so news that cannot change our view (older or
-        equal incarnation or record version) is recognised here, in one dictionary
-        lookup.  Whatever is left, including all news about ourselves and absurd
-        incarnations, goes to the handlers, which check everything.
-        """
-        members = self._members
-        gone = self._gone
-        suspicions = self._suspicions
-        records = self._records
-        me = self.id
-        for item in news:
-            kind = type(item)
-            node = item.node
-            if kind is Record:
-                # A record sent on and on mostly repeats what we hold; a newer one about another member is
-                # taken here as _on_record takes it (once per record and member: the commonest change).
-                held = records.get(node)
-                if node == me:
-                    self._on_record(now, item)
-                elif (held is None or item.version > held.version) and node in members:
-                    records[node] = item
-                    self.changes += 1
-                    self._record_news.put(node, item)
-                    if self.track_records:
-                        self._record_updates.append((node, item.version))
-                continue
-            if kind is not Alive and item.incarnation < MAX_INCARNATION:
-                # Suspicions and deaths mostly repeat what we hold: members we hold gone
-                # ignore them, members we suspect count them as confirmations.  Both are
-                # small dictionaries; the member table need not be touched.  (_gone holds
-                # exactly the dead and left members, and a suspicion is only held while its
-                # member is suspect at the suspicion's incarnation.)
-                if node in gone:
-                    continue
-                suspicion = suspicions.get(node)
-                if suspicion is not None and kind is Suspect and item.incarnation == suspicion.incarnation:
-                    if not suspicion.full and item.by not in suspicion.confirmers:
-                        self._confirm(suspicion, item)
-                    continue
-            cur = members.get(node)
-            if cur is not None and node != me and item.incarnation <= cur.incarnation:
-                if item.incarnation < cur.incarnation or kind is Alive or cur.status in GONE:
-                    continue
-            if kind is Alive:
-                self._on_alive(now, item)
-            elif kind is Suspect:
-                self._on_suspect(now, item)
-            else:
-                self._on_dead(now, item)
-
-    def _on_alive(self, now: float, news: Alive) -> None:
-        if news.incarnation >= MAX_INCARNATION:
-            self._count("absurd_news")  # nobody could ever outbid it
-            return
-        node = news.node
-        if node == self.id:
-            if news.incarnation > self.incarnation or (
-                    news.incarnation == self.incarnation and (news.addr != self.addr or news.meta != self._meta)):
-                self._refute(now, news.incarnation)
-            return
-        cur = self._members.get(node)
-        if cur is not None and news.incarnation <= cur.incarnation:
-            return
-        self._drop_suspicion(node)
-        self._set(now, MemberState(node, news.addr, news.incarnation, ALIVE, news.meta), "")
-        if cur is None:
-            self._order.append(node)  # joins the unvisited part of the current round
-        self._news.put(node, news)
-
-    def _accusation_target(self, now: float, news: Suspect | Dead) -> MemberState | None:
-        """The member a suspicion or death is about, if the news can still change our view."""
-        if news.incarnation >= MAX_INCARNATION:
-            self._count("absurd_news")
-            return None
-        if news.node == self.id:
-            self._rumour_about_me(now, news.incarnation)
-            return None
-        cur = self._members.get(news.node)
-        if cur is None or news.incarnation < cur.incarnation or cur.status in GONE:
-            return None
-        return cur
-
-    def _on_suspect(self, now: float, news: Suspect) -> None:
-        cur = self._accusation_target(now, news)
-        if cur is None:
-            return
-        node = news.node
-        if cur.status == SUSPECT:
-            suspicion = self._suspicions.get(node)
-            if suspicion is not None:
-                self._confirm(suspicion, news)
-            return
-        low, high = self._suspicion_bounds()
-        if news.by != self.id and self.config.lifeguard:
-            self._maybe_confirm(node)
-        suspicion = Suspicion(news.incarnation, now, low, high, self.config.expected_confirmations(self._live), news.by)
-        self._suspicions.start(node, suspicion)
-        if suspicion.deadline < self._suspicion_due:  # (a member is suspected once at a time)
-            self._suspicion_due = suspicion.deadline
-        self._set(now, _accused(cur, news.incarnation, SUSPECT), news.by)
-        self._news.put(node, news)
-
-    def _confirm(self, suspicion: Suspicion, news: Suspect) -> None:
-        """Someone else suspects a member we suspect: if independent, it shortens our timeout
-        (Lifeguard) and is passed on."""
-        if news.incarnation == suspicion.incarnation and suspicion.confirm(news.by):
-            self._suspicions.moved(news.node, suspicion)
-            if suspicion.deadline < self._suspicion_due:
-                self._suspicion_due = suspicion.deadline  # only ever earlier: still the minimum
-            self._news.put(news.node, news)
-
-    def _on_dead(self, now: float, news: Dead) -> None:
-        cur = self._accusation_target(now, news)
-        if cur is None:
-            return
-        node = news.node
-        self._drop_suspicion(node)
-        status = LEFT if news.left else DEAD
-        self._set(now, _accused(cur, news.incarnation, status), news.by)
-        self._news.put(node, news)
-
-    def _on_record(self, now: float, record: Record) -> None:
-        if record.node == self.id:
-            if record.version >= MAX_RECORD_VERSION:
-                self._count("absurd_news")
-                return
-            if record.version >= self._record_version and (
-                    record.version > self._record_version or record.payload != self._record_payload):
-                # Someone holds a record from our previous life: outbid it.
-                self._record_version = record.version + 1
-                self._publish_record()
-            return
-        cur = self._records.get(record.node)
-        if record.node not in self._members or (cur is not None and record.version <= cur.version):
-            return
-        self._records[record.node] = record
-        self.changes += 1
-        self._record_news.put(record.node, record)
-        if self.track_records:
-            self._record_updates.append((record.node, record.version))
-
     # ------------------------------------------------------------ helpers
-
-    def _rumour_about_me(self, now: float, incarnation: int) -> None:
-        """Someone thinks we are suspect or dead: refute, or repeat our newer incarnation."""
-        if self.leaving:
-            return
-        if incarnation >= self.incarnation:
-            self._refute(now, incarnation)
-        elif self._news.get(self.id) is None:
-            # A stale rumour: whoever spreads it missed our refutation; spread it again.
-            self._news.put(self.id, Alive(self.id, self.incarnation, self.addr, self._meta))
-
-    def _refute(self, now: float, incarnation: int) -> None:
-        if incarnation >= MAX_INCARNATION:
-            self._count("absurd_news")  # cannot be outbid on the wire: ignore it
-            return
-        self._count("refutes")
-        if self.config.lifeguard:
-            self._adjust_health(1)
-        self.incarnation = incarnation + 1
-        self._announce_alive(now, bump=False)
 
     def _announce_alive(self, now: float, bump: bool = True) -> None:
         if bump:
@@ -865,50 +434,9 @@ class Swim:
             self._since[state.node] = now
             self._events.append(MemberEvent(now, state.node, old_status, state.status, by))
 
-    def _next_target(self) -> str | None:
-        """Next member of a randomized round robin: a lazy Fisher-Yates shuffle per round."""
-        order = self._order
-        members = self._members
-        rng = self.rng
-        for _ in range(2):
-            while self._order_pos < len(order):
-                pos = self._order_pos
-                j = rng.randrange(pos, len(order))
-                order[pos], order[j] = order[j], order[pos]
-                node = order[pos]
-                self._order_pos = pos + 1
-                state = members.get(node)
-                if state is not None and state.status in LIVE and node != self.id:
-                    return node
-            self._order = order = list(members)
-            self._order_pos = 0
-        return None
-
     def _drop_suspicion(self, node: str) -> None:
         if self._suspicions.pop(node, None) is not None:
             self._refresh_suspicion_due()
-
-    def _maybe_confirm(self, node: str) -> None:
-        """Probe a member someone else suspects at our next period, with probability K/(n − 2).
-
-        About K members then check it independently: their confirmations shrink the
-        suspicion timeout of a member that is really gone, while a healthy member simply
-        answers them.  The expected extra load per suspicion is K probes whatever n is.
-        """
-        others = self._live - 2
-        expected = self.config.expected_confirmations(self._live)
-        if others <= 0 or expected <= 0:
-            return
-        if expected >= others or self.rng.random() < expected / others:
-            self._confirm_queue.append(node)
-
-    def _next_confirmation_target(self) -> str | None:
-        while self._confirm_queue:
-            node = self._confirm_queue.pop(0)
-            state = self._members.get(node)
-            if state is not None and state.status == SUSPECT:
-                return node
-        return None
 
     def _sample(self, k: int, now: float, exclude: str = "", include_dead: bool = False,
                 alive_only: bool = False) -> list[str]:
@@ -936,37 +464,6 @@ class Swim:
                     break
         return chosen
 
-    def _piggyback(self, first=None) -> tuple:
-        if first is None and not self._news.queued and not self._record_news.queued:
-            return ()
-        budget = self.config.piggyback_bytes
-        if first is not None or self._news.queued:
-            news = self._news.take(budget, self._limit(), first)
-            budget -= self._news.taken_bytes
-        else:
-            news = []
-        if self._record_news.queued:
-            news += self._record_news.take(budget, self._limit())
-        return tuple(news)
-
-    def _suspicion_bounds(self) -> tuple[float, float]:
-        """``config.suspicion_bounds(n)``, kept while n holds: every suspicion holds the two numbers, and after
-        a zone outage at 10,000 nodes each node holds a suspicion of each of 2,000 members at once."""
-        if self._bounds_for != self._live:
-            self._bounds_for = self._live
-            self._bounds = self.config.suspicion_bounds(self._live)
-        return self._bounds
-
-    def _limit(self) -> int:
-        if self._limit_for != self._live:
-            self._limit_for = self._live
-            self._limit_value = self.config.retransmit_limit(self._live)
-        return self._limit_value
-
-    def _push_pull_msg(self, join: bool, reply: bool) -> PushPull:
-        return PushPull(self.id, self.addr, join, reply, tuple(self._members.values()),
-                        tuple(self._records.values()))
-
     def _send(self, addr: str, msg: Any, bulk: bool = False) -> None:
         self._outbox.append(_new_outgoing(Outgoing, (addr, msg, bulk)))  # = Outgoing(addr, msg, bulk)
 
@@ -979,11 +476,3 @@ class Swim:
         return Member(node, state.addr, state.incarnation, state.status, state.meta,
                       self._since.get(node, 0.0), self._rtt.get(node),
                       record.version if record else 0, record.payload if record else b"")
-
-
-def _joined(first: list[tuple], then: list[tuple]) -> list[tuple]:
-    """Per gossip target, its membership news then its record news; targets that share both share one tuple."""
-    if not then or not first:
-        return then or first
-    joined: dict[tuple[int, int], tuple] = {}
-    return [joined.setdefault((id(a), id(b)), a + b) for a, b in zip(first, then)]
