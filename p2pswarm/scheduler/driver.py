@@ -132,9 +132,7 @@ class SchedulerDriver:
             await asyncio.sleep(self.cfg.interval)
             driver = self.raft.driver
             if not self._leads(driver):
-                self._seen, self.failures, self._round_failures = None, {}, 0
-                self.reconciler = Reconciler()
-                continue
+                continue  # the next turn forgets this leadership's state and waits
             if self.clock() < self._hold_until:
                 continue
             try:

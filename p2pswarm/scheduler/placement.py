@@ -25,8 +25,8 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from itertools import compress, repeat
-from operator import add, attrgetter, itemgetter, mul, not_
+from itertools import repeat
+from operator import add, attrgetter, itemgetter, mul
 from typing import Iterable, Mapping, Sequence, cast
 
 from p2pswarm.cluster.capabilities import can_isolate, has_engine
@@ -496,8 +496,7 @@ def _solve_with_orphans(order: list[str], want: int, keep: Mapping[str, int], ro
     tasks, least loaded first): decided here, not left to network simplex, which ignores it and costs the leader
     ~80 ms per service in a zone outage."""
     ghosts = {f"\0orphans:{z}": n for z, n in sorted(orphans.items())}
-    lost = list(map(orphans.__contains__, map(zone.get, order)))  # a stable partition: least loaded first in each
-    order = list(compress(order, map(not_, lost))) + list(compress(order, lost))
+    order = sorted(order, key=lambda n: zone.get(n) in orphans)  # stable: least loaded first within each part
     rooms = dict.fromkeys(order, room) if isinstance(room, int) else dict(room)
     rooms.update(dict.fromkeys(ghosts, 0))
     zones = {**zone, **{g: z for g, z in zip(ghosts, sorted(orphans))}}
