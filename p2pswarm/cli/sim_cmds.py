@@ -130,7 +130,7 @@ def cluster_cmd(nodes, zones, services, replicas, loss, scenario, duration, warm
         raise click.BadParameter(str(e), param_hint="--scenario") from None
     click.echo(f"simulating {chosen.nodes} nodes, {chosen.services} services x {chosen.replicas}, "
                f"scenario {chosen.name} (seed {seed})...", err=True)
-    simulation = ClusterSimulation(chosen)
+    simulation = ClusterSimulation(chosen, progress=lambda line: click.echo(line, err=True))
     report = simulation.run()
     if plot:
         from p2pswarm.sim.plot import plot_cluster

@@ -35,9 +35,9 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from dataclasses import dataclass
-from itertools import compress, groupby, repeat
+from itertools import chain, compress, filterfalse, groupby, islice, repeat
 from operator import eq, not_
-from typing import Hashable, Iterator, Mapping, Sequence
+from typing import Collection, Hashable, Iterator, Mapping, Sequence
 
 import networkx as nx
 
@@ -87,14 +87,22 @@ def solve(rooms: Sequence[Room], demand: int, *, spread: bool, stable: bool = Tr
 
 def solve_columns(nodes: Sequence[str], demand: int, *, keep: Mapping[str, int], room: Mapping[str, int] | int,
                   zone: Mapping[str, Hashable] | None, stable: bool = True, tight: bool = True,
-                  zone_ties_in_order: bool = False) -> tuple[dict[str, int], int, int]:
+                  zone_ties_in_order: bool = False,
+                  orphans: Mapping[str, int] | None = None) -> tuple[dict[str, int], int, int]:
     """``(tasks per node whose count changes from what it keeps, unplaced count, optimal cost)``.
 
     ``nodes`` least loaded first; ``keep`` the tasks that may stay (absent: none; every such node is one of
     ``nodes``); ``room`` per node, or one
     number for all; ``zone`` the spread label's value per node (None: no spread preference).  Columns rather
     than :class:`Room` objects, and nodes grouped before any per-class work: the planner calls this once per
-    service over thousands of nodes.  ``tight`` leaves out the levels no optimum uses:
+    service over thousands of nodes.
+
+    ``orphans`` (with ``zone``): tasks per zone that still count toward its spread while on no node.  Each
+    zone's are kept on a stand-in node of that zone that takes nothing new (the demand grows by them), the
+    zones holding orphans rank after the others, and ties between zones go in that order
+    (``zone_ties_in_order``): replacements go to zones that lost nothing, least loaded first.
+
+    ``tight`` leaves out the levels no optimum uses:
 
     an optimum fills zones, then the nodes of a zone, like water: a zone gets at most
     ``T_z = max(kept_z, min(cap_z, W_zones)) + 1`` tasks and a node at most
@@ -103,13 +111,17 @@ def solve_columns(nodes: Sequence[str], demand: int, *, keep: Mapping[str, int],
     nodes share few replicas (100,000 replicas on 5,000 nodes: a level or two each)."""
     if demand <= 0 or not nodes:
         return dict.fromkeys(keep, 0), max(demand, 0), 0
-    d = demand
+    orphans = orphans if orphans and zone is not None else {}
+    d = demand + sum(orphans.values())
     spread = zone is not None
     wz = d + 1 if spread else 0
     a, b = (1, wz * d + d + 1) if stable else (d + 1, 1)
     unplaced_cost = a * (wz * d + d) + b + 1
 
     groups = _groups(nodes, d, keep, room, zone)
+    for j, (where, n) in enumerate(sorted(orphans.items())):  # stand-ins: positions past the last node
+        if n > 0:
+            groups.setdefault((where, n, n), []).append(len(nodes) + j)
     zone_cap: dict[Hashable, int] = {}
     zone_kept: Counter[Hashable] = Counter()
     for (z, k, cap), members in groups.items():
@@ -133,11 +145,12 @@ def solve_columns(nodes: Sequence[str], demand: int, *, keep: Mapping[str, int],
             mixed.add((z, level, level))
     # Zones in order of their least loaded node, classes likewise within a zone: the order the
     # graph always had, which decides network simplex's pick among equal optima.
-    first = {z: min(members[0] for (gz, _, _), members in groups.items() if gz == z) for z in zone_cap}
+    first = {z: (z in orphans, min(members[0] for (gz, _, _), members in groups.items() if gz == z))
+             for z in zone_cap}
     order = sorted(merged, key=lambda key: (first[key[0]], min(merged[key])))
     shapes = [(z, k, cap, len(merged[(z, k, cap)])) for z, k, cap in order]
     zones = sorted(zone_cap, key=first.__getitem__)
-    flows = cheapest(shapes, share, d, a, b, a * wz, zone_ties_in_order)
+    flows = cheapest(shapes, share, d, a, b, a * wz, zone_ties_in_order or bool(orphans))
     if flows is None:  # several optima differ: network simplex picks one, as it always has
         flows = _simplex(shapes, zones, share, d, a, b, wz, unplaced_cost)
     changed: dict[str, int] = {}
@@ -146,12 +159,66 @@ def solve_columns(nodes: Sequence[str], demand: int, *, keep: Mapping[str, int],
         if full == key[1] and not extra and key not in mixed:
             continue  # every node of the class keeps what it has
         members = sorted(merged[key]) if len(merged[key]) > 1 else merged[key]
+        members = [i for i in members if i < len(nodes)] if orphans else members  # not the stand-ins
         for i in members[:extra]:
             changed[nodes[i]] = full + 1
         if full != key[1] or key in mixed:
             for i in members[extra:]:
                 changed[nodes[i]] = full
     return changed, d - sum(flows), _cost(shapes, flows, d, a, b, a * wz, unplaced_cost)
+
+
+def level_one(nodes: Sequence[str], demand: int, *, keep: Mapping[str, int], room: int,
+              zone: Mapping[str, Hashable] | None, zones: Collection[Hashable],
+              orphans: Mapping[str, int] | None = None, zone_ties_in_order: bool = False) -> dict[str, int] | None:
+    """:func:`solve_columns`'s stable answer when every new task lands on a node holding none of the service's
+    tasks (its first level), found without building the flow: the new tasks per node, or None when the answer
+    may be another (a zone runs out of such nodes, a tie at the cut spans zones, the service shrinks).
+
+    ``zones``: the spread label's values among ``nodes``.  A zone outage re-plans dozens of services of
+    thousands of tasks each, and each needs only its lost tasks placed: this costs steps in the nodes it
+    places on, where the flow costs steps in every node.  Why it is the same answer, with ``d`` the demand
+    (orphans included), ``step = d + 1`` a zone's per-task cost and ``B > step·d + d`` the cost of a new task:
+    a kept task's unit costs at most ``step·d + d``, less than any new one, so every kept task stays; a new
+    task on a node without one costs ``step·j + 1 + B`` as the zone's j-th task, less than a second task on
+    any node of that zone, so zones fill like water (fewest first, ties by rank: zones with orphans last, then
+    by their least loaded node), and within a zone the least loaded such nodes come first.  Ties at the cut
+    between zones are network simplex's to break unless ``zone_ties_in_order`` or orphans."""
+    need = demand - sum(keep.values())
+    if need < 0 or room < 1:
+        return None
+    if need == 0:
+        return {}
+    if zone is None:
+        first_free = list(islice(filterfalse(keep.__contains__, nodes), need))
+        return dict.fromkeys(first_free, 1) if len(first_free) == need else None
+    orphans = orphans or {}
+    held: Counter[Hashable] = Counter(chain.from_iterable(map(repeat, map(zone.get, keep), keep.values())))
+    held.update(orphans)
+    first: dict[Hashable, int] = {}
+    for i, node in enumerate(nodes):
+        first.setdefault(zone.get(node), i)
+        if len(first) == len(zones):
+            break
+    heap = [(held[z], (z in orphans, i), z) for z, i in first.items()]
+    heapq.heapify(heap)
+    new: Counter[Hashable] = Counter()
+    for _ in range(need):  # one task at a time to the zone with fewest
+        total, rank, z = heapq.heappop(heap)
+        new[z] += 1
+        heapq.heappush(heap, (total + 1, rank, z))
+    cut = total + 1
+    if heap[0][0] == cut - 1 and not (zone_ties_in_order or orphans):
+        return None  # another zone's next task would cost the same as the last one taken
+    chosen = {}
+    for node in filterfalse(keep.__contains__, nodes):
+        z = zone.get(node)
+        if new[z]:
+            new[z] -= 1
+            chosen[node] = 1
+            if len(chosen) == need:
+                return chosen
+    return None  # a zone has fewer nodes without a task than it should get
 
 
 def _groups(nodes: Sequence[str], d: int, keep: Mapping[str, int], room: Mapping[str, int] | int,

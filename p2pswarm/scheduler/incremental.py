@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from itertools import chain, repeat
 from typing import Mapping
 
 from p2pswarm.cluster.model import Node, Service
@@ -119,7 +120,7 @@ def _held(state: ClusterState, footprints: Mapping[str, Counter[str]]) -> Held:
     reserved: dict[str, tuple[float, int]] = {}
     ports: dict[str, list[tuple[int, str]]] = {}
     for name, per_node in footprints.items():
-        tasks.update(per_node)
+        tasks.update(chain.from_iterable(map(repeat, per_node.keys(), per_node.values())))  # (C: a mapping is a loop)
         spec = state.services[name].spec
         if spec.reserve_cpu or spec.reserve_memory:
             for node, n in per_node.items():

@@ -32,7 +32,7 @@ from typing import Iterable, Mapping, Sequence, cast
 from p2pswarm.cluster.capabilities import can_isolate, has_engine
 from p2pswarm.cluster.model import Node
 from p2pswarm.cluster.spec import ServiceSpec
-from p2pswarm.scheduler.flow import Room, allocate, solve_columns
+from p2pswarm.scheduler.flow import Room, allocate, level_one, solve_columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +138,7 @@ class _Planner:
         self._eligible: dict[tuple, tuple[list[str], set[str]]] = {}
         self._verdicts: dict[tuple, dict[str, str | None]] = {}
         self._zones: dict[str, dict[str, str | None]] = {}
+        self._zone_sets: dict[tuple, set[str | None]] = {}
         self._room_cache: dict[tuple, tuple[dict[str, int], int]] = {}
         self._changed: list[str] = []
         """Nodes whose free cpu or memory changed, in order (:meth:`rooms` catches up from where it was)."""
@@ -240,6 +241,15 @@ class _Planner:
             if key == (tuple(), False, False):  # nothing asked of a node but being up and not drained
                 found.update((n.id, f"node {n.id} is drained" if n.availability == "drain" else None)
                              for n in self.nodes.values())
+        return found
+
+    def zones_of(self, spec: ServiceSpec) -> set[str | None]:
+        """The values of ``spec``'s spread label among the nodes eligible for it, once per kind of service."""
+        key = (fit_key(spec), spec.spread_label)
+        found = self._zone_sets.get(key)
+        if found is None:
+            zone = self.zones(cast(str, spec.spread_label))
+            found = self._zone_sets[key] = set(map(zone.get, self.eligible(spec)[0]))
         return found
 
     def zones(self, label: str) -> dict[str, str | None]:
@@ -370,10 +380,13 @@ class _Planner:
                 room = {**room, **dict.fromkeys(stuck, 0)}
         keep = kept.counts
         zone = self.zones(label) if label else None
-        if zone is not None and d.orphans:
-            counts, missing = _solve_with_orphans(order, want, keep, room, zone, d.orphans)
-        else:
-            counts, missing, _ = solve_columns(order, want, keep=keep, room=room, zone=zone)
+        fast = None if isinstance(room, dict) else level_one(
+            order, want, keep=keep, room=room, zone=zone, zones=self.zones_of(spec) if zone else (),
+            orphans=d.orphans)
+        if fast is not None:
+            counts, missing = fast, 0
+        else:  # orphans weigh on their zone's spread and send ties elsewhere (network simplex would ignore that)
+            counts, missing, _ = solve_columns(order, want, keep=keep, room=room, zone=zone, orphans=d.orphans)
         if d.rebalance and self.budget > 0 and not missing:
             rooms = [Room(n, keep.get(n, 0), room if isinstance(room, int) else min(room[n], want),
                           zone.get(n) if zone is not None else None) for n in order]
@@ -486,23 +499,6 @@ class _Kept:
                 if where in self.counts:
                     self._by_node.setdefault(where, []).append(task)
         return self._by_node.get(node, [])
-
-
-def _solve_with_orphans(order: list[str], want: int, keep: Mapping[str, int], room: Mapping[str, int] | int,
-                        zone: Mapping[str, str | None], orphans: Mapping[str, int]) -> tuple[dict[str, int], int]:
-    """:func:`solve_columns` with each zone's orphans kept on a stand-in node of that zone that takes nothing
-    new: they weigh in the zone's spread count (and the demand grows by them), then the stand-ins drop out.
-    The zones that lost tasks go last, and ties between zones go in that order (to those that did not lose
-    tasks, least loaded first): decided here, not left to network simplex, which ignores it and costs the leader
-    ~80 ms per service in a zone outage."""
-    ghosts = {f"\0orphans:{z}": n for z, n in sorted(orphans.items())}
-    order = sorted(order, key=lambda n: zone.get(n) in orphans)  # stable: least loaded first within each part
-    rooms = dict.fromkeys(order, room) if isinstance(room, int) else dict(room)
-    rooms.update(dict.fromkeys(ghosts, 0))
-    zones = {**zone, **{g: z for g, z in zip(ghosts, sorted(orphans))}}
-    counts, missing, _ = solve_columns(order + list(ghosts), want + sum(ghosts.values()), keep={**keep, **ghosts},
-                                       room=rooms, zone=zones, zone_ties_in_order=True)
-    return {n: c for n, c in counts.items() if n not in ghosts}, missing
 
 
 def _scope(nodes: Sequence[str], listed: bool) -> str:

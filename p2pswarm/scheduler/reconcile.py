@@ -316,13 +316,12 @@ class Round:
         want = spec.replicas - len(r.held)
         # Only a calm service is rebalanced: a move starts a task of the current spec, which must
         # not sneak a paused update forward or stir a service whose tasks keep failing or whose nodes died.
-        converged = (r.service.update_state not in updates.ACTIVE and not r.pending and not r.ready
-                     and not r.held and len(r.live) == want and not r.starting
+        # while orphans count toward their zone the even target is not the plain one: rebalance after the grace
+        rebalance = (spec.rebalance and not r.orphans and r.service.update_state not in updates.ACTIVE
+                     and not r.pending and not r.ready and not r.held and len(r.live) == want and not r.starting
                      and all(map("alive".__eq__, map(self.members.get, set(map(_NODE, r.live)))))
                      and not any(updates.outdated_version(r.service, v) for v in set(map(_VERSION, r.live))))
-        # while orphans count toward their zone the even target is not the plain one: rebalance after the grace
-        return Demand(spec, placed, want, rebalance=spec.rebalance and converged and not r.orphans,
-                      orphans=dict(r.orphans))
+        return Demand(spec, placed, want, rebalance=rebalance, orphans=dict(r.orphans))
 
     def _reserved(self) -> dict[str, tuple[float, int]]:
         """cpu and memory held by live tasks placement is not deciding about (start-first overlaps, the
@@ -362,7 +361,8 @@ class Round:
                     occupied.discard(slot)
         occupied |= r.held
         free = list(filterfalse(occupied.__contains__, range(1, svc.spec.replicas + 1)))
-        free.sort(key=lambda s: (s not in r.pending, s not in r.ready, s))
+        if r.pending or r.ready:
+            free.sort(key=lambda s: (s not in r.pending, s not in r.ready, s))
         items = []
         recorded = len(r.pending)
         for i, slot in enumerate(free[:len(nodes) + unplaced[0]]):

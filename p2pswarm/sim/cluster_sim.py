@@ -41,9 +41,11 @@ import gc
 import hashlib
 import math
 import random
+import resource
 import struct
 import time
 from array import array
+from collections.abc import Callable
 
 from p2pswarm.consensus.autopilot import target_voters
 from p2pswarm.membership.messages import DEAD, LIVE, MemberState, Meta
@@ -72,9 +74,16 @@ capabilities, here those of a node without Docker): every record change gossips 
 a real node's (about 215 bytes against 60) and competes for the probes' piggyback budget as it does there."""
 
 
+PROGRESS_EVERY = 10.0
+"""Wall-clock seconds between two progress reports (a 10,000-node run takes an hour)."""
+
+
 class ClusterSimulation:
-    def __init__(self, sc: ClusterScenario) -> None:
+    def __init__(self, sc: ClusterScenario, progress: Callable[[str], None] | None = None) -> None:
         self.sc = sc
+        self.progress = progress
+        """Called with one line about every PROGRESS_EVERY wall seconds (simulated time, events, memory)."""
+        self._reported_at = time.perf_counter()
         self.rng = random.Random(sc.seed)
         preset = load_preset(sc.preset)
         self.config = preset.membership
@@ -393,6 +402,17 @@ class ClusterSimulation:
         self.at(self.now + SAMPLE_EVERY, self._sample)
         counts = self.running_count
         self.samples.append((self.now, array("H", (min(counts[n], 65535) for n in self.service_names))))
+        if self.progress is not None and time.perf_counter() - self._reported_at >= PROGRESS_EVERY:
+            self._reported_at = time.perf_counter()
+            self.progress(self._progress_line())
+
+    def _progress_line(self) -> str:
+        """Where the run is, for a person waiting on it (wall clock and memory stay out of the digest)."""
+        sc = self.sc
+        phase = "warm-up" if self.fault_at is None else f"{len(self.down)} down, {len(self.short_since)} services short"
+        rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return (f"simulated {self.now:.1f} of {sc.end:g} s ({phase}), {self.msgs:,} messages, "
+                f"peak memory {rss_mib:,.0f} MiB")
 
 
 def run_cluster_sim(sc: ClusterScenario) -> dict:

@@ -93,6 +93,24 @@ def test_suspicions_run_out_by_deadline_and_in_the_order_they_began():
     assert held.due(8.0) == ["flat"]  # once
 
 
+def test_confirmations_leave_the_deadline_heap_bounded_and_the_order_unchanged():
+    """2,000 suspicions confirmed three times each: the heap keeps at most twice the suspicions held (plus
+    slack) instead of four entries each, and they still run out in deadline order, ties in start order."""
+    held = Suspicions()
+    peak = 0
+    for k in range(2000):
+        node = f"m{k}"
+        held.start(node, Suspicion(0, k * 0.001, 0.6, 3.6, 3, origin="x"))
+        for by in ("a", "b", "c"):
+            assert held[node].confirm(by) is True
+            held.moved(node, held[node])
+            peak = max(peak, len(held._heap))
+    assert peak <= 2 * 2000 + 64 + 1
+    assert held.earliest() == pytest.approx(0.6)
+    assert held.due(0.6 + 0.0995) == [f"m{k}" for k in range(100)]
+    assert held.due(10.0) == [f"m{k}" for k in range(100, 2000)]
+
+
 def drive(me: Swim, start: float, end: float) -> None:
     """Tick at each deadline; every Ping we send is answered by its target (our probes succeed)."""
     now = start

@@ -34,6 +34,18 @@ def test_same_seed_same_digest_and_another_seed_another():
     assert other["digest"] != first["digest"]
 
 
+def test_a_long_run_says_where_it_is_without_changing_what_it_computes(monkeypatch):
+    tiny = dict(nodes=16, services=4, replicas=2, duration=10.0, seed=3)
+    quiet = run(**tiny)
+    monkeypatch.setattr("p2pswarm.sim.cluster_sim.PROGRESS_EVERY", 0.0)  # report at every sample
+    lines: list[str] = []
+    told = ClusterSimulation(cluster_scenario.builtin("zone-outage", **{**SMALL, **tiny}), progress=lines.append).run()
+    assert told["digest"] == quiet["digest"]
+    assert len(lines) >= 30  # one per simulated half second
+    assert lines[0].startswith("simulated 0.5 of 18 s (warm-up)")
+    assert "4 down" in lines[-1] and "peak memory" in lines[-1]
+
+
 @pytest.mark.parametrize("name", cluster_scenario.BUILTIN)
 def test_every_scenario_runs_and_every_service_gets_its_replicas_back(name):
     report = run(name, duration=32.0 if name == "partition" else SMALL["duration"])
