@@ -278,6 +278,10 @@ class Round:
         live_keys = set(map(_SLOT, live)) if svc.spec.mode == "replicated" else set(map(_NODE, live))
         pending = {t.slot_key: t for t in sorted(unplaced, key=slot_order)}
         ready, held, stops = {}, set(), list(step.stop)
+        dying = {t.id for t in self._dying.get(svc.name, ())}
+        if dying:  # stopped here, not by placement, which would look at every task to find they are on no up node
+            stops[:0] = [(t.id, f"node {t.node} is down") for t in live if t.id in dying]
+            live = [t for t in live if t.id not in dying]
         for task in sorted(ended, key=slot_order):  # newest first within a slot: the first seen is the latest
             key = task.slot_key
             if key in live_keys or key in pending or key in ready or key in held:
