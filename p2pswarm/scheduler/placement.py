@@ -32,7 +32,7 @@ from typing import Iterable, Mapping, Sequence, cast
 from p2pswarm.cluster.capabilities import can_isolate, has_engine
 from p2pswarm.cluster.model import Node
 from p2pswarm.cluster.spec import ServiceSpec
-from p2pswarm.scheduler.flow import Room, allocate, level_one, solve_columns
+from p2pswarm.scheduler.flow import level_one, solve_columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,11 +388,7 @@ class _Planner:
         else:  # orphans weigh on their zone's spread and send ties elsewhere (network simplex would ignore that)
             counts, missing, _ = solve_columns(order, want, keep=keep, room=room, zone=zone, orphans=d.orphans)
         if d.rebalance and self.budget > 0 and not missing:
-            rooms = [Room(n, keep.get(n, 0), room if isinstance(room, int) else min(room[n], want),
-                          zone.get(n) if zone is not None else None) for n in order]
-            rooms = [r for r in rooms if r.keep or r.room]
-            counts = {r.node: counts.get(r.node, r.keep) for r in rooms}
-            self._rebalance(d, rooms, counts, kept)
+            counts = self._rebalance(d, order, room, zone, counts, kept)
         surplus_reason = "scaled down" if sum(keep.values()) > want else "rebalanced"
         for node in sorted(n for n, c in counts.items() if c != keep.get(n, 0)):  # the nodes that change
             here = keep.get(node, 0)
@@ -406,22 +402,35 @@ class _Planner:
         if missing:
             self.unplaced[spec.name] = (missing, self.explain(spec))
 
-    def _rebalance(self, d: Demand, rooms: list[Room], counts: dict[str, int],
-                   kept: _Kept) -> None:
-        """Move kept tasks toward the spread-mode target, at most ``self.budget`` of them."""
-        stay = [Room(r.node, min(r.keep, counts[r.node]), r.room, r.zone) for r in rooms]
-        target, _ = allocate(stay, spec_replicas(d), spread=d.spec.spread_label is not None, stable=False)
+    def _rebalance(self, d: Demand, order: list[str], room: dict[str, int] | int, zone: Mapping[str, str | None] | None,
+                   planned: dict[str, int], kept: _Kept) -> dict[str, int]:
+        """Move kept tasks toward the spread-mode target, at most ``self.budget`` of them: the tasks per node
+        after, over the nodes that hold some or have room (in columns: a rebalancing service is planned again
+        whenever a node joins, over every node)."""
+        want, keep = spec_replicas(d), kept.counts
+        if isinstance(room, int):
+            nodes = order if room else [n for n in order if keep.get(n)]
+            rooms: dict[str, int] | int = room
+        else:
+            rooms = {n: min(room[n], want) for n in order}
+            nodes = [n for n in order if keep.get(n) or rooms[n]]
+        counts = {n: planned.get(n, keep.get(n, 0)) for n in nodes}
+        target = {n: min(keep.get(n, 0), counts[n]) for n in nodes}
+        moved, _, _ = solve_columns(nodes, want, keep={n: k for n, k in target.items() if k}, room=rooms,
+                                    zone=zone if d.spec.spread_label is not None else None, stable=False)
+        target.update(moved)
         while self.budget > 0:
             over = [(counts[n] - target[n], n) for n in counts if counts[n] > target[n]]
             under = [(target[n] - counts[n], n) for n in counts if counts[n] < target[n]]
             if not over or not under:
-                return
+                break
             source, dest = max(over)[1], max(under)[1]
-            if counts[source] <= kept.counts.get(source, 0):  # a running task moves (else a new one goes elsewhere)
+            if counts[source] <= keep.get(source, 0):  # a running task moves (else a new one goes elsewhere)
                 self.budget -= 1
                 self.moves += 1
             counts[source] -= 1
             counts[dest] += 1
+        return counts
 
     # -------------------------------------------------------------- global
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from p2pswarm.consensus.autopilot import AutopilotConfig, Change, Peer, next_change, target_voters
+from p2pswarm.consensus.autopilot import AutopilotConfig, Change, Peer, _View, next_change, target_voters
 
 CFG = AutopilotConfig(stabilization_time=5.0, max_lag=10, interval=0.5)
 NOW = 100.0
@@ -117,3 +119,21 @@ def test_dead_learner_is_dropped():
 
 def test_no_decision_when_this_leader_is_not_a_voter():
     assert decide([peer("a"), peer("b")], ["b"], ["a"]) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["", "a", "b", "c", "d"]), st.integers(0, 5)), min_size=1, max_size=25),
+       st.sets(st.sampled_from(["", "a", "b", "c"]), max_size=3))
+def test_ranking_is_the_greedy_order_new_zones_then_uptime_then_id(shapes, chosen_zones):
+    """The one-pass ranking equals choosing, step by step, the best node by (zone already chosen or unset, start
+    time, id) and counting its zone as chosen."""
+    peers = [peer(f"n{i:02d}", zone=zone, started=started) for i, (zone, started) in enumerate(shapes)]
+    chosen = [peer(f"c{i}", zone=z) for i, z in enumerate(sorted(chosen_zones))]
+    view = _View(NOW, {p.id: p for p in peers + chosen}, "leader", 0.0, CFG, {})
+    zones, left, greedy = {z for z in chosen_zones if z}, [p.id for p in peers], []
+    while left:
+        best = min(left, key=lambda n: (view.zone(n) in zones or view.zone(n) == "", view._started(n), n))
+        greedy.append(best)
+        left.remove(best)
+        zones.add(view.zone(best))
+    assert view.rank([p.id for p in peers], [c.id for c in chosen]) == greedy
