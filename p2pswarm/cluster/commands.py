@@ -98,7 +98,7 @@ def assign_tasks(cid: str, at: float, basis: Iterable[int], place: Iterable[dict
                  stop: Iterable[tuple[str, str]] = ()) -> dict:
     """Stops ``stop`` (``(task id, reason)``: desired shutdown) then applies ``place``, so that a
     move (or a restart, or an update of a slot) is one decision."""
-    return _command("assign_tasks", cid, at, basis, place=list(place), stop=[list(s) for s in stop])
+    return _command("assign_tasks", cid, at, basis, place=list(place), stop=list(map(list, stop)))
 
 
 def assign_batches(next_id: Callable[[], str], at: float, basis: Iterable[int], place: Iterable[dict],
@@ -108,10 +108,12 @@ def assign_batches(next_id: Callable[[], str], at: float, basis: Iterable[int], 
     freed no later than it is filled again).  Sizes are measured, not estimated: the command's fixed part
     is encoded once and each entry once.  ``next_id`` names each command."""
     basis, place, stop = list(basis), list(place), list(stop)
-    if len(place) <= MAX_BATCH and len(stop) <= MAX_BATCH and place + stop \
-            and encoded_size(assign_tasks("x" * MAX_ID, at, basis, place, stop)) <= limit:
-        yield assign_tasks(next_id(), at, basis, place, stop)  # all in one: one encoding instead of one per entry
-        return
+    if len(place) <= MAX_BATCH and len(stop) <= MAX_BATCH and (place or stop):
+        whole = assign_tasks("x" * MAX_ID, at, basis, place, stop)  # the longest id: an upper bound
+        if encoded_size(whole) <= limit:
+            whole["id"] = next_id()
+            yield whole  # all in one: one encoding instead of one per entry
+            return
     fixed = encoded_size(assign_tasks("x" * MAX_ID, at, basis, ()))
     entries = [("stop", list(s)) for s in stop] + [("place", p) for p in place]
     batch: dict[str, list] = {"stop": [], "place": []}

@@ -20,6 +20,7 @@ the same bytes in ``snapshot()``.  Three guarantees:
 from __future__ import annotations
 
 import dataclasses
+from operator import attrgetter
 from typing import Any, Iterable, TypeVar
 
 import msgpack
@@ -47,6 +48,7 @@ DEDUP_MEMORY = 4096
 """Command ids remembered for exactly-once application (a retry must arrive within this many commands)."""
 TASK_HISTORY = 5
 """Ended, superseded tasks kept per slot for ``service ps`` (Docker's task history limit)."""
+_TASK_ID = attrgetter("id")
 SNAPSHOT_VERSION = 1
 
 
@@ -400,8 +402,10 @@ class ClusterState(ObjectCommands):
         """The tasks of one slot (replicated) or node (global) of ``service``, current and history."""
         return [self.tasks[t] for t in self._by_slot.get((service, key), ())]
 
-    def tasks_on(self, node: str) -> list[Task]:
-        return sorted((self.tasks[t] for t in self._by_node.get(node, ())), key=lambda t: t.id)
+    def tasks_on(self, node: str, ordered: bool = True) -> list[Task]:
+        """The node's tasks (current and history), by id (``ordered=False``: as they come)."""
+        tasks = [self.tasks[t] for t in self._by_node.get(node, ())]
+        return sorted(tasks, key=_TASK_ID) if ordered else tasks
 
     def spec_of(self, task: Task) -> ServiceSpec | None:
         """The spec version ``task`` runs (None once the service is gone)."""

@@ -94,7 +94,7 @@ class Reconciler:
         dirty.update(name for name, index in state.tasks_changed.items() if index > seen.applied)
         grew = False
         for node in _changed_nodes(state, members, seen):
-            dirty.update(task.service for task in state.tasks_on(node) if task.live)
+            dirty.update(task.service for task in state.tasks_on(node, ordered=False) if task.live)
             grew = grew or (members.get(node) == "alive" and node in state.nodes)
         if grew:
             dirty.update(name for name, svc in state.services.items()

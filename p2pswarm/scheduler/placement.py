@@ -390,6 +390,7 @@ class _Planner:
         if d.rebalance and self.budget > 0 and not missing:
             counts = self._rebalance(d, order, room, zone, counts, kept)
         surplus_reason = "scaled down" if sum(keep.values()) > want else "rebalanced"
+        added: dict[str, int] = {}
         for node in sorted(n for n, c in counts.items() if c != keep.get(n, 0)):  # the nodes that change
             here = keep.get(node, 0)
             for task in kept.on(node)[counts[node]:] if counts[node] < here else ():
@@ -398,7 +399,8 @@ class _Planner:
             new = counts[node] - here
             if new > 0:
                 self.place.extend([(spec.name, node)] * new)
-                self._take(node, spec, new)
+                added[node] = new
+        self._take_all(spec, added)
         if missing:
             self.unplaced[spec.name] = (missing, self.explain(spec))
 

@@ -170,6 +170,7 @@ class Round:
         self.about: list[str] = []
         self.wakes: list[float] = []
         self._dying: dict[str, list[Task]] = {}
+        self._zones: dict[tuple[str | None, str], str | None] = {}
         """Per service, its tasks this round declares orphaned (they count as orphaned now)."""
 
     def cid(self) -> str:
@@ -234,7 +235,8 @@ class Round:
     # -------------------------------------------------------------- decisions
 
     def _orphan(self) -> None:
-        gone = [task for node, status in self.members.items() if status in GONE for task in self.state.tasks_on(node)]
+        gone = [task for node, status in self.members.items() if status in GONE
+                for task in self.state.tasks_on(node, ordered=False)]
         report = cmd.report_task_status("", self.now, "", "orphaned", node=None)  # the same but for three fields
         for task in sorted(gone, key=_ID):
             if task.state not in TERMINAL:
@@ -259,8 +261,12 @@ class Round:
         running = [t for t in tasks if t.state == "running" and t.desired == "running" and t.id not in replaced]
         starting, unplaced, ended = [], [], []
         orphans: Counter[str] = Counter()
-        for t in self._dying.get(svc.name, ()):
-            self._count_orphan(svc, t, orphans)
+        label = svc.spec.spread_label
+        if label is not None and self.config.orphan_grace > 0:  # this round's orphans: all within the grace
+            zones = [self._zone(t.node, label) for t in self._dying.get(svc.name, ())]
+            orphans.update(z for z in zones if z is not None)
+            if orphans:
+                self.wakes.append(self.now + self.config.orphan_grace)
         for t in tasks if len(running) < len(tasks) else ():
             if t.state == "orphaned":
                 self._count_orphan(svc, t, orphans)
@@ -298,6 +304,14 @@ class Round:
                 if decision[0] == "wait":
                     self.wakes.append(decision[1])
         return _ServiceRound(svc, live, bool(starting), pending, ready, held, stops, len(self.wakes) > waits, orphans)
+
+    def _zone(self, node: str | None, label: str) -> str | None:
+        """``node``'s value of ``label`` (None: no such node or label), once per round."""
+        key = (node, label)
+        if key not in self._zones:
+            record = self.state.nodes.get(node or "")
+            self._zones[key] = None if record is None else record.label_map.get(label)
+        return self._zones[key]
 
     def _count_orphan(self, svc: Service, task: Task, orphans: Counter[str]) -> None:
         """Count ``task`` toward its zone while the grace runs (and plan the service again when it ends)."""
