@@ -94,6 +94,12 @@ def placement(service: str, version: int, slot: int, node: str | None, *, task: 
             "restarts": list(restarts), "message": message}
 
 
+def new_placements(service: str, version: int, slots: Iterable[int], nodes: Iterable[str]) -> list[dict]:
+    """:func:`placement` of a new task for each slot on its node, in one pass (a zone outage re-places thousands)."""
+    return [{"service": service, "version": version, "slot": slot, "node": node, "task": None, "restarts": [],
+             "message": ""} for slot, node in zip(slots, nodes)]
+
+
 def assign_tasks(cid: str, at: float, basis: Iterable[int], place: Iterable[dict],
                  stop: Iterable[tuple[str, str]] = ()) -> dict:
     """Stops ``stop`` (``(task id, reason)``: desired shutdown) then applies ``place``, so that a

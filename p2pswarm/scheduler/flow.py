@@ -168,7 +168,7 @@ def solve_columns(nodes: Sequence[str], demand: int, *, keep: Mapping[str, int],
     return changed, d - sum(flows), _cost(shapes, flows, d, a, b, a * wz, unplaced_cost)
 
 
-def level_one(nodes: Sequence[str], demand: int, *, keep: Mapping[str, int], room: int,
+def level_one(nodes: Sequence[str], demand: int, *, keep: Mapping[str, int], room: Mapping[str, int] | int,
               zone: Mapping[str, Hashable] | None, zones: Collection[Hashable],
               orphans: Mapping[str, int] | None = None, zone_ties_in_order: bool = False) -> dict[str, int] | None:
     """:func:`solve_columns`'s stable answer when every new task lands on a node holding none of the service's
@@ -183,12 +183,23 @@ def level_one(nodes: Sequence[str], demand: int, *, keep: Mapping[str, int], roo
     task on a node without one costs ``step·j + 1 + B`` as the zone's j-th task, less than a second task on
     any node of that zone, so zones fill like water (fewest first, ties by rank: zones with orphans last, then
     by their least loaded node), and within a zone the least loaded such nodes come first.  Ties at the cut
-    between zones are network simplex's to break unless ``zone_ties_in_order`` or orphans."""
+    between zones are network simplex's to break unless ``zone_ties_in_order`` or orphans.
+
+    Rooms per node (reservations) only without a spread label, and only when no node has room for just one
+    task and at least ``d`` nodes without a task have room for two: the flow then leaves out every level above
+    the second (``tight``), so all those nodes are one class and take the new tasks in order."""
     need = demand - sum(keep.values())
-    if need < 0 or room < 1:
+    if need < 0 or (isinstance(room, int) and room < 1):
         return None
     if need == 0:
         return {}
+    if not isinstance(room, int):
+        rooms = list(map(room.__getitem__, nodes))
+        if zone is not None or 1 in rooms or len(rooms) - rooms.count(0) - len(keep) < demand:
+            return None
+        candidates = compress(nodes, rooms)  # (no room, no class: the flow never sees them)
+        first_free = list(islice(filterfalse(keep.__contains__, candidates), need))
+        return dict.fromkeys(first_free, 1) if len(first_free) == need else None
     if zone is None:
         first_free = list(islice(filterfalse(keep.__contains__, nodes), need))
         return dict.fromkeys(first_free, 1) if len(first_free) == need else None
@@ -202,10 +213,10 @@ def level_one(nodes: Sequence[str], demand: int, *, keep: Mapping[str, int], roo
             break
     heap = [(held[z], (z in orphans, i), z) for z, i in first.items()]
     heapq.heapify(heap)
-    new: Counter[Hashable] = Counter()
+    new: dict[Hashable, int] = {}
     for _ in range(need):  # one task at a time to the zone with fewest
         total, rank, z = heapq.heappop(heap)
-        new[z] += 1
+        new[z] = new.get(z, 0) + 1
         heapq.heappush(heap, (total + 1, rank, z))
     cut = total + 1
     if heap[0][0] == cut - 1 and not (zone_ties_in_order or orphans):
@@ -213,7 +224,7 @@ def level_one(nodes: Sequence[str], demand: int, *, keep: Mapping[str, int], roo
     chosen = {}
     for node in filterfalse(keep.__contains__, nodes):
         z = zone.get(node)
-        if new[z]:
+        if new.get(z):
             new[z] -= 1
             chosen[node] = 1
             if len(chosen) == need:

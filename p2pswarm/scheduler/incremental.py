@@ -31,8 +31,8 @@ from typing import Mapping
 
 from p2pswarm.cluster.model import Node, Service
 from p2pswarm.cluster.state import ClusterState
-from p2pswarm.scheduler.placement import NodeInfo
-from p2pswarm.scheduler.reconcile import Held, ReconcileConfig, Reconciliation, Round
+from p2pswarm.scheduler.placement import NodeInfo, VerdictMemo
+from p2pswarm.scheduler.reconcile import Held, ReconcileConfig, Reconciliation, Round, ServiceRound
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,8 @@ class _Seen:
     full_at: float
     infos: dict[str, tuple[Node, str | None, NodeInfo]]
     """The up nodes as placement saw them (:attr:`Round.infos`)."""
+    readings: dict[str, ServiceRound]
+    """Settled service -> what the round that settled it read of its tasks (:attr:`Round.settled_rounds`)."""
 
 
 class Reconciler:
@@ -57,6 +59,8 @@ class Reconciler:
     def __init__(self, config: ReconcileConfig = ReconcileConfig()) -> None:
         self.config = config
         self._seen: _Seen | None = None
+        self._verdicts: VerdictMemo = {}
+        """Which nodes each kind of service may use, kept while their records stay the same objects."""
         self.rounds = 0
         self.full_rounds = 0
 
@@ -66,19 +70,28 @@ class Reconciler:
         full = seen is None or seen.term != term or state.applied < seen.applied \
             or not seen.full_at <= now < seen.full_at + self.config.full_every
         if full or seen is None:
-            round_ = Round(state, members, now, term, self.config, infos=seen.infos if seen else None)
+            round_ = Round(state, members, now, term, self.config, infos=seen.infos if seen else None,
+                           verdicts=self._verdicts)
             footprints: dict[str, Counter[str]] = {}
+            readings: dict[str, ServiceRound] = {}
             full_at = now
         else:
             dirty = self._dirty(state, members, seen)
             footprints = {name: seen.footprints[name] for name in state.services if name not in dirty}
+            readings = {name: seen.readings[name] for name in footprints}
             planned = [svc for name, svc in state.services.items() if name in dirty]
-            round_ = Round(state, members, now, term, self.config, planned, _held(state, footprints), seen.infos)
+            # a service planned only because a node changed under it reads its tasks as it did
+            unchanged = {name: seen.readings[name] for name in dirty if name in seen.readings
+                         and state.services[name] is seen.services.get(name)
+                         and state.tasks_changed.get(name, -1) <= seen.applied}
+            round_ = Round(state, members, now, term, self.config, planned, _held(state, footprints), seen.infos,
+                           unchanged, self._verdicts)
             full_at = seen.full_at
         result = round_.run()
         footprints.update(round_.settled)
+        readings.update(round_.settled_rounds)
         self._seen = _Seen(term, state.applied, dict(members), dict(state.nodes), dict(state.services), footprints,
-                           full_at, round_.infos)
+                           full_at, round_.infos, readings)
         self.rounds += 1
         self.full_rounds += full
         return result
@@ -104,8 +117,7 @@ class Reconciler:
 
 def _changed_nodes(state: ClusterState, members: Mapping[str, str], seen: _Seen) -> set[str]:
     """Nodes whose membership status or cluster record differs from what the last round saw."""
-    changed = {node for node, status in members.items() if seen.members.get(node) != status}
-    changed.update(node for node in seen.members if node not in members)
+    changed = {node for node, _ in members.items() ^ seen.members.items()}  # changed, joined or gone (C-level)
     for node, record in state.nodes.items():
         old = seen.nodes.get(node)
         if old is not record and old != record:

@@ -77,6 +77,11 @@ def fit_key(spec: ServiceSpec) -> tuple:
     return spec.constraints, spec.image is not None, spec.limited or spec.user is not None
 
 
+VerdictMemo = dict[tuple, dict[str, tuple[NodeInfo, "str | None"]]]
+"""Per kind of service (:func:`fit_key`), each node's :meth:`_Planner.why_not_here` answer and the NodeInfo it was
+for: a constraint is checked on every node for every plan, and a leader's plans mostly see the same nodes."""
+
+
 @dataclass(frozen=True, slots=True)
 class Demand:
     spec: ServiceSpec
@@ -108,18 +113,22 @@ class Plan:
 def plan(nodes: Sequence[NodeInfo], demands: Iterable[Demand], *, max_moves: int = 0,
          reserved: Mapping[str, tuple[float, int]] | None = None,
          held_ports: Mapping[str, Iterable[tuple[int, str]]] | None = None,
-         held_tasks: Mapping[str, int] | None = None) -> Plan:
+         held_tasks: Mapping[str, int] | None = None, verdicts: VerdictMemo | None = None) -> Plan:
     """Plan every service; ``reserved`` is cpu and memory held on a node by tasks not in ``demands``,
     ``held_ports`` the host ports (port, protocol) they hold, ``held_tasks`` how many of them count toward
-    a node's load (the services an incremental reconcile leaves alone: spreading sees them as a full plan would)."""
-    return _Planner(nodes, list(demands), max_moves, reserved or {}, held_ports or {}, held_tasks or {}).run()
+    a node's load (the services an incremental reconcile leaves alone: spreading sees them as a full plan would).
+    ``verdicts``: kept between plans by the caller, which passes the same NodeInfo objects for unchanged nodes."""
+    return _Planner(nodes, list(demands), max_moves, reserved or {}, held_ports or {}, held_tasks or {},
+                    verdicts).run()
+
 
 
 class _Planner:
     def __init__(self, nodes: Sequence[NodeInfo], demands: list[Demand], max_moves: int,
                  reserved: Mapping[str, tuple[float, int]], held_ports: Mapping[str, Iterable[tuple[int, str]]],
-                 held_tasks: Mapping[str, int]) -> None:
+                 held_tasks: Mapping[str, int], memo: VerdictMemo | None = None) -> None:
         self.nodes = {n.id: n for n in sorted(nodes, key=attrgetter("id"))}
+        self._memo = memo
         self.demands = sorted(demands, key=lambda d: d.spec.name)
         self.budget = max_moves
         self.free: dict[str, list[float]] = {}
@@ -198,9 +207,18 @@ class _Planner:
         found = self._eligible.get(key)
         if found is None:
             verdicts = self.verdicts(spec)
-            for n in self.nodes:
-                if n not in verdicts:
-                    verdicts[n] = self.why_not_here(n, spec)
+            if self.nodes.keys() - verdicts.keys():  # (a kind that asks only for an active node has them all)
+                memo = self._memo if self._memo is not None else {}
+                known, fresh = memo.get(key, {}), False
+                for n, info in self.nodes.items():
+                    if n not in verdicts:
+                        hit = known.get(n)
+                        if hit is not None and hit[0] is info:
+                            verdicts[n] = hit[1]
+                        else:
+                            verdicts[n], fresh = self.why_not_here(n, spec), True
+                if fresh:
+                    memo[key] = {n: (info, verdicts[n]) for n, info in self.nodes.items()}
             ids = [n.id for n in self.nodes.values() if n.availability == "active" and verdicts[n.id] is None]
             found = self._eligible[key] = (ids, set(ids))
         return found
@@ -380,9 +398,8 @@ class _Planner:
                 room = {**room, **dict.fromkeys(stuck, 0)}
         keep = kept.counts
         zone = self.zones(label) if label else None
-        fast = None if isinstance(room, dict) else level_one(
-            order, want, keep=keep, room=room, zone=zone, zones=self.zones_of(spec) if zone else (),
-            orphans=d.orphans)
+        fast = level_one(order, want, keep=keep, room=room, zone=zone, zones=self.zones_of(spec) if zone else (),
+                         orphans=d.orphans)
         if fast is not None:
             counts, missing = fast, 0
         else:  # orphans weigh on their zone's spread and send ties elsewhere (network simplex would ignore that)

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import count, filterfalse
-from operator import attrgetter
+from itertools import compress, count, filterfalse
+from operator import attrgetter, not_
 from typing import Iterable, Literal, Mapping, cast
 
 from p2pswarm.cluster import commands as cmd
@@ -45,7 +45,7 @@ from p2pswarm.cluster.spec import RestartPolicy
 from p2pswarm.cluster.state import ClusterState, slot_order
 from p2pswarm.membership.messages import LIVE
 from p2pswarm.scheduler import updates
-from p2pswarm.scheduler.placement import Demand, NodeInfo, plan
+from p2pswarm.scheduler.placement import Demand, NodeInfo, VerdictMemo, plan
 
 GONE = frozenset({"dead", "left"})
 MAX_RESTART_TIMES = 64
@@ -126,7 +126,7 @@ def reconcile(state: ClusterState, members: Mapping[str, str], now: float, term:
 
 
 @dataclass
-class _ServiceRound:
+class ServiceRound:
     """What one service needs this round, between the decisions and the slot mapping."""
     service: Service
     live: list[Task]
@@ -152,8 +152,11 @@ class Round:
 
     def __init__(self, state: ClusterState, members: Mapping[str, str], now: float, term: int,
                  config: ReconcileConfig, services: Iterable[Service] | None = None, held: Held = Held(),
-                 infos: Mapping[str, tuple[Node, str | None, NodeInfo]] | None = None) -> None:
-        """``infos``: the last round's :attr:`infos`, reused for the nodes whose record did not change."""
+                 infos: Mapping[str, tuple[Node, str | None, NodeInfo]] | None = None,
+                 known: Mapping[str, ServiceRound] | None = None, verdicts: VerdictMemo | None = None) -> None:
+        """``infos``: the last round's :attr:`infos`, reused for the nodes whose record did not change;
+        ``known``: :attr:`settled_rounds` of an earlier round, for services whose record and tasks have not
+        changed since; ``verdicts``: kept from round to round by the caller (:func:`placement.plan`)."""
         self.state, self.members, self.now, self.config = state, members, now, config
         self._known_infos = infos or {}
         self.infos: dict[str, tuple[Node, str | None, NodeInfo]] = {}
@@ -161,6 +164,10 @@ class Round:
         self.services = sorted(state.services.values() if services is None else services, key=lambda s: s.name)
         self.held = held
         self.settled: dict[str, Counter[str]] = {}
+        self.settled_rounds: dict[str, ServiceRound] = {}
+        """The settled services' readings (what :meth:`_decide` made of their tasks)."""
+        self._known = known or {}
+        self._verdicts = verdicts
         self._undecided: list[Task] = []
         """Live tasks on a node that placement does not decide about: an update's outdated tasks being replaced,
         a service's that rolls back this round."""
@@ -188,7 +195,7 @@ class Round:
         demands = [self._demand(r) for r in rounds]
         stopping = {task for r in rounds for task, _ in r.stops}
         result = plan(nodes, demands, max_moves=self.config.max_moves, reserved=self._reserved(),
-                      held_ports=self._held_ports(stopping), held_tasks=self.held.tasks)
+                      held_ports=self._held_ports(stopping), held_tasks=self.held.tasks, verdicts=self._verdicts)
         placed: dict[str, list[str]] = {r.service.name: [] for r in rounds}
         for service, node in result.place:
             placed[service].append(node)
@@ -209,7 +216,7 @@ class Round:
         return Reconciliation(tuple(self.commands), min(self.wakes, default=None), result.unplaced,
                               tuple(self.about), tuple(s.name for s in self.services))
 
-    def _settle(self, rounds: list[_ServiceRound], unplaced: Mapping[str, tuple[int, str]], moves: int) -> None:
+    def _settle(self, rounds: list[ServiceRound], unplaced: Mapping[str, tuple[int, str]], moves: int) -> None:
         """Note the planned services that are settled, and what they hold."""
         about = set(self.about)
         exhausted = 0 < self.config.max_moves <= moves  # a rebalancing service after the last move was not looked at
@@ -218,6 +225,7 @@ class Round:
             if not (name in about or name in unplaced or r.pending or r.ready or r.waits
                     or r.service.update_state in updates.ACTIVE or (exhausted and r.service.spec.rebalance)):
                 self.settled[name] = Counter(map(_NODE, r.live))
+                self.settled_rounds[name] = r
 
     def _info(self, node: Node) -> NodeInfo:
         """The node as placement sees it: a suspect node is paused (it keeps its tasks, gets no new one)."""
@@ -238,12 +246,18 @@ class Round:
         gone = [task for node, status in self.members.items() if status in GONE
                 for task in self.state.tasks_on(node, ordered=False)]
         report = cmd.report_task_status("", self.now, "", "orphaned", node=None)  # the same but for three fields
-        for task in sorted(gone, key=_ID):
+        reports = [{**report, "id": self.cid(), "task": task.id, "error": f"node {task.node} is down"}
+                   for task in sorted(gone, key=_ID) if task.state not in TERMINAL]
+        for task in gone:
             if task.state not in TERMINAL:
                 self._dying.setdefault(task.service, []).append(task)
-                self._emit({**report, "id": self.cid(), "task": task.id, "error": f"node {task.node} is down"})
+        self.commands += reports
+        self.about += [""] * len(reports)
 
-    def _decide(self, svc: Service) -> _ServiceRound | None:
+    def _decide(self, svc: Service) -> ServiceRound | None:
+        known = self._known.get(svc.name)
+        if known is not None:
+            return self._decide_known(svc, known)
         tasks = self.state.tasks_of(svc.name, ordered=svc.update_state in updates.ACTIVE)  # only updates need it
         waits = len(self.wakes)
         step = updates.step(svc, tasks, self.now, self.up)
@@ -260,13 +274,7 @@ class Round:
         # most tasks run and stay: picked out in one quick pass, the few others one by one
         running = [t for t in tasks if t.state == "running" and t.desired == "running" and t.id not in replaced]
         starting, unplaced, ended = [], [], []
-        orphans: Counter[str] = Counter()
-        label = svc.spec.spread_label
-        if label is not None and self.config.orphan_grace > 0:  # this round's orphans: all within the grace
-            zones = [self._zone(t.node, label) for t in self._dying.get(svc.name, ())]
-            orphans.update(z for z in zones if z is not None)
-            if orphans:
-                self.wakes.append(self.now + self.config.orphan_grace)
+        orphans = self._new_orphans(svc)
         for t in tasks if len(running) < len(tasks) else ():
             if t.state == "orphaned":
                 self._count_orphan(svc, t, orphans)
@@ -284,10 +292,7 @@ class Round:
         live_keys = set(map(_SLOT, live)) if svc.spec.mode == "replicated" else set(map(_NODE, live))
         pending = {t.slot_key: t for t in sorted(unplaced, key=slot_order)}
         ready, held, stops = {}, set(), list(step.stop)
-        dying = {t.id for t in self._dying.get(svc.name, ())}
-        if dying:  # stopped here, not by placement, which would look at every task to find they are on no up node
-            stops[:0] = [(t.id, f"node {t.node} is down") for t in live if t.id in dying]
-            live = [t for t in live if t.id not in dying]
+        live = self._without_dying(svc, live, stops)
         for task in sorted(ended, key=slot_order):  # newest first within a slot: the first seen is the latest
             key = task.slot_key
             if key in live_keys or key in pending or key in ready or key in held:
@@ -303,7 +308,37 @@ class Round:
                 held.add(key)
                 if decision[0] == "wait":
                     self.wakes.append(decision[1])
-        return _ServiceRound(svc, live, bool(starting), pending, ready, held, stops, len(self.wakes) > waits, orphans)
+        return ServiceRound(svc, live, bool(starting), pending, ready, held, stops, len(self.wakes) > waits, orphans)
+
+    def _decide_known(self, svc: Service, known: ServiceRound) -> ServiceRound:
+        """:meth:`_decide` for a service settled last round whose record and tasks have not changed since: the
+        same reading (nothing in it depends on the time), less the tasks this round orphans."""
+        waits = len(self.wakes)
+        orphans = self._new_orphans(svc)
+        stops: list[tuple[str, str]] = []
+        live = self._without_dying(svc, known.live, stops)
+        return ServiceRound(svc, live, known.starting, {}, {}, known.held, stops, len(self.wakes) > waits, orphans)
+
+    def _new_orphans(self, svc: Service) -> Counter[str]:
+        """The tasks this round orphans, per zone of ``svc``'s spread label (all within the grace)."""
+        orphans: Counter[str] = Counter()
+        label = svc.spec.spread_label
+        if label is not None and self.config.orphan_grace > 0:
+            zones = [self._zone(t.node, label) for t in self._dying.get(svc.name, ())]
+            orphans.update(z for z in zones if z is not None)
+            if orphans:
+                self.wakes.append(self.now + self.config.orphan_grace)
+        return orphans
+
+    def _without_dying(self, svc: Service, live: list[Task], stops: list[tuple[str, str]]) -> list[Task]:
+        """``live`` less the tasks this round orphans, whose stops go first in ``stops``: stopped here, not by
+        placement, which would look at every task to find them on no up node."""
+        dying = {t.id for t in self._dying.get(svc.name, ())}
+        if not dying:
+            return live
+        lost = list(map(dying.__contains__, map(_ID, live)))
+        stops[:0] = [(t.id, f"node {t.node} is down") for t in compress(live, lost)]
+        return list(compress(live, map(not_, lost)))
 
     def _zone(self, node: str | None, label: str) -> str | None:
         """``node``'s value of ``label`` (None: no such node or label), once per round."""
@@ -326,7 +361,7 @@ class Round:
             orphans[zone] += 1
             self.wakes.append(ends)
 
-    def _demand(self, r: _ServiceRound) -> Demand:
+    def _demand(self, r: ServiceRound) -> Demand:
         spec = r.service.spec
         placed = tuple(zip(map(_ID, r.live), map(_NODE, r.live)))
         if spec.mode == "global":
@@ -365,7 +400,7 @@ class Round:
 
     # -------------------------------------------------------------- slots
 
-    def _replicated_items(self, r: _ServiceRound, nodes: list[str], unplaced: tuple[int, str],
+    def _replicated_items(self, r: ServiceRound, nodes: list[str], unplaced: tuple[int, str],
                           moved: list[tuple[str, str]], stops: list[tuple[str, str]]) -> list[dict]:
         """``moved``: the service's tasks placement stops (their slots free up unless another live task holds it)."""
         svc = r.service
@@ -381,6 +416,8 @@ class Round:
         free = list(filterfalse(occupied.__contains__, range(1, svc.spec.replicas + 1)))
         if r.pending or r.ready:
             free.sort(key=lambda s: (s not in r.pending, s not in r.ready, s))
+        if not (r.pending or r.ready or unplaced[0]):  # the usual case: new tasks for free slots, nothing else
+            return cmd.new_placements(svc.name, svc.version, free, nodes)
         items = []
         recorded = len(r.pending)
         for i, slot in enumerate(free[:len(nodes) + unplaced[0]]):
@@ -403,7 +440,7 @@ class Round:
         stops += [(t.id, "scaled down") for s, t in sorted(r.pending.items()) if s not in used]
         return items
 
-    def _global_items(self, r: _ServiceRound, nodes: list[str], stops: list[tuple[str, str]]) -> list[dict]:
+    def _global_items(self, r: ServiceRound, nodes: list[str], stops: list[tuple[str, str]]) -> list[dict]:
         items = []
         for node in nodes:
             restarts: tuple = ()

@@ -47,6 +47,20 @@ def test_the_first_level_path_answers_what_the_flow_answers(nodes_, extra, room,
         assert (fast, 0) == (changed, missing)
 
 
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from([0, 1, 2, 3, 9])), min_size=1, max_size=30),
+       st.integers(-2, 12))
+def test_the_first_level_path_with_rooms_per_node_answers_what_the_flow_answers(nodes_, extra):
+    nodes = [f"n{i:02d}" for i in range(len(nodes_))]
+    keep = {n: k for n, (k, _) in zip(nodes, nodes_) if k}
+    room = {n: r for n, (_, r) in zip(nodes, nodes_)}
+    demand = sum(keep.values()) + extra
+    fast = level_one(nodes, demand, keep=keep, room=room, zone=None, zones=())
+    if fast is not None:
+        changed, missing, _ = solve_columns(nodes, demand, keep=keep, room=room, zone=None)
+        assert (fast, 0) == (changed, missing)
+
+
 def test_a_zone_outage_round_places_through_the_first_level_path(monkeypatch):
     """Re-placing what a dark zone ran (orphans counted in their zone) never builds a flow."""
     nodes = cluster(500)
