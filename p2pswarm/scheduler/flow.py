@@ -188,7 +188,8 @@ def level_one(nodes: Sequence[str], demand: int, *, keep: Mapping[str, int], roo
     Rooms per node (reservations) only without a spread label, and only when no node has room for just one
     task and at least ``d`` nodes without a task have room for two: the flow then leaves out every level above
     the second (``tight``), so all those nodes are one class and take the new tasks in order."""
-    need = demand - sum(keep.values())
+    kept = sum(keep.values())
+    need = demand - kept
     if need < 0 or (isinstance(room, int) and room < 1):
         return None
     if need == 0:
@@ -204,7 +205,9 @@ def level_one(nodes: Sequence[str], demand: int, *, keep: Mapping[str, int], roo
         first_free = list(islice(filterfalse(keep.__contains__, nodes), need))
         return dict.fromkeys(first_free, 1) if len(first_free) == need else None
     orphans = orphans or {}
-    held: Counter[Hashable] = Counter(chain.from_iterable(map(repeat, map(zone.get, keep), keep.values())))
+    per_node = map(zone.get, keep)  # (one task per node, the common case, counts the nodes themselves)
+    held: Counter[Hashable] = Counter(per_node if len(keep) == kept else
+                                      chain.from_iterable(map(repeat, per_node, keep.values())))
     held.update(orphans)
     first: dict[Hashable, int] = {}
     for i, node in enumerate(nodes):
