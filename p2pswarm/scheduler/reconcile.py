@@ -246,7 +246,7 @@ class Round:
         gone = [task for node, status in self.members.items() if status in GONE
                 for task in self.state.tasks_on(node, ordered=False)]
         report = cmd.report_task_status("", self.now, "", "orphaned", node=None)  # the same but for three fields
-        reports = [{**report, "id": self.cid(), "task": task.id, "error": f"node {task.node} is down"}
+        reports = [dict(report, id=self.cid(), task=task.id, error=f"node {task.node} is down")
                    for task in sorted(gone, key=_ID) if task.state not in TERMINAL]
         for task in gone:
             if task.state not in TERMINAL:
