@@ -215,6 +215,8 @@ def level_one(nodes: Sequence[str], demand: int, *, keep: Mapping[str, int], roo
         if len(first) == len(zones):
             break
     heap = [(held[z], (z in orphans, i), z) for z, i in first.items()]
+    if not heap:
+        return None  # no node at all
     heapq.heapify(heap)
     new: dict[Hashable, int] = {}
     for _ in range(need):  # one task at a time to the zone with fewest

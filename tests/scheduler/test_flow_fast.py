@@ -116,3 +116,9 @@ def test_a_zone_outage_replaces_exactly_the_tasks_that_ran_there():
     per_zone = Counter(zone[node] for _, node in survivors["spread"])
     per_zone.update(zone[node] for s, node in after.place if s == "spread")
     assert sorted(per_zone) == ["a", "c", "d", "e"] and max(per_zone.values()) - min(per_zone.values()) <= 1
+
+
+@pytest.mark.parametrize("zone,room", [({}, 3), (None, 3), (None, {})])
+def test_the_first_level_path_leaves_a_service_without_nodes_to_the_flow(zone, room):
+    assert level_one([], 3, keep={}, room=room, zone=zone, zones=set()) is None
+    assert solve_columns([], 3, keep={}, room=room, zone=zone)[:2] == ({}, 3)
