@@ -50,7 +50,7 @@ class _Seen:
     infos: dict[str, tuple[Node, str | None, NodeInfo]]
     """The up nodes as placement saw them (:attr:`Round.infos`)."""
     readings: dict[str, ServiceRound]
-    """Settled service -> what the round that settled it read of its tasks (:attr:`Round.settled_rounds`)."""
+    """Settled service -> what the round that settled it read of its tasks (:attr:`Round.settled_readings`)."""
 
 
 class Reconciler:
@@ -89,7 +89,7 @@ class Reconciler:
             full_at = seen.full_at
         result = round_.run()
         footprints.update(round_.settled)
-        readings.update(round_.settled_rounds)
+        readings.update(round_.settled_readings)
         self._seen = _Seen(term, state.applied, dict(members), dict(state.nodes), dict(state.services), footprints,
                            full_at, round_.infos, readings)
         self.rounds += 1

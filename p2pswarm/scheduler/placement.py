@@ -122,7 +122,6 @@ def plan(nodes: Sequence[NodeInfo], demands: Iterable[Demand], *, max_moves: int
                     verdicts).run()
 
 
-
 class _Planner:
     def __init__(self, nodes: Sequence[NodeInfo], demands: list[Demand], max_moves: int,
                  reserved: Mapping[str, tuple[float, int]], held_ports: Mapping[str, Iterable[tuple[int, str]]],

@@ -155,7 +155,7 @@ class Round:
                  infos: Mapping[str, tuple[Node, str | None, NodeInfo]] | None = None,
                  known: Mapping[str, ServiceRound] | None = None, verdicts: VerdictMemo | None = None) -> None:
         """``infos``: the last round's :attr:`infos`, reused for the nodes whose record did not change;
-        ``known``: :attr:`settled_rounds` of an earlier round, for services whose record and tasks have not
+        ``known``: :attr:`settled_readings` of an earlier round, for services whose record and tasks have not
         changed since; ``verdicts``: kept from round to round by the caller (:func:`placement.plan`)."""
         self.state, self.members, self.now, self.config = state, members, now, config
         self._known_infos = infos or {}
@@ -164,7 +164,7 @@ class Round:
         self.services = sorted(state.services.values() if services is None else services, key=lambda s: s.name)
         self.held = held
         self.settled: dict[str, Counter[str]] = {}
-        self.settled_rounds: dict[str, ServiceRound] = {}
+        self.settled_readings: dict[str, ServiceRound] = {}
         """The settled services' readings (what :meth:`_decide` made of their tasks)."""
         self._known = known or {}
         self._verdicts = verdicts
@@ -177,8 +177,8 @@ class Round:
         self.about: list[str] = []
         self.wakes: list[float] = []
         self._dying: dict[str, list[Task]] = {}
-        self._zones: dict[tuple[str | None, str], str | None] = {}
         """Per service, its tasks this round declares orphaned (they count as orphaned now)."""
+        self._zones: dict[tuple[str | None, str], str | None] = {}
 
     def cid(self) -> str:
         """Deterministic per basis: re-running a round on unchanged state proposes the same ids,
@@ -225,7 +225,7 @@ class Round:
             if not (name in about or name in unplaced or r.pending or r.ready or r.waits
                     or r.service.update_state in updates.ACTIVE or (exhausted and r.service.spec.rebalance)):
                 self.settled[name] = Counter(map(_NODE, r.live))
-                self.settled_rounds[name] = r
+                self.settled_readings[name] = r
 
     def _info(self, node: Node) -> NodeInfo:
         """The node as placement sees it: a suspect node is paused (it keeps its tasks, gets no new one)."""
@@ -244,15 +244,13 @@ class Round:
 
     def _orphan(self) -> None:
         gone = [task for node, status in self.members.items() if status in GONE
-                for task in self.state.tasks_on(node, ordered=False)]
+                for task in self.state.tasks_on(node, ordered=False) if task.state not in TERMINAL]
         report = cmd.report_task_status("", self.now, "", "orphaned", node=None)  # the same but for three fields
-        reports = [dict(report, id=self.cid(), task=task.id, error=f"node {task.node} is down")
-                   for task in sorted(gone, key=_ID) if task.state not in TERMINAL]
+        self.commands += [dict(report, id=self.cid(), task=task.id, error=f"node {task.node} is down")
+                          for task in sorted(gone, key=_ID)]
+        self.about += [""] * len(gone)
         for task in gone:
-            if task.state not in TERMINAL:
-                self._dying.setdefault(task.service, []).append(task)
-        self.commands += reports
-        self.about += [""] * len(reports)
+            self._dying.setdefault(task.service, []).append(task)
 
     def _decide(self, svc: Service) -> ServiceRound | None:
         known = self._known.get(svc.name)

@@ -82,7 +82,7 @@ class ClusterSimulation:
     def __init__(self, sc: ClusterScenario, progress: Callable[[str], None] | None = None) -> None:
         self.sc = sc
         self.progress = progress
-        """Called with one line about every PROGRESS_EVERY wall seconds (simulated time, events, memory)."""
+        """Called with one line about every PROGRESS_EVERY wall seconds (simulated time, messages, memory)."""
         self._reported_at = time.perf_counter()
         self.rng = random.Random(sc.seed)
         preset = load_preset(sc.preset)
