@@ -37,7 +37,7 @@ from collections import Counter
 from dataclasses import dataclass
 from itertools import chain, compress, filterfalse, groupby, islice, repeat
 from operator import eq, not_
-from typing import Collection, Hashable, Iterator, Mapping, Sequence
+from typing import Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 
 import networkx as nx
 
@@ -54,12 +54,6 @@ class Room:
     """Value of the spread label (None: the node lacks the label, a group of its own)."""
 
 
-def allocate(rooms: Sequence[Room], demand: int, *, spread: bool, stable: bool = True) -> tuple[dict[str, int], int]:
-    """``(tasks per node, unplaced count)`` for ``demand`` replicas; ``rooms`` least loaded first."""
-    counts, unplaced, _ = solve(rooms, demand, spread=spread, stable=stable)
-    return counts, unplaced
-
-
 def water_level(caps: Sequence[tuple[int, int]], total: int) -> int:
     """Smallest ``W`` with ``Σ m·min(cap, W) ≥ total`` over ``(cap, m)`` pairs (the highest cap if none)."""
     lo, hi = 0, max((c for c, _ in caps), default=0)
@@ -74,7 +68,8 @@ def water_level(caps: Sequence[tuple[int, int]], total: int) -> int:
 
 def solve(rooms: Sequence[Room], demand: int, *, spread: bool, stable: bool = True,
           tight: bool = True) -> tuple[dict[str, int], int, int]:
-    """``allocate`` plus the optimal cost (:func:`solve_columns` on a list of rooms)."""
+    """``(tasks per node, unplaced count, optimal cost)`` for ``demand`` replicas, ``rooms`` least loaded first
+    (:func:`solve_columns` on a list of rooms; the tests state flows this way)."""
     counts = {r.node: r.keep for r in rooms}
     found, unplaced, cost = solve_columns([r.node for r in rooms], demand,
                                           keep={r.node: r.keep for r in rooms if r.keep},
@@ -194,15 +189,14 @@ def level_one(nodes: Sequence[str], demand: int, *, keep: Mapping[str, int], roo
         return None
     if need == 0:
         return {}
+    candidates: Iterable[str] = nodes
     if not isinstance(room, int):
         rooms = list(map(room.__getitem__, nodes))
         if zone is not None or 1 in rooms or len(rooms) - rooms.count(0) - len(keep) < demand:
             return None
         candidates = compress(nodes, rooms)  # (no room, no class: the flow never sees them)
+    if zone is None:  # one zone: the least loaded nodes without a task, in order
         first_free = list(islice(filterfalse(keep.__contains__, candidates), need))
-        return dict.fromkeys(first_free, 1) if len(first_free) == need else None
-    if zone is None:
-        first_free = list(islice(filterfalse(keep.__contains__, nodes), need))
         return dict.fromkeys(first_free, 1) if len(first_free) == need else None
     orphans = orphans or {}
     per_node = map(zone.get, keep)  # (one task per node, the common case, counts the nodes themselves)
