@@ -96,8 +96,8 @@ def placement(service: str, version: int, slot: int, node: str | None, *, task: 
 
 def new_placements(service: str, version: int, slots: Iterable[int], nodes: Iterable[str]) -> list[dict]:
     """:func:`placement` of a new task for each slot on its node, in one pass (a zone outage re-places thousands)."""
-    return [{"service": service, "version": version, "slot": slot, "node": node, "task": None, "restarts": [],
-             "message": ""} for slot, node in zip(slots, nodes)]
+    blank = placement(service, version, 0, None)  # the fields, from the one place that names them
+    return [dict(blank, slot=slot, node=node, restarts=[]) for slot, node in zip(slots, nodes)]
 
 
 def assign_tasks(cid: str, at: float, basis: Iterable[int], place: Iterable[dict],

@@ -130,3 +130,8 @@ def test_a_100000_replica_service_is_scheduled_in_entries_under_the_limit():
     assigned = Counter(t.node for t in box.state.tasks_of("huge") if t.state == "assigned")
     assert len(assigned) == 50 and sum(assigned.values()) == 100_000
     assert reconcile(box.state, box.members, box.now, box.term).commands == ()
+
+
+def test_new_placements_are_the_placements_one_by_one():
+    assert cmd.new_placements("web", 3, [4, 7], ["n1", "n2"]) == [cmd.placement("web", 3, 4, "n1"),
+                                                                    cmd.placement("web", 3, 7, "n2")]
