@@ -17,6 +17,7 @@ node's loop (SWIM acks share it):
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import struct
 import time
@@ -28,6 +29,8 @@ from p2pswarm.ratelimit import BucketsByKey, TokenBucket
 
 log = logging.getLogger("p2pswarm.dns")
 
+PICK_ATTEMPTS = 8
+"""Ports tried when the kernel picks one (``port`` 0) and its TCP side is taken."""
 MAX_QUERY = 4096
 """Bytes of one query at most (a real one is under 300); longer ones are dropped."""
 MAX_TCP_CLIENTS = 64
@@ -59,9 +62,22 @@ class DnsServer:
         self._conns: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        """Bind UDP, then TCP on the same port (the UDP port when ``port`` is 0); raises OSError."""
+        """Bind UDP, then TCP on the same port (the UDP port when ``port`` is 0); raises OSError.
+
+        With ``port`` 0 the UDP port the kernel picks may be taken for TCP (another socket's ephemeral port
+        on that address): then both are given up and another port tried, up to ``PICK_ATTEMPTS`` times."""
+        wanted = self.port
+        for attempt in range(1, PICK_ATTEMPTS + 1):
+            try:
+                await self._bind(wanted)
+                return
+            except OSError as e:
+                if wanted != 0 or e.errno != errno.EADDRINUSE or attempt == PICK_ATTEMPTS:
+                    raise
+
+    async def _bind(self, port: int) -> None:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(self.host, self.port))
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(self.host, port))
         self._udp = transport
         self.port = transport.get_extra_info("sockname")[1]
         try:

@@ -4,6 +4,7 @@ network (oversized TCP, garbage, floods), the zone following gossip, and where `
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import struct
 from types import SimpleNamespace
@@ -181,3 +182,33 @@ def test_dns_addr_values_are_checked_in_one_line():
     assert parse_dns_addr("127.0.0.1:5353") == "127.0.0.1:5353"
     with pytest.raises(ValueError, match="--dns-addr wants HOST:PORT"):
         parse_dns_addr("localhost")
+
+
+def test_a_picked_port_whose_tcp_side_is_taken_is_given_up_for_another(monkeypatch):
+    """Port 0: the kernel's UDP port may already be some socket's TCP port; the server tries another, and a port
+    the operator chose is never silently changed."""
+    real, calls = asyncio.start_server, []
+
+    async def taken_once(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 1:
+            raise OSError(errno.EADDRINUSE, "address already in use")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "start_server", taken_once)
+
+    async def main():
+        server = await started()
+        try:
+            assert len(calls) == 2 and server.port == calls[1]
+            answer = await dns.asyncquery.tcp(dns.message.make_query("tasks.web.p2pswarm.", "A"), server.host, 5,
+                                              server.port)
+            assert len(answer.answer[0]) == 2
+        finally:
+            await server.close()
+        calls.clear()
+        fixed = DnsServer(Responder(ZONE), "127.0.0.1", server.port)
+        with pytest.raises(OSError):
+            await fixed.start()
+        assert len(calls) == 1
+    run(main())
