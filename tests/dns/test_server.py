@@ -200,7 +200,7 @@ def test_a_picked_port_whose_tcp_side_is_taken_is_given_up_for_another(monkeypat
     async def main():
         server = await started()
         try:
-            assert len(calls) == 2 and server.port == calls[1]
+            assert len(calls) >= 2 and server.port == calls[-1]  # (a real clash may add a try)
             answer = await dns.asyncquery.tcp(dns.message.make_query("tasks.web.p2pswarm.", "A"), server.host, 5,
                                               server.port)
             assert len(answer.answer[0]) == 2

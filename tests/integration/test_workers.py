@@ -104,6 +104,12 @@ def test_workers_run_their_tasks_of_a_global_service_and_keep_them_without_quoru
     old = next(r for r in on_workers if r["node_name"] == cut.name)
     cut.api.post("/v1/faults", {"isolated": True})
     wait_until(lambda: (leader.statuses() or {}).get(cut.name) == "dead", 60, f"{cut.name} seen dead")
+
+    def old_task_orphaned():  # (healed before the scheduler's round, a node would simply keep its task)
+        out = cluster.cli("service", "ps", "agent", "--format", "json", *dd)
+        return out.returncode == 0 and any(r["id"] == old["id"] and r["state"] == "orphaned"
+                                           for r in json.loads(out.stdout))
+    wait_until(old_task_orphaned, 60, f"the task on {cut.name} orphaned")
     cut.api.request("DELETE", "/v1/faults")
     rows = wait_until(all_running, 120, "every node, the healed worker too, running the global service again")
     new = next(r for r in rows if r["node_name"] == cut.name)
