@@ -25,7 +25,7 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from p2pswarm import wire  # noqa: E402
-from p2pswarm.assignments.core import AssignmentsConfig  # noqa: E402
+from p2pswarm.assignments.config import AssignmentsConfig  # noqa: E402
 from p2pswarm.assignments.driver import AssignmentsDriver  # noqa: E402
 from p2pswarm.assignments.messages import AssignmentsRequest  # noqa: E402
 from p2pswarm.cluster import commands as cmd  # noqa: E402

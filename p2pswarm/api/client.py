@@ -11,11 +11,13 @@ import http.client
 import json
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from p2pswarm.api.remote_client import Remote, RemoteConnection, RemoteError, explain
 from p2pswarm.api.server import MAX_BODY_BYTES
 from p2pswarm.node.datadir import DataDir, running_lab_node
+
+if TYPE_CHECKING:  # imported when a remote target is used: it loads the TLS and certificate code
+    from p2pswarm.api.remote_client import Remote
 
 _remote: list[Remote | None] = [None]
 """The remote target the CLI chose for this run (None: the local node)."""
@@ -74,6 +76,7 @@ class ApiClient:
             raise ApiError(f"the request is {len(payload)} bytes; the API takes at most {MAX_BODY_BYTES} "
                            f"(make it smaller, e.g. split a stack file)")
         if self.remote is not None:
+            from p2pswarm.api.remote_client import RemoteConnection, RemoteError, explain
             remote = None
             try:
                 remote = RemoteConnection(self.remote, self.timeout)

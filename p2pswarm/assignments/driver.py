@@ -29,7 +29,8 @@ from collections import Counter
 from typing import Any, Callable
 
 from p2pswarm import wire
-from p2pswarm.assignments.core import AssignmentsConfig, WorkerState, choose_server, delta_since
+from p2pswarm.assignments.config import AssignmentsConfig
+from p2pswarm.assignments.core import WorkerState, choose_server, delta_since
 from p2pswarm.assignments.messages import AssignmentsReply, AssignmentsRequest, decode_body, reply_of
 from p2pswarm.assignments.trust import WorkerTrust, trust_for
 from p2pswarm.membership.messages import LIVE

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from p2pswarm.assignments.core import AssignmentsConfig
+from p2pswarm.assignments.config import AssignmentsConfig
 from p2pswarm.assignments.driver import AssignmentsDriver
 from p2pswarm.assignments.messages import ASSIGNMENT_MESSAGES
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from p2pswarm.api.client import ApiClient
+from p2pswarm.cli.lazy import LazyGroup
 from p2pswarm.cli.node_cmds import _datadir, data_dir_option
 from p2pswarm.cli.output import table, to_json
 
@@ -28,7 +29,11 @@ new nodes. See docs/operations.md, "Recovery after quorum loss".
 """
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy={"backup": "p2pswarm.cli.backup_cmds:backup",
+                                  "restore": "p2pswarm.cli.backup_cmds:restore",
+                                  "client-cert": "p2pswarm.cli.access_cmds:client_cert",
+                                  "client-certs": "p2pswarm.cli.access_cmds:client_certs",
+                                  "api-ca": "p2pswarm.cli.access_cmds:api_ca"})
 def cluster():
     """The cluster's Raft group and security: status, join token, recovery, backups."""
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from p2pswarm.api.remote_client import Remote, RemoteError, remote
 from p2pswarm.cli.output import table
+
+if TYPE_CHECKING:
+    from p2pswarm.api.remote_client import Remote
 
 CONFIG_ENV = "P2PSWARM_CONFIG_DIR"
 DEFAULT = "default"
@@ -54,20 +56,27 @@ def save(data: dict[str, Any]) -> None:
 
 def target(host: str | None, bundle: str | None, context: str | None) -> Remote | None:
     """The remote target of this command (None: the local node); ClickException with one line."""
+    if host:
+        if not bundle:
+            raise click.ClickException("--host needs a client bundle: add --bundle DIR (or set P2PSWARM_BUNDLE), "
+                                       "or use a context (`p2pswarm context create`)")
+        return checked_remote(host, bundle)
+    data = load()
+    name = context or data.get("current") or DEFAULT
+    if name == DEFAULT:
+        return None
+    entry = data["contexts"].get(name)
+    if not isinstance(entry, dict):
+        raise click.ClickException(f"no context is named {name} (see `p2pswarm context ls`)")
+    return checked_remote(entry.get("host", ""), entry.get("bundle", ""))
+
+
+def checked_remote(host: str, bundle: str | Path) -> Remote:
+    """The remote target ``host`` reached with ``bundle``; ClickException with one line.  Imported here: only a
+    remote target needs the TLS and certificate code, and every command asks :func:`target`."""
+    from p2pswarm.api.remote_client import RemoteError, remote
     try:
-        if host:
-            if not bundle:
-                raise click.ClickException("--host needs a client bundle: add --bundle DIR (or set P2PSWARM_BUNDLE), "
-                                           "or use a context (`p2pswarm context create`)")
-            return remote(host, bundle)
-        data = load()
-        name = context or data.get("current") or DEFAULT
-        if name == DEFAULT:
-            return None
-        entry = data["contexts"].get(name)
-        if not isinstance(entry, dict):
-            raise click.ClickException(f"no context is named {name} (see `p2pswarm context ls`)")
-        return remote(entry.get("host", ""), entry.get("bundle", ""))
+        return remote(host, bundle)
     except RemoteError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -87,10 +96,7 @@ def create(name, host, bundle, use_it):
     """Create a context NAME for a remote node."""
     if name == DEFAULT or not name.isprintable() or not 1 <= len(name) <= 64:
         raise click.BadParameter(f"a context name is 1 to 64 printable characters, not {DEFAULT!r}")
-    try:
-        checked = remote(host, bundle)
-    except RemoteError as exc:
-        raise click.ClickException(str(exc)) from None
+    checked = checked_remote(host, bundle)
     data = load()
     if name in data["contexts"]:
         raise click.ClickException(f"context {name} exists; remove it first (`p2pswarm context rm {name}`)")
@@ -121,10 +127,10 @@ def ls():
     rows = [("*" if current == DEFAULT else "", DEFAULT, "local node (unix socket)", "-", "-")]
     for name, entry in sorted(data["contexts"].items()):
         try:
-            t = remote(entry.get("host", ""), entry.get("bundle", ""))
+            t = checked_remote(entry.get("host", ""), entry.get("bundle", ""))
             who = f"{t.name} ({t.role}) of {t.cluster_id}"
-        except RemoteError as exc:
-            who = f"unusable: {exc}"
+        except click.ClickException as exc:
+            who = f"unusable: {exc.format_message()}"
         rows.append(("*" if current == name else "", name, entry.get("host", "-"), entry.get("bundle", "-"), who))
     click.echo(table(("", "NAME", "HOST", "BUNDLE", "CLIENT"), rows))
 

@@ -13,10 +13,11 @@ import traceback
 
 import click
 
+from p2pswarm.cli.lazy import LazyGroup
 from p2pswarm.cli.output import error
 
 
-class OneLineErrors(click.Group):
+class OneLineErrors(LazyGroup):
     """Turn every failure into `error: <one line>` and an exit code: 2 for usage, 1 otherwise."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
@@ -49,7 +50,32 @@ LOCAL_ONLY = frozenset({"up", "down", "unlock", "unlock-key", "lab", "sim", "con
 """Commands that act on this machine only: a remote target (--host, a context) does not apply."""
 
 
-@click.group(cls=OneLineErrors, no_args_is_help=True)
+COMMANDS = {
+    "up": "p2pswarm.cli.node_cmds:up",
+    "down": "p2pswarm.cli.node_cmds:down",
+    "node": "p2pswarm.cli.node_cmds:node",
+    "service": "p2pswarm.cli.service_cmds:service",
+    "stack": "p2pswarm.cli.stack_cmds:stack",
+    "cluster": "p2pswarm.cli.cluster_cmds:cluster",
+    "kv": "p2pswarm.cli.kv_cmds:kv",
+    "secret": "p2pswarm.cli.object_cmds:secret",
+    "config": "p2pswarm.cli.object_cmds:config",
+    "volume": "p2pswarm.cli.volume_cmds:volume",
+    "mesh": "p2pswarm.cli.mesh_cmds:mesh",
+    "events": "p2pswarm.cli.events_cmds:events",
+    "top": "p2pswarm.cli.top_cmds:top",
+    "dashboard": "p2pswarm.cli.dashboard_cmds:dashboard",
+    "audit": "p2pswarm.cli.access_cmds:audit",
+    "context": "p2pswarm.cli.context_cmds:context",
+    "unlock": "p2pswarm.cli.lock_cmds:unlock",
+    "unlock-key": "p2pswarm.cli.lock_cmds:unlock_key",
+    "lab": "p2pswarm.cli.lab_cmds:lab",
+    "sim": "p2pswarm.cli.sim_cmds:sim",
+}
+"""Every top-level command, imported when it runs (:mod:`p2pswarm.cli.lazy`): add new ones here."""
+
+
+@click.group(cls=OneLineErrors, no_args_is_help=True, lazy=COMMANDS)
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.option("--host", envvar="P2PSWARM_HOST", default=None, metavar="https://HOST:PORT",
               help="Talk to a remote node's --api-addr (with --bundle) [env: P2PSWARM_HOST].")
@@ -64,83 +90,6 @@ def main(ctx: click.Context, debug: bool, host: str | None, bundle: str | None, 
         from p2pswarm.api.client import use_remote
         from p2pswarm.cli.context_cmds import target
         use_remote(target(host, bundle, context_name))
-
-
-# ---- command groups: add new ones here with main.add_command(...)
-from p2pswarm.cli.node_cmds import down, node, up  # noqa: E402
-
-main.add_command(up)
-main.add_command(down)
-main.add_command(node)
-
-from p2pswarm.cli.sim_cmds import sim  # noqa: E402
-
-main.add_command(sim)
-
-from p2pswarm.cli.lab_cmds import lab  # noqa: E402
-
-main.add_command(lab)
-
-from p2pswarm.cli.cluster_cmds import cluster  # noqa: E402
-from p2pswarm.cli.kv_cmds import kv  # noqa: E402
-
-main.add_command(cluster)
-main.add_command(kv)
-
-from p2pswarm.cli.service_cmds import node_update, service  # noqa: E402
-
-main.add_command(service)
-node.add_command(node_update)
-
-from p2pswarm.cli.node_admin_cmds import node_inspect, node_rm  # noqa: E402
-from p2pswarm.cli.stack_cmds import stack  # noqa: E402
-
-node.add_command(node_inspect)
-node.add_command(node_rm)
-main.add_command(stack)
-
-from p2pswarm.cli.top_cmds import top  # noqa: E402
-
-main.add_command(top)
-
-from p2pswarm.cli.events_cmds import events  # noqa: E402
-
-main.add_command(events)
-
-from p2pswarm.cli.mesh_cmds import mesh  # noqa: E402
-
-main.add_command(mesh)
-
-from p2pswarm.cli.dashboard_cmds import dashboard  # noqa: E402
-
-main.add_command(dashboard)
-
-from p2pswarm.cli.volume_cmds import volume  # noqa: E402
-
-main.add_command(volume)
-
-from p2pswarm.cli.object_cmds import config, secret  # noqa: E402
-
-main.add_command(secret)
-main.add_command(config)
-
-from p2pswarm.cli.lock_cmds import unlock, unlock_key  # noqa: E402
-
-main.add_command(unlock)
-main.add_command(unlock_key)
-
-from p2pswarm.cli.access_cmds import api_ca, audit, client_cert, client_certs  # noqa: E402
-from p2pswarm.cli.backup_cmds import backup, restore  # noqa: E402
-from p2pswarm.cli.context_cmds import context  # noqa: E402
-
-cluster.add_command(backup)
-cluster.add_command(restore)
-
-cluster.add_command(client_cert)
-cluster.add_command(client_certs)
-cluster.add_command(api_ca)
-main.add_command(audit)
-main.add_command(context)
 
 
 if __name__ == "__main__":

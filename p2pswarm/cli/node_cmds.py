@@ -13,10 +13,11 @@ import click
 
 import p2pswarm
 from p2pswarm.api.client import ApiClient, ApiError
+from p2pswarm.cli.lazy import LazyGroup
 from p2pswarm.cli.output import end_progress, fmt_labels, fmt_rtt, progress, table, to_json
 from p2pswarm.consensus.messages import MAX_LEARNERS
-from p2pswarm.node.daemon import DEFAULT_BIND, Node, NodeOptions, configure_logging
 from p2pswarm.node.datadir import ENV_VAR, DataDir, DataDirError, default_data_dir
+from p2pswarm.node.options import DEFAULT_BIND, NodeOptions, configure_logging
 from p2pswarm.node.presets import PRESETS
 from p2pswarm.transport.addr import format_addr, parse_addr
 
@@ -189,6 +190,7 @@ def up(peers, bind, advertise, name, data_dir, labels, preset, relay_port, token
     if detach:
         return _up_detached(options, log_level)
     configure_logging(log_level)
+    from p2pswarm.node.daemon import Node  # only `up` needs it: every other command starts without it
     return asyncio.run(Node(options).run())
 
 
@@ -421,7 +423,9 @@ def down(data_dir):
 
 # ------------------------------------------------------------ node ...
 
-@click.group()
+@click.group(cls=LazyGroup, lazy={"inspect": "p2pswarm.cli.node_admin_cmds:node_inspect",
+                                  "rm": "p2pswarm.cli.node_admin_cmds:node_rm",
+                                  "update": "p2pswarm.cli.service_cmds:node_update"})
 def node():
     """Inspect the cluster's nodes (as the local node sees them)."""
 

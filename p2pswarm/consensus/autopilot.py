@@ -53,27 +53,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from p2pswarm.consensus.config import AutopilotConfig
 from p2pswarm.consensus.raft import quorum_size
 from p2pswarm.membership.messages import ALIVE, DEAD, LEFT, LIVE
 
 UNKNOWN = "unknown"
 """The status of a voter SWIM does not know (yet, or any more)."""
-
-
-@dataclass(frozen=True)
-class AutopilotConfig:
-    stabilization_time: float = 5.0
-    """Seconds a member must be alive before promotion, and dead before its voter is replaced."""
-    max_lag: int = 256
-    """A learner is caught up when its match index is within this many entries of the leader's last."""
-    interval: float = 0.5
-    """Seconds between the leader's autopilot rounds (one change per round at most)."""
-    last_contact_threshold: float = 0.5
-    """Seconds within which the leader must have heard from a member (any Raft answer) for it to be healthy:
-    about 5 × the Raft ``heartbeat_interval``, since a live follower answers every heartbeat."""
-    max_learners: int = 4
-    """Live non-voters kept as learners (standby replicas that also serve workers); at most the wire's
-    MAX_LEARNERS.  Every other live node is a worker outside the Raft configuration."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,11 +27,8 @@ import logging
 import os
 import random
 import secrets
-import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
-from dataclasses import field as dataclass_field
 from typing import Any, Callable
 
 from p2pswarm import wire
@@ -43,7 +40,8 @@ from p2pswarm.membership.swim import Swim
 from p2pswarm.node.component import Component
 from p2pswarm.node.datadir import DataDir
 from p2pswarm.node.inbox import Inbox
-from p2pswarm.node.logtag import NODE, NodeTag
+from p2pswarm.node.logtag import NODE
+from p2pswarm.node.options import NodeOptions
 from p2pswarm.node.presets import preset
 from p2pswarm.node.record import GossipRecord
 from p2pswarm.node.securestart import SecureStart
@@ -54,8 +52,6 @@ from p2pswarm.transport.base import Transport
 
 log = logging.getLogger("p2pswarm.node.daemon")
 
-DEFAULT_PORT = 7946
-DEFAULT_BIND = f"127.0.0.1:{DEFAULT_PORT}"
 LEAVE_GRACE = 1.0
 """Seconds the loop keeps running after a graceful leave so that the news goes out."""
 FLUSH_GRACE = 0.1
@@ -64,51 +60,6 @@ RECV_BATCH = 64
 """Messages that arrived already, read in the same loop turn as the one that woke it (at most): SWIM's timers
 run after them, so that an ack that came in time counts even when the loop was late to read it, and a burst
 costs one turn of the components instead of one each; under a flood the timers still run every batch."""
-
-
-@dataclass(frozen=True)
-class NodeOptions:
-    data_dir: str | None = None
-    bind: str = DEFAULT_BIND
-    advertise: str | None = None
-    peers: tuple[str, ...] = ()
-    name: str | None = None
-    labels: tuple[tuple[str, str], ...] = ()
-    preset: str = "lan"
-    seed: int | None = None
-    """Seeds the core's rng; random by default. Fixed seeds are for reproducing a run."""
-    relay_port: int = 0
-    """TCP port of this node's mesh relay listener; 0 picks the SWIM port + 2 when free."""
-    secure: bool = False
-    """A secure cluster: CA, certificates, CURVE (``p2pswarm up`` sets it unless --insecure)."""
-    insecure: bool = False
-    """Plaintext chosen explicitly (``up --insecure``): refuse, with one line, to join a secure cluster."""
-    token: str | None = dataclass_field(default=None, repr=False)
-    """The join token (``P2PS-1-...``) a secure node needs to join a cluster (a secret: kept out of repr)."""
-    autolock: bool = False
-    """Encryption at rest (``up --autolock``): the data dir must hold ``security/autolock`` (the CLI makes it)."""
-    api_addr: str | None = None
-    """``HOST:PORT`` of the remote API (``up --api-addr``: TLS 1.3 with client certificates, secure clusters
-    only; :mod:`p2pswarm.api.remote`); None serves the unix socket only."""
-    unlock_key: str | None = dataclass_field(default=None, repr=False)
-    """The unlock key text (``P2PSU-1-...``) to unlock at start; without it a locked data dir waits for
-    ``p2pswarm unlock`` (:meth:`Node._wait_unlocked`)."""
-    engine_socket: str | None = None
-    """The Docker Engine API that runs image tasks (``up --engine-socket``); None: ``$DOCKER_HOST`` or
-    ``unix:///var/run/docker.sock``."""
-    task_user: str | None = None
-    """The user a root node runs tasks as (``up --task-user``); None: a dedicated system user
-    (:mod:`p2pswarm.runtime.taskuser`). A node that is not root runs tasks as itself."""
-    max_learners: int | None = None
-    """Raft learners the leader keeps (``up --max-learners``); None: the preset's ``autopilot.max_learners``."""
-    dns_addr: str = "auto"
-    """Where the node answers DNS (``up --dns-addr``): ``auto`` (port 53 when it may, else a fallback port),
-    ``HOST:PORT`` or ``off`` (:mod:`p2pswarm.dns.host`)."""
-    dns_domain: str = "p2pswarm."
-    """The domain the node's DNS answers for (``up --dns-domain``); others are refused."""
-    mesh: str = "auto"
-    """The routing mesh's data path (``up --mesh``): ``auto`` (nftables DNAT when root and nftables works, else
-    user space), ``kernel`` (the same, warning when it cannot) or ``userspace`` (:mod:`p2pswarm.mesh.kernel`)."""
 
 
 def zmq_transport(options: NodeOptions, security: Any = None) -> Transport:
@@ -135,16 +86,6 @@ def check_meta(meta: Meta) -> None:
             check(getattr(meta, field))
         except wire.WireError as exc:
             raise ValueError(f"invalid node {field}: {exc}") from None
-
-
-def configure_logging(level: str = "info", *, tag_nodes: bool = False) -> None:
-    """Log to stderr; ``tag_nodes`` (a process hosting several nodes) puts each line's node name in front."""
-    node = "[%(node)s] " if tag_nodes else ""
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper()),
-                        format=f"%(asctime)s %(levelname)-7s {node}%(name)s: %(message)s", force=True)
-    if tag_nodes:
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(NodeTag())
 
 
 class Node(NodeViews, SecureStart, SignalHandling, Inbox):

@@ -17,9 +17,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from p2pswarm.assignments.core import AssignmentsConfig
-from p2pswarm.consensus.autopilot import AutopilotConfig
-from p2pswarm.consensus.config import DriverConfig, RaftConfig
+from p2pswarm.assignments.config import AssignmentsConfig
+from p2pswarm.consensus.config import AutopilotConfig, DriverConfig, RaftConfig
 from p2pswarm.membership.config import SwimConfig
 from p2pswarm.scheduler.config import SchedulerConfig
 

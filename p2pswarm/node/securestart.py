@@ -22,8 +22,8 @@ from p2pswarm.transport.base import Transport
 if TYPE_CHECKING:
     from p2pswarm.membership.swim import Swim
     from p2pswarm.node.component import Component
-    from p2pswarm.node.daemon import NodeOptions
     from p2pswarm.node.datadir import DataDir
+    from p2pswarm.node.options import NodeOptions
 
 log = logging.getLogger("p2pswarm.node.daemon")  # the daemon's logger: these lines are the daemon's
 

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
     from p2pswarm.consensus.host import RaftHost
     from p2pswarm.membership.swim import Swim
-    from p2pswarm.node.daemon import NodeOptions
     from p2pswarm.node.datadir import DataDir
+    from p2pswarm.node.options import NodeOptions
     from p2pswarm.node.record import GossipRecord
 
 log = logging.getLogger("p2pswarm.node.daemon")

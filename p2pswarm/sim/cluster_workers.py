@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from p2pswarm.agent.core import AgentCore, Forget, Start, Stop
 from p2pswarm.agent.host import FOLLOW_INTERVAL, assignments
-from p2pswarm.assignments.core import AssignmentsConfig, WorkerState, choose_server, delta_since
+from p2pswarm.assignments.config import AssignmentsConfig
+from p2pswarm.assignments.core import WorkerState, choose_server, delta_since
 from p2pswarm.assignments.messages import AssignmentsRequest, reply_of
 from p2pswarm.node.record import TaskDigest
 from p2pswarm.wire import encode

@@ -56,15 +56,19 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def wait_until(cond, timeout: float, what: str, interval: float = 0.05):
-    """Poll ``cond`` until it returns a truthy value; fail with ``what`` after ``timeout`` seconds."""
+def wait_until(cond, timeout: float, what: str, interval: float = 0.05, seen=None):
+    """Poll ``cond`` until it returns a truthy value; fail with ``what`` after ``timeout`` seconds.
+
+    ``seen``, if given, is called on timeout and its text ends the failure message: what the test last
+    observed is what tells a slow cluster from a stuck one when a CI run fails."""
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            tail = f"; last seen: {seen()}" if seen is not None else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{tail}")
         time.sleep(interval)
 
 
@@ -204,15 +208,26 @@ class LocalCluster:
         from p2pswarm.consensus.autopilot import target_voters
         nodes = self.start_joined(n)
         voters = target_voters(n)
+        views: dict[str, object] = {}
 
         def in_group() -> bool:
-            try:
-                views = [node.api.get("/v1/cluster")["members"] for node in nodes]
-            except Exception:  # not up yet, or no Raft driver yet
-                return False
-            return all(len(members) == n and sum(1 for m in members if m["role"] == "voter" or m["leader"])
-                       == voters for members in views)
-        wait_until(in_group, timeout, f"all {n} nodes in the Raft group, {voters} of them voters")
+            for node in nodes:
+                try:
+                    views[node.name] = node.api.get("/v1/cluster")["members"]
+                except Exception as exc:  # not up yet, or no Raft driver yet
+                    views[node.name] = f"{type(exc).__name__}: {exc}"
+            return all(isinstance(members, list) and len(members) == n
+                       and sum(1 for m in members if m["role"] == "voter" or m["leader"]) == voters
+                       for members in views.values())
+
+        def seen() -> str:
+            def brief(members: object) -> object:
+                if not isinstance(members, list):
+                    return members
+                return [f"{m.get('name')}:{'leader' if m.get('leader') else m.get('role')}/{m.get('status')}"
+                        for m in members]
+            return "; ".join(f"{name} sees {brief(members)}" for name, members in views.items())
+        wait_until(in_group, timeout, f"all {n} nodes in the Raft group, {voters} of them voters", seen=seen)
         return nodes
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:

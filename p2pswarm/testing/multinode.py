@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from p2pswarm.node.daemon import Node, NodeOptions, configure_logging
+from p2pswarm.node.daemon import Node
+from p2pswarm.node.options import NodeOptions, configure_logging
 
 log = logging.getLogger("p2pswarm.testing.multinode")
 

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from p2pswarm import wire
-from p2pswarm.assignments.core import AssignmentsConfig
+from p2pswarm.assignments.config import AssignmentsConfig
 from p2pswarm.assignments.driver import AssignmentsDriver
 from p2pswarm.assignments.messages import AssignmentsReply, AssignmentsRequest
 from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.spec import ServiceSpec
-from p2pswarm.consensus.autopilot import AutopilotConfig, Peer
+from p2pswarm.consensus.autopilot import Peer
+from p2pswarm.consensus.config import AutopilotConfig
 from p2pswarm.node.record import GossipRecord, RaftFacts, encode_record
 from p2pswarm.security.access import AccessRecord
 from p2pswarm.security.record import SecurityRecord

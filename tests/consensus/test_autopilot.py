@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pswarm.consensus.autopilot import AutopilotConfig, Change, Peer, _View, next_change, target_voters
+from p2pswarm.consensus.autopilot import Change, Peer, _View, next_change, target_voters
+from p2pswarm.consensus.config import AutopilotConfig
 
 CFG = AutopilotConfig(stabilization_time=5.0, max_lag=10, interval=0.5)
 NOW = 100.0

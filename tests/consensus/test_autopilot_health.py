@@ -6,7 +6,8 @@ learner of that zone still looks alive.  Promoting it made 6 voters of which 3 w
 
 from __future__ import annotations
 
-from p2pswarm.consensus.autopilot import AutopilotConfig, Change, Peer, next_change
+from p2pswarm.consensus.autopilot import Change, Peer, next_change
+from p2pswarm.consensus.config import AutopilotConfig
 from p2pswarm.consensus.progress import last_contacts
 from p2pswarm.consensus.raft import LEADER
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from p2pswarm.consensus.autopilot import AutopilotConfig, Peer, next_change
+from p2pswarm.consensus.autopilot import Peer, next_change
+from p2pswarm.consensus.config import AutopilotConfig
 
 NOW = 100.0
 

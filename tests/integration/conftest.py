@@ -10,6 +10,18 @@ import pytest
 
 from p2pswarm.testing.localcluster import LocalCluster
 
+LOG_TAIL_LINES = 40
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report ends with the end of each node's log: a CI run keeps nothing else."""
+    report = yield
+    cluster = getattr(item, "funcargs", {}).get("cluster")
+    if report.failed and isinstance(cluster, LocalCluster):
+        report.sections.append(("node logs", log_tails(cluster)))
+    return report
+
 
 def pytest_collection_modifyitems(items):
     here = Path(__file__).parent
@@ -26,6 +38,15 @@ def cluster(tmp_path_factory):
         yield c
     finally:
         c.close()
+
+
+def log_tails(cluster: LocalCluster) -> str:
+    parts = []
+    for node in cluster.nodes.values():
+        lines = node.log().splitlines()[-LOG_TAIL_LINES:]
+        parts.append(f"----- {node.name} ({node.log_path.name}), last {len(lines)} lines -----")
+        parts.extend(lines)
+    return "\n".join(parts)
 
 
 @pytest.fixture
