@@ -39,7 +39,8 @@ Outputs (JSON, last line of stdout):
   there.  ``zone_outage_replace_cpu_seconds``: its cpu time (what other load on the machine inflates less).
 * ``zone_outage_replaced``: tasks it placed (as many as ran on the lost nodes), ``zone_outage_services``
   the services it planned, ``zone_outage_moved`` tasks on live nodes it stopped (expected 0: only what ran
-  there moves), ``zone_outage_unplaced``, ``zone_outage_orphan_reports`` its orphan reports.
+  there moves), ``zone_outage_unplaced``, ``zone_outage_orphan_reports`` its orphan reports,
+  ``zone_outage_orphan_entries`` the Raft entries (``report_tasks`` commands) that carry them.
 * ``zone_outage_full_pass_seconds`` (cpu): the same round as a full pass (every service planned, the
   periodic safety net); ``zone_outage_same_as_full``: whether both propose the same commands.
 
@@ -180,7 +181,8 @@ def zone_outage(nodes: list[NodeInfo], specs: list[ServiceSpec], size: int, repe
             "zone_outage_services": len(result.planned), "zone_outage_replaced": len(placed),
             "zone_outage_moved": sum(1 for tid in stopped if state.tasks[tid].node not in lost),
             "zone_outage_unplaced": sum(n for n, _ in result.unplaced.values()),
-            "zone_outage_orphan_reports": sum(1 for c in result.commands if c["op"] == "report_task_status"),
+            "zone_outage_orphan_reports": sum(len(c["reports"]) for c in result.commands if c["op"] == "report_tasks"),
+            "zone_outage_orphan_entries": sum(1 for c in result.commands if c["op"] == "report_tasks"),
             "zone_outage_full_pass_seconds": round(full_cpu, 3),
             "zone_outage_same_as_full": without_ids(result) == without_ids(full)}
 

@@ -109,32 +109,47 @@ def assign_tasks(cid: str, at: float, basis: Iterable[int], place: Iterable[dict
 
 def assign_batches(next_id: Callable[[], str], at: float, basis: Iterable[int], place: Iterable[dict],
                    stop: Iterable[tuple[str, str]] = (), limit: int = MAX_COMMAND_BYTES) -> Iterator[dict]:
-    """``assign_tasks`` commands that together stop ``stop`` and apply ``place``, each at most ``limit``
-    bytes encoded and ``MAX_BATCH`` entries per list, packed in order (stops first, so that a slot is
-    freed no later than it is filled again).  Sizes are measured, not estimated: the command's fixed part
-    is encoded once and each entry once.  ``next_id`` names each command."""
-    basis, place, stop = list(basis), list(place), list(stop)
-    if len(place) <= MAX_BATCH and len(stop) <= MAX_BATCH and (place or stop):
-        whole = assign_tasks("x" * MAX_ID, at, basis, place, stop)  # the longest id: an upper bound
+    """``assign_tasks`` commands that together stop ``stop`` and apply ``place``, packed in order (stops first,
+    so that a slot is freed no later than it is filled again): see :func:`_batches`."""
+    basis = list(basis)
+    return _batches(lambda b: assign_tasks("x" * MAX_ID, at, basis, b["place"], b["stop"]), next_id,
+                    {"stop": [list(s) for s in stop], "place": list(place)}, limit)
+
+
+def report_batches(next_id: Callable[[], str], at: float, reports: Iterable[dict],
+                   limit: int = MAX_COMMAND_BYTES) -> Iterator[dict]:
+    """``report_tasks`` commands that together carry ``reports`` (:func:`task_report`), in order."""
+    return _batches(lambda b: report_tasks("x" * MAX_ID, at, b["reports"]), next_id, {"reports": list(reports)},
+                    limit)
+
+
+def _batches(make: Callable[[dict[str, list]], dict], next_id: Callable[[], str], lists: dict[str, list],
+             limit: int) -> Iterator[dict]:
+    """Commands made by ``make`` from consecutive runs of ``lists``' entries (the lists in their order), each at
+    most ``limit`` bytes encoded and ``MAX_BATCH`` entries per list.  ``make`` names a command by the longest id
+    (an upper bound of its size); ``next_id`` then names each one made.  Sizes are measured, not estimated: the
+    command's fixed part is encoded once and each entry once; everything in one command takes one encoding."""
+    if any(lists.values()) and all(len(v) <= MAX_BATCH for v in lists.values()):
+        whole = make(lists)
         if encoded_size(whole) <= limit:
             whole["id"] = next_id()
-            yield whole  # all in one: one encoding instead of one per entry
+            yield whole
             return
-    fixed = encoded_size(assign_tasks("x" * MAX_ID, at, basis, ()))
-    entries = [("stop", list(s)) for s in stop] + [("place", p) for p in place]
-    batch: dict[str, list] = {"stop": [], "place": []}
+    fixed = encoded_size(make({kind: [] for kind in lists}))
+    batch: dict[str, list] = {kind: [] for kind in lists}
     size = fixed
-    for kind, entry in entries:
-        cost = encoded_size(entry)
-        if fixed + cost > limit:
-            raise ValueError(f"one {kind} entry is {cost} bytes: no command of {limit} bytes can carry it")
-        if size + cost > limit or len(batch[kind]) >= MAX_BATCH:
-            yield assign_tasks(next_id(), at, basis, batch["place"], batch["stop"])
-            batch, size = {"stop": [], "place": []}, fixed
-        batch[kind].append(entry)
-        size += cost
-    if batch["stop"] or batch["place"]:
-        yield assign_tasks(next_id(), at, basis, batch["place"], batch["stop"])
+    for kind, entries in lists.items():
+        for entry in entries:
+            cost = encoded_size(entry)
+            if fixed + cost > limit:
+                raise ValueError(f"one {kind} entry is {cost} bytes: no command of {limit} bytes can carry it")
+            if size + cost > limit or len(batch[kind]) >= MAX_BATCH:
+                yield dict(make(batch), id=next_id())
+                batch, size = {kind: [] for kind in lists}, fixed
+            batch[kind].append(entry)
+            size += cost
+    if any(batch.values()):
+        yield dict(make(batch), id=next_id())
 
 
 def encoded_size(value: Any) -> int:
@@ -165,8 +180,21 @@ def report_task_status(cid: str, at: float, task: str, state: str, *, node: str 
                        exit_code: int | None = None, error: str = "", health: str | None = None) -> dict:
     """``node`` is the reporting agent's node (it must run the task); None is the scheduler itself,
     which may only declare a task ``orphaned`` (its node died or left)."""
-    return _command("report_task_status", cid, at, task=task, state=state, node=node, port=port,
-                    exit_code=exit_code, error=error, health=health)
+    return _command("report_task_status", cid, at, **task_report(task, state, node=node, port=port,
+                                                                   exit_code=exit_code, error=error, health=health))
+
+
+def task_report(task: str, state: str, *, node: str | None, port: int | None = None, exit_code: int | None = None,
+                error: str = "", health: str | None = None) -> dict:
+    """One report of a ``report_tasks`` batch: the fields of :func:`report_task_status`."""
+    return {"task": task, "state": state, "node": node, "port": port, "exit_code": exit_code, "error": error,
+            "health": health}
+
+
+def report_tasks(cid: str, at: float, reports: Iterable[dict]) -> dict:
+    """Many ``report_task_status`` in one Raft entry, each applied on its own in order: a zone outage orphans
+    thousands of tasks at once, and their replacements then start together (:func:`report_batches`)."""
+    return _command("report_tasks", cid, at, reports=list(reports))
 
 
 def update_node(cid: str, at: float, node: str, *, name: str | None = None, availability: str | None = None,
@@ -308,6 +336,16 @@ def _list(f: str, v: Any, limit: int) -> list:
     return v
 
 
+REPORT: dict[str, Check] = {
+    "task": _ident, "state": lambda f, v: choice(f, v, TASK_STATES), "node": _opt(_ident),
+    "port": _opt(lambda f, v: integer(f, v, 1, 65535)), "exit_code": _opt(lambda f, v: integer(f, v, -255, 255)),
+    "error": _message, "health": _opt(lambda f, v: choice(f, v, ("starting", "healthy", "unhealthy")))}
+
+
+def _reports(f: str, v: Any) -> list[dict]:
+    return [_fields(f"{f}[{i}]", item, REPORT) for i, item in enumerate(_list(f, v, MAX_BATCH))]
+
+
 SCHEMAS: dict[str, dict[str, Check]] = {
     "create_service": {"spec": lambda f, v: ServiceSpec.from_dict(v)},
     "update_service": {"spec": lambda f, v: ServiceSpec.from_dict(v), "version": _opt(_version)},
@@ -316,10 +354,8 @@ SCHEMAS: dict[str, dict[str, Check]] = {
     "remove_service": {"name": _name},
     "assign_tasks": {"place": _placements, "stop": _stops},
     "set_task_desired": {"tasks": _idents, "desired": lambda f, v: choice(f, v, DESIRED), "reason": _message},
-    "report_task_status": {
-        "task": _ident, "state": lambda f, v: choice(f, v, TASK_STATES), "node": _opt(_ident),
-        "port": _opt(lambda f, v: integer(f, v, 1, 65535)), "exit_code": _opt(lambda f, v: integer(f, v, -255, 255)),
-        "error": _message, "health": _opt(lambda f, v: choice(f, v, ("starting", "healthy", "unhealthy")))},
+    "report_task_status": REPORT,
+    "report_tasks": {"reports": _reports},
     "update_node": {
         "node": _ident, "name": _opt(lambda f, v: text(f, v, 128)),
         "availability": _opt(lambda f, v: choice(f, v, AVAILABILITY)), "labels": _opt(_labels),
@@ -379,6 +415,7 @@ def check(command: Any) -> tuple[str, dict[str, Any]]:
 
 
 __all__ = ["create_service", "update_service", "rollback_service", "scale_service", "remove_service", "placement",
-           "assign_tasks", "assign_batches", "set_task_desired", "report_task_status", "update_node", "remove_node",
+           "assign_tasks", "assign_batches", "set_task_desired", "report_task_status", "task_report",
+           "report_tasks", "report_batches", "update_node", "remove_node",
            "set_update_state", "set_scheduling_error", "create_secret", "create_config", "remove_secret",
            "remove_config", "encoded_size", "check_size", "check", "SCHEMAS"]

@@ -324,6 +324,22 @@ class ClusterState(ObjectCommands):
                 self._set_desired(task, f["desired"], f["reason"], f["at"])
         return Result(not rejected, rejected[0] if rejected else "", {"rejected": rejected})
 
+    def _report_tasks(self, f: dict, index: int) -> Result:
+        """Each report as its own ``report_task_status``; one refused (its task ended or is gone meanwhile) does
+        not stop the others.  ``refused`` gives their positions, so that the leader does not propose them again."""
+        rejected, refused = [], []
+        for i, report in enumerate(f["reports"]):
+            try:
+                self._report_task_status(dict(report, at=f["at"]), index)
+            except Rejected as e:
+                rejected.append(str(e))
+                refused.append(i)
+        value = {"rejected": rejected, "refused": refused}
+        if rejected:
+            more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
+            return Result(False, rejected[0] + more, value)
+        return Result(True, "", value)
+
     def _report_task_status(self, f: dict, index: int) -> Result:
         tid, state, at = f["task"], f["state"], f["at"]
         task = self.tasks.get(tid)

@@ -105,6 +105,9 @@ def peek(state: Any, command: Any) -> Before:
                 before.tasks[tid] = state.tasks.get(tid)
         elif op == "report_task_status":
             before.tasks[command["task"]] = state.tasks.get(command["task"])
+        elif op == "report_tasks":
+            for report in command.get("reports") or ():
+                before.tasks[report["task"]] = state.tasks.get(report["task"])
         elif op in ("update_node", "remove_node"):
             before.nodes[command["node"]] = state.nodes.get(command["node"])
     except (TypeError, KeyError, AttributeError, ValueError):
@@ -231,16 +234,30 @@ def _desired(c: _Context) -> list[Event]:
 
 
 def _report(c: _Context) -> list[Event]:
-    tid = c.command["task"]
+    return _reported(c, c.command) if getattr(c.result, "ok", False) else []
+
+
+def _reports(c: _Context) -> list[Event]:
+    """The events of each report of a batch that was applied (a refused one changed nothing)."""
+    value = getattr(c.result, "value", None)
+    if not isinstance(value, dict):
+        return []  # refused as a whole (malformed): nothing was applied
+    refused = set(value.get("refused") or ())
+    return [event for i, report in enumerate(c.command.get("reports") or ()) if i not in refused
+            for event in _reported(c, report)]
+
+
+def _reported(c: _Context, report: dict) -> list[Event]:
+    tid = report["task"]
     old, new = c.before.tasks.get(tid), c.state.tasks.get(tid)
-    if old is None or not getattr(c.result, "ok", False):
+    if old is None:
         return []
-    state = new.state if new is not None else c.command.get("state")
+    state = new.state if new is not None else report.get("state")
     if state == old.state or state not in REPORTED:
         return []
     task = new if new is not None else old
-    return [c.task_event(state, task, exit_code=c.command.get("exit_code"),
-                         error=c.command.get("error") or (task.error if state != "running" else None))]
+    return [c.task_event(state, task, exit_code=report.get("exit_code"),
+                         error=report.get("error") or (task.error if state != "running" else None))]
 
 
 def _node(c: _Context) -> list[Event]:
@@ -262,7 +279,7 @@ def _node(c: _Context) -> list[Event]:
 
 _HANDLERS: dict[str, Callable[[_Context], list[Event]]] = {
     **{op: _service for op in SERVICE_OPS}, "assign_tasks": _assign, "set_task_desired": _desired,
-    "report_task_status": _report, "update_node": _node, "remove_node": _node,
+    "report_task_status": _report, "report_tasks": _reports, "update_node": _node, "remove_node": _node,
 }
 
 

@@ -10,9 +10,9 @@ digest) or a reconciler deadline (``wake_at``) passed, or every
    section of their record) differ, get an ``update_node`` (labels are added, so labels
    set with ``node update`` survive).
 2. **Observe tasks.** Each member's task digest (its SWIM record, see
-   section ``tasks``, see :mod:`p2pswarm.node.record`) is translated into ``report_task_status`` commands,
-   only for tasks whose state, port or health differ from the applied state: a task
-   costs Raft traffic when it changes, not while it runs.
+   section ``tasks``, see :mod:`p2pswarm.node.record`) is translated into task reports, only for tasks whose
+   state, port or health differ from the applied state (a task costs Raft traffic when it changes, not while
+   it runs), batched into ``report_tasks`` commands under the Raft entry limit.
 3. **Reconcile.** If steps 1-2 proposed nothing, the :class:`~p2pswarm.scheduler.incremental.Reconciler`
    plans against the applied state, only the services whose inputs changed (a full pass on the first round
    of a leadership and every ``ReconcileConfig.full_every`` seconds); its orphan reports are proposed first
@@ -156,13 +156,12 @@ class SchedulerDriver:
             return
         self._seen, self._next_round = seen, now + self.cfg.resync
         state, wall = driver.cluster, self.wall()
-        observed = [c for c in self._register(state, members, wall) + self._observe(state, members, wall)
-                    if _gist(c) not in self._refused]
+        observed = self.observations(state, members, wall)
         if observed:
             results = await asyncio.gather(*(self._propose(driver, c) for c in observed))
             if len(self._refused) > MAX_REFUSED:
                 self._refused.clear()
-            self._refused.update(_gist(c) for c, ok in zip(observed, results) if not ok)
+            self._refused.update(g for c, result in zip(observed, results) for g in _refused_gists(c, result))
             return
         plan = self.reconciler.reconcile(state, {m.node: m.status for m in members}, wall, driver.raft.term)
         self.rounds += 1
@@ -223,11 +222,19 @@ class SchedulerDriver:
         return min(self.cfg.backoff_max, self.cfg.backoff * 2 ** min(failures - 1, 32))
 
     @staticmethod
-    async def _propose(driver: Any, command: dict) -> bool:
+    async def _propose(driver: Any, command: dict) -> Any:
         result = await driver.write_cluster(command)
         if not result.ok:
             log.debug("%s %s refused: %s", command["op"], command["id"], result.error)
-        return result.ok
+        return result
+
+    def observations(self, state: Any, members: list, wall: float) -> list[dict]:
+        """Steps 1-2: the ``update_node`` commands, then the task reports batched into ``report_tasks`` commands
+        (a zone's replacements start together: thousands of reports in a few entries), leaving out what the state
+        machine refused before."""
+        registered = [c for c in self._register(state, members, wall) if _gist(c) not in self._refused]
+        reports = [r for r in self._observe(state, members) if _gist(r) not in self._refused]
+        return registered + list(cmd.report_batches(lambda: _cid("st"), wall, reports))
 
     def _register(self, state: Any, members: list, wall: float) -> list[dict]:
         out = []
@@ -251,7 +258,7 @@ class SchedulerDriver:
                                        cpu=cpu, memory=memory, engine=engine, isolation=isolation))
         return out
 
-    def _observe(self, state: Any, members: list, wall: float) -> list[dict]:
+    def _observe(self, state: Any, members: list) -> list[dict]:
         out = []
         for m in members:
             digest = self.record.of(m).tasks if m.status in LIVE else None
@@ -266,8 +273,8 @@ class SchedulerDriver:
                 if state_rank(new) < state_rank(task.state) or (
                         new == task.state and port in (None, task.port) and health in (None, task.health)):
                     continue
-                out.append(cmd.report_task_status(_cid("st"), wall, tid, new, node=m.node, port=port,
-                                                  exit_code=exit_code, error=error, health=health))
+                out.append(cmd.task_report(tid, new, node=m.node, port=port, exit_code=exit_code, error=error,
+                                           health=health))
         return out
 
 
@@ -299,8 +306,19 @@ def _line(exc: BaseException) -> str:
 
 
 def _gist(command: dict) -> tuple:
-    """A command without its id and time: what makes two observations the same."""
+    """A command (or a report of a batch) without its id and time: what makes two observations the same."""
     return tuple(sorted((k, repr(v)) for k, v in command.items() if k not in ("id", "at")))
+
+
+def _refused_gists(command: dict, result: Any) -> list[tuple]:
+    """The observations of ``command`` that the state machine refused: a batch's refused reports, or all of it."""
+    if result.ok:
+        return []
+    if command["op"] != "report_tasks":
+        return [_gist(command)]
+    value = result.value if isinstance(result.value, dict) else {}
+    refused = value.get("refused")
+    return [_gist(r) for i, r in enumerate(command["reports"]) if refused is None or i in refused]
 
 
 def _cid(kind: str) -> str:

@@ -245,10 +245,10 @@ class Round:
     def _orphan(self) -> None:
         gone = [task for node, status in self.members.items() if status in GONE
                 for task in self.state.tasks_on(node, ordered=False) if task.state not in TERMINAL]
-        report = cmd.report_task_status("", self.now, "", "orphaned", node=None)  # the same but for three fields
-        self.commands += [dict(report, id=self.cid(), task=task.id, error=f"node {task.node} is down")
-                          for task in sorted(gone, key=_ID)]
-        self.about += [""] * len(gone)
+        report = cmd.task_report("", "orphaned", node=None)  # the same but for two fields
+        reports = [dict(report, task=task.id, error=f"node {task.node} is down") for task in sorted(gone, key=_ID)]
+        for command in cmd.report_batches(self.cid, self.now, reports):
+            self._emit(command)
         for task in gone:
             self._dying.setdefault(task.service, []).append(task)
 

@@ -2,9 +2,9 @@
 
 Every ``SchedulerConfig.interval`` the node that leads Raft does what
 :class:`~p2pswarm.scheduler.driver.SchedulerDriver` does in a round, with the same code: register the
-members its SWIM view shows and observe their task digests (the driver's own ``_register`` and
-``_observe``), or else run the incremental :class:`~p2pswarm.scheduler.incremental.Reconciler` and
-propose its commands (orphan reports first).  As the real driver awaits its proposals, a round waits
+members its SWIM view shows and observe their task digests (the driver's own ``observations``), or else
+run the incremental :class:`~p2pswarm.scheduler.incremental.Reconciler` and propose its commands (orphan
+reports first).  As the real driver awaits its proposals, a round waits
 until the leader has applied all it proposed (or lost leadership) before the next begins.  One shortcut: reconcile is a
 function of the applied state, the members' statuses and the time, so a round whose state and
 statuses are those of the last plan (only task digests moved, and they changed nothing) plans
@@ -82,7 +82,7 @@ class LeaderScheduler:
             self._propose([cmd.create_service(f"op.create.{s.name}", wall, s) for s in missing], term)
             return
         members = world.cores[m.index].members()
-        observed = self.driver._register(state, members, wall) + self.driver._observe(state, members, wall)
+        observed = self.driver.observations(state, members, wall)
         if observed:
             self._propose(observed, term)
             return

@@ -252,3 +252,33 @@ def test_misuse_raises(log):
         log.state.apply(cmd.remove_service("x", 1, "web"), 1, log.index)
     with pytest.raises(ValueError):
         ClusterState().restore(msgpack.packb({"version": 99}))
+
+
+def test_a_report_batch_applies_each_report_and_names_the_refused_ones(log):
+    placed = log(cmd.assign_tasks(log.cid(), 2.0, [1, log.state.applied],
+                                  [cmd.placement("web", 1, 1, "n1"), cmd.placement("web", 1, 2, "n2")])).value["placed"]
+    t1, t2 = placed
+    assert log(cmd.report_task_status(log.cid(), 3.0, t2, "failed", node="n2", exit_code=1)).ok
+    batch = cmd.report_tasks(log.cid(), 4.0, [
+        cmd.task_report(t1, "running", node="n1", port=20001),
+        cmd.task_report("t9", "running", node="n1"),  # no such task
+        cmd.task_report(t2, "orphaned", node=None, error="node n2 is down")])  # it had ended already
+    result = log(batch)
+    assert not result.ok and result.error == "task t9 does not exist (and 1 more)"
+    assert result.value["refused"] == [1, 2]
+    assert (log.state.tasks[t1].state, log.state.tasks[t1].port, log.state.tasks[t1].started_at) == \
+        ("running", 20001, 4.0)  # applied although others in its batch were refused
+    assert log.state.tasks[t2].state == "failed"
+    assert log(cmd.report_tasks(log.cid(), 5.0, [cmd.task_report(t1, "failed", node="n1", exit_code=2)])).ok
+    assert log.state.tasks[t1].exit_code == 2
+
+
+def test_a_malformed_report_in_a_batch_refuses_the_batch_with_one_line(log):
+    tid = log.place("web", 1, "n1").value["placed"][0]
+    batch = cmd.report_tasks(log.cid(), 4.0, [cmd.task_report(tid, "running", node="n1"),
+                                              dict(cmd.task_report(tid, "running", node="n1"), port=70000)])
+    result = log(batch)
+    assert not result.ok and result.error == "port: must be an integer 1..65535 (got 70000)"
+    assert log.state.tasks[tid].state == "assigned"  # nothing of it applied
+    assert "unknown field 'extra'" in log(cmd.report_tasks(log.cid(), 4.0, [
+        dict(cmd.task_report(tid, "running", node="n1"), extra=1)])).error

@@ -160,3 +160,17 @@ def test_a_huge_batch_yields_a_sample_and_a_count():
     events = r(cmd.assign_tasks(r.cid(), 5.0, r.basis(), [cmd.placement("web", 1, s, "n1") for s in range(1, 501)]))
     assert len(events) == 101 and all(e.action == "assigned" for e in events[:100])
     assert (events[-1].action, dict(events[-1].attrs)) == ("more", {"omitted": "400"})
+
+
+def test_a_report_batch_derives_the_events_of_the_reports_it_applied():
+    r = cluster()
+    r(cmd.scale_service(r.cid(), 2.0, "web", 2))
+    first, second = (e.subject for e in r(cmd.assign_tasks(r.cid(), 5.0, r.basis(), [
+        cmd.placement("web", 2, 1, "n1"), cmd.placement("web", 2, 2, "n2")])))
+    events = r(cmd.report_tasks(r.cid(), 6.0, [
+        cmd.task_report(first, "running", node="n1"),
+        cmd.task_report(second, "running", node="n1"),  # refused: not its node
+        cmd.task_report(second, "orphaned", node=None, error="node n2 is down")]))
+    assert [(e.action, e.subject) for e in events] == [("running", first), ("orphaned", second)]
+    assert dict(events[1].attrs)["error"] == "node n2 is down"
+    assert r({"op": "report_tasks", "id": r.cid(), "at": 7.0, "reports": "junk"}) == []

@@ -135,3 +135,17 @@ def test_a_100000_replica_service_is_scheduled_in_entries_under_the_limit():
 def test_new_placements_are_the_placements_one_by_one():
     assert cmd.new_placements("web", 3, [4, 7], ["n1", "n2"]) == [cmd.placement("web", 3, 4, "n1"),
                                                                     cmd.placement("web", 3, 7, "n2")]
+
+
+def test_report_batches_fit_entries_and_keep_every_report_in_order():
+    reports = [cmd.task_report(f"task.{i:06d}", "orphaned", node=None, error=f"node node.{i % 400:04d} is down")
+               for i in range(30_000)]
+    batches = list(cmd.report_batches(ids(), 5.0, reports))
+    assert len(batches) > 1 and all(len(encode_cluster(b)) <= MAX_ENTRY_BYTES for b in batches)
+    assert all(len(b["reports"]) <= cmd.MAX_BATCH for b in batches)
+    assert [r for b in batches for r in b["reports"]] == reports
+    for b in batches:
+        assert cmd.check(b)[0] == "report_tasks"
+    (one,) = cmd.report_batches(ids(), 5.0, reports[:8_000])  # a 400-node zone's orphans: one entry
+    assert len(one["reports"]) == 8_000
+    assert list(cmd.report_batches(ids(), 5.0, [])) == []

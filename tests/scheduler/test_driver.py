@@ -11,7 +11,7 @@ from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.spec import ServiceSpec
 from p2pswarm.cluster.state import ClusterState, Result
 from p2pswarm.consensus.raft import LEADER
-from p2pswarm.node.record import RaftFacts, encode_record
+from p2pswarm.node.record import RaftFacts, TaskDigest, encode_record
 from p2pswarm.scheduler.driver import SchedulerConfig, SchedulerDriver
 
 CONFIG = SchedulerConfig(interval=0.01, resync=5.0, backoff=1.0, backoff_max=4.0)
@@ -136,22 +136,43 @@ def test_a_failing_round_backs_off_instead_of_planning_again_every_interval(capl
         "scheduler round failed: no quorum: 1 of 3 voters reachable; retrying in 1 s"]
 
 
-def test_the_orphan_reports_of_a_dead_node_are_proposed_side_by_side():
+def test_the_orphan_reports_of_a_dead_node_travel_in_one_entry_before_the_replacements():
     leader, sched, clock = setup()
     asyncio.run(sched._round(leader))
     assert leader.assigned("bad") == leader.assigned("good") == 2
-    write, in_flight, most = leader.write_cluster, [0], [0]
+    write, written = leader.write_cluster, []
 
-    async def slow_write(command):
-        in_flight[0] += 1
-        most[0] = max(most[0], in_flight[0])
-        await asyncio.sleep(0.01)  # a Raft round trip
-        in_flight[0] -= 1
+    async def recording_write(command):
+        written.append(command)
         return await write(command)
-    leader.write_cluster = slow_write
+    leader.write_cluster = recording_write
     [member] = sched.swim.members()
     member.status = "dead"
     clock[0] = 10.0
     asyncio.run(sched._round(leader))
     orphaned = [t for t in leader.cluster.tasks.values() if t.state == "orphaned"]
-    assert len(orphaned) == 4 and most[0] == 4  # all four in flight at once: one group commit, not four
+    assert len(orphaned) == 4
+    assert written[0]["op"] == "report_tasks"  # one entry for the four, not four entries
+    assert sorted(r["task"] for r in written[0]["reports"]) == sorted(t.id for t in orphaned)
+    assert all(r["state"] == "orphaned" and r["error"] == "node node-a is down" for r in written[0]["reports"])
+    assert [c["op"] for c in written[1:]] == ["assign_tasks"] * (len(written) - 1)
+
+
+def test_a_refused_report_of_a_batch_is_not_proposed_again_and_the_others_are():
+    leader, sched, clock = setup()
+    asyncio.run(sched._round(leader))
+    tasks = sorted(t.id for t in leader.cluster.tasks.values() if t.service == "bad")
+    [member] = sched.swim.members()
+    member.record = encode_record([RaftFacts("c1", "leader", 1),
+                                   TaskDigest(1, {tid: {"s": "running", "v": 1} for tid in tasks})])
+    member.record_version = 2
+    answers = iter([Result(False, "task is gone", {"rejected": ["task is gone"], "refused": [0]})])
+    leader.refuse = lambda command: next(answers, None) if command["op"] == "report_tasks" else None
+    clock[0] = 1.0
+    asyncio.run(sched._round(leader))
+    member.record_version = 3  # the node gossips again: the leader looks at its digest again
+    clock[0] = 2.0
+    asyncio.run(sched._round(leader))
+    batches = [c for c in leader.proposed if c["op"] == "report_tasks"]
+    assert [[r["task"] for r in b["reports"]] for b in batches] == [tasks, tasks[1:]]
+    assert leader.cluster.tasks[tasks[1]].state == "running" and leader.cluster.tasks[tasks[0]].state == "assigned"
