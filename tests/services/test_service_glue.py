@@ -81,12 +81,16 @@ def test_only_changes_are_reported():
     tid = next(iter(state.tasks))
     sched = SchedulerDriver(None, None, SchedulerConfig())
     running = {tid: {"s": "running", "v": 1, "p": 20001}}
-    out = sched._observe(state, [member("node-a", (1, running))], 2.0)
-    assert [(c["task"], c["state"], c["port"]) for c in out] == [(tid, "running", 20001)]
-    state.apply(out[0], 1, 4)
-    assert sched._observe(state, [member("node-a", (2, running))], 3.0) == []
-    assert sched._observe(state, [member("node-b", (1, running))], 3.0) == []  # not its task
-    assert sched._observe(state, [member("node-a", (3, {tid: {"s": "starting", "v": 1}}))], 3.0) == []
+
+    def reports(members, wall):
+        return [r for c in sched.observations(state, members, wall) if c["op"] == "report_tasks" for r in c["reports"]]
+    (batch,) = [c for c in sched.observations(state, [member("node-a", (1, running))], 2.0)
+                if c["op"] == "report_tasks"]
+    assert [(r["task"], r["state"], r["port"]) for r in batch["reports"]] == [(tid, "running", 20001)]
+    assert state.apply(batch, 1, 4).ok
+    assert reports([member("node-a", (2, running))], 3.0) == []
+    assert reports([member("node-b", (1, running))], 3.0) == []  # not its task
+    assert reports([member("node-a", (3, {tid: {"s": "starting", "v": 1}}))], 3.0) == []
 
 
 def test_registration_adds_gossiped_labels_and_capacity_once():
