@@ -49,6 +49,8 @@ MAX_COMMAND_BYTES = MAX_ENTRY_BYTES - ENTRY_HEADROOM
 """Encoded size of one command, at most: the leader refuses a larger Raft entry (``MAX_ENTRY_BYTES``)."""
 MAX_ID = 128
 MAX_MESSAGE = 1024
+MAX_EXIT_CODE = 255
+"""A task's exit code is within ±this (a process's status byte; minus the signal that killed it)."""
 MAX_TIME = 1e12
 ID = re.compile(r"[\x21-\x7e]{1,128}")
 ID_WHAT = "must be 1-128 printable ASCII characters without spaces"
@@ -338,12 +340,19 @@ def _list(f: str, v: Any, limit: int) -> list:
 
 REPORT: dict[str, Check] = {
     "task": _ident, "state": lambda f, v: choice(f, v, TASK_STATES), "node": _opt(_ident),
-    "port": _opt(lambda f, v: integer(f, v, 1, 65535)), "exit_code": _opt(lambda f, v: integer(f, v, -255, 255)),
+    "port": _opt(lambda f, v: integer(f, v, 1, 65535)),
+    "exit_code": _opt(lambda f, v: integer(f, v, -MAX_EXIT_CODE, MAX_EXIT_CODE)),
     "error": _message, "health": _opt(lambda f, v: choice(f, v, ("starting", "healthy", "unhealthy")))}
 
 
 def _reports(f: str, v: Any) -> list[dict]:
     return [_fields(f"{f}[{i}]", item, REPORT) for i, item in enumerate(_list(f, v, MAX_BATCH))]
+
+
+def check_report(report: Any) -> dict:
+    """One report of a batch as the state machine checks it (SpecError if it would be refused): a leader checks
+    each before batching, since a malformed report refuses its whole ``report_tasks`` command."""
+    return _fields("report", report, REPORT)
 
 
 SCHEMAS: dict[str, dict[str, Check]] = {
@@ -416,6 +425,6 @@ def check(command: Any) -> tuple[str, dict[str, Any]]:
 
 __all__ = ["create_service", "update_service", "rollback_service", "scale_service", "remove_service", "placement",
            "assign_tasks", "assign_batches", "set_task_desired", "report_task_status", "task_report",
-           "report_tasks", "report_batches", "update_node", "remove_node",
+           "report_tasks", "report_batches", "check_report", "update_node", "remove_node",
            "set_update_state", "set_scheduling_error", "create_secret", "create_config", "remove_secret",
            "remove_config", "encoded_size", "check_size", "check", "SCHEMAS"]

@@ -326,19 +326,19 @@ class ClusterState(ObjectCommands):
 
     def _report_tasks(self, f: dict, index: int) -> Result:
         """Each report as its own ``report_task_status``; one refused (its task ended or is gone meanwhile) does
-        not stop the others.  ``refused`` gives their positions, so that the leader does not propose them again."""
-        rejected, refused = [], []
+        not stop the others.  ``refused`` gives their positions, so that the leader does not propose them again;
+        only the first reason is kept (the result is remembered by command id, snapshots included)."""
+        first, refused = "", []
         for i, report in enumerate(f["reports"]):
             try:
                 self._report_task_status(dict(report, at=f["at"]), index)
             except Rejected as e:
-                rejected.append(str(e))
+                first = first or str(e)
                 refused.append(i)
-        value = {"rejected": rejected, "refused": refused}
-        if rejected:
-            more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
-            return Result(False, rejected[0] + more, value)
-        return Result(True, "", value)
+        if refused:
+            more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+            return Result(False, first + more, {"refused": refused})
+        return Result(True, "", {"refused": []})
 
     def _report_task_status(self, f: dict, index: int) -> Result:
         tid, state, at = f["task"], f["state"], f["at"]

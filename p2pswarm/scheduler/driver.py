@@ -41,7 +41,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from p2pswarm.cluster import commands as cmd
+from p2pswarm.cluster.commands import MAX_EXIT_CODE
 from p2pswarm.cluster.model import TERMINAL, state_rank
+from p2pswarm.cluster.spec import SpecError
 from p2pswarm.consensus.raft import LEADER
 from p2pswarm.consensus.requests import command_id
 from p2pswarm.membership.messages import LIVE
@@ -233,7 +235,18 @@ class SchedulerDriver:
         (a zone's replacements start together: thousands of reports in a few entries), leaving out what the state
         machine refused before."""
         registered = [c for c in self._register(state, members, wall) if _gist(c) not in self._refused]
-        reports = [r for r in self._observe(state, members) if _gist(r) not in self._refused]
+        reports = []
+        for report in self._observe(state, members):
+            gist = _gist(report)
+            if gist in self._refused:
+                continue
+            try:
+                cmd.check_report(report)
+            except SpecError as exc:  # one odd digest must not sink the batch it would ride in
+                log.debug("task report %s not proposed: %s", report["task"], exc)
+                self._refused.add(gist)
+                continue
+            reports.append(report)
         return registered + list(cmd.report_batches(lambda: _cid("st"), wall, reports))
 
     def _register(self, state: Any, members: list, wall: float) -> list[dict]:
@@ -292,9 +305,10 @@ def _report(rec: dict) -> tuple | None:
     port, health, code, error = rec.get("p"), rec.get("h"), rec.get("x"), rec.get("e")
     port = port if type(port) is int and 0 < port < 65536 else None
     health = health if health in HEALTH else None
-    code = code if type(code) is int and -(2**31) <= code < 2**31 else None
-    if code is None and type(rec.get("g")) is int:
-        code = -rec["g"]  # killed by a signal, as Popen reports it
+    code = code if type(code) is int and -MAX_EXIT_CODE <= code <= MAX_EXIT_CODE else None
+    signal = rec.get("g")
+    if code is None and type(signal) is int and 0 < signal <= MAX_EXIT_CODE:
+        code = -signal  # killed by a signal, as Popen reports it
     error = error[:MAX_ERROR] if isinstance(error, str) else ""
     return new, port, health, code, error
 
@@ -311,14 +325,14 @@ def _gist(command: dict) -> tuple:
 
 
 def _refused_gists(command: dict, result: Any) -> list[tuple]:
-    """The observations of ``command`` that the state machine refused: a batch's refused reports, or all of it."""
+    """The observations of ``command`` that the state machine refused: a batch's refused reports (a batch refused
+    whole names none: its reports were checked one by one, so they are tried again rather than all dropped)."""
     if result.ok:
         return []
     if command["op"] != "report_tasks":
         return [_gist(command)]
-    value = result.value if isinstance(result.value, dict) else {}
-    refused = value.get("refused")
-    return [_gist(r) for i, r in enumerate(command["reports"]) if refused is None or i in refused]
+    refused = set(result.value.get("refused") or ()) if isinstance(result.value, dict) else set()
+    return [_gist(r) for i, r in enumerate(command["reports"]) if i in refused]
 
 
 def _cid(kind: str) -> str:

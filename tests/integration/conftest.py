@@ -13,14 +13,14 @@ from p2pswarm.testing.localcluster import LocalCluster
 LOG_TAIL_LINES = 40
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """A failed test's report ends with the end of each node's log: a CI run keeps nothing else."""
-    report = yield
+    outcome = yield
+    report = outcome.get_result()
     cluster = getattr(item, "funcargs", {}).get("cluster")
     if report.failed and isinstance(cluster, LocalCluster):
         report.sections.append(("node logs", log_tails(cluster)))
-    return report
 
 
 def pytest_collection_modifyitems(items):

@@ -176,3 +176,20 @@ def test_a_refused_report_of_a_batch_is_not_proposed_again_and_the_others_are():
     batches = [c for c in leader.proposed if c["op"] == "report_tasks"]
     assert [[r["task"] for r in b["reports"]] for b in batches] == [tasks, tasks[1:]]
     assert leader.cluster.tasks[tasks[1]].state == "running" and leader.cluster.tasks[tasks[0]].state == "assigned"
+
+
+def test_an_odd_digest_entry_sinks_neither_its_batch_nor_itself():
+    leader, sched, clock = setup()
+    asyncio.run(sched._round(leader))
+    tasks = sorted(t.id for t in leader.cluster.tasks.values() if t.service == "bad")
+    [member] = sched.swim.members()
+    digest = {tasks[0]: {"s": "failed", "v": 1, "x": 300},  # no exit status is 300: read as unknown
+              tasks[1]: {"s": "running", "v": 1, "g": 1 << 40}}  # nor is a signal number that large
+    member.record = encode_record([RaftFacts("c1", "leader", 1), TaskDigest(1, digest)])
+    member.record_version = 2
+    clock[0] = 1.0
+    asyncio.run(sched._round(leader))
+    first, second = (leader.cluster.tasks[tid] for tid in tasks)
+    assert (first.state, first.exit_code) == ("failed", None)
+    assert (second.state, second.exit_code) == ("running", None)
+    assert [c["op"] for c in leader.proposed[-1:]] == ["report_tasks"] and leader.proposed[-1]["reports"]
