@@ -238,13 +238,17 @@ def _report(c: _Context) -> list[Event]:
 
 
 def _reports(c: _Context) -> list[Event]:
-    """The events of each report of a batch that was applied (a refused one changed nothing)."""
+    """The events of the reports of a batch that were applied (a refused one changed nothing), one per task: the
+    last report of a task is what the state shows after the entry, compared with the state before it."""
     value = getattr(c.result, "value", None)
     if not isinstance(value, dict):
         return []  # refused as a whole (malformed): nothing was applied
     refused = set(value.get("refused") or ())
-    return [event for i, report in enumerate(c.command.get("reports") or ()) if i not in refused
-            for event in _reported(c, report)]
+    last = {}
+    for i, report in enumerate(c.command.get("reports") or ()):
+        if i not in refused:
+            last[report["task"]] = report
+    return [event for report in last.values() for event in _reported(c, report)]
 
 
 def _reported(c: _Context, report: dict) -> list[Event]:

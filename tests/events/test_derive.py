@@ -174,3 +174,6 @@ def test_a_report_batch_derives_the_events_of_the_reports_it_applied():
     assert [(e.action, e.subject) for e in events] == [("running", first), ("orphaned", second)]
     assert dict(events[1].attrs)["error"] == "node n2 is down"
     assert r({"op": "report_tasks", "id": r.cid(), "at": 7.0, "reports": "junk"}) == []
+    twice = r(cmd.report_tasks(r.cid(), 8.0, [cmd.task_report(first, "failed", node="n1", exit_code=1),
+                                              cmd.task_report(first, "failed", node="n1", exit_code=1)]))
+    assert [(e.action, e.subject) for e in twice] == [("failed", first)]  # one task, one event
