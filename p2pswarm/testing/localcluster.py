@@ -83,6 +83,8 @@ class LocalNode:
         self.log_path = cluster.tmp / f"{self.name}.log"
         self.proc: subprocess.Popen | None = None
         self.api = ApiClient(self.data_dir, timeout=2.0)
+        self.insecure = False
+        """Started with ``--insecure``: it gives no join token, and a node joining through it needs none."""
         self.kernel_mesh = False
         """Started with a kernel path (``--mesh`` auto or kernel): a killed node leaves its nftables table."""
 
@@ -131,20 +133,27 @@ class LocalCluster:
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "p2pswarm.cli.main", *args]
 
-    def start(self, index: int, peers: tuple[str, ...] = (), *extra: str) -> LocalNode:
-        """Start `p2pswarm up` in the foreground (as a child we own) with the cluster's preset."""
+    def start(self, index: int, peers: tuple[str, ...] = (), *extra: str, token: str | None = None) -> LocalNode:
+        """Start `p2pswarm up` in the foreground (as a child we own) with the cluster's preset.
+
+        A node joining through ``peers`` without ``--token``/``--insecure`` in ``extra`` and without a data dir of
+        its own gets ``token``, else the one a running node gives: waited for, since a joiner started without one
+        exits at once (a busy node's API answering late once left a 3-node group at two members)."""
         node = self.node(index)
         args = ["up", "--data-dir", str(node.data_dir), "--bind", node.addr, "--name", node.name,
                 "--preset", self.preset, *self.task_args, *self.node_args, *extra]
         if "--mesh" not in args:
             args += ["--mesh", self.mesh]
         node.kernel_mesh = args[args.index("--mesh") + 1] != "userspace"
+        node.insecure = "--insecure" in args
         env = cli_env()
         if peers:
             args += ["--peers", ",".join(peers)]
-            if "--token" not in extra and "--insecure" not in extra and not (node.data_dir / "security" /
-                                                                             "state").exists():
-                token = self.join_token(peers, exclude=index)
+            if "--token" not in args and "--insecure" not in args and not (node.data_dir / "security" /
+                                                                           "state").exists():
+                if token is None and self.secure_peer_runs(peers, exclude=index):
+                    token = wait_until(lambda: self.join_token(peers, exclude=index), 30,
+                                       f"a join token for {node.name} from a running node", interval=0.2)
                 if token is not None:
                     env["P2PSWARM_TOKEN"] = token  # not in argv: /proc/PID/cmdline is readable by all
         with open(node.log_path, "ab") as log:
@@ -180,6 +189,11 @@ class LocalCluster:
             node.kernel_mesh = options.get("mesh", self.mesh) != "userspace"
         return nodes
 
+    def secure_peer_runs(self, peers: tuple[str, ...], exclude: int | None = None) -> bool:
+        """Whether a node of this cluster at one of ``peers`` runs, secure: it will give a join token."""
+        return any(n.addr in peers and n.index != exclude and not n.insecure and n.proc is not None
+                   and n.proc.poll() is None for n in self.nodes.values())
+
     def join_token(self, peers: tuple[str, ...] = (), exclude: int | None = None) -> str | None:
         """The join token from a running node of this cluster (those at ``peers`` first), or None."""
         nodes = [n for n in self.nodes.values() if n.index != exclude and n.proc is not None and n.proc.poll() is None]
@@ -197,8 +211,8 @@ class LocalCluster:
         Waits until node 0 gives the token: a joiner started before that gets none (``start``
         then passes none) and a secure cluster refuses it."""
         first = self.start(0)
-        wait_until(lambda: self.join_token((first.addr,)), timeout, "the first node's join token")
-        return [first] + [self.start(i, (first.addr,)) for i in range(1, n)]
+        token = wait_until(lambda: self.join_token((first.addr,)), timeout, "the first node's join token")
+        return [first] + [self.start(i, (first.addr,), token=token) for i in range(1, n)]
 
     def start_group(self, n: int, timeout: float = 60) -> list[LocalNode]:
         """Nodes 0..n-1, joined through node 0, once all n are in its Raft group and autopilot has
