@@ -136,7 +136,7 @@ class LocalCluster:
     def start(self, index: int, peers: tuple[str, ...] = (), *extra: str, token: str | None = None) -> LocalNode:
         """Start `p2pswarm up` in the foreground (as a child we own) with the cluster's preset.
 
-        A node joining through ``peers`` without ``--token``/``--insecure`` in ``extra`` and without a data dir of
+        A node joining through ``peers`` without ``--token``/``--insecure`` in its arguments and without a data dir of
         its own gets ``token``, else the one a running node gives: waited for, since a joiner started without one
         exits at once (a busy node's API answering late once left a 3-node group at two members)."""
         node = self.node(index)
@@ -151,9 +151,8 @@ class LocalCluster:
             args += ["--peers", ",".join(peers)]
             if "--token" not in args and "--insecure" not in args and not (node.data_dir / "security" /
                                                                            "state").exists():
-                if token is None and self.secure_peer_runs(peers, exclude=index):
-                    token = wait_until(lambda: self.join_token(peers, exclude=index), 30,
-                                       f"a join token for {node.name} from a running node", interval=0.2)
+                if token is None:
+                    token = self.wait_for_token(peers, exclude=index)
                 if token is not None:
                     env["P2PSWARM_TOKEN"] = token  # not in argv: /proc/PID/cmdline is readable by all
         with open(node.log_path, "ab") as log:
@@ -175,7 +174,7 @@ class LocalCluster:
         spec_path = self.tmp / f"{nodes[0].name}-group.json"
         spec_path.write_text(json.dumps(spec))
         env = cli_env()
-        token = self.join_token(peers) if peers else None
+        token = self.wait_for_token(peers) if peers else None
         if token is not None:
             env["P2PSWARM_TOKEN"] = token
         log_path = self.tmp / f"{nodes[0].name}-group.log"
@@ -189,10 +188,14 @@ class LocalCluster:
             node.kernel_mesh = options.get("mesh", self.mesh) != "userspace"
         return nodes
 
-    def secure_peer_runs(self, peers: tuple[str, ...], exclude: int | None = None) -> bool:
-        """Whether a node of this cluster at one of ``peers`` runs, secure: it will give a join token."""
-        return any(n.addr in peers and n.index != exclude and not n.insecure and n.proc is not None
-                   and n.proc.poll() is None for n in self.nodes.values())
+    def wait_for_token(self, peers: tuple[str, ...], exclude: int | None = None) -> str | None:
+        """The join token for a node joining through ``peers``: waited for while a secure node of this cluster
+        runs at one of them (it will give one; a joiner without it exits at once), else asked once (None: none)."""
+        if any(n.addr in peers and n.index != exclude and not n.insecure and n.proc is not None
+               and n.proc.poll() is None for n in self.nodes.values()):
+            return wait_until(lambda: self.join_token(peers, exclude), 30, "a join token from a running node",
+                              interval=0.2)
+        return self.join_token(peers, exclude)
 
     def join_token(self, peers: tuple[str, ...] = (), exclude: int | None = None) -> str | None:
         """The join token from a running node of this cluster (those at ``peers`` first), or None."""
