@@ -7,6 +7,7 @@ still lists them all (it imports them to show their one-line help)."""
 
 from __future__ import annotations
 
+import difflib
 import importlib
 
 import click
@@ -25,3 +26,12 @@ class LazyGroup(click.Group):
             module, attribute = self.lazy[name].split(":")
             self.add_command(getattr(importlib.import_module(module), attribute), name)
         return super().get_command(ctx, name)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple:
+        """As click's, with the closest command named when there is no such command (a typo)."""
+        name = click.utils.make_str(args[0]) if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            ctx.fail(f"No such command {name!r}{hint}.")
+        return super().resolve_command(ctx, args)

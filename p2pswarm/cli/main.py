@@ -76,6 +76,7 @@ COMMANDS = {
 
 
 @click.group(cls=OneLineErrors, no_args_is_help=True, lazy=COMMANDS)
+@click.version_option(package_name="p2pswarm", message="p2pswarm %(version)s")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.option("--host", envvar="P2PSWARM_HOST", default=None, metavar="https://HOST:PORT",
               help="Talk to a remote node's --api-addr (with --bundle) [env: P2PSWARM_HOST].")

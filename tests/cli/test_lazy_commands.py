@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import click
+from click.testing import CliRunner
 
 from p2pswarm.cli.main import COMMANDS, main
 from p2pswarm.testing.localcluster import REPO, cli_env
@@ -51,3 +52,15 @@ def test_every_command_in_the_table_resolves_and_is_listed():
         for name in group.list_commands(ctx):
             assert group.get_command(ctx, name) is not None, name
     assert {"backup", "restore", "client-cert", "client-certs", "api-ca", "status"} <= set(cluster.list_commands(ctx))
+
+
+def test_a_mistyped_command_names_the_closest_one_and_version_answers():
+    typo = CliRunner().invoke(main, ["servce", "ls"])
+    assert typo.exit_code == 2
+    assert typo.output.strip() == "error: No such command 'servce' (did you mean 'service'?)."
+    sub = CliRunner().invoke(main, ["node", "lss"])
+    assert (sub.exit_code, sub.output.strip()) == (2, "error: No such command 'lss' (did you mean 'ls'?).")
+    nothing = CliRunner().invoke(main, ["zzzz"])
+    assert (nothing.exit_code, nothing.output.strip()) == (2, "error: No such command 'zzzz'.")
+    version = CliRunner().invoke(main, ["--version"])
+    assert version.exit_code == 0 and version.output.startswith("p2pswarm ")
