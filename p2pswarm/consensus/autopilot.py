@@ -35,6 +35,10 @@ Rules, in the order they are tried:
    voter or learner already covers makes room for an alive member of a zone nobody
    covers.  While live voters are short of the target, one more learner per missing
    voter may join (a candidate to promote, even with ``max_learners`` 0).
+   With the voters at target, a voter whose zone another voter covers (never the leader) is removed
+   when a learner of a zone no voter covers is ready (as in rule 4), healthy quorum permitting; the
+   next round promotes that learner: voters are chosen as learners become ready, and a zone whose
+   nodes started last would otherwise never get one.
 6. Above target (members left), a live voter (never the leader) is removed, an
    unhealthy one first, else the worst-ranked, quorum permitting.
 
@@ -124,6 +128,10 @@ def next_change(now: float, peers: Iterable[Peer], voters: Iterable[str], learne
     swap = _zone_swap(view, candidates, live_voters, learners)
     if swap is not None:
         return swap
+    if len(live_voters) == target:
+        swap = _voter_zone_swap(view, voters, live_voters, learners, match, last_index)
+        if swap is not None:
+            return swap
     if len(live_voters) > target:
         ranked = view.rank([v for v in live_voters if v != leader], [leader])
         victim = ([v for v in ranked if not view.healthy(v)] or ranked)[-1]
@@ -143,6 +151,25 @@ def _zone_swap(view: "_View", candidates: list, live_voters: list, learners: lis
     victim = view.rank(doubled, live_voters)[-1]
     return Change("remove", victim, f"learner zone {view.zone(victim) or 'unset'} is covered; zone "
                                     f"{view.zone(newcomers[0])} is not")
+
+
+def _voter_zone_swap(view: "_View", voters: list, live_voters: list, learners: list, match: Mapping[str, int],
+                     last_index: int) -> Change | None:
+    """Remove a voter whose zone another voter covers when a learner of a zone no voter covers is ready to be
+    promoted (the next round promotes it: new zones rank first).  Voters are chosen as learners become ready, so a
+    zone whose nodes started late would otherwise never get a voter while the group stays full."""
+    covered = [view.zone(v) for v in live_voters]
+    ready = [x for x in learners if view.zone(x) and view.zone(x) not in covered and view.stable(x)
+             and view.healthy(x) and match.get(x, 0) + view.config.max_lag >= last_index]
+    doubled = [v for v in live_voters if v != view.leader and (view.zone(v) == "" or covered.count(view.zone(v)) > 1)]
+    if not ready or not doubled:
+        return None
+    victim = view.rank(doubled, [view.leader])[-1]
+    remaining = [u for u in voters if u != victim]
+    if not _healthy_quorum(view, remaining) or not _healthy_quorum(view, remaining + ready[:1]):
+        return None
+    return Change("remove", victim, f"voter zone {view.zone(victim) or 'unset'} is covered; learner "
+                                    f"{ready[0]} of zone {view.zone(ready[0])} is not")
 
 
 def _quorum_safe(view: "_View", voters: list) -> bool:

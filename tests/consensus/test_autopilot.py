@@ -138,3 +138,22 @@ def test_ranking_is_the_greedy_order_new_zones_then_uptime_then_id(shapes, chose
         left.remove(best)
         zones.add(view.zone(best))
     assert view.rank([p.id for p in peers], [c.id for c in chosen]) == greedy
+
+
+def test_a_late_zone_gets_a_voter_once_its_learner_is_ready():
+    zones = {"a": "z0", "b": "z0", "c": "z0", "d": "z2", "e": "z2", "f": "z1", "g": "z1"}
+    peers = [peer(n, zone=z, started=i) for i, (n, z) in enumerate(zones.items())]
+    voters, learners = ["a", "b", "c", "d", "e"], ["f", "g"]
+    late = {"f": 50, "g": 50}
+    swap = decide(peers, voters, learners, match=late)
+    assert swap == Change("remove", "e", "voter zone z2 is covered; learner f of zone z1 is not")
+    voters.remove(swap.node)
+    assert decide(peers, voters, learners, match=late) == Change("promote", "f", "4 live voters, target 5")
+    voters.append("f")
+    assert decide(peers, voters, ["g"], match=late) == Change("add_learner", "e", "5 live voters, target 5")
+    late["e"] = 50
+    assert decide(peers, voters, ["g", "e"], match=late) is None  # every zone has a voter: nothing more to swap
+    # not while the learner is behind or was not alive long enough, nor when no zone has two voters
+    assert decide(peers, ["a", "b", "c", "d", "e"], learners, match={"f": 1, "g": 1}) is None
+    fresh = [p if p.id not in "fg" else peer(p.id, zone=p.zone, since=NOW - 1) for p in peers]
+    assert decide(fresh, ["a", "b", "c", "d", "e"], learners, match=late) is None
