@@ -111,8 +111,7 @@ def next_change(now: float, peers: Iterable[Peer], voters: Iterable[str], learne
         if v != leader and view.gone(v) and _quorum_safe(view, [u for u in voters if u != v]):
             return Change("remove", v, f"voter {view.status(v)}")
     if len(live_voters) < target:
-        ready = [x for x in learners if view.stable(x) and view.healthy(x)
-                 and match.get(x, 0) + config.max_lag >= last_index]
+        ready = [x for x in learners if view.ready(x, match, last_index)]
         best = view.rank(ready, live_voters)[0] if ready else None
         if best is not None and _healthy_quorum(view, voters + [best]):
             return Change("promote", best, f"{len(live_voters)} live voters, target {target}")
@@ -159,8 +158,7 @@ def _voter_zone_swap(view: "_View", voters: list, live_voters: list, learners: l
     promoted (the next round promotes it: new zones rank first).  Voters are chosen as learners become ready, so a
     zone whose nodes started late would otherwise never get a voter while the group stays full."""
     covered = [view.zone(v) for v in live_voters]
-    ready = [x for x in learners if view.zone(x) and view.zone(x) not in covered and view.stable(x)
-             and view.healthy(x) and match.get(x, 0) + view.config.max_lag >= last_index]
+    ready = [x for x in learners if view.zone(x) and view.zone(x) not in covered and view.ready(x, match, last_index)]
     doubled = [v for v in live_voters if v != view.leader and (view.zone(v) == "" or covered.count(view.zone(v)) > 1)]
     if not ready or not doubled:
         return None
@@ -209,6 +207,11 @@ class _View:
         heard = self.last_contact.get(node)
         return (self.status(node) == ALIVE and heard is not None
                 and self.now - heard <= self.config.last_contact_threshold)
+
+    def ready(self, learner: str, match: Mapping[str, int], last_index: int) -> bool:
+        """Promotable: stable, healthy and caught up (its match index within ``max_lag`` of the leader's last)."""
+        return (self.stable(learner) and self.healthy(learner)
+                and match.get(learner, 0) + self.config.max_lag >= last_index)
 
     def gone(self, node: str) -> bool:
         """Left, or dead / unheard of for longer than the stabilization time."""

@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from p2pswarm.cluster import commands as cmd
-from p2pswarm.cluster.commands import MAX_EXIT_CODE
 from p2pswarm.cluster.model import TERMINAL, state_rank
 from p2pswarm.cluster.spec import SpecError
 from p2pswarm.consensus.raft import LEADER
@@ -305,9 +304,9 @@ def _report(rec: dict) -> tuple | None:
     port, health, code, error = rec.get("p"), rec.get("h"), rec.get("x"), rec.get("e")
     port = port if type(port) is int and 0 < port < 65536 else None
     health = health if health in HEALTH else None
-    code = code if type(code) is int and -MAX_EXIT_CODE <= code <= MAX_EXIT_CODE else None
+    code = code if type(code) is int and -cmd.MAX_EXIT_CODE <= code <= cmd.MAX_EXIT_CODE else None
     signal = rec.get("g")
-    if code is None and type(signal) is int and 0 < signal <= MAX_EXIT_CODE:
+    if code is None and type(signal) is int and 0 < signal <= cmd.MAX_EXIT_CODE:
         code = -signal  # killed by a signal, as Popen reports it
     error = error[:MAX_ERROR] if isinstance(error, str) else ""
     return new, port, health, code, error
