@@ -148,6 +148,8 @@ def test_an_encrypted_port_crosses_between_nodes_only_inside_tls(cluster, tmp_pa
     route = wait_until(lambda: [r for r in routes(cluster, a, port) if r["route"] == "tls"], 30,
                        "a routing to b's replica over TLS")
     assert route[0]["node_name"] == b.name
+    # a's listener on the port may come a moment after its routing (a suite run was refused once in between)
+    wait_until(lambda: answers(a.host, port), 30, "node a serving the published port")
     tls_port = b.api.get("/v1/mesh")["relay_port"] + 1
     marker = "ENCRYPTED-MESH-MARKER-7f3a"
     capture = Capture(f"tcp port {tls_port}", tmp_path / "tls.pcap") if tcpdump() else None
