@@ -119,8 +119,12 @@ class ContainerRuntime(TaskFolders):
         async with self._connecting:
             if self._client is None:
                 try:
-                    self._streams = await self._call(eng.connect, self.config.socket, None, max_pool_size=1024)
-                    self._client = await self._call(eng.connect, self.config.socket, self.config.api_timeout)
+                    client = await self._call(eng.connect, self.config.socket, self.config.api_timeout)
+                    # the streams client takes the API version the timed one negotiated: asking the engine
+                    # again without a timeout would hang this thread, and the node's exit, on a stuck engine
+                    self._streams = await self._call(eng.connect, self.config.socket, None,
+                                                     version=client.api.api_version, max_pool_size=1024)
+                    self._client = client
                 except eng.ERRORS as exc:
                     raise EngineDown(eng.task_error(exc)) from None
                 if self._watchdog is not None:

@@ -21,9 +21,11 @@ import ipaddress
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,3 +281,31 @@ def start_test_engine() -> PrivateEngine:
         daemon.stop()
         raise DockerdUnavailable(f"cannot import the test image: {exc}") from None
     return PrivateEngine(daemon.socket, TEST_IMAGE, started, time.monotonic() - began - started, daemon)
+
+
+class HungEngine:
+    """A unix socket that accepts connections and never answers: to a node, an engine that hangs.
+
+    Use as a context manager; the socket is at ``path`` and ``url`` names it as an engine socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.url = f"unix://{path}"
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._held: list[socket.socket] = []
+
+    def __enter__(self) -> HungEngine:
+        self._server.bind(str(self.path))
+        self._server.listen(64)
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self._held.append(self._server.accept()[0])
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.close()
+        for conn in self._held:
+            conn.close()

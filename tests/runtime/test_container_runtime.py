@@ -22,6 +22,7 @@ from p2pswarm.runtime.dispatch import DispatchRuntime
 from p2pswarm.runtime.engine import probe
 from p2pswarm.runtime.process import ProcessRuntime
 from p2pswarm.runtime.reaper import Watchdog
+from p2pswarm.testing.dockerd import HungEngine
 
 from ..apps.support import PY, aeventually
 
@@ -265,6 +266,24 @@ def test_no_engine_at_all_fails_image_tasks_only(tmp_path):
     assert box.error == "engine: unavailable (not reachable: No such file or directory)"
     assert proc.ok and read_log(rt, "proc") == "hi\n"
     containers.close()
+
+
+def test_an_engine_that_never_answers_costs_the_api_timeout_and_holds_no_thread(tmp_path):
+    with HungEngine(tmp_path / "hung.sock") as engine:
+        containers = ContainerRuntime(tmp_path, ContainerConfig("node-h", engine.url, api_timeout=1.0))
+
+        async def main():
+            return await asyncio.wait_for(containers.adopt_or_stop_leftovers(), 10)
+
+        try:
+            assert asyncio.run(main()) == []  # "no leftover containers looked for: ... did not answer in time"
+            engine_threads = [t for t in threading.enumerate() if t.name.startswith("engine")]
+            containers.close()
+            for thread in engine_threads:
+                thread.join(timeout=5)  # an idle one ends; one still waiting on the engine would hold the node's exit
+            assert engine_threads and not any(t.is_alive() for t in engine_threads)
+        finally:
+            containers.close()
 
 
 class _SocketProxy:
