@@ -29,7 +29,7 @@ import random
 import secrets
 import time
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Coroutine
 
 from p2pswarm import wire
 from p2pswarm.consensus.host import RaftHost
@@ -137,6 +137,8 @@ class Node(NodeViews, SecureStart, SignalHandling, Inbox):
         """The SecurityHost in a secure cluster, else None."""
         self._meta: Meta | None = None
         self._background: set[asyncio.Task] = set()
+        self._starting: asyncio.Future | None = None
+        """The start of Raft and the services while it runs (:meth:`_start_unless_stopped`)."""
         self._secure: Any = None
         """The security component (:class:`p2pswarm.node.secure.SecurityComponent`) in a secure cluster."""
         self.api_handler: Any = None
@@ -184,14 +186,9 @@ class Node(NodeViews, SecureStart, SignalHandling, Inbox):
                 await self._start_remote_api()  # before joining: a port in use fails the start at once
                 self._install_signals()
                 self._start_cluster(now)
-                self.raft = RaftHost(self.node_id, self.datadir.path, self.options.preset, bool(self._peers()),
-                                     swim=self.swim, transport=self.transport, clock=self.clock, seed=self.seed,
-                                     fatal=self.fail, record=self.record, max_learners=self.options.max_learners)
-                self.events = attach_events(self.raft, self.datadir.path)
-                await self._start_component(self.raft)
-                await self._start_services(incarnation)
-                self.started.set()
-                await self._loop()
+                if await self._start_unless_stopped(self._start_raft_and_services(incarnation)):
+                    self.started.set()
+                    await self._loop()
             finally:
                 self._remove_signals()
                 await api.close()
@@ -214,6 +211,34 @@ class Node(NodeViews, SecureStart, SignalHandling, Inbox):
             raise self._fatal
         log.info("node %s (%s) stopped", self.name, self.node_id)
         return 0
+
+    async def _start_unless_stopped(self, start: Coroutine[Any, Any, None]) -> bool:
+        """Run ``start``; a fatal error or a forced stop meanwhile cancels it (False): a start step waiting on
+        something slow, such as a container engine that hangs, must not keep alive a node that has to stop."""
+        self._starting = asyncio.ensure_future(start)
+        try:
+            await self._starting
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not self._starting.cancelled() or (current is not None and current.cancelling()):
+                raise  # the node itself is being cancelled, not just its start
+            return False
+        finally:
+            self._starting = None
+        return True
+
+    def _abort_start(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            log.info("stopping before the node finished starting")
+            self._starting.cancel()
+
+    async def _start_raft_and_services(self, incarnation: int) -> None:
+        self.raft = RaftHost(self.node_id, self.datadir.path, self.options.preset, bool(self._peers()),
+                             swim=self.swim, transport=self.transport, clock=self.clock, seed=self.seed,
+                             fatal=self.fail, record=self.record, max_learners=self.options.max_learners)
+        self.events = attach_events(self.raft, self.datadir.path)
+        await self._start_component(self.raft)
+        await self._start_services(incarnation)
 
     async def _start_services(self, incarnation: int) -> None:
         """The agent (every node) and the scheduler (acts only while this node leads Raft)."""
@@ -298,6 +323,7 @@ class Node(NodeViews, SecureStart, SignalHandling, Inbox):
             log.error("%s", exc)
             self._fatal = exc
         self._force_stop = True
+        self._abort_start()
         self._wake.set()
 
     def request_shutdown(self) -> None:
@@ -305,6 +331,7 @@ class Node(NodeViews, SecureStart, SignalHandling, Inbox):
         if self._stop_requested:
             log.warning("second stop request: stopping without waiting for the leave to spread")
             self._force_stop = True
+            self._abort_start()
         self._stop_requested = True
         self._wake.set()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from p2pswarm.testing.dockerd import HungEngine
 from p2pswarm.testing.localcluster import wait_until
 from p2pswarm.testing.raftcluster import (
     cluster_status,
@@ -104,6 +105,20 @@ def test_e_no_quorum_names_the_recovery_command_which_works(cluster):
     cluster.start(survivor.index)
     wait_until(lambda: try_put(survivor, "after", "recovery"), 60, "a write after recovery")
     assert get(survivor, "before") == "loss" and voters(survivor) == [survivor.name]
+
+
+def test_a_node_that_must_stop_while_starting_does_not_wait_for_a_hung_engine(cluster, tmp_path):
+    # the refusal comes while the agent still asks the engine (a 5 s probe, then a 30 s API timeout for the last
+    # life's containers): the node cancels the rest of its start and exits instead of waiting for either
+    with HungEngine(tmp_path / "hung.sock") as engine:
+        a = cluster.start(0)
+        wait_until(lambda: (roles(a) or {}).get("n0") == "leader", 30, "n0 leading its own cluster")
+        cluster.kill(0)
+        b = cluster.start(1)
+        wait_until(lambda: (roles(b) or {}).get("n1") == "leader", 30, "n1 leading another cluster")
+        again = cluster.start(0, (b.addr,), "--engine-socket", engine.url)
+        assert again.proc.wait(timeout=25) == 1
+    assert "holds raft cluster" in again.log() and "stopping before the node finished starting" in again.log()
 
 
 def test_a_data_dir_of_another_cluster_is_refused(cluster):
