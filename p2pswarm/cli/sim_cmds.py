@@ -23,6 +23,8 @@ def _print_report(report: dict, as_json: bool) -> None:
         return
     width = max(len(k) for k in report)
     for key, value in report.items():
+        if isinstance(value, dict):  # a breakdown: "swim 1.5, raft 0.2, ..."
+            value = ", ".join(f"{name} {part}" for name, part in value.items())
         click.echo(f"{key.ljust(width)}  {value}")
 
 

@@ -117,6 +117,12 @@ class NewsQueue:
     def has_fresh(self) -> bool:
         return self.fresh > 0
 
+    @property
+    def puts(self) -> int:
+        """Items queued so far, new news and replacements alike: the work of taking news in, which in a
+        simulation grows as members × changes (every member queues every change it hears first)."""
+        return self._serial
+
     def put(self, key: Hashable, item, size: int | None = None) -> None:
         """Queue ``item``, replacing any older news under the same key.
 

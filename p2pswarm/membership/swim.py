@@ -288,6 +288,10 @@ class Swim(Probing, Dissemination):
         return tuple(sorted(n for n in self._indirect_only
                             if n in self._members and self._members[n].status in LIVE))
 
+    def news_queued(self) -> int:
+        """News items this core queued to pass on (membership and records), replacements included."""
+        return self._news.puts + self._record_news.puts
+
     def live_count(self) -> int:
         """Members alive or suspect, ourselves included (n in the config formulas)."""
         return self._live

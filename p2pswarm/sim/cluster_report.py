@@ -12,8 +12,11 @@ if TYPE_CHECKING:
     from p2pswarm.sim.cluster_sim import ClusterSimulation
 
 WALL_CLOCK_KEYS = frozenset({"wall_seconds", "speedup", "cpu_seconds", "cpu_speedup", "peak_rss_mib",
-                             "scheduler_plan_wall_seconds"})
+                             "scheduler_plan_wall_seconds", "wall_seconds_by_part"})
 """Report keys measured on the machine, not simulated: left out of the digest."""
+WORK_KEYS = frozenset({"swim_news_queued"})
+"""How much work the run took (the same for the same seed, but not an outcome): left out of the digest too, so
+that digests stay comparable with runs from before it was counted."""
 
 
 def unassigned_live_nodes(sim: ClusterSimulation) -> int:
@@ -43,6 +46,13 @@ def restore_times(sim: ClusterSimulation) -> list[float]:
 
 def _num(value: float | None, digits: int = 3) -> Any:
     return None if value is None else round(value, digits) if math.isfinite(value) else "inf"
+
+
+def by_part(seconds: dict[str, float], wall: float) -> dict[str, float]:
+    """Wall seconds per part, largest first, and ``loop``: what no part's timer saw (queue, network, glue)."""
+    parts = dict(sorted(seconds.items(), key=lambda kv: -kv[1]))
+    parts["loop"] = max(0.0, wall - sum(parts.values()))
+    return {name: round(value, 2) for name, value in parts.items()}
 
 
 def report(sim: ClusterSimulation, wall: float, cpu: float) -> dict:
@@ -85,7 +95,10 @@ def report(sim: ClusterSimulation, wall: float, cpu: float) -> dict:
         "wall_seconds": round(wall, 2), "speedup": round(end / wall, 2) if wall else None,
         "cpu_seconds": round(cpu, 2), "cpu_speedup": round(end / cpu, 2) if cpu else None,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "swim_news_queued": sim.retired_news + sum(core.news_queued() for core in sim.cores),
+        "wall_seconds_by_part": by_part(sim.part_seconds, wall),
     }
-    sim.digest.update(repr(sorted((k, v) for k, v in out.items() if k not in WALL_CLOCK_KEYS)).encode())
+    left_out = WALL_CLOCK_KEYS | WORK_KEYS
+    sim.digest.update(repr(sorted((k, v) for k, v in out.items() if k not in left_out)).encode())
     out["digest"] = sim.digest.hexdigest()
     return out

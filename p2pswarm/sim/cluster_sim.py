@@ -33,6 +33,10 @@ Metrics:
   sent (Raft messages and assignment replies, real wire encoding), per simulated second;
   ``worker_bytes_per_s``: per node, SWIM (every 64th message encoded, scaled) plus assignment
   requests and replies.
+* ``swim_news_queued``: news items the SWIM cores queued to pass on (every member queues every change it hears
+  first: members × changes), the bulk of the simulator's own work; ``wall_seconds_by_part``: where the wall
+  clock went (``swim``: the cores' receive and tick; ``raft``, ``scheduler``, ``workers``, ``mesh``,
+  ``faults``: those components' timed calls; ``loop``: the rest, the event queue, network and glue).
 """
 
 from __future__ import annotations
@@ -129,6 +133,11 @@ class ClusterSimulation:
         self.samples: list[tuple[float, array]] = []
         self.detected_at: list[tuple[float, float]] = []
         """(time of the leader's dead mark, crash time): detection over time, for the plot."""
+        self.part_seconds: dict[str, float] = {}
+        """Wall seconds spent per part: ``swim`` (the cores' receive and tick), then each component's timed calls
+        (``raft``, ``scheduler``, ``workers``, ``mesh``, ``faults``: faults, restarts and sampling)."""
+        self.retired_news = 0
+        """News queued by cores that were since replaced by a restart (``swim_news_queued`` counts them too)."""
         self._build(preset)
 
     # ------------------------------------------------------------ setup
@@ -151,6 +160,9 @@ class ClusterSimulation:
         self.side = NodeSide(self)
         self.scheduler = LeaderScheduler(self, preset.scheduler)
         self.mesh = MeshClients(self, sc.requests_per_s, sc.warmup)
+        self._part_of = {RaftGroup: "raft", NodeSide: "workers", LeaderScheduler: "scheduler", MeshClients: "mesh",
+                         type(self): "faults"}
+        """The part of the simulation each component's timed calls count toward (``part_seconds``)."""
         self.at(sc.warmup, self._fault_window)  # before the faults due at the same time
         for fault in sc.faults:
             self.at(sc.warmup + fault.at, self._fault, fault)
@@ -292,6 +304,7 @@ class ClusterSimulation:
         if self.pending_detect.pop(i, None) is not None:
             self.undetected += 1
         old = self.cores[i]
+        self.retired_news += old.news_queued()
         core = Swim(old.id, old.addr, old._meta, self.config, random.Random(self.rng.random()), self.now,
                     incarnation=old.incarnation + 1)
         core.bootstrap(self.now, {})
@@ -323,16 +336,23 @@ class ClusterSimulation:
         push = self.heap.push
         inf = math.inf
         outbox, events, learned = self._outbox, self._events, self._learned
+        clock, part_of, spent = time.perf_counter, self._part_of, self.part_seconds
+        swim = 0.0
         for at, _serial, kind, i, payload in self.heap.events_until(self.sc.end):
             self._now = at
             if kind == CALL:
                 update(pack(at, kind, i))
-                payload[0](*payload[1])
+                fn = payload[0]
+                started = clock()
+                fn(*payload[1])
+                part = part_of.get(type(getattr(fn, "__self__", None)), "other")
+                spent[part] = spent.get(part, 0.0) + clock() - started
                 continue
             if i in down:
                 continue
             update(pack(at, kind, i))
             core = cores[i]
+            started = clock()
             if kind == DELIVER:
                 core.receive(at, payload)
             else:
@@ -340,6 +360,7 @@ class ClusterSimulation:
                     continue  # superseded: the deadline moved
                 wake_at[i] = inf
                 core.tick(at)
+            swim += clock() - started
             if outbox:
                 self._transmit(i, outbox, at)
                 outbox.clear()
@@ -353,6 +374,7 @@ class ClusterSimulation:
             if due != wake_at[i] and due != inf:
                 wake_at[i] = due
                 push(due if due > at else at, WAKE, i, due)
+        spent["swim"] = spent.get("swim", 0.0) + swim
 
     def _after(self, i: int, now: float) -> None:
         """Send and note what core ``i`` emitted outside its own events, and keep its wake-up."""

@@ -46,6 +46,18 @@ def test_a_long_run_says_where_it_is_without_changing_what_it_computes(monkeypat
     assert "4 down" in lines[-1] and "peak memory" in lines[-1]
 
 
+def test_the_report_says_where_the_time_went_and_how_much_news_the_cores_took_in():
+    small, larger = run(nodes=16, services=4, replicas=2, duration=10.0), run(nodes=32, services=4, replicas=2,
+                                                                            duration=10.0)
+    parts = small["wall_seconds_by_part"]
+    assert {"swim", "raft", "scheduler", "workers", "mesh", "loop"} <= parts.keys()
+    assert all(seconds >= 0 for seconds in parts.values())
+    assert sum(parts.values()) == pytest.approx(small["wall_seconds"], abs=0.1)
+    # every member queues every change it hears first: twice the members, at least about twice the news
+    assert small["swim_news_queued"] > 0
+    assert larger["swim_news_queued"] > 1.5 * small["swim_news_queued"]
+
+
 @pytest.mark.parametrize("name", cluster_scenario.BUILTIN)
 def test_every_scenario_runs_and_every_service_gets_its_replicas_back(name):
     report = run(name, duration=32.0 if name == "partition" else SMALL["duration"])
