@@ -49,6 +49,8 @@ from p2pswarm.runtime.volumes import MountError, resolve
 log = logging.getLogger("p2pswarm.runtime")
 
 OOM_ERROR = "killed: memory limit reached"
+STOP_UNCONFIRMED = "engine: did not confirm the stop"
+"""How a run ends when the engine does not confirm its SIGKILL within ``ContainerConfig.kill_wait``."""
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,18 @@ class ContainerConfig:
     """Where named volumes live (:mod:`.volumes`; None: its default)."""
     dns: str | None = None
     """``HOST:PORT`` of the node's DNS: ``P2PSWARM_DNS``, and the container's resolver when on port 53."""
+    kill_wait: float = 10.0
+    """Seconds a stop waits for the engine to confirm a SIGKILL; then the run ends as ``engine: did not confirm
+    the stop`` (the container is left to the node's reaper), so a hung engine cannot hold the node's stop."""
 
 
 class ContainerHandle(TaskHandle):
     done: asyncio.Future[TaskExit]
     """Resolves when the container has exited and is removed."""
     container_id: str = ""
+    ended: asyncio.Future | None = None
+    """What the run's follower thread resolves with (exit code, OOM killed, error); a stop the engine does not
+    confirm resolves it instead."""
 
 
 class EngineDown(Exception):
@@ -221,6 +229,7 @@ class ContainerRuntime(TaskFolders):
                 for name in (STDOUT, STDERR)}
         threading.Thread(target=self._follow, args=(cid, stream, logs, ended, loop), daemon=True,
                          name=f"container-{spec.task_id}").start()
+        handle.ended = ended
         handle.done = asyncio.ensure_future(self._watch(handle, ended))
         return handle
 
@@ -323,6 +332,13 @@ class ContainerRuntime(TaskFolders):
         except asyncio.TimeoutError:
             log.info("task %s ignored %s for %ss: SIGKILL", handle.spec.task_id, handle.spec.stop_signal, grace)
             await self._kill(handle, "SIGKILL")
+        try:
+            return await asyncio.wait_for(asyncio.shield(handle.done), self.config.kill_wait)
+        except asyncio.TimeoutError:
+            log.warning("task %s: the engine did not confirm the stop in %ss; its container is left to the node's "
+                        "reaper", handle.spec.task_id, self.config.kill_wait)
+            if handle.ended is not None:
+                _resolve(handle.ended, (None, False, STOP_UNCONFIRMED))
             return await self.wait(handle)
 
     async def _kill(self, handle: ContainerHandle, signal: str) -> None:

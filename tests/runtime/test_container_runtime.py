@@ -17,7 +17,7 @@ from p2pswarm.agent.core import Assignment, RestartPolicy
 from p2pswarm.agent.driver import AgentDriver
 from p2pswarm.runtime import containerspec as cs
 from p2pswarm.runtime.base import PortSpec, TaskSpec
-from p2pswarm.runtime.container import OOM_ERROR, ContainerConfig, ContainerRuntime
+from p2pswarm.runtime.container import OOM_ERROR, STOP_UNCONFIRMED, ContainerConfig, ContainerRuntime
 from p2pswarm.runtime.dispatch import DispatchRuntime
 from p2pswarm.runtime.engine import probe
 from p2pswarm.runtime.process import ProcessRuntime
@@ -252,6 +252,28 @@ def test_an_engine_that_goes_away_fails_its_tasks_and_spares_processes(docker_en
     assert again is not None and again.startswith("engine: unavailable (")
 
 
+def test_a_stop_the_engine_never_confirms_ends_the_run_instead_of_holding_the_node(docker_engine, tmp_path):
+    proxy = _SocketProxy(tmp_path / "f.sock", docker_engine.socket[len("unix://"):])
+    containers = ContainerRuntime(tmp_path, ContainerConfig("node-f", f"unix://{proxy.path}", api_timeout=1.0,
+                                                            kill_wait=1.0))
+
+    async def main():
+        box = await containers.start(image_spec(docker_engine, "frozen", "sleep", "300"))
+        assert box.error is None, box.error
+        proxy.freeze()  # the engine hangs while the container runs: neither signal nor its end gets through
+        return await asyncio.wait_for(containers.stop(box, 0.5), 30)
+
+    try:
+        ended = asyncio.run(main())
+    finally:
+        proxy.close()
+        for c in containers_of(docker_engine, "node-f"):
+            c.remove(force=True)
+        containers.close()
+    assert ended.error == STOP_UNCONFIRMED
+    assert "frozen" not in containers.live  # the run is over for the agent: its ports and files are released
+
+
 def test_no_engine_at_all_fails_image_tasks_only(tmp_path):
     processes = ProcessRuntime(tmp_path)
     containers = ContainerRuntime(tmp_path, ContainerConfig("node-c", f"unix://{tmp_path}/no.sock"), processes.ports)
@@ -297,7 +319,12 @@ class _SocketProxy:
         self.server.listen(64)
         self.open: list[socket.socket] = []
         self.closed = False
+        self.frozen = False
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        """From now on nothing is forwarded and connections stay open: to the runtime, the engine hangs."""
+        self.frozen = True
 
     def _accept(self) -> None:
         while True:
@@ -305,17 +332,20 @@ class _SocketProxy:
                 client, _ = self.server.accept()
             except OSError:
                 return
+            if self.frozen:
+                self.open.append(client)
+                continue
             upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             upstream.connect(self.target)
             self.open += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                if not self.frozen:
+                    dst.sendall(data)
         except OSError:
             pass
         with contextlib.suppress(OSError):
