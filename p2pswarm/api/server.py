@@ -81,6 +81,9 @@ class ApiServer:
         self.path = path
         self.handler = handler
         self._server: asyncio.AbstractServer | None = None
+        self._serving: set[asyncio.Task] = set()
+        """The requests being answered: closing the server ends them (Python 3.12's ``wait_closed`` waits for
+        every connection, and a client that stops reading a large answer would hold it for good)."""
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._serve, sock=bind_private(self.path),
@@ -89,28 +92,39 @@ class ApiServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            for task in list(self._serving):
+                task.cancel()
+            await asyncio.gather(*self._serving, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        response: Response
+        task = asyncio.current_task()
+        if task is not None:
+            self._serving.add(task)
+        try:
+            response = await self._answer(reader, writer)
+        finally:
+            writer.close()
+            self._serving.discard(task)
+        for action in response.after if response is not None else ():
+            action()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Response | None:
+        """Read one request and write its response (None: the client went away or was too slow)."""
         try:
             request = await asyncio.wait_for(read_request(reader), READ_TIMEOUT)
             response = await self._dispatch(request)
         except HttpError as exc:
             response = Response.error(exc.status, str(exc))
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-            return
+            return None
         try:
             writer.write(render(response))
-            await writer.drain()
-        except ConnectionError:
+            await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
+        except (ConnectionError, asyncio.TimeoutError):
             pass
-        finally:
-            writer.close()
-        for action in response.after:
-            action()
+        return response
 
     async def _dispatch(self, request: Request) -> Response:
         try:

@@ -169,3 +169,28 @@ def test_socket_is_private_from_its_bind(tmp_path, monkeypatch):
         os.umask(old)
     assert [oct(m) for m in seen] in ([], [oct(0o600)]) and oct(final) == oct(0o600)
     assert umask_after == 0o022  # the process umask is restored after the bind
+
+
+def test_closing_the_server_ends_the_requests_it_is_still_answering(tmp_path):
+    """A handler that waits (a commit that never comes) must not keep the node's API, and so the node, from
+    closing: the client gets the connection closed instead of waiting for good."""
+    path = str(tmp_path / "api.sock")
+    never = None
+
+    async def stuck(request):
+        await never.wait()
+
+    async def main():
+        nonlocal never
+        never = asyncio.Event()
+        server = ApiServer(path, lambda request: stuck(request))
+        await server.start()
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(b"GET /state HTTP/1.1\r\nHost: node\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the handler is now waiting
+        await asyncio.wait_for(server.close(), 5)
+        answer = await asyncio.wait_for(reader.read(), 5)  # end of stream, not a hang
+        writer.close()
+        return answer
+    assert asyncio.run(main()) == b""
