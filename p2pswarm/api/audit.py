@@ -54,6 +54,9 @@ class Audited:
         except Exception:
             self.record(request, endpoint, 500)
             raise
+        except asyncio.CancelledError:  # the node stops while the call waits: it may still take effect
+            self.record(request, endpoint, 503)
+            raise
         self.record(request, endpoint, response.status)
         return response
 

@@ -102,29 +102,45 @@ class ApiServer:
         task = asyncio.current_task()
         if task is not None:
             self._serving.add(task)
+        response: Response | None = None
+        sent = False
         try:
-            response = await self._answer(reader, writer)
+            response = await self._respond(reader)
+            if response is not None:
+                sent = await self._send(writer, render(response))
+        except asyncio.CancelledError:  # only close() cancels a request: the node is stopping
+            if response is None:  # nothing written yet: say why no answer comes (it fits the socket's buffer)
+                writer.write(render(Response.error(503, "the node is stopping")))
+                sent = True
+            response = None
         finally:
-            writer.close()
             self._serving.discard(task)
+            if sent:
+                writer.close()
+            else:  # a client that stopped reading: close() would keep the connection until it reads
+                writer.transport.abort()
         for action in response.after if response is not None else ():
             action()
 
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Response | None:
-        """Read one request and write its response (None: the client went away or was too slow)."""
+    async def _respond(self, reader: asyncio.StreamReader) -> Response | None:
+        """The response to one request (None: the client went away or sent nothing in time)."""
         try:
             request = await asyncio.wait_for(read_request(reader), READ_TIMEOUT)
-            response = await self._dispatch(request)
+            return await self._dispatch(request)
         except HttpError as exc:
-            response = Response.error(exc.status, str(exc))
+            return Response.error(exc.status, str(exc))
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             return None
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, data: bytes) -> bool:
+        """Write ``data``; False when the client went away or read none of it for READ_TIMEOUT seconds."""
+        writer.write(data)
         try:
-            writer.write(render(response))
             await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
         except (ConnectionError, asyncio.TimeoutError):
-            pass
-        return response
+            return False
+        return True
 
     async def _dispatch(self, request: Request) -> Response:
         try:

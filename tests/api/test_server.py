@@ -5,13 +5,15 @@ import json
 import os
 import socket
 import stat
+from types import SimpleNamespace
 
 import pytest
 
+from p2pswarm.api.audit import Audited
 from p2pswarm.api.client import ApiClient, ApiError, NodeNotRunning
 from p2pswarm.api.metrics import render_metrics
 from p2pswarm.api.routes import Router
-from p2pswarm.api.server import ApiServer
+from p2pswarm.api.server import ApiServer, Request, Response
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -173,24 +175,72 @@ def test_socket_is_private_from_its_bind(tmp_path, monkeypatch):
 
 def test_closing_the_server_ends_the_requests_it_is_still_answering(tmp_path):
     """A handler that waits (a commit that never comes) must not keep the node's API, and so the node, from
-    closing: the client gets the connection closed instead of waiting for good."""
+    closing: the client is told the node is stopping instead of waiting for good."""
     path = str(tmp_path / "api.sock")
-    never = None
-
-    async def stuck(request):
-        await never.wait()
 
     async def main():
-        nonlocal never
         never = asyncio.Event()
-        server = ApiServer(path, lambda request: stuck(request))
+
+        async def stuck(request):
+            await never.wait()
+        server = ApiServer(path, stuck)
         await server.start()
         reader, writer = await asyncio.open_unix_connection(path)
-        writer.write(b"GET /state HTTP/1.1\r\nHost: node\r\nContent-Length: 0\r\n\r\n")
+        writer.write(b"POST /services HTTP/1.1\r\nHost: node\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
         await asyncio.sleep(0.2)  # the handler is now waiting
         await asyncio.wait_for(server.close(), 5)
-        answer = await asyncio.wait_for(reader.read(), 5)  # end of stream, not a hang
+        answer = await asyncio.wait_for(reader.read(), 5)  # an answer and the end of the stream, not a hang
         writer.close()
         return answer
-    assert asyncio.run(main()) == b""
+    answer = asyncio.run(main())
+    assert answer.startswith(b"HTTP/1.1 503") and b"the node is stopping" in answer
+
+
+def test_a_client_that_stops_reading_a_large_answer_does_not_hold_the_server(tmp_path):
+    path = str(tmp_path / "api.sock")
+    size = 32 * 1024 * 1024  # far more than the socket buffers hold
+
+    async def main():
+        server = ApiServer(path, lambda request: Response(200, b"x" * size, "text/plain"))
+        await server.start()
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: node\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.5)  # the answer fills the buffers; the client reads nothing
+        await asyncio.wait_for(server.close(), 5)
+        got = b""
+        try:
+            while chunk := await asyncio.wait_for(reader.read(1 << 20), 5):
+                got += chunk
+        except ConnectionError:
+            pass
+        writer.close()
+        return len(got)
+    # the connection was dropped at close: what the buffers held, not the whole answer a lingering one would send
+    assert asyncio.run(main()) < size
+
+
+def test_a_change_cut_short_by_the_node_stopping_is_still_audited():
+    """A change that waits for its commit when the node stops may still commit: the audit log says it was asked."""
+    recorded = []
+
+    class Waiting:
+        node = SimpleNamespace(name="node1")
+
+        def endpoint(self, request):
+            return "POST /v1/services"
+
+        async def __call__(self, request):
+            await asyncio.Event().wait()
+    audited = Audited(Waiting())
+    audited.record = lambda request, endpoint, status: recorded.append((endpoint, status))
+
+    async def main():
+        call = asyncio.ensure_future(audited(Request("POST", "/v1/services", {})))
+        await asyncio.sleep(0.05)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    asyncio.run(main())
+    assert recorded == [("POST /v1/services", 503)]
