@@ -116,6 +116,8 @@ class ContainerRuntime(TaskFolders):
         self._pulls: dict[str, asyncio.Lock] = {}
         self._prepared: dict[str, str | None] = {}
         self._watchdog = watchdog
+        self._removing: set[asyncio.Future] = set()
+        """Removals of containers whose stop the engine did not confirm (:meth:`_remove_when_it_answers`)."""
 
     # ------------------------------------------------------------------ the engine
 
@@ -141,7 +143,10 @@ class ContainerRuntime(TaskFolders):
         return self._client
 
     def close(self) -> None:
-        """Release the engine clients and threads (the containers' own threads end with them)."""
+        """Release the engine clients and threads (the containers' own threads end with them); removals still
+        waiting for the engine are left to the node's reaper."""
+        for removal in self._removing:
+            removal.cancel()
         for client in (self._client, self._streams):
             if client is not None:
                 client.close()
@@ -321,25 +326,49 @@ class ContainerRuntime(TaskFolders):
         return done.result() if done.done() else None
 
     async def stop(self, handle: TaskHandle, grace: float) -> TaskExit:
-        """The spec's stop signal, ``grace`` seconds, then SIGKILL (as ``docker stop``, without
-        holding an engine connection for the grace period)."""
+        """The spec's stop signal, ``grace`` seconds, then SIGKILL (as ``docker stop``, without holding an
+        engine connection for the grace period); a SIGKILL the engine does not confirm within ``kill_wait``
+        ends the run as STOP_UNCONFIRMED and leaves its container to be removed once the engine answers."""
         assert isinstance(handle, ContainerHandle)
         if handle.done.done():
             return handle.done.result()
         await self._kill(handle, handle.spec.stop_signal)
-        try:
-            return await asyncio.wait_for(asyncio.shield(handle.done), grace)
-        except asyncio.TimeoutError:
+        ended = await self._ended_within(handle, grace)
+        if ended is None:
             log.info("task %s ignored %s for %ss: SIGKILL", handle.spec.task_id, handle.spec.stop_signal, grace)
             await self._kill(handle, "SIGKILL")
-        try:
-            return await asyncio.wait_for(asyncio.shield(handle.done), self.config.kill_wait)
-        except asyncio.TimeoutError:
-            log.warning("task %s: the engine did not confirm the stop in %ss; its container is left to the node's "
-                        "reaper", handle.spec.task_id, self.config.kill_wait)
+            ended = await self._ended_within(handle, self.config.kill_wait)
+        if ended is None:
+            log.warning("task %s: the engine did not confirm the stop in %ss; its container is removed once the "
+                        "engine answers", handle.spec.task_id, self.config.kill_wait)
             if handle.ended is not None:
                 _resolve(handle.ended, (None, False, STOP_UNCONFIRMED))
-            return await self.wait(handle)
+            removal = asyncio.ensure_future(self._remove_when_it_answers(handle.container_id))
+            self._removing.add(removal)
+            removal.add_done_callback(self._removing.discard)
+            ended = await self.wait(handle)
+        return ended
+
+    @staticmethod
+    async def _ended_within(handle: ContainerHandle, seconds: float) -> TaskExit | None:
+        try:
+            return await asyncio.wait_for(asyncio.shield(handle.done), seconds)
+        except asyncio.TimeoutError:
+            return None
+
+    async def _remove_when_it_answers(self, cid: str) -> None:
+        """Remove a container whose stop the engine did not confirm, retrying until the engine answers: once it
+        recovers the old run must not go on beside its replacement (on node ports handed out again)."""
+        while True:
+            try:
+                client = await self._engine()
+                await self._call(client.api.remove_container, cid, force=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except (EngineDown, *eng.ERRORS) as exc:
+                log.debug("container %s not removed yet: %s", cid[:12], exc)
+            await asyncio.sleep(self.config.kill_wait)
 
     async def _kill(self, handle: ContainerHandle, signal: str) -> None:
         try:

@@ -254,14 +254,17 @@ def test_an_engine_that_goes_away_fails_its_tasks_and_spares_processes(docker_en
 
 def test_a_stop_the_engine_never_confirms_ends_the_run_instead_of_holding_the_node(docker_engine, tmp_path):
     proxy = _SocketProxy(tmp_path / "f.sock", docker_engine.socket[len("unix://"):])
-    containers = ContainerRuntime(tmp_path, ContainerConfig("node-f", f"unix://{proxy.path}", api_timeout=1.0,
+    containers = ContainerRuntime(tmp_path, ContainerConfig("node-f", f"unix://{proxy.path}", api_timeout=5.0,
                                                             kill_wait=1.0))
 
     async def main():
         box = await containers.start(image_spec(docker_engine, "frozen", "sleep", "300"))
         assert box.error is None, box.error
         proxy.freeze()  # the engine hangs while the container runs: neither signal nor its end gets through
-        return await asyncio.wait_for(containers.stop(box, 0.5), 30)
+        ended = await asyncio.wait_for(containers.stop(box, 0.5), 40)
+        proxy.thaw()  # the engine answers again: the container the stop left behind goes
+        await aeventually(lambda: not containers_of(docker_engine, "node-f"), 30, "the container removed")
+        return ended
 
     try:
         ended = asyncio.run(main())
@@ -291,6 +294,7 @@ def test_no_engine_at_all_fails_image_tasks_only(tmp_path):
 
 
 def test_an_engine_that_never_answers_costs_the_api_timeout_and_holds_no_thread(tmp_path):
+    before = set(threading.enumerate())
     with HungEngine(tmp_path / "hung.sock") as engine:
         containers = ContainerRuntime(tmp_path, ContainerConfig("node-h", engine.url, api_timeout=1.0))
 
@@ -299,7 +303,7 @@ def test_an_engine_that_never_answers_costs_the_api_timeout_and_holds_no_thread(
 
         try:
             assert asyncio.run(main()) == []  # "no leftover containers looked for: ... did not answer in time"
-            engine_threads = [t for t in threading.enumerate() if t.name.startswith("engine")]
+            engine_threads = [t for t in threading.enumerate() if t not in before and t.name.startswith("engine")]
             containers.close()
             for thread in engine_threads:
                 thread.join(timeout=5)  # an idle one ends; one still waiting on the engine would hold the node's exit
@@ -325,6 +329,10 @@ class _SocketProxy:
     def freeze(self) -> None:
         """From now on nothing is forwarded and connections stay open: to the runtime, the engine hangs."""
         self.frozen = True
+
+    def thaw(self) -> None:
+        """New connections are forwarded again (the frozen ones stay stuck): the engine answers again."""
+        self.frozen = False
 
     def _accept(self) -> None:
         while True:
