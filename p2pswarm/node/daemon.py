@@ -215,6 +215,9 @@ class Node(NodeViews, SecureStart, SignalHandling, Inbox):
     async def _start_unless_stopped(self, start: Coroutine[Any, Any, None]) -> bool:
         """Run ``start``; a fatal error or a forced stop meanwhile cancels it (False): a start step waiting on
         something slow, such as a container engine that hangs, must not keep alive a node that has to stop."""
+        if self._force_stop:  # it failed before this part began (its security, its API listeners)
+            start.close()
+            return False
         self._starting = asyncio.ensure_future(start)
         try:
             await self._starting

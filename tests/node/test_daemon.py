@@ -129,3 +129,31 @@ async def test_api_serves_info_members_metrics_and_faults(tmp_path):
         assert await asyncio.wait_for(c.tasks[0], 5) == 0
     finally:
         await c.stop_all()
+
+
+@sync
+async def test_a_node_that_must_stop_while_a_start_step_hangs_stops(tmp_path, monkeypatch):
+    """A start step that never ends (an engine that hangs, say) must not keep a node alive that failed, or that
+    was told twice to stop: the rest of the start is cancelled and the started parts are closed."""
+    hung = asyncio.Event()
+
+    async def hanging_services(self, incarnation):
+        hung.set()
+        await asyncio.Event().wait()
+    monkeypatch.setattr(Node, "_start_services", hanging_services)
+    c = Cluster(tmp_path)
+    failing = c.start(1)
+    await asyncio.wait_for(hung.wait(), 10)
+    failing.fail(ValueError("data dir of another cluster"))
+    with pytest.raises(ValueError, match="another cluster"):
+        await asyncio.wait_for(c.tasks[0], 10)
+    assert not failing.started.is_set() and failing.components == []  # Raft, started first, was closed again
+
+    hung.clear()
+    stopped = c.start(2)
+    await asyncio.wait_for(hung.wait(), 10)
+    stopped.request_shutdown()  # the first request waits for the start (it ends in a graceful leave)...
+    await asyncio.sleep(0.2)
+    assert not c.tasks[1].done()
+    stopped.request_shutdown()  # ...the second one does not
+    assert await asyncio.wait_for(c.tasks[1], 10) == 0
