@@ -135,7 +135,8 @@ class ClusterSimulation:
         """(time of the leader's dead mark, crash time): detection over time, for the plot."""
         self.part_seconds: dict[str, float] = {}
         """Wall seconds spent per part: ``swim`` (the cores' receive and tick), then each component's timed calls
-        (``raft``, ``scheduler``, ``workers``, ``mesh``, ``faults``: faults, restarts and sampling)."""
+        (``raft``, ``scheduler``, ``workers``, ``mesh``, ``faults``: faults, restarts and sampling; ``other``: a
+        call of none of them)."""
         self.retired_news = 0
         """News queued by cores that were since replaced by a restart (``swim_news_queued`` counts them too)."""
         self._build(preset)

@@ -51,8 +51,8 @@ def test_the_report_says_where_the_time_went_and_how_much_news_the_cores_took_in
                                                                             duration=10.0)
     parts = small["wall_seconds_by_part"]
     assert {"swim", "raft", "scheduler", "workers", "mesh", "loop"} <= parts.keys()
-    assert all(seconds >= 0 for seconds in parts.values())
-    assert sum(parts.values()) == pytest.approx(small["wall_seconds"], abs=0.1)
+    assert all(parts[name] > 0 for name in ("swim", "raft", "scheduler", "workers"))  # each had work, and was timed
+    assert 0 <= parts["loop"] < small["wall_seconds"]
     # every member queues every change it hears first: twice the members, at least about twice the news
     assert small["swim_news_queued"] > 0
     assert larger["swim_news_queued"] > 1.5 * small["swim_news_queued"]
