@@ -332,11 +332,12 @@ class ContainerRuntime(TaskFolders):
         assert isinstance(handle, ContainerHandle)
         if handle.done.done():
             return handle.done.result()
-        await self._kill(handle, handle.spec.stop_signal)
+        answered = await self._kill(handle, handle.spec.stop_signal)
         ended = await self._ended_within(handle, grace)
-        if ended is None:
+        if ended is None and answered:
             log.info("task %s ignored %s for %ss: SIGKILL", handle.spec.task_id, handle.spec.stop_signal, grace)
             await self._kill(handle, "SIGKILL")
+        if ended is None:  # (an engine that did not answer the signal gets no second api_timeout for SIGKILL)
             ended = await self._ended_within(handle, self.config.kill_wait)
         if ended is None:
             log.warning("task %s: the engine did not confirm the stop in %ss; its container is removed once the "
@@ -370,12 +371,15 @@ class ContainerRuntime(TaskFolders):
                 log.debug("container %s not removed yet: %s", cid[:12], exc)
             await asyncio.sleep(self.config.kill_wait)
 
-    async def _kill(self, handle: ContainerHandle, signal: str) -> None:
+    async def _kill(self, handle: ContainerHandle, signal: str) -> bool:
+        """Send ``signal``; False when the engine is gone or did not answer (an answer refusing it is one)."""
         try:
             client = await self._engine()
             await self._call(client.api.kill, handle.container_id, signal=signal)
         except (EngineDown, *eng.ERRORS) as exc:  # already exited, or the engine is gone: the run ends anyway
             log.debug("task %s: %s not sent: %s", handle.spec.task_id, signal, exc)
+            return not isinstance(exc, EngineDown) and not eng.unreachable(exc)
+        return True
 
     def forget(self, task_id: str, spec: TaskSpec | None = None) -> None:
         """Delete a finished task's files; its logs stay for the retention ``spec`` gives."""
