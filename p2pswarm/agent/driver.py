@@ -110,15 +110,19 @@ class AgentDriver:
             if prepare is not None and spec.image is not None:
                 self._event(self.core.preparing, task_id, run)
                 await prepare(spec)
-            r.handle = handle = await self.runtime.start(spec)
-            if handle.error is None:
-                self._event(self.core.started, task_id, run, handle.ports)
-                if r.stop_grace is not None:
-                    self._spawn(self.runtime.stop(handle, r.stop_grace))
-                elif spec.health is not None:
-                    r.health = self._spawn(self._watch_health(task_id, run, spec, handle))
-            ended = await self.runtime.wait(handle)
-            code, signal, error = ended.code, ended.signal, ended.error
+            if r.stop_grace is not None:  # stopped while its image was made ready: it must not run at all
+                log.info("task %s: stopped before it started", task_id)
+                code, signal, error = None, None, None
+            else:
+                r.handle = handle = await self.runtime.start(spec)
+                if handle.error is None:
+                    self._event(self.core.started, task_id, run, handle.ports)
+                    if r.stop_grace is not None:
+                        self._spawn(self.runtime.stop(handle, r.stop_grace))
+                    elif spec.health is not None:
+                        r.health = self._spawn(self._watch_health(task_id, run, spec, handle))
+                ended = await self.runtime.wait(handle)
+                code, signal, error = ended.code, ended.signal, ended.error
         except Exception as exc:  # a runtime bug must not take the agent down
             log.exception("task %s: runtime failure", task_id)
             code, signal, error = None, None, f"runtime error: {exc}"

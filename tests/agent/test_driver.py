@@ -97,3 +97,39 @@ def test_shutdown_leaves_no_task_behind(tmp_path, pids):
     assert all(pid_gone(p) for p in task_pids)
     assert {t: r["s"] for t, r in digest["tasks"].items()} == {"web.1": "shutdown", "web.2": "shutdown"}
     assert {r.get("x") for r in digest["tasks"].values()} == {0}  # SIGTERM honoured: a clean exit
+
+
+class _SlowImages(ProcessRuntime):
+    """A process runtime whose image tasks first wait for their image (a pull) until ``pulled`` is set."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pulled = asyncio.Event()
+        self.pulling = asyncio.Event()
+        self.started: list[str] = []
+
+    async def prepare(self, spec: TaskSpec) -> None:
+        self.pulling.set()
+        await self.pulled.wait()
+
+    async def start(self, spec: TaskSpec):
+        self.started.append(spec.task_id)
+        return await super().start(spec)
+
+
+def test_a_task_stopped_while_its_image_is_pulled_never_runs(tmp_path):
+    async def main():
+        runtime = _SlowImages(tmp_path)
+        driver = AgentDriver(runtime)
+        timers = asyncio.create_task(driver.run())
+        spec = TaskSpec("job.1", "job", 1, "n1", (PY, "-c", "print('ran')"), image="app:1")
+        driver.assign([Assignment(spec, 1, "running", RestartPolicy("none"))])
+        await asyncio.wait_for(runtime.pulling.wait(), 10)
+        assert record(driver, "job.1").get("s") == "preparing"
+        driver.assign([Assignment(spec, 1, "shutdown", RestartPolicy("none"))])  # stopped during the pull
+        runtime.pulled.set()
+        await aeventually(lambda: record(driver, "job.1").get("s") == "shutdown", what="job.1 shut down")
+        await driver.shutdown()
+        await timers
+        return runtime.started
+    assert asyncio.run(main()) == []  # the pull finished, but the stopped task was not started to be killed
