@@ -110,7 +110,7 @@ class ContainerRuntime(TaskFolders):
         self.live: dict[str, ContainerHandle] = {}
         self._client: docker.DockerClient | None = None
         self._streams: docker.DockerClient | None = None
-        """A second client without a timeout, for the calls that last as long as a container (attach, wait)."""
+        """A second client without a timeout, for the call that lasts as long as a container (wait)."""
         self._pool = ThreadPoolExecutor(config.engine_threads, thread_name_prefix="engine")
         self._connecting = asyncio.Lock()
         self._pulls: dict[str, asyncio.Lock] = {}
@@ -248,8 +248,9 @@ class ContainerRuntime(TaskFolders):
                 raise
             _remove(client, name)
             container = client.containers.create(**options)
-        assert self._streams is not None
-        stream = self._streams.api.attach(container.id, stdout=True, stderr=True, stream=True, demux=True)
+        # attached through the timed client, so that a hung engine costs api_timeout, not this thread for good
+        # (the stream's reads wait for data with poll(), without the timeout: a container may stay silent for hours)
+        stream = client.api.attach(container.id, stdout=True, stderr=True, stream=True, demux=True)
         return container.id, stream
 
     def _follow(self, cid: str, stream: Any, logs: dict[str, RotatingLog],

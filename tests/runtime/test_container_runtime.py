@@ -75,6 +75,20 @@ def test_run_exit_code_env_and_logs(docker_engine, tmp_path):
     rt.close()
 
 
+def test_output_after_a_silence_longer_than_the_api_timeout_is_kept(docker_engine, tmp_path):
+    rt = runtime(docker_engine, tmp_path, api_timeout=1.0)  # the output stream is attached with this timeout...
+
+    async def main():
+        h = await rt.start(image_spec(docker_engine, "quiet", "sh", "-c", "sleep 3; echo late"))
+        assert h.error is None, h.error
+        return await rt.wait(h)
+
+    ended = asyncio.run(main())
+    assert (ended.code, ended.error) == (0, None)
+    assert read_log(rt, "quiet") == "late\n"  # ...and read without it
+    rt.close()
+
+
 def test_stop_sends_the_stop_signal_then_kills(docker_engine, tmp_path):
     rt = runtime(docker_engine, tmp_path)
     polite = "trap 'echo got USR1; exit 0' USR1; while true; do sleep 0.1; done"
