@@ -129,7 +129,8 @@ class ContainerRuntime(TaskFolders):
         async with self._connecting:
             if self._client is None:
                 try:
-                    client = await self._call(eng.connect, self.config.socket, self.config.api_timeout)
+                    client = await self._call(eng.connect, self.config.socket, self.config.api_timeout,
+                                              max_pool_size=1024)  # (each running container's stream holds one)
                     # the streams client takes the API version the timed one negotiated: asking the engine
                     # again without a timeout would hang this thread, and the node's exit, on a stuck engine
                     self._streams = await self._call(eng.connect, self.config.socket, None,
