@@ -78,7 +78,7 @@ class ContainerConfig:
     """``HOST:PORT`` of the node's DNS: ``P2PSWARM_DNS``, and the container's resolver when on port 53."""
     kill_wait: float = 10.0
     """Seconds a stop waits for the engine to confirm a SIGKILL; then the run ends as ``engine: did not confirm
-    the stop`` (the container is left to the node's reaper), so a hung engine cannot hold the node's stop."""
+    the stop`` (its container is removed once the engine answers), so a hung engine cannot hold the node's stop."""
 
 
 class ContainerHandle(TaskHandle):
