@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import threading
@@ -111,7 +112,8 @@ class ContainerRuntime(TaskFolders):
         self._client: docker.DockerClient | None = None
         self._streams: docker.DockerClient | None = None
         """A second client without a timeout, for the call that lasts as long as a container (wait)."""
-        self._pool = ThreadPoolExecutor(config.engine_threads, thread_name_prefix="engine")
+        self._slots = asyncio.Semaphore(config.engine_threads)
+        self._closed = False
         self._connecting = asyncio.Lock()
         self._pulls: dict[str, asyncio.Lock] = {}
         self._prepared: dict[str, str | None] = {}
@@ -122,7 +124,25 @@ class ContainerRuntime(TaskFolders):
     # ------------------------------------------------------------------ the engine
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        """Run a blocking engine call on a daemon thread of its own, at most ``engine_threads`` at once: a pool's
+        threads are joined when Python exits, so a call stuck in a hung engine (or a long pull) held the node's
+        exit; a daemon thread is dropped with the process instead."""
+        async with self._slots:
+            if self._closed:
+                raise RuntimeError("the container runtime is closed")
+            loop = asyncio.get_running_loop()
+            answer: asyncio.Future = loop.create_future()
+            context = contextvars.copy_context()  # (the node's log tag, as asyncio.to_thread keeps it)
+
+            def run() -> None:
+                try:
+                    result: tuple[Any, BaseException | None] = (fn(*args, **kwargs), None)
+                except BaseException as exc:  # handed to the caller, whatever it is
+                    result = (None, exc)
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                    loop.call_soon_threadsafe(_settle, answer, *result)
+            threading.Thread(target=context.run, args=(run,), daemon=True, name=f"engine-{fn.__name__}").start()
+            return await answer
 
     async def _engine(self) -> docker.DockerClient:
         """The engine's client, connected on first use (and again after the engine was not there)."""
@@ -151,7 +171,7 @@ class ContainerRuntime(TaskFolders):
         for client in (self._client, self._streams):
             if client is not None:
                 client.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._closed = True  # (calls still waiting for a thread fail; running ones end with their engine call)
 
     # ------------------------------------------------------------------ images
 
@@ -451,6 +471,16 @@ def _port_taken(exc: BaseException) -> bool:
 
 def _resolve(future: asyncio.Future, result: Any) -> None:
     if not future.done():
+        future.set_result(result)
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    """(On the loop.) ``future`` gets ``error`` or else ``result``, unless its caller gave up on it."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
         future.set_result(result)
 
 
