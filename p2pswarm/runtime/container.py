@@ -140,7 +140,7 @@ class ContainerRuntime(TaskFolders):
                 except BaseException as exc:  # handed to the caller, whatever it is
                     result = (None, exc)
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                    loop.call_soon_threadsafe(_settle, answer, *result)
+                    loop.call_soon_threadsafe(_resolve, answer, *result)
             threading.Thread(target=context.run, args=(run,), daemon=True, name=f"engine-{fn.__name__}").start()
             return await answer
 
@@ -469,13 +469,9 @@ def _port_taken(exc: BaseException) -> bool:
     return "address already in use" in text or "port is already allocated" in text
 
 
-def _resolve(future: asyncio.Future, result: Any) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
-    """(On the loop.) ``future`` gets ``error`` or else ``result``, unless its caller gave up on it."""
+def _resolve(future: asyncio.Future, result: Any, error: BaseException | None = None) -> None:
+    """(On the loop.) ``future`` gets ``error`` or else ``result``, unless it is settled already (its caller gave
+    up on it, or a stop the engine did not confirm ended the run first)."""
     if future.done():
         return
     if error is not None:
