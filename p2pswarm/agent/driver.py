@@ -134,6 +134,8 @@ class AgentDriver:
 
     async def _watch_health(self, task_id: str, run: int, spec: TaskSpec, handle: TaskHandle) -> None:
         def report(status: str, detail: str) -> None:
+            if status == "unhealthy":  # the agent stops it: say why, or the stop looks causeless in the log
+                log.warning("task %s is unhealthy (%s): stopping it", task_id, detail)
             self._event(self.core.health, task_id, run, status, detail)
 
         port = handle.ports[0] if handle.ports else None

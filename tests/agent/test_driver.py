@@ -99,6 +99,32 @@ def test_shutdown_leaves_no_task_behind(tmp_path, pids):
     assert {r.get("x") for r in digest["tasks"].values()} == {0}  # SIGTERM honoured: a clean exit
 
 
+def test_an_unhealthy_task_is_stopped_and_the_log_says_why(tmp_path, pids, caplog):
+    """Nothing listens on the task's port: one failed probe (no start period) makes it unhealthy."""
+    check = HealthCheck("tcp", interval=0.05, timeout=2, retries=1, start_period=0)
+    spec = TaskSpec("mute.1", "mute", 1, "n1", (PY, "-c", "import time; time.sleep(60)"), health=check, stop_grace=5)
+
+    async def main():
+        driver = AgentDriver(ProcessRuntime(tmp_path))
+        timers = asyncio.create_task(driver.run())
+        driver.assign([Assignment(spec, 1, "running", RestartPolicy("none"))])
+        await aeventually(lambda: "mute.1" in driver.runs and driver.runs["mute.1"].handle is not None,
+                          what="mute.1 started")
+        pids.append(driver.runs["mute.1"].handle.pid)
+        await aeventually(lambda: record(driver, "mute.1").get("s") == "failed", what="mute.1 stopped as unhealthy")
+        failed = record(driver, "mute.1")
+        await driver.shutdown()
+        await timers
+        return failed
+
+    with caplog.at_level("WARNING", logger="p2pswarm.agent"):
+        failed = asyncio.run(main())
+    assert failed["e"].startswith("unhealthy: ") and "Connection refused" in failed["e"]
+    assert any(r.getMessage().startswith("task mute.1 is unhealthy (") and r.getMessage().endswith("): stopping it")
+               for r in caplog.records)
+    assert pid_gone(pids[-1])
+
+
 class _SlowImages(ProcessRuntime):
     """A process runtime whose image tasks first wait for their image (a pull) until ``pulled`` is set."""
 

@@ -78,8 +78,11 @@ def test_every_node_serves_the_port_and_a_node_crash_fails_no_request(cluster):
     nodes = cluster.start_group(3)
     port = free_port(nodes[0].host)
     dd = ("--data-dir", str(nodes[0].data_dir))
+    # the start period: on a busy machine Python may take longer than interval × retries (0.6 s)
+    # to listen, and a replica stopped as unhealthy then would leave one replica to answer
     ok(cluster.cli("service", "create", "web", "--replicas", "2", "--publish", f"{port}:dynamic",
-                   "--health-http", "/health", "--health-interval", "0.2s", "-d", *dd, "--",
+                   "--health-http", "/health", "--health-interval", "0.2s", "--health-start-period", "20s",
+                   "-d", *dd, "--",
                    sys.executable, APP, timeout=60))
     rows = wait_until(lambda: (r := tasks(cluster, nodes[0], "web")) and len(r) == 2
                       and all(x["state"] == "running" for x in r) and r, 60, "2 replicas running")
