@@ -295,7 +295,10 @@ class Lab:
         return ServiceSpec(DEMO_SERVICE, sys.executable, ("-m", "p2pswarm.lab.demo_app"), replicas=replicas,
                            ports=(PortSpec(published=port),),
                            restart=RestartPolicy(condition="any", delay=1.0),
-                           health=HealthCheck("http", path="/health", interval=1.0, timeout=1.0, retries=2))
+                           # a start period: Python on a busy machine may need seconds to listen, and
+                           # without one the agent would stop a replica that was only slow to start
+                           health=HealthCheck("http", path="/health", interval=1.0, timeout=2.0, retries=3,
+                                              start_period=15.0))
 
     def deploy_demo(self, port: int = DEMO_PORT, replicas: int = DEMO_REPLICAS) -> None:
         """Create the demo service (unless it exists) and record it; does not wait."""

@@ -82,7 +82,9 @@ class LocalNode:
         self.data_dir = cluster.tmp / self.name
         self.log_path = cluster.tmp / f"{self.name}.log"
         self.proc: subprocess.Popen | None = None
-        self.api = ApiClient(self.data_dir, timeout=2.0)
+        self.api = ApiClient(self.data_dir, timeout=10.0)
+        """Generous: a node on a loaded 2-core machine may take seconds to answer, and a test's
+        wait loop does not catch the error a timeout raises."""
         self.insecure = False
         """Started with ``--insecure``: it gives no join token, and a node joining through it needs none."""
         self.kernel_mesh = False
