@@ -162,9 +162,10 @@ class DataPlane:
         return self._status
 
     async def wait_status(self, predicate: Callable[[dict[str, Any]], bool],
-                          timeout: float = 5.0) -> dict[str, Any]:
+                          timeout: float = 30.0) -> dict[str, Any]:
         """The first status (the latest included) for which ``predicate`` holds;
-        raises TimeoutError after ``timeout`` seconds."""
+        raises TimeoutError after ``timeout`` seconds (generous: after a start or a restart, the
+        first status waits for a new interpreter, seconds on a busy machine)."""
         async with asyncio.timeout(timeout):
             while True:
                 if self._status is not None and predicate(self._status):

@@ -16,7 +16,7 @@ import pytest
 from p2pswarm.api.client import ApiError
 from p2pswarm.testing.localcluster import LocalCluster, wait_until
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)  # a rotation waits for every node, seconds each on a busy machine
 
 
 def ca(node) -> dict:

@@ -26,7 +26,7 @@ from p2pswarm.mesh import nft
 from p2pswarm.mesh.kernel_plan import TABLE_PREFIX, table_name
 from p2pswarm.testing.localcluster import REPO, cli_env, wait_until
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)  # the module fixture starts its cluster inside the first test's time
 
 PORT = 8080
 LOAD_CONNECTIONS = 2000

@@ -25,7 +25,7 @@ from p2pswarm.testing.capture import Capture, tcpdump
 from p2pswarm.testing.localcluster import LocalCluster, free_host, free_port, wait_until
 from p2pswarm.transport.zmq import ZmqTransport
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(300)  # the module fixture starts its cluster inside the first test's time
 
 MARKER = "P2PSWARM-PLAINTEXT-MARKER-5e1c7a"
 

@@ -12,7 +12,9 @@ from p2pswarm.testing.localcluster import free_port  # noqa: F401  (re-exported 
 LOOPS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
 
 
-def arun(coro: Any, loop: str = "asyncio", timeout: float = 20.0) -> Any:
+def arun(coro: Any, loop: str = "asyncio", timeout: float = 60.0) -> Any:
+    """Run ``coro`` on ``loop``; a test that hangs fails after ``timeout`` (generous: the data-plane
+    tests start interpreters, seconds each on a busy machine) with its stack, not pytest's kill."""
     async def bounded() -> Any:
         async with asyncio.timeout(timeout):
             return await coro

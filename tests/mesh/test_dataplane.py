@@ -18,17 +18,12 @@ import pytest
 from p2pswarm.mesh.control import DataPlane, FrameDecoder, FrameError, encode_frame
 from p2pswarm.testing.localcluster import free_port
 
+from .meshtest import arun
+
 ROOT = Path(__file__).resolve().parents[2]
 HOST_A = "127.0.8.1"
 HOST_B = "127.0.8.2"
 BACK = "127.0.8.11"
-
-
-def arun(coro: Any, timeout: float = 20.0) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(timeout):
-            return await coro
-    return asyncio.run(bounded())
 
 
 def pid_gone(pid: int) -> bool:
@@ -39,7 +34,7 @@ def pid_gone(pid: int) -> bool:
         return True
 
 
-def wait_gone(pid: int, timeout: float = 5.0) -> bool:
+def wait_gone(pid: int, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pid_gone(pid):
@@ -105,7 +100,7 @@ def test_dataplane_forwards_reports_status_and_port_in_use() -> None:
             assert st["listening"] == [good]
             assert st["bind_errors"] == {str(busy): f"address in use: {HOST_A}:{busy}"}
             assert await roundtrip(HOST_A, good) == b"hi\nping"
-            st = await dp.wait_status(lambda s: s["total"]["accepted"] == 1 and s["active"] == 0, timeout=5)
+            st = await dp.wait_status(lambda s: s["total"]["accepted"] == 1 and s["active"] == 0)
             assert st["ports"][str(good)]["bytes_out"] == 7 and st["loop"] in ("uvloop", "asyncio")
             pid = dp.pid
         finally:
@@ -177,7 +172,7 @@ def test_exits_when_stdin_closes() -> None:
             frames = dec.feed(os.read(p.stdout.fileno(), 65536))
         assert frames[0]["status"]["listening"] == [port]
         p.stdin.close()
-        assert p.wait(5) == 0
+        assert p.wait(30) == 0
     finally:
         if p.poll() is None:
             p.kill()
@@ -189,7 +184,7 @@ def test_a_bad_control_frame_is_one_line_and_exit() -> None:
     try:
         p.stdin.write(b"\xff\xff\xff\xff")
         p.stdin.flush()
-        assert p.wait(5) == 2
+        assert p.wait(30) == 2
         err = p.stderr.read().decode().strip()
         assert len(err.splitlines()) == 1 and "bad control frame" in err
     finally:
@@ -215,7 +210,7 @@ def test_no_orphan_when_the_node_is_killed() -> None:
         child = int(node.stdout.readline())
         assert not pid_gone(child)
         node.send_signal(signal.SIGKILL)
-        node.wait(5)
+        node.wait(30)
         assert wait_gone(child), "the data plane outlived its node"
     finally:
         if node.poll() is None:

@@ -77,10 +77,10 @@ def test_run_exit_code_env_and_logs(docker_engine, tmp_path):
 
 
 def test_output_after_a_silence_longer_than_the_api_timeout_is_kept(docker_engine, tmp_path):
-    rt = runtime(docker_engine, tmp_path, api_timeout=1.0)  # the output stream is attached with this timeout...
+    rt = runtime(docker_engine, tmp_path, api_timeout=3.0)  # the output stream is attached with this timeout...
 
     async def main():
-        h = await rt.start(image_spec(docker_engine, "quiet", "sh", "-c", "sleep 3; echo late"))
+        h = await rt.start(image_spec(docker_engine, "quiet", "sh", "-c", "sleep 7; echo late"))
         assert h.error is None, h.error
         return await rt.wait(h)
 
@@ -92,19 +92,18 @@ def test_output_after_a_silence_longer_than_the_api_timeout_is_kept(docker_engin
 
 def test_stop_sends_the_stop_signal_then_kills(docker_engine, tmp_path):
     rt = runtime(docker_engine, tmp_path)
-    polite = "trap 'echo got USR1; exit 0' USR1; while true; do sleep 0.1; done"
+    polite = "trap 'echo got USR1; exit 0' USR1; echo ready; while true; do sleep 0.1; done"
 
     async def main():
         h = await rt.start(image_spec(docker_engine, "polite", "sh", "-c", polite, stop_signal="SIGUSR1"))
-        await aeventually(lambda: containers_of(docker_engine, "node-a"), what="container listed")
-        await asyncio.sleep(0.3)  # the trap is set
+        await aeventually(lambda: read_log(rt, "polite") == "ready\n", what="the trap set")
         first = await rt.stop(h, grace=20)
         deaf = await rt.start(image_spec(docker_engine, "deaf", "sleep", "60"))  # PID 1 ignores SIGTERM
         second = await rt.stop(deaf, grace=0.5)
         return first, second
 
     first, second = asyncio.run(main())
-    assert (first.code, first.error) == (0, None) and read_log(rt, "polite") == "got USR1\n"
+    assert (first.code, first.error) == (0, None) and read_log(rt, "polite") == "ready\ngot USR1\n"
     assert second.code == 137  # SIGKILL after the grace period, as docker stop
     assert containers_of(docker_engine, "node-a") == []
     rt.close()
