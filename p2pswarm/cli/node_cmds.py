@@ -21,8 +21,9 @@ from p2pswarm.node.options import DEFAULT_BIND, NodeOptions, configure_logging
 from p2pswarm.node.presets import PRESETS
 from p2pswarm.transport.addr import format_addr, parse_addr
 
-START_TIMEOUT = 15.0
-"""Seconds `up --detach` waits for the new node's API to answer."""
+START_TIMEOUT = 60.0
+"""Seconds `up --detach` waits for the new node's API to answer before it stops the node (a start
+loads the state, the CA and the Raft log: seconds on a slow edge machine, so generous)."""
 JOIN_WAIT = 10.0
 """Seconds `up --detach` shows join progress before leaving the node to retry on its own."""
 STOP_TIMEOUT = 15.0

@@ -56,9 +56,9 @@ def test_autolock_encrypts_locks_on_restart_and_unlocks(cluster):
         assert ok(cluster.cli("unlock", "--key-file", str(right), *dd)).stdout.strip() == "node unlocked"
 
         def value():
-            got = cluster.cli("kv", "get", "greeting", *dd, timeout=10)
+            got = cluster.cli("kv", "get", "greeting", *dd, timeout=30)
             return got.returncode == 0 and got.stdout.strip() == "MARKER-XYZ-42"
-        wait_until(value, 15, "the KV value back after unlock")
+        wait_until(value, 60, "the KV value back after unlock")
         assert node.info()["state"] == "running"
         ok(cluster.cli("down", *dd))
     finally:
@@ -74,13 +74,13 @@ def test_autolock_turned_on_for_a_used_data_dir_keeps_its_data(cluster):
     start = ["up", "--detach", *dd, "--bind", node.addr, "--name", "n0", "--preset", "test"]
 
     def value():
-        got = cluster.cli("kv", "get", "greeting", *dd, timeout=10)
+        got = cluster.cli("kv", "get", "greeting", *dd, timeout=30)
         return got.returncode == 0 and got.stdout.strip() == "MARKER-XYZ-42"
     try:
         ok(cluster.cli(*start))
         cluster.track_pid_file(node.data_dir)
-        wait_until(lambda: cluster.cli("kv", "put", "greeting", "MARKER-XYZ-42", *dd, timeout=10).returncode == 0,
-                   15, "a KV write on the plaintext node")
+        wait_until(lambda: cluster.cli("kv", "put", "greeting", "MARKER-XYZ-42", *dd, timeout=30).returncode == 0,
+                   60, "a KV write on the plaintext node")
         ok(cluster.cli("down", *dd))
         assert any(b"MARKER-XYZ" in p.read_bytes() for p in (node.data_dir / "raft").rglob("*") if p.is_file())
 
@@ -88,7 +88,7 @@ def test_autolock_turned_on_for_a_used_data_dir_keeps_its_data(cluster):
         cluster.track_pid_file(node.data_dir)
         assert "encrypting the Raft log, snapshot and key files already in" in up.stderr
         key = re.search(r"P2PSU-1-[A-Z2-7]+", up.stderr).group(0)
-        wait_until(value, 15, "the KV value written before autolock")
+        wait_until(value, 60, "the KV value written before autolock")
         ok(cluster.cli("down", *dd))
 
         on_disk = {p: p.read_bytes() for p in node.data_dir.rglob("*") if p.is_file() and "raft" in p.parts[-3:]}
@@ -101,7 +101,7 @@ def test_autolock_turned_on_for_a_used_data_dir_keeps_its_data(cluster):
         key_file.write_text(key + "\n")
         ok(cluster.cli(*start, "--unlock-key-file", str(key_file)))
         cluster.track_pid_file(node.data_dir)
-        wait_until(value, 15, "the KV value after a restart with the unlock key")
+        wait_until(value, 60, "the KV value after a restart with the unlock key")
         ok(cluster.cli("down", *dd))
     finally:
         try:
