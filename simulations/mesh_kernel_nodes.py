@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from p2pswarm.api.client import ApiError  # noqa: E402
 from p2pswarm.mesh import nft  # noqa: E402
 from p2pswarm.mesh.kernel_plan import table_name  # noqa: E402
-from p2pswarm.testing.localcluster import LocalCluster, LocalNode, free_port, wait_until  # noqa: E402
+from p2pswarm.testing.localcluster import LocalCluster, LocalNode, free_port, published_port, wait_until  # noqa: E402
 
 SERVICE = "kernelbench"
 NODE_B = "127.0.6.21"
@@ -87,8 +87,8 @@ class KernelMesh:
         self.cluster.start(0)
         wait_until(lambda: self.cluster.join_token((a.addr,)), READY_TIMEOUT, "node A's join token", 0.1)
         self.cluster.start(1, (a.addr,))
-        first = self._published_port(a, b)
-        self.ports = (first, self._published_port(a, b, taken=first))
+        first = published_port((a.host, b.host))
+        self.ports = (first, published_port((a.host, b.host), taken=(first,)))
         publish = [arg for pub, target in zip(self.ports, self.backend[1:]) for arg in ("-p", f"{pub}:{target}")]
         made = self.cluster.cli("service", "create", SERVICE, "--replicas", "1", "--constraint", f"node.name=={a.name}",
                                 *publish, "--detach", "--data-dir", str(a.data_dir), "--", "sleep", "86400")
@@ -111,13 +111,6 @@ class KernelMesh:
         node.host, node.port = host, free_port(host)
         node.addr = f"{host}:{node.port}"
         return node
-
-    def _published_port(self, *nodes: LocalNode, taken: int = 0) -> int:
-        """A port free on every node's address (each node's user-space data plane listens there too), not ``taken``."""
-        while True:
-            port = free_port(nodes[0].host)
-            if port != taken and all(_free(n.host, port) for n in nodes[1:]):
-                return port
 
     def _kernel_state(self, *nodes: LocalNode) -> tuple[str] | None:
         """``("",)`` once every node routes both published ports in the kernel; ``(why not,)`` once a node has
@@ -198,17 +191,6 @@ def answers(url: str) -> bool:
             return resp.status == 200
     except OSError:
         return False
-
-
-def _free(host: str, port: int) -> bool:
-    import socket
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
-
 
 
 CONNTRACK_COUNTERS = ("invalid", "insert_failed", "drop", "early_drop", "clashres")

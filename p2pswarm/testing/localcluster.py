@@ -49,6 +49,26 @@ def free_port(host: str, kind: int = socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
+def published_port(hosts, kind: int = socket.SOCK_STREAM, taken=()) -> int:
+    """A port free on every one of ``hosts`` and not in ``taken``: what a published port needs, since
+    every node listens on it at its own address. A port free on one node's address only can be another
+    node's gossip or relay port (a CI run published its second node's SWIM port)."""
+    hosts = list(hosts)
+    while True:
+        port = free_port(hosts[0], kind)
+        if port not in taken and all(_bindable(h, port, kind) for h in hosts[1:]):
+            return port
+
+
+def _bindable(host: str, port: int, kind: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
