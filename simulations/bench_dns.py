@@ -40,7 +40,7 @@ import dns.rcode
 import dns.resolver
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from p2pswarm.testing.localcluster import LocalCluster, published_port, wait_until  # noqa: E402
+from p2pswarm.testing.localcluster import LocalCluster, wait_until  # noqa: E402
 
 QUICK = dict(nodes=1, seconds=2.0, deaths=2, outstanding=32)
 PER_CLIENT_QPS = 9500
@@ -203,7 +203,7 @@ def main() -> None:
     out: dict = {"quick": args.quick, "nodes": args.nodes, "seconds": args.seconds}
     try:
         nodes = cluster.start_group(args.nodes)
-        port = published_port([n.host for n in nodes])
+        port = cluster.published_port()
         command = f'echo $$ > {pids}/"$P2PSWARM_TASK_ID"; exec sleep 3600'
         result = cluster.cli("service", "create", "web", "--mode", "global", "-p", str(port), "--restart-delay",
                              "5s", "--data-dir", str(nodes[0].data_dir), "--", "sh", "-c", command)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from p2pswarm.api.client import ApiError  # noqa: E402
 from p2pswarm.mesh import nft  # noqa: E402
 from p2pswarm.mesh.kernel_plan import table_name  # noqa: E402
-from p2pswarm.testing.localcluster import LocalCluster, LocalNode, free_port, published_port, wait_until  # noqa: E402
+from p2pswarm.testing.localcluster import LocalCluster, LocalNode, free_port, wait_until  # noqa: E402
 
 SERVICE = "kernelbench"
 NODE_B = "127.0.6.21"
@@ -87,8 +87,8 @@ class KernelMesh:
         self.cluster.start(0)
         wait_until(lambda: self.cluster.join_token((a.addr,)), READY_TIMEOUT, "node A's join token", 0.1)
         self.cluster.start(1, (a.addr,))
-        first = published_port((a.host, b.host))
-        self.ports = (first, published_port((a.host, b.host), taken=(first,)))
+        first = self.cluster.published_port()
+        self.ports = (first, self.cluster.published_port(taken=(first,)))
         publish = [arg for pub, target in zip(self.ports, self.backend[1:]) for arg in ("-p", f"{pub}:{target}")]
         made = self.cluster.cli("service", "create", SERVICE, "--replicas", "1", "--constraint", f"node.name=={a.name}",
                                 *publish, "--detach", "--data-dir", str(a.data_dir), "--", "sleep", "86400")

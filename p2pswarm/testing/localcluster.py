@@ -152,6 +152,12 @@ class LocalCluster:
             self.nodes[index] = LocalNode(self, index)
         return self.nodes[index]
 
+    def published_port(self, kind: int = socket.SOCK_STREAM, taken=()) -> int:
+        """A port to publish a service on: free on every node's address, and none of a node's own ports
+        (gossip, join and relay: SWIM port + 0, 1, 2; the relay binds when the mesh starts, later)."""
+        own = {n.port + offset for n in self.nodes.values() for offset in (0, 1, 2)}
+        return published_port([n.host for n in self.nodes.values()], kind, own | set(taken))
+
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "p2pswarm.cli.main", *args]
 

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from p2pswarm.runtime import containerspec as cs
-from p2pswarm.testing.localcluster import published_port, wait_until
+from p2pswarm.testing.localcluster import wait_until
 
 from .cli_results import ok
 
@@ -42,7 +42,7 @@ def test_image_services_through_the_mesh_and_a_killed_nodes_containers_go(cluste
     wait_until(lambda: all(n.info() for n in nodes), 60, "three nodes up")
     dd = ("--data-dir", str(first.data_dir))
     ids = {n.name: n.info()["id"] for n in nodes}
-    published = published_port([n.host for n in nodes])
+    published = cluster.published_port()
     ok(cluster.cli("service", "create", "web", "--image", docker_engine.image, "--replicas", "3",
                    "-p", f"{published}:80", "--stop-grace-period", "1s", *dd, "--", "sh", "-c", SERVE, timeout=120))
 
@@ -55,7 +55,7 @@ def test_image_services_through_the_mesh_and_a_killed_nodes_containers_go(cluste
     assert sorted(line.split()[-1] for line in logs.splitlines()) == sorted(r["id"] for r in rows)
 
     # two bridge replicas of one published port on one node both serve (each its own node port)
-    pinned = published_port([n.host for n in nodes], taken=(published,))
+    pinned = cluster.published_port(taken=(published,))
     ok(cluster.cli("service", "create", "pair", "--image", docker_engine.image, "--replicas", "2",
                    "-p", f"{pinned}:80", "--constraint", f"node.name=={nodes[1].name}", "--stop-grace-period", "1s",
                    *dd, "--", "sh", "-c", SERVE, timeout=120))

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from p2pswarm.api.client import ApiError
-from p2pswarm.testing.localcluster import REPO, cli_env, free_port, published_port, wait_until
+from p2pswarm.testing.localcluster import REPO, cli_env, free_port, wait_until
 
 from .cli_results import ok
 
@@ -59,7 +59,7 @@ def test_dashboard_shows_the_cluster_and_updates_live(cluster, tmp_path):
         dd = ("--data-dir", str(nodes[0].data_dir))
         label(nodes[0], nodes[0].name, {"zone": "east", "note": HOSTILE})
         label(nodes[0], nodes[1].name, {"zone": "west"})
-        port = published_port([n.host for n in nodes])
+        port = cluster.published_port()
         ok(cluster.cli("service", "create", "web", "--replicas", "1", "--publish", f"{port}:dynamic", "-d", *dd,
                        "--", sys.executable, APP, timeout=60))
         listen = f"127.0.0.1:{free_port('127.0.0.1')}"

@@ -12,7 +12,7 @@ import time
 import dns.resolver
 import pytest
 
-from p2pswarm.testing.localcluster import published_port, wait_until
+from p2pswarm.testing.localcluster import wait_until
 
 from .cli_results import ok
 
@@ -49,7 +49,7 @@ def addresses(res: dns.resolver.Resolver, name: str) -> set[str]:
 def test_every_node_answers_a_srv_and_tasks_and_forgets_a_dead_node_within_2s(cluster):
     nodes = cluster.start_group(3)
     dd = ("--data-dir", str(nodes[0].data_dir))
-    port = published_port([n.host for n in nodes])
+    port = cluster.published_port()
     ok(cluster.cli("service", "create", "web", "--mode", "global", "-p", str(port), *dd, "--", "sleep", "600"))
     ok(cluster.cli("service", "create", "db", *dd, "--", "sleep", "600"))
     hosts = {n.host for n in nodes}

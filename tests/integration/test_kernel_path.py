@@ -16,7 +16,7 @@ import pytest
 
 from p2pswarm.api.client import ApiError
 from p2pswarm.mesh.kernel_plan import table_name
-from p2pswarm.testing.localcluster import REPO, LocalCluster, published_port, wait_until
+from p2pswarm.testing.localcluster import REPO, LocalCluster, wait_until
 
 from .cli_results import ok
 
@@ -65,7 +65,7 @@ def test_the_kernel_forwards_keeps_the_client_address_and_cleans_up(tmp_path_fac
     cluster = LocalCluster(tmp_path_factory.mktemp("k", numbered=True), mesh="kernel")
     try:
         a, b = cluster.start_joined(2)
-        port = published_port([a.host, b.host])
+        port = cluster.published_port()
         ok(cluster.cli("service", "create", "web", "--replicas", "1", "--publish", f"{port}:dynamic",
                        "--constraint", f"node.name=={b.name}", "-d", "--data-dir", str(a.data_dir), "--",
                        sys.executable, APP, timeout=60))

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from p2pswarm.testing.localcluster import REPO, published_port, wait_until
+from p2pswarm.testing.localcluster import REPO, wait_until
 
 from .cli_results import ok
 
@@ -76,7 +76,7 @@ def load(targets: list[tuple[str, int]], total: int, threads: int = 4) -> tuple[
 
 def test_every_node_serves_the_port_and_a_node_crash_fails_no_request(cluster):
     nodes = cluster.start_group(3)
-    port = published_port([n.host for n in nodes])
+    port = cluster.published_port()
     dd = ("--data-dir", str(nodes[0].data_dir))
     # the start period: on a busy machine Python may take longer than interval × retries (0.6 s)
     # to listen, and a replica stopped as unhealthy then would leave one replica to answer
@@ -116,7 +116,7 @@ def test_every_node_serves_the_port_and_a_node_crash_fails_no_request(cluster):
 def test_traffic_to_a_node_behind_a_cut_link_goes_through_a_relay(cluster):
     nodes = cluster.start_group(3)
     a, b, c = nodes
-    port = published_port([n.host for n in nodes])
+    port = cluster.published_port()
     ok(cluster.cli("service", "create", "pinned", "--replicas", "1", "--publish", f"{port}:dynamic",
                    "--constraint", f"node.name=={b.name}", "-d", "--data-dir", str(a.data_dir), "--",
                    sys.executable, APP, timeout=60))
@@ -143,7 +143,7 @@ def test_an_encrypted_port_crosses_between_nodes_only_inside_tls(cluster, tmp_pa
     from p2pswarm.testing.capture import Capture, tcpdump
     nodes = cluster.start_group(2)
     a, b = nodes
-    port = published_port([n.host for n in nodes])
+    port = cluster.published_port()
     ok(cluster.cli("service", "create", "sealed", "--replicas", "1", "--publish", f"{port}:dynamic,encrypted",
                    "--constraint", f"node.name=={b.name}", "-d", "--data-dir", str(a.data_dir), "--",
                    sys.executable, APP, timeout=60))

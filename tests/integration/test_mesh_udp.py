@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from p2pswarm.testing.localcluster import REPO, published_port, wait_until
+from p2pswarm.testing.localcluster import REPO, wait_until
 
 APP = str(REPO / "tests" / "apps" / "udp_echo.py")
 pytestmark = pytest.mark.timeout(120)
@@ -26,7 +26,7 @@ def ask(host: str, port: int, payload: bytes, timeout: float = 1.0) -> bytes | N
 
 def test_every_node_forwards_a_published_udp_port(cluster):
     nodes = cluster.start_group(2)
-    port = published_port([n.host for n in nodes], socket.SOCK_DGRAM)
+    port = cluster.published_port(socket.SOCK_DGRAM)
     out = cluster.cli("service", "create", "echo", "--replicas", "1", "--publish", f"{port}:dynamic/udp", "-d",
                       "--data-dir", str(nodes[0].data_dir), "--", sys.executable, APP, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -47,7 +47,7 @@ def test_every_node_forwards_a_published_udp_port(cluster):
 
 def test_udp_to_a_node_behind_a_cut_link_goes_through_a_relay(cluster):
     a, b, c = cluster.start_group(3)
-    port = published_port([a.host, b.host, c.host], socket.SOCK_DGRAM)
+    port = cluster.published_port(socket.SOCK_DGRAM)
     out = cluster.cli("service", "create", "pinned", "--replicas", "1", "--publish", f"{port}:dynamic/udp",
                       "--constraint", f"node.name=={b.name}", "-d", "--data-dir", str(a.data_dir), "--",
                       sys.executable, APP, timeout=60)

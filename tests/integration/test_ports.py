@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from p2pswarm.testing.localcluster import free_port, published_port, wait_until
+from p2pswarm.testing.localcluster import free_port, wait_until
 
 from .cli_results import ok
 
@@ -30,7 +30,7 @@ def test_a_fixed_target_is_the_process_port_and_a_port_a_node_cannot_bind_is_rep
     nodes = cluster.start_group(2)
     first, second = nodes
     dd = ("--data-dir", str(first.data_dir))
-    published, target = published_port([n.host for n in nodes]), free_port("0.0.0.0")
+    published, target = cluster.published_port(), free_port("0.0.0.0")
     stranger = socket.socket()  # holds the published port on the second node's address
     stranger.bind((second.host, published))
     stranger.listen()
