@@ -154,8 +154,9 @@ class LocalCluster:
 
     def published_port(self, kind: int = socket.SOCK_STREAM, taken=()) -> int:
         """A port to publish a service on: free on every node's address, and none of a node's own ports
-        (gossip, join and relay: SWIM port + 0, 1, 2; the relay binds when the mesh starts, later)."""
-        own = {n.port + offset for n in self.nodes.values() for offset in (0, 1, 2)}
+        (SWIM port + 0 gossip, 1 join, 2 relay, 3 TLS relay, 4 DNS fallback; the relays bind when the
+        mesh starts, after a test picks its port)."""
+        own = {n.port + offset for n in self.nodes.values() for offset in range(5)}
         return published_port([n.host for n in self.nodes.values()], kind, own | set(taken))
 
     def command(self, *args: str) -> list[str]:
