@@ -21,7 +21,7 @@ from p2pswarm.api.server import HttpError, Reply, Request, Response
 from p2pswarm.cluster import commands as cmd
 from p2pswarm.cluster.capabilities import engine_text, isolation_text
 from p2pswarm.cluster.checks import SpecError
-from p2pswarm.cluster.spec import MAX_REPLICAS, ServiceSpec, check_mesh_ports
+from p2pswarm.cluster.spec import MAX_REPLICAS, ServiceSpec, check_mesh_ports, check_own_ports
 from p2pswarm.cluster.stack import stack_of
 from p2pswarm.consensus.requests import command_id
 from p2pswarm.membership.messages import LIVE
@@ -95,6 +95,7 @@ class ServiceRoutes(paths.PatternRoutes):
                 if svc.name != spec.name for p in svc.spec.ports if p.mode == "ingress"}
         try:
             check_mesh_ports(spec, mesh)
+            check_own_ports(spec, self.node.own_ports())
         except SpecError as exc:
             raise HttpError(400, str(exc)) from None
         return spec

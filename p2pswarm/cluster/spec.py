@@ -515,6 +515,17 @@ def check_mesh_ports(spec: ServiceSpec, published: Mapping[tuple[int, str], str]
                             f"{owner} publishes through the routing mesh on every node")
 
 
+def check_own_ports(spec: ServiceSpec, own: Mapping[tuple[int, str], str]) -> None:
+    """Refuse (SpecError, one line) a port ``spec`` publishes through the mesh that a node listens on
+    itself (``own``: ``(port, protocol) -> "node n1's gossip port"``): that node's mesh could never
+    listen there, so the port would fail on it for as long as the service exists."""
+    for p in spec.ports:
+        what = own.get((p.published, p.protocol)) if p.mode == "ingress" else None
+        if what is not None:
+            raise SpecError(f"ports: {p.published}/{p.protocol} is {what}, so the routing mesh cannot listen on it "
+                            f"there; publish another port")
+
+
 def _set(obj: Any, name: str, value: Any) -> None:
     object.__setattr__(obj, name, value)
 

@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from p2pswarm.cluster.capabilities import engine_text, isolation_text
 from p2pswarm.membership.messages import LIVE, STATUSES
+from p2pswarm.mesh.table import TLS_RELAY_OFFSET
+from p2pswarm.security.joinchannel import JOIN_PORT_OFFSET
+from p2pswarm.transport.addr import parse_addr
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -79,6 +82,10 @@ class NodeView(Protocol):
 
     def port_errors(self) -> dict[str, dict[str, str]]:
         """{live member id: {published port (``8080``, ``5353/udp``): why its mesh cannot listen on it}}."""
+
+    def own_ports(self) -> dict[tuple[int, str], str]:
+        """{(port, protocol): whose and what, e.g. "node n1's gossip port"}: the ports live members listen on
+        themselves, which a service cannot publish."""
 
     def metrics_snapshot(self) -> dict[str, Any]: ...
 
@@ -187,6 +194,24 @@ class NodeViews:
             if mesh is not None and mesh.port_errors:
                 out[m.node] = dict(mesh.port_errors)
         return out
+
+    def own_ports(self) -> dict[tuple[int, str], str]:
+        own: dict[tuple[int, str], str] = {}
+        for m in self.swim_core().members():
+            parsed = parse_addr(m.addr)
+            if m.status not in LIVE or parsed is None:
+                continue
+            whose = f"node {m.meta.name or m.node}'s"
+            mesh, dns = self.record.of(m).mesh, self.record.of(m).dns
+            relay = mesh.relay_port if mesh is not None else parsed[1] + 2  # not gossiped yet: the usual choice
+            ports = [(parsed[1], "gossip"), (parsed[1] + JOIN_PORT_OFFSET, "join")]
+            ports += [(relay, "mesh relay"), (relay + TLS_RELAY_OFFSET, "TLS relay")] if relay else []
+            for port, what in ports:
+                own.setdefault((port, "tcp"), f"{whose} {what} port")
+            if dns is not None and dns.port:
+                for protocol in ("udp", "tcp"):
+                    own.setdefault((dns.port, protocol), f"{whose} DNS port")
+        return own
 
     def fault_settings(self) -> dict[str, Any]:
         return self.transport.describe()

@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 
 from p2pswarm.cluster.capabilities import engine_text, isolation_text
-from p2pswarm.cluster.spec import Constraint, PortSpec, ServiceSpec, SpecError, check_mesh_ports, parse_port
+from p2pswarm.cluster.spec import (
+    Constraint,
+    PortSpec,
+    ServiceSpec,
+    SpecError,
+    check_mesh_ports,
+    check_own_ports,
+    parse_port,
+)
 
 
 @pytest.mark.parametrize("text,port", [
@@ -102,3 +110,15 @@ def test_capabilities_as_node_inspect_shows_them():
     assert isolation_text("cgroup-v1", "/sys/fs/cgroup/memory") == "cgroup-v1"
     assert isolation_text("none", "not root") == "none (not root)"
     assert engine_text(None).startswith("unknown") and isolation_text(None).startswith("unknown")
+
+
+def test_a_port_a_node_listens_on_itself_is_refused_for_the_mesh_only():
+    own = {(7946, "tcp"): "node n1's gossip port", (53, "udp"): "node n1's DNS port"}
+    with pytest.raises(SpecError) as err:
+        check_own_ports(ServiceSpec("web", "python3", ports=("7946:8000",)), own)
+    assert str(err.value) == ("ports: 7946/tcp is node n1's gossip port, so the routing mesh cannot listen on it "
+                              "there; publish another port")
+    with pytest.raises(SpecError, match="53/udp is node n1's DNS port"):
+        check_own_ports(ServiceSpec("dns", "python3", ports=("53:5353/udp",)), own)
+    check_own_ports(ServiceSpec("dns", "python3", ports=("7946:5353/udp",)), own)  # gossip is TCP only
+    check_own_ports(ServiceSpec("h", "python3", ports=("published=7946,mode=host",)), own)  # not the mesh's

@@ -31,6 +31,11 @@ def test_a_fixed_target_is_the_process_port_and_a_port_a_node_cannot_bind_is_rep
     first, second = nodes
     dd = ("--data-dir", str(first.data_dir))
     published, target = cluster.published_port(), free_port("0.0.0.0")
+    # a port a node listens on itself is refused in one line: its mesh could never listen there
+    refused = cluster.cli("service", "create", "t", "-p", f"{second.port}:{target}", *dd, "--", "sleep", "60")
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        f"error: ports: {second.port}/tcp is node n1's gossip port, so the routing mesh cannot listen on it there; "
+        f"publish another port"), refused.stderr
     stranger = socket.socket()  # holds the published port on the second node's address
     stranger.bind((second.host, published))
     stranger.listen()
