@@ -93,9 +93,13 @@ class ServiceRoutes(paths.PatternRoutes):
             raise HttpError(400, refused)
         mesh = {(p.published, p.protocol): svc.name for svc in self._state().services.values()
                 if svc.name != spec.name for p in svc.spec.ports if p.mode == "ingress"}
+        # an update is refused only the node ports it adds: one it already publishes (a member that came
+        # later holds it) must not block changing the image
+        current = self._state().services.get(spec.name)
+        kept = {(p.published, p.protocol) for p in current.spec.ports} if current is not None else set()
         try:
             check_mesh_ports(spec, mesh)
-            check_own_ports(spec, self.node.own_ports())
+            check_own_ports(spec, {k: v for k, v in self.node.own_ports().items() if k not in kept})
         except SpecError as exc:
             raise HttpError(400, str(exc)) from None
         return spec

@@ -7,7 +7,7 @@ changes, so answers follow a task's start or death within one gossip round.
 
 **Where it listens** (``up --dns-addr``): ``auto`` (the default) takes UDP and TCP port 53 on the
 node's address when it may bind it (root, and nothing else holds it), else the SWIM port +
-``FALLBACK_OFFSET`` (7950 for the default 7946), else any free port; ``HOST:PORT`` binds exactly
+``DNS_FALLBACK_OFFSET`` (7950 for the default 7946), else any free port; ``HOST:PORT`` binds exactly
 that or fails the start with one line; ``off`` serves no DNS. The address chosen, and why, is in
 ``node inspect`` (gossiped in the ``dns`` section of the record) and ``/v1/info``; tasks get it as
 ``P2PSWARM_DNS`` (and containers as their resolver when it is port 53).
@@ -23,13 +23,12 @@ from p2pswarm.dns.server import DnsServer
 from p2pswarm.dns.zone import MemberFacts, Zone, build, normalize_domain
 from p2pswarm.node.record import DnsFacts, GossipRecord
 from p2pswarm.transport.addr import format_addr, parse_addr
+from p2pswarm.transport.ports import DNS_FALLBACK_OFFSET
 
 log = logging.getLogger("p2pswarm.dns")
 
 DEFAULT_DOMAIN = "p2pswarm."
 DNS_PORT = 53
-FALLBACK_OFFSET = 4
-"""The fallback port is the SWIM port + 4 (+1 join, +2 relay, +3 TLS relay)."""
 AUTO, OFF = "auto", "off"
 CHECK_INTERVAL = 0.1
 """Seconds at least between two looks at what the zone is built from (a scan of every member): the node steps
@@ -96,7 +95,7 @@ class DnsHost:
 
     async def _bind_auto(self, host: str, swim_port: int) -> None:
         why = ""
-        fallback = swim_port + FALLBACK_OFFSET if 0 < swim_port <= 65535 - FALLBACK_OFFSET else 0
+        fallback = swim_port + DNS_FALLBACK_OFFSET if 0 < swim_port <= 65535 - DNS_FALLBACK_OFFSET else 0
         for port in dict.fromkeys((DNS_PORT, fallback, 0)):
             try:
                 await self._bind(host, port)

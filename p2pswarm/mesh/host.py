@@ -41,8 +41,9 @@ from typing import Any, Callable, Protocol
 
 from p2pswarm.mesh.kernel import KernelPath
 from p2pswarm.mesh.routes import DEFAULT_LIMITS
-from p2pswarm.mesh.table import TLS_RELAY_OFFSET, Peer, Route, build
+from p2pswarm.mesh.table import Peer, Route, build
 from p2pswarm.node.record import MAX_PORT_ERROR, MAX_PORT_ERRORS, GossipRecord, MeshFacts
+from p2pswarm.transport.ports import RELAY_PORT_OFFSET, TLS_RELAY_OFFSET
 from p2pswarm.transport.zmq import parse_addr
 
 log = logging.getLogger("p2pswarm.mesh")
@@ -76,10 +77,11 @@ def default_data_plane() -> DataPlaneLike:
 
 def pick_relay_port(host: str, swim_port: int) -> int:
     """The SWIM port + 2 when it and the next port (the TLS relay, for encrypted ports) are free on ``host``
-    (+1 is the join endpoint: four consecutive ports are easy to firewall), else any free port; 0 (no relay:
-    other nodes will not route through this one) when ``host`` is not ours."""
+    (+1 is the join endpoint: consecutive ports are easy to firewall; see :mod:`p2pswarm.transport.ports`),
+    else any free port; 0 (no relay: other nodes will not route through this one) when ``host`` is not ours."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for port in (swim_port + 2 if 0 < swim_port < 65533 else 0, 0):
+    usual = swim_port + RELAY_PORT_OFFSET
+    for port in (usual if 0 < swim_port and usual + TLS_RELAY_OFFSET <= 65535 else 0, 0):
         with socket.socket(family, socket.SOCK_STREAM) as s:
             try:
                 s.bind((host, port))

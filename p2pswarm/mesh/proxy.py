@@ -55,10 +55,10 @@ from p2pswarm.mesh.counters import Counters
 from p2pswarm.mesh.relayin import PlainRelayIn, TlsRelaySession
 from p2pswarm.mesh.sockets import bind_error, bound_socket
 from p2pswarm.mesh.splice import HAVE_SPLICE, ThreadedSplicer
-from p2pswarm.mesh.table import TLS_RELAY_OFFSET
 from p2pswarm.mesh.tablecheck import Limits, PortSpec, TableError, parse_table
 from p2pswarm.mesh.tlsctx import TlsConfig, TlsError, parse_tls, peer_of
 from p2pswarm.mesh.tlsmux import Session, SessionPool
+from p2pswarm.transport.ports import TLS_RELAY_OFFSET
 
 BULK_THREADS = 4
 """Spliced connections at most whose two directions each run a blocking splice loop in a

@@ -39,6 +39,7 @@ import networkx as nx
 
 from p2pswarm.membership.messages import LIVE
 from p2pswarm.mesh.routes import DEFAULT_LIMITS, RTT_FLOOR
+from p2pswarm.transport.ports import TLS_RELAY_OFFSET
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,6 @@ class Route:
     """``tcp`` or ``udp``."""
 
 
-TLS_RELAY_OFFSET = 1
-"""A node's TLS relay listener (encrypted forwarding) is on its relay port + 1."""
 
 
 def tls_relay(peer: Peer) -> str:

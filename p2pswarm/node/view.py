@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from p2pswarm.cluster.capabilities import engine_text, isolation_text
 from p2pswarm.membership.messages import LIVE, STATUSES
-from p2pswarm.mesh.table import TLS_RELAY_OFFSET
-from p2pswarm.security.joinchannel import JOIN_PORT_OFFSET
 from p2pswarm.transport.addr import parse_addr
+from p2pswarm.transport.ports import JOIN_PORT_OFFSET, RELAY_PORT_OFFSET, TLS_RELAY_OFFSET
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -197,20 +196,23 @@ class NodeViews:
 
     def own_ports(self) -> dict[tuple[int, str], str]:
         own: dict[tuple[int, str], str] = {}
+        secure = self.security is not None  # the join endpoint and the TLS relay serve secure clusters only
         for m in self.swim_core().members():
             parsed = parse_addr(m.addr)
             if m.status not in LIVE or parsed is None:
                 continue
+            host, gossip = parsed
             whose = f"node {m.meta.name or m.node}'s"
             mesh, dns = self.record.of(m).mesh, self.record.of(m).dns
-            relay = mesh.relay_port if mesh is not None else parsed[1] + 2  # not gossiped yet: the usual choice
-            ports = [(parsed[1], "gossip"), (parsed[1] + JOIN_PORT_OFFSET, "join")]
-            ports += [(relay, "mesh relay"), (relay + TLS_RELAY_OFFSET, "TLS relay")] if relay else []
-            for port, what in ports:
-                own.setdefault((port, "tcp"), f"{whose} {what} port")
-            if dns is not None and dns.port:
-                for protocol in ("udp", "tcp"):
-                    own.setdefault((dns.port, protocol), f"{whose} DNS port")
+            relay = mesh.relay_port if mesh is not None else gossip + RELAY_PORT_OFFSET  # not gossiped yet: the usual
+            ports = [(gossip, "tcp", "gossip")] + ([(gossip + JOIN_PORT_OFFSET, "tcp", "join")] if secure else [])
+            if relay:  # 0: the member relays nothing
+                ports += [(relay, "tcp", "mesh relay"), (relay, "udp", "mesh relay")]
+                ports += [(relay + TLS_RELAY_OFFSET, "tcp", "TLS relay")] if secure else []
+            if dns is not None and dns.port and dns.host in (host, "0.0.0.0", "::"):  # on the mesh's address
+                ports += [(dns.port, "udp", "DNS"), (dns.port, "tcp", "DNS")]
+            for port, protocol, what in ports:
+                own.setdefault((port, protocol), f"{whose} {what} port")
         return own
 
     def fault_settings(self) -> dict[str, Any]:

@@ -34,12 +34,11 @@ from p2pswarm.security.errors import JoinError
 from p2pswarm.security.join import SPONSOR_ENTROPY, Sponsor
 from p2pswarm.security.keys import CurveKeys, join_endpoint_keys
 from p2pswarm.transport.base import TransportError
+from p2pswarm.transport.ports import JOIN_PORT_OFFSET
 from p2pswarm.transport.zmq import ZapHandler, _reason, format_addr, frame_key, parse_addr, secure_client, secure_server
 
 log = logging.getLogger("p2pswarm.security")
 
-JOIN_PORT_OFFSET = 1
-"""The join endpoint listens on the gossip port + 1."""
 MAX_JOIN_MESSAGE = 64 * 1024
 """Join messages are a few kB (a grant carries up to 10 certificates of < 4 kB, usually ~0.5 kB)."""
 JOIN_TIMEOUT = 5.0

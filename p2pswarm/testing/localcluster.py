@@ -27,6 +27,7 @@ from p2pswarm.mesh import nft
 from p2pswarm.mesh.kernel_plan import table_name
 from p2pswarm.runtime.taskuser import own_interpreter_args, remove_homes_of
 from p2pswarm.runtime.volumes import remove_volumes_of
+from p2pswarm.transport.ports import NODE_PORT_SPAN
 
 REPO = Path(__file__).resolve().parents[2]
 """The source tree, put on PYTHONPATH of the children so they run this checkout."""
@@ -154,9 +155,8 @@ class LocalCluster:
 
     def published_port(self, kind: int = socket.SOCK_STREAM, taken=()) -> int:
         """A port to publish a service on: free on every node's address, and none of a node's own ports
-        (SWIM port + 0 gossip, 1 join, 2 relay, 3 TLS relay, 4 DNS fallback; the relays bind when the
-        mesh starts, after a test picks its port)."""
-        own = {n.port + offset for n in self.nodes.values() for offset in range(5)}
+        (:mod:`p2pswarm.transport.ports`; the relays bind when the mesh starts, after a test picks its port)."""
+        own = {n.port + offset for n in self.nodes.values() for offset in range(NODE_PORT_SPAN)}
         return published_port([n.host for n in self.nodes.values()], kind, own | set(taken))
 
     def command(self, *args: str) -> list[str]:

@@ -84,6 +84,7 @@ def crash_and_restart(cluster, nodes, acked: dict, label: str, writes: int = 80,
 
     stop = threading.Event()
     target = nodes[len(acked) % len(nodes)]
+    refused: list[str] = []
 
     def writer() -> None:
         """Writes one key after another; a refused write (an election, with the test preset's 0.3 s
@@ -92,7 +93,10 @@ def crash_and_restart(cluster, nodes, acked: dict, label: str, writes: int = 80,
         i = 0
         while not stop.is_set():
             key, value = f"{label}-{i}", f"{label}:{i}"
-            if not try_put(target, key, value):
+            try:
+                put(target, key, value)
+            except ApiError as exc:
+                refused[:] = [f"{key}: {exc}"]
                 stop.wait(0.1)
                 continue
             acked[key] = value
@@ -101,14 +105,16 @@ def crash_and_restart(cluster, nodes, acked: dict, label: str, writes: int = 80,
     before = len(acked)
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
-    wait_until(lambda: len(acked) >= before + writes, timeout, f"{writes} acknowledged writes before the crash",
-               interval=0.01)
-    for node in nodes:
-        node.proc.send_signal(signal.SIGKILL)
-    for node in nodes:
-        node.proc.wait(timeout=30)
-    stop.set()
-    thread.join(timeout)
+    try:
+        wait_until(lambda: len(acked) >= before + writes, timeout, f"{writes} acknowledged writes before the crash",
+                   interval=0.01, seen=lambda: f"{len(acked) - before} acknowledged; last refusal {refused or 'none'}")
+        for node in nodes:
+            node.proc.send_signal(signal.SIGKILL)
+        for node in nodes:
+            node.proc.wait(timeout=30)
+    finally:
+        stop.set()
+        thread.join(timeout)
     cluster.start(nodes[0].index)
     for node in nodes[1:]:
         cluster.start(node.index, (nodes[0].addr,))

@@ -28,7 +28,7 @@ from ..services.test_service_routes import FakeDriver
 def node(node_id: str) -> tuple[SimpleNamespace, FakeDriver]:
     driver = FakeDriver()
     return SimpleNamespace(raft_driver=lambda: driver, agent=None, node_id=node_id, security=None, logs=None,
-                           port_errors=dict, info=lambda: {"id": node_id}), driver
+                           port_errors=dict, own_ports=dict, info=lambda: {"id": node_id}), driver
 
 
 class Pair:

@@ -18,11 +18,12 @@ import pytest
 
 from p2pswarm.dns import server as server_mod
 from p2pswarm.dns.core import Responder
-from p2pswarm.dns.host import FALLBACK_OFFSET, DnsHost, parse_dns_addr
+from p2pswarm.dns.host import DnsHost, parse_dns_addr
 from p2pswarm.dns.server import DnsServer
 from p2pswarm.dns.zone import MemberFacts, build
 from p2pswarm.node.record import GossipRecord
 from p2pswarm.testing.localcluster import free_host, free_port
+from p2pswarm.transport.ports import DNS_FALLBACK_OFFSET
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -159,7 +160,7 @@ def test_the_host_follows_gossip_and_listens_where_auto_says():
         host = DnsHost("a", swim, raft, record, swim_addr=f"{host_ip}:{swim_port}")
         await host.start()
         try:
-            assert host.addr == f"{host_ip}:{swim_port + FALLBACK_OFFSET}"
+            assert host.addr == f"{host_ip}:{swim_port + DNS_FALLBACK_OFFSET}"
             assert host.choice.startswith("fallback (port 53:")
             host.step(0.0)
             res = resolver(host.server)

@@ -13,6 +13,7 @@ from p2pswarm.cli.node_cmds import pid_alive
 from p2pswarm.mesh import nft
 from p2pswarm.mesh.kernel_plan import table_name
 from p2pswarm.testing.localcluster import published_port, wait_until
+from p2pswarm.transport.ports import NODE_PORT_SPAN
 
 
 def lab_pids(lab_dir):
@@ -40,9 +41,9 @@ def get(url: str) -> dict | None:
 
 def test_lab_up_deploys_the_demo_and_down_leaves_no_process(cluster, tmp_path_factory):
     lab = tmp_path_factory.mktemp("lab", numbered=True)
-    hosts = [f"127.0.0.{10 + i}" for i in (1, 2, 3)]  # the lab's nodes: gossip on port, join on +1, relay on +2
+    hosts = [f"127.0.0.{10 + i}" for i in (1, 2, 3)]  # the lab's nodes, each holding port .. port + 4 itself
     port = published_port(hosts)
-    demo_port = published_port(hosts, taken=range(port, port + 3))
+    demo_port = published_port(hosts, taken=range(port, port + NODE_PORT_SPAN))
     pids = []
     try:
         up = cluster.cli("lab", "up", "--nodes", "3", "--dir", str(lab), "--port", str(port),

@@ -22,7 +22,7 @@ TIMEOUT = "no commit within 10 s: 1 of 3 voters reachable; restore a quorum"
 
 def service_ps(leader, monkeypatch, name):
     router = Router(SimpleNamespace(raft_driver=lambda: leader, agent=None, node_id="node-a", security=None,
-                                    logs=None, port_errors=dict))
+                                    logs=None, port_errors=dict, own_ports=dict))
     monkeypatch.setattr(service_cmds, "_client", lambda data_dir: RouterClient(router))
     out = CliRunner().invoke(main, ["service", "ps", name], catch_exceptions=False)
     assert out.exit_code == 0, out.output

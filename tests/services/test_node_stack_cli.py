@@ -31,7 +31,7 @@ def router():
         asyncio.run(driver.write_cluster(cmd.update_node("n" + nid, 1.0, nid, name=name)))
     views = [view("aaa1", "a", "alive"), view("aab2", "b", "alive"), view("ccc3", "c", "dead")]
     node = SimpleNamespace(raft_driver=lambda: driver, agent=None, node_id="aaa1", member_views=lambda: views,
-                           security=None, logs=None, port_errors=dict)
+                           security=None, logs=None, port_errors=dict, own_ports=dict)
     return Router(node)
 
 

@@ -41,7 +41,8 @@ class FakeKeyring:
 def router_for(security) -> Router:
     driver = FakeDriver()
     asyncio.run(driver.write_cluster(cmd.update_node("n", 1.0, "node-a", name="a")))
-    node = SimpleNamespace(raft_driver=lambda: driver, agent=None, node_id="node-a", security=security, logs=None)
+    node = SimpleNamespace(raft_driver=lambda: driver, agent=None, node_id="node-a", security=security, logs=None,
+                           own_ports=dict)
     return Router(node)
 
 

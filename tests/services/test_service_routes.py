@@ -49,7 +49,7 @@ def router():
     driver = FakeDriver()
     asyncio.run(driver.write_cluster(cmd.update_node("n", 1.0, "node-a", name="a")))
     node = SimpleNamespace(raft_driver=lambda: driver, agent=None, node_id="node-a", security=None, logs=None,
-                           port_errors=dict)
+                           port_errors=dict, own_ports=dict)
     return Router(node)
 
 

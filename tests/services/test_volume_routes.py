@@ -27,7 +27,8 @@ def router(tmp_path):
     driver = FakeDriver()
     asyncio.run(driver.write_cluster(cmd.update_node("n", 1.0, NODE, name="a")))
     agent = SimpleNamespace(volumes=Volumes(tmp_path / "vols", NODE))
-    node = SimpleNamespace(raft_driver=lambda: driver, agent=agent, node_id=NODE, name="a", security=None, logs=None)
+    node = SimpleNamespace(raft_driver=lambda: driver, agent=agent, node_id=NODE, name="a", security=None, logs=None,
+                           own_ports=dict)
     return Router(node)
 
 
