@@ -85,6 +85,22 @@ def test_bad_requests_get_one_line(router, method, path, body, status, words):
     assert err.value.status == status and words in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_node_port_is_refused_when_a_spec_adds_it_not_when_an_update_keeps_it(router):
+    own: dict = {(7946, "tcp"): "node a's gossip port"}
+    router.node.own_ports = lambda: dict(own)
+    with pytest.raises(HttpError) as err:
+        call(router, "POST", "/v1/services", {"spec": ServiceSpec("gossipy", "python", ports=("7946:80",)).to_dict()})
+    assert err.value.status == 400 and str(err.value) == (
+        "ports: 7946/tcp is node a's gossip port, so the routing mesh cannot listen on it there; publish another port")
+    web = ServiceSpec("web", "python", ports=("8080:80",)).to_dict()
+    call(router, "POST", "/v1/services", {"spec": web})
+    own[(8080, "tcp")] = "node b's gossip port"  # a member that joined later listens on it
+    assert call(router, "POST", "/v1/services/web/update", {"spec": {**web, "args": ["b.py"]}, "version": 1})
+    with pytest.raises(HttpError, match="7946/tcp is node a's gossip port"):
+        call(router, "POST", "/v1/services/web/update",
+             {"spec": {**web, "ports": ["8080:80", "7946:81"]}, "version": 2})
+
+
 def test_a_spec_too_large_for_one_raft_entry_is_refused_in_one_line(router):
     huge = ServiceSpec("web", "python", ("a" * MAX_ARG_LEN,) * MAX_ARGS).to_dict()
     with pytest.raises(HttpError) as err:
