@@ -11,7 +11,7 @@ import pytest
 from p2pswarm.testing.localcluster import REPO, wait_until
 
 APP = str(REPO / "tests" / "apps" / "udp_echo.py")
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)
 
 
 def ask(host: str, port: int, payload: bytes, timeout: float = 1.0) -> bytes | None:
@@ -35,7 +35,7 @@ def test_every_node_forwards_a_published_udp_port(cluster):
         assert reply.endswith(b" ping")
     # one client, several datagrams through the node without... either node: one session, one replica
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(2)
+        s.settimeout(10)  # generous: each datagram crosses one or two Python data planes on a busy machine
         seen = set()
         for i in range(20):
             s.sendto(b"n%d" % i, (nodes[1].host, port))
@@ -67,7 +67,7 @@ def test_udp_to_a_node_behind_a_cut_link_goes_through_a_relay(cluster):
         return relay.get("datagrams_in", 0)
     before = relayed_by_c()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(2)
+        s.settimeout(10)  # generous: each datagram crosses one or two Python data planes on a busy machine
         for i in range(20):
             s.sendto(b"r%d" % i, (a.host, port))
             assert s.recvfrom(65535)[0].endswith(b" r%d" % i)
