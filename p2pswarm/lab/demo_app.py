@@ -34,6 +34,9 @@ def identity() -> dict:
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "p2pswarm-demo/1"
+    wbufsize = 64 * 1024
+    """Buffered: each answer leaves in one write, so a replica killed mid-request (its node crashed) has
+    sent nothing, and the mesh replays the request elsewhere; unbuffered, the headers could leave alone."""
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         path = self.path.split("?", 1)[0]

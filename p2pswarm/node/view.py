@@ -203,7 +203,8 @@ class NodeViews:
                 continue
             host, gossip = parsed
             whose = f"node {m.meta.name or m.node}'s"
-            mesh, dns = self.record.of(m).mesh, self.record.of(m).dns
+            record = self.record.of(m)
+            mesh, dns = record.mesh, record.dns
             relay = mesh.relay_port if mesh is not None else gossip + RELAY_PORT_OFFSET  # not gossiped yet: the usual
             ports = [(gossip, "tcp", "gossip")] + ([(gossip + JOIN_PORT_OFFSET, "tcp", "join")] if secure else [])
             if relay:  # 0: the member relays nothing

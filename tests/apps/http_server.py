@@ -12,6 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Handler(BaseHTTPRequestHandler):
+    wbufsize = 64 * 1024
+    """Buffered: headers and body leave in one write when the request ends. Unbuffered, a task killed
+    between the two (its node SIGKILLed) sent the headers alone, and the mesh cannot replay a request
+    whose backend has begun to answer: a test under a node crash saw an IncompleteRead."""
+
     def do_GET(self):
         if self.path == "/health":
             body, kind = b"ok", "text/plain"
